@@ -1,0 +1,104 @@
+"""Wiring: build the daemon from a validated config, and run it in the foreground.
+
+This is the only module that knows every part; the parts know only their neighbours' interfaces. The
+backend is chosen here and imported only when chosen, so the Docker path never imports the Daytona SDK.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+
+from claude_issue_solver.backends.base import Backend, BackendError
+from claude_issue_solver.config import Config, ConfigError
+from claude_issue_solver.daemon import Daemon
+from claude_issue_solver.logs import setup_logging
+from claude_issue_solver.pidfile import AlreadyRunning, PidFile
+from claude_issue_solver.queue import TaskQueue
+from claude_issue_solver.state import StateError, StateStore
+
+log = logging.getLogger(__name__)
+
+
+class StartupError(Exception):
+    """The daemon cannot start; the message says why and what to do."""
+
+
+def make_backend(config: Config) -> Backend:
+    if config.backend == "docker":
+        from claude_issue_solver.backends.docker import DockerBackend
+
+        return DockerBackend(config)
+    if config.backend == "daytona":
+        from claude_issue_solver.backends.daytona import DaytonaBackend  # type: ignore[import-not-found]
+
+        return DaytonaBackend(config)  # type: ignore[no-any-return]
+    msg = f"unknown backend {config.backend!r}"
+    raise ConfigError(msg)
+
+
+@dataclass
+class Parts:
+    queue: TaskQueue
+    daemon: Daemon
+    backend: Backend
+
+
+def build(config: Config, *, backend: Backend | None = None) -> Parts:
+    """Every part of a running daemon, wired together (tests pass their own backend)."""
+    from claude_issue_solver.agent import AgentError
+    from claude_issue_solver.github import GitHubClient
+    from claude_issue_solver.pipeline import Pipeline
+    from claude_issue_solver.publisher import Publisher
+    from claude_issue_solver.watcher import Watcher
+
+    store = StateStore(config.state_file)
+    queue = TaskQueue(store, max_concurrent=config.max_concurrent)
+    client = GitHubClient(config)
+    backend = backend or make_backend(config)
+    try:
+        pipeline = Pipeline(config, queue, backend, client, Publisher(client))
+    except AgentError as exc:
+        raise ConfigError(str(exc)) from None
+    daemon = Daemon(
+        queue,
+        pipeline,
+        watcher=Watcher(config, client, queue),
+        poll_interval=config.poll_interval,
+    )
+    return Parts(queue=queue, daemon=daemon, backend=backend)
+
+
+def run_daemon(config: Config, *, to_stderr: bool = True) -> int:
+    """Run the daemon until a signal stops it: the body of ``start --foreground``. Returns an exit code."""
+    setup_logging(config.log_dir, level=config.log_level, to_stderr=to_stderr, secrets=config.secrets())
+    pidfile = PidFile(config.pid_file)
+    try:
+        pidfile.acquire()
+    except AlreadyRunning as exc:
+        log.error("%s", exc)
+        return 1
+    try:
+        try:
+            parts = build(config)
+            parts.backend.check()
+            parts.queue.store.read()  # surfaces (and quarantines) a corrupt state file now, loudly
+        except (BackendError, StateError, StartupError) as exc:
+            log.error("cannot start: %s", exc)
+            return 1
+        except ConfigError as exc:
+            log.error("cannot start: %s", exc)
+            return 2
+        parts.daemon.install_signal_handlers()
+        parts.daemon.on_ready = lambda: pidfile.write(os.getpid())
+        log.info(
+            "starting: watching %s for label %r, backend %s, state in %s",
+            ", ".join(config.github_repos),
+            config.trigger_label,
+            config.backend,
+            config.state_dir,
+        )
+        return parts.daemon.run()
+    finally:
+        pidfile.release()

@@ -1,0 +1,373 @@
+"""The ``claude-issue-solver`` command: parse, call the library, print.
+
+Exit codes (as ``systemctl status`` uses them where they overlap):
+0 success / daemon running; 1 the operation failed (already running, stop timed out, unknown task);
+2 bad usage or configuration; 3 the daemon is not running (``status``, ``stop``).
+
+Only light modules are imported here; docker, PyGithub and the Daytona SDK are imported inside the
+commands that use them, so ``status``, ``queue``, ``pause`` and ``resume`` start fast.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, NoReturn, TypeVar
+
+import click
+
+from claude_issue_solver import __version__
+from claude_issue_solver.config import Config, ConfigError, load_config
+from claude_issue_solver.pidfile import DaemonStatus, daemon_status
+from claude_issue_solver.queue import QueueError, TaskQueue, TaskState
+from claude_issue_solver.state import StateError, StateStore
+
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_NOT_RUNNING = 3
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def fail(message: str, code: int = EXIT_FAILED) -> NoReturn:
+    click.secho(f"Error: {message}", err=True, fg="red")
+    sys.exit(code)
+
+
+class Context:
+    """Lazily loaded configuration and state, shared by the subcommands."""
+
+    def __init__(self, env_file: Path | None) -> None:
+        self.env_file = env_file
+        self._config: Config | None = None
+
+    @property
+    def config(self) -> Config:
+        if self._config is None:
+            try:
+                self._config = load_config(self.env_file)
+            except ConfigError as exc:
+                fail(str(exc), EXIT_USAGE)
+        return self._config
+
+    def queue(self) -> TaskQueue:
+        return TaskQueue(StateStore(self.config.state_file), max_concurrent=self.config.max_concurrent)
+
+    def daemon(self) -> DaemonStatus:
+        return daemon_status(self.config.pid_file)
+
+    def nudge(self) -> None:
+        """Wake a running daemon so a queue change takes effect now rather than at its next tick."""
+        status = self.daemon()
+        if status.ready and status.pid:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(status.pid, signal.SIGUSR1)
+
+
+def json_option(func: F) -> F:
+    return click.option(
+        "--json", "as_json", is_flag=True, help="Print machine-readable JSON instead of tables."
+    )(func)
+
+
+def handles_errors(func: F) -> F:
+    """Turn the library's expected failures into one readable line and an exit code."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except ConfigError as exc:
+            fail(str(exc), EXIT_USAGE)
+        except (StateError, QueueError) as exc:
+            fail(str(exc))
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _is_tty() -> bool:
+    return sys.stdout.isatty()
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, "--version", "-V", prog_name="claude-issue-solver")
+@click.option(
+    "--env-file",
+    type=click.Path(path_type=Path, dir_okay=False),
+    envvar="CLAUDE_ISSUE_SOLVER_ENV",
+    help="Read settings from this .env file (default: ./.env if present; the environment wins).",
+)
+@click.pass_context
+def main(ctx: click.Context, env_file: Path | None) -> None:
+    """Watch GitHub for issues labelled 'Claude' and have Claude Code open pull requests for them.
+
+    Each issue runs in isolation (a Docker container over a git worktree, or a Daytona sandbox); the
+    daemon pushes a branch claude/issue-N, opens a pull request and reports back on the issue.
+
+    \b
+    Exit codes: 0 ok, 1 failed, 2 bad usage or configuration, 3 daemon not running.
+    """
+    ctx.obj = Context(env_file)
+
+
+# --- the daemon's lifecycle -----------------------------------------------------------------------
+
+
+@main.command()
+@click.option(
+    "--foreground", "-f", is_flag=True, help="Run attached to this terminal, logging to stderr too."
+)
+@click.option(
+    "--wait",
+    "wait_seconds",
+    type=click.FloatRange(min=1),
+    default=30,
+    show_default=True,
+    help="Seconds to wait for a background daemon to come up.",
+)
+@click.option("--detached-child", is_flag=True, hidden=True)
+@click.pass_obj
+@handles_errors
+def start(obj: Context, foreground: bool, wait_seconds: float, detached_child: bool) -> None:
+    """Start the daemon (in the background unless --foreground)."""
+    config = obj.config
+    config.require_daemon_settings()
+    if foreground or detached_child:
+        from claude_issue_solver.app import run_daemon
+
+        sys.exit(run_daemon(config, to_stderr=not detached_child))
+    status = obj.daemon()
+    if status.running:
+        fail(f"the daemon is already running (pid {status.pid}); use 'restart' to restart it")
+    _spawn_and_wait(obj, config, wait_seconds)
+
+
+def _spawn_and_wait(obj: Context, config: Config, wait_seconds: float) -> None:
+    config.log_dir.mkdir(parents=True, exist_ok=True)
+    out_path = config.log_dir / "daemon.out"
+    command = [sys.executable, "-m", "claude_issue_solver"]
+    if obj.env_file:
+        command += ["--env-file", str(obj.env_file.resolve())]
+    command += ["start", "--detached-child"]
+    with open(out_path, "ab") as out:
+        child = subprocess.Popen(
+            command,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # not killed with this terminal's process group
+            close_fds=True,
+        )
+    deadline = time.monotonic() + wait_seconds
+    while time.monotonic() < deadline:
+        status = obj.daemon()
+        if status.ready and status.pid == child.pid:
+            click.echo(f"daemon started (pid {child.pid}); logs: {config.log_dir / 'daemon.log'}")
+            return
+        code = child.poll()
+        if code is not None:
+            from claude_issue_solver.logs import tail_lines
+
+            tail = "".join(tail_lines(out_path, 15))
+            click.echo(tail, err=True, nl=False)
+            fail(f"the daemon exited during start-up (exit code {code}); see {out_path}")
+        time.sleep(0.05)
+    fail(f"the daemon did not come up within {wait_seconds:.0f}s (pid {child.pid}); see {out_path}")
+
+
+def _stop(obj: Context, timeout: float, force: bool) -> bool:
+    """Stop the daemon; True if one was running."""
+    status = obj.daemon()
+    if not status.running or status.pid is None:
+        return False
+    pid = status.pid
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return False
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not obj.daemon().running:
+            return True
+        time.sleep(0.05)
+    if not force:
+        fail(f"the daemon (pid {pid}) did not stop within {timeout:.0f}s; try 'stop --force'")
+    click.echo(f"the daemon (pid {pid}) did not stop within {timeout:.0f}s; killing it", err=True)
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        return True
+    deadline = time.monotonic() + 10
+    while obj.daemon().running and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return True
+
+
+_timeout_option = click.option(
+    "--timeout",
+    type=click.FloatRange(min=0.1),
+    default=30,
+    show_default=True,
+    help="Seconds to wait for a graceful stop.",
+)
+_force_option = click.option(
+    "--force", is_flag=True, help="Kill the daemon (SIGKILL) if it does not stop in time."
+)
+
+
+@main.command()
+@_timeout_option
+@_force_option
+@click.pass_obj
+@handles_errors
+def stop(obj: Context, timeout: float, force: bool) -> None:
+    """Stop the daemon gracefully: running tasks stay recorded and resume at the next start."""
+    if not _stop(obj, timeout, force):
+        click.echo("the daemon is not running")
+        sys.exit(EXIT_NOT_RUNNING)
+    click.echo("daemon stopped")
+
+
+@main.command()
+@_timeout_option
+@_force_option
+@click.option(
+    "--wait",
+    "wait_seconds",
+    type=click.FloatRange(min=1),
+    default=30,
+    show_default=True,
+    help="Seconds to wait for the new daemon to come up.",
+)
+@click.pass_obj
+@handles_errors
+def restart(obj: Context, timeout: float, force: bool, wait_seconds: float) -> None:
+    """Stop the daemon if it runs, then start it in the background."""
+    config = obj.config
+    config.require_daemon_settings()
+    if _stop(obj, timeout, force):
+        click.echo("daemon stopped")
+    _spawn_and_wait(obj, config, wait_seconds)
+
+
+# --- looking at it ----------------------------------------------------------------------------------
+
+
+@main.command()
+@json_option
+@click.pass_obj
+@handles_errors
+def status(obj: Context, as_json: bool) -> None:
+    """Show whether the daemon runs, the queue, per-repo poll health and the (redacted) config.
+
+    Exits 0 when the daemon is running and 3 when it is not.
+    """
+    from claude_issue_solver.render import print_status, status_payload
+
+    queue = obj.queue()
+    state = queue.store.read()
+    tasks = queue.list()
+    daemon = obj.daemon()
+    payload = status_payload(obj.config, daemon, state, tasks, time.time())
+    if as_json:
+        click.echo(json.dumps(payload, indent=2))
+    else:
+        print_status(payload, sys.stdout, tty=_is_tty())
+    sys.exit(0 if daemon.running else EXIT_NOT_RUNNING)
+
+
+@main.command(name="queue")
+@json_option
+@click.option("--all", "show_all", is_flag=True, help="Include finished tasks (the last 100).")
+@click.option(
+    "--state",
+    "states",
+    multiple=True,
+    type=click.Choice([s.value for s in TaskState]),
+    help="Only tasks in this state (repeatable).",
+)
+@click.pass_obj
+@handles_errors
+def queue_command(obj: Context, as_json: bool, show_all: bool, states: tuple[str, ...]) -> None:
+    """List tasks: live ones by default, with --all the history too."""
+    from claude_issue_solver.render import print_queue, queue_payload
+
+    wanted: list[TaskState] | None
+    if states:
+        wanted = [TaskState(s) for s in states]
+    elif show_all:
+        wanted = None
+    else:
+        wanted = [TaskState.PENDING, TaskState.RUNNING]
+    rows = queue_payload(obj.queue().list(wanted), time.time())
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+    else:
+        print_queue(rows, sys.stdout, tty=_is_tty())
+
+
+@main.command()
+@click.pass_obj
+@handles_errors
+def pause(obj: Context) -> None:
+    """Start no new tasks (running ones finish). Works whether or not the daemon runs."""
+    changed = obj.queue().pause()
+    obj.nudge()
+    click.echo("paused: running tasks will finish; no new task starts" if changed else "already paused")
+
+
+@main.command()
+@click.pass_obj
+@handles_errors
+def resume(obj: Context) -> None:
+    """Start tasks again after 'pause'."""
+    changed = obj.queue().resume()
+    obj.nudge()
+    click.echo("resumed: pending tasks will start" if changed else "not paused")
+
+
+@main.command()
+@click.argument("task", required=False)
+@click.option(
+    "-n",
+    "--lines",
+    default=50,
+    show_default=True,
+    type=click.IntRange(min=0),
+    help="How many lines to show from the end.",
+)
+@click.option(
+    "-f", "--follow", is_flag=True, help="Keep printing new lines as they are written (Ctrl-C ends)."
+)
+@click.pass_obj
+@handles_errors
+def logs(obj: Context, task: str | None, lines: int, follow: bool) -> None:
+    """Show the daemon's log, or with TASK (a task id or owner/repo#N) that task's log."""
+    from claude_issue_solver.logs import daemon_log_path, tail_lines, task_log_path
+    from claude_issue_solver.logs import follow as follow_file
+
+    config = obj.config
+    if task:
+        found = obj.queue().find(task)
+        path = task_log_path(config.log_dir, found.id)
+    else:
+        path = daemon_log_path(config.log_dir)
+    if not follow:
+        if not path.exists():
+            fail(f"no log yet at {path}")
+        sys.stdout.write("".join(tail_lines(path, lines)))
+        return
+    try:
+        for line in follow_file(path, start_lines=lines):
+            sys.stdout.write(line)
+            sys.stdout.flush()
+    except KeyboardInterrupt:
+        pass

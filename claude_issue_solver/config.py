@@ -1,0 +1,374 @@
+"""Configuration: read once from the environment and a ``.env`` file, validated into a typed object.
+
+Every key is declared once in ``SETTINGS`` (name, parser, default, whether it is secret) so that the
+parser, the error messages, ``status``'s redacted view and ``.env.example`` cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+ENV_FILE_VARIABLE = "CLAUDE_ISSUE_SOLVER_ENV"
+BACKENDS = ("docker", "daytona")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+MASK = "***"
+
+# GitHub: owner is 1-39 alphanumerics or single hyphens; repository names allow ".", "_" and "-".
+_REPO_RE = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9]|-(?=[A-Za-z0-9])){0,38}/[A-Za-z0-9._-]{1,100}$")
+_MEMORY_RE = re.compile(r"^[0-9]+[bkmgBKMG]?$")
+
+
+class ConfigError(Exception):
+    """A configuration value is missing or malformed; the message names the key and the expected form."""
+
+
+# --- parsers: each takes the raw string and returns the value or raises ValueError(expected form) ---
+
+
+def _int_at_least(minimum: int) -> Callable[[str], int]:
+    def parse(raw: str) -> int:
+        try:
+            value = int(raw.strip())
+        except ValueError:
+            raise ValueError(f"an integer >= {minimum}") from None
+        if value < minimum:
+            raise ValueError(f"an integer >= {minimum}")
+        return value
+
+    return parse
+
+
+def _optional_int_at_least(minimum: int) -> Callable[[str], int | None]:
+    inner = _int_at_least(minimum)
+
+    def parse(raw: str) -> int | None:
+        return inner(raw) if raw.strip() else None
+
+    return parse
+
+
+def _float_above_zero(raw: str) -> float:
+    try:
+        value = float(raw.strip())
+    except ValueError:
+        raise ValueError("a number > 0 (e.g. 2 or 1.5)") from None
+    if value <= 0:
+        raise ValueError("a number > 0 (e.g. 2 or 1.5)")
+    return value
+
+
+def _bool(raw: str) -> bool:
+    value = raw.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise ValueError("true or false")
+
+
+def _text(raw: str) -> str:
+    return raw.strip()
+
+
+def _optional_text(raw: str) -> str | None:
+    return raw.strip() or None
+
+
+def _repos(raw: str) -> tuple[str, ...]:
+    repos = tuple(part.strip() for part in raw.split(",") if part.strip())
+    for repo in repos:
+        if not _REPO_RE.match(repo):
+            raise ValueError(f"comma-separated owner/name pairs (got {repo!r})")
+    if len(set(r.lower() for r in repos)) != len(repos):
+        raise ValueError("comma-separated owner/name pairs without duplicates")
+    return repos
+
+
+def _url(raw: str) -> str:
+    value = raw.strip().rstrip("/")
+    if not re.match(r"^https?://[^/\s]+", value):
+        raise ValueError("an http:// or https:// URL")
+    return value
+
+
+def _optional_url(raw: str) -> str | None:
+    return _url(raw) if raw.strip() else None
+
+
+def _choice(options: tuple[str, ...], *, upper: bool = False) -> Callable[[str], str]:
+    def parse(raw: str) -> str:
+        value = raw.strip().upper() if upper else raw.strip().lower()
+        if value not in options:
+            raise ValueError(" or ".join(options))
+        return value
+
+    return parse
+
+
+def _label(raw: str) -> str:
+    value = raw.strip()
+    if not value or "," in value:
+        raise ValueError("a non-empty label name without commas")
+    return value
+
+
+def _path(raw: str) -> Path:
+    value = raw.strip()
+    if not value:
+        raise ValueError("a directory path")
+    return Path(value).expanduser()
+
+
+def _optional_path(raw: str) -> Path | None:
+    return Path(raw.strip()).expanduser() if raw.strip() else None
+
+
+def _memory(raw: str) -> str:
+    value = raw.strip()
+    if not _MEMORY_RE.match(value):
+        raise ValueError("a size such as 4g or 512m")
+    return value
+
+
+def _network(raw: str) -> str:
+    value = raw.strip()
+    if not value or any(c.isspace() for c in value):
+        raise ValueError("a Docker network mode: bridge, host, none or a network name")
+    return value
+
+
+def _users(raw: str) -> tuple[str, ...]:
+    return tuple(u.strip().lower() for u in raw.split(",") if u.strip())
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One configuration key: how to parse it, its default, and whether its value is secret."""
+
+    key: str
+    parse: Callable[[str], Any]
+    default: Any
+    secret: bool = False
+
+    @property
+    def field_name(self) -> str:
+        return self.key.lower()
+
+
+SETTINGS: tuple[Setting, ...] = (
+    # GitHub access and what to watch
+    Setting("GITHUB_TOKEN", _optional_text, None, secret=True),
+    Setting("GITHUB_APP_ID", _optional_text, None),
+    Setting("GITHUB_APP_PRIVATE_KEY_PATH", _optional_path, None),
+    Setting("GITHUB_REPOS", _repos, ()),
+    Setting("GITHUB_API_URL", _url, "https://api.github.com"),
+    Setting("TRIGGER_LABEL", _label, "Claude"),
+    Setting("TRUSTED_USERS", _users, ()),
+    Setting("ALLOW_UNTRUSTED_LABELERS", _bool, False),
+    # the daemon
+    Setting("POLL_INTERVAL", _int_at_least(1), 60),
+    Setting("MAX_CONCURRENT", _int_at_least(1), 3),
+    Setting("MAX_ATTEMPTS", _int_at_least(1), 2),
+    Setting("TASK_TIMEOUT", _int_at_least(1), 3600),
+    Setting("BACKEND", _choice(BACKENDS), "docker"),
+    Setting("STATE_DIR", _path, None),  # default depends on XDG_STATE_HOME, see _default_state_dir
+    Setting("LOG_LEVEL", _choice(LOG_LEVELS, upper=True), "INFO"),
+    # the agent
+    Setting("ANTHROPIC_API_KEY", _optional_text, None, secret=True),
+    Setting("CLAUDE_CODE_OAUTH_TOKEN", _optional_text, None, secret=True),
+    Setting("ANTHROPIC_BASE_URL", _optional_url, None),
+    Setting("CLAUDE_MODEL", _optional_text, None),
+    Setting("CLAUDE_MAX_TURNS", _optional_int_at_least(1), None),
+    Setting("CLAUDE_EXTRA_ARGS", _text, ""),
+    Setting("CLAUDE_APPEND_SYSTEM_PROMPT", _optional_text, None),
+    Setting("PROMPT_TEMPLATE_DIR", _optional_path, None),
+    Setting("GIT_AUTHOR_NAME", _text, "Claude Issue Solver"),
+    Setting("GIT_AUTHOR_EMAIL", _text, "claude-issue-solver@users.noreply.github.com"),
+    # the Docker backend
+    Setting("DOCKER_IMAGE", _optional_text, None),
+    Setting("DOCKER_BASE_IMAGE", _text, "node:20-bookworm-slim"),
+    Setting("DOCKER_MEMORY", _memory, "4g"),
+    Setting("DOCKER_CPUS", _float_above_zero, 2.0),
+    Setting("DOCKER_NETWORK", _network, "bridge"),
+    Setting("DOCKER_PIDS_LIMIT", _int_at_least(16), 512),
+    # the Daytona backend
+    Setting("DAYTONA_API_KEY", _optional_text, None, secret=True),
+    Setting("DAYTONA_API_URL", _url, "https://app.daytona.io/api"),
+    Setting("DAYTONA_TARGET", _optional_text, None),
+    Setting("DAYTONA_SNAPSHOT", _text, "claude-issue-solver"),
+)
+
+_BY_KEY = {s.key: s for s in SETTINGS}
+# Settings the Claude CLI reads from its environment that we pass through to the agent unchanged.
+AGENT_ENV_PREFIXES = ("CLAUDE_CODE_", "API_TIMEOUT_MS", "DISABLE_", "ANTHROPIC_MODEL")
+
+
+@dataclass(frozen=True)
+class Config:
+    """The validated configuration. Build it with :func:`load_config`."""
+
+    github_token: str | None = None
+    github_app_id: str | None = None
+    github_app_private_key_path: Path | None = None
+    github_repos: tuple[str, ...] = ()
+    github_api_url: str = "https://api.github.com"
+    trigger_label: str = "Claude"
+    trusted_users: tuple[str, ...] = ()
+    allow_untrusted_labelers: bool = False
+    poll_interval: int = 60
+    max_concurrent: int = 3
+    max_attempts: int = 2
+    task_timeout: int = 3600
+    backend: str = "docker"
+    state_dir: Path = field(default_factory=lambda: _default_state_dir(os.environ))
+    log_level: str = "INFO"
+    anthropic_api_key: str | None = None
+    claude_code_oauth_token: str | None = None
+    anthropic_base_url: str | None = None
+    claude_model: str | None = None
+    claude_max_turns: int | None = None
+    claude_extra_args: str = ""
+    claude_append_system_prompt: str | None = None
+    prompt_template_dir: Path | None = None
+    git_author_name: str = "Claude Issue Solver"
+    git_author_email: str = "claude-issue-solver@users.noreply.github.com"
+    docker_image: str | None = None
+    docker_base_image: str = "node:20-bookworm-slim"
+    docker_memory: str = "4g"
+    docker_cpus: float = 2.0
+    docker_network: str = "bridge"
+    docker_pids_limit: int = 512
+    daytona_api_key: str | None = None
+    daytona_api_url: str = "https://app.daytona.io/api"
+    daytona_target: str | None = None
+    daytona_snapshot: str = "claude-issue-solver"
+    # Extra CLAUDE_CODE_* / DISABLE_* variables found in the environment, passed to the agent as-is.
+    agent_env: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def state_file(self) -> Path:
+        return self.state_dir / "state.json"
+
+    @property
+    def pid_file(self) -> Path:
+        return self.state_dir / "daemon.pid"
+
+    @property
+    def log_dir(self) -> Path:
+        return self.state_dir / "logs"
+
+    def secrets(self) -> list[str]:
+        """Every secret value in force, for the log redaction filter."""
+        values = [getattr(self, s.field_name) for s in SETTINGS if s.secret]
+        return [v for v in values if isinstance(v, str) and v]
+
+    def redacted(self) -> dict[str, str]:
+        """Each key with its value as a person may see it: secrets as ``***``."""
+        shown: dict[str, str] = {}
+        for setting in SETTINGS:
+            value = getattr(self, setting.field_name)
+            if setting.secret:
+                shown[setting.key] = MASK if value else ""
+            elif isinstance(value, tuple):
+                shown[setting.key] = ",".join(value)
+            elif value is None:
+                shown[setting.key] = ""
+            else:
+                shown[setting.key] = str(value)
+        return shown
+
+    def require_daemon_settings(self) -> None:
+        """What ``start`` needs beyond parsing: a GitHub credential and something to watch."""
+        if not self.github_token and not (self.github_app_id and self.github_app_private_key_path):
+            msg = (
+                "GITHUB_TOKEN is not set: expected a GitHub token with repo access "
+                "(or GITHUB_APP_ID and GITHUB_APP_PRIVATE_KEY_PATH for a GitHub App)"
+            )
+            raise ConfigError(msg)
+        if bool(self.github_app_id) != bool(self.github_app_private_key_path):
+            msg = "GITHUB_APP_ID and GITHUB_APP_PRIVATE_KEY_PATH go together: set both or neither"
+            raise ConfigError(msg)
+        if self.github_app_private_key_path and not self.github_app_private_key_path.is_file():
+            msg = (
+                f"GITHUB_APP_PRIVATE_KEY_PATH={self.github_app_private_key_path} does not exist: "
+                "expected the path of the App's .pem private key"
+            )
+            raise ConfigError(msg)
+        if not self.github_repos:
+            msg = "GITHUB_REPOS is not set: expected comma-separated owner/name pairs, e.g. acme/widgets"
+            raise ConfigError(msg)
+        if self.backend == "daytona" and not self.daytona_api_key:
+            msg = "DAYTONA_API_KEY is not set: expected a Daytona API key when BACKEND=daytona"
+            raise ConfigError(msg)
+
+
+def _default_state_dir(environ: Mapping[str, str]) -> Path:
+    base = environ.get("XDG_STATE_HOME") or str(Path(environ.get("HOME", "~")) / ".local" / "state")
+    return Path(base).expanduser() / "claude-issue-solver"
+
+
+def resolve_env_file(
+    env_file: Path | None, environ: Mapping[str, str], cwd: Path | None = None
+) -> Path | None:
+    """Which ``.env`` file to read: the explicit one, then ``$CLAUDE_ISSUE_SOLVER_ENV``, then ``./.env``."""
+    if env_file is not None:
+        if not env_file.is_file():
+            msg = f"--env-file {env_file} does not exist: expected a readable .env file"
+            raise ConfigError(msg)
+        return env_file
+    named = environ.get(ENV_FILE_VARIABLE)
+    if named:
+        path = Path(named).expanduser()
+        if not path.is_file():
+            msg = f"{ENV_FILE_VARIABLE}={named} does not exist: expected a readable .env file"
+            raise ConfigError(msg)
+        return path
+    local = (cwd or Path.cwd()) / ".env"
+    return local if local.is_file() else None
+
+
+def read_env_file(path: Path) -> dict[str, str]:
+    from dotenv import dotenv_values
+
+    try:
+        values = dotenv_values(path, interpolate=False)
+    except (OSError, UnicodeDecodeError) as exc:
+        msg = f"cannot read env file {path}: {exc}"
+        raise ConfigError(msg) from None
+    return {k: v for k, v in values.items() if v is not None}
+
+
+def load_config(
+    env_file: Path | None = None,
+    environ: Mapping[str, str] | None = None,
+    *,
+    cwd: Path | None = None,
+) -> Config:
+    """Merge the ``.env`` file with the environment (the environment wins) and validate every key."""
+    env = dict(os.environ if environ is None else environ)
+    path = resolve_env_file(env_file, env, cwd)
+    merged = {**read_env_file(path), **env} if path else env
+
+    values: dict[str, Any] = {}
+    for setting in SETTINGS:
+        raw = merged.get(setting.key)
+        if raw is None or (raw.strip() == "" and setting.default is not None):
+            continue  # unset, or blank where a default exists: keep the default
+        try:
+            values[setting.field_name] = setting.parse(raw)
+        except ValueError as exc:
+            shown = "(hidden)" if setting.secret else repr(raw)
+            msg = f"{setting.key}={shown} is not valid: expected {exc}"
+            raise ConfigError(msg) from None
+    if "state_dir" not in values:
+        values["state_dir"] = _default_state_dir(merged)
+    values["agent_env"] = tuple(
+        sorted((k, v) for k, v in merged.items() if k.startswith(AGENT_ENV_PREFIXES) and k not in _BY_KEY)
+    )
+    known = {f.name for f in fields(Config)}
+    return Config(**{k: v for k, v in values.items() if k in known})

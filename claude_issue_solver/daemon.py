@@ -1,0 +1,298 @@
+"""The daemon: a poller, a dispatcher and one monitor thread per running task.
+
+The work itself is injected: a *watcher* (called every ``POLL_INTERVAL``; it turns labelled issues into
+tasks) and a *runner* (runs one task to its end; see :class:`Runner`). Tests construct a ``Daemon``
+with fakes of both and drive it with :meth:`Daemon.run_once`, or run :meth:`Daemon.run` in a thread.
+
+Threading model:
+- main thread: the dispatcher loop in :meth:`run` -- reads signals, claims pending tasks within the
+  concurrency bound, starts monitors, relays cancel requests; wakes at least once a second so ``pause``
+  and ``resume`` from the CLI take effect within a second.
+- poller thread: calls the watcher every ``poll_interval`` seconds (a slow GitHub never delays dispatch).
+- monitor threads (one per running task): call the runner, then record the outcome in the queue.
+All shared state lives in the state file behind the store's lock; the daemon's own dicts are guarded by
+``self._lock``.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from claude_issue_solver.queue import Task, TaskQueue, TaskState
+
+log = logging.getLogger(__name__)
+
+DISPATCH_INTERVAL = 1.0
+SHUTDOWN_GRACE = 5.0
+
+
+@dataclass
+class TaskControl:
+    """What a runner watches while it works.
+
+    ``detach`` is set when the daemon shuts down: leave the work running (it is recorded as running and
+    picked up again on the next start) and return ``None``. ``cancel`` is set when an operator cancels the
+    task: stop the work, clean up, return a ``CANCELLED`` outcome.
+    """
+
+    detach: threading.Event = field(default_factory=threading.Event)
+    cancel: threading.Event = field(default_factory=threading.Event)
+
+    def wait(self, seconds: float) -> bool:
+        """Sleep up to ``seconds``; True as soon as either event is set."""
+        deadline = time.monotonic() + seconds
+        while True:
+            if self.detach.is_set() or self.cancel.is_set():
+                return True
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            self.cancel.wait(min(remaining, 0.2))
+
+
+@dataclass
+class Outcome:
+    """How a run ended. ``PENDING`` means: put the task back in line (its run was lost)."""
+
+    state: TaskState
+    error: str | None = None
+    fields: dict[str, Any] = field(default_factory=dict)
+
+
+class Runner(Protocol):
+    def run(self, task: Task, control: TaskControl) -> Outcome | None:
+        """Do the task from the start. ``None`` means detached: the work goes on without us."""
+
+    def resume(self, task: Task, control: TaskControl) -> Outcome | None:
+        """Pick up a task that was running when the previous daemon stopped or died."""
+
+    def reconcile(self, live: list[Task]) -> None:
+        """Remove leftovers (containers, sandboxes, worktrees) that no live task owns."""
+
+
+Watcher = Callable[[], object]
+
+
+class Daemon:
+    def __init__(
+        self,
+        queue: TaskQueue,
+        runner: Runner,
+        *,
+        watcher: Watcher | None = None,
+        poll_interval: float = 60.0,
+        clock: Callable[[], float] = time.monotonic,
+        on_ready: Callable[[], None] | None = None,
+    ) -> None:
+        self.queue = queue
+        self.runner = runner
+        self.watcher = watcher
+        self.poll_interval = poll_interval
+        self.clock = clock
+        self.on_ready = on_ready
+        self._lock = threading.Lock()
+        self._monitors: dict[str, tuple[threading.Thread, TaskControl]] = {}
+        self._signals: list[int] = []
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._next_poll: float | None = None
+        self._started = False
+
+    # --- the step ------------------------------------------------------------------------------
+
+    def startup(self) -> None:
+        """Resume tasks that were running when the last daemon ended, then clean up leftovers."""
+        if self._started:
+            return
+        self._started = True
+        running = self.queue.list([TaskState.RUNNING])
+        for task in running:
+            log.info("resuming task %s (%s), left running by the previous daemon", task.id, task.ref)
+            self._start_monitor(task, resume=True)
+        try:
+            self.runner.reconcile(self.queue.list([TaskState.PENDING, TaskState.RUNNING]))
+        except Exception:
+            log.exception("reconciling leftovers failed; will try again at the next start")
+
+    def run_once(self) -> None:
+        """One cycle: poll if due, relay cancel requests, reap finished monitors, dispatch."""
+        self.startup()
+        if self.watcher is not None and not self._stop.is_set():
+            now = self.clock()
+            if self._next_poll is None or now >= self._next_poll:
+                self._next_poll = now + self.poll_interval
+                self.poll()
+        self._relay_cancels()
+        self._reap()
+        if not self._stop.is_set():
+            self.dispatch()
+
+    def poll(self) -> None:
+        """Call the watcher once; a failing watcher is logged, never fatal."""
+        if self.watcher is None:
+            return
+        try:
+            self.watcher()
+        except Exception:
+            log.exception("the watcher failed; trying again at the next poll")
+
+    def dispatch(self) -> list[Task]:
+        """Start as many pending tasks as the concurrency bound allows (the queue enforces it)."""
+        started = []
+        while not self._stop.is_set():
+            task = self.queue.claim()
+            if task is None:
+                break
+            log.info("starting task %s for %s (attempt %d)", task.id, task.ref, task.attempts)
+            self._start_monitor(task, resume=False)
+            started.append(task)
+        return started
+
+    # --- monitors ------------------------------------------------------------------------------
+
+    def _start_monitor(self, task: Task, *, resume: bool) -> None:
+        control = TaskControl()
+        if task.cancel_requested:
+            control.cancel.set()
+        thread = threading.Thread(
+            target=self._monitor, args=(task, control, resume), name=f"monitor-{task.id}", daemon=True
+        )
+        with self._lock:
+            self._monitors[task.id] = (thread, control)
+        thread.start()
+
+    def _monitor(self, task: Task, control: TaskControl, resume: bool) -> None:
+        try:
+            outcome = (self.runner.resume if resume else self.runner.run)(task, control)
+        except Exception as exc:
+            log.exception("task %s crashed inside the daemon", task.id)
+            outcome = Outcome(TaskState.FAILED, error=f"internal error: {type(exc).__name__}: {exc}")
+        try:
+            if outcome is None:
+                log.info("task %s left running (daemon stopping); it resumes at the next start", task.id)
+            elif outcome.state is TaskState.PENDING:
+                self.queue.requeue(task.id, outcome.error or "requeued")
+                log.info("task %s requeued: %s", task.id, outcome.error)
+            else:
+                self.queue.finish(task.id, outcome.state, error=outcome.error, **outcome.fields)
+                log.info(
+                    "task %s %s%s",
+                    task.id,
+                    outcome.state.value,
+                    f": {outcome.error}" if outcome.error else "",
+                )
+        except Exception:
+            log.exception("could not record the end of task %s", task.id)
+        finally:
+            self._wake.set()
+
+    def _relay_cancels(self) -> None:
+        with self._lock:
+            monitors = dict(self._monitors)
+        if not monitors:
+            return
+        wanted = {t.id for t in self.queue.list([TaskState.RUNNING]) if t.cancel_requested}
+        for task_id, (_, control) in monitors.items():
+            if task_id in wanted and not control.cancel.is_set():
+                log.info("cancelling task %s at the operator's request", task_id)
+                control.cancel.set()
+
+    def _reap(self) -> None:
+        with self._lock:
+            for task_id, (thread, _) in list(self._monitors.items()):
+                if not thread.is_alive():
+                    thread.join()
+                    del self._monitors[task_id]
+
+    @property
+    def active(self) -> list[str]:
+        with self._lock:
+            return [task_id for task_id, (thread, _) in self._monitors.items() if thread.is_alive()]
+
+    # --- the loop ------------------------------------------------------------------------------
+
+    def handle_signal(self, signum: int, _frame: object = None) -> None:
+        """Only record; the loop acts (a handler that does work can deadlock on a held lock)."""
+        self._signals.append(signum)
+        self._wake.set()
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def request_stop(self) -> None:
+        self.handle_signal(signal.SIGTERM)
+
+    def install_signal_handlers(self) -> None:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, self.handle_signal)
+        # The CLI sends SIGUSR1 after changing the queue (pause, resume, submit) to skip the wait.
+        signal.signal(signal.SIGUSR1, lambda *_: self._wake.set())
+
+    def run(self) -> int:
+        """Run until a signal asks us to stop. Returns the exit code."""
+        self.startup()
+        poller = None
+        if self.watcher is not None:
+            poller = threading.Thread(target=self._poll_loop, name="poller", daemon=True)
+            poller.start()
+        if self.on_ready is not None:
+            self.on_ready()
+        log.info(
+            "daemon running (poll every %ss, at most %d tasks at once)",
+            self.poll_interval,
+            self.queue.max_concurrent,
+        )
+        try:
+            while True:
+                if self._take_stop_signal():
+                    break
+                self._relay_cancels()
+                self._reap()
+                try:
+                    self.dispatch()
+                except Exception:
+                    log.exception("dispatching failed; trying again in a moment")
+                self._wake.wait(DISPATCH_INTERVAL)
+                self._wake.clear()
+        finally:
+            self._stop.set()
+        return self._shutdown(poller)
+
+    def _take_stop_signal(self) -> bool:
+        if not self._signals:
+            return False
+        signum = self._signals[0]
+        log.warning(
+            "received %s: no new work will start; running tasks stay recorded and resume at the next "
+            "start. Send it again to exit at once.",
+            signal.Signals(signum).name,
+        )
+        return True
+
+    def _poll_loop(self) -> None:
+        while not self._stop.is_set():
+            self.poll()
+            self._stop.wait(self.poll_interval)
+
+    def _shutdown(self, poller: threading.Thread | None) -> int:
+        with self._lock:
+            monitors = list(self._monitors.values())
+        for _, control in monitors:
+            control.detach.set()
+        deadline = time.monotonic() + SHUTDOWN_GRACE
+        for thread in [t for t, _ in monitors] + ([poller] if poller else []):
+            while thread.is_alive() and time.monotonic() < deadline:
+                if len(self._signals) > 1:
+                    log.warning("second signal: exiting now")
+                    return 1
+                thread.join(0.1)
+        if any(t.is_alive() for t, _ in monitors):
+            log.warning("some monitors did not detach within %.0fs; exiting anyway", SHUTDOWN_GRACE)
+        log.info("daemon stopped")
+        return 0

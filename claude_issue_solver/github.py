@@ -1,0 +1,250 @@
+"""GitHub access through PyGithub: authentication (a token or a GitHub App), classified errors,
+raw conditional requests for cheap polling, and short-lived credentials for ``git push``.
+
+``GITHUB_API_URL`` is the base URL throughout, so GitHub Enterprise Server and the loopback GitHub in
+the tests work the same way.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import threading
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from github import Auth, Github, GithubIntegration, GithubRetry
+
+from claude_issue_solver.backends.base import GitCredential
+from claude_issue_solver.config import Config
+from claude_issue_solver.logs import REDACTOR
+
+log = logging.getLogger(__name__)
+
+TIMEOUT = 15
+TOKEN_REFRESH_MARGIN = 300  # seconds before an App installation token expires that we mint a new one
+_LINK_NEXT = re.compile(r'<([^>]+)>;\s*rel="next"')
+
+
+class GitHubError(Exception):
+    """A GitHub request failed. ``status`` is the HTTP status (None for a connection failure)."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class Transient(GitHubError):
+    """5xx, a timeout, a refused connection: worth trying again after a back-off."""
+
+
+class RateLimited(GitHubError):
+    """403/429 with a rate-limit signal. ``until`` is the wall-clock time GitHub told us to wait for."""
+
+    def __init__(self, message: str, status: int, until: float) -> None:
+        super().__init__(message, status)
+        self.until = until
+
+
+@dataclass(frozen=True)
+class Response:
+    status: int
+    headers: Mapping[str, str]
+    data: Any
+
+    @property
+    def rate(self) -> tuple[int, int] | None:
+        remaining, limit = self.headers.get("x-ratelimit-remaining"), self.headers.get("x-ratelimit-limit")
+        if remaining is None or limit is None:
+            return None
+        try:
+            return int(remaining), int(limit)
+        except ValueError:
+            return None
+
+
+def classify(status: int, headers: Mapping[str, str], body: str, what: str, now: float) -> GitHubError:
+    """Turn an error response into the exception the caller acts on."""
+    try:
+        payload = json.loads(body) if body else {}
+        message = str(payload.get("message", ""))
+        # Validation failures put the useful part ("A pull request already exists ...") in errors[].
+        details = [e.get("message", "") if isinstance(e, dict) else str(e) for e in payload.get("errors", [])]
+        message = "; ".join(m for m in [message, *details] if m)
+    except (ValueError, AttributeError):
+        message = body[:200]
+    detail = f"{what}: HTTP {status}" + (f" ({message})" if message else "")
+    if status in (403, 429):
+        retry_after = headers.get("retry-after")
+        if retry_after and retry_after.strip().isdigit():
+            return RateLimited(detail, status, now + int(retry_after))
+        if headers.get("x-ratelimit-remaining") == "0" and headers.get("x-ratelimit-reset", "").isdigit():
+            return RateLimited(detail, status, max(now, float(headers["x-ratelimit-reset"])) + 1)
+        if status == 429 or "rate limit" in message.lower():
+            return RateLimited(detail, status, now + 60)  # a secondary limit without a hint: a minute
+    if status >= 500:
+        return Transient(detail, status)
+    if status == 401:
+        return GitHubError(f"{what}: the GitHub credential was rejected (HTTP 401 Bad credentials)", status)
+    if status == 404:
+        return GitHubError(f"{what}: not found, or the credential cannot see it (HTTP 404)", status)
+    return GitHubError(detail, status)
+
+
+def parse_time(value: str | None) -> float | None:
+    if not value:
+        return None
+    return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+
+
+class GitHubClient:
+    """One place that knows how to talk to GitHub as us, per repository."""
+
+    def __init__(self, config: Config, *, clock: Any = time.time) -> None:
+        self.config = config
+        self.clock = clock
+        self._lock = threading.Lock()
+        self._clients: dict[tuple[str, bool], Github] = {}
+        self._git_tokens: dict[str, tuple[str, float]] = {}
+        self._repo_info: dict[str, dict[str, Any]] = {}
+        self._app: Auth.AppAuth | None = None
+        self._integration: GithubIntegration | None = None
+        self._installations: dict[str, int] = {}
+        if config.github_app_id and config.github_app_private_key_path:
+            key = config.github_app_private_key_path.read_text()
+            self._app = Auth.AppAuth(int(config.github_app_id), key)
+            self._integration = GithubIntegration(
+                auth=self._app, base_url=config.github_api_url, timeout=TIMEOUT
+            )
+        elif config.github_token:
+            REDACTOR.add(config.github_token)
+
+    # --- clients --------------------------------------------------------------------------------
+
+    def api(self, repo: str, *, retry: bool = True) -> Github:
+        """A PyGithub client for ``repo``. ``retry=False`` for the poller, which backs off by itself."""
+        key = (repo.lower() if self._app else "", retry)
+        with self._lock:
+            client = self._clients.get(key)
+            if client is None:
+                client = Github(
+                    auth=self._auth_for(repo),
+                    base_url=self.config.github_api_url,
+                    timeout=TIMEOUT,
+                    retry=GithubRetry(total=3) if retry else None,
+                    per_page=100,
+                    seconds_between_requests=None,
+                    seconds_between_writes=None,
+                )
+                self._clients[key] = client
+            return client
+
+    def _auth_for(self, repo: str) -> Auth.Auth:
+        if self._app is None:
+            assert self.config.github_token
+            return Auth.Token(self.config.github_token)
+        return self._app.get_installation_auth(self._installation_id(repo))
+
+    def _installation_id(self, repo: str) -> int:
+        assert self._integration is not None
+        cached = self._installations.get(repo.lower())
+        if cached is None:
+            owner, name = repo.split("/", 1)
+            try:
+                cached = self._integration.get_repo_installation(owner, name).id
+            except Exception as exc:
+                msg = f"the GitHub App is not installed on {repo}, or cannot see it ({type(exc).__name__})"
+                raise GitHubError(msg) from None
+            self._installations[repo.lower()] = cached
+        return cached
+
+    def git_credential(self, repo: str) -> GitCredential:
+        """A credential for one git command: the token, or a fresh App installation token."""
+        if self._app is None:
+            assert self.config.github_token
+            return GitCredential("x-access-token", self.config.github_token)
+        with self._lock:
+            token, expires = self._git_tokens.get(repo.lower(), ("", 0.0))
+        if not token or expires - self.clock() < TOKEN_REFRESH_MARGIN:
+            assert self._integration is not None
+            access = self._integration.get_access_token(self._installation_id(repo))
+            token = access.token
+            expires = access.expires_at.timestamp() if access.expires_at else self.clock() + 3600
+            REDACTOR.add(token)
+            with self._lock:
+                self._git_tokens[repo.lower()] = (token, expires)
+        return GitCredential("x-access-token", token)
+
+    # --- raw requests -----------------------------------------------------------------------------
+
+    def request(
+        self,
+        repo: str,
+        verb: str,
+        url: str,
+        *,
+        params: Mapping[str, Any] | None = None,
+        headers: Mapping[str, str] | None = None,
+        body: Any = None,
+        retry: bool = False,
+    ) -> Response:
+        """One request; 304 and 2xx come back, everything else is raised as a classified error."""
+        what = f"{verb} {url.split('?')[0]}"
+        try:
+            status, response_headers, text = self.api(repo, retry=retry).requester.requestJson(
+                verb, url, parameters=dict(params or {}), headers=dict(headers or {}), input=body
+            )
+        except GitHubError:
+            raise
+        except Exception as exc:  # requests' and urllib3's connection errors, timeouts
+            raise Transient(f"{what}: {type(exc).__name__}: {REDACTOR(str(exc))[:200]}") from None
+        if status == 304 or 200 <= status < 300:
+            data = json.loads(text) if text else None
+            return Response(status, response_headers, data)
+        raise classify(status, response_headers, text, what, self.clock())
+
+    def paginate(self, repo: str, url: str, params: Mapping[str, Any] | None = None) -> Iterator[Response]:
+        """Follow ``Link: rel="next"`` pages of a list endpoint."""
+        response: Response | None = self.request(repo, "GET", url, params={"per_page": 100, **(params or {})})
+        while response is not None:
+            yield response
+            response = self.next_page(repo, response)
+
+    def next_page(self, repo: str, response: Response) -> Response | None:
+        match = _LINK_NEXT.search(response.headers.get("link", ""))
+        return self.request(repo, "GET", match.group(1)) if match else None
+
+    # --- reads the pipeline needs ---------------------------------------------------------------
+
+    def repo_info(self, repo: str) -> dict[str, Any]:
+        """clone_url and default_branch (cached: they do not change under us)."""
+        info = self._repo_info.get(repo.lower())
+        if info is None:
+            data = self.request(repo, "GET", f"/repos/{repo}", retry=True).data
+            info = {"clone_url": data["clone_url"], "default_branch": data.get("default_branch") or "main"}
+            self._repo_info[repo.lower()] = info
+        return info
+
+    def issue(self, repo: str, number: int) -> dict[str, Any]:
+        return self.request(repo, "GET", f"/repos/{repo}/issues/{number}", retry=True).data
+
+    def comments(self, repo: str, number: int, since: str | None = None) -> list[dict[str, Any]]:
+        params = {"since": since} if since else {}
+        out: list[dict[str, Any]] = []
+        for page in self.paginate(repo, f"/repos/{repo}/issues/{number}/comments", params):
+            out.extend(page.data or [])
+        return out
+
+    def events(self, repo: str, number: int) -> list[dict[str, Any]]:
+        out: list[dict[str, Any]] = []
+        for page in self.paginate(repo, f"/repos/{repo}/issues/{number}/events"):
+            out.extend(page.data or [])
+        return out
+
+    def permission(self, repo: str, login: str) -> str:
+        data = self.request(repo, "GET", f"/repos/{repo}/collaborators/{login}/permission", retry=True).data
+        return str(data.get("permission", "none"))

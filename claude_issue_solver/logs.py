@@ -1,0 +1,200 @@
+"""Logging: the daemon log (rotated), per-task log files, secret redaction, and reading logs back."""
+
+from __future__ import annotations
+
+import logging
+import logging.handlers
+import os
+import re
+import sys
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+
+LOGGER_NAME = "claude_issue_solver"
+DAEMON_LOG = "daemon.log"
+_FORMAT = "%(asctime)s %(levelname)-7s %(threadName)s %(name)s: %(message)s"
+# Shapes of GitHub and Anthropic credentials, masked even when we were never told the value.
+_TOKEN_SHAPES = re.compile(
+    r"\b(gh[pousr]_[A-Za-z0-9]{20,}|github_pat_[A-Za-z0-9_]{20,}|sk-ant-[A-Za-z0-9_-]{10,})\b"
+)
+
+
+class Redactor:
+    """Replaces secret values (and anything shaped like a token) with ``***``."""
+
+    def __init__(self, secrets: Iterable[str] = ()) -> None:
+        self._lock = threading.Lock()
+        self._secrets: set[str] = set()
+        self.add(*secrets)
+
+    def add(self, *secrets: str) -> None:
+        # Short values would mask ordinary words; real credentials are long.
+        with self._lock:
+            self._secrets.update(s for s in secrets if s and len(s) >= 6)
+
+    def __call__(self, text: str) -> str:
+        with self._lock:
+            secrets = sorted(self._secrets, key=len, reverse=True)
+        for secret in secrets:
+            if secret in text:
+                text = text.replace(secret, "***")
+        return _TOKEN_SHAPES.sub("***", text)
+
+
+# One process-wide redactor: a credential learned anywhere (an App installation token, say) is
+# masked in every log from then on.
+REDACTOR = Redactor()
+
+
+class RedactingFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        redacted = REDACTOR(message)
+        if record.exc_info and record.exc_info[1] is not None:
+            # Format the traceback now so that its text, too, passes through the redactor.
+            redacted += "\n" + REDACTOR(logging.Formatter().formatException(record.exc_info))
+            record.exc_info = None
+            record.exc_text = None
+        record.msg, record.args = redacted, None
+        return True
+
+
+def setup_logging(
+    log_dir: Path,
+    *,
+    level: str = "INFO",
+    to_stderr: bool = False,
+    secrets: Iterable[str] = (),
+) -> logging.Logger:
+    """The daemon's logging: ``log_dir/daemon.log`` rotated at 10 MB x 5, and stderr in the foreground."""
+    REDACTOR.add(*secrets)
+    log_dir.mkdir(parents=True, exist_ok=True)
+    logger = logging.getLogger(LOGGER_NAME)
+    logger.setLevel(level)
+    logger.propagate = False
+    for handler in list(logger.handlers):
+        logger.removeHandler(handler)
+        handler.close()
+    formatter = logging.Formatter(_FORMAT)
+    handlers: list[logging.Handler] = [
+        logging.handlers.RotatingFileHandler(
+            log_dir / DAEMON_LOG, maxBytes=10 * 1024 * 1024, backupCount=5, encoding="utf-8"
+        )
+    ]
+    if to_stderr:
+        handlers.append(logging.StreamHandler(sys.stderr))
+    for handler in handlers:
+        handler.setFormatter(formatter)
+        handler.addFilter(RedactingFilter())
+        logger.addHandler(handler)
+    return logger
+
+
+def task_log_path(log_dir: Path, task_id: str) -> Path:
+    return log_dir / "tasks" / f"{task_id}.log"
+
+
+class TaskLog:
+    """Append-only, redacted, timestamped lines for one task; safe to share between threads."""
+
+    def __init__(self, path: Path, clock: Callable[[], float] = time.time) -> None:
+        self.path = path
+        self._clock = clock
+        self._lock = threading.Lock()
+        path.parent.mkdir(parents=True, exist_ok=True)
+
+    def write(self, message: str) -> None:
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(self._clock()))
+        lines = REDACTOR(message).rstrip("\n").splitlines() or [""]
+        text = "".join(f"{stamp} {line}\n" for line in lines)
+        with self._lock, open(self.path, "a", encoding="utf-8") as handle:
+            handle.write(text)
+
+    def write_raw(self, chunk: str) -> None:
+        """Output from the agent, as it came (but redacted)."""
+        with self._lock, open(self.path, "a", encoding="utf-8") as handle:
+            handle.write(REDACTOR(chunk))
+
+    def tail(self, lines: int = 20) -> str:
+        return "".join(tail_lines(self.path, lines))
+
+
+def tail_lines(path: Path, count: int) -> list[str]:
+    """The last ``count`` lines of a file without reading all of a large one."""
+    if count <= 0:
+        return []
+    try:
+        with open(path, "rb") as handle:
+            handle.seek(0, os.SEEK_END)
+            size = handle.tell()
+            block = 8192
+            data = b""
+            while size > 0 and data.count(b"\n") <= count:
+                step = min(block, size)
+                size -= step
+                handle.seek(size)
+                data = handle.read(step) + data
+    except FileNotFoundError:
+        return []
+    return [line.decode("utf-8", "replace") + "\n" for line in data.splitlines()[-count:]]
+
+
+def follow(
+    path: Path,
+    *,
+    start_lines: int = 10,
+    poll: Callable[[], None] = lambda: time.sleep(0.2),
+    keep_going: Callable[[], bool] = lambda: True,
+) -> Iterator[str]:
+    """Yield the last ``start_lines`` lines, then new lines as they are appended (like ``tail -f``).
+
+    Survives rotation and late creation: when the file is replaced or truncated, it reopens it.
+    """
+    yield from tail_lines(path, start_lines)
+    handle = None
+    inode = None
+    position = 0
+    try:
+        if path.exists():
+            handle = open(path, "rb")  # noqa: SIM115 - kept open across iterations on purpose
+            handle.seek(0, os.SEEK_END)
+            position = handle.tell()
+            inode = os.fstat(handle.fileno()).st_ino
+        pending = b""
+        while keep_going():
+            if handle is None and path.exists():
+                handle = open(path, "rb")  # noqa: SIM115
+                inode = os.fstat(handle.fileno()).st_ino
+                position = 0
+            if handle is not None:
+                chunk = handle.read()
+                if chunk:
+                    position += len(chunk)
+                    pending += chunk
+                    *complete, pending = pending.split(b"\n")
+                    for line in complete:
+                        yield line.decode("utf-8", "replace") + "\n"
+                    continue
+                try:
+                    stat = os.stat(path)
+                    if stat.st_ino != inode or stat.st_size < position:
+                        handle.close()
+                        handle = None
+                        continue
+                except FileNotFoundError:
+                    pass
+            poll()
+    finally:
+        if handle is not None:
+            handle.close()
+
+
+def daemon_log_path(log_dir: Path) -> Path:
+    return log_dir / DAEMON_LOG
+
+
+def last_lines(lines: Iterable[str], count: int) -> list[str]:
+    return list(deque(lines, maxlen=count))

@@ -1,0 +1,142 @@
+"""Every piece of text the daemon writes to GitHub: issue comments and pull request bodies.
+
+Kept in one module so the voice is consistent and easy to change. Each comment carries a hidden marker
+naming its task, which is how the publisher finds its own comment again instead of posting a second.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from claude_issue_solver.queue import Task
+
+MARKER_PREFIX = "<!-- claude-issue-solver:task="
+_MARKER_RE = re.compile(r"<!-- claude-issue-solver:task=([A-Za-z0-9._-]+) -->")
+LOG_TAIL_LINES = 30
+
+
+def marker(task_id: str) -> str:
+    return f"{MARKER_PREFIX}{task_id} -->"
+
+
+def marked_task(body: str | None) -> str | None:
+    match = _MARKER_RE.search(body or "")
+    return match.group(1) if match else None
+
+
+@dataclass(frozen=True)
+class RunFigures:
+    duration_s: float | None = None
+    turns: int | None = None
+    cost_usd: float | None = None
+
+    @classmethod
+    def of(cls, task: Task, duration_s: float | None = None) -> RunFigures:
+        return cls(duration_s=duration_s, turns=task.num_turns, cost_usd=task.cost_usd)
+
+    def line(self) -> str:
+        parts = []
+        if self.duration_s is not None:
+            minutes, seconds = divmod(int(self.duration_s), 60)
+            parts.append(f"{minutes}m{seconds:02d}s" if minutes else f"{seconds}s")
+        if self.turns is not None:
+            parts.append(f"{self.turns} turns")
+        if self.cost_usd is not None:
+            parts.append(f"${self.cost_usd:.2f}")
+        return " · ".join(parts)
+
+
+def _retry_hint(task: Task, label: str) -> str:
+    return (
+        f"To try again, remove and re-apply the `{label}` label, or run "
+        f"`claude-issue-solver retry {task.id}` on the host."
+    )
+
+
+def _fence(text: str) -> str:
+    """A code fence longer than any run of backticks inside ``text``."""
+    longest = max((len(m) for m in re.findall(r"`+", text)), default=0)
+    return "`" * max(3, longest + 1)
+
+
+def _collapsed(summary: str, text: str) -> str:
+    fence = _fence(text)
+    return f"<details><summary>{summary}</summary>\n\n{fence}\n{text.rstrip()}\n{fence}\n</details>"
+
+
+def working_comment(task: Task, steps: list[tuple[str, bool]]) -> str:
+    lines = [f"🤖 Claude is working on this issue (task `{task.id}`).", ""]
+    lines += [f"- [{'x' if done else ' '}] {step}" for step, done in steps]
+    return "\n".join(lines) + "\n\n" + marker(task.id)
+
+
+def queued_comment(task: Task) -> str:
+    return f"🤖 Queued: Claude will pick this issue up shortly (task `{task.id}`).\n\n{marker(task.id)}"
+
+
+def pr_opened_comment(task: Task, pr_url: str, figures: RunFigures, *, updated: bool = False) -> str:
+    verb = "updated" if updated else "opened"
+    lines = [f"✅ Claude {verb} a pull request for this issue: {pr_url}"]
+    if figures.line():
+        lines += ["", f"Run: {figures.line()} (task `{task.id}`)"]
+    return "\n".join(lines) + "\n\n" + marker(task.id)
+
+
+def no_changes_comment(task: Task, answer: str | None, figures: RunFigures) -> str:
+    text = (answer or "").strip() or "(Claude gave no answer.)"
+    quoted = "\n".join("> " + line for line in text.splitlines())
+    lines = [
+        "💬 Claude looked into this issue and made no changes to the code. Its answer:",
+        "",
+        quoted,
+    ]
+    if figures.line():
+        lines += ["", f"Run: {figures.line()} (task `{task.id}`)"]
+    return "\n".join(lines) + "\n\n" + marker(task.id)
+
+
+def failed_comment(task: Task, reason: str, label: str, log_tail: str = "") -> str:
+    lines = [f"❌ Claude could not finish this issue: {reason.rstrip('.')}.", "", _retry_hint(task, label)]
+    if log_tail.strip():
+        tail = "\n".join(log_tail.rstrip().splitlines()[-LOG_TAIL_LINES:])
+        lines += ["", _collapsed("Last lines of the log", tail)]
+    return "\n".join(lines) + "\n\n" + marker(task.id)
+
+
+def cancelled_comment(task: Task) -> str:
+    return (
+        f"⏹️ The work on this issue was cancelled by an operator (task `{task.id}`).\n\n"
+        f"{_retry_hint(task, 'Claude')}\n\n{marker(task.id)}"
+    )
+
+
+def pr_fallback_comment(task: Task, branch: str, diffstat: str, reason: str, label: str) -> str:
+    lines = [
+        f"⚠️ Claude's changes are on branch `{branch}`, but the pull request could not be opened: "
+        f"{reason.rstrip('.')}.",
+        "",
+        "Open one from that branch by hand, or fix the cause and retry. " + _retry_hint(task, label),
+    ]
+    if diffstat.strip():
+        lines += ["", _collapsed("Changed files", diffstat)]
+    return "\n".join(lines) + "\n\n" + marker(task.id)
+
+
+def pr_body(task: Task, description: str, figures: RunFigures) -> str:
+    """The agent's description, the run's figures, and the closing keyword GitHub acts on."""
+    parts = [description.strip() or "_Claude left no description._", "---"]
+    note = f"Written by Claude Code via claude-issue-solver (task `{task.id}`)."
+    if figures.line():
+        note += f" Run: {figures.line()}."
+    parts.append(note)
+    parts.append(f"Fixes #{task.issue_number}")
+    return "\n\n".join(parts) + "\n"
+
+
+def commit_message(title: str, task: Task) -> str:
+    return f"{title}\n\nFixes #{task.issue_number}\n\nTask: {task.id}\n"
+
+
+def default_pr_title(task: Task) -> str:
+    return f"Fix #{task.issue_number}: {task.title}"[:256]

@@ -1,0 +1,370 @@
+"""The task pipeline, one for every backend: prepare -> run the agent -> collect -> publish -> clean up.
+
+The pipeline is the daemon's runner. It records each phase on the task *before* acting on it, so that
+a daemon that died anywhere can pick the task up again (:meth:`Pipeline.resume`) and every step after
+the agent is idempotent: the commit is made only if there is something uncommitted, the push repeats
+harmlessly, the pull request is found by its branch, the comment by its marker.
+
+Phases (``task.meta["phase"]``): ``preparing`` -> ``agent`` -> ``publishing`` -> ``published``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from claude_issue_solver import messages
+from claude_issue_solver.agent import (
+    AgentResult,
+    AgentSettings,
+    build_command,
+    parse_extra_args,
+    parse_result,
+)
+from claude_issue_solver.backends.base import (
+    AgentExit,
+    Backend,
+    BackendError,
+    PushRejected,
+    RunSpec,
+    Workspace,
+    WorkspaceLost,
+)
+from claude_issue_solver.config import Config
+from claude_issue_solver.daemon import Outcome, TaskControl
+from claude_issue_solver.github import GitHubClient, GitHubError, Transient
+from claude_issue_solver.logs import TaskLog, task_log_path
+from claude_issue_solver.prompt import IssueComment, IssueContext, SummaryError, build_prompt, parse_summary
+from claude_issue_solver.publisher import Publisher
+from claude_issue_solver.queue import Task, TaskQueue, TaskState
+from claude_issue_solver.watcher import is_trusted_comment
+
+log = logging.getLogger(__name__)
+
+RETRY_DELAY = 60.0
+QUIET_AGENT_ENV = {
+    "DISABLE_AUTOUPDATER": "1",
+    "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
+    "DISABLE_TELEMETRY": "1",
+}
+
+
+def branch_for(task: Task) -> str:
+    """One stable branch per issue: re-runs continue it instead of piling up -try2, -try3."""
+    return f"claude/issue-{task.issue_number}"
+
+
+def agent_settings(config: Config) -> AgentSettings:
+    return AgentSettings(
+        max_turns=config.claude_max_turns,
+        model=config.claude_model,
+        append_system_prompt=config.claude_append_system_prompt,
+        extra_args=parse_extra_args(config.claude_extra_args),
+    )
+
+
+def agent_env(config: Config) -> dict[str, str]:
+    """The agent's environment: the Claude credential and CLI settings, and no other secret."""
+    env = dict(QUIET_AGENT_ENV)
+    env.update(dict(config.agent_env))
+    if config.anthropic_api_key:
+        env["ANTHROPIC_API_KEY"] = config.anthropic_api_key
+    if config.claude_code_oauth_token:
+        env["CLAUDE_CODE_OAUTH_TOKEN"] = config.claude_code_oauth_token
+    if config.anthropic_base_url:
+        env["ANTHROPIC_BASE_URL"] = config.anthropic_base_url
+    return env
+
+
+class Pipeline:
+    def __init__(
+        self,
+        config: Config,
+        queue: TaskQueue,
+        backend: Backend,
+        client: GitHubClient,
+        publisher: Publisher,
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.config = config
+        self.queue = queue
+        self.backend = backend
+        self.client = client
+        self.publisher = publisher
+        self.clock = clock
+        self.command = build_command(agent_settings(config))
+        self.env = agent_env(config)
+
+    # --- the daemon's Runner interface ------------------------------------------------------------
+
+    def run(self, task: Task, control: TaskControl) -> Outcome | None:
+        tlog = self._log(task)
+        tlog.write(f"task {task.id}: {task.ref} ({task.title!r}), attempt {task.attempts}")
+        try:
+            issue = self.client.issue(task.repo, task.issue_number)
+            if issue.get("state") != "open":
+                tlog.write("the issue was closed before the work started; nothing to do")
+                return Outcome(TaskState.CANCELLED, error="the issue was closed")
+            if task.kind == "issue" and self.config.trigger_label.lower() not in _labels(issue):
+                tlog.write(f"the {self.config.trigger_label!r} label was removed; nothing to do")
+                return Outcome(TaskState.CANCELLED, error="the trigger label was removed")
+            spec = self._spec(task, issue)
+            self._comment(task, messages.working_comment(task, self._steps(0)))
+            task = self.queue.update(
+                task.id,
+                backend=self.backend.name,
+                handle=self.backend.handle_for(task),
+                branch=spec.branch,
+                meta={"phase": "preparing"},
+            )
+            workspace = self.backend.prepare(spec, tlog)
+            self.queue.update(task.id, meta={"phase": "agent", "base_sha": workspace.base_sha})
+            self.backend.start_agent(workspace, spec, tlog)
+            tlog.write(f"agent started in {workspace.handle}")
+            self._comment(task, messages.working_comment(task, self._steps(2)))
+        except (GitHubError, BackendError) as exc:
+            return self._setback(task, None, exc, tlog)
+        return self._after_start(task, workspace, spec, control, tlog)
+
+    def resume(self, task: Task, control: TaskControl) -> Outcome | None:
+        tlog = self._log(task)
+        phase = task.meta.get("phase")
+        tlog.write(f"daemon restarted: resuming task {task.id} in phase {phase!r}")
+        workspace = self.backend.attach(task)
+        if phase == "published":
+            self.backend.cleanup(workspace, task, tlog)
+            return Outcome(TaskState.COMPLETED)
+        if workspace is None or phase in (None, "preparing"):
+            self.backend.cleanup(workspace, task, tlog)
+            return self._lost(task, "the daemon stopped before its workspace was ready", tlog)
+        try:
+            issue = self.client.issue(task.repo, task.issue_number)
+            spec = self._spec(task, issue)
+        except GitHubError as exc:
+            return self._setback(task, workspace, exc, tlog, cleanup=False)
+        if phase == "publishing":
+            return self._publish(task, workspace, spec, self._stored_result(task), tlog)
+        return self._after_start(task, workspace, spec, control, tlog)
+
+    def reconcile(self, live: list[Task]) -> None:
+        removed = self.backend.remove_orphans({t.id for t in live})
+        for item in removed:
+            log.info("removed leftover %s that no task owns", item)
+
+    # --- after the agent started ------------------------------------------------------------------
+
+    def _after_start(
+        self, task: Task, workspace: Workspace, spec: RunSpec, control: TaskControl, tlog: TaskLog
+    ) -> Outcome | None:
+        deadline = (task.started_at or self.clock()) + self.config.task_timeout
+
+        def should_stop() -> str | None:
+            if control.cancel.is_set():
+                return "cancel"
+            if control.detach.is_set():
+                return "detach"
+            return None
+
+        try:
+            exit_ = self.backend.wait(workspace, deadline=deadline, should_stop=should_stop, log=tlog)
+        except WorkspaceLost as exc:
+            self.backend.cleanup(workspace, task, tlog)
+            return self._lost(task, str(exc), tlog)
+        except BackendError as exc:
+            return self._setback(task, workspace, exc, tlog)
+        if exit_ is None:
+            return None  # detached: the agent runs on, and the next daemon resumes the task
+        return self._conclude(task, workspace, spec, exit_, tlog)
+
+    def _conclude(
+        self, task: Task, workspace: Workspace, spec: RunSpec, exit_: AgentExit, tlog: TaskLog
+    ) -> Outcome:
+        if exit_.cancelled:
+            tlog.write("cancelled by an operator")
+            self.backend.cleanup(workspace, task, tlog)
+            self._comment(task, messages.cancelled_comment(task))
+            return Outcome(TaskState.CANCELLED, error="cancelled by an operator")
+        if exit_.timed_out:
+            reason = (
+                f"it ran out of time: the agent was stopped after {self.config.task_timeout}s (TASK_TIMEOUT)"
+            )
+            return self._fail(task, workspace, reason, tlog, exit_.log_tail)
+        result = parse_result(exit_.stdout, exit_code=exit_.exit_code, log_tail=exit_.log_tail)
+        fields = result.to_task_fields()
+        task = self.queue.update(task.id, **_task_fields(fields))
+        tlog.write(f"agent finished: exit code {exit_.exit_code}, ok={result.ok}, {fields}")
+        if not result.ok:
+            return self._fail(task, workspace, result.error or "the agent failed", tlog, exit_.log_tail)
+        return self._publish(task, workspace, spec, result, tlog)
+
+    def _publish(
+        self, task: Task, workspace: Workspace, spec: RunSpec, result: AgentResult | None, tlog: TaskLog
+    ) -> Outcome:
+        try:
+            changes = self.backend.collect(workspace, tlog)
+            summary = changes.summary if changes.summary is not None else task.meta.get("summary")
+            # Recorded before anything is pushed: collect() removed the file, a crash must not lose it.
+            task = self.queue.update(task.id, meta={"phase": "publishing", "summary": summary})
+            answer = result.result if result else task.result
+            figures = messages.RunFigures.of(task, self._duration(task))
+            if not changes.changed and not changes.ahead:
+                tlog.write("the agent changed nothing")
+                self._comment(task, messages.no_changes_comment(task, answer, figures))
+                self.backend.cleanup(workspace, task, tlog)
+                return Outcome(TaskState.COMPLETED)
+            title, description = self._summary(task, summary, tlog)
+            sha = self.backend.push(
+                workspace,
+                spec,
+                messages.commit_message(title, task),
+                (self.config.git_author_name, self.config.git_author_email),
+                tlog,
+            )
+            tlog.write(f"pushed {spec.branch} at {sha}")
+            try:
+                pr = self.publisher.open_or_update_pr(
+                    task.repo,
+                    branch=spec.branch,
+                    base=spec.default_branch,
+                    title=title,
+                    body=messages.pr_body(task, description, figures),
+                )
+            except GitHubError as exc:
+                reason = f"GitHub refused the pull request ({exc})"
+                tlog.write(reason)
+                self._comment(
+                    task,
+                    messages.pr_fallback_comment(task, spec.branch, changes.diffstat, reason, self._label),
+                )
+                self.backend.cleanup(workspace, task, tlog)
+                return Outcome(TaskState.FAILED, error=f"changes pushed to {spec.branch}, but {reason}")
+            tlog.write(f"pull request {'opened' if pr.created else 'updated'}: {pr.url}")
+            self.queue.update(task.id, pr_url=pr.url, meta={"phase": "published", "pr_number": pr.number})
+            self._comment(task, messages.pr_opened_comment(task, pr.url, figures, updated=not pr.created))
+        except PushRejected as exc:
+            return self._fail(task, workspace, f"the push of branch {spec.branch} was rejected: {exc}", tlog)
+        except (GitHubError, BackendError) as exc:
+            return self._setback(task, workspace, exc, tlog, cleanup=False)
+        self.backend.cleanup(workspace, task, tlog)
+        return Outcome(TaskState.COMPLETED, fields={"pr_url": pr.url})
+
+    # --- endings ----------------------------------------------------------------------------------
+
+    def _fail(
+        self, task: Task, workspace: Workspace | None, reason: str, tlog: TaskLog, tail: str = ""
+    ) -> Outcome:
+        tlog.write(f"failed: {reason}")
+        self.backend.cleanup(workspace, task, tlog)
+        try:
+            self._comment(task, messages.failed_comment(task, reason, self._label, tail))
+        except GitHubError as exc:
+            tlog.write(f"could not post the failure comment: {exc}")
+        return Outcome(TaskState.FAILED, error=reason)
+
+    def _lost(self, task: Task, reason: str, tlog: TaskLog) -> Outcome:
+        """The run is gone (its container vanished, the daemon died early): run again or give up."""
+        if task.attempts < self.config.max_attempts:
+            tlog.write(f"{reason}; queueing it again (attempt {task.attempts} of {self.config.max_attempts})")
+            self.queue.update(task.id, meta={"phase": None})
+            return Outcome(TaskState.PENDING, error=reason)
+        return self._fail(task, None, f"{reason}, and it already ran {task.attempts} times", tlog)
+
+    def _setback(
+        self, task: Task, workspace: Workspace | None, exc: Exception, tlog: TaskLog, *, cleanup: bool = True
+    ) -> Outcome:
+        """A failure on the way: a passing one (GitHub 5xx, a rate limit) is retried, others fail."""
+        passing = isinstance(exc, Transient) or getattr(exc, "retryable", False)
+        if passing and task.attempts < self.config.max_attempts:
+            tlog.write(f"{exc}; will try again")
+            if cleanup:
+                self.backend.cleanup(workspace, task, tlog)
+                self.queue.update(task.id, meta={"phase": None})
+            return Outcome(TaskState.PENDING, error=str(exc))
+        return self._fail(task, workspace, str(exc), tlog)
+
+    # --- helpers ----------------------------------------------------------------------------------
+
+    @property
+    def _label(self) -> str:
+        return self.config.trigger_label
+
+    def _log(self, task: Task) -> TaskLog:
+        return TaskLog(task_log_path(self.config.log_dir, task.id), clock=self.clock)
+
+    def _duration(self, task: Task) -> float | None:
+        return None if task.started_at is None else self.clock() - task.started_at
+
+    def _steps(self, done: int) -> list[tuple[str, bool]]:
+        names = ["workspace ready", "agent running", "changes pushed", "pull request opened"]
+        return [(name, i < done) for i, name in enumerate(names)]
+
+    def _comment(self, task: Task, body: str) -> None:
+        comment_id = task.meta.get("comment_id")
+        new_id = self.publisher.upsert_comment(task.repo, task.issue_number, task.id, body, comment_id)
+        if new_id != comment_id:
+            task.meta["comment_id"] = new_id
+            self.queue.update(task.id, meta={"comment_id": new_id})
+
+    def _spec(self, task: Task, issue: dict[str, Any]) -> RunSpec:
+        info = self.client.repo_info(task.repo)
+        comments = [
+            IssueComment(
+                author=(c.get("user") or {}).get("login", ""),
+                body=c.get("body") or "",
+                created_at=c.get("created_at", ""),
+            )
+            for c in self.client.comments(task.repo, task.issue_number)
+            if is_trusted_comment(c, self.config.trusted_users) and not messages.marked_task(c.get("body"))
+        ]
+        context = IssueContext(
+            repo=task.repo,
+            number=task.issue_number,
+            title=issue.get("title") or task.title,
+            body=issue.get("body") or "",
+            labels=tuple(_labels_cased(issue)),
+            author=(issue.get("user") or {}).get("login", ""),
+            comments=tuple(comments),
+            url=issue.get("html_url", ""),
+        )
+        repo = task.repo
+        return RunSpec(
+            task_id=task.id,
+            repo=repo,
+            issue_number=task.issue_number,
+            clone_url=info["clone_url"],
+            default_branch=info["default_branch"],
+            branch=branch_for(task),
+            prompt=build_prompt(context, template_dir=self.config.prompt_template_dir),
+            command=tuple(self.command),
+            agent_env=self.env,
+            credential=lambda: self.client.git_credential(repo),
+        )
+
+    def _summary(self, task: Task, summary: str | None, tlog: TaskLog) -> tuple[str, str]:
+        if summary:
+            try:
+                return parse_summary(summary)
+            except SummaryError as exc:
+                tlog.write(f"the summary file is unusable ({exc}); using a default title")
+        return messages.default_pr_title(task), task.result or ""
+
+    def _stored_result(self, task: Task) -> AgentResult | None:
+        return None  # resume after the agent: the task already holds the result fields
+
+
+def _labels_cased(issue: dict[str, Any]) -> list[str]:
+    return [label["name"] if isinstance(label, dict) else str(label) for label in issue.get("labels", [])]
+
+
+def _labels(issue: dict[str, Any]) -> list[str]:
+    return [name.lower() for name in _labels_cased(issue)]
+
+
+_TASK_FIELDS = ("result", "cost_usd", "num_turns", "session_id", "duration_ms")
+
+
+def _task_fields(fields: dict[str, Any]) -> dict[str, Any]:
+    return {k: fields.get(k) for k in _TASK_FIELDS}

@@ -1,0 +1,106 @@
+"""Writes to GitHub: issue comments and pull requests, each idempotent.
+
+Nothing here pushes (the pipeline does). Every write first looks for what it would create: our comment
+by its hidden marker, our pull request by its head branch. Re-running a publish step after a crash
+therefore edits what is there instead of adding a second comment or a second pull request.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from claude_issue_solver.github import GitHubClient, GitHubError
+from claude_issue_solver.messages import marker
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class PullRequest:
+    url: str
+    number: int
+    created: bool  # False when an open PR from the branch existed and was updated
+
+
+class Publisher:
+    def __init__(self, client: GitHubClient) -> None:
+        self.client = client
+
+    def upsert_comment(
+        self, repo: str, number: int, task_id: str, body: str, comment_id: int | None = None
+    ) -> int:
+        """Edit the task's comment (known by id, or found by its marker); post it if there is none."""
+        if marker(task_id) not in body:
+            body = f"{body}\n\n{marker(task_id)}"
+        if comment_id is None:
+            comment_id = self.find_comment(repo, number, task_id)
+        if comment_id is not None:
+            try:
+                self.client.request(
+                    repo,
+                    "PATCH",
+                    f"/repos/{repo}/issues/comments/{comment_id}",
+                    body={"body": body},
+                    retry=True,
+                )
+                return comment_id
+            except GitHubError as exc:
+                if exc.status != 404:
+                    raise
+                log.info("comment %s on %s#%s is gone; posting a new one", comment_id, repo, number)
+        created = self.client.request(
+            repo, "POST", f"/repos/{repo}/issues/{number}/comments", body={"body": body}, retry=True
+        ).data
+        return int(created["id"])
+
+    def find_comment(self, repo: str, number: int, task_id: str) -> int | None:
+        wanted = marker(task_id)
+        found = None
+        for comment in self.client.comments(repo, number):
+            if wanted in (comment.get("body") or ""):
+                found = int(comment["id"])
+        return found
+
+    def find_open_pr(self, repo: str, branch: str) -> PullRequest | None:
+        owner = repo.split("/", 1)[0]
+        pulls = self.client.request(
+            repo,
+            "GET",
+            f"/repos/{repo}/pulls",
+            params={"state": "open", "head": f"{owner}:{branch}"},
+            retry=True,
+        ).data
+        for pull in pulls or []:
+            if (pull.get("head") or {}).get("ref") == branch:
+                return PullRequest(pull["html_url"], int(pull["number"]), created=False)
+        return None
+
+    def open_or_update_pr(self, repo: str, *, branch: str, base: str, title: str, body: str) -> PullRequest:
+        """Open a PR from ``branch``, or update the open one from it: never a second PR for a branch."""
+        existing = self.find_open_pr(repo, branch)
+        if existing is None:
+            try:
+                data = self.client.request(
+                    repo,
+                    "POST",
+                    f"/repos/{repo}/pulls",
+                    body={"title": title, "body": body, "head": branch, "base": base},
+                    retry=True,
+                ).data
+                return PullRequest(data["html_url"], int(data["number"]), created=True)
+            except GitHubError as exc:
+                # Someone (or our previous life) opened it between our look and our create.
+                if exc.status != 422 or "already exists" not in str(exc).lower():
+                    raise
+                existing = self.find_open_pr(repo, branch)
+                if existing is None:
+                    raise
+        self.client.request(
+            repo,
+            "PATCH",
+            f"/repos/{repo}/pulls/{existing.number}",
+            body={"title": title, "body": body},
+            retry=True,
+        )
+        return existing

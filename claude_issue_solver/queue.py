@@ -1,0 +1,321 @@
+"""Tasks and the persistent, bounded task queue.
+
+The queue keeps no state of its own: every operation is one locked read-modify-write of the state file
+(see :mod:`claude_issue_solver.state`), so the daemon's threads and any number of CLI processes see and
+change the same queue, and a crash loses nothing that an operation had returned.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field, fields
+from enum import StrEnum
+from typing import Any
+
+from claude_issue_solver.state import StateStore
+
+HISTORY_LIMIT = 100
+
+
+class TaskState(StrEnum):
+    PENDING = "pending"
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def live(self) -> bool:
+        return self in (TaskState.PENDING, TaskState.RUNNING)
+
+
+FINISHED = (TaskState.COMPLETED, TaskState.FAILED, TaskState.CANCELLED)
+
+
+class QueueError(Exception):
+    """A queue operation cannot be done (unknown task, wrong state for the operation)."""
+
+
+@dataclass
+class Task:
+    """One unit of work on one issue."""
+
+    id: str
+    repo: str
+    issue_number: int
+    title: str
+    kind: str = "issue"
+    state: TaskState = TaskState.PENDING
+    seq: int = 0
+    attempts: int = 0
+    created_at: float = 0.0
+    started_at: float | None = None
+    finished_at: float | None = None
+    backend: str | None = None
+    handle: str | None = None  # container name or sandbox id: found again by this after a restart
+    branch: str | None = None
+    pr_url: str | None = None
+    error: str | None = None
+    result: str | None = None
+    cost_usd: float | None = None
+    num_turns: int | None = None
+    session_id: str | None = None
+    duration_ms: int | None = None
+    cancel_requested: bool = False
+    # Free-form bookkeeping for the watcher and pipeline (labels, author, comment ids, progress).
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def ref(self) -> str:
+        return f"{self.repo}#{self.issue_number}"
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["state"] = self.state.value
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Task:
+        known = {f.name for f in fields(cls)}
+        values = {k: v for k, v in data.items() if k in known}
+        values["state"] = TaskState(values.get("state", "pending"))
+        return cls(**values)
+
+
+_UPDATABLE = {f.name for f in fields(Task)} - {"id", "repo", "issue_number", "seq", "created_at"}
+
+
+def new_task_id(repo: str, number: int) -> str:
+    name = repo.split("/", 1)[-1].lower()
+    return f"{name}-{number}-{secrets.token_hex(3)}"
+
+
+class TaskQueue:
+    """The task queue over a :class:`StateStore`.
+
+    Invariants, each enforced inside one locked transaction: at most ``max_concurrent`` tasks are
+    running; at most one live (pending or running) task exists per issue; finished tasks beyond the last
+    ``HISTORY_LIMIT`` are dropped, oldest first.
+    """
+
+    def __init__(
+        self,
+        store: StateStore,
+        *,
+        max_concurrent: int = 3,
+        clock: Callable[[], float] = time.time,
+        history_limit: int = HISTORY_LIMIT,
+    ) -> None:
+        self.store = store
+        self.max_concurrent = max_concurrent
+        self.clock = clock
+        self.history_limit = history_limit
+
+    # --- adding and finding -------------------------------------------------------------------
+
+    def submit(
+        self,
+        repo: str,
+        issue_number: int,
+        title: str,
+        *,
+        kind: str = "issue",
+        meta: dict[str, Any] | None = None,
+    ) -> Task | None:
+        """Queue work on an issue. Returns None when the issue already has a live task."""
+        with self.store.transaction() as data:
+            tasks = data["tasks"]
+            if _live_for(tasks.values(), repo, issue_number) is not None:
+                return None
+            seq = int(data.get("next_seq", 1))
+            data["next_seq"] = seq + 1
+            task = Task(
+                id=new_task_id(repo, issue_number),
+                repo=repo,
+                issue_number=issue_number,
+                title=title,
+                kind=kind,
+                seq=seq,
+                created_at=self.clock(),
+                meta=dict(meta or {}),
+            )
+            tasks[task.id] = task.to_dict()
+            return task
+
+    def get(self, task_id: str) -> Task:
+        data = self.store.read()["tasks"].get(task_id)
+        if data is None:
+            msg = f"no task {task_id!r}"
+            raise QueueError(msg)
+        return Task.from_dict(data)
+
+    def find(self, ref: str) -> Task:
+        """A task by id, or by ``owner/repo#N`` (its live task, else its most recent one)."""
+        tasks = [Task.from_dict(t) for t in self.store.read()["tasks"].values()]
+        for task in tasks:
+            if task.id == ref:
+                return task
+        if "#" in ref:
+            repo, _, number = ref.rpartition("#")
+            matches = [
+                t for t in tasks if t.repo.lower() == repo.lower() and str(t.issue_number) == number.strip()
+            ]
+            if matches:
+                live = [t for t in matches if t.state.live]
+                return (live or sorted(matches, key=lambda t: t.seq))[-1]
+        msg = f"no task matches {ref!r} (give a task id or owner/repo#N)"
+        raise QueueError(msg)
+
+    def list(self, states: Iterable[TaskState] | None = None) -> list[Task]:
+        wanted = set(states) if states is not None else None
+        tasks = [Task.from_dict(t) for t in self.store.read()["tasks"].values()]
+        return sorted((t for t in tasks if wanted is None or t.state in wanted), key=lambda t: t.seq)
+
+    def live_for(self, repo: str, issue_number: int) -> Task | None:
+        found = _live_for(self.store.read()["tasks"].values(), repo, issue_number)
+        return Task.from_dict(found) if found else None
+
+    # --- the lifecycle --------------------------------------------------------------------------
+
+    def claim(self) -> Task | None:
+        """Mark the oldest pending task running, if not paused and below the concurrency bound."""
+        with self.store.transaction() as data:
+            if data.get("paused"):
+                return None
+            tasks = data["tasks"]
+            if sum(1 for t in tasks.values() if t["state"] == TaskState.RUNNING) >= self.max_concurrent:
+                return None
+            pending = [t for t in tasks.values() if t["state"] == TaskState.PENDING]
+            if not pending:
+                return None
+            chosen = min(pending, key=lambda t: t["seq"])
+            chosen.update(
+                state=TaskState.RUNNING.value,
+                attempts=chosen.get("attempts", 0) + 1,
+                started_at=self.clock(),
+                finished_at=None,
+                error=None,
+            )
+            return Task.from_dict(chosen)
+
+    def update(self, task_id: str, **changes: Any) -> Task:
+        """Change fields of a task in place (the watcher refreshing a title, the pipeline its progress)."""
+        unknown = set(changes) - _UPDATABLE
+        if unknown:
+            msg = f"cannot update task fields {sorted(unknown)}"
+            raise QueueError(msg)
+        with self.store.transaction() as data:
+            task = _require(data, task_id)
+            if "meta" in changes:
+                task["meta"] = {**task.get("meta", {}), **changes.pop("meta")}
+            for key, value in changes.items():
+                task[key] = value.value if isinstance(value, TaskState) else value
+            return Task.from_dict(task)
+
+    def finish(self, task_id: str, state: TaskState, *, error: str | None = None, **changes: Any) -> Task:
+        """Record a task's end. Finished tasks are history: kept for the last ``history_limit``."""
+        if state not in FINISHED:
+            msg = f"{state} is not a finished state"
+            raise QueueError(msg)
+        with self.store.transaction() as data:
+            task = _require(data, task_id)
+            task.update(changes)
+            task.update(state=state.value, error=error, finished_at=self.clock(), cancel_requested=False)
+            _prune_history(data["tasks"], self.history_limit)
+            return Task.from_dict(task)
+
+    def requeue(self, task_id: str, reason: str) -> Task:
+        """Put a running task back in line (its run was lost); it keeps its place by age."""
+        with self.store.transaction() as data:
+            task = _require(data, task_id)
+            task.update(state=TaskState.PENDING.value, error=reason, handle=None, started_at=None)
+            return Task.from_dict(task)
+
+    def retry(self, task_id: str) -> Task:
+        """Run a failed or cancelled task again, on the same issue and branch."""
+        with self.store.transaction() as data:
+            task = _require(data, task_id)
+            if TaskState(task["state"]).live:
+                msg = f"task {task_id} is {task['state']}; only a finished task can be retried"
+                raise QueueError(msg)
+            if _live_for(data["tasks"].values(), task["repo"], task["issue_number"]) is not None:
+                msg = f"{task['repo']}#{task['issue_number']} already has a live task"
+                raise QueueError(msg)
+            seq = int(data.get("next_seq", 1))
+            data["next_seq"] = seq + 1
+            task.update(
+                state=TaskState.PENDING.value,
+                seq=seq,
+                attempts=0,
+                error=None,
+                handle=None,
+                started_at=None,
+                finished_at=None,
+                cancel_requested=False,
+            )
+            return Task.from_dict(task)
+
+    def request_cancel(self, task_id: str) -> Task:
+        """Cancel a pending task at once; ask the daemon to stop a running one."""
+        with self.store.transaction() as data:
+            task = _require(data, task_id)
+            state = TaskState(task["state"])
+            if state is TaskState.PENDING:
+                task.update(state=TaskState.CANCELLED.value, finished_at=self.clock(), error="cancelled")
+            elif state is TaskState.RUNNING:
+                task["cancel_requested"] = True
+            else:
+                msg = f"task {task_id} is already {state.value}"
+                raise QueueError(msg)
+            return Task.from_dict(task)
+
+    # --- pause ------------------------------------------------------------------------------------
+
+    def pause(self) -> bool:
+        """Stop starting new tasks; running ones finish. Returns False if it was already paused."""
+        with self.store.transaction() as data:
+            was = bool(data.get("paused"))
+            data["paused"] = True
+            data["paused_at"] = data.get("paused_at") if was else self.clock()
+            return not was
+
+    def resume(self) -> bool:
+        with self.store.transaction() as data:
+            was = bool(data.get("paused"))
+            data["paused"] = False
+            data["paused_at"] = None
+            return was
+
+    @property
+    def paused(self) -> bool:
+        return bool(self.store.read().get("paused"))
+
+
+def _live_for(tasks: Iterable[dict[str, Any]], repo: str, number: int) -> dict[str, Any] | None:
+    for task in tasks:
+        if (
+            task["issue_number"] == number
+            and task["repo"].lower() == repo.lower()
+            and TaskState(task["state"]).live
+        ):
+            return task
+    return None
+
+
+def _require(data: dict[str, Any], task_id: str) -> dict[str, Any]:
+    task = data["tasks"].get(task_id)
+    if task is None:
+        msg = f"no task {task_id!r}"
+        raise QueueError(msg)
+    return task
+
+
+def _prune_history(tasks: dict[str, dict[str, Any]], limit: int) -> None:
+    finished = [t for t in tasks.values() if not TaskState(t["state"]).live]
+    if len(finished) <= limit:
+        return
+    finished.sort(key=lambda t: (t.get("finished_at") or 0, t["seq"]))
+    for task in finished[: len(finished) - limit]:
+        del tasks[task["id"]]

@@ -1,0 +1,319 @@
+"""The watcher: turns open issues carrying the trigger label into tasks, cheaply and safely.
+
+Cheap: one conditional request per repository per poll. The list is sorted by ``updated`` (newest first)
+so any change to any labelled issue changes the first page; while its ``ETag`` still matches, GitHub
+answers ``304 Not Modified``, which does not count against the rate limit. Later pages are read only
+down to the newest change already seen. ETags and per-issue bookkeeping live in the state file, so a
+restart costs nothing either.
+
+Safe: a task is created only for the *labelling* (the newest ``labeled`` event of the trigger label)
+and only when the person who applied the label may write to the repository; an issue already handled
+for that labelling is not run again until someone applies the label again. Pull requests and locked
+issues are skipped. A failing repository backs off on its own and never holds up the others.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from claude_issue_solver.config import Config
+from claude_issue_solver.github import GitHubClient, GitHubError, RateLimited, Response, Transient
+from claude_issue_solver.queue import TaskQueue, TaskState
+
+log = logging.getLogger(__name__)
+
+WRITE_PERMISSIONS = ("admin", "maintain", "write")
+TRUSTED_ASSOCIATIONS = ("OWNER", "MEMBER", "COLLABORATOR")
+PERMISSION_TTL = 3600.0
+MAX_BACKOFF = 900.0
+
+
+def content_hash(title: str, body: str | None) -> str:
+    return hashlib.sha256(f"{title}\0{body or ''}".encode()).hexdigest()[:16]
+
+
+def is_trusted_comment(comment: dict[str, Any], trusted_users: tuple[str, ...]) -> bool:
+    author = (comment.get("user") or {}).get("login", "").lower()
+    return comment.get("author_association") in TRUSTED_ASSOCIATIONS or author in trusted_users
+
+
+class Watcher:
+    """Call it (``watcher()``) once per poll; the daemon's poller thread does."""
+
+    def __init__(
+        self,
+        config: Config,
+        client: GitHubClient,
+        queue: TaskQueue,
+        *,
+        clock: Callable[[], float] = time.time,
+        jitter: Callable[[], float] = random.random,
+    ) -> None:
+        self.config = config
+        self.client = client
+        self.queue = queue
+        self.clock = clock
+        self.jitter = jitter
+        self.label = config.trigger_label.lower()
+        self._warned: set[str] = set()
+        self._lock = threading.Lock()
+
+    def __call__(self) -> None:
+        self.poll_all()
+
+    def poll_all(self) -> None:
+        """Poll every repository, in parallel, so that a slow one delays no other."""
+        repos = self.config.github_repos
+        if len(repos) == 1:
+            self.poll_repo(repos[0])
+            return
+        with ThreadPoolExecutor(max_workers=min(4, len(repos)), thread_name_prefix="poll") as pool:
+            list(pool.map(self.poll_repo, repos))
+
+    # --- one repository ---------------------------------------------------------------------------
+
+    def poll_repo(self, repo: str) -> None:
+        """Never raises: every failure is recorded in the repository's health and backed off."""
+        now = self.clock()
+        health = self._book("repos").get(repo, {})
+        if (health.get("backoff_until") or 0) > now:
+            return
+        try:
+            self._poll(repo)
+        except RateLimited as exc:
+            self._record_failure(repo, str(exc), until=exc.until, rate_limited=True)
+            log.warning(
+                "%s: rate limited; next poll after %s",
+                repo,
+                time.strftime("%H:%M:%S", time.localtime(exc.until)),
+            )
+        except Transient as exc:
+            self._record_failure(repo, str(exc))
+            log.warning("%s: %s; backing off", repo, exc)
+        except GitHubError as exc:
+            self._record_failure(repo, str(exc))
+            log.error("%s: %s", repo, exc)
+        except Exception as exc:  # a bug must not kill the poller: record it and keep going
+            log.exception("%s: unexpected error while polling", repo)
+            self._record_failure(repo, f"internal error: {type(exc).__name__}: {exc}")
+
+    def _poll(self, repo: str) -> None:
+        url = f"/repos/{repo}/issues"
+        params = {
+            "state": "open",
+            "labels": self.config.trigger_label,
+            "sort": "updated",
+            "direction": "desc",
+            "per_page": 100,
+        }
+        etags = self._book("etags")
+        etag_key = f"{repo}:{self.label}"
+        high_water = self._book("high_water").get(etag_key, "")
+        first = self.client.request(
+            repo,
+            "GET",
+            url,
+            params=params,
+            headers={"If-None-Match": etags[etag_key]} if etag_key in etags else None,
+        )
+        if first.status == 304:
+            self._record_success(repo, first)
+            return
+        newest = high_water
+        book = self._book("issues")
+        response: Response | None = first
+        while response is not None:
+            issues = response.data or []
+            changes: dict[str, dict[str, Any]] = {}
+            for issue in issues:
+                newest = max(newest, issue.get("updated_at") or "")
+                self._consider(repo, issue, book, changes)
+            self._update_issue_book(changes)
+            oldest_on_page = min((i.get("updated_at") or "" for i in issues), default="")
+            if not issues or (high_water and oldest_on_page <= high_water):
+                break  # everything further down is older than what we already handled
+            response = self.client.next_page(repo, response)
+        # Saved only now: a poll that failed half-way is done again in full, never skipped by a 304.
+        with self.queue.store.transaction() as data:
+            book = data.setdefault("watcher", {})
+            book.setdefault("etags", {})[etag_key] = first.headers.get("etag", "")
+            book.setdefault("high_water", {})[etag_key] = newest
+        self._record_success(repo, response or first)
+
+    # --- one issue ----------------------------------------------------------------------------------
+
+    def _consider(
+        self, repo: str, issue: dict[str, Any], books: dict[str, Any], out: dict[str, dict[str, Any]]
+    ) -> None:
+        """Decide what one listed issue means; bookkeeping changes go to ``out`` (saved per page)."""
+        number = int(issue["number"])
+        key = f"{repo}#{number}"
+        if "pull_request" in issue:
+            return
+        if issue.get("state", "open") != "open":
+            return
+        if issue.get("locked"):
+            self._note_once(key + ":locked", "%s is locked; skipping it", key)
+            return
+        labels = [
+            label["name"] if isinstance(label, dict) else str(label) for label in issue.get("labels", [])
+        ]
+        if self.label not in (name.lower() for name in labels):
+            return
+        book = books.get(key, {})
+        title, body = issue.get("title") or "", issue.get("body") or ""
+        digest = content_hash(title, body)
+        # updated_at has one-second resolution: two changes in one second must not look like none.
+        fingerprint = content_hash(
+            f"{issue.get('updated_at')}|{sorted(labels)}|{issue.get('comments')}", digest
+        )
+        if book.get("fingerprint") == fingerprint:
+            return  # nothing new since we last looked
+        meta = {
+            "labels": labels,
+            "author": (issue.get("user") or {}).get("login", ""),
+            "url": issue.get("html_url", ""),
+            "body_hash": digest,
+        }
+        changes: dict[str, Any] = {
+            "updated_at": issue.get("updated_at"),
+            "hash": digest,
+            "fingerprint": fingerprint,
+        }
+        live = self.queue.live_for(repo, number)
+        if live is not None:
+            if live.state is TaskState.PENDING and book.get("hash") != digest:
+                self.queue.update(live.id, title=title, meta=meta)
+                log.info("%s was edited; refreshed pending task %s", key, live.id)
+        else:
+            labeled = self._latest_labeling(repo, number)
+            if labeled is None:
+                self._note_once(
+                    key + ":nolabel", "%s carries the label but has no labeled event; skipping", key
+                )
+            elif labeled["at"] > (book.get("handled_label_at") or ""):
+                trusted, why = self._trusted(repo, labeled["actor"])
+                if trusted:
+                    task = self.queue.submit(repo, number, title, meta={**meta, "labeler": labeled["actor"]})
+                    changes["handled_label_at"] = labeled["at"]
+                    if task is not None:
+                        log.info("%s: queued task %s (label by %s, %s)", key, task.id, labeled["actor"], why)
+                else:
+                    changes["untrusted_label"] = {"actor": labeled["actor"], "at": labeled["at"], "why": why}
+                    self._note_once(
+                        f"{key}:untrusted:{labeled['at']}",
+                        "%s: ignoring the label applied by %s (%s)",
+                        key,
+                        labeled["actor"],
+                        why,
+                    )
+        if int(issue.get("comments") or 0) != book.get("comments", 0):
+            changes["comments"] = int(issue.get("comments") or 0)
+            changes["new_comments"] = self._new_trusted_comments(repo, number, book)
+        out[key] = changes
+
+    def _latest_labeling(self, repo: str, number: int) -> dict[str, str] | None:
+        latest = None
+        for event in self.client.events(repo, number):
+            if event.get("event") != "labeled":
+                continue
+            if (event.get("label") or {}).get("name", "").lower() != self.label:
+                continue
+            at = event.get("created_at") or ""
+            if latest is None or at >= latest["at"]:
+                latest = {"actor": (event.get("actor") or {}).get("login", ""), "at": at}
+        return latest
+
+    def _trusted(self, repo: str, login: str) -> tuple[bool, str]:
+        if self.config.allow_untrusted_labelers:
+            return True, "ALLOW_UNTRUSTED_LABELERS=true"
+        if login.lower() in self.config.trusted_users:
+            return True, "listed in TRUSTED_USERS"
+        if not login:
+            return False, "the labeler is unknown"
+        cache_key = f"{repo}:{login}".lower()
+        cached = self._book("permissions").get(cache_key)
+        now = self.clock()
+        if cached and now - cached.get("checked_at", 0) < PERMISSION_TTL:
+            permission = cached["permission"]
+        else:
+            permission = self.client.permission(repo, login)
+            with self.queue.store.transaction() as data:
+                data.setdefault("watcher", {}).setdefault("permissions", {})[cache_key] = {
+                    "permission": permission,
+                    "checked_at": now,
+                }
+        if permission in WRITE_PERMISSIONS:
+            return True, f"{permission} permission"
+        return False, f"{login} has {permission} permission; write, maintain or admin is needed"
+
+    def _new_trusted_comments(self, repo: str, number: int, book: dict[str, Any]) -> list[dict[str, Any]]:
+        """Comments since the last look, trusted authors only (kept for follow-up work)."""
+        known = list(book.get("new_comments") or [])
+        seen = {c["id"] for c in known}
+        for comment in self.client.comments(repo, number, since=book.get("comments_since")):
+            if comment.get("id") in seen or not is_trusted_comment(comment, self.config.trusted_users):
+                continue
+            if "claude-issue-solver:" in (comment.get("body") or ""):
+                continue  # our own progress comments
+            known.append(
+                {
+                    "id": comment["id"],
+                    "author": (comment.get("user") or {}).get("login", ""),
+                    "created_at": comment.get("created_at", ""),
+                }
+            )
+        return known[-50:]
+
+    # --- bookkeeping in the state file ----------------------------------------------------------------
+
+    def _book(self, section: str) -> dict[str, Any]:
+        return dict(self.queue.store.read().get("watcher", {}).get(section, {}))
+
+    def _update_issue_book(self, changes: dict[str, dict[str, Any]]) -> None:
+        if not changes:
+            return
+        with self.queue.store.transaction() as data:
+            issues = data.setdefault("watcher", {}).setdefault("issues", {})
+            for key, change in changes.items():
+                entry = issues.setdefault(key, {})
+                entry.update(change)
+                if change.get("new_comments"):
+                    entry["comments_since"] = max(c["created_at"] for c in change["new_comments"])
+
+    def _record_success(self, repo: str, response: Response) -> None:
+        with self.queue.store.transaction() as data:
+            health = data.setdefault("watcher", {}).setdefault("repos", {}).setdefault(repo, {})
+            health.update(last_success=self.clock(), failures=0, backoff_until=None)
+            if response.rate:
+                health["rate_remaining"], health["rate_limit"] = response.rate
+
+    def _record_failure(
+        self, repo: str, error: str, *, until: float | None = None, rate_limited: bool = False
+    ) -> None:
+        now = self.clock()
+        with self.queue.store.transaction() as data:
+            health = data.setdefault("watcher", {}).setdefault("repos", {}).setdefault(repo, {})
+            # Being told to wait is not a fault: it does not lengthen the next back-off.
+            failures = int(health.get("failures") or 0) + (0 if rate_limited else 1)
+            if until is None:
+                # Exponential back-off with jitter so that many daemons do not retry in step.
+                base = min(self.config.poll_interval * 2 ** (failures - 1), MAX_BACKOFF)
+                until = now + base * (0.5 + self.jitter() / 2)
+            health.update(last_error=error, last_error_at=now, failures=failures, backoff_until=until)
+            if rate_limited:
+                health["rate_remaining"] = 0
+
+    def _note_once(self, key: str, message: str, *args: Any) -> None:
+        with self._lock:
+            if key in self._warned:
+                return
+            self._warned.add(key)
+        log.info(message, *args)
