@@ -30,11 +30,7 @@ def make_backend(config: Config) -> Backend:
         from claude_issue_solver.backends.docker import DockerBackend
 
         return DockerBackend(config)
-    if config.backend == "daytona":
-        from claude_issue_solver.backends.daytona import DaytonaBackend  # type: ignore[import-not-found]
-
-        return DaytonaBackend(config)  # type: ignore[no-any-return]
-    msg = f"unknown backend {config.backend!r}"
+    msg = f"BACKEND={config.backend} is not available in this version: expected docker"
     raise ConfigError(msg)
 
 

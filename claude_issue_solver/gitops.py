@@ -1,0 +1,443 @@
+"""Host-side git for the Docker backend: one bare mirror per repository, a worktree per task, commit, push.
+
+Every command is an argv list (never a shell string) and runs with the user's credential helpers and
+terminal prompts switched off. A GitHub credential reaches exactly one git process, through
+``GIT_ASKPASS`` and that process's environment: never argv, a URL, ``.git/config`` or an error message.
+
+Commands in a worktree name its git directory explicitly (``--git-dir``/``--work-tree``) instead of
+letting git discover ``.git``: the agent owns the worktree and could point ``.git`` at a config of its
+own (``core.fsmonitor`` runs a command), which host-side git, perhaps running as root, would obey.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import re
+import shutil
+import stat
+import subprocess
+import tempfile
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+
+from filelock import FileLock
+
+from claude_issue_solver.backends.base import BackendError, GitCredential, PushRejected
+from claude_issue_solver.logs import REDACTOR
+
+__all__ = [
+    "SUMMARY_FILE",
+    "GitError",
+    "add_worktree",
+    "ahead_of_remote",
+    "commit_all",
+    "current_branch",
+    "diffstat",
+    "ensure_mirror",
+    "mirror_lock",
+    "push",
+    "remote_branch_exists",
+    "remove_worktree",
+    "rev_parse",
+    "run_git",
+    "start_point",
+    "status_changes",
+    "worktree_git_dir",
+    "worktree_holding",
+]
+
+SUMMARY_FILE = ".claude-pr-summary.md"
+GIT_TIMEOUT = 600.0  # a fetch of a large repository over a slow link still fits
+LOCK_TIMEOUT = 900.0  # a long fetch by another task of the same repository holds the mirror lock
+_STDERR_TAIL_LINES = 15
+# Options that keep the user's (or the agent's) configuration out of our commands.
+_BASE_OPTIONS = (
+    "-c",
+    "safe.directory=*",  # worktrees may belong to the agent's uid
+    "-c",
+    "credential.helper=",  # ignore the user's helpers: the credential comes from us or not at all
+    "-c",
+    "core.fsmonitor=false",  # a user-level fsmonitor daemon per worktree would outlive the task
+    "-c",
+    "core.hooksPath=/dev/null",  # no hook of any kind runs in our mirrors
+    "-c",
+    "commit.gpgSign=false",  # a user-level signing setting would prompt or fail headless
+)
+# Variables that would redirect git to another repository than the one each call names.
+_REPO_ENV = (
+    "GIT_DIR",
+    "GIT_WORK_TREE",
+    "GIT_INDEX_FILE",
+    "GIT_COMMON_DIR",
+    "GIT_OBJECT_DIRECTORY",
+    "GIT_ALTERNATE_OBJECT_DIRECTORIES",
+    "GIT_NAMESPACE",
+    "GIT_ASKPASS",
+    "SSH_ASKPASS",
+)
+_USERINFO_RE = re.compile(r"(://)[^/@\s]+@")
+# Failures of fetch/push that another attempt will not mend: a rejected or missing credential, no repo.
+_PERMANENT_RE = re.compile(
+    r"Authentication failed|could not read (Username|Password)|Invalid username or password|"
+    r"Repository not found|does not appear to be a git repository|returned error: 40[134]",
+    re.IGNORECASE,
+)
+_ASKPASS_SCRIPT = """#!/bin/sh
+# git asks "Username for '...': " then "Password for '...': "; answers come from this process's env.
+case "$1" in
+    Username*) printf '%s\\n' "$CIS_GIT_USERNAME" ;;
+    *) printf '%s\\n' "$CIS_GIT_PASSWORD" ;;
+esac
+"""
+
+_askpass_lock = threading.Lock()
+_askpass_path: Path | None = None
+
+
+class GitError(BackendError):
+    """A git command failed; the message has the command and the end of its stderr, without secrets."""
+
+
+def _askpass() -> Path:
+    """The askpass script, written once per process in a private directory."""
+    global _askpass_path
+    with _askpass_lock:
+        if _askpass_path is None or not _askpass_path.exists():
+            directory = Path(tempfile.mkdtemp(prefix="cis-askpass-"))  # 0700
+            script = directory / "askpass.sh"
+            fd = os.open(script, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o700)
+            with os.fdopen(fd, "w") as handle:
+                handle.write(_ASKPASS_SCRIPT)
+            atexit.register(shutil.rmtree, directory, True)
+            _askpass_path = script
+        return _askpass_path
+
+
+def _scrub(text: str, credential: GitCredential | None) -> str:
+    if credential is not None and credential.password:
+        text = text.replace(credential.password, "***")
+    return _USERINFO_RE.sub(r"\1***@", REDACTOR(text))
+
+
+def run_git(
+    args: Sequence[str],
+    *,
+    cwd: Path,
+    credential: GitCredential | None = None,
+    check: bool = True,
+    timeout: float = GIT_TIMEOUT,
+    env: Mapping[str, str] | None = None,
+    input: str | None = None,
+) -> subprocess.CompletedProcess[str]:
+    """Run ``git <args>`` in ``cwd``; raise :class:`GitError` on failure when ``check``."""
+    full_env = {k: v for k, v in os.environ.items() if k not in _REPO_ENV}
+    full_env["GIT_TERMINAL_PROMPT"] = "0"
+    full_env.update(env or {})
+    if credential is not None:
+        full_env["GIT_ASKPASS"] = str(_askpass())
+        full_env["CIS_GIT_USERNAME"] = credential.username
+        full_env["CIS_GIT_PASSWORD"] = credential.password
+    argv = ["git", *_BASE_OPTIONS, *args]
+    shown = _scrub(" ".join(["git", *args]), credential)
+    try:
+        proc = subprocess.run(
+            argv,
+            cwd=cwd,
+            env=full_env,
+            input=input,
+            capture_output=True,
+            text=True,
+            errors="replace",
+            timeout=timeout,
+            check=False,
+        )
+    except subprocess.TimeoutExpired:
+        msg = f"`{shown}` in {cwd} timed out after {timeout:.0f}s"
+        raise GitError(msg) from None
+    except OSError as exc:
+        msg = f"cannot run `{shown}` in {cwd}: {exc}"
+        raise GitError(msg) from None
+    if check and proc.returncode != 0:
+        msg = f"`{shown}` in {cwd} failed with exit code {proc.returncode}: {_tail(proc.stderr, credential)}"
+        raise GitError(msg)
+    return proc
+
+
+def _tail(stderr: str, credential: GitCredential | None) -> str:
+    lines = [line for line in stderr.strip().splitlines() if line.strip()][-_STDERR_TAIL_LINES:]
+    return _scrub("\n".join(lines), credential) or "(no output)"
+
+
+# --- mirrors -------------------------------------------------------------------------------------------
+
+
+def mirror_lock(mirror_dir: Path, timeout: float = LOCK_TIMEOUT) -> FileLock:
+    """The lock serialising fetch, worktree add/remove and push on one mirror across threads and processes."""
+    mirror_dir.parent.mkdir(parents=True, exist_ok=True)
+    return FileLock(f"{mirror_dir}.lock", timeout=timeout)
+
+
+def ensure_mirror(mirror_dir: Path, clone_url: str, credential: GitCredential | None) -> None:
+    """Create the bare mirror if needed, point ``origin`` at ``clone_url``, and fetch every branch.
+
+    Hold :func:`mirror_lock` around this and the worktree change that follows.
+    """
+    if not (mirror_dir / "HEAD").is_file():
+        mirror_dir.mkdir(parents=True, exist_ok=True)
+        run_git(["init", "--bare", "--quiet", str(mirror_dir)], cwd=mirror_dir.parent)
+    current = run_git(["config", "--get", "remote.origin.url"], cwd=mirror_dir, check=False).stdout.strip()
+    if not current:
+        run_git(["remote", "add", "origin", clone_url], cwd=mirror_dir)
+    elif current != clone_url:  # the repository moved (a rename, another host)
+        run_git(["remote", "set-url", "origin", clone_url], cwd=mirror_dir)
+    proc = run_git(
+        ["fetch", "--quiet", "--prune", "origin", "+refs/heads/*:refs/remotes/origin/*"],
+        cwd=mirror_dir,
+        credential=credential,
+        check=False,
+    )
+    if proc.returncode != 0:
+        raise _transfer_error(f"`git fetch origin` in {mirror_dir}", proc, credential)
+
+
+def rev_parse(repo: Path, rev: str, *, git_dir: Path | None = None) -> str | None:
+    """The commit ``rev`` names, or None when it names none."""
+    args = [*_worktree_options(repo, git_dir), "rev-parse", "--verify", "--quiet", f"{rev}^{{commit}}"]
+    proc = run_git(args, cwd=repo, check=False)
+    if proc.returncode != 0:
+        return None
+    return proc.stdout.strip() or None
+
+
+def remote_branch_exists(mirror_dir: Path, branch: str) -> bool:
+    return rev_parse(mirror_dir, f"refs/remotes/origin/{branch}") is not None
+
+
+def start_point(mirror_dir: Path, branch: str, default_branch: str) -> str:
+    """Where a task's branch starts: the remote's branch when a previous run pushed it, else the default."""
+    if remote_branch_exists(mirror_dir, branch):
+        return f"refs/remotes/origin/{branch}"
+    if remote_branch_exists(mirror_dir, default_branch):
+        return f"refs/remotes/origin/{default_branch}"
+    msg = (
+        f"the remote of {mirror_dir} has neither branch {branch!r} nor the default branch {default_branch!r}"
+    )
+    raise GitError(msg)
+
+
+# --- worktrees -----------------------------------------------------------------------------------------
+
+
+def worktree_git_dir(mirror_dir: Path, path: Path) -> Path | None:
+    """The mirror's administrative directory for the worktree at ``path``, found from the mirror's side.
+
+    The worktree's own ``.git`` file is the agent's to rewrite; the mirror's ``worktrees/*/gitdir``
+    files are not (the mirror is mounted read-only).
+    """
+    wanted = os.path.abspath(path / ".git")
+    admin = mirror_dir / "worktrees"
+    if not admin.is_dir():
+        return None
+    for entry in admin.iterdir():
+        try:
+            target = (entry / "gitdir").read_text().strip()
+        except OSError:
+            continue
+        if os.path.abspath(target) == wanted:
+            return entry
+    return None
+
+
+def _worktree_options(repo: Path, git_dir: Path | None) -> list[str]:
+    return [] if git_dir is None else [f"--git-dir={git_dir}", f"--work-tree={repo}"]
+
+
+def worktree_holding(mirror_dir: Path, branch: str) -> Path | None:
+    """The worktree that has ``branch`` checked out, if any (git lets only one have it)."""
+    out = run_git(["worktree", "list", "--porcelain"], cwd=mirror_dir).stdout
+    path: str | None = None
+    for line in out.splitlines():
+        if line.startswith("worktree "):
+            path = line.removeprefix("worktree ")
+        elif line == f"branch refs/heads/{branch}" and path is not None:
+            return Path(path)
+    return None
+
+
+def add_worktree(mirror_dir: Path, path: Path, branch: str, start: str) -> Path:
+    """Check out ``branch``, reset to ``start``, at ``path``; returns the worktree's git directory.
+
+    ``--force`` because a crash may have left ``path`` registered but missing. The branch must not be
+    checked out in another worktree (see :func:`worktree_holding`). No user name or email is
+    configured: every commit passes its author explicitly.
+    """
+    run_git(["worktree", "prune"], cwd=mirror_dir)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    run_git(
+        ["worktree", "add", "--force", "--quiet", "--no-track", "-B", branch, str(path), start],
+        cwd=mirror_dir,
+    )
+    git_dir = worktree_git_dir(mirror_dir, path)
+    if git_dir is None:
+        msg = f"`git worktree add` reported success but {mirror_dir} does not list {path}"
+        raise GitError(msg)
+    return git_dir
+
+
+def remove_worktree(mirror_dir: Path, path: Path) -> None:
+    """Remove the worktree and its registration; a missing path or mirror is not an error."""
+    has_mirror = (mirror_dir / "HEAD").is_file()
+    if has_mirror and path.exists() and worktree_git_dir(mirror_dir, path) is not None:
+        # Failure is fine here: the rmtree below removes what git left, and prune forgets it.
+        run_git(["worktree", "remove", "--force", "--force", str(path)], cwd=mirror_dir, check=False)
+    if path.exists():
+        force_rmtree(path)
+    if has_mirror:
+        run_git(["worktree", "prune"], cwd=mirror_dir)
+
+
+def force_rmtree(path: Path) -> None:
+    """``rm -rf``, also through directories the agent left without write or search permission."""
+
+    def retry(function: Callable[[str], object], failed_path: str, _exc_info: object) -> None:
+        parent = os.path.dirname(failed_path)
+        # Never follow a link: only directories in the tree are made writable.
+        for candidate in (parent, failed_path):
+            if os.path.isdir(candidate) and not os.path.islink(candidate):
+                os.chmod(candidate, stat.S_IRWXU)
+        function(failed_path)
+
+    shutil.rmtree(path, onerror=retry)
+
+
+def current_branch(worktree: Path, *, git_dir: Path) -> str | None:
+    proc = run_git(
+        [*_worktree_options(worktree, git_dir), "symbolic-ref", "--quiet", "--short", "HEAD"],
+        cwd=worktree,
+        check=False,
+    )
+    return proc.stdout.strip() or None
+
+
+def status_changes(worktree: Path, *, git_dir: Path, exclude: Sequence[str] = (SUMMARY_FILE,)) -> list[str]:
+    """Paths changed in the worktree (untracked included), as ``git status --porcelain`` sees them."""
+    proc = run_git(
+        [*_worktree_options(worktree, git_dir), "status", "--porcelain=v1", "-z", "--untracked-files=all"],
+        cwd=worktree,
+    )
+    entries = proc.stdout.split("\0")
+    files: list[str] = []
+    index = 0
+    while index < len(entries):
+        entry = entries[index]
+        index += 1
+        if len(entry) < 4:
+            continue
+        code, name = entry[:2], entry[3:]
+        if code[0] in "RC":
+            index += 1  # the next entry is the rename's source
+        if name not in exclude and not any(name.startswith(f"{e}/") for e in exclude):
+            files.append(name)
+    return files
+
+
+def _pathspec(exclude: Sequence[str]) -> list[str]:
+    return ["--", ".", *(f":(exclude){e}" for e in exclude)]
+
+
+def diffstat(worktree: Path, base: str, *, git_dir: Path, exclude: Sequence[str] = (SUMMARY_FILE,)) -> str:
+    """``git diff --stat`` from ``base`` to the worktree as it is, new files included, index untouched."""
+    options = _worktree_options(worktree, git_dir)
+    with tempfile.TemporaryDirectory(prefix="cis-index-") as tmp:
+        # A copy of the index keeps its stat cache (fast) while staging leaves the real one alone.
+        index = Path(tmp) / "index"
+        if (git_dir / "index").exists():
+            shutil.copyfile(git_dir / "index", index)
+        env = {"GIT_INDEX_FILE": str(index)}
+        run_git([*options, "add", "-A", *_pathspec(exclude)], cwd=worktree, env=env)
+        proc = run_git([*options, "diff", "--cached", "--stat=100", base], cwd=worktree, env=env)
+    return proc.stdout.rstrip()
+
+
+def commit_all(
+    worktree: Path,
+    message: str,
+    author_name: str,
+    author_email: str,
+    *,
+    git_dir: Path,
+    exclude: Sequence[str] = (SUMMARY_FILE,),
+) -> str:
+    """Stage everything but ``exclude`` and commit as the given author and committer; returns HEAD.
+
+    Nothing to commit is not an error (a re-run after a crash): no empty commit is made.
+    """
+    options = _worktree_options(worktree, git_dir)
+    run_git([*options, "add", "-A", *_pathspec(exclude)], cwd=worktree)
+    staged = run_git([*options, "diff", "--cached", "--quiet"], cwd=worktree, check=False)
+    if staged.returncode != 0:
+        env = {
+            "GIT_AUTHOR_NAME": author_name,
+            "GIT_AUTHOR_EMAIL": author_email,
+            "GIT_COMMITTER_NAME": author_name,
+            "GIT_COMMITTER_EMAIL": author_email,
+        }
+        run_git(
+            [*options, "commit", "--quiet", "--no-verify", "--file=-"], cwd=worktree, env=env, input=message
+        )
+    head = rev_parse(worktree, "HEAD", git_dir=git_dir)
+    if head is None:
+        msg = f"the worktree {worktree} has no HEAD commit after committing"
+        raise GitError(msg)
+    return head
+
+
+def ahead_of_remote(worktree: Path, *, git_dir: Path) -> bool:
+    """Whether HEAD has commits that no branch of the remote has (as of the last fetch or push).
+
+    Any remote branch counts, not only the task's own: a fresh branch at the default branch's tip has
+    nothing to push even though the remote lacks the branch itself.
+    """
+    proc = run_git(
+        [*_worktree_options(worktree, git_dir), "rev-list", "--count", "HEAD", "--not", "--remotes=origin"],
+        cwd=worktree,
+    )
+    return int(proc.stdout.strip() or "0") > 0
+
+
+def push(worktree: Path, branch: str, credential: GitCredential | None, *, git_dir: Path) -> str:
+    """Push HEAD to ``refs/heads/<branch>`` of origin; returns the pushed sha.
+
+    A refusal by the remote (non-fast-forward, protected branch, a hook) raises :class:`PushRejected`
+    with the remote's reason; anything else (network, authentication) raises :class:`GitError`.
+    """
+    options = _worktree_options(worktree, git_dir)
+    head = rev_parse(worktree, "HEAD", git_dir=git_dir)
+    if head is None:
+        msg = f"the worktree {worktree} has no HEAD commit to push"
+        raise GitError(msg)
+    refspec = f"HEAD:refs/heads/{branch}"
+    proc = run_git(
+        [*options, "push", "--porcelain", "origin", refspec], cwd=worktree, credential=credential, check=False
+    )
+    if proc.returncode == 0:
+        return head
+    # --porcelain prints "!<TAB>from:to<TAB>[rejected] (reason)" for each refused ref.
+    refused = [line for line in proc.stdout.splitlines() if line.startswith("!")]
+    if refused:
+        reason = refused[0].split("\t")[-1]
+        remote = [line for line in proc.stderr.splitlines() if line.startswith("remote:")]
+        detail = _scrub("\n".join(remote[-_STDERR_TAIL_LINES:]), credential)
+        msg = f"the remote refused the push of {branch}: {reason}" + (f"\n{detail}" if detail else "")
+        raise PushRejected(msg)
+    raise _transfer_error(f"`git push origin {refspec}` from {worktree}", proc, credential)
+
+
+def _transfer_error(
+    what: str, proc: subprocess.CompletedProcess[str], credential: GitCredential | None
+) -> GitError:
+    """A failed fetch or push: retryable unless the remote refused the credential or has no such repo."""
+    msg = f"{what} failed with exit code {proc.returncode}: {_tail(proc.stderr, credential)}"
+    return GitError(msg, retryable=not _PERMANENT_RE.search(proc.stderr))

@@ -1,0 +1,439 @@
+"""A loopback Anthropic Messages API that drives the real Claude Code CLI through a fixed script.
+
+Point the CLI at it with ``ANTHROPIC_BASE_URL=<fake.url>`` and ``ANTHROPIC_API_KEY=<api_key>``. For each
+conversation (a model call that offers tools), the fake answers turn by turn:
+
+1. one ``Write`` tool_use per entry of ``files`` (paths relative to the primary working directory the
+   CLI states in its system prompt),
+2. a ``Write`` of ``.claude-pr-summary.md`` with ``summary`` (skipped when ``summary`` is None),
+3. a final text (``final_text``) with ``stop_reason: end_turn``.
+
+The turn is derived from the conversation itself (how many of our tool_use ids it already holds), so
+the fake keeps no per-session state and a retried request gets the same answer. Calls that are not
+the agent's conversation (title generation, a ``max_tokens: 1`` quota probe, anything without tools)
+get a short text. A wrong key gets the API's 401.
+
+    with FakeAnthropic(api_key="sk-test", files={"HELLO.md": "hi\\n"}) as api:
+        run_cli(env={"ANTHROPIC_BASE_URL": api.url, "ANTHROPIC_API_KEY": "sk-test"})
+        assert api.conversation_requests
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import re
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, Self
+from urllib.parse import urlsplit
+
+DEFAULT_MODEL = "claude-sonnet-4-5-20250929"
+DEFAULT_SUMMARY = "Add the requested files\n\nCreated by the fake Anthropic API for an end-to-end test.\n"
+DEFAULT_FINAL_TEXT = "Done: I created the requested files and wrote the PR summary."
+AUXILIARY_TEXT = "Fake answer."
+SUMMARY_FILE = ".claude-pr-summary.md"
+FALLBACK_CWD = "/workspace"
+_TOOL_ID_PREFIX = "toolu_fake_"
+_CWD_PATTERNS = (
+    re.compile(r"^\s*-?\s*Primary working directory:\s*(/.*?)\s*$", re.MULTILINE),
+    # Older CLI versions wrote "Working directory: /abs" in an <env> block.
+    re.compile(r"^\s*Working directory:\s*(/.*?)\s*$", re.MULTILINE),
+)
+
+
+@dataclass(frozen=True)
+class RecordedRequest:
+    """One HTTP request as the fake saw it. ``kind`` says how it was answered."""
+
+    method: str
+    path: str
+    headers: dict[str, str]
+    body: Any
+    kind: str  # "probe" | "conversation" | "auxiliary" | "count_tokens" | "unauthorized" | "unknown"
+    step: int | None = None
+
+    @property
+    def is_model_call(self) -> bool:
+        return self.method == "POST" and urlsplit(self.path).path == "/v1/messages"
+
+
+@dataclass
+class _Script:
+    files: dict[str, str]
+    summary: str | None
+    final_text: str
+    model: str
+
+    def actions(self) -> list[tuple[str, str]]:
+        steps = list(self.files.items())
+        if self.summary is not None:
+            steps.append((SUMMARY_FILE, self.summary))
+        return steps
+
+
+@dataclass
+class _State:
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    requests: list[RecordedRequest] = field(default_factory=list)
+    ids: Iterator[int] = field(default_factory=lambda: itertools.count(1))
+
+
+class FakeAnthropic:
+    """Loopback Messages API on 127.0.0.1 (a free port); start/stop or use as a context manager."""
+
+    def __init__(
+        self,
+        api_key: str = "sk-test",
+        files: dict[str, str] | None = None,
+        *,
+        summary: str | None = DEFAULT_SUMMARY,
+        final_text: str = DEFAULT_FINAL_TEXT,
+        model: str = DEFAULT_MODEL,
+        host: str = "127.0.0.1",
+    ) -> None:
+        self.api_key = api_key
+        self._script = _Script(
+            files=dict(files if files is not None else {"HELLO.md": "Hello from the fake Anthropic API.\n"}),
+            summary=summary,
+            final_text=final_text,
+            model=model,
+        )
+        self._host = host
+        self._state = _State()
+        self._server: ThreadingHTTPServer | None = None
+        self._thread: threading.Thread | None = None
+
+    # -- lifecycle -------------------------------------------------------------------------------
+
+    def start(self) -> Self:
+        if self._server is not None:
+            return self
+        handler = type("_BoundHandler", (_Handler,), {"fake": self})
+        server = ThreadingHTTPServer((self._host, 0), handler)
+        server.daemon_threads = True
+        self._server = server
+        # A short poll interval: shutdown() waits for the loop's next poll, which would slow every test.
+        self._thread = threading.Thread(
+            target=server.serve_forever, kwargs={"poll_interval": 0.05}, name="fake-anthropic", daemon=True
+        )
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        server, thread = self._server, self._thread
+        self._server = self._thread = None
+        if server is not None:
+            server.shutdown()
+            server.server_close()
+        if thread is not None:
+            thread.join(timeout=5)
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # -- inspection ------------------------------------------------------------------------------
+
+    @property
+    def url(self) -> str:
+        if self._server is None:
+            msg = "FakeAnthropic is not started"
+            raise RuntimeError(msg)
+        host, port = self._server.server_address[:2]
+        return f"http://{host}:{port}"
+
+    @property
+    def port(self) -> int:
+        return int(urlsplit(self.url).port or 0)
+
+    @property
+    def requests(self) -> list[RecordedRequest]:
+        with self._state.lock:
+            return list(self._state.requests)
+
+    @property
+    def model_calls(self) -> list[RecordedRequest]:
+        return [r for r in self.requests if r.is_model_call]
+
+    @property
+    def conversation_requests(self) -> list[RecordedRequest]:
+        return [r for r in self.requests if r.kind == "conversation"]
+
+    # -- internals used by the handler -----------------------------------------------------------
+
+    def _record(self, request: RecordedRequest) -> None:
+        with self._state.lock:
+            self._state.requests.append(request)
+
+    def _next_id(self) -> int:
+        with self._state.lock:
+            return next(self._state.ids)
+
+    def _authorized(self, headers: dict[str, str]) -> bool:
+        if headers.get("x-api-key") == self.api_key:
+            return True
+        # ANTHROPIC_AUTH_TOKEN is sent as a bearer token instead of x-api-key.
+        return headers.get("authorization") == f"Bearer {self.api_key}"
+
+    def _answer(self, body: dict[str, Any]) -> tuple[str, int | None, list[dict[str, Any]], str]:
+        """Decide the reply: (kind, step, content blocks, stop_reason)."""
+        tools = body.get("tools") or []
+        max_tokens = body.get("max_tokens") or 0
+        if not tools or max_tokens <= 1:
+            return "auxiliary", None, [{"type": "text", "text": AUXILIARY_TEXT}], "end_turn"
+
+        actions = self._script.actions()
+        step = _count_our_tool_uses(body.get("messages") or [])
+        if step >= len(actions):
+            return "conversation", step, [{"type": "text", "text": self._script.final_text}], "end_turn"
+        rel_path, content = actions[step]
+        cwd = primary_working_directory(body) or FALLBACK_CWD
+        tool_use = {
+            "type": "tool_use",
+            "id": f"{_TOOL_ID_PREFIX}{step + 1:04d}_{self._next_id():04d}",
+            "name": "Write",
+            "input": {"file_path": f"{cwd.rstrip('/')}/{rel_path}", "content": content},
+        }
+        text = {"type": "text", "text": f"I'll write {rel_path}."}
+        return "conversation", step, [text, tool_use], "tool_use"
+
+
+def primary_working_directory(body: dict[str, Any]) -> str | None:
+    """The CLI's working directory as stated in its system prompt (string, blocks or a system message)."""
+    texts = list(_texts(body.get("system")))
+    for message in body.get("messages") or []:
+        if isinstance(message, dict) and message.get("role") == "system":
+            texts.extend(_texts(message.get("content")))
+    # Also user messages: some versions put the environment in a <system-reminder> there.
+    for message in body.get("messages") or []:
+        if isinstance(message, dict) and message.get("role") == "user":
+            texts.extend(_texts(message.get("content")))
+    for pattern in _CWD_PATTERNS:
+        for text in texts:
+            match = pattern.search(text)
+            if match:
+                return match.group(1)
+    return None
+
+
+def _texts(value: Any) -> Iterator[str]:
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, list):
+        for block in value:
+            if isinstance(block, str):
+                yield block
+            elif isinstance(block, dict) and isinstance(block.get("text"), str):
+                yield block["text"]
+
+
+def _count_our_tool_uses(messages: list[Any]) -> int:
+    count = 0
+    for message in messages:
+        if not isinstance(message, dict) or message.get("role") != "assistant":
+            continue
+        content = message.get("content")
+        if not isinstance(content, list):
+            continue
+        for block in content:
+            if (
+                isinstance(block, dict)
+                and block.get("type") == "tool_use"
+                and str(block.get("id", "")).startswith(_TOOL_ID_PREFIX)
+            ):
+                count += 1
+    return count
+
+
+def _usage(input_tokens: int, output_tokens: int) -> dict[str, int]:
+    return {
+        "input_tokens": input_tokens,
+        "output_tokens": output_tokens,
+        "cache_creation_input_tokens": 0,
+        "cache_read_input_tokens": 0,
+    }
+
+
+def _sse(event: str, data: dict[str, Any]) -> str:
+    return f"event: {event}\ndata: {json.dumps(data)}\n\n"
+
+
+def sse_body(message_id: str, model: str, blocks: list[dict[str, Any]], stop_reason: str) -> bytes:
+    """The event stream the Messages API sends for a reply made of ``blocks``."""
+    parts = [
+        _sse(
+            "message_start",
+            {
+                "type": "message_start",
+                "message": {
+                    "id": message_id,
+                    "type": "message",
+                    "role": "assistant",
+                    "model": model,
+                    "content": [],
+                    "stop_reason": None,
+                    "stop_sequence": None,
+                    "usage": _usage(25, 1),
+                },
+            },
+        )
+    ]
+    for index, block in enumerate(blocks):
+        if block["type"] == "text":
+            start = {"type": "text", "text": ""}
+            deltas = [{"type": "text_delta", "text": block["text"]}]
+        else:
+            start = {"type": "tool_use", "id": block["id"], "name": block["name"], "input": {}}
+            raw = json.dumps(block["input"])
+            # Two fragments, so a client that only handles one-shot JSON would be caught.
+            half = len(raw) // 2
+            deltas = [
+                {"type": "input_json_delta", "partial_json": raw[:half]},
+                {"type": "input_json_delta", "partial_json": raw[half:]},
+            ]
+        parts.append(
+            _sse(
+                "content_block_start", {"type": "content_block_start", "index": index, "content_block": start}
+            )
+        )
+        parts.extend(
+            _sse("content_block_delta", {"type": "content_block_delta", "index": index, "delta": delta})
+            for delta in deltas
+        )
+        parts.append(_sse("content_block_stop", {"type": "content_block_stop", "index": index}))
+    parts.append(
+        _sse(
+            "message_delta",
+            {
+                "type": "message_delta",
+                "delta": {"stop_reason": stop_reason, "stop_sequence": None},
+                "usage": {"output_tokens": 20},
+            },
+        )
+    )
+    parts.append(_sse("message_stop", {"type": "message_stop"}))
+    return "".join(parts).encode()
+
+
+class _Handler(BaseHTTPRequestHandler):
+    fake: FakeAnthropic  # set on the per-server subclass
+    # Keep-alive like the real API; every response below carries a Content-Length.
+    protocol_version = "HTTP/1.1"
+    server_version = "FakeAnthropic/1.0"
+
+    def log_message(self, format: str, *args: Any) -> None:
+        # The CLI's chatter would drown test output.
+        pass
+
+    def do_HEAD(self) -> None:
+        # The CLI probes connectivity with `HEAD /` before its first call.
+        self._record("probe", None)
+        self.send_response(HTTPStatus.OK)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def do_GET(self) -> None:
+        self._record("unknown", None)
+        self._send_json(HTTPStatus.NOT_FOUND, _error("not_found_error", f"no route for GET {self.path}"))
+
+    def do_POST(self) -> None:
+        raw = self._read_body()
+        try:
+            body: Any = json.loads(raw) if raw else None
+        except ValueError:
+            body = raw.decode(errors="replace")
+        headers = {k.lower(): v for k, v in self.headers.items()}
+        route = urlsplit(self.path).path
+
+        if not self.fake._authorized(headers):
+            self._record("unauthorized", body, headers)
+            self._send_json(HTTPStatus.UNAUTHORIZED, _error("authentication_error", "invalid x-api-key"))
+            return
+        if route == "/v1/messages/count_tokens":
+            self._record("count_tokens", body, headers)
+            self._send_json(HTTPStatus.OK, {"input_tokens": 25})
+            return
+        if route != "/v1/messages" or not isinstance(body, dict):
+            self._record("unknown", body, headers)
+            self._send_json(HTTPStatus.NOT_FOUND, _error("not_found_error", f"no route for POST {route}"))
+            return
+
+        kind, step, blocks, stop_reason = self.fake._answer(body)
+        self._record(kind, body, headers, step)
+        model = str(body.get("model") or self.fake._script.model)
+        message_id = f"msg_fake_{self.fake._next_id():06d}"
+        if body.get("stream"):
+            payload = sse_body(message_id, model, blocks, stop_reason)
+            self._send(HTTPStatus.OK, payload, "text/event-stream; charset=utf-8")
+        else:
+            message = {
+                "id": message_id,
+                "type": "message",
+                "role": "assistant",
+                "model": model,
+                "content": blocks,
+                "stop_reason": stop_reason,
+                "stop_sequence": None,
+                "usage": _usage(25, 20),
+            }
+            self._send_json(HTTPStatus.OK, message)
+
+    # -- helpers ---------------------------------------------------------------------------------
+
+    def _read_body(self) -> bytes:
+        if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+            chunks = []
+            while True:
+                size = int(self.rfile.readline().split(b";", 1)[0].strip() or b"0", 16)
+                if size == 0:
+                    # Trailers end with an empty line.
+                    while self.rfile.readline() not in (b"\r\n", b"\n", b""):
+                        pass
+                    return b"".join(chunks)
+                chunks.append(self.rfile.read(size))
+                self.rfile.readline()
+        length = int(self.headers.get("Content-Length") or 0)
+        return self.rfile.read(length) if length else b""
+
+    def _record(
+        self, kind: str, body: Any, headers: dict[str, str] | None = None, step: int | None = None
+    ) -> None:
+        if headers is None:
+            headers = {k.lower(): v for k, v in self.headers.items()}
+        self.fake._record(RecordedRequest(self.command, self.path, headers, body, kind, step))
+
+    def _send_json(self, status: HTTPStatus, payload: dict[str, Any]) -> None:
+        self._send(status, json.dumps(payload).encode(), "application/json")
+
+    def _send(self, status: HTTPStatus, payload: bytes, content_type: str) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(payload)))
+        self.send_header("request-id", f"req_fake_{self.fake._next_id():06d}")
+        if content_type.startswith("text/event-stream"):
+            self.send_header("Cache-Control", "no-cache")
+        self.end_headers()
+        self.wfile.write(payload)
+        self.wfile.flush()
+
+
+def _error(error_type: str, message: str) -> dict[str, Any]:
+    return {"type": "error", "error": {"type": error_type, "message": message}}
+
+
+__all__ = [
+    "AUXILIARY_TEXT",
+    "DEFAULT_FINAL_TEXT",
+    "DEFAULT_SUMMARY",
+    "SUMMARY_FILE",
+    "FakeAnthropic",
+    "RecordedRequest",
+    "primary_working_directory",
+    "sse_body",
+]

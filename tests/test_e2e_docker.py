@@ -1,0 +1,371 @@
+"""End to end on the Docker backend: the loopback GitHub, the real daemon and pipeline, real containers
+running the fake `claude`, real git over HTTP. One task per scenario, driven through Daemon.run_once()."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from claude_issue_solver.app import build
+from claude_issue_solver.backends.base import LABEL_TASK
+from claude_issue_solver.config import Config
+from claude_issue_solver.pidfile import daemon_status
+from claude_issue_solver.prompt import IssueContext, build_prompt
+from claude_issue_solver.queue import Task, TaskQueue, TaskState
+from claude_issue_solver.state import StateStore
+from claude_issue_solver.testing.fake_github import FakeGitHub
+from tests.github_fixtures import TOKEN
+
+docker = pytest.importorskip("docker")
+
+try:
+    CLIENT = docker.from_env()
+    CLIENT.ping()
+except Exception:  # pragma: no cover - depends on the machine
+    CLIENT = None
+
+pytestmark = [pytest.mark.docker, pytest.mark.skipif(CLIENT is None, reason="no Docker daemon answers")]
+
+CLAUDE_KEY = "sk-ant-api03-testkeyXYZ0123456789"
+
+
+@pytest.fixture(scope="module")
+def agent_image() -> str:
+    from claude_issue_solver.testing.images import fake_agent_image
+
+    return fake_agent_image(CLIENT)
+
+
+@pytest.fixture
+def e2e_config(
+    gh_config: Callable[..., Config], agent_image: str, github: FakeGitHub
+) -> Callable[..., Config]:
+    def make(**settings: str) -> Config:
+        base = {
+            "GITHUB_REPOS": "acme/widgets",
+            "DOCKER_IMAGE": agent_image,
+            "DOCKER_NETWORK": "none",
+            "ANTHROPIC_API_KEY": CLAUDE_KEY,
+            "TASK_TIMEOUT": "120",
+        }
+        return gh_config(**{**base, **settings})
+
+    return make
+
+
+@pytest.fixture(autouse=True)
+def no_leftover_containers(state_dir: Path) -> Iterator[None]:
+    yield
+    from claude_issue_solver.backends.base import LABEL_OWNER
+
+    for container in CLIENT.containers.list(all=True, filters={"label": [LABEL_OWNER]}):
+        if str(state_dir) in json.dumps(container.attrs.get("Mounts", [])):
+            container.remove(force=True)
+
+
+def our_containers(state_dir: Path) -> list:
+    # The low-level listing carries the mounts, so there is no inspect to race a removal.
+    listed = CLIENT.api.containers(all=True, filters={"label": [LABEL_TASK]})
+    ids = [c["Id"] for c in listed if str(state_dir) in json.dumps(c.get("Mounts", []))]
+    found = []
+    for container_id in ids:
+        try:
+            found.append(CLIENT.containers.get(container_id))
+        except docker.errors.NotFound:
+            pass  # removed since the listing
+    return found
+
+
+def drive(config: Config, until: Callable[[TaskQueue], bool], timeout: float = 90) -> TaskQueue:
+    """Run the daemon's cycle until the condition holds."""
+    parts = build(config)
+    deadline = time.monotonic() + timeout
+    while True:
+        parts.daemon.run_once()
+        if until(parts.queue):
+            break
+        assert time.monotonic() < deadline, f"tasks: {[t.to_dict() for t in parts.queue.list()]}"
+        time.sleep(0.05)
+    deadline = time.monotonic() + 10
+    while parts.daemon.active and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return parts.queue
+
+
+def all_finished(queue: TaskQueue) -> bool:
+    tasks = queue.list()
+    return bool(tasks) and all(not t.state.live for t in tasks)
+
+
+def labelled(github: FakeGitHub, title: str, scenario: str, body: str = "") -> dict:
+    text = f"{body}\n\nFAKE_CLAUDE_SCENARIO={scenario}\n"
+    return github.create_issue("acme/widgets", title, text, labels=["Claude"], user="maintainer")
+
+
+def our_comments(github: FakeGitHub, number: int) -> list[dict]:
+    return [c for c in github.comments("acme/widgets", number) if "claude-issue-solver:task=" in c["body"]]
+
+
+def assert_clean(state_dir: Path) -> None:
+    assert our_containers(state_dir) == []
+    worktrees = state_dir / "worktrees"
+    assert not worktrees.exists() or list(worktrees.iterdir()) == []
+
+
+def test_issue_to_pull_request(github: FakeGitHub, e2e_config: Callable[..., Config], state_dir: Path) -> None:
+    issue = labelled(github, "Add a fix file", "edit")
+    queue = drive(e2e_config(), all_finished)
+    task = queue.list()[0]
+    assert task.state is TaskState.COMPLETED, task.error
+    repo = github.repo("acme/widgets")
+    assert "CLAUDE_FIX.md" in repo.git("ls-tree", "--name-only", "claude/issue-1")
+    assert ".claude-pr-summary.md" not in repo.git("ls-tree", "--name-only", "claude/issue-1")
+    author = repo.git("log", "-1", "--format=%an <%ae>", "claude/issue-1").strip()
+    assert author == "Claude Issue Solver <claude-issue-solver@users.noreply.github.com>"
+    pulls = github.pulls("acme/widgets")
+    assert len(pulls) == 1 and pulls[0]["head"]["ref"] == "claude/issue-1"
+    assert pulls[0]["body"].rstrip().endswith(f"Fixes #{issue['number']}")
+    assert pulls[0]["title"] == "Fix issue from fake agent"
+    comments = our_comments(github, issue["number"])
+    assert len(comments) == 1 and pulls[0]["html_url"] in comments[0]["body"]
+    assert task.pr_url == pulls[0]["html_url"]
+    assert task.cost_usd == pytest.approx(0.0123) and task.num_turns == 3 and task.session_id
+    assert_clean(state_dir)
+
+
+@pytest.mark.parametrize(
+    ("scenario", "state", "says"),
+    [
+        ("noop", TaskState.COMPLETED, "made no changes"),
+        ("invalid-key", TaskState.FAILED, "Invalid API key"),
+        ("garbage", TaskState.FAILED, "exit code 2"),
+        ("max-turns", TaskState.FAILED, "maximum number of turns"),
+    ],
+)
+def test_scenarios_end_in_the_right_comment(
+    github: FakeGitHub,
+    e2e_config: Callable[..., Config],
+    state_dir: Path,
+    scenario: str,
+    state: TaskState,
+    says: str,
+) -> None:
+    issue = labelled(github, f"Scenario {scenario}", scenario)
+    queue = drive(e2e_config(), all_finished)
+    task = queue.list()[0]
+    assert task.state is state, task.error
+    comments = our_comments(github, issue["number"])
+    assert len(comments) == 1 and says in comments[0]["body"], comments
+    assert github.pulls("acme/widgets") == []
+    assert_clean(state_dir)
+
+
+def test_timeout_kills_the_container(github: FakeGitHub, e2e_config: Callable[..., Config], state_dir: Path) -> None:
+    issue = labelled(github, "Never ends", "hang")
+    queue = drive(e2e_config(TASK_TIMEOUT="3"), all_finished)
+    task = queue.list()[0]
+    assert task.state is TaskState.FAILED and "TASK_TIMEOUT" in task.error
+    assert "ran out of time" in our_comments(github, issue["number"])[0]["body"]
+    assert_clean(state_dir)
+
+
+def test_push_rejected(github: FakeGitHub, e2e_config: Callable[..., Config], state_dir: Path) -> None:
+    issue = labelled(github, "Rejected", "edit")
+    github.reject_pushes("acme/widgets", "protected branch hook declined")
+    queue = drive(e2e_config(), all_finished)
+    task = queue.list()[0]
+    assert task.state is TaskState.FAILED and "rejected" in task.error
+    body = our_comments(github, issue["number"])[0]["body"]
+    assert "push of branch claude/issue-1 was rejected" in body and "retry" in body
+    assert_clean(state_dir)
+
+
+def test_pr_refused_falls_back_to_a_comment(
+    github: FakeGitHub, e2e_config: Callable[..., Config], state_dir: Path
+) -> None:
+    issue = labelled(github, "No PRs allowed", "edit")
+    github.refuse_pull_creation("acme/widgets", 403, "Resource not accessible by integration")
+    queue = drive(e2e_config(), all_finished)
+    task = queue.list()[0]
+    assert task.state is TaskState.FAILED
+    body = our_comments(github, issue["number"])[0]["body"]
+    assert "`claude/issue-1`" in body and "CLAUDE_FIX.md" in body
+    assert github.repo("acme/widgets").branch_sha("claude/issue-1")
+    assert_clean(state_dir)
+
+
+def test_rerun_continues_the_same_branch(github: FakeGitHub, e2e_config: Callable[..., Config]) -> None:
+    issue = labelled(github, "Twice", "edit")
+    drive(e2e_config(), all_finished)
+    first = github.repo("acme/widgets").branch_sha("claude/issue-1")
+    github.remove_label("acme/widgets", issue["number"], "Claude", actor="maintainer")
+    github.add_label("acme/widgets", issue["number"], "Claude", actor="maintainer")
+    queue = drive(e2e_config(), lambda q: len(q.list()) == 2 and all_finished(q))
+    assert [t.state for t in queue.list()] == [TaskState.COMPLETED, TaskState.COMPLETED]
+    repo = github.repo("acme/widgets")
+    assert repo.git("rev-parse", "claude/issue-1~1").strip() == first  # built on the first run's commit
+    assert len(github.pulls("acme/widgets")) == 1
+    assert repo.read_file("claude/issue-1", "CLAUDE_FIX.md").count("\n") == 2
+
+
+def test_hostile_body_arrives_byte_for_byte(
+    github: FakeGitHub, e2e_config: Callable[..., Config]
+) -> None:
+    body = "quotes ' \" `whoami` $(rm -rf /) ${HOME} \\n \t; | & > < *\nnon-ASCII: héllo wörld 你好 🚀\n"
+    body += ("x" * 99 + "\n") * 10_000  # ~1 MB, NUL-free
+    issue = labelled(github, "Hostile $(id)", "noop", body)
+    queue = drive(e2e_config(), all_finished)
+    task = queue.list()[0]
+    assert task.state is TaskState.COMPLETED, task.error
+    context = IssueContext(
+        repo="acme/widgets",
+        number=issue["number"],
+        title=issue["title"],
+        body=github.issue("acme/widgets", issue["number"])["body"],
+        labels=("Claude",),
+        author="maintainer",
+        url=issue["html_url"],
+    )
+    expected = hashlib.sha256(build_prompt(context).encode()).hexdigest()
+    assert f"prompt-sha256={expected}" in task.result
+
+
+def test_concurrency_bound_with_six_issues(
+    github: FakeGitHub, e2e_config: Callable[..., Config], state_dir: Path
+) -> None:
+    for n in range(6):
+        labelled(github, f"Issue {n}", "edit")
+    peak = 0
+    stop = threading.Event()
+
+    def watch() -> None:
+        nonlocal peak
+        while not stop.is_set():
+            running = [c for c in our_containers(state_dir) if c.status in ("created", "running")]
+            peak = max(peak, len(running))
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        queue = drive(e2e_config(MAX_CONCURRENT="3"), lambda q: len(q.list()) == 6 and all_finished(q), timeout=180)
+    finally:
+        stop.set()
+        watcher.join()
+    assert [t.state for t in queue.list()] == [TaskState.COMPLETED] * 6
+    assert 1 <= peak <= 3
+    assert len(github.pulls("acme/widgets")) == 6
+    assert_clean(state_dir)
+
+
+def test_no_github_token_anywhere(
+    github: FakeGitHub, e2e_config: Callable[..., Config], state_dir: Path
+) -> None:
+    labelled(github, "Secrets", "wait")
+    config = e2e_config()
+    parts = build(config)
+    deadline = time.monotonic() + 60
+    while not our_containers(state_dir):
+        parts.daemon.run_once()
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    container = our_containers(state_dir)[0]
+    inspected = json.dumps(container.attrs)
+    assert TOKEN not in inspected
+    env = container.attrs["Config"]["Env"]
+    assert f"ANTHROPIC_API_KEY={CLAUDE_KEY}" in env
+    assert container.attrs["Config"]["User"] not in ("", "0", "root", "0:0")
+    assert container.attrs["HostConfig"]["CapDrop"] == ["ALL"]
+    assert not container.attrs["HostConfig"]["Privileged"]
+    worktree = next((state_dir / "worktrees").iterdir())
+    (worktree / ".fake-claude-release").write_text("go")
+    queue = drive(config, all_finished)
+    assert queue.list()[0].state is TaskState.COMPLETED
+    for path in state_dir.rglob("*"):
+        if path.is_file():
+            assert TOKEN.encode() not in path.read_bytes(), path
+
+
+# --- crash recovery with a real daemon process -------------------------------------------------------
+
+
+def start_daemon(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "claude_issue_solver", "start"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        stdin=subprocess.DEVNULL,
+    )
+
+
+@pytest.fixture
+def process_env(github: FakeGitHub, agent_image: str, tmp_path: Path, state_dir: Path) -> Iterator[dict[str, str]]:
+    env_file = tmp_path / "solver.env"
+    settings = {
+        "GITHUB_TOKEN": TOKEN,
+        "GITHUB_API_URL": github.api_url,
+        "GITHUB_REPOS": "acme/widgets",
+        "STATE_DIR": str(state_dir),
+        "POLL_INTERVAL": "1",
+        "DOCKER_IMAGE": agent_image,
+        "DOCKER_NETWORK": "none",
+        "ANTHROPIC_API_KEY": CLAUDE_KEY,
+    }
+    env_file.write_text("".join(f"{k}={v}\n" for k, v in settings.items()))
+    env = {**os.environ, "HOME": str(tmp_path), "CLAUDE_ISSUE_SOLVER_ENV": str(env_file)}
+    yield env
+    status = daemon_status(state_dir / "daemon.pid")
+    if status.running and status.pid:
+        os.kill(status.pid, signal.SIGKILL)
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float = 60, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
+def tasks_of(state_dir: Path) -> list[Task]:
+    return TaskQueue(StateStore(state_dir / "state.json")).list()
+
+
+@pytest.mark.parametrize("finish_while_down", [False, True])
+def test_kill_9_mid_task_then_restart(
+    github: FakeGitHub, process_env: dict[str, str], state_dir: Path, finish_while_down: bool
+) -> None:
+    issue = labelled(github, "Survive a crash", "wait")
+    assert start_daemon(process_env).returncode == 0
+    wait_until(lambda: bool(our_containers(state_dir)), what="the agent's container")
+    wait_until(lambda: (state_dir / "worktrees").exists() and any((state_dir / "worktrees").iterdir()))
+    pid = daemon_status(state_dir / "daemon.pid").pid
+    os.kill(pid, signal.SIGKILL)
+    wait_until(lambda: not daemon_status(state_dir / "daemon.pid").running, what="the daemon to die")
+    worktree = next((state_dir / "worktrees").iterdir())
+    (worktree / ".fake-claude-release").write_text("go")
+    if finish_while_down:
+        container = our_containers(state_dir)[0]
+        assert container.wait(timeout=60)["StatusCode"] == 0
+    assert tasks_of(state_dir)[0].state is TaskState.RUNNING
+    started = start_daemon(process_env)
+    assert started.returncode == 0, started.stderr
+    wait_until(lambda: all(not t.state.live for t in tasks_of(state_dir)), what="the task to finish")
+    task = tasks_of(state_dir)[0]
+    assert task.state is TaskState.COMPLETED, task.error
+    assert task.attempts == 1
+    assert len(github.pulls("acme/widgets")) == 1
+    assert len(our_comments(github, issue["number"])) == 1
+    wait_until(lambda: our_containers(state_dir) == [], what="cleanup")
+    assert list((state_dir / "worktrees").iterdir()) == []
+    subprocess.run([sys.executable, "-m", "claude_issue_solver", "stop"], env=process_env, timeout=60, check=True)
