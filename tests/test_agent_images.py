@@ -17,7 +17,6 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,7 +37,6 @@ from claude_issue_solver.testing.images import (
     HASH_LABEL,
     ImageBuildError,
     build_claude_image,
-    debian_base_image,
     fake_agent_image,
 )
 
@@ -47,32 +45,9 @@ RUN_CMD = ["sh", "-c", 'exec claude "$@" < /task/prompt.md', "claude-run"]
 JSON_ARGS = ["-p", "--output-format", "json", "--dangerously-skip-permissions"]
 STREAM_ARGS = ["-p", "--output-format", "stream-json", "--verbose", "--dangerously-skip-permissions"]
 TEST_LABEL = {"claude-issue-solver.test": "test_agent_images"}
-CLAUDE_IMAGE_TAG = "claude-issue-solver-test-claude:latest"
 
 
 # -- Docker plumbing -------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="session")
-def docker_client() -> Iterator[docker.DockerClient]:
-    try:
-        client = docker.from_env()
-        client.ping()
-    except Exception as exc:
-        pytest.skip(f"no Docker daemon answers ({exc.__class__.__name__}: {exc})")
-    yield client
-    client.close()
-
-
-@pytest.fixture(scope="session")
-def fake_image(docker_client: docker.DockerClient) -> str:
-    return fake_agent_image(docker_client)
-
-
-@pytest.fixture(scope="session")
-def claude_image(docker_client: docker.DockerClient) -> str:
-    base = debian_base_image(docker_client)
-    return build_claude_image(docker_client, base, CLAUDE_IMAGE_TAG)
 
 
 @dataclass

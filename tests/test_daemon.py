@@ -68,7 +68,9 @@ def wait_until(predicate, timeout: float = 10.0) -> None:
 def test_poll_follows_the_injected_clock(queue: TaskQueue) -> None:
     polls: list[float] = []
     clock = FakeClock()
-    daemon = Daemon(queue, GatedRunner(), watcher=lambda: polls.append(clock.now), poll_interval=60, clock=clock)
+    daemon = Daemon(
+        queue, GatedRunner(), watcher=lambda: polls.append(clock.now), poll_interval=60, clock=clock
+    )
     daemon.run_once()
     clock.now = 59
     daemon.run_once()
@@ -104,7 +106,9 @@ def test_dispatch_respects_the_bound_and_records_outcomes(store: StateStore) -> 
     daemon.run_once()
     for gate in runner.gates.values():
         gate.set()
-    wait_until(lambda: all(t.state is TaskState.COMPLETED or t.error for t in queue.list()) and not daemon.active)
+    wait_until(
+        lambda: all(t.state is TaskState.COMPLETED or t.error for t in queue.list()) and not daemon.active
+    )
     daemon.run_once()
     wait_until(lambda: not queue.list([TaskState.PENDING, TaskState.RUNNING]))
     assert sorted(runner.started) == sorted(t.id for t in tasks)

@@ -3,6 +3,7 @@ running the fake `claude`, real git over HTTP. One task per scenario, driven thr
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -79,10 +80,8 @@ def our_containers(state_dir: Path) -> list:
     ids = [c["Id"] for c in listed if str(state_dir) in json.dumps(c.get("Mounts", []))]
     found = []
     for container_id in ids:
-        try:
+        with contextlib.suppress(docker.errors.NotFound):  # removed since the listing
             found.append(CLIENT.containers.get(container_id))
-        except docker.errors.NotFound:
-            pass  # removed since the listing
     return found
 
 
@@ -122,7 +121,9 @@ def assert_clean(state_dir: Path) -> None:
     assert not worktrees.exists() or list(worktrees.iterdir()) == []
 
 
-def test_issue_to_pull_request(github: FakeGitHub, e2e_config: Callable[..., Config], state_dir: Path) -> None:
+def test_issue_to_pull_request(
+    github: FakeGitHub, e2e_config: Callable[..., Config], state_dir: Path
+) -> None:
     issue = labelled(github, "Add a fix file", "edit")
     queue = drive(e2e_config(), all_finished)
     task = queue.list()[0]
@@ -170,7 +171,9 @@ def test_scenarios_end_in_the_right_comment(
     assert_clean(state_dir)
 
 
-def test_timeout_kills_the_container(github: FakeGitHub, e2e_config: Callable[..., Config], state_dir: Path) -> None:
+def test_timeout_kills_the_container(
+    github: FakeGitHub, e2e_config: Callable[..., Config], state_dir: Path
+) -> None:
     issue = labelled(github, "Never ends", "hang")
     queue = drive(e2e_config(TASK_TIMEOUT="3"), all_finished)
     task = queue.list()[0]
@@ -218,9 +221,7 @@ def test_rerun_continues_the_same_branch(github: FakeGitHub, e2e_config: Callabl
     assert repo.read_file("claude/issue-1", "CLAUDE_FIX.md").count("\n") == 2
 
 
-def test_hostile_body_arrives_byte_for_byte(
-    github: FakeGitHub, e2e_config: Callable[..., Config]
-) -> None:
+def test_hostile_body_arrives_byte_for_byte(github: FakeGitHub, e2e_config: Callable[..., Config]) -> None:
     body = "quotes ' \" `whoami` $(rm -rf /) ${HOME} \\n \t; | & > < *\nnon-ASCII: héllo wörld 你好 🚀\n"
     body += ("x" * 99 + "\n") * 10_000  # ~1 MB, NUL-free
     issue = labelled(github, "Hostile $(id)", "noop", body)
@@ -257,7 +258,9 @@ def test_concurrency_bound_with_six_issues(
     watcher = threading.Thread(target=watch)
     watcher.start()
     try:
-        queue = drive(e2e_config(MAX_CONCURRENT="3"), lambda q: len(q.list()) == 6 and all_finished(q), timeout=180)
+        queue = drive(
+            e2e_config(MAX_CONCURRENT="3"), lambda q: len(q.list()) == 6 and all_finished(q), timeout=180
+        )
     finally:
         stop.set()
         watcher.join()
@@ -310,7 +313,9 @@ def start_daemon(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
 
 
 @pytest.fixture
-def process_env(github: FakeGitHub, agent_image: str, tmp_path: Path, state_dir: Path) -> Iterator[dict[str, str]]:
+def process_env(
+    github: FakeGitHub, agent_image: str, tmp_path: Path, state_dir: Path
+) -> Iterator[dict[str, str]]:
     env_file = tmp_path / "solver.env"
     settings = {
         "GITHUB_TOKEN": TOKEN,
@@ -368,4 +373,81 @@ def test_kill_9_mid_task_then_restart(
     assert len(our_comments(github, issue["number"])) == 1
     wait_until(lambda: our_containers(state_dir) == [], what="cleanup")
     assert list((state_dir / "worktrees").iterdir()) == []
-    subprocess.run([sys.executable, "-m", "claude_issue_solver", "stop"], env=process_env, timeout=60, check=True)
+    subprocess.run(
+        [sys.executable, "-m", "claude_issue_solver", "stop"], env=process_env, timeout=60, check=True
+    )
+
+
+# --- the real Claude Code CLI ------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1500)
+def test_real_cli_through_the_daemon(
+    github: FakeGitHub, e2e_config: Callable[..., Config], claude_image: str, state_dir: Path
+) -> None:
+    """Dockerfile.claude's image, the real `claude`, a loopback Messages API: the daemon opens the PR."""
+    from claude_issue_solver.testing.fake_anthropic import FakeAnthropic
+
+    issue = github.create_issue(
+        "acme/widgets", "Say hello", "Please add a HELLO.md.", labels=["Claude"], user="maintainer"
+    )
+    with FakeAnthropic(api_key=CLAUDE_KEY, files={"HELLO.md": "Hello from the real CLI\n"}) as api:
+        config = e2e_config(
+            DOCKER_IMAGE=claude_image,
+            DOCKER_NETWORK="host",  # the loopback API is on the host's 127.0.0.1
+            ANTHROPIC_BASE_URL=api.url,
+            CLAUDE_CODE_MAX_RETRIES="0",
+        )
+        assert ("CLAUDE_CODE_MAX_RETRIES", "0") in config.agent_env
+        queue = drive(config, all_finished, timeout=300)
+        assert api.conversation_requests, "the CLI never reached the loopback API"
+    task = queue.list()[0]
+    assert task.state is TaskState.COMPLETED, task.error
+    assert task.session_id and task.num_turns
+    repo = github.repo("acme/widgets")
+    assert repo.read_file("claude/issue-1", "HELLO.md") == "Hello from the real CLI\n"
+    pulls = github.pulls("acme/widgets")
+    assert len(pulls) == 1 and pulls[0]["body"].rstrip().endswith(f"Fixes #{issue['number']}")
+    assert pulls[0]["html_url"] in our_comments(github, issue["number"])[0]["body"]
+    assert_clean(state_dir)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1500)
+def test_git_reads_work_inside_the_agent_container(
+    github: FakeGitHub, e2e_config: Callable[..., Config], claude_image: str, state_dir: Path
+) -> None:
+    """With the real image, git status/log inside the container see the worktree, with no credential."""
+    from claude_issue_solver.backends.docker import DockerBackend
+    from claude_issue_solver.backends.base import RunSpec
+    from claude_issue_solver.logs import TaskLog
+
+    config = e2e_config(DOCKER_IMAGE=claude_image)
+    backend = DockerBackend(config)
+    repo = github.repo("acme/widgets")
+    queue = TaskQueue(StateStore(config.state_file))
+    task = queue.submit("acme/widgets", 1, "git check")
+    client = build(config).daemon.runner.client  # type: ignore[attr-defined]
+    spec = RunSpec(
+        task_id=task.id,
+        repo="acme/widgets",
+        issue_number=1,
+        clone_url=repo.clone_url,
+        default_branch="main",
+        branch="claude/issue-1",
+        prompt="unused",
+        command=("sh", "-c", "git status --short --branch && git log --oneline -1 && git config --list"),
+        agent_env={},
+        credential=lambda: client.git_credential("acme/widgets"),
+    )
+    log = TaskLog(state_dir / "git-check.log")
+    workspace = backend.prepare(spec, log)
+    try:
+        backend.start_agent(workspace, spec, log)
+        exit_ = backend.wait(workspace, deadline=time.time() + 60, should_stop=lambda: None, log=log)
+        assert exit_ is not None and exit_.exit_code == 0, exit_
+        assert "## claude/issue-1" in exit_.stdout
+        assert TOKEN not in exit_.stdout and "credential" not in exit_.stdout
+    finally:
+        backend.cleanup(workspace, task, log)
