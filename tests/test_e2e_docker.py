@@ -419,8 +419,8 @@ def test_git_reads_work_inside_the_agent_container(
     github: FakeGitHub, e2e_config: Callable[..., Config], claude_image: str, state_dir: Path
 ) -> None:
     """With the real image, git status/log inside the container see the worktree, with no credential."""
-    from claude_issue_solver.backends.docker import DockerBackend
     from claude_issue_solver.backends.base import RunSpec
+    from claude_issue_solver.backends.docker import DockerBackend
     from claude_issue_solver.logs import TaskLog
 
     config = e2e_config(DOCKER_IMAGE=claude_image)
