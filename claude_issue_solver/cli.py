@@ -319,9 +319,7 @@ def queue_command(obj: Context, as_json: bool, show_all: bool, states: tuple[str
 @handles_errors
 def pause(obj: Context) -> None:
     """Start no new tasks (running ones finish). Works whether or not the daemon runs."""
-    changed = obj.queue().pause()
-    obj.nudge()
-    click.echo("paused: running tasks will finish; no new task starts" if changed else "already paused")
+    _set_paused(obj, True)
 
 
 @main.command()
@@ -329,9 +327,17 @@ def pause(obj: Context) -> None:
 @handles_errors
 def resume(obj: Context) -> None:
     """Start tasks again after 'pause'."""
-    changed = obj.queue().resume()
+    _set_paused(obj, False)
+
+
+def _set_paused(obj: Context, paused: bool) -> None:
+    queue = obj.queue()
+    changed = queue.pause() if paused else queue.resume()
     obj.nudge()
-    click.echo("resumed: pending tasks will start" if changed else "not paused")
+    if paused:
+        click.echo("paused: running tasks will finish; no new task starts" if changed else "already paused")
+    else:
+        click.echo("resumed: pending tasks will start" if changed else "not paused")
 
 
 @main.command()

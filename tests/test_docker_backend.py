@@ -60,22 +60,14 @@ def no_stop() -> str | None:
     return None
 
 
-@pytest.fixture(scope="module")
-def client() -> Iterator[docker.DockerClient]:
-    try:
-        found = docker.from_env(timeout=60)
-        found.ping()
-    except Exception as exc:
-        pytest.skip(f"no Docker daemon answers ({exc})")
-    yield found
-    found.close()
+@pytest.fixture
+def client(docker_client: docker.DockerClient) -> docker.DockerClient:
+    return docker_client
 
 
-@pytest.fixture(scope="module")
-def agent_image(client: docker.DockerClient) -> str:
-    from claude_issue_solver.testing.images import fake_agent_image
-
-    return fake_agent_image(client)
+@pytest.fixture
+def agent_image(fake_image: str) -> str:
+    return fake_image
 
 
 @pytest.fixture

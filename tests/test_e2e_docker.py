@@ -40,11 +40,9 @@ pytestmark = [pytest.mark.docker, pytest.mark.skipif(CLIENT is None, reason="no 
 CLAUDE_KEY = "sk-ant-api03-testkeyXYZ0123456789"
 
 
-@pytest.fixture(scope="module")
-def agent_image() -> str:
-    from claude_issue_solver.testing.images import fake_agent_image
-
-    return fake_agent_image(CLIENT)
+@pytest.fixture
+def agent_image(fake_image: str) -> str:
+    return fake_image
 
 
 @pytest.fixture

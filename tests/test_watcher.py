@@ -135,22 +135,6 @@ def test_comments_are_recorded_trusted_only(
     assert [c["author"] for c in book["new_comments"]] == ["maintainer"]
 
 
-def test_unchanged_repo_costs_only_conditional_requests(
-    github: FakeGitHub, watcher_for: Callable[..., Watcher], queue: TaskQueue, clock: Clock
-) -> None:
-    github.create_issue("acme/widgets", "One", labels=["Claude"], user="maintainer")
-    watcher = watcher_for(GITHUB_REPOS="acme/widgets")
-    watcher()
-    github.reset_counts()
-    for _ in range(10):
-        clock.advance(60)
-        watcher()
-    polls = issue_list_requests(github)
-    assert len(polls) == 10
-    assert all(r.status == 304 and r.conditional and not r.counted for r in polls)
-    assert github.requests == polls  # nothing else was asked
-
-
 def test_etags_survive_a_restart(
     github: FakeGitHub, watcher_for: Callable[..., Watcher], queue: TaskQueue
 ) -> None:
@@ -316,18 +300,25 @@ def test_no_token_in_logs_state_or_errors(
     logging.getLogger("claude_issue_solver").propagate = False
 
 
-def test_idle_hour_costs_nothing(
-    github: FakeGitHub, watcher_for: Callable[..., Watcher], queue: TaskQueue, clock: Clock
+@pytest.mark.parametrize("polls", [10, 60])
+def test_unchanged_repo_costs_only_conditional_requests(
+    github: FakeGitHub, watcher_for: Callable[..., Watcher], queue: TaskQueue, clock: Clock, polls: int
 ) -> None:
-    """An hour of polls at the default interval against an idle repository, on the injected clock."""
+    """60 polls at the default interval is an idle hour, simulated on the injected clock."""
     github.create_issue("acme/widgets", "One", labels=["Claude"], user="maintainer")
     watcher = watcher_for(GITHUB_REPOS="acme/widgets")
     watcher()
     github.reset_counts()
-    for _ in range(60):
+    for _ in range(polls):
         clock.advance(60)
         watcher()
-    counted = [r for r in github.requests if r.counted]
-    conditional = [r for r in github.requests if r.conditional and r.status == 304]
-    print(json.dumps({"polls": 60, "counted": len(counted), "conditional_304": len(conditional)}))
-    assert counted == [] and len(conditional) == 60
+    requests = github.requests
+    counted = [r for r in requests if r.counted]
+    conditional = [r for r in requests if r.conditional and r.status == 304]
+    print(
+        json.dumps(
+            {"polls": polls, "requests": len(requests), "counted": len(counted), "304": len(conditional)}
+        )
+    )
+    assert requests == issue_list_requests(github)  # nothing but the list was asked
+    assert counted == [] and len(conditional) == polls
