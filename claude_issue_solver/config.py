@@ -276,6 +276,8 @@ class Config:
                 shown[setting.key] = MASK if value else ""
             elif isinstance(value, tuple):
                 shown[setting.key] = ",".join(value)
+            elif isinstance(value, bool):
+                shown[setting.key] = "true" if value else "false"
             elif value is None:
                 shown[setting.key] = ""
             else:

@@ -6,6 +6,7 @@ On a terminal the payload is drawn as rich tables; otherwise as plain aligned te
 
 from __future__ import annotations
 
+import textwrap
 import time
 from collections.abc import Sequence
 from typing import Any, TextIO
@@ -96,8 +97,10 @@ def _table(out: TextIO, title: str, headers: list[str], rows: list[list[str]], t
         from rich.table import Table
 
         table = Table(title=title, title_justify="left")
-        for header in headers:
-            table.add_column(header, overflow="fold")
+        for n, header in enumerate(headers):
+            # Ids, states and refs must stay whole to be copied; the last column may wrap.
+            last = n == len(headers) - 1
+            table.add_column(header, no_wrap=not last, overflow="fold" if last else "ellipsis")
         for row in rows:
             table.add_row(*row)
         Console(file=out, force_terminal=True).print(table)
@@ -147,8 +150,19 @@ def print_status(payload: dict[str, Any], out: TextIO, *, tty: bool) -> None:
         ]
         _table(out, "running", ["task", "issue", "title", "elapsed", "attempt"], rows, tty)
     config = payload["config"]
-    shown = [f"{k}={v}" for k, v in config.items() if v]
-    out.write("config: " + " ".join(shown) + "\n")
+    shown = " ".join(f"{k}={v}" for k, v in config.items() if v)
+    out.write(
+        "config:\n"
+        + textwrap.fill(
+            shown,
+            width=100,
+            initial_indent="  ",
+            subsequent_indent="  ",
+            break_on_hyphens=False,
+            break_long_words=False,
+        )
+        + "\n"
+    )
 
 
 def print_queue(rows: list[dict[str, Any]], out: TextIO, *, tty: bool) -> None:

@@ -238,3 +238,39 @@ def test_start_reports_docker_down(daemon_env: dict[str, str], tmp_path: Path) -
     assert result.returncode == 1
     assert "cannot reach the Docker daemon" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_logs_show_the_daemon_log_and_a_task_log(env: dict[str, str], state_dir: Path) -> None:
+    from claude_issue_solver.logs import TaskLog, task_log_path
+
+    queue = TaskQueue(StateStore(state_dir / "state.json"))
+    task = queue.submit("acme/widgets", 4, "four")
+    log = TaskLog(task_log_path(state_dir / "logs", task.id))
+    for n in range(5):
+        log.write(f"step {n} with {TOKEN}")
+    (state_dir / "logs" / "daemon.log").write_text("".join(f"daemon line {n}\n" for n in range(100)))
+    out = expect(invoke(["logs", "acme/widgets#4", "-n", "2"], env)).output
+    assert out.splitlines()[-1].endswith("step 4 with ***") and "step 2" not in out
+    assert TOKEN not in out
+    assert expect(invoke(["logs", task.id], env)).output.count("step") == 5
+    out = expect(invoke(["logs", "-n", "3"], env)).output
+    assert out.splitlines() == ["daemon line 97", "daemon line 98", "daemon line 99"]
+
+
+def test_follow_yields_new_lines(tmp_path: Path) -> None:
+    from claude_issue_solver.logs import follow
+
+    path = tmp_path / "grows.log"
+    path.write_text("old 1\nold 2\n")
+    appended: list[str] = []
+
+    def grow() -> None:  # the poll hook appends, as a live writer would
+        if len(appended) < 3:
+            appended.append(f"new {len(appended)}")
+            with path.open("a") as handle:
+                handle.write(appended[-1] + "\n")
+
+    lines = []
+    for line in follow(path, start_lines=1, poll=grow, keep_going=lambda: len(lines) < 4):
+        lines.append(line.rstrip())
+    assert lines == ["old 2", "new 0", "new 1", "new 2"]

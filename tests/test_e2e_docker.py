@@ -449,3 +449,23 @@ def test_git_reads_work_inside_the_agent_container(
         assert TOKEN not in exit_.stdout and "credential" not in exit_.stdout
     finally:
         backend.cleanup(workspace, task, log)
+
+
+def test_pause_holds_new_work_on_a_running_daemon(
+    github: FakeGitHub, process_env: dict[str, str], state_dir: Path
+) -> None:
+    cli = [sys.executable, "-m", "claude_issue_solver"]
+    assert start_daemon(process_env).returncode == 0
+    subprocess.run([*cli, "pause"], env=process_env, timeout=60, check=True)
+    labelled(github, "Held", "noop")
+    wait_until(lambda: bool(tasks_of(state_dir)), what="the task to be queued")
+    # Two more polls after it was queued: the dispatcher had turns enough to start it, and did not.
+    polls = len(github.requests_to("/api/v3/repos/acme/widgets/issues"))
+    wait_until(lambda: len(github.requests_to("/api/v3/repos/acme/widgets/issues")) >= polls + 2)
+    assert tasks_of(state_dir)[0].state is TaskState.PENDING
+    resumed_at = time.monotonic()
+    subprocess.run([*cli, "resume"], env=process_env, timeout=60, check=True)
+    wait_until(lambda: tasks_of(state_dir)[0].state is not TaskState.PENDING, timeout=10, what="dispatch")
+    assert time.monotonic() - resumed_at < 5
+    wait_until(lambda: not tasks_of(state_dir)[0].state.live, what="the task to finish")
+    subprocess.run([*cli, "stop"], env=process_env, timeout=60, check=True)
