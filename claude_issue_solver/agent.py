@@ -472,3 +472,46 @@ def summarize_stream_event(event: dict[str, Any]) -> str | None:
         lines = [_tool_result_line(b) for b in _content_blocks(event) if b.get("type") == "tool_result"]
         return " | ".join(lines) or None
     return None
+
+
+class StreamProgress:
+    """Reads the agent's output as it comes and turns stream-json events into readable log lines.
+
+    It also keeps the figures a progress report needs (turns so far), so the daemon can tell how far
+    along a run is without parsing the log again. Lines that are not JSON events (stderr, the plain
+    ``json`` output format) pass through unchanged.
+    """
+
+    def __init__(self) -> None:
+        self._messages: set[str] = set()
+        self._anonymous = 0
+        self.result: dict[str, Any] | None = None
+
+    @property
+    def turns(self) -> int:
+        return len(self._messages) + self._anonymous
+
+    def feed_line(self, line: str) -> str | None:
+        """The log line for one line of output (None: nothing worth a line)."""
+        stripped = line.strip()
+        if not stripped.startswith("{"):
+            return line.rstrip("\n") if stripped else None
+        try:
+            event = json.loads(stripped)
+        except ValueError:
+            return line.rstrip("\n")
+        if not isinstance(event, dict) or "type" not in event:
+            return line.rstrip("\n")
+        if event["type"] == "assistant":
+            # The CLI prints each content block of one model message as its own line: count messages.
+            message_id = (event.get("message") or {}).get("id")
+            if isinstance(message_id, str):
+                self._messages.add(message_id)
+            else:
+                self._anonymous += 1
+        elif event["type"] == "result":
+            self.result = event
+            if isinstance(event.get("num_turns"), int):
+                self._messages = {str(n) for n in range(event["num_turns"])}
+                self._anonymous = 0
+        return summarize_stream_event(event)

@@ -60,7 +60,7 @@ def build(config: Config, *, backend: Backend | None = None) -> Parts:
     daemon = Daemon(
         queue,
         pipeline,
-        watcher=Watcher(config, client, queue),
+        watcher=Watcher(config, client, queue, on_queued=pipeline.announce),
         poll_interval=config.poll_interval,
     )
     return Parts(queue=queue, daemon=daemon, backend=backend)

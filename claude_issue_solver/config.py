@@ -79,6 +79,10 @@ def _optional_text(raw: str) -> str | None:
     return raw.strip() or None
 
 
+def repo_name_is_valid(repo: str) -> bool:
+    return bool(_REPO_RE.match(repo))
+
+
 def _repos(raw: str) -> tuple[str, ...]:
     repos = tuple(part.strip() for part in raw.split(",") if part.strip())
     for repo in repos:

@@ -101,9 +101,12 @@ class TaskLog:
     """Append-only, redacted, timestamped lines for one task; safe to share between threads."""
 
     def __init__(self, path: Path, clock: Callable[[], float] = time.time) -> None:
+        from claude_issue_solver.agent import StreamProgress
+
         self.path = path
         self._clock = clock
         self._lock = threading.Lock()
+        self.progress = StreamProgress()
         path.parent.mkdir(parents=True, exist_ok=True)
 
     def write(self, message: str) -> None:
@@ -114,9 +117,11 @@ class TaskLog:
             handle.write(text)
 
     def write_raw(self, chunk: str) -> None:
-        """Output from the agent, as it came (but redacted)."""
-        with self._lock, open(self.path, "a", encoding="utf-8") as handle:
-            handle.write(REDACTOR(chunk))
+        """Output from the agent, in whole lines: stream-json events become readable lines."""
+        for line in chunk.splitlines():
+            readable = self.progress.feed_line(line)
+            if readable is not None:
+                self.write(readable)
 
     def tail(self, lines: int = 20) -> str:
         return "".join(tail_lines(self.path, lines))

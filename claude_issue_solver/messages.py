@@ -65,9 +65,16 @@ def _collapsed(summary: str, text: str) -> str:
     return f"<details><summary>{summary}</summary>\n\n{fence}\n{text.rstrip()}\n{fence}\n</details>"
 
 
-def working_comment(task: Task, steps: list[tuple[str, bool]]) -> str:
+WORK_STEPS = ("workspace ready", "agent running", "changes committed and pushed", "pull request opened")
+
+
+def working_comment(task: Task, done: int, *, turns: int | None = None) -> str:
+    """The progress checklist: the first ``done`` steps are ticked."""
     lines = [f"🤖 Claude is working on this issue (task `{task.id}`).", ""]
-    lines += [f"- [{'x' if done else ' '}] {step}" for step, done in steps]
+    for n, step in enumerate(WORK_STEPS):
+        if step == "agent running" and turns:
+            step = f"agent running ({turns} turn{'s' if turns != 1 else ''} so far)"
+        lines.append(f"- [{'x' if n < done else ' '}] {step}")
     return "\n".join(lines) + "\n\n" + marker(task.id)
 
 

@@ -43,7 +43,10 @@ from claude_issue_solver.watcher import is_trusted_comment
 
 log = logging.getLogger(__name__)
 
-RETRY_DELAY = 60.0
+# Progress edits while the agent runs: the first after 30 s, then ever further apart (up to 10 minutes),
+# so that a half-hour run costs about six comment edits, not one per turn.
+FIRST_PROGRESS_EDIT = 30.0
+MAX_PROGRESS_INTERVAL = 600.0
 QUIET_AGENT_ENV = {
     "DISABLE_AUTOUPDATER": "1",
     "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
@@ -62,6 +65,7 @@ def agent_settings(config: Config) -> AgentSettings:
         model=config.claude_model,
         append_system_prompt=config.claude_append_system_prompt,
         extra_args=parse_extra_args(config.claude_extra_args),
+        output_format="stream-json",  # events as they happen: live task logs and progress
     )
 
 
@@ -112,7 +116,7 @@ class Pipeline:
                 tlog.write(f"the {self.config.trigger_label!r} label was removed; nothing to do")
                 return Outcome(TaskState.CANCELLED, error="the trigger label was removed")
             spec = self._spec(task, issue)
-            self._comment(task, messages.working_comment(task, self._steps(0)))
+            self._comment(task, messages.working_comment(task, 0))
             task = self.queue.update(
                 task.id,
                 backend=self.backend.name,
@@ -124,7 +128,7 @@ class Pipeline:
             self.queue.update(task.id, meta={"phase": "agent", "base_sha": workspace.base_sha})
             self.backend.start_agent(workspace, spec, tlog)
             tlog.write(f"agent started in {workspace.handle}")
-            self._comment(task, messages.working_comment(task, self._steps(2)))
+            self._comment(task, messages.working_comment(task, 1))
         except (GitHubError, BackendError) as exc:
             return self._setback(task, None, exc, tlog)
         return self._after_start(task, workspace, spec, control, tlog)
@@ -160,12 +164,20 @@ class Pipeline:
         self, task: Task, workspace: Workspace, spec: RunSpec, control: TaskControl, tlog: TaskLog
     ) -> Outcome | None:
         deadline = (task.started_at or self.clock()) + self.config.task_timeout
+        progress = _ProgressEdits(self.clock())
 
         def should_stop() -> str | None:
             if control.cancel.is_set():
                 return "cancel"
             if control.detach.is_set():
                 return "detach"
+            # Called every few seconds while the agent runs: the place for a (throttled) progress edit.
+            turns = tlog.progress.turns
+            if progress.due(self.clock(), turns):
+                try:
+                    self._comment(task, messages.working_comment(task, 1, turns=turns))
+                except GitHubError as exc:
+                    tlog.write(f"could not update the progress comment: {exc}")
             return None
 
         try:
@@ -297,16 +309,15 @@ class Pipeline:
     def _duration(self, task: Task) -> float | None:
         return None if task.started_at is None else self.clock() - task.started_at
 
-    def _steps(self, done: int) -> list[tuple[str, bool]]:
-        names = ["workspace ready", "agent running", "changes pushed", "pull request opened"]
-        return [(name, i < done) for i, name in enumerate(names)]
+    def announce(self, task: Task) -> None:
+        """Say on the issue that the task is queued (the comment every later state edits)."""
+        try:
+            self._comment(task, messages.queued_comment(task))
+        except GitHubError as exc:
+            log.warning("could not post the queued comment for %s: %s", task.ref, exc)
 
     def _comment(self, task: Task, body: str) -> None:
-        comment_id = task.meta.get("comment_id")
-        new_id = self.publisher.upsert_comment(task.repo, task.issue_number, task.id, body, comment_id)
-        if new_id != comment_id:
-            task.meta["comment_id"] = new_id
-            self.queue.update(task.id, meta={"comment_id": new_id})
+        task_comment(self.publisher, self.queue, task, body)
 
     def _spec(self, task: Task, issue: dict[str, Any]) -> RunSpec:
         info = self.client.repo_info(task.repo)
@@ -353,6 +364,32 @@ class Pipeline:
 
     def _stored_result(self, task: Task) -> AgentResult | None:
         return None  # resume after the agent: the task already holds the result fields
+
+
+def task_comment(publisher: Publisher, queue: TaskQueue, task: Task, body: str) -> None:
+    """Write the task's one comment (create it, or edit it in place) and remember its id on the task."""
+    comment_id = task.meta.get("comment_id")
+    new_id = publisher.upsert_comment(task.repo, task.issue_number, task.id, body, comment_id)
+    if new_id != comment_id:
+        task.meta["comment_id"] = new_id
+        queue.update(task.id, meta={"comment_id": new_id})
+
+
+class _ProgressEdits:
+    """When the next progress edit is due: only when something changed, and ever less often."""
+
+    def __init__(self, now: float) -> None:
+        self.next_at = now + FIRST_PROGRESS_EDIT
+        self.interval = FIRST_PROGRESS_EDIT
+        self.turns = 0
+
+    def due(self, now: float, turns: int) -> bool:
+        if now < self.next_at or turns == self.turns:
+            return False
+        self.turns = turns
+        self.interval = min(self.interval * 2, MAX_PROGRESS_INTERVAL)
+        self.next_at = now + self.interval
+        return True
 
 
 def _labels_cased(issue: dict[str, Any]) -> list[str]:

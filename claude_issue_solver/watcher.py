@@ -25,7 +25,7 @@ from typing import Any
 
 from claude_issue_solver.config import Config
 from claude_issue_solver.github import GitHubClient, GitHubError, RateLimited, Response, Transient
-from claude_issue_solver.queue import TaskQueue, TaskState
+from claude_issue_solver.queue import Task, TaskQueue, TaskState
 
 log = logging.getLogger(__name__)
 
@@ -55,8 +55,10 @@ class Watcher:
         *,
         clock: Callable[[], float] = time.time,
         jitter: Callable[[], float] = random.random,
+        on_queued: Callable[[Task], None] | None = None,
     ) -> None:
         self.config = config
+        self.on_queued = on_queued  # e.g. post the "queued" comment on the issue
         self.client = client
         self.queue = queue
         self.clock = clock
@@ -205,6 +207,8 @@ class Watcher:
                     changes["handled_label_at"] = labeled["at"]
                     if task is not None:
                         log.info("%s: queued task %s (label by %s, %s)", key, task.id, labeled["actor"], why)
+                        if self.on_queued is not None:
+                            self.on_queued(task)
                 else:
                     changes["untrusted_label"] = {"actor": labeled["actor"], "at": labeled["at"], "why": why}
                     self._note_once(

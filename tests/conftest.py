@@ -48,4 +48,4 @@ def python() -> str:
     return sys.executable
 
 
-pytest_plugins = ["tests.github_fixtures", "tests.docker_fixtures"]
+pytest_plugins = ["tests.github_fixtures", "tests.docker_fixtures", "tests.e2e"]

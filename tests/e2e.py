@@ -1,0 +1,159 @@
+"""Helpers and fixtures for end-to-end tests through the daemon on the Docker backend (a pytest plugin)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import docker
+import pytest
+
+from claude_issue_solver.app import build
+from claude_issue_solver.backends.base import LABEL_TASK
+from claude_issue_solver.config import Config
+from claude_issue_solver.pidfile import daemon_status
+from claude_issue_solver.queue import Task, TaskQueue
+from claude_issue_solver.state import StateStore
+from claude_issue_solver.testing.fake_github import FakeGitHub
+from tests.github_fixtures import TOKEN
+
+try:
+    CLIENT = docker.from_env()
+    CLIENT.ping()
+except Exception:  # pragma: no cover - depends on the machine
+    CLIENT = None
+
+needs_docker = [pytest.mark.docker, pytest.mark.skipif(CLIENT is None, reason="no Docker daemon answers")]
+
+CLAUDE_KEY = "sk-ant-api03-testkeyXYZ0123456789"
+
+
+@pytest.fixture
+def agent_image(fake_image: str) -> str:
+    return fake_image
+
+
+@pytest.fixture
+def e2e_config(
+    gh_config: Callable[..., Config], agent_image: str, github: FakeGitHub
+) -> Callable[..., Config]:
+    def make(**settings: str) -> Config:
+        base = {
+            "GITHUB_REPOS": "acme/widgets",
+            "DOCKER_IMAGE": agent_image,
+            "DOCKER_NETWORK": "none",
+            "ANTHROPIC_API_KEY": CLAUDE_KEY,
+            "TASK_TIMEOUT": "120",
+        }
+        return gh_config(**{**base, **settings})
+
+    return make
+
+
+@pytest.fixture
+def no_leftover_containers(state_dir: Path) -> Iterator[None]:
+    yield
+    from claude_issue_solver.backends.base import LABEL_OWNER
+
+    for container in CLIENT.containers.list(all=True, filters={"label": [LABEL_OWNER]}):
+        if str(state_dir) in json.dumps(container.attrs.get("Mounts", [])):
+            container.remove(force=True)
+
+
+def our_containers(state_dir: Path) -> list:
+    # The low-level listing carries the mounts, so there is no inspect to race a removal.
+    listed = CLIENT.api.containers(all=True, filters={"label": [LABEL_TASK]})
+    ids = [c["Id"] for c in listed if str(state_dir) in json.dumps(c.get("Mounts", []))]
+    found = []
+    for container_id in ids:
+        with contextlib.suppress(docker.errors.NotFound):  # removed since the listing
+            found.append(CLIENT.containers.get(container_id))
+    return found
+
+
+def drive(config: Config, until: Callable[[TaskQueue], bool], timeout: float = 90) -> TaskQueue:
+    """Run the daemon's cycle until the condition holds."""
+    parts = build(config)
+    deadline = time.monotonic() + timeout
+    while True:
+        parts.daemon.run_once()
+        if until(parts.queue):
+            break
+        assert time.monotonic() < deadline, f"tasks: {[t.to_dict() for t in parts.queue.list()]}"
+        time.sleep(0.05)
+    deadline = time.monotonic() + 10
+    while parts.daemon.active and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return parts.queue
+
+
+def all_finished(queue: TaskQueue) -> bool:
+    tasks = queue.list()
+    return bool(tasks) and all(not t.state.live for t in tasks)
+
+
+def labelled(github: FakeGitHub, title: str, scenario: str, body: str = "") -> dict:
+    text = f"{body}\n\nFAKE_CLAUDE_SCENARIO={scenario}\n"
+    return github.create_issue("acme/widgets", title, text, labels=["Claude"], user="maintainer")
+
+
+def our_comments(github: FakeGitHub, number: int) -> list[dict]:
+    return [c for c in github.comments("acme/widgets", number) if "claude-issue-solver:task=" in c["body"]]
+
+
+def assert_clean(state_dir: Path) -> None:
+    assert our_containers(state_dir) == []
+    worktrees = state_dir / "worktrees"
+    assert not worktrees.exists() or list(worktrees.iterdir()) == []
+
+
+def start_daemon(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "claude_issue_solver", "start"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        stdin=subprocess.DEVNULL,
+    )
+
+
+@pytest.fixture
+def process_env(
+    github: FakeGitHub, agent_image: str, tmp_path: Path, state_dir: Path
+) -> Iterator[dict[str, str]]:
+    env_file = tmp_path / "solver.env"
+    settings = {
+        "GITHUB_TOKEN": TOKEN,
+        "GITHUB_API_URL": github.api_url,
+        "GITHUB_REPOS": "acme/widgets",
+        "STATE_DIR": str(state_dir),
+        "POLL_INTERVAL": "1",
+        "DOCKER_IMAGE": agent_image,
+        "DOCKER_NETWORK": "none",
+        "ANTHROPIC_API_KEY": CLAUDE_KEY,
+    }
+    env_file.write_text("".join(f"{k}={v}\n" for k, v in settings.items()))
+    env = {**os.environ, "HOME": str(tmp_path), "CLAUDE_ISSUE_SOLVER_ENV": str(env_file)}
+    yield env
+    status = daemon_status(state_dir / "daemon.pid")
+    if status.running and status.pid:
+        os.kill(status.pid, signal.SIGKILL)
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float = 60, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
+def tasks_of(state_dir: Path) -> list[Task]:
+    return TaskQueue(StateStore(state_dir / "state.json")).list()
