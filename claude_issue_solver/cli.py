@@ -504,3 +504,32 @@ def retry(obj: Context, task_ref: str) -> None:
     task = queue.retry(queue.find(task_ref).id)
     obj.nudge()
     click.echo(f"queued {task.id} ({task.ref}) again")
+
+
+# --- trying it out ----------------------------------------------------------------------------------
+
+
+@main.command()
+@click.option("--keep", is_flag=True, help="Keep the demo's state and bare repository, and print where.")
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=1),
+    default=600,
+    show_default=True,
+    help="Give up if the task has not finished after this many seconds.",
+)
+@click.pass_obj
+@handles_errors
+def demo(obj: Context, keep: bool, timeout: float) -> None:
+    """Run one issue end to end on this machine, with no secrets.
+
+    A loopback GitHub with a sample repository and a labelled issue, the daemon in the foreground and
+    the Docker backend. With ANTHROPIC_API_KEY or CLAUDE_CODE_OAUTH_TOKEN set the real Claude Code CLI
+    works on it; otherwise a scripted stand-in agent does (and says so). Prints the PR and the comment.
+    """
+    from claude_issue_solver.config import read_env_file, resolve_env_file
+    from claude_issue_solver.demo import run_demo
+
+    path = resolve_env_file(obj.env_file, os.environ)
+    environ = {**read_env_file(path), **os.environ} if path else dict(os.environ)
+    sys.exit(run_demo(keep=keep, timeout=timeout, environ=environ))
