@@ -506,6 +506,62 @@ def retry(obj: Context, task_ref: str) -> None:
     click.echo(f"queued {task.id} ({task.ref}) again")
 
 
+# --- setting it up ---------------------------------------------------------------------------------
+
+
+@main.command()
+@json_option
+@click.option("--build", is_flag=True, help="Build the agent image now if it is missing (can take minutes).")
+@click.pass_obj
+def doctor(obj: Context, as_json: bool, build: bool) -> None:
+    """Check settings, GitHub access and labels, Docker or Daytona, and the Claude credential.
+
+    Writes nothing to GitHub. Exits 0 when every check passes, 1 otherwise.
+    """
+    from claude_issue_solver.doctor import diagnose, render, to_json
+
+    checks = diagnose(obj.env_file, build=build)
+    click.echo(json.dumps(to_json(checks), indent=2) if as_json else render(checks))
+    sys.exit(0 if all(check.ok for check in checks) else EXIT_FAILED)
+
+
+@main.group()
+def service() -> None:
+    """Run the daemon as a systemd service."""
+
+
+@service.command(name="install")
+@click.option(
+    "--user", "user_mode", is_flag=True, help="A user unit (~/.config/systemd/user), not a system one."
+)
+@click.option("--print", "print_only", is_flag=True, help="Print the unit instead of writing it.")
+@click.option(
+    "--run-as",
+    metavar="USER",
+    default=lambda: os.environ.get("SUDO_USER"),
+    help="System unit: the user the daemon runs as (default: whoever ran sudo, else root).",
+)
+@click.pass_obj
+@handles_errors
+def service_install(obj: Context, user_mode: bool, print_only: bool, run_as: str | None) -> None:
+    """Write a systemd unit that runs 'start --foreground' with the settings file (--env-file or ./.env)."""
+    from claude_issue_solver.config import resolve_env_file
+    from claude_issue_solver.service import ServiceError, enable_instructions, install, render_unit
+
+    env_file = resolve_env_file(obj.env_file, os.environ)
+    if env_file is None:
+        fail("no settings file: pass --env-file PATH; the service reads its settings from it", EXIT_USAGE)
+    run_as = None if user_mode else run_as
+    try:
+        if print_only:
+            click.echo(render_unit(user_mode=user_mode, env_file=env_file, run_as=run_as), nl=False)
+            return
+        path = install(user_mode=user_mode, env_file=env_file, run_as=run_as)
+    except ServiceError as exc:
+        fail(str(exc))
+    click.echo(f"wrote {path}\n{enable_instructions(user_mode)}")
+
+
 # --- trying it out ----------------------------------------------------------------------------------
 
 

@@ -146,6 +146,7 @@ class _Doctor:
         self._integration: GithubIntegration | None = None
         self._docker: DockerBackend | None = None
         self._login: str | None = None
+        self._credential_ok = False
         self._visible: dict[str, bool] = {}
 
     def run(self) -> list[Check]:
@@ -245,12 +246,15 @@ class _Doctor:
         return self._integration
 
     def github_credential(self) -> _Outcome:
-        if self.is_app:
-            return self._app_credential()
+        outcome = self._app_credential() if self.is_app else self._token_credential()
+        self._credential_ok = outcome.ok
+        return outcome
+
+    def _token_credential(self) -> _Outcome:
         if not self.config.github_token:
             return _failed(
                 "no GitHub credential is configured",
-                f"set GITHUB_TOKEN in {self.where} ({self._token_advice()}), "
+                f"set GITHUB_TOKEN in {self.where} to {self._token_advice()}; "
                 "or GITHUB_APP_ID and GITHUB_APP_PRIVATE_KEY_PATH for a GitHub App",
             )
         from claude_issue_solver.github import GitHubError
@@ -269,6 +273,7 @@ class _Doctor:
         return _passed(f"{kind} of {self._login} accepted by {self.api_url}{left}")
 
     def _app_credential(self) -> _Outcome:
+        import jwt
         from github import GithubException
 
         app_id = self.config.github_app_id
@@ -291,7 +296,7 @@ class _Doctor:
                 "check that GITHUB_APP_ID is the App's ID and the key is one of its private keys "
                 "(the App's settings -> Private keys -> Generate a private key)",
             )
-        except (ValueError, TypeError) as exc:  # the key does not parse: signing the JWT fails
+        except (ValueError, TypeError, jwt.PyJWTError) as exc:  # the key does not parse: no JWT
             return _failed(
                 f"the App's private key cannot be used: {exc}",
                 "point GITHUB_APP_PRIVATE_KEY_PATH at the .pem file GitHub generated, unchanged",
@@ -302,8 +307,9 @@ class _Doctor:
         from claude_issue_solver.github import GitHubError
 
         self._visible[repo] = False
-        if not (self.config.github_token or self.is_app):
-            return _failed("not checked: no GitHub credential", "configure the GitHub credential first")
+        if not self._credential_ok:
+            # Every request would fail the same way; the credential's own check says why and what to do.
+            return _failed("not checked: the GitHub credential does not work", "fix it first (see above)")
         client = self.github()
         try:
             response = client.request(repo, "GET", f"/repos/{repo}")
@@ -344,8 +350,8 @@ class _Doctor:
                 problems.append(
                     (
                         f"the classic token's scopes ({scopes or 'none'}) do not include repo",
-                        f"create a token with the repo scope at {self.web_url}/settings/tokens/new "
-                        f"(or {self._token_advice()}) and set GITHUB_TOKEN in {self.where}",
+                        f"create a classic token with the repo scope at {self.web_url}/settings/tokens/new, "
+                        f"or {self._fine_grained_advice()}, and set GITHUB_TOKEN in {self.where}",
                     )
                 )
         permissions = data.get("permissions")
@@ -398,19 +404,22 @@ class _Doctor:
         from claude_issue_solver.github import GitHubError
 
         label = self.config.trigger_label
-        if not (self.config.github_token or self.is_app):
-            return _failed("not checked: no GitHub credential", "configure the GitHub credential first")
+        if not self._visible.get(repo):
+            # Asking would only repeat the repository's failure, and a 404 would read as "no label".
+            return _failed(f"not checked: {repo} is not visible", f"see the check of repository {repo} above")
         try:
             response = self.github().request(repo, "GET", f"/repos/{repo}/labels/{quote(label, safe='')}")
         except GitHubError as exc:
-            if exc.status == 404 and self._visible.get(repo):
+            if exc.status == 404:
                 return _failed(f"{repo} has no label {label!r}", self._create_label_fix(repo))
             return self._github_failure(exc, repo=repo)
-        return _passed(f"{(response.data or {}).get('name', label)!r} exists")
+        name = str((response.data or {}).get("name") or label)
+        # GitHub matches label names case-insensitively, and so does the watcher.
+        return _passed("exists" if name == label else f"exists (as {name!r})")
 
     def _create_label_fix(self, repo: str) -> str:
         label = self.config.trigger_label
-        host = urlsplit(self.web_url).hostname or "github.com"
+        host = urlsplit(self.web_url).netloc or "github.com"
         gh_host = "" if host == "github.com" else f"GH_HOST={host} "
         command = (
             f"{gh_host}gh label create {shlex.quote(label)} --repo {repo} --color {LABEL_COLOR} "
@@ -441,7 +450,7 @@ class _Doctor:
             if credential_check:
                 return _failed(
                     f"the token was rejected by {self.api_url} (HTTP 401 Bad credentials)",
-                    f"it is wrong, expired or revoked: create a new one ({self._token_advice()}) "
+                    f"it is wrong, expired or revoked: create a new one, {self._token_advice()}, "
                     f"and set GITHUB_TOKEN in {self.where}",
                 )
             return _failed(
@@ -458,11 +467,14 @@ class _Doctor:
             return _failed(str(exc), fix)
         return _failed(str(exc), f"check the GitHub settings in {self.where}, then run doctor again")
 
-    def _token_advice(self) -> str:
+    def _fine_grained_advice(self) -> str:
         return (
             f"a fine-grained token from {self.web_url}/settings/personal-access-tokens/new "
-            f"with {TOKEN_GRANTS} on every repository in GITHUB_REPOS, or a classic token with the repo scope"
+            f"with {TOKEN_GRANTS} on every repository in GITHUB_REPOS"
         )
+
+    def _token_advice(self) -> str:
+        return f"{self._fine_grained_advice()}, or a classic token with the repo scope"
 
     # --- the agent -----------------------------------------------------------------------------------
 
@@ -549,7 +561,7 @@ class _Doctor:
             )
         if _image_present(backend, tag):
             return self._run_version(
-                tag, prefix=f"DOCKER_IMAGE is unset: {tag} (Dockerfile.claude on {base}) "
+                tag, prefix=f"DOCKER_IMAGE is unset; built from Dockerfile.claude on {base}: "
             )
         return _passed(
             f"DOCKER_IMAGE is unset: Dockerfile.claude will be built on {base} (present) as {tag} at the "

@@ -274,3 +274,33 @@ def test_follow_yields_new_lines(tmp_path: Path) -> None:
     for line in follow(path, start_lines=1, poll=grow, keep_going=lambda: len(lines) < 4):
         lines.append(line.rstrip())
     assert lines == ["old 2", "new 0", "new 1", "new 2"]
+
+
+def test_doctor_through_the_cli(github: FakeGitHub, tmp_path: Path, state_dir: Path) -> None:
+    env = {
+        "HOME": str(tmp_path),
+        "STATE_DIR": str(state_dir),
+        "GITHUB_API_URL": github.api_url,
+        "GITHUB_REPOS": "acme/widgets",
+        "GITHUB_TOKEN": "ghp_notavalidtoken0123456789abcdefABCDEF",
+        "TRIGGER_LABEL": "no-such-label",
+        "DOCKER_HOST": f"unix://{tmp_path}/no-docker.sock",
+    }
+    result = CliRunner().invoke(main, ["doctor"], env=env)
+    assert result.exit_code == 1, result.output
+    assert "✘" in result.output and "fix:" in result.output and "Traceback" not in result.output
+    assert "ghp_notavalidtoken" not in result.output
+    checks = json.loads(CliRunner().invoke(main, ["doctor", "--json"], env=env).output)
+    failed = {c["name"] for c in checks if not c["ok"]}
+    assert "Docker" in failed and "Claude credential" in failed
+    assert all(c["fix"] for c in checks if not c["ok"])
+
+
+def test_service_install_prints_a_unit(tmp_path: Path, env: dict[str, str]) -> None:
+    env_file = tmp_path / "solver.env"
+    env_file.write_text("GITHUB_REPOS=acme/widgets\n")
+    result = expect(invoke(["--env-file", str(env_file), "service", "install", "--user", "--print"], env))
+    assert "start --foreground" in result.output and f"EnvironmentFile=-{env_file}" in result.output
+    assert "Restart=on-failure" in result.output
+    missing = invoke(["service", "install", "--user", "--print"], {**env, "HOME": str(tmp_path / "nohome")})
+    assert missing.exit_code == 2 and "no settings file" in missing.output

@@ -198,7 +198,7 @@ def test_run_collect_push_lands_the_branch(harness: Harness, remote: Path) -> No
     # The fake agent records the hash of the stdin it got: the prompt arrived byte for byte.
     prompt_sha = hashlib.sha256(spec.prompt.encode()).hexdigest()
     assert f"prompt-sha256={prompt_sha}" in (workspace.path / "CLAUDE_FIX.md").read_text()
-    assert '"type":"result"' in harness.log(spec).path.read_text()
+    assert "result: success" in harness.log(spec).path.read_text()  # the agent's events, made readable
 
     changes = backend.collect(workspace, harness.log(spec))
     assert changes.changed and not changes.ahead

@@ -1,0 +1,321 @@
+"""End to end on the Daytona backend: the loopback GitHub, the loopback Daytona driven by the real SDK,
+the real daemon and pipeline, the fake `claude` running in the sandbox, real git over HTTP.
+
+One task per scenario, driven through Daemon.run_once(); crash recovery runs the daemon as a real
+process and kills it with SIGKILL mid-task.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from claude_issue_solver.app import build
+from claude_issue_solver.backends.daytona import DaytonaBackend
+from claude_issue_solver.config import Config
+from claude_issue_solver.queue import Task, TaskQueue, TaskState
+from claude_issue_solver.state import StateStore
+from claude_issue_solver.testing.fake_daytona import FakeDaytona, RecordedRequest
+from claude_issue_solver.testing.fake_github import FakeGitHub
+from tests.github_fixtures import TOKEN
+
+CLAUDE_KEY = "sk-ant-api03-daytonaE2EKey0123456789"
+POLL = 0.05
+# The daemon process of the crash tests: the real run_daemon(), with the Daytona backend (and a short
+# poll) wired in the way app.make_backend() will once it knows BACKEND=daytona.
+DAEMON_SCRIPT = """
+import sys
+from claude_issue_solver import app
+from claude_issue_solver.backends.daytona import DaytonaBackend
+from claude_issue_solver.config import load_config
+
+app.make_backend = lambda config: DaytonaBackend(config, poll_interval=0.1)
+sys.exit(app.run_daemon(load_config()))
+"""
+_ID_RE = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+
+
+@pytest.fixture
+def fake(tmp_path: Path) -> Iterator[FakeDaytona]:
+    with FakeDaytona(tmp_path / "daytona") as made:
+        yield made
+
+
+def settings(github: FakeGitHub, fake: FakeDaytona, **overrides: str) -> dict[str, str]:
+    return {
+        "GITHUB_TOKEN": TOKEN,
+        "GITHUB_API_URL": github.api_url,
+        "GITHUB_REPOS": "acme/widgets",
+        "BACKEND": "daytona",
+        "DAYTONA_API_KEY": fake.api_key,
+        "DAYTONA_API_URL": fake.api_url,
+        "DAYTONA_TARGET": "us",
+        "ANTHROPIC_API_KEY": CLAUDE_KEY,
+        "TASK_TIMEOUT": "120",
+        **overrides,
+    }
+
+
+@pytest.fixture
+def e2e_config(
+    make_config: Callable[..., Config], github: FakeGitHub, fake: FakeDaytona
+) -> Callable[..., Config]:
+    def make(**overrides: str) -> Config:
+        return make_config(**settings(github, fake, **overrides))
+
+    return make
+
+
+def drive(config: Config, until: Callable[[TaskQueue], bool], timeout: float = 60) -> TaskQueue:
+    """Run the daemon's cycle until the condition holds."""
+    parts = build(config, backend=DaytonaBackend(config, poll_interval=POLL))
+    deadline = time.monotonic() + timeout
+    while True:
+        parts.daemon.run_once()
+        if until(parts.queue):
+            break
+        assert time.monotonic() < deadline, f"tasks: {[t.to_dict() for t in parts.queue.list()]}"
+        time.sleep(0.05)
+    deadline = time.monotonic() + 10
+    while parts.daemon.active and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return parts.queue
+
+
+def all_finished(queue: TaskQueue) -> bool:
+    tasks = queue.list()
+    return bool(tasks) and all(not t.state.live for t in tasks)
+
+
+def labelled(github: FakeGitHub, title: str, scenario: str) -> dict:
+    text = f"Please.\n\nFAKE_CLAUDE_SCENARIO={scenario}\n"
+    return github.create_issue("acme/widgets", title, text, labels=["Claude"], user="maintainer")
+
+
+def our_comments(github: FakeGitHub, number: int) -> list[dict]:
+    return [c for c in github.comments("acme/widgets", number) if "claude-issue-solver:task=" in c["body"]]
+
+
+def request_counts(requests: list[RecordedRequest]) -> collections.Counter[str]:
+    """Requests by kind: ids replaced by placeholders, the toolbox's sandbox prefix cut."""
+    counts: collections.Counter[str] = collections.Counter()
+    for request in requests:
+        path = _ID_RE.sub("{id}", request.path)
+        path = re.sub(r"/session/[^/]+", "/session/{sid}", path).replace("/toolbox/{id}", "toolbox")
+        counts[f"{request.method} {path}"] += 1
+    return counts
+
+
+def print_counts(title: str, requests: list[RecordedRequest]) -> None:
+    counts = request_counts(requests)
+    print(f"\n{title}: {len(requests)} Daytona requests")
+    for kind, count in sorted(counts.items(), key=lambda item: (-item[1], item[0])):
+        print(f"  {count:3d}  {kind}")
+
+
+# --- one task per scenario ----------------------------------------------------------------------------
+
+
+def test_issue_to_pull_request(
+    github: FakeGitHub, fake: FakeDaytona, e2e_config: Callable[..., Config]
+) -> None:
+    issue = labelled(github, "Add a fix file", "edit")
+    queue = drive(e2e_config(), all_finished)
+    task = queue.list()[0]
+    assert task.state is TaskState.COMPLETED, task.error
+    assert task.backend == "daytona" and task.handle == f"claude-issue-solver-{task.id}"
+    repo = github.repo("acme/widgets")
+    files = repo.git("ls-tree", "--name-only", "claude/issue-1").split()
+    assert "CLAUDE_FIX.md" in files and ".claude-pr-summary.md" not in files
+    author = repo.git("log", "-1", "--format=%an <%ae>", "claude/issue-1").strip()
+    assert author == "Claude Issue Solver <claude-issue-solver@users.noreply.github.com>"
+    pulls = github.pulls("acme/widgets")
+    assert len(pulls) == 1 and pulls[0]["head"]["ref"] == "claude/issue-1"
+    assert pulls[0]["title"] == "Fix issue from fake agent"
+    assert pulls[0]["body"].rstrip().endswith(f"Fixes #{issue['number']}")
+    comments = our_comments(github, issue["number"])
+    assert len(comments) == 1 and pulls[0]["html_url"] in comments[0]["body"]
+    assert task.pr_url == pulls[0]["html_url"]
+    assert task.cost_usd == pytest.approx(0.0123) and task.num_turns == 3
+    assert fake.sandboxes == {} and len(fake.deleted) == 1
+
+    sandbox_requests = fake.requests_for(fake.deleted[0])
+    print_counts("one task, issue to pull request", sandbox_requests)
+    polls = request_counts(sandbox_requests)["GET toolbox/process/session/{sid}/command/{id}"]
+    # Everything but the polls is a fixed handful: creating, cloning, starting, collecting, pushing.
+    assert len(sandbox_requests) - polls <= 20, request_counts(sandbox_requests)
+
+
+@pytest.mark.parametrize(
+    ("scenario", "state", "says"),
+    [
+        ("noop", TaskState.COMPLETED, "made no changes"),
+        ("invalid-key", TaskState.FAILED, "Invalid API key"),
+    ],
+)
+def test_scenarios_end_in_the_right_comment(
+    github: FakeGitHub,
+    fake: FakeDaytona,
+    e2e_config: Callable[..., Config],
+    scenario: str,
+    state: TaskState,
+    says: str,
+) -> None:
+    issue = labelled(github, f"Scenario {scenario}", scenario)
+    queue = drive(e2e_config(), all_finished)
+    task = queue.list()[0]
+    assert task.state is state, task.error
+    comments = our_comments(github, issue["number"])
+    assert len(comments) == 1 and says in comments[0]["body"], comments
+    assert github.pulls("acme/widgets") == []
+    assert fake.sandboxes == {}
+
+
+def test_timeout_stops_the_agent(
+    github: FakeGitHub, fake: FakeDaytona, e2e_config: Callable[..., Config]
+) -> None:
+    issue = labelled(github, "Never ends", "hang")
+    queue = drive(e2e_config(TASK_TIMEOUT="2"), all_finished)
+    task = queue.list()[0]
+    assert task.state is TaskState.FAILED and "TASK_TIMEOUT" in (task.error or "")
+    assert "ran out of time" in our_comments(github, issue["number"])[0]["body"]
+    assert fake.sandboxes == {}
+
+
+def test_push_rejected(github: FakeGitHub, fake: FakeDaytona, e2e_config: Callable[..., Config]) -> None:
+    issue = labelled(github, "Rejected", "edit")
+    github.reject_pushes("acme/widgets", "protected branch hook declined")
+    queue = drive(e2e_config(), all_finished)
+    task = queue.list()[0]
+    assert task.state is TaskState.FAILED and "rejected" in (task.error or "")
+    body = our_comments(github, issue["number"])[0]["body"]
+    assert "push of branch claude/issue-1 was rejected" in body
+    assert TOKEN not in body
+    assert fake.sandboxes == {}
+
+
+def test_daytona_outage_mid_wait_only_delays_it(
+    github: FakeGitHub, fake: FakeDaytona, e2e_config: Callable[..., Config]
+) -> None:
+    labelled(github, "Bumpy", "wait")
+    config = e2e_config()
+    parts = build(config, backend=DaytonaBackend(config, poll_interval=POLL))
+    deadline = time.monotonic() + 60
+    while agent_files(fake) is None:
+        parts.daemon.run_once()
+        assert time.monotonic() < deadline, "the agent never started"
+        time.sleep(0.05)
+    task_dir = agent_files(fake)
+    assert task_dir is not None
+    (sandbox_id,) = fake.sandboxes
+    fake.fail_next(f"/toolbox/{sandbox_id}/process/session/", 503, count=2, method="GET")
+    fake.fail_next(f"/toolbox/{sandbox_id}/process/session/", 429, count=2, method="GET")
+    (task_dir.parent / "repo" / ".fake-claude-release").write_text("go")
+    while not all_finished(parts.queue):
+        parts.daemon.run_once()
+        assert time.monotonic() < deadline, f"tasks: {[t.to_dict() for t in parts.queue.list()]}"
+        time.sleep(0.05)
+    task = parts.queue.list()[0]
+    assert task.state is TaskState.COMPLETED, task.error
+    assert task.attempts == 1
+    assert len(github.pulls("acme/widgets")) == 1
+    assert sorted(r.status for r in fake.requests_for(sandbox_id) if r.status >= 400) == [429] * 2 + [503] * 2
+    wait_until(lambda: fake.sandboxes == {}, what="the sandbox to be deleted")
+
+
+# --- crash recovery with a real daemon process -------------------------------------------------------
+
+
+@pytest.fixture
+def daemon_env(github: FakeGitHub, fake: FakeDaytona, tmp_path: Path, state_dir: Path) -> dict[str, str]:
+    env_file = tmp_path / "solver.env"
+    values = settings(github, fake, STATE_DIR=str(state_dir), POLL_INTERVAL="1")
+    env_file.write_text("".join(f"{k}={v}\n" for k, v in values.items()))
+    return {**os.environ, "HOME": str(tmp_path), "CLAUDE_ISSUE_SOLVER_ENV": str(env_file)}
+
+
+@pytest.fixture
+def daemons(tmp_path: Path, daemon_env: dict[str, str]) -> Iterator[Callable[[], subprocess.Popen[bytes]]]:
+    started: list[subprocess.Popen[bytes]] = []
+
+    def start() -> subprocess.Popen[bytes]:
+        out = open(tmp_path / f"daemon-{len(started)}.out", "wb")  # noqa: SIM115 - the child owns it
+        proc = subprocess.Popen(
+            [sys.executable, "-c", DAEMON_SCRIPT],
+            env=daemon_env,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+        out.close()
+        started.append(proc)
+        return proc
+
+    yield start
+    for proc in started:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=30)
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float = 60, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
+def tasks_of(state_dir: Path) -> list[Task]:
+    return TaskQueue(StateStore(state_dir / "state.json")).list()
+
+
+def agent_files(fake: FakeDaytona) -> Path | None:
+    """The task directory of the only sandbox, once its agent has written its first output."""
+    for sandbox in fake.sandboxes.values():
+        found = next(Path(sandbox["dir"]).rglob(".claude-issue-solver/result.json"), None)
+        if found is not None and found.stat().st_size > 0:
+            return found.parent
+    return None
+
+
+@pytest.mark.parametrize("finish_while_down", [False, True])
+def test_kill_9_mid_task_then_restart(
+    github: FakeGitHub,
+    fake: FakeDaytona,
+    state_dir: Path,
+    daemons: Callable[[], subprocess.Popen[bytes]],
+    finish_while_down: bool,
+) -> None:
+    issue = labelled(github, "Survive a crash", "wait")
+    first = daemons()
+    wait_until(lambda: agent_files(fake) is not None, what="the agent to run in a sandbox")
+    task_dir = agent_files(fake)
+    assert task_dir is not None
+    assert tasks_of(state_dir)[0].state is TaskState.RUNNING
+    first.send_signal(signal.SIGKILL)
+    first.wait(timeout=30)
+
+    (task_dir.parent / "repo" / ".fake-claude-release").write_text("go")
+    if finish_while_down:
+        wait_until(lambda: (task_dir / "exit_code").exists(), what="the agent to finish while no daemon runs")
+    second = daemons()
+    wait_until(lambda: all(not t.state.live for t in tasks_of(state_dir)), what="the task to finish")
+    task = tasks_of(state_dir)[0]
+    assert task.state is TaskState.COMPLETED, task.error
+    assert task.attempts == 1
+    assert len(github.pulls("acme/widgets")) == 1
+    assert len(our_comments(github, issue["number"])) == 1
+    wait_until(lambda: fake.sandboxes == {}, what="the sandbox to be deleted")
+    assert len(fake.deleted) == 1
+    print_counts("one task across a SIGKILL and a restart", fake.requests_for(fake.deleted[0]))
+    second.send_signal(signal.SIGTERM)
+    assert second.wait(timeout=30) == 0
