@@ -569,28 +569,17 @@ class _Doctor:
         )
 
     def _build_default_image(self) -> str:
-        from claude_issue_solver.backends import docker as docker_backend
-
-        backend = self.backend()
-        base = self.config.docker_base_image
         # The same inputs and tag as DockerBackend.ensure_image, so the daemon reuses what this builds.
-        backend._local_image_id(base, pull=True)
-        tag = _default_image_tag(backend)
-        assert tag is not None
-        if not _image_present(backend, tag):
-            dockerfile = docker_backend.agent_dockerfile().read_bytes()
-            context = docker_backend._single_file_tar("Dockerfile.claude", dockerfile)
-            backend._build(context, "Dockerfile.claude", tag, base)
-        return tag
+        return self.backend().build_agent_image(self.config.docker_base_image)
 
     def _run_version(self, image: str, *, prefix: str = "") -> _Outcome:
         """``claude --version`` in ``image`` as the agent runs: the same user, no network."""
         import docker.errors
         import requests
 
-        from claude_issue_solver.backends.docker import AGENT_UID, _agent_ids
+        from claude_issue_solver.backends.docker import AGENT_UID, agent_ids
 
-        uid, gid = _agent_ids()
+        uid, gid = agent_ids()
         client = self.backend().client
         fix = (
             f"the image needs `claude` on PATH, runnable by uid {uid}: build it from Dockerfile.claude, "
@@ -695,20 +684,12 @@ def _pygithub_error(exc: Exception) -> str:
 
 
 def _image_present(backend: DockerBackend, ref: str) -> bool:
-    return backend._local_image_id(ref) is not None
+    return backend.image_present(ref)
 
 
 def _default_image_tag(backend: DockerBackend) -> str | None:
     """The tag DockerBackend.ensure_image gives Dockerfile.claude on DOCKER_BASE_IMAGE (None: no base)."""
-    import hashlib
-
-    from claude_issue_solver.backends.docker import AGENT_IMAGE_REPOSITORY, agent_dockerfile
-
-    base_id = backend._local_image_id(backend.config.docker_base_image)
-    if base_id is None:
-        return None
-    digest = hashlib.sha256(agent_dockerfile().read_bytes() + b"\0" + base_id.encode()).hexdigest()[:12]
-    return f"{AGENT_IMAGE_REPOSITORY}:{digest}"
+    return backend.agent_image_tag(backend.config.docker_base_image)
 
 
 def _pinned_version() -> str | None:

@@ -415,7 +415,7 @@ class DockerBackend:
             return configured
         dockerfile_path = agent_dockerfile()
         try:
-            dockerfile = dockerfile_path.read_bytes()
+            dockerfile_path.read_bytes()
         except OSError as exc:
             msg = f"cannot read {dockerfile_path} to build the agent image ({exc}); set DOCKER_IMAGE instead"
             raise BackendError(msg) from None
@@ -423,16 +423,33 @@ class DockerBackend:
         (self.state_dir / "locks").mkdir(parents=True, exist_ok=True)
         lock = FileLock(str(self.state_dir / "locks" / "image.lock"), timeout=3600)
         with self._image_lock, lock:
-            base = self._base_image(spec, log)
-            base_id = self._local_image_id(base, pull=True)
-            digest = hashlib.sha256(dockerfile + b"\0" + base_id.encode()).hexdigest()[:12]
-            tag = f"{AGENT_IMAGE_REPOSITORY}:{digest}"
-            if self._local_image_id(tag) is not None:
-                return tag
-            _note(log, f"building the agent image {tag} from {dockerfile_path.name} on {base}")
-            self._build(_single_file_tar("Dockerfile.claude", dockerfile), "Dockerfile.claude", tag, base)
-            _note(log, f"built {tag}")
+            return self.build_agent_image(self._base_image(spec, log), log)
+
+    def agent_image_tag(self, base: str, *, pull: bool = False) -> str | None:
+        """The tag ``Dockerfile.claude`` built on ``base`` gets: a hash of the file and the base's id.
+
+        None when the base is not on this host (and ``pull`` is False).
+        """
+        base_id = self._local_image_id(base, pull=pull)
+        if base_id is None:
+            return None
+        digest = hashlib.sha256(agent_dockerfile().read_bytes() + b"\0" + base_id.encode()).hexdigest()[:12]
+        return f"{AGENT_IMAGE_REPOSITORY}:{digest}"
+
+    def build_agent_image(self, base: str, log: TaskLog | None = None) -> str:
+        """``Dockerfile.claude`` on ``base``, built unless an image with the same inputs exists."""
+        tag = self.agent_image_tag(base, pull=True)
+        assert tag is not None  # pull=True raises rather than returning None
+        if self.image_present(tag):
             return tag
+        _note(log, f"building the agent image {tag} from Dockerfile.claude on {base}")
+        dockerfile = agent_dockerfile().read_bytes()
+        self._build(_single_file_tar("Dockerfile.claude", dockerfile), "Dockerfile.claude", tag, base)
+        _note(log, f"built {tag}")
+        return tag
+
+    def image_present(self, ref: str) -> bool:
+        return self._local_image_id(ref) is not None
 
     def _base_image(self, spec: RunSpec, log: TaskLog | None) -> str:
         mirror = self.mirror_dir(spec.repo)
@@ -495,7 +512,7 @@ class DockerBackend:
             # Docker would create a missing mount source as an empty root-owned directory.
             msg = f"{task_dir / PROMPT_FILE} is missing: prepare() must run before start_agent()"
             raise BackendError(msg)
-        uid, gid = _agent_ids()
+        uid, gid = agent_ids()
         environment = dict(spec.agent_env)
         if uid != AGENT_UID:
             # A uid the image does not know gets HOME=/, where the CLI cannot keep its config.
@@ -601,7 +618,7 @@ class DockerBackend:
         """
         if os.getuid() != 0:
             return
-        uid, gid = _agent_ids()
+        uid, gid = agent_ids()
         for root, dirs, files in os.walk(worktree):
             os.chown(root, uid, gid, follow_symlinks=False)
             for entry in (*dirs, *files):
@@ -625,7 +642,7 @@ def _checked_id(task_id: str) -> str:
     return task_id
 
 
-def _agent_ids() -> tuple[int, int]:
+def agent_ids() -> tuple[int, int]:
     """The uid:gid the container runs as: the daemon's own, or the image's user when the daemon is root."""
     uid = os.getuid()
     return (AGENT_UID, AGENT_UID) if uid == 0 else (uid, os.getgid())
