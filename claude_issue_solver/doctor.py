@@ -533,7 +533,7 @@ class _Doctor:
             return _failed("not checked: the Docker daemon does not answer", "start Docker first (see above)")
         configured = self.config.docker_image
         if configured:
-            if not _image_present(backend, configured):
+            if not backend.image_present(configured):
                 return _failed(
                     f"DOCKER_IMAGE={configured} is not on this host (agent images are never pulled)",
                     f"`docker pull {configured}` (or build it), or unset DOCKER_IMAGE in {self.where} "
@@ -553,13 +553,13 @@ class _Doctor:
                 )
             return self._run_version(tag, prefix=f"built {tag} from Dockerfile.claude on {base}; ")
         own = "a repository with a Dockerfile at its root gets it built on its own image instead"
-        tag = _default_image_tag(backend)
+        tag = backend.agent_image_tag(backend.config.docker_base_image)
         if tag is None:
             return _passed(
                 f"DOCKER_IMAGE is unset: Dockerfile.claude will be built on {base} at the first task; "
                 f"{base} is not on this host yet and will be pulled then ({own}; `doctor --build` builds now)"
             )
-        if _image_present(backend, tag):
+        if backend.image_present(tag):
             return self._run_version(
                 tag, prefix=f"DOCKER_IMAGE is unset; built from Dockerfile.claude on {base}: "
             )
@@ -681,15 +681,6 @@ def _pygithub_error(exc: Exception) -> str:
     data = getattr(exc, "data", None)
     message = data.get("message") if isinstance(data, Mapping) else None
     return f"HTTP {status}" + (f" ({message})" if message else "")
-
-
-def _image_present(backend: DockerBackend, ref: str) -> bool:
-    return backend.image_present(ref)
-
-
-def _default_image_tag(backend: DockerBackend) -> str | None:
-    """The tag DockerBackend.ensure_image gives Dockerfile.claude on DOCKER_BASE_IMAGE (None: no base)."""
-    return backend.agent_image_tag(backend.config.docker_base_image)
 
 
 def _pinned_version() -> str | None:
