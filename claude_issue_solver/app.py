@@ -30,7 +30,11 @@ def make_backend(config: Config) -> Backend:
         from claude_issue_solver.backends.docker import DockerBackend
 
         return DockerBackend(config)
-    msg = f"BACKEND={config.backend} is not available in this version: expected docker"
+    if config.backend == "daytona":
+        from claude_issue_solver.backends.daytona import DaytonaBackend
+
+        return DaytonaBackend(config)
+    msg = f"BACKEND={config.backend!r} is not valid: expected docker or daytona"
     raise ConfigError(msg)
 
 

@@ -562,6 +562,35 @@ def service_install(obj: Context, user_mode: bool, print_only: bool, run_as: str
     click.echo(f"wrote {path}\n{enable_instructions(user_mode)}")
 
 
+@main.group()
+def daytona() -> None:
+    """The Daytona backend (BACKEND=daytona)."""
+
+
+@daytona.command(name="snapshot")
+@click.option("--name", help="Snapshot name (default: DAYTONA_SNAPSHOT).")
+@click.option(
+    "--dockerfile",
+    type=click.Path(path_type=Path, dir_okay=False, exists=True),
+    help="The image definition (default: the packaged Dockerfile.claude, the same as the Docker backend's).",
+)
+@click.pass_obj
+@handles_errors
+def daytona_snapshot(obj: Context, name: str | None, dockerfile: Path | None) -> None:
+    """Create the snapshot sandboxes start from: git, the pinned Claude Code CLI, a non-root user."""
+    from claude_issue_solver.backends.base import BackendError, agent_dockerfile
+    from claude_issue_solver.backends.daytona import create_snapshot
+
+    config = obj.config
+    if not config.daytona_api_key:
+        fail("DAYTONA_API_KEY is not set: expected a Daytona API key", EXIT_USAGE)
+    try:
+        made = create_snapshot(config, dockerfile or agent_dockerfile(), name=name, on_logs=click.echo)
+    except BackendError as exc:
+        fail(str(exc))
+    click.echo(f"snapshot {made} is ready; set DAYTONA_SNAPSHOT={made} and BACKEND=daytona")
+
+
 # --- trying it out ----------------------------------------------------------------------------------
 
 

@@ -205,6 +205,11 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("DAYTONA_API_URL", _url, "https://app.daytona.io/api"),
     Setting("DAYTONA_TARGET", _optional_text, None),
     Setting("DAYTONA_SNAPSHOT", _text, "claude-issue-solver"),
+    Setting("DAYTONA_CPU", _int_at_least(1), 2),
+    Setting("DAYTONA_MEMORY_GB", _int_at_least(1), 4),
+    Setting("DAYTONA_DISK_GB", _int_at_least(1), 10),
+    Setting("DAYTONA_AUTO_DELETE_MINUTES", _int_at_least(-1), 1440),
+    Setting("DAYTONA_POLL_INTERVAL", _float_above_zero, 2.0),
 )
 
 _BY_KEY = {s.key: s for s in SETTINGS}
@@ -251,6 +256,11 @@ class Config:
     daytona_api_url: str = "https://app.daytona.io/api"
     daytona_target: str | None = None
     daytona_snapshot: str = "claude-issue-solver"
+    daytona_cpu: int = 2
+    daytona_memory_gb: int = 4
+    daytona_disk_gb: int = 10
+    daytona_auto_delete_minutes: int = 1440
+    daytona_poll_interval: float = 2.0
     # Extra CLAUDE_CODE_* / DISABLE_* variables found in the environment, passed to the agent as-is.
     agent_env: tuple[tuple[str, str], ...] = ()
 

@@ -684,7 +684,7 @@ def _pygithub_error(exc: Exception) -> str:
 
 
 def _pinned_version() -> str | None:
-    from claude_issue_solver.backends.docker import agent_dockerfile
+    from claude_issue_solver.backends.base import agent_dockerfile
 
     try:
         found = _PINNED_RE.search(agent_dockerfile().read_text())

@@ -30,9 +30,9 @@ from claude_issue_solver.backends.base import (
     RunSpec,
     Workspace,
     WorkspaceLost,
+    agent_dockerfile,
 )
 from claude_issue_solver.backends.daytona import DaytonaBackend, create_snapshot
-from claude_issue_solver.backends.docker import agent_dockerfile
 from claude_issue_solver.config import Config
 from claude_issue_solver.logs import TaskLog
 from claude_issue_solver.pipeline import agent_env, agent_settings

@@ -30,17 +30,6 @@ from tests.github_fixtures import TOKEN
 
 CLAUDE_KEY = "sk-ant-api03-daytonaE2EKey0123456789"
 POLL = 0.05
-# The daemon process of the crash tests: the real run_daemon(), with the Daytona backend (and a short
-# poll) wired in the way app.make_backend() will once it knows BACKEND=daytona.
-DAEMON_SCRIPT = """
-import sys
-from claude_issue_solver import app
-from claude_issue_solver.backends.daytona import DaytonaBackend
-from claude_issue_solver.config import load_config
-
-app.make_backend = lambda config: DaytonaBackend(config, poll_interval=0.1)
-sys.exit(app.run_daemon(load_config()))
-"""
 _ID_RE = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
 
@@ -238,7 +227,7 @@ def test_daytona_outage_mid_wait_only_delays_it(
 @pytest.fixture
 def daemon_env(github: FakeGitHub, fake: FakeDaytona, tmp_path: Path, state_dir: Path) -> dict[str, str]:
     env_file = tmp_path / "solver.env"
-    values = settings(github, fake, STATE_DIR=str(state_dir), POLL_INTERVAL="1")
+    values = settings(github, fake, STATE_DIR=str(state_dir), POLL_INTERVAL="1", DAYTONA_POLL_INTERVAL="0.1")
     env_file.write_text("".join(f"{k}={v}\n" for k, v in values.items()))
     return {**os.environ, "HOME": str(tmp_path), "CLAUDE_ISSUE_SOLVER_ENV": str(env_file)}
 
@@ -250,7 +239,7 @@ def daemons(tmp_path: Path, daemon_env: dict[str, str]) -> Iterator[Callable[[],
     def start() -> subprocess.Popen[bytes]:
         out = open(tmp_path / f"daemon-{len(started)}.out", "wb")  # noqa: SIM115 - the child owns it
         proc = subprocess.Popen(
-            [sys.executable, "-c", DAEMON_SCRIPT],
+            [sys.executable, "-m", "claude_issue_solver", "start", "--foreground"],
             env=daemon_env,
             stdin=subprocess.DEVNULL,
             stdout=out,
@@ -319,3 +308,31 @@ def test_kill_9_mid_task_then_restart(
     print_counts("one task across a SIGKILL and a restart", fake.requests_for(fake.deleted[0]))
     second.send_signal(signal.SIGTERM)
     assert second.wait(timeout=30) == 0
+
+
+def test_cli_snapshot_and_a_rejected_key_at_start(
+    github: FakeGitHub, fake: FakeDaytona, tmp_path: Path, state_dir: Path
+) -> None:
+    from click.testing import CliRunner
+
+    from claude_issue_solver.cli import main
+
+    env = {"HOME": str(tmp_path), "STATE_DIR": str(state_dir), **settings(github, fake)}
+    made = CliRunner().invoke(main, ["daytona", "snapshot", "--name", "cis-cli-snapshot"], env=env)
+    assert made.exit_code == 0, made.output
+    assert "snapshot cis-cli-snapshot is ready" in made.output
+    assert "cis-cli-snapshot" in fake.snapshots
+    again = CliRunner().invoke(main, ["daytona", "snapshot", "--name", "cis-cli-snapshot"], env=env)
+    assert again.exit_code == 1 and "already exists" in again.output and "Traceback" not in again.output
+
+    bad = {**env, "DAYTONA_API_KEY": "dtn-wrong-key-0123456789"}
+    started = subprocess.run(
+        [sys.executable, "-m", "claude_issue_solver", "start", "--foreground"],
+        env={**os.environ, **bad},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert started.returncode == 1
+    assert "Daytona rejected DAYTONA_API_KEY" in started.stderr and "Traceback" not in started.stderr
+    assert "dtn-wrong-key" not in started.stderr

@@ -25,6 +25,13 @@ LABEL_ISSUE = "claude-issue-solver.issue"
 LABEL_OWNER = "claude-issue-solver.owner"  # which daemon (state dir) owns it, so two daemons never collide
 
 
+def agent_dockerfile() -> Path:
+    """``Dockerfile.claude``: packaged data in an installed wheel, else the source checkout's root."""
+    package_dir = Path(__file__).resolve().parent.parent
+    packaged = package_dir / "data" / "Dockerfile.claude"
+    return packaged if packaged.is_file() else package_dir.parent / "Dockerfile.claude"
+
+
 class BackendError(Exception):
     """Something failed where the work runs. ``retryable`` failures delay the task instead of failing it."""
 

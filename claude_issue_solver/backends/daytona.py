@@ -59,6 +59,7 @@ from daytona import (
     FileDownloadRequest,
     Image,
     ListSandboxesQuery,
+    Resources,
     Sandbox,
     SessionExecuteRequest,
 )
@@ -102,19 +103,18 @@ ENV_FILE = "agent.env"
 # The agent is the only thing the sandbox is for, so root there is no escalation; without this the CLI
 # refuses --dangerously-skip-permissions in an image whose user is root.
 SANDBOX_AGENT_ENV = {"IS_SANDBOX": "1"}
-WAIT_POLL_SECONDS = 2.0  # how often wait() asks whether the agent's command ended
 MAX_BACKOFF_SECONDS = 30.0  # the longest pause between polls while Daytona rate-limits or fails
 CREATE_TIMEOUT_SECONDS = 180.0  # a cold snapshot on a busy runner takes a while to start
 # A sandbox stops after this long without activity beyond TASK_TIMEOUT (our polls are activity), and is
 # deleted a day after stopping: long enough for a daemon that was down to come back and publish.
 AUTO_STOP_MARGIN_MINUTES = 30
-AUTO_DELETE_MINUTES = 24 * 60
 LOG_TAIL_LINES = 30
 SUMMARY_LIMIT = 64 * 1024
 _CLEANUP_ATTEMPTS = 3
 _TASK_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,200}$")
 _ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-_GONE_STATES = ("destroyed", "destroying", "error", "build_failed")
+_DELETED_STATES = ("destroyed", "destroying")
+_GONE_STATES = (*_DELETED_STATES, "error", "build_failed")  # nothing of the run can be recovered
 _RESTARTABLE_STATES = ("stopped", "archived", "paused")
 
 
@@ -142,13 +142,13 @@ class DaytonaBackend:
     name = "daytona"
 
     def __init__(
-        self, config: Config, *, client: Daytona | None = None, poll_interval: float = WAIT_POLL_SECONDS
+        self, config: Config, *, client: Daytona | None = None, poll_interval: float | None = None
     ) -> None:
         self.config = config
         self.state_dir = config.state_dir.expanduser().resolve()
         # The same owner label as the Docker backend's: which daemon (state dir) a sandbox belongs to.
         self.owner = hashlib.sha256(str(self.state_dir).encode()).hexdigest()[:12]
-        self.poll_interval = poll_interval
+        self.poll_interval = poll_interval or config.daytona_poll_interval
         self._client = client
         self._client_lock = threading.Lock()
         self._sandboxes: dict[str, Sandbox] = {}  # by task id: the SDK object carries the toolbox client
@@ -388,7 +388,7 @@ class DaytonaBackend:
 
     def cleanup(self, workspace: Workspace | None, task: Task, log: TaskLog) -> None:
         try:
-            self._delete_task_sandboxes(workspace, task, log)
+            self._delete_task_sandboxes(task, log)
         except Exception as exc:  # never raises: cleanup runs in finally blocks and on shutdown
             log.write(f"could not delete the sandbox of task {task.id}: {_describe(exc)}")
         finally:
@@ -435,16 +435,13 @@ class DaytonaBackend:
         return [
             LiveRun(s.labels.get(LABEL_TASK, ""), s.name, _state(s) == "started")
             for s in self._list()
-            if _state(s) not in ("destroyed", "destroying")
+            if _state(s) not in _DELETED_STATES
         ]
 
     def remove_orphans(self, live_task_ids: set[str]) -> list[str]:
         removed: list[str] = []
         for sandbox in self._list():
-            if sandbox.labels.get(LABEL_TASK) in live_task_ids or _state(sandbox) in (
-                "destroyed",
-                "destroying",
-            ):
+            if sandbox.labels.get(LABEL_TASK) in live_task_ids or _state(sandbox) in _DELETED_STATES:
                 continue
             try:
                 self.client.delete(sandbox)
@@ -476,7 +473,7 @@ class DaytonaBackend:
             },
             # No env_vars: Daytona reports them back to anyone holding the API key.
             auto_stop_interval=math.ceil(self.config.task_timeout / 60) + AUTO_STOP_MARGIN_MINUTES,
-            auto_delete_interval=AUTO_DELETE_MINUTES,
+            auto_delete_interval=self.config.daytona_auto_delete_minutes,
         )
         started = time.monotonic()
         try:
@@ -538,12 +535,12 @@ class DaytonaBackend:
         workspace.extra["work_dir"] = paths.work_dir
         return paths
 
-    def _delete_task_sandboxes(self, workspace: Workspace | None, task: Task, log: TaskLog) -> None:
+    def _delete_task_sandboxes(self, task: Task, log: TaskLog) -> None:
         for attempt in range(1, _CLEANUP_ATTEMPTS + 1):
             try:
                 found = {s.id: s for s in self._list({LABEL_TASK: task.id})}
                 for sandbox in found.values():
-                    if _state(sandbox) not in ("destroyed", "destroying"):
+                    if _state(sandbox) not in _DELETED_STATES:
                         self.client.delete(sandbox)
                         log.write(f"deleted sandbox {sandbox.name} ({sandbox.id})")
                 return
@@ -820,7 +817,15 @@ def create_snapshot(
     client = client or _connect(config)
     try:
         snapshot = client.snapshot.create(
-            CreateSnapshotParams(name=name, image=image), on_logs=on_logs, timeout=0
+            CreateSnapshotParams(
+                name=name,
+                image=image,
+                resources=Resources(
+                    cpu=config.daytona_cpu, memory=config.daytona_memory_gb, disk=config.daytona_disk_gb
+                ),
+            ),
+            on_logs=on_logs,
+            timeout=0,
         )
     except DaytonaConflictError:
         msg = (

@@ -51,6 +51,7 @@ from claude_issue_solver.backends.base import (
     RunSpec,
     Workspace,
     WorkspaceLost,
+    agent_dockerfile,
 )
 from claude_issue_solver.config import Config
 from claude_issue_solver.logs import TaskLog
@@ -75,13 +76,6 @@ SUMMARY_LIMIT = 64 * 1024
 _LOG_FLUSH_BYTES = 64 * 1024
 _BUILD_TAIL_LINES = 40
 _TASK_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,200}$")
-
-
-def agent_dockerfile() -> Path:
-    """``Dockerfile.claude``: packaged data in an installed wheel, else the source checkout's root."""
-    package_dir = Path(__file__).resolve().parent.parent
-    packaged = package_dir / "data" / "Dockerfile.claude"
-    return packaged if packaged.is_file() else package_dir.parent / "Dockerfile.claude"
 
 
 class DockerBackend:
