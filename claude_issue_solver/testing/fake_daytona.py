@@ -67,7 +67,6 @@ import re
 import secrets
 import shutil
 import signal
-import socket
 import stat
 import subprocess
 import threading
@@ -77,11 +76,12 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from types import TracebackType
 from typing import Any, BinaryIO
 from urllib.parse import parse_qs, unquote, urlsplit
+
+from claude_issue_solver.testing.loopback import LoopbackHandler, LoopbackServer
 
 __all__ = ["FAKE_CLAUDE", "FakeDaytona", "RecordedRequest"]
 
@@ -251,60 +251,8 @@ class _Fault:
     retry_after: int | None
 
 
-class _Server(ThreadingHTTPServer):
-    """Threaded server that remembers open connections so :meth:`FakeDaytona.stop` can cut keep-alives."""
-
-    daemon_threads = True
-    allow_reuse_address = True
-
-    def __init__(self, fake: FakeDaytona, address: tuple[str, int]) -> None:
-        super().__init__(address, _Handler)
-        self.fake = fake
-        self._connections: set[socket.socket] = set()
-        self._connections_lock = threading.Lock()
-
-    def track(self, conn: socket.socket) -> None:
-        with self._connections_lock:
-            self._connections.add(conn)
-
-    def untrack(self, conn: socket.socket) -> None:
-        with self._connections_lock:
-            self._connections.discard(conn)
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        # Clients that hang up (timeouts in tests, stop()) are normal here: log, don't print.
-        _log.debug("fake daytona: connection from %s ended abruptly", client_address, exc_info=True)
-
-    def close_connections(self) -> None:
-        with self._connections_lock:
-            conns = list(self._connections)
-        for conn in conns:
-            with contextlib.suppress(OSError):
-                conn.shutdown(socket.SHUT_RDWR)
-
-
-class _Handler(BaseHTTPRequestHandler):
+class _Handler(LoopbackHandler):
     """Reads a whole request, hands it to :class:`FakeDaytona`, writes the answer with a length."""
-
-    protocol_version = "HTTP/1.1"  # urllib3 and httpx pool keep-alive connections
-    server: _Server
-    timeout = 120
-
-    def setup(self) -> None:
-        super().setup()
-        # Headers and body go out in separate writes: without this, Nagle's algorithm and the client's
-        # delayed ACK add ~40 ms to every answer.
-        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self.server.track(self.connection)
-
-    def finish(self) -> None:
-        try:
-            super().finish()
-        finally:
-            self.server.untrack(self.connection)
-
-    def log_message(self, format: str, *args: Any) -> None:
-        _log.debug("fake daytona: " + format, *args)
 
     def do_GET(self) -> None:
         self._dispatch()
@@ -399,7 +347,7 @@ class FakeDaytona:
         self._askpass.chmod(0o700)
         for name in snapshots:
             self._add_snapshot(name, image_name="claude-issue-solver:fake", dockerfile=None, state="active")
-        self._server = _Server(self, (host, port))
+        self._server = LoopbackServer(self, (host, port), _Handler)
         self._thread: threading.Thread | None = None
         bound_host, bound_port = self._server.server_address[:2]
         self.url = f"http://{bound_host}:{bound_port}"

@@ -29,7 +29,6 @@ Typical use::
 from __future__ import annotations
 
 import base64
-import contextlib
 import hashlib
 import itertools
 import json
@@ -37,7 +36,6 @@ import logging
 import os
 import re
 import secrets
-import socket
 import subprocess
 import threading
 import time
@@ -45,13 +43,14 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from types import TracebackType
 from typing import Any, BinaryIO
 from urllib.parse import parse_qs, parse_qsl, quote, unquote, urlencode, urlsplit
 
 import jwt
+
+from claude_issue_solver.testing.loopback import LoopbackHandler, LoopbackServer
 
 __all__ = [
     "API_PREFIX",
@@ -453,64 +452,12 @@ def _read_chunked(stream: BinaryIO) -> bytes:
 # HTTP plumbing
 
 
-class _Server(ThreadingHTTPServer):
-    """Threaded server that remembers open connections so :meth:`FakeGitHub.stop` can cut keep-alives."""
-
-    daemon_threads = True
-    allow_reuse_address = True
-
-    def __init__(self, fake: FakeGitHub, address: tuple[str, int]) -> None:
-        super().__init__(address, _Handler)
-        self.fake = fake
-        self._connections: set[socket.socket] = set()
-        self._connections_lock = threading.Lock()
-
-    def track(self, conn: socket.socket) -> None:
-        with self._connections_lock:
-            self._connections.add(conn)
-
-    def untrack(self, conn: socket.socket) -> None:
-        with self._connections_lock:
-            self._connections.discard(conn)
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        """Clients that hang up (timeouts in tests, ``stop()``) are normal here: log, don't print."""
-        _log.debug("fake github: connection from %s ended abruptly", client_address, exc_info=True)
-
-    def close_connections(self) -> None:
-        with self._connections_lock:
-            conns = list(self._connections)
-        for conn in conns:
-            with contextlib.suppress(OSError):
-                conn.shutdown(socket.SHUT_RDWR)
-
-
-class _Handler(BaseHTTPRequestHandler):
+class _Handler(LoopbackHandler):
     """Reads a whole request, hands it to :class:`FakeGitHub`, writes the response with a length.
 
     HTTP/1.1 with keep-alive, like GitHub: PyGithub pools connections and git sends
     ``Expect: 100-continue`` and chunked bodies, which only HTTP/1.1 servers handle.
     """
-
-    protocol_version = "HTTP/1.1"
-    server: _Server
-    timeout = 120  # idle keep-alive connections are closed after this many seconds
-
-    def setup(self) -> None:
-        super().setup()
-        # Headers and body go out in separate writes: without this, Nagle's algorithm and the client's
-        # delayed ACK add ~40 ms to every answer.
-        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self.server.track(self.connection)
-
-    def finish(self) -> None:
-        try:
-            super().finish()
-        finally:
-            self.server.untrack(self.connection)
-
-    def log_message(self, format: str, *args: Any) -> None:
-        _log.debug("fake github: " + format, *args)
 
     def do_GET(self) -> None:
         self._dispatch()
@@ -604,7 +551,7 @@ class FakeGitHub:
         self._faults: list[_Fault] = []
         self._delays: dict[str, float] = {}
         self._requests: list[RecordedRequest] = []
-        self._server = _Server(self, (host, port))
+        self._server = LoopbackServer(self, (host, port), _Handler)
         self._thread: threading.Thread | None = None
         bound_host, bound_port = self._server.server_address[:2]
         self.web_url = f"http://{bound_host}:{bound_port}"

@@ -1,0 +1,72 @@
+"""HTTP plumbing shared by the loopback fakes (GitHub, Daytona): a threaded HTTP/1.1 server whose
+``stop`` can cut idle keep-alive connections, and a handler base that keeps answers fast."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import socket
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+_log = logging.getLogger(__name__)
+
+
+class LoopbackServer(ThreadingHTTPServer):
+    """Remembers open connections so a fake's ``stop()`` can cut the keep-alives clients pool."""
+
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def __init__(self, fake: Any, address: tuple[str, int], handler: type[BaseHTTPRequestHandler]) -> None:
+        super().__init__(address, handler)
+        self.fake = fake
+        self._connections: set[socket.socket] = set()
+        self._connections_lock = threading.Lock()
+
+    def track(self, conn: socket.socket) -> None:
+        with self._connections_lock:
+            self._connections.add(conn)
+
+    def untrack(self, conn: socket.socket) -> None:
+        with self._connections_lock:
+            self._connections.discard(conn)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """Clients that hang up (timeouts in tests, ``stop()``) are normal here: log, don't print."""
+        _log.debug(
+            "%s: connection from %s ended abruptly", type(self.fake).__name__, client_address, exc_info=True
+        )
+
+    def close_connections(self) -> None:
+        with self._connections_lock:
+            conns = list(self._connections)
+        for conn in conns:
+            with contextlib.suppress(OSError):
+                conn.shutdown(socket.SHUT_RDWR)
+
+
+class LoopbackHandler(BaseHTTPRequestHandler):
+    """HTTP/1.1 with keep-alive (PyGithub, urllib3 and httpx pool connections; git sends
+    ``Expect: 100-continue`` and chunked bodies, which only HTTP/1.1 servers handle)."""
+
+    protocol_version = "HTTP/1.1"
+    server: LoopbackServer
+    timeout = 120  # idle keep-alive connections are closed after this many seconds
+
+    def setup(self) -> None:
+        super().setup()
+        # Headers and body go out in separate writes: without this, Nagle's algorithm and the client's
+        # delayed ACK add ~40 ms to every answer.
+        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.server.track(self.connection)
+
+    def finish(self) -> None:
+        try:
+            super().finish()
+        finally:
+            self.server.untrack(self.connection)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        _log.debug("%s: " + format, type(self.server.fake).__name__, *args)
