@@ -77,11 +77,10 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from http import HTTPStatus
 from pathlib import Path
-from types import TracebackType
 from typing import Any, BinaryIO
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from claude_issue_solver.testing.loopback import LoopbackHandler, LoopbackServer
+from claude_issue_solver.testing.loopback import LoopbackFake, LoopbackHandler, LoopbackServer
 
 __all__ = ["FAKE_CLAUDE", "FakeDaytona", "RecordedRequest"]
 
@@ -307,7 +306,7 @@ def _read_chunked(stream: BinaryIO) -> bytes:
 _Route = tuple[str, re.Pattern[str], Callable[..., _Response]]
 
 
-class FakeDaytona:
+class FakeDaytona(LoopbackFake):
     """Daytona's API and toolbox over loopback HTTP; see the module docstring for scope and mapping.
 
     The socket is bound in the constructor, so :attr:`api_url` is known before :meth:`start`. All
@@ -348,7 +347,6 @@ class FakeDaytona:
         for name in snapshots:
             self._add_snapshot(name, image_name="claude-issue-solver:fake", dockerfile=None, state="active")
         self._server = LoopbackServer(self, (host, port), _Handler)
-        self._thread: threading.Thread | None = None
         bound_host, bound_port = self._server.server_address[:2]
         self.url = f"http://{bound_host}:{bound_port}"
         self.api_url = f"{self.url}{API_PREFIX}"
@@ -358,36 +356,13 @@ class FakeDaytona:
 
     # ---- lifecycle -------------------------------------------------------------------------------
 
-    def start(self) -> FakeDaytona:
-        """Serve in a daemon thread; returns self so ``fake = FakeDaytona(p).start()`` reads well."""
-        if self._thread is None:
-            self._thread = threading.Thread(
-                target=self._server.serve_forever, name="fake-daytona", kwargs={"poll_interval": 0.05}
-            )
-            self._thread.daemon = True
-            self._thread.start()
-        return self
-
     def stop(self) -> None:
         """Stop serving, cut keep-alive connections and kill every process a sandbox still runs."""
-        if self._thread is not None:
-            self._server.shutdown()
-            self._thread.join(timeout=10)
-            self._thread = None
-        self._server.close_connections()
-        self._server.server_close()
+        super().stop()
         with self._lock:
             sandboxes = list(self._sandboxes.values())
         for sandbox in sandboxes:
             self._kill_all(sandbox)
-
-    def __enter__(self) -> FakeDaytona:
-        return self.start()
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
 
     # ---- what tests look at and change -----------------------------------------------------------
 

@@ -44,13 +44,12 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from http import HTTPStatus
 from pathlib import Path
-from types import TracebackType
 from typing import Any, BinaryIO
 from urllib.parse import parse_qs, parse_qsl, quote, unquote, urlencode, urlsplit
 
 import jwt
 
-from claude_issue_solver.testing.loopback import LoopbackHandler, LoopbackServer
+from claude_issue_solver.testing.loopback import LoopbackFake, LoopbackHandler, LoopbackServer
 
 __all__ = [
     "API_PREFIX",
@@ -510,7 +509,7 @@ class _Handler(LoopbackHandler):
 _HandlerFn = Callable[..., _Response]
 
 
-class FakeGitHub:
+class FakeGitHub(LoopbackFake):
     """In-memory GitHub served over loopback HTTP; see the module docstring for scope and caveats.
 
     The socket is bound in the constructor so :attr:`api_url` and clone URLs are known before
@@ -552,40 +551,12 @@ class FakeGitHub:
         self._delays: dict[str, float] = {}
         self._requests: list[RecordedRequest] = []
         self._server = LoopbackServer(self, (host, port), _Handler)
-        self._thread: threading.Thread | None = None
         bound_host, bound_port = self._server.server_address[:2]
         self.web_url = f"http://{bound_host}:{bound_port}"
         self.api_url = f"{self.web_url}{API_PREFIX}"
         self._routes = self._build_routes()
 
     # ---- lifecycle -------------------------------------------------------------------------------
-
-    def start(self) -> FakeGitHub:
-        """Serve in a daemon thread; returns self so ``fake = FakeGitHub(p).start()`` reads well."""
-        if self._thread is None:
-            self._thread = threading.Thread(
-                target=self._server.serve_forever, name="fake-github", kwargs={"poll_interval": 0.05}
-            )
-            self._thread.daemon = True
-            self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        """Stop serving and cut open keep-alive connections, so clients see the server go away."""
-        if self._thread is not None:
-            self._server.shutdown()
-            self._thread.join(timeout=10)
-            self._thread = None
-        self._server.close_connections()
-        self._server.server_close()
-
-    def __enter__(self) -> FakeGitHub:
-        return self.start()
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
 
     # ---- credentials -----------------------------------------------------------------------------
 

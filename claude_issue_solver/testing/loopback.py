@@ -8,7 +8,7 @@ import logging
 import socket
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, Self
 
 _log = logging.getLogger(__name__)
 
@@ -70,3 +70,38 @@ class LoopbackHandler(BaseHTTPRequestHandler):
 
     def log_message(self, format: str, *args: Any) -> None:
         _log.debug("%s: " + format, type(self.server.fake).__name__, *args)
+
+
+class LoopbackFake:
+    """Lifecycle of a fake served by a :class:`LoopbackServer` in a daemon thread.
+
+    Subclasses set ``self._server`` in their constructor and may extend :meth:`stop`.
+    """
+
+    _server: LoopbackServer
+    _thread: threading.Thread | None = None
+
+    def start(self) -> Self:
+        """Serve in a daemon thread; returns self so ``fake = FakeX(path).start()`` reads well."""
+        if self._thread is None:
+            self._thread = threading.Thread(
+                target=self._server.serve_forever, name=type(self).__name__, kwargs={"poll_interval": 0.05}
+            )
+            self._thread.daemon = True
+            self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop serving and cut open keep-alive connections, so clients see the server go away."""
+        if self._thread is not None:
+            self._server.shutdown()
+            self._thread.join(timeout=10)
+            self._thread = None
+        self._server.close_connections()
+        self._server.server_close()
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
