@@ -22,10 +22,10 @@ import pytest
 from claude_issue_solver.app import build
 from claude_issue_solver.backends.daytona import DaytonaBackend
 from claude_issue_solver.config import Config
-from claude_issue_solver.queue import Task, TaskQueue, TaskState
-from claude_issue_solver.state import StateStore
+from claude_issue_solver.queue import TaskState
 from claude_issue_solver.testing.fake_daytona import FakeDaytona, RecordedRequest
 from claude_issue_solver.testing.fake_github import FakeGitHub
+from tests.e2e import all_finished, drive, labelled, our_comments, tasks_of, wait_until
 from tests.github_fixtures import TOKEN
 
 CLAUDE_KEY = "sk-ant-api03-daytonaE2EKey0123456789"
@@ -50,6 +50,7 @@ def settings(github: FakeGitHub, fake: FakeDaytona, **overrides: str) -> dict[st
         "DAYTONA_TARGET": "us",
         "ANTHROPIC_API_KEY": CLAUDE_KEY,
         "TASK_TIMEOUT": "120",
+        "DAYTONA_POLL_INTERVAL": str(POLL),
         **overrides,
     }
 
@@ -62,36 +63,6 @@ def e2e_config(
         return make_config(**settings(github, fake, **overrides))
 
     return make
-
-
-def drive(config: Config, until: Callable[[TaskQueue], bool], timeout: float = 60) -> TaskQueue:
-    """Run the daemon's cycle until the condition holds."""
-    parts = build(config, backend=DaytonaBackend(config, poll_interval=POLL))
-    deadline = time.monotonic() + timeout
-    while True:
-        parts.daemon.run_once()
-        if until(parts.queue):
-            break
-        assert time.monotonic() < deadline, f"tasks: {[t.to_dict() for t in parts.queue.list()]}"
-        time.sleep(0.05)
-    deadline = time.monotonic() + 10
-    while parts.daemon.active and time.monotonic() < deadline:
-        time.sleep(0.02)
-    return parts.queue
-
-
-def all_finished(queue: TaskQueue) -> bool:
-    tasks = queue.list()
-    return bool(tasks) and all(not t.state.live for t in tasks)
-
-
-def labelled(github: FakeGitHub, title: str, scenario: str) -> dict:
-    text = f"Please.\n\nFAKE_CLAUDE_SCENARIO={scenario}\n"
-    return github.create_issue("acme/widgets", title, text, labels=["Claude"], user="maintainer")
-
-
-def our_comments(github: FakeGitHub, number: int) -> list[dict]:
-    return [c for c in github.comments("acme/widgets", number) if "claude-issue-solver:task=" in c["body"]]
 
 
 def request_counts(requests: list[RecordedRequest]) -> collections.Counter[str]:
@@ -254,17 +225,6 @@ def daemons(tmp_path: Path, daemon_env: dict[str, str]) -> Iterator[Callable[[],
         if proc.poll() is None:
             proc.kill()
             proc.wait(timeout=30)
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float = 60, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
-
-
-def tasks_of(state_dir: Path) -> list[Task]:
-    return TaskQueue(StateStore(state_dir / "state.json")).list()
 
 
 def agent_files(fake: FakeDaytona) -> Path | None:
