@@ -228,14 +228,13 @@ class Pipeline:
                 self.backend.cleanup(workspace, task, tlog)
                 return Outcome(TaskState.COMPLETED)
             title, description = self._summary(task, summary, tlog)
-            sha = self.backend.push(
+            self.backend.push(
                 workspace,
                 spec,
                 messages.commit_message(title, task),
                 (self.config.git_author_name, self.config.git_author_email),
                 tlog,
             )
-            tlog.write(f"pushed {spec.branch} at {sha}")
             try:
                 pr = self.publisher.open_or_update_pr(
                     task.repo,

@@ -134,7 +134,8 @@ class Watcher:
         while response is not None:
             issues = response.data or []
             changes: dict[str, dict[str, Any]] = {}
-            for issue in issues:
+            # The page is newest-first; queue what it holds oldest issue first, as people would expect.
+            for issue in sorted(issues, key=lambda i: int(i.get("number") or 0)):
                 newest = max(newest, issue.get("updated_at") or "")
                 self._consider(repo, issue, book, changes)
             self._update_issue_book(changes)

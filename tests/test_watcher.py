@@ -322,3 +322,12 @@ def test_unchanged_repo_costs_only_conditional_requests(
     )
     assert requests == issue_list_requests(github)  # nothing but the list was asked
     assert counted == [] and len(conditional) == polls
+
+
+def test_one_poll_queues_oldest_issue_first(
+    github: FakeGitHub, watcher_for: Callable[..., Watcher], queue: TaskQueue
+) -> None:
+    for n in range(3):
+        github.create_issue("acme/widgets", f"issue {n}", labels=["Claude"], user="maintainer")
+    watcher_for(GITHUB_REPOS="acme/widgets")()
+    assert [t.issue_number for t in queue.list()] == [1, 2, 3]  # queue order, not the API's newest-first
