@@ -148,12 +148,5 @@ def process_env(
         os.kill(status.pid, signal.SIGKILL)
 
 
-def wait_until(predicate: Callable[[], bool], timeout: float = 60, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
-
-
 def tasks_of(state_dir: Path) -> list[Task]:
     return TaskQueue(StateStore(state_dir / "state.json")).list()

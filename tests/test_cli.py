@@ -8,7 +8,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -20,6 +20,7 @@ from claude_issue_solver.queue import TaskQueue, TaskState
 from claude_issue_solver.state import StateStore
 from claude_issue_solver.testing.fake_github import FakeGitHub
 from tests.github_fixtures import TOKEN
+from tests.waiting import wait_until
 
 COMMANDS = ["start", "stop", "restart", "status", "queue", "pause", "resume", "logs"]
 
@@ -100,14 +101,6 @@ def test_logs_of_unknown_task(env: dict[str, str]) -> None:
 
 
 # --- the daemon as a real process ------------------------------------------------------------------
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float = 30.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.02)
 
 
 @pytest.fixture

@@ -7,6 +7,7 @@ import time
 from claude_issue_solver.daemon import Daemon, Outcome, TaskControl
 from claude_issue_solver.queue import Task, TaskQueue, TaskState
 from claude_issue_solver.state import StateStore
+from tests.waiting import wait_until
 
 
 class FakeClock:
@@ -56,13 +57,6 @@ class GatedRunner:
     def wait_started(self, count: int) -> None:
         with self.changed:
             assert self.changed.wait_for(lambda: len(self.gates) >= count, timeout=10)
-
-
-def wait_until(predicate, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.005)
 
 
 def test_poll_follows_the_injected_clock(queue: TaskQueue) -> None:

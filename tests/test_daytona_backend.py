@@ -40,6 +40,7 @@ from claude_issue_solver.queue import Task
 from claude_issue_solver.testing.fake_daytona import FakeDaytona
 from claude_issue_solver.testing.fake_github import FakeGitHub
 from tests.github_fixtures import TOKEN
+from tests.waiting import wait_until
 
 REPO = "acme/widgets"
 BRANCH = "claude/issue-7"
@@ -52,13 +53,6 @@ POLL = 0.05
 
 def no_stop() -> str | None:
     return None
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float = 20, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.02)
 
 
 @pytest.fixture

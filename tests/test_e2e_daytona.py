@@ -25,8 +25,9 @@ from claude_issue_solver.config import Config
 from claude_issue_solver.queue import TaskState
 from claude_issue_solver.testing.fake_daytona import FakeDaytona, RecordedRequest
 from claude_issue_solver.testing.fake_github import FakeGitHub
-from tests.e2e import all_finished, drive, labelled, our_comments, tasks_of, wait_until
+from tests.e2e import all_finished, drive, labelled, our_comments, tasks_of
 from tests.github_fixtures import TOKEN
+from tests.waiting import wait_until
 
 CLAUDE_KEY = "sk-ant-api03-daytonaE2EKey0123456789"
 POLL = 0.05

@@ -34,9 +34,9 @@ from tests.e2e import (
     our_containers,
     start_daemon,
     tasks_of,
-    wait_until,
 )
 from tests.github_fixtures import TOKEN
+from tests.waiting import wait_until
 
 pytestmark = needs_docker
 

@@ -16,7 +16,8 @@ from claude_issue_solver.config import Config
 from claude_issue_solver.pipeline import MAX_PROGRESS_INTERVAL, _ProgressEdits
 from claude_issue_solver.queue import TaskState
 from claude_issue_solver.testing.fake_github import FakeGitHub
-from tests.e2e import CLIENT, labelled, our_comments, our_containers, start_daemon, tasks_of, wait_until
+from tests.e2e import CLIENT, labelled, our_comments, our_containers, start_daemon, tasks_of
+from tests.waiting import wait_until
 
 docker_tests = pytest.mark.skipif(CLIENT is None, reason="no Docker daemon answers")
 

@@ -6,21 +6,13 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import pytest
 
 from claude_issue_solver.queue import TaskQueue, TaskState
 from claude_issue_solver.state import SCHEMA_VERSION, StateError, StateStore
-
-
-def wait_for(predicate, timeout: float = 20.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.01)
+from tests.waiting import wait_until
 
 
 def test_round_trip_and_schema(store: StateStore) -> None:
@@ -81,7 +73,7 @@ def test_writer_killed_mid_write_leaves_previous_state(store: StateStore, tmp_pa
     )
     child = subprocess.Popen([sys.executable, "-c", child_code])
     try:
-        wait_for(marker.exists, what="the child to be mid-write")
+        wait_until(marker.exists, what="the child to be mid-write")
         os.kill(child.pid, signal.SIGKILL)
         child.wait(10)
     finally:
@@ -111,7 +103,7 @@ def test_fifty_processes_adding_at_once_all_survive(store: StateStore, tmp_path:
     )
     children = [subprocess.Popen([sys.executable, "-c", child_code, str(n)]) for n in range(1, 51)]
     try:
-        wait_for(lambda: len(list(tmp_path.glob("ready-*"))) == 50, timeout=120, what="50 ready children")
+        wait_until(lambda: len(list(tmp_path.glob("ready-*"))) == 50, timeout=120, what="50 ready children")
         go.touch()
         codes = [c.wait(120) for c in children]
     finally:

@@ -306,7 +306,7 @@ def _read_chunked(stream: BinaryIO) -> bytes:
 _Route = tuple[str, re.Pattern[str], Callable[..., _Response]]
 
 
-class FakeDaytona(LoopbackFake):
+class FakeDaytona(LoopbackFake[RecordedRequest]):
     """Daytona's API and toolbox over loopback HTTP; see the module docstring for scope and mapping.
 
     The socket is bound in the constructor, so :attr:`api_url` is known before :meth:`start`. All
@@ -396,20 +396,6 @@ class FakeDaytona(LoopbackFake):
                 s.name: {"id": s.id, "state": s.state, "image_name": s.image_name, "dockerfile": s.dockerfile}
                 for s in self._snapshots.values()
             }
-
-    @property
-    def requests(self) -> list[RecordedRequest]:
-        """A snapshot of the requests answered so far (oldest first)."""
-        with self._lock:
-            return list(self._requests)
-
-    def requests_to(self, path_prefix: str, method: str | None = None) -> list[RecordedRequest]:
-        """Recorded requests whose path starts with ``path_prefix`` (and with ``method`` if given)."""
-        return [
-            r
-            for r in self.requests
-            if r.path.startswith(path_prefix) and (method is None or r.method == method)
-        ]
 
     def requests_for(self, sandbox_id: str) -> list[RecordedRequest]:
         """Recorded requests about one sandbox (its creation, its API calls and its toolbox calls)."""

@@ -509,7 +509,7 @@ class _Handler(LoopbackHandler):
 _HandlerFn = Callable[..., _Response]
 
 
-class FakeGitHub(LoopbackFake):
+class FakeGitHub(LoopbackFake[RecordedRequest]):
     """In-memory GitHub served over loopback HTTP; see the module docstring for scope and caveats.
 
     The socket is bound in the constructor so :attr:`api_url` and clone URLs are known before
@@ -916,20 +916,6 @@ class FakeGitHub(LoopbackFake):
         (repo.path / "hooks" / "pre-receive").unlink(missing_ok=True)
 
     # ---- traffic ---------------------------------------------------------------------------------
-
-    @property
-    def requests(self) -> list[RecordedRequest]:
-        """A snapshot of the requests answered so far (oldest first)."""
-        with self._lock:
-            return list(self._requests)
-
-    def requests_to(self, path_prefix: str, method: str | None = None) -> list[RecordedRequest]:
-        """Recorded requests whose path starts with ``path_prefix`` (and with ``method`` if given)."""
-        return [
-            r
-            for r in self.requests
-            if r.path.startswith(path_prefix) and (method is None or r.method == method)
-        ]
 
     def reset_counts(self) -> None:
         """Forget recorded requests and refill every rate-limit bucket."""

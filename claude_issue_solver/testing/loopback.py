@@ -8,7 +8,7 @@ import logging
 import socket
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Self
+from typing import Any, Generic, Protocol, Self, TypeVar
 
 _log = logging.getLogger(__name__)
 
@@ -72,14 +72,39 @@ class LoopbackHandler(BaseHTTPRequestHandler):
         _log.debug("%s: " + format, type(self.server.fake).__name__, *args)
 
 
-class LoopbackFake:
-    """Lifecycle of a fake served by a :class:`LoopbackServer` in a daemon thread.
+class _Recorded(Protocol):
+    method: str
+    path: str
 
-    Subclasses set ``self._server`` in their constructor and may extend :meth:`stop`.
+
+RequestT = TypeVar("RequestT", bound=_Recorded)
+
+
+class LoopbackFake(Generic[RequestT]):
+    """Lifecycle and request log of a fake served by a :class:`LoopbackServer` in a daemon thread.
+
+    Subclasses set ``self._server``, ``self._lock`` and ``self._requests`` in their constructor and may
+    extend :meth:`stop`.
     """
 
     _server: LoopbackServer
     _thread: threading.Thread | None = None
+    _lock: threading.Lock | threading.RLock
+    _requests: list[RequestT]
+
+    @property
+    def requests(self) -> list[RequestT]:
+        """A snapshot of the requests answered so far (oldest first)."""
+        with self._lock:
+            return list(self._requests)
+
+    def requests_to(self, path_prefix: str, method: str | None = None) -> list[RequestT]:
+        """Recorded requests whose path starts with ``path_prefix`` (and with ``method`` if given)."""
+        return [
+            r
+            for r in self.requests
+            if r.path.startswith(path_prefix) and (method is None or r.method == method)
+        ]
 
     def start(self) -> Self:
         """Serve in a daemon thread; returns self so ``fake = FakeX(path).start()`` reads well."""
