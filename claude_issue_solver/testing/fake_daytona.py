@@ -77,7 +77,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from http import HTTPStatus
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from claude_issue_solver.testing.loopback import LoopbackFake, LoopbackHandler, LoopbackServer
@@ -253,24 +253,8 @@ class _Fault:
 class _Handler(LoopbackHandler):
     """Reads a whole request, hands it to :class:`FakeDaytona`, writes the answer with a length."""
 
-    def do_GET(self) -> None:
-        self._dispatch()
-
-    def do_POST(self) -> None:
-        self._dispatch()
-
-    def do_PUT(self) -> None:
-        self._dispatch()
-
-    def do_DELETE(self) -> None:
-        self._dispatch()
-
-    def _dispatch(self) -> None:
-        if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
-            body = _read_chunked(self.rfile)
-        else:
-            length = int(self.headers.get("Content-Length") or 0)
-            body = self.rfile.read(length) if length else b""
+    def dispatch(self) -> None:
+        body = self.read_body()
         split = urlsplit(self.path)
         request = _Request(
             method=self.command,
@@ -289,18 +273,6 @@ class _Handler(LoopbackHandler):
         self.end_headers()
         if response.status != 204 and response.body:
             self.wfile.write(response.body)
-
-
-def _read_chunked(stream: BinaryIO) -> bytes:
-    body = bytearray()
-    while True:
-        size = int(stream.readline().split(b";", 1)[0].strip() or b"0", 16)
-        if size == 0:
-            while stream.readline() not in (b"\r\n", b"\n", b""):
-                pass
-            return bytes(body)
-        body += stream.read(size)
-        stream.readline()
 
 
 _Route = tuple[str, re.Pattern[str], Callable[..., _Response]]

@@ -44,7 +44,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from http import HTTPStatus
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 from urllib.parse import parse_qs, parse_qsl, quote, unquote, urlencode, urlsplit
 
 import jwt
@@ -428,25 +428,6 @@ def _node_id(prefix: str, number: int) -> str:
     return prefix + base64.b64encode(f"{prefix}{number}".encode()).decode().rstrip("=")
 
 
-def _read_chunked(stream: BinaryIO) -> bytes:
-    """Decode a ``Transfer-Encoding: chunked`` body (git uses it for pushes larger than its buffer)."""
-    out = bytearray()
-    while True:
-        line = stream.readline(65537)
-        if not line:
-            raise ConnectionError("connection closed inside a chunked body")
-        size = int(line.split(b";", 1)[0].strip() or b"0", 16)
-        if size == 0:
-            while stream.readline(65537) not in (b"\r\n", b"\n", b""):
-                pass  # skip trailers
-            return bytes(out)
-        chunk = stream.read(size)
-        if len(chunk) != size:
-            raise ConnectionError("connection closed inside a chunk")
-        out += chunk
-        stream.readline(3)  # the CRLF closing the chunk
-
-
 # --------------------------------------------------------------------------------------------------
 # HTTP plumbing
 
@@ -458,28 +439,9 @@ class _Handler(LoopbackHandler):
     ``Expect: 100-continue`` and chunked bodies, which only HTTP/1.1 servers handle.
     """
 
-    def do_GET(self) -> None:
-        self._dispatch()
-
-    def do_POST(self) -> None:
-        self._dispatch()
-
-    def do_PATCH(self) -> None:
-        self._dispatch()
-
-    def do_PUT(self) -> None:
-        self._dispatch()
-
-    def do_DELETE(self) -> None:
-        self._dispatch()
-
-    def _dispatch(self) -> None:
+    def dispatch(self) -> None:
         chunked = "chunked" in self.headers.get("Transfer-Encoding", "").lower()
-        if chunked:
-            body = _read_chunked(self.rfile)
-        else:
-            length = int(self.headers.get("Content-Length") or 0)
-            body = self.rfile.read(length) if length else b""
+        body = self.read_body()
         split = urlsplit(self.path)
         request = _Request(
             method=self.command,

@@ -8,7 +8,7 @@ import logging
 import socket
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Generic, Protocol, Self, TypeVar
+from typing import Any, BinaryIO, Generic, Protocol, Self, TypeVar
 
 _log = logging.getLogger(__name__)
 
@@ -70,6 +70,50 @@ class LoopbackHandler(BaseHTTPRequestHandler):
 
     def log_message(self, format: str, *args: Any) -> None:
         _log.debug("%s: " + format, type(self.server.fake).__name__, *args)
+
+    def read_body(self) -> bytes:
+        """The request body, by Content-Length or chunked (git sends chunked pushes past its buffer)."""
+        if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
+            return read_chunked(self.rfile)
+        length = int(self.headers.get("Content-Length") or 0)
+        return self.rfile.read(length) if length else b""
+
+    def dispatch(self) -> None:
+        raise NotImplementedError
+
+    def do_GET(self) -> None:
+        self.dispatch()
+
+    def do_POST(self) -> None:
+        self.dispatch()
+
+    def do_PATCH(self) -> None:
+        self.dispatch()
+
+    def do_PUT(self) -> None:
+        self.dispatch()
+
+    def do_DELETE(self) -> None:
+        self.dispatch()
+
+
+def read_chunked(stream: BinaryIO) -> bytes:
+    """Decode a ``Transfer-Encoding: chunked`` body."""
+    out = bytearray()
+    while True:
+        line = stream.readline(65537)
+        if not line:
+            raise ConnectionError("connection closed inside a chunked body")
+        size = int(line.split(b";", 1)[0].strip() or b"0", 16)
+        if size == 0:
+            while stream.readline(65537) not in (b"\r\n", b"\n", b""):
+                pass  # skip trailers
+            return bytes(out)
+        chunk = stream.read(size)
+        if len(chunk) != size:
+            raise ConnectionError("connection closed inside a chunk")
+        out += chunk
+        stream.readline(3)  # the CRLF closing the chunk
 
 
 class _Recorded(Protocol):
