@@ -8,14 +8,13 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import docker
 import pytest
 
-from claude_issue_solver.app import build
+from claude_issue_solver.app import Parts, build
 from claude_issue_solver.backends.base import LABEL_TASK
 from claude_issue_solver.config import Config
 from claude_issue_solver.pidfile import daemon_status
@@ -23,6 +22,7 @@ from claude_issue_solver.queue import Task, TaskQueue
 from claude_issue_solver.state import StateStore
 from claude_issue_solver.testing.fake_github import FakeGitHub
 from tests.github_fixtures import TOKEN
+from tests.waiting import wait_until
 
 try:
     CLIENT = docker.from_env()
@@ -78,19 +78,14 @@ def our_containers(state_dir: Path) -> list:
     return found
 
 
-def drive(config: Config, until: Callable[[TaskQueue], bool], timeout: float = 90) -> TaskQueue:
-    """Run the daemon's cycle until the condition holds."""
-    parts = build(config)
-    deadline = time.monotonic() + timeout
-    while True:
-        parts.daemon.run_once()
-        if until(parts.queue):
-            break
-        assert time.monotonic() < deadline, f"tasks: {[t.to_dict() for t in parts.queue.list()]}"
-        time.sleep(0.05)
-    deadline = time.monotonic() + 10
-    while parts.daemon.active and time.monotonic() < deadline:
-        time.sleep(0.02)
+def drive(
+    config: Config, until: Callable[[TaskQueue], bool], timeout: float = 90, parts: Parts | None = None
+) -> TaskQueue:
+    """Run the daemon's cycle until the condition holds (one daemon per state dir, as the pidfile
+    ensures in real life: pass ``parts`` to keep driving a daemon a test already started)."""
+    parts = parts or build(config)
+    wait_until(lambda: (parts.daemon.run_once(), until(parts.queue))[1], timeout, "the tasks", interval=0.05)
+    wait_until(lambda: not parts.daemon.active, 10, "the monitors to finish")
     return parts.queue
 
 

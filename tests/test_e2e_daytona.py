@@ -13,14 +13,12 @@ import re
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from claude_issue_solver.app import build
-from claude_issue_solver.backends.daytona import DaytonaBackend
 from claude_issue_solver.config import Config
 from claude_issue_solver.queue import TaskState
 from claude_issue_solver.testing.fake_daytona import FakeDaytona, RecordedRequest
@@ -169,22 +167,15 @@ def test_daytona_outage_mid_wait_only_delays_it(
 ) -> None:
     labelled(github, "Bumpy", "wait")
     config = e2e_config()
-    parts = build(config, backend=DaytonaBackend(config, poll_interval=POLL))
-    deadline = time.monotonic() + 60
-    while agent_files(fake) is None:
-        parts.daemon.run_once()
-        assert time.monotonic() < deadline, "the agent never started"
-        time.sleep(0.05)
+    parts = build(config)
+    wait_until(lambda: (parts.daemon.run_once(), agent_files(fake))[1], what="the agent to start")
     task_dir = agent_files(fake)
     assert task_dir is not None
     (sandbox_id,) = fake.sandboxes
     fake.fail_next(f"/toolbox/{sandbox_id}/process/session/", 503, count=2, method="GET")
     fake.fail_next(f"/toolbox/{sandbox_id}/process/session/", 429, count=2, method="GET")
     (task_dir.parent / "repo" / ".fake-claude-release").write_text("go")
-    while not all_finished(parts.queue):
-        parts.daemon.run_once()
-        assert time.monotonic() < deadline, f"tasks: {[t.to_dict() for t in parts.queue.list()]}"
-        time.sleep(0.05)
+    drive(config, all_finished, parts=parts)
     task = parts.queue.list()[0]
     assert task.state is TaskState.COMPLETED, task.error
     assert task.attempts == 1

@@ -201,11 +201,7 @@ def test_no_github_token_anywhere(
     labelled(github, "Secrets", "wait")
     config = e2e_config()
     parts = build(config)
-    deadline = time.monotonic() + 60
-    while not our_containers(state_dir):
-        parts.daemon.run_once()
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
+    wait_until(lambda: (parts.daemon.run_once(), our_containers(state_dir))[1], what="the agent's container")
     container = our_containers(state_dir)[0]
     inspected = json.dumps(container.attrs)
     assert TOKEN not in inspected
@@ -216,7 +212,7 @@ def test_no_github_token_anywhere(
     assert not container.attrs["HostConfig"]["Privileged"]
     worktree = next((state_dir / "worktrees").iterdir())
     (worktree / ".fake-claude-release").write_text("go")
-    queue = drive(config, all_finished)
+    queue = drive(config, all_finished, parts=parts)
     assert queue.list()[0].state is TaskState.COMPLETED
     for path in state_dir.rglob("*"):
         if path.is_file():
