@@ -21,10 +21,6 @@ from claude_issue_solver.state import StateError, StateStore
 log = logging.getLogger(__name__)
 
 
-class StartupError(Exception):
-    """The daemon cannot start; the message says why and what to do."""
-
-
 def make_backend(config: Config) -> Backend:
     if config.backend == "docker":
         from claude_issue_solver.backends.docker import DockerBackend
@@ -84,7 +80,7 @@ def run_daemon(config: Config, *, to_stderr: bool = True) -> int:
             parts = build(config)
             parts.backend.check()
             parts.queue.store.read()  # surfaces (and quarantines) a corrupt state file now, loudly
-        except (BackendError, StateError, StartupError) as exc:
+        except (BackendError, StateError) as exc:
             log.error("cannot start: %s", exc)
             return 1
         except ConfigError as exc:

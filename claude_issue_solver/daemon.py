@@ -222,12 +222,6 @@ class Daemon:
         self._signals.append(signum)
         self._wake.set()
 
-    def wake(self) -> None:
-        self._wake.set()
-
-    def request_stop(self) -> None:
-        self.handle_signal(signal.SIGTERM)
-
     def install_signal_handlers(self) -> None:
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, self.handle_signal)

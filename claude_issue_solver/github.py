@@ -14,7 +14,6 @@ import threading
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
 from github import Auth, Github, GithubIntegration, GithubRetry
@@ -93,12 +92,6 @@ def classify(status: int, headers: Mapping[str, str], body: str, what: str, now:
     if status == 404:
         return GitHubError(f"{what}: not found, or the credential cannot see it (HTTP 404)", status)
     return GitHubError(detail, status)
-
-
-def parse_time(value: str | None) -> float | None:
-    if not value:
-        return None
-    return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
 
 
 class GitHubClient:

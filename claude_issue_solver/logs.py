@@ -9,7 +9,6 @@ import re
 import sys
 import threading
 import time
-from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
@@ -199,7 +198,3 @@ def follow(
 
 def daemon_log_path(log_dir: Path) -> Path:
     return log_dir / DAEMON_LOG
-
-
-def last_lines(lines: Iterable[str], count: int) -> list[str]:
-    return list(deque(lines, maxlen=count))

@@ -150,7 +150,7 @@ class Pipeline:
         except GitHubError as exc:
             return self._setback(task, workspace, exc, tlog, cleanup=False)
         if phase == "publishing":
-            return self._publish(task, workspace, spec, self._stored_result(task), tlog)
+            return self._publish(task, workspace, spec, None, tlog)  # the task holds the result
         return self._after_start(task, workspace, spec, control, tlog)
 
     def reconcile(self, live: list[Task]) -> None:
@@ -360,9 +360,6 @@ class Pipeline:
             except SummaryError as exc:
                 tlog.write(f"the summary file is unusable ({exc}); using a default title")
         return messages.default_pr_title(task), task.result or ""
-
-    def _stored_result(self, task: Task) -> AgentResult | None:
-        return None  # resume after the agent: the task already holds the result fields
 
 
 def task_comment(publisher: Publisher, queue: TaskQueue, task: Task, body: str) -> None:

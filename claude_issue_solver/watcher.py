@@ -84,11 +84,12 @@ class Watcher:
     def poll_repo(self, repo: str) -> None:
         """Never raises: every failure is recorded in the repository's health and backed off."""
         now = self.clock()
-        health = self._book("repos").get(repo, {})
-        if (health.get("backoff_until") or 0) > now:
+        # One read of the bookkeeping per poll; what the poll changes is written back in transactions.
+        book: dict[str, Any] = self.queue.store.read().get("watcher", {})
+        if (book.get("repos", {}).get(repo, {}).get("backoff_until") or 0) > now:
             return
         try:
-            self._poll(repo)
+            self._poll(repo, book)
         except RateLimited as exc:
             self._record_failure(repo, str(exc), until=exc.until, rate_limited=True)
             log.warning(
@@ -106,7 +107,7 @@ class Watcher:
             log.exception("%s: unexpected error while polling", repo)
             self._record_failure(repo, f"internal error: {type(exc).__name__}: {exc}")
 
-    def _poll(self, repo: str) -> None:
+    def _poll(self, repo: str, book: dict[str, Any]) -> None:
         url = f"/repos/{repo}/issues"
         params = {
             "state": "open",
@@ -115,9 +116,9 @@ class Watcher:
             "direction": "desc",
             "per_page": 100,
         }
-        etags = self._book("etags")
+        etags = book.get("etags", {})
         etag_key = f"{repo}:{self.label}"
-        high_water = self._book("high_water").get(etag_key, "")
+        high_water = book.get("high_water", {}).get(etag_key, "")
         first = self.client.request(
             repo,
             "GET",
@@ -129,7 +130,6 @@ class Watcher:
             self._record_success(repo, first)
             return
         newest = high_water
-        book = self._book("issues")
         response: Response | None = first
         while response is not None:
             issues = response.data or []
@@ -153,7 +153,7 @@ class Watcher:
     # --- one issue ----------------------------------------------------------------------------------
 
     def _consider(
-        self, repo: str, issue: dict[str, Any], books: dict[str, Any], out: dict[str, dict[str, Any]]
+        self, repo: str, issue: dict[str, Any], watcher_book: dict[str, Any], out: dict[str, dict[str, Any]]
     ) -> None:
         """Decide what one listed issue means; bookkeeping changes go to ``out`` (saved per page)."""
         number = int(issue["number"])
@@ -170,7 +170,7 @@ class Watcher:
         ]
         if self.label not in (name.lower() for name in labels):
             return
-        book = books.get(key, {})
+        book = watcher_book.get("issues", {}).get(key, {})
         title, body = issue.get("title") or "", issue.get("body") or ""
         digest = content_hash(title, body)
         # updated_at has one-second resolution: two changes in one second must not look like none.
@@ -202,7 +202,9 @@ class Watcher:
                     key + ":nolabel", "%s carries the label but has no labeled event; skipping", key
                 )
             elif labeled["at"] > (book.get("handled_label_at") or ""):
-                trusted, why = self._trusted(repo, labeled["actor"])
+                trusted, why = self._trusted(
+                    repo, labeled["actor"], watcher_book.setdefault("permissions", {})
+                )
                 if trusted:
                     task = self.queue.submit(repo, number, title, meta={**meta, "labeler": labeled["actor"]})
                     changes["handled_label_at"] = labeled["at"]
@@ -236,7 +238,8 @@ class Watcher:
                 latest = {"actor": (event.get("actor") or {}).get("login", ""), "at": at}
         return latest
 
-    def _trusted(self, repo: str, login: str) -> tuple[bool, str]:
+    def _trusted(self, repo: str, login: str, permissions: dict[str, Any]) -> tuple[bool, str]:
+        """Whether the labeler may start work; ``permissions`` is this poll's view of the cache."""
         if self.config.allow_untrusted_labelers:
             return True, "ALLOW_UNTRUSTED_LABELERS=true"
         if login.lower() in self.config.trusted_users:
@@ -244,17 +247,16 @@ class Watcher:
         if not login:
             return False, "the labeler is unknown"
         cache_key = f"{repo}:{login}".lower()
-        cached = self._book("permissions").get(cache_key)
+        cached = permissions.get(cache_key)
         now = self.clock()
         if cached and now - cached.get("checked_at", 0) < PERMISSION_TTL:
             permission = cached["permission"]
         else:
             permission = self.client.permission(repo, login)
+            entry = {"permission": permission, "checked_at": now}
+            permissions[cache_key] = entry  # later issues of this poll by the same labeler ask no more
             with self.queue.store.transaction() as data:
-                data.setdefault("watcher", {}).setdefault("permissions", {})[cache_key] = {
-                    "permission": permission,
-                    "checked_at": now,
-                }
+                data.setdefault("watcher", {}).setdefault("permissions", {})[cache_key] = entry
         if permission in WRITE_PERMISSIONS:
             return True, f"{permission} permission"
         return False, f"{login} has {permission} permission; write, maintain or admin is needed"
@@ -278,9 +280,6 @@ class Watcher:
         return known[-50:]
 
     # --- bookkeeping in the state file ----------------------------------------------------------------
-
-    def _book(self, section: str) -> dict[str, Any]:
-        return dict(self.queue.store.read().get("watcher", {}).get(section, {}))
 
     def _update_issue_book(self, changes: dict[str, dict[str, Any]]) -> None:
         if not changes:
