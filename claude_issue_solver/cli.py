@@ -28,7 +28,7 @@ from claude_issue_solver import __version__
 from claude_issue_solver.config import Config, ConfigError, load_config
 from claude_issue_solver.pidfile import DaemonStatus, daemon_status
 from claude_issue_solver.queue import QueueError, TaskQueue, TaskState
-from claude_issue_solver.state import StateError, StateStore
+from claude_issue_solver.state import StateError, StateStore, prepare_state_dir
 
 EXIT_FAILED = 1
 EXIT_USAGE = 2
@@ -140,6 +140,7 @@ def start(obj: Context, foreground: bool, wait_seconds: float, detached_child: b
     """Start the daemon (in the background unless --foreground)."""
     config = obj.config
     config.require_daemon_settings()
+    prepare_state_dir(config.state_dir)
     if foreground or detached_child:
         from claude_issue_solver.app import run_daemon
 
@@ -253,6 +254,7 @@ def restart(obj: Context, timeout: float, force: bool, wait_seconds: float) -> N
     """Stop the daemon if it runs, then start it in the background."""
     config = obj.config
     config.require_daemon_settings()
+    prepare_state_dir(config.state_dir)
     if _stop(obj, timeout, force):
         click.echo("daemon stopped")
     _spawn_and_wait(obj, config, wait_seconds)

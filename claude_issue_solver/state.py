@@ -90,9 +90,8 @@ class StateStore:
                 waited = self._lock.timeout
                 msg = f"the state file {self.path} stayed locked for {waited:.0f}s; is a process stuck?"
                 raise StateError(msg) from None
-            except PermissionError as exc:
-                msg = f"cannot use the state directory {self.path.parent}: {exc.strerror}"
-                raise StateError(msg) from None
+            except OSError as exc:  # after Timeout, which is an OSError too
+                raise StateError(_unusable(self.path.parent, exc)) from None
 
     def _load(self) -> tuple[dict[str, Any], str]:
         """The document and its canonical serialization (to detect whether a transaction changed it)."""
@@ -161,6 +160,18 @@ class StateStore:
             os.fsync(dir_fd)
         finally:
             os.close(dir_fd)
+
+
+def prepare_state_dir(path: Path) -> None:
+    """Create STATE_DIR and its log directory, or explain in one line why that is not possible."""
+    try:
+        (path / "logs").mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise StateError(_unusable(path, exc)) from None
+
+
+def _unusable(path: Path, exc: OSError) -> str:
+    return f"cannot use STATE_DIR={path}: {exc.strerror or exc}; point STATE_DIR at a writable directory"
 
 
 def add_notice(data: dict[str, Any], message: str, *, now: float) -> None:

@@ -297,3 +297,20 @@ def test_service_install_prints_a_unit(tmp_path: Path, env: dict[str, str]) -> N
     assert "Restart=on-failure" in result.output
     missing = invoke(["service", "install", "--user", "--print"], {**env, "HOME": str(tmp_path / "nohome")})
     assert missing.exit_code == 2 and "no settings file" in missing.output
+
+
+@pytest.mark.parametrize("args", [["start", "--foreground"], ["start"], ["pause"]])
+def test_unusable_state_dir_is_one_line(tmp_path: Path, args: list[str]) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    env = {
+        "HOME": str(tmp_path),
+        "STATE_DIR": str(blocker / "state"),
+        "GITHUB_TOKEN": TOKEN,
+        "GITHUB_REPOS": "a/b",
+    }
+    result = CliRunner().invoke(main, args, env=env)
+    assert result.exit_code == 1, result.output
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    expected = f"Error: cannot use STATE_DIR={blocker / 'state'}: Not a directory; point STATE_DIR at a writable"
+    assert lines == [expected + " directory"]
