@@ -312,5 +312,5 @@ def test_unusable_state_dir_is_one_line(tmp_path: Path, args: list[str]) -> None
     result = CliRunner().invoke(main, args, env=env)
     assert result.exit_code == 1, result.output
     lines = [line for line in result.output.splitlines() if line.strip()]
-    expected = f"Error: cannot use STATE_DIR={blocker / 'state'}: Not a directory; point STATE_DIR at a writable"
-    assert lines == [expected + " directory"]
+    where = blocker / "state"
+    assert lines == [f"Error: cannot use STATE_DIR={where}: Not a directory; point STATE_DIR at a writable directory"]
