@@ -313,4 +313,6 @@ def test_unusable_state_dir_is_one_line(tmp_path: Path, args: list[str]) -> None
     assert result.exit_code == 1, result.output
     lines = [line for line in result.output.splitlines() if line.strip()]
     where = blocker / "state"
-    assert lines == [f"Error: cannot use STATE_DIR={where}: Not a directory; point STATE_DIR at a writable directory"]
+    assert lines == [
+        f"Error: cannot use STATE_DIR={where}: Not a directory; point STATE_DIR at a writable directory"
+    ]
