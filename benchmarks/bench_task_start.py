@@ -19,11 +19,11 @@ import docker
 from claude_issue_solver.backends.base import GitCredential, RunSpec
 from claude_issue_solver.backends.docker import DockerBackend
 from claude_issue_solver.config import load_config
+from claude_issue_solver.demo_world.github import FakeGitHub
+from claude_issue_solver.demo_world.images import fake_agent_image
 from claude_issue_solver.logs import TaskLog
 from claude_issue_solver.queue import TaskQueue
 from claude_issue_solver.state import StateStore
-from claude_issue_solver.testing.fake_github import FakeGitHub
-from claude_issue_solver.testing.images import fake_agent_image
 
 TOKEN = "ghp_benchmarktoken0123456789abcdefABCD"
 

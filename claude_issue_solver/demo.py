@@ -1,6 +1,6 @@
 """``claude-issue-solver demo``: the whole loop on one machine, with no GitHub account and no secrets.
 
-A loopback GitHub (:class:`~claude_issue_solver.testing.fake_github.FakeGitHub`) serves a small sample
+A loopback GitHub (:class:`~claude_issue_solver.demo_world.github.FakeGitHub`) serves a small sample
 repository with one labelled issue; the real daemon, pipeline and Docker backend turn it into a pull
 request; the result is printed. With a Claude credential in the environment the real ``claude`` CLI does
 the work, otherwise a scripted stand-in does (and says so before anything runs).
@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from docker import DockerClient
 
     from claude_issue_solver.backends.docker import DockerBackend
-    from claude_issue_solver.testing.fake_github import FakeGitHub
+    from claude_issue_solver.demo_world.github import FakeGitHub
 
 log = logging.getLogger(__name__)
 
@@ -139,7 +139,7 @@ def run_demo(
 def _run(
     root: Path, env: dict[str, str], real: bool, out: TextIO, timeout: float, cleanup: contextlib.ExitStack
 ) -> int:
-    from claude_issue_solver.testing.fake_github import FakeGitHub
+    from claude_issue_solver.demo_world.github import FakeGitHub
 
     client = _docker_client()
     cleanup.callback(client.close)
@@ -230,7 +230,7 @@ def _network_for_real_agent(client: DockerClient) -> str:
 
 
 def _stand_in_image(client: DockerClient) -> str:
-    from claude_issue_solver.testing.images import ImageBuildError, fake_agent_image
+    from claude_issue_solver.demo_world.images import ImageBuildError, fake_agent_image
 
     try:
         return fake_agent_image(client)

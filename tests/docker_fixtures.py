@@ -25,7 +25,7 @@ def docker_client() -> Iterator[object]:
 @pytest.fixture(scope="session")
 def fake_image(docker_client: object) -> str:
     """The busybox image whose `claude` is the fake script (a few MB, built in a second)."""
-    from claude_issue_solver.testing.images import fake_agent_image
+    from tests.fakes.images import fake_agent_image
 
     return fake_agent_image(docker_client)  # type: ignore[arg-type]
 
@@ -33,7 +33,7 @@ def fake_image(docker_client: object) -> str:
 @pytest.fixture(scope="session")
 def claude_image(docker_client: object) -> str:
     """Dockerfile.claude built on a debootstrapped Debian: the real CLI (minutes when cold, then cached)."""
-    from claude_issue_solver.testing.images import build_claude_image, debian_base_image
+    from tests.fakes.images import build_claude_image, debian_base_image
 
     base = debian_base_image(docker_client)  # type: ignore[arg-type]
     return build_claude_image(docker_client, base, CLAUDE_IMAGE_TAG)  # type: ignore[arg-type]

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from claude_issue_solver.config import Config
+from claude_issue_solver.demo_world.github import FakeGitHub
 from claude_issue_solver.github import GitHubClient
 from claude_issue_solver.queue import TaskQueue
-from claude_issue_solver.testing.fake_github import FakeGitHub
 from claude_issue_solver.watcher import Watcher
 
 TOKEN = "ghp_loopbacktoken0123456789abcdefABCDEF"

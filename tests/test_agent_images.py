@@ -26,13 +26,13 @@ import docker.errors
 import pytest
 import requests
 
-from claude_issue_solver.testing.fake_anthropic import (
+from tests.fakes.fake_anthropic import (
     AUXILIARY_TEXT,
     SUMMARY_FILE,
     FakeAnthropic,
     primary_working_directory,
 )
-from claude_issue_solver.testing.images import (
+from tests.fakes.images import (
     FAKE_CLAUDE_SCRIPT,
     HASH_LABEL,
     ImageBuildError,
@@ -711,7 +711,7 @@ def test_real_cli_with_a_wrong_key_is_an_error(
 def test_dockerfile_skips_node_when_the_base_has_it(
     docker_client: docker.DockerClient, claude_image: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.DEBUG, logger="claude_issue_solver.testing.images")
+    caplog.set_level(logging.DEBUG, logger="tests.fakes.images")
     tag = "claude-issue-solver-test-claude-on-node:latest"
     # nocache so the RUN steps execute and their decision shows in the log.
     build_claude_image(docker_client, claude_image, tag, nocache=True)

@@ -15,10 +15,10 @@ import pytest
 from click.testing import CliRunner, Result
 
 from claude_issue_solver.cli import main
+from claude_issue_solver.demo_world.github import FakeGitHub
 from claude_issue_solver.pidfile import daemon_status
 from claude_issue_solver.queue import TaskQueue, TaskState
 from claude_issue_solver.state import StateStore
-from claude_issue_solver.testing.fake_github import FakeGitHub
 from tests.github_fixtures import TOKEN
 from tests.waiting import wait_until
 

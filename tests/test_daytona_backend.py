@@ -34,11 +34,11 @@ from claude_issue_solver.backends.base import (
 )
 from claude_issue_solver.backends.daytona import DaytonaBackend, create_snapshot
 from claude_issue_solver.config import Config
+from claude_issue_solver.demo_world.github import FakeGitHub
 from claude_issue_solver.logs import TaskLog
 from claude_issue_solver.pipeline import agent_env, agent_settings
 from claude_issue_solver.queue import Task
-from claude_issue_solver.testing.fake_daytona import FakeDaytona
-from claude_issue_solver.testing.fake_github import FakeGitHub
+from tests.fakes.fake_daytona import FakeDaytona
 from tests.github_fixtures import TOKEN
 from tests.waiting import wait_until
 

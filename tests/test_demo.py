@@ -105,7 +105,7 @@ def test_demo_in_a_fresh_process(docker_client: object, tmp_path: Path) -> None:
 @pytest.mark.timeout(1500)
 def test_demo_with_a_credential_runs_the_real_cli(claude_image: str, tmp_path: Path) -> None:
     """With a key, no stand-in: Dockerfile.claude's image and the real `claude`, here on a loopback API."""
-    from claude_issue_solver.testing.fake_anthropic import FakeAnthropic
+    from tests.fakes.fake_anthropic import FakeAnthropic
 
     key = "sk-ant-api03-demotestkey0123456789"
     with FakeAnthropic(api_key=key, files={"NOTES.md": "subtract must subtract\n"}) as api:

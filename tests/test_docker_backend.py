@@ -534,7 +534,7 @@ def test_a_refused_push_raises_push_rejected(harness: Harness, remote: Path, how
 
 
 def test_fetch_and_push_authenticate_through_the_fake_github(harness: Harness, tmp_path: Path) -> None:
-    fake_github = pytest.importorskip("claude_issue_solver.testing.fake_github")
+    fake_github = pytest.importorskip("claude_issue_solver.demo_world.github")
     with fake_github.FakeGitHub(tmp_path / "github") as fake:
         repo = fake.create_repo(REPO)
         backend = harness.backend()

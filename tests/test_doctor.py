@@ -12,8 +12,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from claude_issue_solver.config import Config
+from claude_issue_solver.demo_world.github import DEFAULT_LOGIN, FakeGitHub
 from claude_issue_solver.doctor import Check, diagnose, render, run_checks, to_json
-from claude_issue_solver.testing.fake_github import DEFAULT_LOGIN, FakeGitHub
 from tests.github_fixtures import TOKEN
 
 CLAUDE_KEY = "sk-ant-api03-doctortestkey0123456789abcdefghijklmnop"

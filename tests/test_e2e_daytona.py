@@ -20,10 +20,10 @@ import pytest
 
 from claude_issue_solver.app import build
 from claude_issue_solver.config import Config
+from claude_issue_solver.demo_world.github import FakeGitHub
 from claude_issue_solver.queue import TaskState
-from claude_issue_solver.testing.fake_daytona import FakeDaytona, RecordedRequest
-from claude_issue_solver.testing.fake_github import FakeGitHub
 from tests.e2e import all_finished, drive, labelled, our_comments, tasks_of
+from tests.fakes.fake_daytona import FakeDaytona, RecordedRequest
 from tests.github_fixtures import TOKEN
 from tests.waiting import wait_until
 

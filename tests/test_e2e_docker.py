@@ -18,11 +18,11 @@ import pytest
 
 from claude_issue_solver.app import build
 from claude_issue_solver.config import Config
+from claude_issue_solver.demo_world.github import FakeGitHub
 from claude_issue_solver.pidfile import daemon_status
 from claude_issue_solver.prompt import IssueContext, build_prompt
 from claude_issue_solver.queue import TaskQueue, TaskState
 from claude_issue_solver.state import StateStore
-from claude_issue_solver.testing.fake_github import FakeGitHub
 from tests.e2e import (
     CLAUDE_KEY,
     all_finished,
@@ -263,7 +263,7 @@ def test_real_cli_through_the_daemon(
     github: FakeGitHub, e2e_config: Callable[..., Config], claude_image: str, state_dir: Path
 ) -> None:
     """Dockerfile.claude's image, the real `claude`, a loopback Messages API: the daemon opens the PR."""
-    from claude_issue_solver.testing.fake_anthropic import FakeAnthropic
+    from tests.fakes.fake_anthropic import FakeAnthropic
 
     issue = github.create_issue(
         "acme/widgets", "Say hello", "Please add a HELLO.md.", labels=["Claude"], user="maintainer"

@@ -30,7 +30,7 @@ from github import (
     UnknownObjectException,
 )
 
-from claude_issue_solver.testing.fake_github import FakeGitHub
+from claude_issue_solver.demo_world.github import FakeGitHub
 
 REPO = "octo/demo"
 TOKEN = "test-token"

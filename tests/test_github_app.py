@@ -11,10 +11,10 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from claude_issue_solver.config import Config
+from claude_issue_solver.demo_world.github import FakeGitHub
 from claude_issue_solver.github import GitHubClient
 from claude_issue_solver.gitops import run_git
 from claude_issue_solver.queue import TaskQueue
-from claude_issue_solver.testing.fake_github import FakeGitHub
 from claude_issue_solver.watcher import Watcher
 from tests.github_fixtures import Clock
 

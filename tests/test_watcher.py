@@ -9,10 +9,10 @@ import pytest
 
 from claude_issue_solver.config import Config
 from claude_issue_solver.daemon import Daemon, Outcome
+from claude_issue_solver.demo_world.github import FakeGitHub
 from claude_issue_solver.github import GitHubClient, GitHubError
 from claude_issue_solver.publisher import Publisher
 from claude_issue_solver.queue import Task, TaskQueue, TaskState
-from claude_issue_solver.testing.fake_github import FakeGitHub
 from claude_issue_solver.watcher import Watcher
 from tests.github_fixtures import TOKEN, Clock
 

@@ -49,7 +49,7 @@ from urllib.parse import parse_qs, parse_qsl, quote, unquote, urlencode, urlspli
 
 import jwt
 
-from claude_issue_solver.testing.loopback import LoopbackFake, LoopbackHandler, LoopbackServer
+from claude_issue_solver.demo_world.loopback import LoopbackFake, LoopbackHandler, LoopbackServer
 
 __all__ = [
     "API_PREFIX",

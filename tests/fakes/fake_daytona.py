@@ -80,7 +80,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from claude_issue_solver.testing.loopback import LoopbackFake, LoopbackHandler, LoopbackServer
+from claude_issue_solver.demo_world.loopback import LoopbackFake, LoopbackHandler, LoopbackServer
 
 __all__ = ["FAKE_CLAUDE", "FakeDaytona", "RecordedRequest"]
 
