@@ -2,16 +2,19 @@
 
 Every key is declared once in ``SETTINGS`` (name, parser, default, whether it is secret) so that the
 parser, the error messages, ``status``'s redacted view and ``.env.example`` cannot drift apart.
+
+A key that is blank, in the file or in the environment, is treated as not set: ``cp .env.example .env``
+must give the defaults, computed ones (``STATE_DIR``) included. Every bad key is reported at once.
 """
 
 from __future__ import annotations
 
 import os
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 ENV_FILE_VARIABLE = "CLAUDE_ISSUE_SOLVER_ENV"
 BACKENDS = ("docker", "daytona")
@@ -23,8 +26,28 @@ _REPO_RE = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9]|-(?=[A-Za-z0-9])){0,38}/[A-Za
 _MEMORY_RE = re.compile(r"^[0-9]+[bkmgBKMG]?$")
 
 
+class ConfigProblem(NamedTuple):
+    """One thing wrong with the configuration: the key it is about and a line saying what is expected."""
+
+    key: str
+    message: str
+
+    def __str__(self) -> str:
+        return self.message
+
+
 class ConfigError(Exception):
-    """A configuration value is missing or malformed; the message names the key and the expected form."""
+    """One or more configuration values are missing or malformed.
+
+    ``problems`` holds one line per problem, each naming the key and the expected form; ``str()`` is
+    those lines joined by newlines, so a single problem stays a single line.
+    """
+
+    def __init__(self, problems: str | Sequence[str | ConfigProblem]) -> None:
+        self.problems: tuple[str, ...] = (
+            (problems,) if isinstance(problems, str) else tuple(str(p) for p in problems)
+        )
+        super().__init__("\n".join(self.problems))
 
 
 # --- parsers: each takes the raw string and returns the value or raises ValueError(expected form) ---
@@ -263,6 +286,8 @@ class Config:
     daytona_poll_interval: float = 2.0
     # Extra CLAUDE_CODE_* / DISABLE_* variables found in the environment, passed to the agent as-is.
     agent_env: tuple[tuple[str, str], ...] = ()
+    # The .env file these settings were read from (absolute), or None: the environment only.
+    settings_file: Path | None = None
 
     @property
     def state_file(self) -> Path:
@@ -298,33 +323,51 @@ class Config:
                 shown[setting.key] = str(value)
         return shown
 
-    def require_daemon_settings(self) -> None:
-        """What ``start`` needs beyond parsing: a GitHub credential and something to watch."""
-        if not self.github_token and not (self.github_app_id and self.github_app_private_key_path):
-            msg = (
-                "GITHUB_TOKEN is not set: expected a GitHub token with repo access "
-                "(or GITHUB_APP_ID and GITHUB_APP_PRIVATE_KEY_PATH for a GitHub App)"
-            )
-            raise ConfigError(msg)
+    def daemon_problems(self) -> list[ConfigProblem]:
+        """What ``start`` needs beyond parsing, one line per missing piece: a GitHub credential and
+        something to watch (and a Daytona key for that backend)."""
+        problems: list[ConfigProblem] = []
+
+        def problem(key: str, message: str) -> None:
+            problems.append(ConfigProblem(key, message))
+
         if bool(self.github_app_id) != bool(self.github_app_private_key_path):
-            msg = "GITHUB_APP_ID and GITHUB_APP_PRIVATE_KEY_PATH go together: set both or neither"
-            raise ConfigError(msg)
-        if self.github_app_private_key_path and not self.github_app_private_key_path.is_file():
-            msg = (
-                f"GITHUB_APP_PRIVATE_KEY_PATH={self.github_app_private_key_path} does not exist: "
-                "expected the path of the App's .pem private key"
+            key = "GITHUB_APP_PRIVATE_KEY_PATH" if self.github_app_id else "GITHUB_APP_ID"
+            problem(key, "GITHUB_APP_ID and GITHUB_APP_PRIVATE_KEY_PATH go together: set both or neither")
+        elif not self.github_token and not self.github_app_id:
+            problem(
+                "GITHUB_TOKEN",
+                "GITHUB_TOKEN is not set: expected a GitHub token with repo access "
+                "(or GITHUB_APP_ID and GITHUB_APP_PRIVATE_KEY_PATH for a GitHub App)",
             )
-            raise ConfigError(msg)
+        if self.github_app_private_key_path and not self.github_app_private_key_path.is_file():
+            problem(
+                "GITHUB_APP_PRIVATE_KEY_PATH",
+                f"GITHUB_APP_PRIVATE_KEY_PATH={self.github_app_private_key_path} does not exist: "
+                "expected the path of the App's .pem private key",
+            )
         if not self.github_repos:
-            msg = "GITHUB_REPOS is not set: expected comma-separated owner/name pairs, e.g. acme/widgets"
-            raise ConfigError(msg)
+            problem(
+                "GITHUB_REPOS",
+                "GITHUB_REPOS is not set: expected comma-separated owner/name pairs, e.g. acme/widgets",
+            )
         if self.backend == "daytona" and not self.daytona_api_key:
-            msg = "DAYTONA_API_KEY is not set: expected a Daytona API key when BACKEND=daytona"
-            raise ConfigError(msg)
+            problem(
+                "DAYTONA_API_KEY",
+                "DAYTONA_API_KEY is not set: expected a Daytona API key when BACKEND=daytona",
+            )
+        return problems
+
+    def require_daemon_settings(self) -> None:
+        """Raise :class:`ConfigError` listing every one of :meth:`daemon_problems`, if there are any."""
+        problems = self.daemon_problems()
+        if problems:
+            raise ConfigError(problems)
 
 
 def _default_state_dir(environ: Mapping[str, str]) -> Path:
-    base = environ.get("XDG_STATE_HOME") or str(Path(environ.get("HOME", "~")) / ".local" / "state")
+    home = environ.get("HOME") or "~"
+    base = environ.get("XDG_STATE_HOME") or str(Path(home) / ".local" / "state")
     return Path(base).expanduser() / "claude-issue-solver"
 
 
@@ -337,7 +380,7 @@ def resolve_env_file(
             msg = f"--env-file {env_file} does not exist: expected a readable .env file"
             raise ConfigError(msg)
         return env_file
-    named = environ.get(ENV_FILE_VARIABLE)
+    named = environ.get(ENV_FILE_VARIABLE, "").strip()
     if named:
         path = Path(named).expanduser()
         if not path.is_file():
@@ -348,15 +391,82 @@ def resolve_env_file(
     return local if local.is_file() else None
 
 
-def read_env_file(path: Path) -> dict[str, str]:
-    from dotenv import dotenv_values
+def settings_source(config: Config, cwd: Path | None = None) -> str:
+    """Where ``config`` came from, in words: the settings file, or where one was looked for."""
+    if config.settings_file is not None:
+        return f"{config.settings_file} (the environment wins over it)"
+    here = cwd or Path.cwd()
+    return (
+        f"none found (looked for --env-file, ${ENV_FILE_VARIABLE}, ./.env in {here}); "
+        "using the environment only"
+    )
+
+
+def _read_env_file(path: Path) -> tuple[dict[str, str], list[ConfigProblem]]:
+    """The file's ``KEY=value`` pairs, and one problem per line that does not parse."""
+    from dotenv.parser import parse_stream
 
     try:
-        values = dotenv_values(path, interpolate=False)
+        with path.open(encoding="utf-8") as handle:
+            bindings = list(parse_stream(handle))
     except (OSError, UnicodeDecodeError) as exc:
         msg = f"cannot read env file {path}: {exc}"
         raise ConfigError(msg) from None
-    return {k: v for k, v in values.items() if v is not None}
+    values = {b.key: b.value for b in bindings if b.key is not None and b.value is not None}
+    # The line itself is not shown: it may hold a secret.
+    problems = [
+        ConfigProblem(
+            str(path), f"{path}, line {b.original.line}: cannot be parsed: expected KEY=value (quotes closed)"
+        )
+        for b in bindings
+        if b.error
+    ]
+    return values, problems
+
+
+def read_env_file(path: Path) -> dict[str, str]:
+    return _read_env_file(path)[0]
+
+
+def check_config(
+    env_file: Path | None = None,
+    environ: Mapping[str, str] | None = None,
+    *,
+    cwd: Path | None = None,
+) -> tuple[Config, list[ConfigProblem]]:
+    """Read and validate every key, collecting the problems instead of stopping at the first.
+
+    Returns the configuration, with every bad key left at its default, and one line per problem
+    (empty when all is well). Only a settings file that is missing or unreadable raises
+    :class:`ConfigError`, since then there is nothing to check. ``doctor`` uses this to list every
+    problem at once; everything else uses :func:`load_config`.
+    """
+    env = dict(os.environ if environ is None else environ)
+    path = resolve_env_file(env_file, env, cwd)
+    file_values, problems = _read_env_file(path) if path else ({}, [])
+    # Blank is "not set" at every layer, so a blank line in the file (or an empty variable in the
+    # environment, as compose files produce) leaves the key at its default, computed ones included.
+    merged = {k: v for k, v in file_values.items() if v.strip()}
+    merged.update((k, v) for k, v in env.items() if v.strip())
+
+    values: dict[str, Any] = {}
+    for setting in SETTINGS:
+        raw = merged.get(setting.key)
+        if raw is None:
+            continue
+        try:
+            values[setting.field_name] = setting.parse(raw)
+        except ValueError as exc:
+            shown = "(hidden)" if setting.secret else repr(raw)
+            problems.append(ConfigProblem(setting.key, f"{setting.key}={shown} is not valid: expected {exc}"))
+    if "state_dir" not in values:
+        values["state_dir"] = _default_state_dir(merged)
+    values["agent_env"] = tuple(
+        sorted((k, v) for k, v in merged.items() if k.startswith(AGENT_ENV_PREFIXES) and k not in _BY_KEY)
+    )
+    values["settings_file"] = path.absolute() if path else None
+    known = {f.name for f in fields(Config)}
+    return Config(**{k: v for k, v in values.items() if k in known}), problems
 
 
 def load_config(
@@ -365,26 +475,9 @@ def load_config(
     *,
     cwd: Path | None = None,
 ) -> Config:
-    """Merge the ``.env`` file with the environment (the environment wins) and validate every key."""
-    env = dict(os.environ if environ is None else environ)
-    path = resolve_env_file(env_file, env, cwd)
-    merged = {**read_env_file(path), **env} if path else env
-
-    values: dict[str, Any] = {}
-    for setting in SETTINGS:
-        raw = merged.get(setting.key)
-        if raw is None or (raw.strip() == "" and setting.default is not None):
-            continue  # unset, or blank where a default exists: keep the default
-        try:
-            values[setting.field_name] = setting.parse(raw)
-        except ValueError as exc:
-            shown = "(hidden)" if setting.secret else repr(raw)
-            msg = f"{setting.key}={shown} is not valid: expected {exc}"
-            raise ConfigError(msg) from None
-    if "state_dir" not in values:
-        values["state_dir"] = _default_state_dir(merged)
-    values["agent_env"] = tuple(
-        sorted((k, v) for k, v in merged.items() if k.startswith(AGENT_ENV_PREFIXES) and k not in _BY_KEY)
-    )
-    known = {f.name for f in fields(Config)}
-    return Config(**{k: v for k, v in values.items() if k in known})
+    """Merge the ``.env`` file with the environment (a value set in the environment wins) and validate
+    every key; a :class:`ConfigError` lists every bad key, one per line."""
+    config, problems = check_config(env_file, environ, cwd=cwd)
+    if problems:
+        raise ConfigError(problems)
+    return config

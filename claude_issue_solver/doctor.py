@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 from urllib.parse import quote, urlsplit
 
 from claude_issue_solver.backends.base import BackendError
-from claude_issue_solver.config import Config, ConfigError, load_config, resolve_env_file
+from claude_issue_solver.config import Config, ConfigError, check_config, settings_source
 from claude_issue_solver.logs import REDACTOR, Redactor
 
 if TYPE_CHECKING:
@@ -43,6 +43,12 @@ LABEL_COLOR = "d97757"
 LABEL_DESCRIPTION = "Ask Claude to solve this issue"
 APP_PERMISSIONS = ("contents", "issues", "pull_requests")
 TOKEN_GRANTS = "Contents, Issues and Pull requests: Read and write (Metadata: Read)"
+ANTHROPIC_API_URL = "https://api.anthropic.com"
+ANTHROPIC_VERSION = "2023-06-01"
+ANTHROPIC_TIMEOUT = 15  # seconds for GET /v1/models, which answers in well under one
+CONSOLE_KEYS_URL = "https://console.anthropic.com/settings/keys"
+# `claude setup-token` prints sk-ant-oat01- and a long base64url tail.
+_OAUTH_TOKEN_RE = re.compile(r"^sk-ant-oat\d+-[A-Za-z0-9_-]{40,}$")
 _VERSION_RE = re.compile(r"\b(\d+\.\d+\.\d+)\b")
 _PINNED_RE = re.compile(r"^ARG CLAUDE_CODE_VERSION=(\S+)", re.MULTILINE)
 _ROLES = (
@@ -81,27 +87,35 @@ def _failed(detail: str, fix: str) -> _Outcome:
 def diagnose(
     env_file: Path | None = None, *, environ: Mapping[str, str] | None = None, build: bool = False
 ) -> list[Check]:
-    """Load the configuration as ``start`` would and run every check; a configuration that does not
-    parse is itself the (only) failed check, since every other check needs it."""
+    """Load the configuration as ``start`` would and run every check.
+
+    A configuration that does not parse is reported in full, one failed ``configuration`` check per
+    problem (with what ``start`` would also miss), and nothing else runs: every other check would
+    judge a setting the person did not mean.
+    """
     env = os.environ if environ is None else environ
-    source: Path | None = None
     try:
-        source = resolve_env_file(env_file, env)
-        config = load_config(source, env)
+        config, problems = check_config(env_file, env)
     except ConfigError as exc:
-        where = source or "the environment or a .env file (--env-file PATH)"
+        fix = "point --env-file or $CLAUDE_ISSUE_SOLVER_ENV at a readable .env file, or unset it"
+        return [Check("configuration", False, problem, fix) for problem in exc.problems]
+    if problems:
+        bad = {problem.key for problem in problems}
+        problems += [p for p in config.daemon_problems() if p.key not in bad]
+        where = config.settings_file or "the environment or a .env file (--env-file PATH)"
         fix = f"correct it in {where}; every key is explained in .env.example"
-        return [Check("configuration", False, str(exc), fix)]
-    return run_checks(config, env_file=source, build=build)
+        return [Check("configuration", False, str(problem), fix) for problem in problems]
+    return run_checks(config, env_file=config.settings_file, build=build)
 
 
 def run_checks(config: Config, *, env_file: Path | None = None, build: bool = False) -> list[Check]:
     """Every check for this configuration, in report order.
 
-    ``env_file`` is where the settings came from (named in the fixes). ``build`` builds a missing agent
-    image instead of only reporting what would be built (that can take minutes).
+    ``env_file`` is where the settings came from (named in the fixes; default: ``config.settings_file``).
+    ``build`` builds a missing agent image instead of only reporting what would be built (that can take
+    minutes).
     """
-    return _Doctor(config, env_file, build).run()
+    return _Doctor(config, env_file or config.settings_file, build).run()
 
 
 def render(checks: list[Check]) -> str:
@@ -137,7 +151,11 @@ class _Doctor:
         self.config = config
         self.build = build
         self.env_file = env_file
-        self.where = str(env_file) if env_file else "your .env file (or the environment)"
+        self.where = (
+            str(env_file)
+            if env_file
+            else "a .env file (none was read: pass --env-file PATH) or the environment"
+        )
         self.redact = Redactor(config.secrets())
         self.api_url = config.github_api_url
         self.web_url = _web_url(config.github_api_url)
@@ -152,7 +170,6 @@ class _Doctor:
     def run(self) -> list[Check]:
         label = self.config.trigger_label
         steps: list[tuple[str, Callable[[], _Outcome]]] = [
-            ("configuration", self.configuration),
             ("state directory", self.state_directory),
             ("GitHub credential", self.github_credential),
         ]
@@ -164,7 +181,7 @@ class _Doctor:
             steps += [("Docker", self.docker), ("agent image", self.agent_image), ("git", self.git)]
         elif self.config.backend == "daytona":
             steps.append(("Daytona", self.daytona))
-        return [self._run_one(name, step) for name, step in steps]
+        return [*self.configuration(), *(self._run_one(name, step) for name, step in steps)]
 
     def _run_one(self, name: str, step: Callable[[], _Outcome]) -> Check:
         try:
@@ -183,19 +200,21 @@ class _Doctor:
 
     # --- configuration and local state -------------------------------------------------------------
 
-    def configuration(self) -> _Outcome:
-        try:
-            self.config.require_daemon_settings()
-        except ConfigError as exc:
-            return _failed(str(exc), f"set it in {self.where}; every key is explained in .env.example")
+    def configuration(self) -> list[Check]:
+        """One failed check per setting ``start`` would refuse, all at once; else one passed check."""
+        problems = self.config.daemon_problems()
+        if problems:
+            fix = f"set it in {self.where}; every key is explained in .env.example"
+            return [Check("configuration", False, self._clean(str(p)), self._clean(fix)) for p in problems]
         repos = self.config.github_repos
-        source = "from the environment"
-        if self.env_file:
-            source = f"from {self.env_file} and the environment"
         count = f"{len(repos)} repositor{'y' if len(repos) == 1 else 'ies'}"
-        return _passed(
-            f"settings {source}; {count}, label {self.config.trigger_label!r}, BACKEND={self.config.backend}"
+        source = (
+            f"settings from {self.env_file} and the environment"
+            if self.env_file
+            else f"settings file: {settings_source(self.config)}"
         )
+        detail = f"{source}; {count}, label {self.config.trigger_label!r}, BACKEND={self.config.backend}"
+        return [Check("configuration", True, self._clean(detail))]
 
     def state_directory(self) -> _Outcome:
         path = self.config.state_dir.expanduser()
@@ -479,24 +498,130 @@ class _Doctor:
     # --- the agent -----------------------------------------------------------------------------------
 
     def claude_credential(self) -> _Outcome:
-        present = [
-            key
-            for key, value in (
-                ("ANTHROPIC_API_KEY", self.config.anthropic_api_key),
-                ("CLAUDE_CODE_OAUTH_TOKEN", self.config.claude_code_oauth_token),
-            )
-            if value
-        ]
-        if not present:
+        api_key = self.config.anthropic_api_key
+        oauth_token = self.config.claude_code_oauth_token
+        if not api_key and not oauth_token:
             return _failed(
                 "neither ANTHROPIC_API_KEY nor CLAUDE_CODE_OAUTH_TOKEN is set",
                 f"set ANTHROPIC_API_KEY (an API key from console.anthropic.com) or CLAUDE_CODE_OAUTH_TOKEN "
                 f"(from `claude setup-token`, for a Claude subscription) in {self.where}",
             )
-        gateway = (
-            f"; API calls go to {self.config.anthropic_base_url}" if self.config.anthropic_base_url else ""
+        if not api_key:
+            assert oauth_token
+            return self._oauth_token(oauth_token)
+        outcome = self._api_key(api_key)
+        if oauth_token and outcome.ok:
+            # Claude Code prefers an API key from the environment over an OAuth token.
+            unused = "; CLAUDE_CODE_OAUTH_TOKEN is set too but unused (Claude Code prefers the API key)"
+            return outcome._replace(detail=outcome.detail + unused)
+        return outcome
+
+    def _api_key(self, key: str) -> _Outcome:
+        """``GET /v1/models`` with the key: it proves the key and the route without spending tokens."""
+        base = self.config.anthropic_base_url or ANTHROPIC_API_URL
+        custom = self.config.anthropic_base_url is not None
+        answer = self._get_models(base, {"x-api-key": key})
+        if isinstance(answer, _Outcome):
+            return answer
+        status, message = answer
+        gateway = f" (or the key the gateway at {base} expects)" if custom else ""
+        if status == 200:
+            return _passed(
+                f"ANTHROPIC_API_KEY accepted by {base} (checked by listing models: no tokens spent)"
+            )
+        if status == 401:
+            return _failed(
+                f"ANTHROPIC_API_KEY was rejected by {base} (HTTP 401{message})",
+                "it is wrong, revoked or was pasted incompletely: create a key at "
+                f"{CONSOLE_KEYS_URL}{gateway} and set ANTHROPIC_API_KEY in {self.where}",
+            )
+        if status == 403:
+            return _failed(
+                f"ANTHROPIC_API_KEY is not allowed to use {base} (HTTP 403{message})",
+                f"use a key of a workspace that may call the API ({CONSOLE_KEYS_URL}){gateway}, "
+                f"and set ANTHROPIC_API_KEY in {self.where}",
+            )
+        if status == 429:
+            return _passed(
+                f"ANTHROPIC_API_KEY accepted by {base}, which is rate-limiting it right now "
+                f"(HTTP 429{message})"
+            )
+        if status == 404 and custom:
+            return _passed(
+                f"ANTHROPIC_API_KEY set, but not verified: {base} has no GET /v1/models (HTTP 404), as some "
+                "gateways do not; the first task will show whether the key works there"
+            )
+        if status >= 500:
+            return _failed(
+                f"{base} answered HTTP {status}{message}: the API is having trouble, the key was not checked",
+                "run doctor again in a few minutes (https://status.anthropic.com shows outages)",
+            )
+        return _failed(
+            f"{base} answered GET /v1/models with HTTP {status}{message}",
+            f"check ANTHROPIC_BASE_URL in {self.where}: it must be the API's base URL, without /v1",
         )
-        return _passed(f"{' and '.join(present)} set (value not shown){gateway}")
+
+    def _oauth_token(self, token: str) -> _Outcome:
+        """An OAuth token cannot be checked without a model call (which spends the subscription's usage):
+        check its shape, and that the API is reachable, and say what was not checked."""
+        fix = (
+            f"run `claude setup-token` again and paste the whole token (one line, no quotes) as "
+            f"CLAUDE_CODE_OAUTH_TOKEN in {self.where}"
+        )
+        if token.startswith("sk-ant-api"):
+            return _failed(
+                "CLAUDE_CODE_OAUTH_TOKEN holds an API key (sk-ant-api…), not an OAuth token",
+                f"move it to ANTHROPIC_API_KEY in {self.where}, or {fix}",
+            )
+        if not _OAUTH_TOKEN_RE.match(token):
+            if not token.startswith("sk-ant-oat"):
+                shape = "it does not start with sk-ant-oat"
+            elif re.search(r"[\s\"']", token):
+                shape = "it contains spaces or quotes"
+            else:
+                shape = "it looks cut short"
+            return _failed(f"CLAUDE_CODE_OAUTH_TOKEN is not a `claude setup-token` token: {shape}", fix)
+        base = self.config.anthropic_base_url or ANTHROPIC_API_URL
+        # No credential is sent: any HTTP answer (a 401 here) proves the route works.
+        answer = self._get_models(base, {})
+        if isinstance(answer, _Outcome):
+            return answer
+        return _passed(
+            f"CLAUDE_CODE_OAUTH_TOKEN has the shape of a `claude setup-token` token and {base} is reachable; "
+            "the token itself was not checked (that would need a model call, which spends usage): "
+            "the first task will show whether it is still valid"
+        )
+
+    def _get_models(self, base: str, credential: dict[str, str]) -> tuple[int, str] | _Outcome:
+        """``GET {base}/v1/models``: the status and the API's error message, or a failed outcome when
+        ``base`` cannot be reached."""
+        import requests
+
+        url = f"{base}/v1/models"
+        fix = (
+            f"check that {base} is reachable from this host (network, proxy: HTTPS_PROXY, DNS, firewall)"
+            + (f", and ANTHROPIC_BASE_URL in {self.where}" if self.config.anthropic_base_url else "")
+        )
+        try:
+            response = requests.get(
+                url,
+                headers={**credential, "anthropic-version": ANTHROPIC_VERSION},
+                params={"limit": 1},
+                timeout=ANTHROPIC_TIMEOUT,
+                # A redirect to another host would carry the key there: never follow one.
+                allow_redirects=False,
+            )
+        except requests.exceptions.Timeout:
+            return _failed(f"{base} did not answer within {ANTHROPIC_TIMEOUT}s", fix)
+        except requests.exceptions.RequestException as exc:
+            return _failed(f"cannot reach {base}: {_network_reason(exc)}", fix)
+        if response.is_redirect:
+            where = response.headers.get("location", "elsewhere")
+            return _failed(
+                f"{url} redirects to {where} (HTTP {response.status_code})",
+                f"set ANTHROPIC_BASE_URL in {self.where} to the address it redirects to",
+            )
+        return response.status_code, _api_error_message(response)
 
     # --- Docker --------------------------------------------------------------------------------------
 
@@ -681,6 +806,42 @@ def _pygithub_error(exc: Exception) -> str:
     data = getattr(exc, "data", None)
     message = data.get("message") if isinstance(data, Mapping) else None
     return f"HTTP {status}" + (f" ({message})" if message else "")
+
+
+def _network_reason(exc: BaseException) -> str:
+    """The root cause of a requests/urllib3 connection error, in a few words instead of its repr chain."""
+    import socket
+
+    import requests
+
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    deepest = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        deepest = current
+        reason = getattr(current, "reason", None)
+        args_cause = current.args[0] if current.args and isinstance(current.args[0], BaseException) else None
+        current = current.__cause__ or (reason if isinstance(reason, BaseException) else None) or args_cause
+    if isinstance(deepest, socket.gaierror):
+        return "the host name does not resolve"
+    if isinstance(exc, requests.exceptions.SSLError):
+        return f"TLS failed ({deepest})"
+    if isinstance(deepest, OSError) and deepest.strerror:
+        return deepest.strerror
+    return str(deepest) or type(deepest).__name__
+
+
+def _api_error_message(response: Any) -> str:
+    """`` (<type>: <message>)`` from the API's error body, or "" when it has none."""
+    try:
+        error = response.json().get("error") or {}
+    except (ValueError, AttributeError):
+        return ""
+    if not isinstance(error, Mapping):
+        return ""
+    parts = [str(error[k]) for k in ("type", "message") if error.get(k)]
+    return f" ({': '.join(parts)})" if parts else ""
 
 
 def _pinned_version() -> str | None:

@@ -11,7 +11,7 @@ import time
 from collections.abc import Sequence
 from typing import Any, TextIO
 
-from claude_issue_solver.config import Config
+from claude_issue_solver.config import Config, settings_source
 from claude_issue_solver.pidfile import DaemonStatus
 from claude_issue_solver.queue import Task, TaskState
 
@@ -80,6 +80,8 @@ def status_payload(
             {"time": _iso(n.get("time")), "message": n.get("message")} for n in state.get("notices", [])
         ],
         "state_file": str(config.state_file),
+        "settings_file": None if config.settings_file is None else str(config.settings_file),
+        "settings": settings_source(config),
         "config": config.redacted(),
     }
 
@@ -128,6 +130,7 @@ def print_status(payload: dict[str, Any], out: TextIO, *, tty: bool) -> None:
         + "\n"
     )
     out.write(f"backend: {payload['backend']}\n")
+    out.write(f"settings: {payload['settings']}\n")
     counts = payload["counts"]
     out.write("tasks: " + ", ".join(f"{n} {state}" for state, n in counts.items()) + "\n")
     for notice in payload["notices"]:

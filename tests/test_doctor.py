@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import functools
+import http.server
 import json
+import os
+import socket
+import subprocess
 import sys
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -14,12 +20,16 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from claude_issue_solver.config import Config
 from claude_issue_solver.demo_world.github import DEFAULT_LOGIN, FakeGitHub
 from claude_issue_solver.doctor import Check, diagnose, render, run_checks, to_json
+from tests.fakes.fake_anthropic import FakeAnthropic
 from tests.github_fixtures import TOKEN
 
+ROOT = Path(__file__).resolve().parents[1]
 CLAUDE_KEY = "sk-ant-api03-doctortestkey0123456789abcdefghijklmnop"
+WRONG_CLAUDE_KEY = "sk-ant-api03-wrongkey00000000000000000000000000000000"
+OAUTH_TOKEN = "sk-ant-oat01-" + "Abc_def-0123456789" * 5
 READER_TOKEN = "ghp_readeronlytoken0123456789abcdefABCD"
 WRONG_TOKEN = "ghp_wrongtoken00000000000000000000000000"
-SECRETS = (TOKEN, CLAUDE_KEY, READER_TOKEN, WRONG_TOKEN)
+SECRETS = (TOKEN, CLAUDE_KEY, READER_TOKEN, WRONG_TOKEN, WRONG_CLAUDE_KEY, OAUTH_TOKEN)
 GITHUB_CHECKS = {
     "GitHub credential",
     "repository acme/widgets",
@@ -48,16 +58,59 @@ def expect_failed(checks: list[Check], failed: set[str], names: set[str] = ALL_C
 
 
 @pytest.fixture
-def configured(gh_config: Callable[..., Config], github: FakeGitHub) -> Callable[..., Config]:
-    """The loopback GitHub's settings, write access for the token's user and a Claude key."""
+def anthropic() -> Iterator[FakeAnthropic]:
+    with FakeAnthropic(api_key=CLAUDE_KEY) as api:
+        yield api
+
+
+@pytest.fixture
+def configured(
+    gh_config: Callable[..., Config], github: FakeGitHub, anthropic: FakeAnthropic
+) -> Callable[..., Config]:
+    """The loopback GitHub's settings, write access for the token's user and a Claude key that the
+    loopback Anthropic API accepts."""
     # The fake lets any token write, but reports a stranger's role as read, as GitHub would.
     for repo in ("acme/widgets", "acme/gadgets"):
         github.set_permission(repo, DEFAULT_LOGIN, "write")
 
     def make(**settings: str) -> Config:
-        return gh_config(**{"ANTHROPIC_API_KEY": CLAUDE_KEY, **settings})
+        return gh_config(**{"ANTHROPIC_API_KEY": CLAUDE_KEY, "ANTHROPIC_BASE_URL": anthropic.url, **settings})
 
     return make
+
+
+@pytest.fixture
+def no_docker(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """The Docker checks fail fast, for tests about other checks."""
+    monkeypatch.setenv("DOCKER_HOST", f"unix://{tmp_path}/no-docker.sock")
+
+
+def closed_port() -> int:
+    """A loopback port nothing listens on (bound, then released)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture
+def plain_http(tmp_path: Path) -> Iterator[str]:
+    """A loopback web server with nothing to serve: every path is a 404, as a gateway without the
+    Models API answers."""
+    root = tmp_path / "empty-site"
+    root.mkdir()
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=root))
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 @pytest.fixture
@@ -225,15 +278,35 @@ def test_incomplete_configuration_still_checks_the_rest(
     text = expect_failed(
         checks, {"configuration", "GitHub credential", "Claude credential", "Docker", "agent image"}, names
     )
-    assert "GITHUB_TOKEN is not set" in by_name(checks)["configuration"].detail, text
+    problems = [c.detail for c in checks if c.name == "configuration"]
+    assert [p.split(":")[0] for p in problems] == ["GITHUB_TOKEN is not set", "GITHUB_REPOS is not set"], text
 
 
-def test_unparsable_configuration_is_one_failed_check(tmp_path: Path) -> None:
+def test_every_configuration_problem_is_listed_at_once(tmp_path: Path) -> None:
     env_file = tmp_path / "broken.env"
-    env_file.write_text(f"GITHUB_TOKEN={TOKEN}\nPOLL_INTERVAL=soon\n")
+    env_file.write_text("POLL_INTERVAL=soon\nBACKEND=podman\nGITHUB_REPOS=\nMAX_CONCURRENT=0\n")
     checks = diagnose(env_file, environ={"HOME": str(tmp_path)})
-    assert [(c.name, c.ok) for c in checks] == [("configuration", False)]
-    assert "POLL_INTERVAL" in checks[0].detail and str(env_file) in (checks[0].fix or "")
+    assert {c.name for c in checks} == {"configuration"}
+    assert not any(c.ok for c in checks)
+    details = [c.detail for c in checks]
+    # Every bad value, and what start would miss besides (but not a second line about a bad key).
+    assert len(details) == 5, details
+    for key in ("POLL_INTERVAL='soon'", "BACKEND='podman'", "MAX_CONCURRENT='0'"):
+        assert sum(d.startswith(key) for d in details) == 1, details
+    assert any(d.startswith("GITHUB_TOKEN is not set") for d in details)
+    assert any(d.startswith("GITHUB_REPOS is not set") for d in details)
+    assert all(str(env_file) in (c.fix or "") for c in checks)
+    assert render(checks).splitlines()[-1] == "5 of 5 checks failed"
+
+
+def test_missing_daemon_settings_are_listed_at_once(
+    make_config: Callable[..., Config], no_docker: None
+) -> None:
+    checks = run_checks(make_config(GITHUB_APP_ID="12"))
+    problems = [c.detail for c in checks if c.name == "configuration"]
+    assert len(problems) == 2, problems
+    assert problems[0].startswith("GITHUB_APP_ID and GITHUB_APP_PRIVATE_KEY_PATH go together")
+    assert problems[1].startswith("GITHUB_REPOS is not set")
 
 
 def test_daytona_backend_missing(configured: Callable[..., Config], monkeypatch: pytest.MonkeyPatch) -> None:
@@ -245,3 +318,158 @@ def test_daytona_backend_missing(configured: Callable[..., Config], monkeypatch:
     expect_failed(checks, {"Daytona"}, names)
     assert "Daytona backend not installed" in by_name(checks)["Daytona"].detail
     assert "dtn_doctortestkey0123" not in render(checks)
+
+
+# --- the Claude credential, checked without spending tokens -------------------------------------------------
+
+
+def claude_check(config: Config) -> Check:
+    checks = run_checks(config)
+    expect_failed(checks, {c.name for c in checks if not c.ok}, {c.name for c in checks})  # no secret shown
+    return by_name(checks)["Claude credential"]
+
+
+def test_api_key_is_checked_by_listing_models(
+    configured: Callable[..., Config], anthropic: FakeAnthropic, no_docker: None
+) -> None:
+    check = claude_check(configured())
+    assert check.ok, check
+    assert f"accepted by {anthropic.url}" in check.detail and "no tokens spent" in check.detail
+    (request,) = anthropic.requests
+    assert (request.method, request.kind) == ("GET", "models")
+    assert request.headers["x-api-key"] == CLAUDE_KEY
+    assert request.headers["anthropic-version"] == "2023-06-01"
+    assert anthropic.model_calls == []
+
+
+def test_rejected_api_key(
+    configured: Callable[..., Config], anthropic: FakeAnthropic, no_docker: None
+) -> None:
+    check = claude_check(configured(ANTHROPIC_API_KEY=WRONG_CLAUDE_KEY))
+    assert not check.ok
+    assert (
+        "rejected" in check.detail and "HTTP 401" in check.detail and "authentication_error" in check.detail
+    )
+    assert (
+        check.fix and "console.anthropic.com/settings/keys" in check.fix and "ANTHROPIC_API_KEY" in check.fix
+    )
+    assert [r.kind for r in anthropic.requests] == ["unauthorized"]
+
+
+def test_unreachable_api(configured: Callable[..., Config], no_docker: None) -> None:
+    base = f"http://127.0.0.1:{closed_port()}"
+    check = claude_check(configured(ANTHROPIC_BASE_URL=base))
+    assert not check.ok
+    assert check.detail == f"cannot reach {base}: Connection refused"
+    assert check.fix and "ANTHROPIC_BASE_URL" in check.fix and "proxy" in check.fix
+
+
+def test_gateway_without_models_api_is_not_verified(
+    configured: Callable[..., Config], plain_http: str, no_docker: None
+) -> None:
+    check = claude_check(configured(ANTHROPIC_BASE_URL=plain_http))
+    assert check.ok, check
+    assert "not verified" in check.detail and "HTTP 404" in check.detail
+
+
+def test_oauth_token_shape_and_route(
+    configured: Callable[..., Config], anthropic: FakeAnthropic, no_docker: None
+) -> None:
+    check = claude_check(configured(ANTHROPIC_API_KEY="", CLAUDE_CODE_OAUTH_TOKEN=OAUTH_TOKEN))
+    assert check.ok, check
+    assert "the token itself was not checked" in check.detail and anthropic.url in check.detail
+    # Only the route was tried, with no credential at all: the token never left this process.
+    (request,) = anthropic.requests
+    assert request.kind == "unauthorized" and OAUTH_TOKEN not in json.dumps(request.headers)
+
+
+@pytest.mark.parametrize(
+    ("token", "expected"),
+    [
+        (CLAUDE_KEY, "holds an API key"),
+        (OAUTH_TOKEN[:30], "it looks cut short"),
+        (OAUTH_TOKEN[:40] + " " + OAUTH_TOKEN[40:], "it contains spaces or quotes"),
+        ("oauth-" + "x" * 60, "it does not start with sk-ant-oat"),
+    ],
+)
+def test_malformed_oauth_token(
+    configured: Callable[..., Config], anthropic: FakeAnthropic, no_docker: None, token: str, expected: str
+) -> None:
+    check = claude_check(configured(ANTHROPIC_API_KEY="", CLAUDE_CODE_OAUTH_TOKEN=token))
+    assert not check.ok and expected in check.detail, check
+    assert check.fix and "claude setup-token" in check.fix
+    assert anthropic.requests == []
+    assert token not in check.detail + check.fix
+
+
+def test_api_key_wins_over_oauth_token(configured: Callable[..., Config], no_docker: None) -> None:
+    check = claude_check(configured(CLAUDE_CODE_OAUTH_TOKEN=OAUTH_TOKEN))
+    assert check.ok and "CLAUDE_CODE_OAUTH_TOKEN is set too but unused" in check.detail
+
+
+# --- day one: a copy of .env.example with three keys filled in, through the real CLI ----------------------
+
+
+def scrubbed_env(tmp_path: Path, **extra: str) -> dict[str, str]:
+    """Only what a child process needs, and a HOME and XDG dirs of its own: nothing of the person
+    running the tests (their .env, credentials, GITHUB_*/ANTHROPIC_* variables) can leak in."""
+    home = tmp_path / "home"
+    env = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "HOME": str(home),
+        "XDG_STATE_HOME": str(home / ".local" / "state"),
+        "XDG_CONFIG_HOME": str(home / ".config"),
+        "XDG_CACHE_HOME": str(home / ".cache"),
+        "PYTHONPATH": str(ROOT),
+        "LANG": "C.UTF-8",
+    }
+    if "DOCKER_HOST" in os.environ:  # where this machine's Docker daemon listens, if not the default
+        env["DOCKER_HOST"] = os.environ["DOCKER_HOST"]
+    return {**env, **extra}
+
+
+def filled_in_env_example(path: Path, **values: str) -> Path:
+    lines = (ROOT / ".env.example").read_text().splitlines()
+    for key, value in values.items():
+        (index,) = [n for n, line in enumerate(lines) if line.startswith(f"{key}=")]
+        lines[index] = f"{key}={value}"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+@pytest.mark.docker
+def test_doctor_on_a_filled_in_env_example(
+    github: FakeGitHub, anthropic: FakeAnthropic, tmp_path: Path
+) -> None:
+    for repo in ("acme/widgets", "acme/gadgets"):
+        github.set_permission(repo, DEFAULT_LOGIN, "write")
+    env_file = filled_in_env_example(
+        tmp_path / "solver.env",
+        GITHUB_TOKEN=TOKEN,
+        GITHUB_REPOS="acme/widgets,acme/gadgets",
+        ANTHROPIC_API_KEY=CLAUDE_KEY,
+    )
+    # The loopback services stand in for github.com and api.anthropic.com; the environment wins over
+    # the file, so the copy itself stays as a new user would have it.
+    env = scrubbed_env(tmp_path, GITHUB_API_URL=github.api_url, ANTHROPIC_BASE_URL=anthropic.url)
+    work = tmp_path / "elsewhere"
+    work.mkdir()
+    proc = subprocess.run(
+        [sys.executable, "-m", "claude_issue_solver", "--env-file", str(env_file), "doctor", "--json"],
+        env=env,
+        cwd=work,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert "Traceback" not in proc.stderr, proc.stderr
+    checks = [Check(**c) for c in json.loads(proc.stdout)]
+    text = expect_failed(checks, set())
+    assert proc.returncode == 0, text
+    found = by_name(checks)
+    assert f"settings from {env_file}" in found["configuration"].detail
+    state = tmp_path / "home" / ".local" / "state" / "claude-issue-solver"
+    assert str(state) in found["state directory"].detail  # STATE_DIR= left blank: the XDG default
+    assert found["Claude credential"].ok and anthropic.url in found["Claude credential"].detail
+    assert "Dockerfile.claude will be built" in found["agent image"].detail  # DOCKER_IMAGE= left blank

@@ -11,7 +11,8 @@ conversation (a model call that offers tools), the fake answers turn by turn:
 The turn is derived from the conversation itself (how many of our tool_use ids it already holds), so
 the fake keeps no per-session state and a retried request gets the same answer. Calls that are not
 the agent's conversation (title generation, a ``max_tokens: 1`` quota probe, anything without tools)
-get a short text. A wrong key gets the API's 401.
+get a short text. A wrong key gets the API's 401. ``GET /v1/models`` lists ``models`` as the real
+Models API does (what ``doctor`` uses to check a key without spending tokens).
 
     with FakeAnthropic(api_key="sk-test", files={"HELLO.md": "hi\\n"}) as api:
         run_cli(env={"ANTHROPIC_BASE_URL": api.url, "ANTHROPIC_API_KEY": "sk-test"})
@@ -29,12 +30,13 @@ from dataclasses import dataclass, field
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Self
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 DEFAULT_MODEL = "claude-sonnet-4-5-20250929"
 DEFAULT_SUMMARY = "Add the requested files\n\nCreated by the fake Anthropic API for an end-to-end test.\n"
 DEFAULT_FINAL_TEXT = "Done: I created the requested files and wrote the PR summary."
 AUXILIARY_TEXT = "Fake answer."
+DEFAULT_MODELS = (DEFAULT_MODEL, "claude-haiku-4-5-20251001", "claude-opus-4-1-20250805")
 SUMMARY_FILE = ".claude-pr-summary.md"
 FALLBACK_CWD = "/workspace"
 _TOOL_ID_PREFIX = "toolu_fake_"
@@ -53,7 +55,8 @@ class RecordedRequest:
     path: str
     headers: dict[str, str]
     body: Any
-    kind: str  # "probe" | "conversation" | "auxiliary" | "count_tokens" | "unauthorized" | "unknown"
+    # "probe" | "conversation" | "auxiliary" | "count_tokens" | "models" | "unauthorized" | "unknown"
+    kind: str
     step: int | None = None
 
     @property
@@ -93,9 +96,11 @@ class FakeAnthropic:
         summary: str | None = DEFAULT_SUMMARY,
         final_text: str = DEFAULT_FINAL_TEXT,
         model: str = DEFAULT_MODEL,
+        models: tuple[str, ...] = DEFAULT_MODELS,
         host: str = "127.0.0.1",
     ) -> None:
         self.api_key = api_key
+        self.models = models
         self._script = _Script(
             files=dict(files if files is not None else {"HELLO.md": "Hello from the fake Anthropic API.\n"}),
             summary=summary,
@@ -339,8 +344,50 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
 
     def do_GET(self) -> None:
+        if urlsplit(self.path).path == "/v1/models":
+            self._list_models()
+            return
         self._record("unknown", None)
         self._send_json(HTTPStatus.NOT_FOUND, _error("not_found_error", f"no route for GET {self.path}"))
+
+    # -- GET /v1/models (the Models API: a key check that spends no tokens) -----------------------
+
+    def _list_models(self) -> None:
+        """A page of models, newest first, shaped like the real API (``limit``, ``after_id``,
+        ``before_id``; ``data``, ``has_more``, ``first_id``, ``last_id``)."""
+        headers = {k.lower(): v for k, v in self.headers.items()}
+        if not self.fake._authorized(headers):
+            self._record("unauthorized", None, headers)
+            self._send_json(HTTPStatus.UNAUTHORIZED, _error("authentication_error", "invalid x-api-key"))
+            return
+        if not headers.get("anthropic-version"):
+            self._record("unknown", None, headers)
+            message = "anthropic-version: header is required"
+            self._send_json(HTTPStatus.BAD_REQUEST, _error("invalid_request_error", message))
+            return
+        query = parse_qs(urlsplit(self.path).query)
+        try:
+            limit = int(query.get("limit", ["20"])[0])
+        except ValueError:
+            limit = 0
+        if not 1 <= limit <= 1000:
+            self._record("unknown", None, headers)
+            message = "limit: Input should be greater than or equal to 1 and less than or equal to 1000"
+            self._send_json(HTTPStatus.BAD_REQUEST, _error("invalid_request_error", message))
+            return
+        self._record("models", None, headers)
+        ids = list(self.fake.models)
+        if "after_id" in query and query["after_id"][0] in ids:
+            ids = ids[ids.index(query["after_id"][0]) + 1 :]
+        elif "before_id" in query and query["before_id"][0] in ids:
+            ids = ids[: ids.index(query["before_id"][0])][-limit:]
+        page, more = ids[:limit], len(ids) > limit
+        data = [
+            {"type": "model", "id": m, "display_name": _display_name(m), "created_at": "2025-09-29T00:00:00Z"}
+            for m in page
+        ]
+        first, last = (page[0], page[-1]) if page else (None, None)
+        self._send_json(HTTPStatus.OK, {"data": data, "has_more": more, "first_id": first, "last_id": last})
 
     def do_POST(self) -> None:
         raw = self._read_body()
@@ -427,9 +474,18 @@ def _error(error_type: str, message: str) -> dict[str, Any]:
     return {"type": "error", "error": {"type": error_type, "message": message}}
 
 
+def _display_name(model_id: str) -> str:
+    # "claude-sonnet-4-5-20250929" -> "Claude Sonnet 4.5", as the real API names them.
+    words = [w for w in model_id.split("-") if not (w.isdigit() and len(w) == 8)]
+    name = [w.capitalize() for w in words if not w.isdigit()]
+    version = ".".join(w for w in words if w.isdigit())
+    return " ".join([*name, version] if version else name)
+
+
 __all__ = [
     "AUXILIARY_TEXT",
     "DEFAULT_FINAL_TEXT",
+    "DEFAULT_MODELS",
     "DEFAULT_SUMMARY",
     "SUMMARY_FILE",
     "FakeAnthropic",
