@@ -39,15 +39,19 @@ class ConfigProblem(NamedTuple):
 class ConfigError(Exception):
     """One or more configuration values are missing or malformed.
 
-    ``problems`` holds one line per problem, each naming the key and the expected form; ``str()`` is
-    those lines joined by newlines, so a single problem stays a single line.
+    ``problems`` holds one line per problem, each naming the key and the expected form. A single
+    problem is the whole message; several are a count, then one indented line each.
     """
 
     def __init__(self, problems: str | Sequence[str | ConfigProblem]) -> None:
         self.problems: tuple[str, ...] = (
             (problems,) if isinstance(problems, str) else tuple(str(p) for p in problems)
         )
-        super().__init__("\n".join(self.problems))
+        if len(self.problems) == 1:
+            message = self.problems[0]
+        else:
+            message = "\n  ".join([f"{len(self.problems)} configuration problems:", *self.problems])
+        super().__init__(message)
 
 
 # --- parsers: each takes the raw string and returns the value or raises ValueError(expected form) ---

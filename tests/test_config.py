@@ -195,7 +195,7 @@ def test_every_bad_key_is_reported_at_once(tmp_path: Path) -> None:
         "BACKEND",
         "DOCKER_MEMORY",
     ]
-    assert str(info.value).splitlines() == list(problems)
+    assert str(info.value).splitlines() == ["4 configuration problems:", *(f"  {p}" for p in problems)]
 
 
 def test_unparsable_lines_are_reported_without_their_content(tmp_path: Path) -> None:
