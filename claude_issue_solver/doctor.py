@@ -104,7 +104,8 @@ def diagnose(
         problems += [p for p in config.daemon_problems() if p.key not in bad]
         where = config.settings_file or "the environment or a .env file (--env-file PATH)"
         fix = f"correct it in {where}; every key is explained in .env.example"
-        return [Check("configuration", False, str(problem), fix) for problem in problems]
+        redact = Redactor(config.secrets())
+        return [Check("configuration", False, REDACTOR(redact(str(p))), fix) for p in problems]
     return run_checks(config, env_file=config.settings_file, build=build)
 
 
@@ -538,8 +539,9 @@ class _Doctor:
         if status == 403:
             return _failed(
                 f"ANTHROPIC_API_KEY is not allowed to use {base} (HTTP 403{message})",
-                f"use a key of a workspace that may call the API ({CONSOLE_KEYS_URL}){gateway}, "
-                f"and set ANTHROPIC_API_KEY in {self.where}",
+                "the key's organization or workspace may not use the API (disabled, or not from here): "
+                f"check it at {CONSOLE_KEYS_URL}, or use another key{gateway} in ANTHROPIC_API_KEY in "
+                f"{self.where}",
             )
         if status == 429:
             return _passed(
@@ -841,7 +843,10 @@ def _api_error_message(response: Any) -> str:
     if not isinstance(error, Mapping):
         return ""
     parts = [str(error[k]) for k in ("type", "message") if error.get(k)]
-    return f" ({': '.join(parts)})" if parts else ""
+    text = ": ".join(parts)
+    if len(text) > 200:  # a gateway's message can be a page long
+        text = text[:199] + "…"
+    return f" ({text})" if text else ""
 
 
 def _pinned_version() -> str | None:

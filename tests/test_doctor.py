@@ -372,6 +372,17 @@ def test_gateway_without_models_api_is_not_verified(
     assert "not verified" in check.detail and "HTTP 404" in check.detail
 
 
+def test_a_redirect_is_not_followed(
+    configured: Callable[..., Config], plain_http: str, tmp_path: Path, no_docker: None
+) -> None:
+    # The plain server answers a directory without its trailing slash with a 301: the key must not
+    # be sent on to wherever the redirect points.
+    (tmp_path / "empty-site" / "v1" / "models").mkdir(parents=True)
+    check = claude_check(configured(ANTHROPIC_BASE_URL=plain_http))
+    assert not check.ok and "redirects to" in check.detail and "HTTP 301" in check.detail, check
+    assert check.fix and "ANTHROPIC_BASE_URL" in check.fix
+
+
 def test_oauth_token_shape_and_route(
     configured: Callable[..., Config], anthropic: FakeAnthropic, no_docker: None
 ) -> None:
@@ -454,16 +465,19 @@ def test_doctor_on_a_filled_in_env_example(
     env = scrubbed_env(tmp_path, GITHUB_API_URL=github.api_url, ANTHROPIC_BASE_URL=anthropic.url)
     work = tmp_path / "elsewhere"
     work.mkdir()
-    proc = subprocess.run(
-        [sys.executable, "-m", "claude_issue_solver", "--env-file", str(env_file), "doctor", "--json"],
-        env=env,
-        cwd=work,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert "Traceback" not in proc.stderr, proc.stderr
+
+    def doctor(*args: str) -> subprocess.CompletedProcess[str]:
+        command = [sys.executable, "-m", "claude_issue_solver", "--env-file", str(env_file), "doctor", *args]
+        proc = subprocess.run(
+            command, env=env, cwd=work, capture_output=True, text=True, timeout=120, check=False
+        )
+        assert "Traceback" not in proc.stderr, proc.stderr
+        return proc
+
+    shown = doctor()
+    assert shown.returncode == 0 and "✘" not in shown.stdout, shown.stdout
+    assert shown.stdout.splitlines()[-1] == f"all {len(ALL_CHECKS)} checks passed"
+    proc = doctor("--json")
     checks = [Check(**c) for c in json.loads(proc.stdout)]
     text = expect_failed(checks, set())
     assert proc.returncode == 0, text
