@@ -410,4 +410,4 @@ def _package_logging() -> Iterator[None]:
             logger.addHandler(handler)
 
 
-__all__ = ["FORCED_STAND_IN_NOTICE", "STAND_IN_NOTICE", "run_demo"]
+__all__ = ["FORCED_STAND_IN_NOTICE", "STAND_IN_HINT", "STAND_IN_NOTICE", "run_demo"]

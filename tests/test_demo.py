@@ -14,7 +14,13 @@ import pytest
 
 from claude_issue_solver import messages
 from claude_issue_solver.backends.base import LABEL_TASK
-from claude_issue_solver.demo import FORCED_STAND_IN_NOTICE, SAMPLE_FILES, STAND_IN_NOTICE, run_demo
+from claude_issue_solver.demo import (
+    FORCED_STAND_IN_NOTICE,
+    SAMPLE_FILES,
+    STAND_IN_HINT,
+    STAND_IN_NOTICE,
+    run_demo,
+)
 from claude_issue_solver.demo_world.images import FAKE_CLAUDE_SCRIPT
 from claude_issue_solver.queue import Task
 
@@ -245,6 +251,24 @@ def test_demo_in_a_fresh_process(docker_client: object, tmp_path: Path) -> None:
     assert "daemon stopped" in proc.stderr and "Traceback" not in proc.stderr
     assert list(tmp_path.glob("claude-issue-solver-demo-*")) == []
     assert containers_mounting(docker_client, tmp_path) == []
+
+
+@pytest.mark.docker
+def test_a_failed_real_run_points_at_the_stand_in(docker_client: object, tmp_path: Path) -> None:
+    environ = {
+        **NO_CREDENTIAL,
+        "ANTHROPIC_API_KEY": "sk-ant-api03-" + "x" * 40,
+        "DOCKER_IMAGE": "claude-issue-solver-test-no-such-image:absent",  # fails the task at once
+        "DOCKER_NETWORK": "none",
+    }
+    out = StringIO()
+    assert run_demo(tmp_path, out=out, environ=environ, timeout=120) == 1
+    text = out.getvalue()
+    assert text.startswith("Claude credential found: the real claude CLI will work on the issue")
+    assert "`demo --stand-in` runs the scripted stand-in instead" in text.splitlines()[0]
+    assert "demo failed: the task failed: the agent image" in text
+    assert text.rstrip().splitlines()[-1] == STAND_IN_HINT
+    assert list(tmp_path.iterdir()) == []
 
 
 @pytest.mark.docker
