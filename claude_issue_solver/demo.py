@@ -3,7 +3,11 @@
 A loopback GitHub (:class:`~claude_issue_solver.demo_world.github.FakeGitHub`) serves a small sample
 repository with one labelled issue; the real daemon, pipeline and Docker backend turn it into a pull
 request; the result is printed. With a Claude credential in the environment the real ``claude`` CLI does
-the work, otherwise a scripted stand-in does (and says so before anything runs).
+the work; without one, or with ``stand_in``, a scripted stand-in does (and says so before anything runs).
+
+The stand-in (``demo_world/fake_claude.sh`` in a busybox image, run as model
+:data:`~claude_issue_solver.messages.STAND_IN_MODEL`) fixes the sample's bug for real, adds a test, and
+the pull request and comment name it as a stand-in, never as Claude.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from typing import TYPE_CHECKING, TextIO
 
 from claude_issue_solver.config import AGENT_ENV_PREFIXES, Config, ConfigError, load_config
 from claude_issue_solver.logs import LOGGER_NAME, setup_logging, tail_lines, task_log_path
+from claude_issue_solver.messages import STAND_IN_MODEL
 from claude_issue_solver.queue import Task, TaskState
 
 if TYPE_CHECKING:
@@ -39,6 +44,12 @@ CREDENTIALS = ("ANTHROPIC_API_KEY", "CLAUDE_CODE_OAUTH_TOKEN")
 STAND_IN_NOTICE = (
     "No Claude credential found: using a scripted stand-in agent, not Claude. "
     "Set ANTHROPIC_API_KEY to run the real CLI."
+)
+STAND_IN_HINT = (
+    "To see the loop without Claude (offline, no credential used): claude-issue-solver demo --stand-in"
+)
+FORCED_STAND_IN_NOTICE = (
+    "--stand-in: using a scripted stand-in agent, not Claude; no Claude credential is used or passed on."
 )
 # The user's settings that shape the real agent; everything else about the daemon is the demo's own,
 # so a .env written for production (repos, token, state dir) cannot leak into it.
@@ -93,7 +104,8 @@ ISSUE_TITLE = "subtract() adds instead of subtracting"
 ISSUE_BODY = (
     "`calculator.subtract(5, 3)` returns `8`; it should return `2`, so "
     "`test_calculator.py::test_subtract` fails.\n\n"
-    "Please fix `subtract` in `calculator.py` without changing the tests.\n"
+    "Please fix `subtract` in `calculator.py`, keep the existing tests as they are, and add a test that "
+    "would have caught it.\n"
 )
 
 
@@ -108,17 +120,21 @@ def run_demo(
     keep: bool = False,
     timeout: float = 600,
     environ: Mapping[str, str] | None = None,
+    stand_in: bool = False,
 ) -> int:
     """Run one issue through the daemon against a loopback GitHub and print the result; 0 on success.
 
     ``workdir`` holds the fake GitHub's bare repositories (``github/``) and the daemon's ``STATE_DIR``
     (``state/``); by default a temporary directory. Both are removed at the end unless ``keep``.
     ``environ`` (default ``os.environ``) is read only for the Claude credential and the agent's settings;
-    Docker itself is found the usual way (``DOCKER_HOST`` in the process environment).
+    Docker itself is found the usual way (``DOCKER_HOST`` in the process environment). ``stand_in``
+    runs the scripted stand-in even when a Claude credential is set.
     """
     env = dict(os.environ if environ is None else environ)
-    real = any(env.get(key, "").strip() for key in CREDENTIALS)
-    if not real:
+    real = not stand_in and any(env.get(key, "").strip() for key in CREDENTIALS)
+    if stand_in:
+        print(FORCED_STAND_IN_NOTICE, file=out, flush=True)
+    elif not real:
         print(STAND_IN_NOTICE, file=out, flush=True)
     owned = workdir is None
     root = Path(tempfile.mkdtemp(prefix="claude-issue-solver-demo-")) if workdir is None else workdir
@@ -143,8 +159,10 @@ def _run(
 
     client = _docker_client()
     cleanup.callback(client.close)
-    settings = {key: env[key] for key in env if key in _PASSED_THROUGH or key.startswith(AGENT_ENV_PREFIXES)}
     if real:
+        settings = {
+            key: env[key] for key in env if key in _PASSED_THROUGH or key.startswith(AGENT_ENV_PREFIXES)
+        }
         if "DOCKER_NETWORK" not in settings:
             settings["DOCKER_NETWORK"] = _network_for_real_agent(client)
             if settings["DOCKER_NETWORK"] == "host":
@@ -154,20 +172,26 @@ def _run(
             "(minutes the first time)"
         )
         print(
-            f"Claude credential found: the real claude CLI will work on the issue (image {image}).", file=out
+            f"Claude credential found: the real claude CLI will work on the issue (image {image}); "
+            "`demo --stand-in` runs the scripted stand-in instead.",
+            file=out,
         )
     else:
-        settings = {k: v for k, v in settings.items() if not k.startswith("DOCKER_")}
-        # No network at all: the stand-in needs none, and nothing in the container may reach the host.
-        settings.update(DOCKER_IMAGE=_stand_in_image(client), DOCKER_NETWORK="none")
+        # None of the user's settings: no credential reaches the stand-in's container, and no CLAUDE_* or
+        # DOCKER_* value meant for the real CLI changes how it runs. No network at all: it needs none,
+        # and nothing in the container may reach the host. Its model name is how the daemon knows it.
+        settings = {
+            "DOCKER_IMAGE": _stand_in_image(client),
+            "DOCKER_NETWORK": "none",
+            "CLAUDE_MODEL": STAND_IN_MODEL,
+        }
 
     token = f"ghp_{secrets.token_hex(20)}"  # throwaway: valid only for this run's loopback GitHub
     github = FakeGitHub(root / "github", tokens=(token,)).start()
     cleanup.callback(github.stop)
     github.create_repo(REPO, SAMPLE_FILES)
     github.set_permission(REPO, REQUESTER, "write")
-    body = ISSUE_BODY if real else f"{ISSUE_BODY}\nFAKE_CLAUDE_SCENARIO=edit\n"
-    issue = github.create_issue(REPO, ISSUE_TITLE, body, labels=["Claude", "bug"], user=REQUESTER)
+    issue = github.create_issue(REPO, ISSUE_TITLE, ISSUE_BODY, labels=["Claude", "bug"], user=REQUESTER)
     print(
         f"Loopback GitHub at {github.web_url}: {REPO}, issue #{issue['number']} {ISSUE_TITLE!r}, "
         f"labelled Claude by {REQUESTER} (write access).",
@@ -196,7 +220,10 @@ def _run(
     print("Running the daemon until the task is done (its log follows on stderr; Ctrl-C stops it).", file=out)
     out.flush()
     task = _run_daemon_until_done(config, client, timeout, cleanup)
-    return _report(task, github, config.log_dir, out, timeout)
+    code = _report(task, github, config.log_dir, out, timeout)
+    if code and real:
+        print(STAND_IN_HINT, file=out, flush=True)
+    return code
 
 
 def _docker_client() -> DockerClient:
@@ -383,4 +410,4 @@ def _package_logging() -> Iterator[None]:
             logger.addHandler(handler)
 
 
-__all__ = ["STAND_IN_NOTICE", "run_demo"]
+__all__ = ["FORCED_STAND_IN_NOTICE", "STAND_IN_HINT", "STAND_IN_NOTICE", "run_demo"]

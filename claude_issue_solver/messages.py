@@ -2,6 +2,8 @@
 
 Kept in one module so the voice is consistent and easy to change. Each comment carries a hidden marker
 naming its task, which is how the publisher finds its own comment again instead of posting a second.
+The texts about a finished run name the agent that did it (:class:`Agent`): Claude, or the demo's
+scripted stand-in, which must never pass for Claude.
 """
 
 from __future__ import annotations
@@ -25,15 +27,48 @@ def marked_task(body: str | None) -> str | None:
     return match.group(1) if match else None
 
 
+# The model name `claude-issue-solver demo` runs its scripted stand-in under (fake_claude.sh knows it too):
+# the daemon's configured model is what it knows before, during and after a run, so it decides here.
+STAND_IN_MODEL = "scripted-stand-in"
+
+
+@dataclass(frozen=True)
+class Agent:
+    """Who did the work, as the texts name it."""
+
+    name: str  # the subject of a sentence
+    credit: str  # the pull request's closing note
+    spends_money: bool  # whether the cost it reports is money spent, worth showing
+
+
+CLAUDE = Agent(name="Claude", credit="Written by Claude Code via claude-issue-solver", spends_money=True)
+STAND_IN = Agent(
+    name="A scripted stand-in agent (not Claude)",
+    credit=(
+        "Written by the demo's scripted stand-in agent (a shell script, not Claude) via claude-issue-solver"
+    ),
+    spends_money=False,
+)
+
+
+def agent_for(model: str | None) -> Agent:
+    """The agent a daemon runs with ``CLAUDE_MODEL=model``: the only place a stand-in is told from Claude."""
+    return STAND_IN if model == STAND_IN_MODEL else CLAUDE
+
+
 @dataclass(frozen=True)
 class RunFigures:
+    """What the texts say about a finished run: who ran it, and its figures."""
+
     duration_s: float | None = None
     turns: int | None = None
     cost_usd: float | None = None
+    agent: Agent = CLAUDE
 
     @classmethod
-    def of(cls, task: Task, duration_s: float | None = None) -> RunFigures:
-        return cls(duration_s=duration_s, turns=task.num_turns, cost_usd=task.cost_usd)
+    def of(cls, task: Task, duration_s: float | None = None, agent: Agent = CLAUDE) -> RunFigures:
+        cost = task.cost_usd if agent.spends_money else None  # a stand-in's "$0.00" would be made up
+        return cls(duration_s=duration_s, turns=task.num_turns, cost_usd=cost, agent=agent)
 
     def line(self) -> str:
         parts = []
@@ -84,17 +119,18 @@ def queued_comment(task: Task) -> str:
 
 def pr_opened_comment(task: Task, pr_url: str, figures: RunFigures, *, updated: bool = False) -> str:
     verb = "updated" if updated else "opened"
-    lines = [f"✅ Claude {verb} a pull request for this issue: {pr_url}"]
+    lines = [f"✅ {figures.agent.name} {verb} a pull request for this issue: {pr_url}"]
     if figures.line():
         lines += ["", f"Run: {figures.line()} (task `{task.id}`)"]
     return "\n".join(lines) + "\n\n" + marker(task.id)
 
 
 def no_changes_comment(task: Task, answer: str | None, figures: RunFigures) -> str:
-    text = (answer or "").strip() or "(Claude gave no answer.)"
+    who = figures.agent.name
+    text = (answer or "").strip() or f"({who} gave no answer.)"
     quoted = "\n".join("> " + line for line in text.splitlines())
     lines = [
-        "💬 Claude looked into this issue and made no changes to the code. Its answer:",
+        f"💬 {who} looked into this issue and made no changes to the code. Its answer:",
         "",
         quoted,
     ]
@@ -132,8 +168,8 @@ def pr_fallback_comment(task: Task, branch: str, diffstat: str, reason: str, lab
 
 def pr_body(task: Task, description: str, figures: RunFigures) -> str:
     """The agent's description, the run's figures, and the closing keyword GitHub acts on."""
-    parts = [description.strip() or "_Claude left no description._", "---"]
-    note = f"Written by Claude Code via claude-issue-solver (task `{task.id}`)."
+    parts = [description.strip() or f"_{figures.agent.name} left no description._", "---"]
+    note = f"{figures.agent.credit} (task `{task.id}`)."
     if figures.line():
         note += f" Run: {figures.line()}."
     parts.append(note)

@@ -101,6 +101,7 @@ class Pipeline:
         self.clock = clock
         self.command = build_command(agent_settings(config))
         self.env = agent_env(config)
+        self.agent = messages.agent_for(config.claude_model)  # who the PR and the comment name
 
     # --- the daemon's Runner interface ------------------------------------------------------------
 
@@ -221,7 +222,7 @@ class Pipeline:
             # Recorded before anything is pushed: collect() removed the file, a crash must not lose it.
             task = self.queue.update(task.id, meta={"phase": "publishing", "summary": summary})
             answer = result.result if result else task.result
-            figures = messages.RunFigures.of(task, self._duration(task))
+            figures = messages.RunFigures.of(task, self._duration(task), self.agent)
             if not changes.changed and not changes.ahead:
                 tlog.write("the agent changed nothing")
                 self._comment(task, messages.no_changes_comment(task, answer, figures))

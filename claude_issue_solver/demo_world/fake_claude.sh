@@ -1,13 +1,17 @@
 #!/bin/sh
-# A stand-in for the Claude Code CLI (`claude`) used by the tests. It accepts the flags the daemon passes,
-# reads the prompt from stdin like `claude -p` does, and acts out a scenario picked by a line
-# `FAKE_CLAUDE_SCENARIO=<name>` in the prompt (or the FAKE_CLAUDE_SCENARIO environment variable;
-# default `edit`). Its stdout mimics the real CLI's JSON / stream-json shapes.
+# A stand-in for the Claude Code CLI (`claude`), used by the tests and by `claude-issue-solver demo`. It
+# accepts the flags the daemon passes, reads the prompt from stdin like `claude -p` does, and acts out a
+# scenario picked by a line `FAKE_CLAUDE_SCENARIO=<name>` in the prompt, else the FAKE_CLAUDE_SCENARIO
+# environment variable, else `demo` when run as `--model scripted-stand-in` (how the demo runs it), else
+# `edit`. Its stdout mimics the real CLI's JSON / stream-json shapes.
 #
 # Only POSIX sh and busybox applets are used so the same file runs in a busybox-only image and on a
 # host with dash + coreutils.
 #
 # Scenarios:
+#   demo         fix the demo's issue for real: subtract() in calculator.py subtracts, and a regression
+#                test in test_calculator.py; writes a PR summary that says a stand-in wrote it; success
+#                with the true turn count and no cost
 #   edit         append to CLAUDE_FIX.md, write .claude-pr-summary.md, success (result has prompt-sha256=<hex>)
 #   noop         change nothing, success ("Nothing to change: ...")
 #   invalid-key  subtype success but is_error:true, api_error_status 401, exit 1
@@ -98,7 +102,11 @@ cat >"$tmp/prompt"
 prompt_sha=$(sha256sum <"$tmp/prompt" | cut -d ' ' -f 1)
 
 scenario=$(sed -n 's/^.*FAKE_CLAUDE_SCENARIO=\([A-Za-z0-9_-]*\).*$/\1/p' "$tmp/prompt" | head -n 1)
-[ -n "$scenario" ] || scenario=${FAKE_CLAUDE_SCENARIO:-edit}
+[ -n "$scenario" ] || scenario=${FAKE_CLAUDE_SCENARIO:-}
+# The model name the demo runs the stand-in under (STAND_IN_MODEL in messages.py, which the daemon reads
+# to sign the PR as a stand-in's): its one skill is the demo's fix.
+if [ -z "$scenario" ] && [ "$model" = scripted-stand-in ]; then scenario=demo; fi
+[ -n "$scenario" ] || scenario=edit
 
 start=$(date +%s)
 session_id=$(cat /proc/sys/kernel/random/uuid 2>/dev/null) ||
@@ -123,7 +131,10 @@ session_json=$(json_str "$session_id")
 cwd_json=$(json_str "$cwd")
 
 usage='{"input_tokens":12,"cache_creation_input_tokens":0,"cache_read_input_tokens":0,"output_tokens":34,"server_tool_use":{"web_search_requests":0,"web_fetch_requests":0},"service_tier":"standard"}'
-model_usage="{$model_json:{\"inputTokens\":12,\"outputTokens\":34,\"cacheReadInputTokens\":0,\"cacheCreationInputTokens\":0,\"webSearchRequests\":0,\"costUSD\":0.0123,\"contextWindow\":200000}}"
+model_usage() { # $1 = cost in USD
+    printf '{%s:{"inputTokens":12,"outputTokens":34,"cacheReadInputTokens":0,"cacheCreationInputTokens":0,"webSearchRequests":0,"costUSD":%s,"contextWindow":200000}}' "$model_json" "$1"
+}
+turns=0
 
 # Messages go out as they happen in stream-json (one printf per line so a reader sees each as it
 # comes), are collected for the JSON array of `--output-format json --verbose`, and are dropped
@@ -158,12 +169,16 @@ elapsed_ms() {
     echo $((($(date +%s) - start) * 1000 + 1234))
 }
 
+# $1 = result text; $2 = turns and $3 = cost in USD (defaults: the figures the tests expect).
 success() {
     d=$(elapsed_ms)
-    finish "{\"type\":\"result\",\"subtype\":\"success\",\"is_error\":false,\"api_error_status\":null,\"duration_ms\":$d,\"duration_api_ms\":$((d - 200)),\"num_turns\":3,\"result\":$(json_str "$1"),\"stop_reason\":\"end_turn\",\"session_id\":$session_json,\"total_cost_usd\":0.0123,\"usage\":$usage,\"modelUsage\":$model_usage,\"permission_denials\":[],\"terminal_reason\":\"completed\",\"uuid\":\"$(uuid)\"}" "$1" 0
+    n=${2:-3}
+    cost=${3:-0.0123}
+    finish "{\"type\":\"result\",\"subtype\":\"success\",\"is_error\":false,\"api_error_status\":null,\"duration_ms\":$d,\"duration_api_ms\":$((d - 200)),\"num_turns\":$n,\"result\":$(json_str "$1"),\"stop_reason\":\"end_turn\",\"session_id\":$session_json,\"total_cost_usd\":$cost,\"usage\":$usage,\"modelUsage\":$(model_usage "$cost"),\"permission_denials\":[],\"terminal_reason\":\"completed\",\"uuid\":\"$(uuid)\"}" "$1" 0
 }
 
-assistant() { # $1 = content array
+assistant() { # $1 = content array; one model message, one turn
+    turns=$((turns + 1))
     emit "{\"type\":\"assistant\",\"message\":{\"id\":\"msg_fake_$(uuid | tr -d '-')\",\"type\":\"message\",\"role\":\"assistant\",\"model\":$model_json,\"content\":$1,\"stop_reason\":null,\"stop_sequence\":null,\"usage\":$usage},\"parent_tool_use_id\":null,\"session_id\":$session_json,\"uuid\":\"$(uuid)\"}"
 }
 
@@ -194,9 +209,88 @@ do_edit() {
     fi
 }
 
+# The demo's issue fixed as the bug prompt asks: read, reproduce with a test, fix, summarize. With sed and
+# awk only: the image has no Python, so this stand-in cannot run the test it writes (and says so).
+do_demo_fix() {
+    code=calculator.py
+    tests=test_calculator.py
+    assistant "[{\"type\":\"text\",\"text\":\"I will read $code and its tests first.\"},{\"type\":\"tool_use\",\"id\":\"toolu_stand_in_read_code\",\"name\":\"Read\",\"input\":{\"file_path\":$(json_str "$cwd/$code")}}]"
+    if [ ! -f "$code" ] || [ ! -f "$tests" ]; then
+        tool_result toolu_stand_in_read_code "File does not exist." true
+        text="This is not the demo's sample repository (no $code and $tests): the scripted stand-in can fix only that one, so I changed nothing."
+        assistant "[{\"type\":\"text\",\"text\":$(json_str "$text")}]"
+        success "$text" "$turns" 0
+    fi
+    tool_result toolu_stand_in_read_code "$(awk '{ printf "%6d\t%s\n", NR, $0 }' "$code")" false
+    assistant "[{\"type\":\"tool_use\",\"id\":\"toolu_stand_in_read_tests\",\"name\":\"Read\",\"input\":{\"file_path\":$(json_str "$cwd/$tests")}}]"
+    tool_result toolu_stand_in_read_tests "$(awk '{ printf "%6d\t%s\n", NR, $0 }' "$tests")" false
+
+    sed '/^def subtract(/,/return/ s/return a + b/return a - b/' "$code" >"$tmp/code"
+    if cmp -s "$code" "$tmp/code"; then
+        text="subtract() in $code does not return a + b: there is nothing for me to fix."
+        assistant "[{\"type\":\"text\",\"text\":$(json_str "$text")}]"
+        success "$text" "$turns" 0
+    fi
+
+    anchor='    assert subtract(5, 3) == 2'
+    added='
+
+def test_subtract_below_zero() -> None:
+    assert subtract(3, 5) == -2'
+    # After test_subtract, or at the end if that test was reworded.
+    ANCHOR=$anchor ADDED=$added awk '
+        { print }
+        $0 == ENVIRON["ANCHOR"] && !done { print ENVIRON["ADDED"]; done = 1 }
+        END { if (!done) print ENVIRON["ADDED"] }
+    ' "$tests" >"$tmp/tests"
+    assistant "[{\"type\":\"text\",\"text\":\"subtract() returns a + b. First a test that fails because of that (subtract(3, 5) is 8, not -2).\"},{\"type\":\"tool_use\",\"id\":\"toolu_stand_in_test\",\"name\":\"Edit\",\"input\":{\"file_path\":$(json_str "$cwd/$tests"),\"old_string\":$(json_str "$anchor"),\"new_string\":$(json_str "$anchor
+$added")}}]"
+    write_file toolu_stand_in_test "$tests" "$tmp/tests"
+
+    assistant "[{\"type\":\"text\",\"text\":\"I cannot run it: this container has no Python. Now the fix.\"},{\"type\":\"tool_use\",\"id\":\"toolu_stand_in_fix\",\"name\":\"Edit\",\"input\":{\"file_path\":$(json_str "$cwd/$code"),\"old_string\":$(json_str "def subtract(a: float, b: float) -> float:
+    return a + b"),\"new_string\":$(json_str "def subtract(a: float, b: float) -> float:
+    return a - b")}}]"
+    write_file toolu_stand_in_fix "$code" "$tmp/code"
+
+    cat >"$tmp/summary" <<'SUMMARY'
+Fix subtract(): it added its arguments instead of subtracting them
+
+`subtract(a, b)` returned `a + b`; it now returns `a - b`, so `subtract(5, 3)` is `2` and
+`test_subtract` passes.
+
+New test: `test_subtract_below_zero` (`subtract(3, 5) == -2`), which fails on the old code.
+
+Not tested here: this stand-in's container has no Python. `python -m pytest` runs the tests.
+SUMMARY
+    assistant "[{\"type\":\"tool_use\",\"id\":\"toolu_stand_in_summary\",\"name\":\"Write\",\"input\":{\"file_path\":$(json_str "$cwd/.claude-pr-summary.md"),\"content\":$(json_str "$(cat "$tmp/summary")")}}]"
+    write_file toolu_stand_in_summary .claude-pr-summary.md "$tmp/summary" created
+
+    text="Fixed subtract() in $code (it returned a + b) and added test_subtract_below_zero to $tests. I could not run the tests: there is no Python in this container."
+    assistant "[{\"type\":\"text\",\"text\":$(json_str "$text")}]"
+    success "$text" "$turns" 0
+}
+
+# $1 = tool_use id, $2 = file, $3 = its new content, $4 = "created" for a new file. Like the real CLI, a
+# failed write is a tool error the model reads; here it ends the run, still with is_error:false.
+write_file() {
+    if { cat "$3" >"$2"; } 2>/dev/null; then
+        if [ "${4:-}" = created ]; then
+            tool_result "$1" "File created successfully at: $cwd/$2" false
+        else
+            tool_result "$1" "The file $cwd/$2 has been updated." false
+        fi
+        return
+    fi
+    tool_result "$1" "EACCES: permission denied, open '$cwd/$2'" true
+    text="Tool error: permission denied writing $cwd/$2, so the fix is not complete."
+    assistant "[{\"type\":\"text\",\"text\":$(json_str "$text")}]"
+    success "$text" "$turns" 0
+}
+
 init
 
 case $scenario in
+    demo) do_demo_fix ;;
     edit | write-fail) do_edit ;;
     wait)
         # Lets a test hold the run "in progress" and release it when it chooses.
@@ -220,7 +314,7 @@ case $scenario in
         assistant '[{"type":"tool_use","id":"toolu_fake_ls","name":"Bash","input":{"command":"ls"}}]'
         tool_result toolu_fake_ls "CLAUDE.md" false
         err="Reached maximum number of turns ($n)"
-        finish "{\"type\":\"result\",\"subtype\":\"error_max_turns\",\"is_error\":true,\"duration_ms\":$(elapsed_ms),\"duration_api_ms\":1000,\"num_turns\":$n,\"stop_reason\":\"tool_use\",\"session_id\":$session_json,\"total_cost_usd\":0.0123,\"usage\":$usage,\"modelUsage\":$model_usage,\"permission_denials\":[],\"errors\":[$(json_str "$err")],\"terminal_reason\":\"max_turns\",\"uuid\":\"$(uuid)\"}" "Error: $err" 1
+        finish "{\"type\":\"result\",\"subtype\":\"error_max_turns\",\"is_error\":true,\"duration_ms\":$(elapsed_ms),\"duration_api_ms\":1000,\"num_turns\":$n,\"stop_reason\":\"tool_use\",\"session_id\":$session_json,\"total_cost_usd\":0.0123,\"usage\":$usage,\"modelUsage\":$(model_usage 0.0123),\"permission_denials\":[],\"errors\":[$(json_str "$err")],\"terminal_reason\":\"max_turns\",\"uuid\":\"$(uuid)\"}" "Error: $err" 1
         ;;
     hang)
         while :; do sleep 1; done
