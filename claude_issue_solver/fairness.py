@@ -78,13 +78,24 @@ def pick(
         hourly = limits.repo_max_per_hour
         return hourly is None or sum(1 for t in starts.get(repo, []) if t > now - HOUR) < hourly
 
+    last_start = {repo: list(times) for repo, times in starts.items()}
+    picked_at: dict[str, int] = {}
     chosen: list[T] = []
     while len(chosen) < free:
         candidates = [repo for repo, tasks in queues.items() if tasks and may_start(repo)]
         if not candidates:
             break
-        # Least recently started first; never started before anything; then the oldest waiting task.
-        repo = min(candidates, key=lambda r: (max(starts.get(r, []), default=float("-inf")), first_seen[r]))
+        # Not yet picked in this call first, least recently started first (never started before anything),
+        # then the oldest waiting task; among those already picked here, the earliest picked.
+        repo = min(
+            candidates,
+            key=lambda r: (
+                picked_at.get(r, -1),
+                max(last_start.get(r, []), default=float("-inf")),
+                first_seen[r],
+            ),
+        )
+        picked_at[repo] = len(chosen)
         chosen.append(queues[repo].pop(0))
         running_per_repo[repo] = running_per_repo.get(repo, 0) + 1
         starts.setdefault(repo, []).append(now)

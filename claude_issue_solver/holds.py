@@ -105,12 +105,9 @@ class QueueHold:
 
 
 def format_wait(when: float, now: float) -> str:
-    """ "13:00 UTC (in 42 min)"; with the date when it is not today (UTC)."""
+    """ "13:00 UTC (in 42 min)"; with the date too when it is a day or more away."""
     moment = datetime.fromtimestamp(when, UTC)
-    same_day = moment.date() == datetime.fromtimestamp(now, UTC).date()
-    clock = (
-        moment.strftime("%H:%M UTC") if same_day else moment.strftime("%b %d %H:%M UTC").replace(" 0", " ")
-    )
+    clock = f"{moment:%H:%M} UTC" if when - now < 86400 else f"{moment:%b} {moment.day} {moment:%H:%M} UTC"
     return f"{clock} ({_in(when - now)})"
 
 
