@@ -55,6 +55,7 @@ BACKOFF_MAX_S = 3600.0
 TRANSIENT_FIRST_S = 60.0
 TRANSIENT_MAX_S = 900.0
 DEFAULT_PROBE_MODEL = "claude-haiku-4-5"
+_MINUTE = 60.0
 
 
 @dataclass(frozen=True)
@@ -319,7 +320,10 @@ def _usage_text(texts: list[str], *, now: float, default_tz: tzinfo) -> tuple[fl
 def parse_reset_text(text: str, *, now: float, default_tz: tzinfo = UTC) -> float | None:
     """The reset time a limit message states, as epoch seconds; ``None`` when it states none.
 
-    A time without a date is the next such time after ``now``; a date without a year is this year's, or
+    The CLI prints the reset to the minute, dropping the seconds, so the time returned is the end of the
+    stated minute: waiting until then never probes a limit that has not reset yet, and "resets 10am" read
+    at 10:00:30 is not taken for tomorrow's 10am. A time without a date is the next such minute that has
+    not ended by ``now``; a date without a year is this year's, or
     next year's when that is already well past. A time with no zone is read in ``default_tz`` (the CLI
     prints the zone it runs in, and the agent's container runs in UTC). An unknown zone gives ``None``:
     better to probe than to wait for the wrong hour.
@@ -355,11 +359,11 @@ def parse_reset_text(text: str, *, now: float, default_tz: tzinfo = UTC) -> floa
                 continue
             if match.group("year") is None and when < local_now - timedelta(days=1):
                 when = when.replace(year=year + 1)
-            return when.timestamp()
+            return when.timestamp() + _MINUTE
         when = local_now.replace(hour=hour, minute=minute, second=0, microsecond=0)
-        if when <= local_now:
+        if when.timestamp() + _MINUTE <= now:
             when = (when.replace(tzinfo=None) + timedelta(days=1)).replace(tzinfo=zone)
-        return when.timestamp()
+        return when.timestamp() + _MINUTE
     return None
 
 

@@ -28,6 +28,7 @@ from tests.fakes.fake_anthropic import FakeAnthropic
 # Tuesday 1 December 2026, 10:00 UTC.
 NOW = datetime(2026, 12, 1, 10, 0, tzinfo=UTC).timestamp()
 
+MINUTE = 60
 INIT = {"type": "system", "subtype": "init", "session_id": "s1", "model": "claude-opus-4-8"}
 
 
@@ -47,10 +48,11 @@ def _ndjson(*events: dict[str, object]) -> str:
     return "\n".join(json.dumps(e) for e in events) + "\n"
 
 
-def _at(text: str) -> datetime:
-    value = parse_reset_text(text, now=NOW)
+def _at(text: str, now: float = NOW) -> datetime:
+    """The start of the minute a text says its limit resets in (the parser returns the minute's end)."""
+    value = parse_reset_text(text, now=now)
     assert value is not None, text
-    return datetime.fromtimestamp(value, UTC)
+    return datetime.fromtimestamp(value - MINUTE, UTC)
 
 
 # -- one test per signal ---------------------------------------------------------------------------
@@ -81,7 +83,7 @@ def test_rate_limit_event_without_reset_takes_the_texts_time() -> None:
     verdict = classify(out, exit_code=1, now=NOW)
     assert isinstance(verdict, LimitHit)
     assert verdict.kind == "usage"
-    assert verdict.resets_at == datetime(2026, 12, 1, 15, 0, tzinfo=UTC).timestamp()
+    assert verdict.resets_at == datetime(2026, 12, 1, 15, 1, tzinfo=UTC).timestamp()
 
 
 def test_allowed_rate_limit_events_are_not_limits() -> None:
@@ -146,8 +148,8 @@ def test_usage_limit_text_on_stdout_with_exit_1() -> None:
     assert isinstance(verdict, LimitHit)
     assert (verdict.kind, verdict.source) == ("usage", "text")
     assert verdict.message == "You've hit your limit · resets 1pm (Europe/Lisbon)"
-    # Lisbon is on UTC in December.
-    assert verdict.resets_at == datetime(2026, 12, 1, 13, 0, tzinfo=UTC).timestamp()
+    # Lisbon is on UTC in December; the CLI drops the seconds, so the hold lasts to the minute's end.
+    assert verdict.resets_at == datetime(2026, 12, 1, 13, 1, tzinfo=UTC).timestamp()
 
 
 def test_usage_limit_text_on_stderr_with_exit_1() -> None:
@@ -163,7 +165,7 @@ def test_limit_text_of_a_successful_exit_without_result_still_counts() -> None:
     verdict = classify(text, exit_code=0, now=NOW)
     assert isinstance(verdict, LimitHit)
     # 9am in Chicago (UTC-6) is 15:00 UTC, still ahead today.
-    assert verdict.resets_at == datetime(2026, 12, 1, 15, 0, tzinfo=UTC).timestamp()
+    assert verdict.resets_at == datetime(2026, 12, 1, 15, 1, tzinfo=UTC).timestamp()
 
 
 def test_warnings_are_not_limits() -> None:
@@ -225,7 +227,10 @@ def test_a_time_without_a_date_is_the_next_such_time() -> None:
     assert _at("resets 1pm (UTC)") == datetime(2026, 12, 1, 13, 0, tzinfo=UTC)
     # 9am has passed today: tomorrow's.
     assert _at("resets 9am (UTC)") == datetime(2026, 12, 2, 9, 0, tzinfo=UTC)
-    assert _at("resets 10am (UTC)") == datetime(2026, 12, 2, 10, 0, tzinfo=UTC)
+    # "10am" read during 10:00 is this minute (its seconds were dropped), not tomorrow's 10am.
+    assert _at("resets 10am (UTC)") == datetime(2026, 12, 1, 10, 0, tzinfo=UTC)
+    assert _at("resets 10am (UTC)", now=NOW + 59) == datetime(2026, 12, 1, 10, 0, tzinfo=UTC)
+    assert _at("resets 10am (UTC)", now=NOW + 60) == datetime(2026, 12, 2, 10, 0, tzinfo=UTC)
     assert _at("resets 12:50am (America/Los_Angeles)") == datetime(2026, 12, 2, 8, 50, tzinfo=UTC)
     assert _at("resets 12pm (Europe/Paris)") == datetime(2026, 12, 1, 11, 0, tzinfo=UTC)
     assert _at("Limits will reset at 9:30 PM.") == datetime(2026, 12, 1, 21, 30, tzinfo=UTC)
@@ -250,7 +255,7 @@ def test_reset_texts_that_say_no_time() -> None:
 
 def test_a_zoneless_time_uses_the_given_zone() -> None:
     value = parse_reset_text("resets 1pm", now=NOW, default_tz=ZoneInfo("America/New_York"))
-    assert value == datetime(2026, 12, 1, 18, 0, tzinfo=UTC).timestamp()
+    assert value == datetime(2026, 12, 1, 18, 1, tzinfo=UTC).timestamp()
 
 
 # -- headers, the probe, the back-off ----------------------------------------------------------------

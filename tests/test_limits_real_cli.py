@@ -125,9 +125,9 @@ def test_usage_limit_of_a_subscription_login(
 
         verdict = classify(run.stdout, exit_code=run.exit_code, stderr=run.stderr, now=time.time())
         assert verdict == LimitHit("usage", resets_at, text, "rate_limit_event")
-        # The text alone (text output format, a wrapper's log) gives the same minute.
+        # The text alone (text output format, a wrapper's log) gives the end of the same minute.
         from_text = classify(text, exit_code=1, now=time.time())
-        assert isinstance(from_text, LimitHit) and from_text.resets_at == resets_at - resets_at % 60
+        assert isinstance(from_text, LimitHit) and from_text.resets_at == resets_at - resets_at % 60 + 60
         assert len(api.model_calls) == 1
         assert api.model_calls[0].headers["authorization"] == f"Bearer {OAUTH_TOKEN}"
 
