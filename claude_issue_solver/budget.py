@@ -40,6 +40,7 @@ __all__ = [
     "record",
     "spent_on",
     "spent_today",
+    "typical_run_cost",
     "usage",
 ]
 
@@ -143,16 +144,43 @@ class BudgetCheck:
         return f"spent ${self.spent:.2f} of ${self.budget:.2f} today"
 
 
-def check(ledger: Mapping[str, Any] | None, daily_budget: float | None, *, now: float) -> BudgetCheck:
+def check(
+    ledger: Mapping[str, Any] | None,
+    daily_budget: float | None,
+    *,
+    now: float,
+    expected_run_cost: float | None = None,
+    running: int = 0,
+) -> BudgetCheck:
     """Whether today's spend leaves room for a new task or follow-up. ``daily_budget`` None = unlimited.
 
-    A task's cost is known only when it ends, so a new task may start while anything is left; the ones
-    already running finish even if they take the day over the budget.
+    A run's cost is known only when it ends. Without an estimate a new task may start while anything is
+    left. With ``expected_run_cost`` (e.g. :func:`typical_run_cost`) it may start only if today's spend
+    plus that much for each of the ``running`` tasks and for the new one stays within the budget — so a
+    task that would probably take the day over waits. Running tasks always finish.
     """
     spent = spent_today(ledger, now=now)
-    if daily_budget is None or spent < daily_budget:
+    if daily_budget is None:
+        return BudgetCheck(True, spent, None, None)
+    room = spent < daily_budget
+    if room and expected_run_cost is not None:
+        room = spent + expected_run_cost * (max(0, running) + 1) <= daily_budget
+    if room:
         return BudgetCheck(True, spent, daily_budget, None)
     return BudgetCheck(False, spent, daily_budget, next_utc_midnight(now))
+
+
+def typical_run_cost(ledger: Mapping[str, Any] | None, *, now: float, days: int = 7) -> float | None:
+    """The mean cost of one agent run over the last ``days`` UTC days (``None`` before any run)."""
+    oldest = (datetime.fromtimestamp(now, UTC).date() - timedelta(days=days - 1)).isoformat()
+    costs = [
+        cost
+        for day, repos in _clean(ledger)["days"].items()
+        if day >= oldest
+        for runs in repos.values()
+        for cost in runs.values()
+    ]
+    return sum(costs) / len(costs) if costs else None
 
 
 @dataclass(frozen=True)

@@ -145,17 +145,26 @@ def on_task_end(hold: QueueHold | None, task_id: str, verdict: Verdict, *, now: 
             reason = "overloaded"
         else:
             reason = "usage_limit" if verdict.kind == "usage" else "rate_limit"
-        failures = _escalation(hold, reason)
         resets_at = verdict.resets_at if isinstance(verdict, LimitHit) else None
         known = resets_at is not None and resets_at > now
+        concurrent = (
+            hold is not None
+            and hold.reason != "daily_budget"
+            and (hold.reason == "overloaded") == (reason == "overloaded")
+            and now < hold.until
+            and hold.probe_task != task_id
+        )
+        if concurrent and hold is not None:
+            # Tasks that were already running meet the same limit: that is no failed probe, so the
+            # back-off does not grow; only a stated reset later than the hold's end extends it.
+            if known and resets_at is not None and resets_at > hold.until:
+                return replace(hold, until=float(resets_at), known_reset=True, message=verdict.message)
+            return hold
+        failures = _escalation(hold, reason)
         until = (
             resets_at if known else now + unknown_reset_backoff(failures, transient=reason == "overloaded")
         )
-        new = QueueHold(reason, float(until), now, known, failures, verdict.message)  # type: ignore[arg-type]
-        if hold is not None and hold.probe_task is None and hold.until > new.until and now < hold.until:
-            # A second task meeting the same limit while already holding must not shorten the wait.
-            return replace(hold, failures=max(hold.failures, failures))
-        return new
+        return QueueHold(reason, float(until), now, known, failures, verdict.message)  # type: ignore[arg-type]
     if hold is not None and hold.probe_task == task_id:
         return None
     return hold
@@ -173,4 +182,6 @@ def budget_hold(check: BudgetCheck, *, now: float, current: QueueHold | None = N
     if current is not None and current.reason != "daily_budget" and current.until >= check.until:
         return current
     message = f"${check.spent:.2f} of ${check.budget:.2f} spent today"
+    if check.spent < check.budget:
+        message += ", too little left for another task"
     return QueueHold("daily_budget", check.until, now, True, 1, message)

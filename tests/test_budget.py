@@ -97,6 +97,25 @@ def test_may_a_task_start_and_until_when() -> None:
     assert budget.next_utc_midnight(MIDNIGHT - 0.001) == MIDNIGHT
 
 
+def test_a_task_that_would_probably_exceed_the_budget_waits() -> None:
+    ledger = _book(None, "acme/widgets", "w-1:1", 0.45)
+    ledger = _book(ledger, "acme/gadgets", "g-1:1", 0.45)
+    typical = budget.typical_run_cost(ledger, now=DAY1)
+    assert typical == pytest.approx(0.45)
+    # $0.10 left, a run costs about $0.45: the third waits for tomorrow.
+    assert budget.check(ledger, 1.0, now=DAY1, expected_run_cost=typical) == budget.BudgetCheck(
+        False,
+        pytest.approx(0.9),
+        1.0,
+        MIDNIGHT,  # type: ignore[arg-type]
+    )
+    assert budget.check(ledger, 2.0, now=DAY1, expected_run_cost=typical).allowed
+    # Each running task is counted at the typical cost too.
+    assert not budget.check(ledger, 2.0, now=DAY1, expected_run_cost=typical, running=2).allowed
+    assert budget.typical_run_cost(None, now=DAY1) is None
+    assert budget.typical_run_cost(ledger, now=DAY1 + 8 * 86400) is None  # only the last week counts
+
+
 @pytest.mark.parametrize(
     ("text", "value"),
     [(None, None), ("", None), ("  ", None), ("none", None), ("OFF", None), ("unlimited", None),
