@@ -35,7 +35,7 @@ __all__ = [
     "day_of",
     "empty",
     "next_utc_midnight",
-    "parse_daily_budget",
+    "parse_usd",
     "prune",
     "record",
     "spent_on",
@@ -212,7 +212,7 @@ def _ordinal(day: str) -> int:
     return date.fromisoformat(day).toordinal()
 
 
-def parse_daily_budget(value: str | None) -> float | None:
+def parse_usd(value: str | None) -> float | None:
     """``DAILY_BUDGET_USD`` / ``CLAUDE_MAX_BUDGET_USD``: unset, empty, ``none``/``off``/``unlimited`` mean no
     budget; otherwise a positive number of US dollars (a leading ``$`` is allowed)."""
     if value is None or not value.strip() or value.strip().lower() in ("none", "off", "unlimited"):

@@ -121,14 +121,14 @@ def test_a_task_that_would_probably_exceed_the_budget_waits() -> None:
     [(None, None), ("", None), ("  ", None), ("none", None), ("OFF", None), ("unlimited", None),
      ("5", 5.0), ("12.50", 12.5), ("$3", 3.0), (" $ 0.25 ", 0.25)],
 )  # fmt: skip
-def test_parse_daily_budget(text: str | None, value: float | None) -> None:
-    assert budget.parse_daily_budget(text) == value
+def test_parse_usd(text: str | None, value: float | None) -> None:
+    assert budget.parse_usd(text) == value
 
 
 @pytest.mark.parametrize("text", ["five", "0", "-1", "nan", "inf", "1e400"])
-def test_parse_daily_budget_refuses_with_a_readable_message(text: str) -> None:
+def test_parse_usd_refuses_with_a_readable_message(text: str) -> None:
     with pytest.raises(ValueError, match="US dollars"):
-        budget.parse_daily_budget(text)
+        budget.parse_usd(text)
 
 
 def test_ledger_hold_and_starts_survive_kill_9_in_the_state_file(tmp_path: Path) -> None:
