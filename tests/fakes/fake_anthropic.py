@@ -25,6 +25,7 @@ import itertools
 import json
 import re
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http import HTTPStatus
@@ -55,7 +56,8 @@ class RecordedRequest:
     path: str
     headers: dict[str, str]
     body: Any
-    # "probe" | "conversation" | "auxiliary" | "count_tokens" | "models" | "unauthorized" | "unknown"
+    # "probe" | "conversation" | "auxiliary" | "count_tokens" | "models" | "unauthorized" | "limited"
+    # | "unknown"
     kind: str
     step: int | None = None
 
@@ -83,6 +85,7 @@ class _State:
     lock: threading.Lock = field(default_factory=threading.Lock)
     requests: list[RecordedRequest] = field(default_factory=list)
     ids: Iterator[int] = field(default_factory=lambda: itertools.count(1))
+    limit: LimitMode | None = None
 
 
 class FakeAnthropic:
@@ -170,6 +173,11 @@ class FakeAnthropic:
     def conversation_requests(self) -> list[RecordedRequest]:
         return [r for r in self.requests if r.kind == "conversation"]
 
+    @property
+    def limits(self) -> LimitSwitch:
+        """Switch the limit modes at run time; refused calls are recorded with kind ``"limited"``."""
+        return LimitSwitch(self._state)
+
     # -- internals used by the handler -----------------------------------------------------------
 
     def _record(self, request: RecordedRequest) -> None:
@@ -207,6 +215,94 @@ class FakeAnthropic:
         }
         text = {"type": "text", "text": f"I'll write {rel_path}."}
         return "conversation", step, [text, tool_use], "tool_use"
+
+
+# -- limit modes: 429 rate limits, usage-limit rejections, 529 overload (switchable at run time) -------
+
+
+@dataclass(frozen=True)
+class LimitMode:
+    """How every ``POST /v1/messages`` is refused while the mode is on.
+
+    ``status`` 429 answers ``rate_limit_error`` with the Messages API's headers: ``retry-after`` (seconds)
+    and ``anthropic-ratelimit-{requests,tokens,input-tokens,output-tokens}-{limit,remaining,reset}``
+    (RFC 3339), the requests bucket empty. ``unified`` adds the claude.ai subscription headers
+    (``anthropic-ratelimit-unified-status: rejected``, ``-reset`` in epoch seconds, ``-representative-claim``)
+    that Claude Code reads for subscribers. 529 answers ``overloaded_error``; other 5xx ``api_error``.
+    """
+
+    status: int = 429
+    retry_after: int | None = 60
+    resets_at: float | None = None  # epoch seconds; default: now + retry_after (or + 60 s)
+    message: str = "Number of requests has exceeded your per-minute rate limit."
+    unified: bool = False
+    claim: str = "five_hour"
+
+
+_BUCKETS = (("requests", 50), ("tokens", 40000), ("input-tokens", 30000), ("output-tokens", 8000))
+
+
+def _limit_headers(mode: LimitMode, now: float) -> dict[str, str]:
+    from datetime import UTC, datetime  # only this section needs it
+
+    headers: dict[str, str] = {}
+    if mode.status != 429:
+        return {"x-should-retry": "true"}
+    resets_at = mode.resets_at if mode.resets_at is not None else now + (mode.retry_after or 60)
+    stamp = datetime.fromtimestamp(resets_at, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    if mode.retry_after is not None:
+        headers["retry-after"] = str(mode.retry_after)
+    for bucket, limit in _BUCKETS:
+        headers[f"anthropic-ratelimit-{bucket}-limit"] = str(limit)
+        headers[f"anthropic-ratelimit-{bucket}-remaining"] = "0" if bucket == "requests" else str(limit)
+        headers[f"anthropic-ratelimit-{bucket}-reset"] = stamp
+    if mode.unified:
+        headers["anthropic-ratelimit-unified-status"] = "rejected"
+        headers["anthropic-ratelimit-unified-reset"] = str(int(resets_at))
+        headers["anthropic-ratelimit-unified-representative-claim"] = mode.claim
+        headers["anthropic-ratelimit-unified-overage-status"] = "rejected"
+        headers["anthropic-ratelimit-unified-overage-disabled-reason"] = "org_level_disabled"
+    return headers
+
+
+def _limit_error(mode: LimitMode) -> dict[str, Any]:
+    if mode.status == 429:
+        return _error("rate_limit_error", mode.message)
+    if mode.status == 529:
+        return _error("overloaded_error", "Overloaded")
+    return _error("api_error", "Internal server error")
+
+
+class LimitSwitch:
+    """Turns a :class:`FakeAnthropic`'s limit mode on and off (``api.limits.rate_limit(...)``)."""
+
+    def __init__(self, state: _State) -> None:
+        self._state = state
+
+    def rate_limit(self, *, retry_after: int | None = 60, resets_at: float | None = None, **kw: Any) -> None:
+        self.set(LimitMode(429, retry_after, resets_at, **kw))
+
+    def usage_limit(self, *, resets_at: float, claim: str = "five_hour") -> None:
+        message = "This request would exceed your account's rate limit. Please try again later."
+        self.set(LimitMode(429, None, resets_at, message, unified=True, claim=claim))
+
+    def overloaded(self) -> None:
+        self.set(LimitMode(529, None))
+
+    def server_error(self, status: int = 500) -> None:
+        self.set(LimitMode(status, None))
+
+    def clear(self) -> None:
+        self.set(None)
+
+    def set(self, mode: LimitMode | None) -> None:
+        with self._state.lock:
+            self._state.limit = mode
+
+    @property
+    def mode(self) -> LimitMode | None:
+        with self._state.lock:
+            return self._state.limit
 
 
 def primary_working_directory(body: dict[str, Any]) -> str | None:
@@ -402,6 +498,8 @@ class _Handler(BaseHTTPRequestHandler):
             self._record("unauthorized", body, headers)
             self._send_json(HTTPStatus.UNAUTHORIZED, _error("authentication_error", "invalid x-api-key"))
             return
+        if route == "/v1/messages" and self._refuse_when_limited(body, headers):
+            return
         if route == "/v1/messages/count_tokens":
             self._record("count_tokens", body, headers)
             self._send_json(HTTPStatus.OK, {"input_tokens": 25})
@@ -430,6 +528,23 @@ class _Handler(BaseHTTPRequestHandler):
                 "usage": _usage(25, 20),
             }
             self._send_json(HTTPStatus.OK, message)
+
+    def _refuse_when_limited(self, body: Any, headers: dict[str, str]) -> bool:
+        mode = self.fake.limits.mode
+        if mode is None:
+            return False
+        self._record("limited", body, headers)
+        payload = json.dumps(_limit_error(mode)).encode()
+        self.send_response(mode.status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(payload)))
+        self.send_header("request-id", f"req_fake_{self.fake._next_id():06d}")
+        for name, value in _limit_headers(mode, time.time()).items():
+            self.send_header(name, value)
+        self.end_headers()
+        self.wfile.write(payload)
+        self.wfile.flush()
+        return True
 
     # -- helpers ---------------------------------------------------------------------------------
 
@@ -489,6 +604,8 @@ __all__ = [
     "DEFAULT_SUMMARY",
     "SUMMARY_FILE",
     "FakeAnthropic",
+    "LimitMode",
+    "LimitSwitch",
     "RecordedRequest",
     "primary_working_directory",
     "sse_body",
