@@ -189,7 +189,7 @@ def _run_here(config: Config, *, detached: bool) -> NoReturn:
 
 
 def _start_background(obj: Context, config: Config, wait_seconds: float) -> None:
-    from claude_issue_solver.supervise import StartFailed, SuperviseError, start_background
+    from claude_issue_solver.supervise import StartFailed, SuperviseError, start_background, stop
 
     out_path = config.log_dir / "daemon.out"
     command = [sys.executable, "-m", "claude_issue_solver"]
@@ -203,9 +203,14 @@ def _start_background(obj: Context, config: Config, wait_seconds: float) -> None
             click.secho(f"warning: {note}", err=True, fg="yellow")
         if exc.reported:
             fail(str(exc), EXIT_USAGE if exc.exit_code == EXIT_USAGE else EXIT_FAILED)
-        if exc.exit_code is None:
-            fail(f"the daemon did not come up within {wait_seconds:.0f}s (pid {exc.pid}); see {out_path}")
         click.echo(exc.output, err=True, nl=False)
+        if exc.exit_code is None:
+            # Half started is worse than not started: a later `start` would find it "already running".
+            stop(exc.pid, timeout=10, force=True)
+            fail(
+                f"the daemon did not come up within {wait_seconds:.0f}s (pid {exc.pid}), so it was "
+                f"stopped; see {config.log_dir / 'daemon.log'}"
+            )
         fail(
             f"the daemon exited during start-up (exit code {exc.exit_code}); see {out_path}",
             EXIT_USAGE if exc.exit_code == EXIT_USAGE else EXIT_FAILED,

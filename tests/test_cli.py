@@ -586,3 +586,20 @@ def test_submit_with_a_rejected_token_is_one_line(daemon_env: dict[str, str], gi
         "Error: cannot read acme/widgets#1: GET /repos/acme/widgets/issues/1: GitHub rejected the "
         "credential (HTTP 401: Bad credentials)"
     ]
+
+
+@needs_docker
+def test_a_start_that_does_not_come_up_in_time_is_stopped(
+    daemon_env: dict[str, str], github: FakeGitHub, state_dir: Path
+) -> None:
+    github.set_delay("/api/v3/repos/acme/widgets/issues", 20)  # the start-up check hangs
+    result = cli(daemon_env, "start", "--wait", "1")
+    assert result.returncode == 1
+    assert re.fullmatch(
+        r"Error: the daemon did not come up within 1s \(pid \d+\), so it was stopped; see .*daemon\.log",
+        last_line(result.stderr),
+    ), result.stderr
+    assert not daemon_status(state_dir / "daemon.pid").running
+    github.set_delay("/api/v3/repos/acme/widgets/issues", 0)
+    assert cli(daemon_env, "start").returncode == 0  # nothing half-started stands in the way
+    assert cli(daemon_env, "stop").returncode == 0
