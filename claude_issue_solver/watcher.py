@@ -120,7 +120,7 @@ class Watcher:
         try:
             response = self._first_page(repo, book)
         except Exception as exc:
-            self._record_poll_error(repo, exc)
+            self._record_poll_error(repo, exc, report=False)  # the caller says it, once
             return RepoCheck(repo, error=_reason(exc), refused=isinstance(exc, Refused))
         self._record_success(repo, response)
         return RepoCheck(repo)
@@ -142,24 +142,25 @@ class Watcher:
         except Exception as exc:
             self._record_poll_error(repo, exc)
 
-    def _record_poll_error(self, repo: str, exc: Exception) -> None:
+    def _record_poll_error(self, repo: str, exc: Exception, *, report: bool = True) -> None:
+        """Record the failure in the repository's health (and back off); log it unless the caller
+        reports it itself."""
         reason = _reason(exc)
         if isinstance(exc, RateLimited):
             self._record_failure(repo, reason, until=exc.until, rate_limited=True)
-            log.warning(
-                "%s: rate limited; next poll after %s",
-                repo,
-                time.strftime("%H:%M:%S", time.localtime(exc.until)),
-            )
+            until = time.strftime("%H:%M:%S", time.localtime(exc.until))
+            level, message, args = logging.WARNING, "%s: rate limited; next poll after %s", (repo, until)
         elif isinstance(exc, Transient):
             self._record_failure(repo, reason)
-            log.warning("%s: %s; backing off", repo, exc)
+            level, message, args = logging.WARNING, "%s: %s; backing off", (repo, exc)
         elif isinstance(exc, GitHubError):
             self._record_failure(repo, reason)
-            log.error("%s: %s", repo, exc)
+            level, message, args = logging.ERROR, "%s: %s", (repo, exc)
         else:  # a bug must not kill the poller: record it and keep going
-            log.error("%s: unexpected error while polling", repo, exc_info=exc)
             self._record_failure(repo, reason)
+            log.error("%s: unexpected error while polling", repo, exc_info=exc)
+            return
+        log.log(level if report else logging.DEBUG, message, *args)
 
     def _first_page(self, repo: str, book: dict[str, Any]) -> Response:
         """The listing request every poll starts with, conditional on the last poll's ETag."""
