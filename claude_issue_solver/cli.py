@@ -227,6 +227,12 @@ def _stop(obj: Context, timeout: float, force: bool) -> bool:
     from claude_issue_solver.supervise import Stop, SuperviseError, stop
 
     status = obj.daemon()
+    deadline = time.monotonic() + timeout
+    while status.running and status.pid is None and time.monotonic() < deadline:
+        time.sleep(0.05)  # still starting: its pid is written once its start-up checks are done
+        status = obj.daemon()
+    if status.running and status.pid is None:
+        fail(f"the daemon is still starting after {timeout:.0f}s; try again, or see its log")
     if not status.running or status.pid is None:
         return False
     pid = status.pid

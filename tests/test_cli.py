@@ -603,3 +603,27 @@ def test_a_start_that_does_not_come_up_in_time_is_stopped(
     github.set_delay("/api/v3/repos/acme/widgets/issues", 0)
     assert cli(daemon_env, "start").returncode == 0  # nothing half-started stands in the way
     assert cli(daemon_env, "stop").returncode == 0
+
+
+@needs_docker
+def test_stop_waits_for_a_daemon_that_is_still_starting(
+    daemon_env: dict[str, str], github: FakeGitHub, state_dir: Path
+) -> None:
+    github.set_delay("/api/v3/repos/acme/widgets/issues", 2)  # the start-up check takes a while
+    starting = subprocess.Popen(
+        [sys.executable, "-m", "claude_issue_solver", "start", "--foreground"],
+        env=daemon_env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_until(lambda: daemon_status(state_dir / "daemon.pid").running, 30, "the pidfile lock")
+        assert daemon_status(state_dir / "daemon.pid").pid is None  # locked, not ready yet
+        stopped = cli(daemon_env, "stop")
+        assert stopped.returncode == 0 and "daemon stopped" in stopped.stdout, stopped.stderr
+        assert starting.wait(30) == 0
+    finally:
+        if starting.poll() is None:
+            starting.kill()
+            starting.wait()
