@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, NoReturn
 
 from claude_issue_solver.backends.base import Backend, BackendError
 from claude_issue_solver.config import Config, ConfigError
@@ -16,9 +17,24 @@ from claude_issue_solver.daemon import Daemon
 from claude_issue_solver.logs import setup_logging
 from claude_issue_solver.pidfile import AlreadyRunning, PidFile
 from claude_issue_solver.queue import TaskQueue
-from claude_issue_solver.state import StateError, StateStore
+from claude_issue_solver.state import StateError, StateStore, UnusableStateDir
+from claude_issue_solver.supervise import Readiness
+
+if TYPE_CHECKING:
+    from claude_issue_solver.watcher import Watcher
 
 log = logging.getLogger(__name__)
+
+EXIT_FAILED = 1  # the same codes as the CLI's
+EXIT_CONFIG = 2
+
+
+class StartRefused(Exception):
+    """The daemon will not start; ``code`` is its exit code (2: a setting must change first)."""
+
+    def __init__(self, message: str, code: int) -> None:
+        super().__init__(message)
+        self.code = code
 
 
 def make_backend(config: Config) -> Backend:
@@ -39,6 +55,7 @@ class Parts:
     queue: TaskQueue
     daemon: Daemon
     backend: Backend
+    watcher: Watcher
 
 
 def build(config: Config, *, backend: Backend | None = None) -> Parts:
@@ -57,37 +74,44 @@ def build(config: Config, *, backend: Backend | None = None) -> Parts:
         pipeline = Pipeline(config, queue, backend, client, Publisher(client))
     except AgentError as exc:
         raise ConfigError(str(exc)) from None
-    daemon = Daemon(
-        queue,
-        pipeline,
-        watcher=Watcher(config, client, queue, on_queued=pipeline.announce),
-        poll_interval=config.poll_interval,
-    )
-    return Parts(queue=queue, daemon=daemon, backend=backend)
+    watcher = Watcher(config, client, queue, on_queued=pipeline.announce)
+    daemon = Daemon(queue, pipeline, watcher=watcher, poll_interval=config.poll_interval)
+    return Parts(queue=queue, daemon=daemon, backend=backend, watcher=watcher)
 
 
-def run_daemon(config: Config, *, to_stderr: bool = True) -> int:
-    """Run the daemon until a signal stops it: the body of ``start --foreground``. Returns an exit code."""
+def run_daemon(config: Config, *, to_stderr: bool = True, readiness: Readiness | None = None) -> int:
+    """Run the daemon until a signal stops it: the body of ``start --foreground``. Returns its exit code.
+
+    Before it reports ready (the pid in the pidfile, ``ready`` on ``readiness``) it checks every
+    repository once: what only a change of settings can fix (a rejected credential, a repository that
+    is missing or out of reach, no permission) raises :class:`StartRefused` with code 2, so neither
+    ``start`` nor systemd reports or retries a daemon that cannot work; a transient failure (GitHub
+    down, a timeout) only warns, and the daemon retries with back-off.
+    """
+    readiness = readiness or Readiness(None)
     setup_logging(config.log_dir, level=config.log_level, to_stderr=to_stderr, secrets=config.secrets())
     pidfile = PidFile(config.pid_file)
     try:
         pidfile.acquire()
     except AlreadyRunning as exc:
-        log.error("%s", exc)
-        return 1
+        _refuse(str(exc), EXIT_FAILED)
     try:
         try:
             parts = build(config)
             parts.backend.check()
             parts.queue.store.read()  # surfaces (and quarantines) a corrupt state file now, loudly
+        except (ConfigError, UnusableStateDir) as exc:
+            _refuse(f"cannot start: {exc}", EXIT_CONFIG)
         except (BackendError, StateError) as exc:
-            log.error("cannot start: %s", exc)
-            return 1
-        except ConfigError as exc:
-            log.error("cannot start: %s", exc)
-            return 2
+            _refuse(f"cannot start: {exc}", EXIT_FAILED)
+        _check_repositories(parts.watcher, readiness)
         parts.daemon.install_signal_handlers()
-        parts.daemon.on_ready = lambda: pidfile.write(os.getpid())
+
+        def ready() -> None:
+            pidfile.write(os.getpid())
+            readiness.ready()
+
+        parts.daemon.on_ready = ready
         log.info(
             "starting: watching %s for label %r, backend %s, state in %s",
             ", ".join(config.github_repos),
@@ -98,3 +122,20 @@ def run_daemon(config: Config, *, to_stderr: bool = True) -> int:
         return parts.daemon.run()
     finally:
         pidfile.release()
+
+
+def _check_repositories(watcher: Watcher, readiness: Readiness) -> None:
+    checks = watcher.check_all()
+    refused = [c for c in checks if c.refused]
+    if refused:
+        _refuse("cannot start: " + "; ".join(f"{c.repo}: {c.error}" for c in refused), EXIT_CONFIG)
+    for check in checks:
+        if not check.ok:
+            warning = f"{check.repo}: {check.error}; starting anyway, retrying with back-off"
+            log.warning("%s", warning)
+            readiness.note(warning)
+
+
+def _refuse(message: str, code: int) -> NoReturn:
+    log.error("%s", message)
+    raise StartRefused(message, code)

@@ -2,7 +2,8 @@
 
 Exit codes (as ``systemctl status`` uses them where they overlap):
 0 success / daemon running; 1 the operation failed (already running, stop timed out, unknown task);
-2 bad usage or configuration; 3 the daemon is not running (``status``, ``stop``).
+2 bad usage or configuration; 3 the daemon is not running (``status``, ``stop``); 4 the daemon runs but
+is degraded (``status --check`` only).
 
 Only light modules are imported here; docker, PyGithub and the Daytona SDK are imported inside the
 commands that use them, so ``status``, ``queue``, ``pause`` and ``resume`` start fast.
@@ -15,7 +16,6 @@ import functools
 import json
 import os
 import signal
-import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -28,11 +28,12 @@ from claude_issue_solver import __version__
 from claude_issue_solver.config import Config, ConfigError, load_config
 from claude_issue_solver.pidfile import DaemonStatus, daemon_status
 from claude_issue_solver.queue import QueueError, TaskQueue, TaskState
-from claude_issue_solver.state import StateError, StateStore, prepare_state_dir
+from claude_issue_solver.state import StateError, StateStore, UnusableStateDir, prepare_state_dir
 
 EXIT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_NOT_RUNNING = 3
+EXIT_DEGRADED = 4
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -56,6 +57,9 @@ class Context:
                 self._config = load_config(self.env_file)
             except ConfigError as exc:
                 fail(str(exc), EXIT_USAGE)
+            problem = _state_dir_problem(self._config.state_dir)
+            if problem:
+                fail(problem, EXIT_USAGE)
         return self._config
 
     def queue(self) -> TaskQueue:
@@ -72,6 +76,21 @@ class Context:
                 os.kill(status.pid, signal.SIGUSR1)
 
 
+def _state_dir_problem(path: Path) -> str | None:
+    """Why STATE_DIR can never work (a part of it is a file), checked without creating anything, so
+    that every command says so in the same line and with exit code 2. Permissions are left to the
+    commands that write: reading another user's state may be allowed."""
+    for part in [path, *path.parents]:
+        if part.exists():
+            if part.is_dir():
+                return None
+            return (
+                f"cannot use STATE_DIR={path}: {part} is not a directory; "
+                "point STATE_DIR at a writable directory"
+            )
+    return None
+
+
 def json_option(func: F) -> F:
     return click.option(
         "--json", "as_json", is_flag=True, help="Print machine-readable JSON instead of tables."
@@ -85,7 +104,7 @@ def handles_errors(func: F) -> F:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return func(*args, **kwargs)
-        except ConfigError as exc:
+        except (ConfigError, UnusableStateDir) as exc:
             fail(str(exc), EXIT_USAGE)
         except (StateError, QueueError) as exc:
             fail(str(exc))
@@ -113,7 +132,8 @@ def main(ctx: click.Context, env_file: Path | None) -> None:
     daemon pushes a branch claude/issue-N, opens a pull request and reports back on the issue.
 
     \b
-    Exit codes: 0 ok, 1 failed, 2 bad usage or configuration, 3 daemon not running.
+    Exit codes: 0 ok, 1 failed, 2 bad usage or configuration, 3 daemon not running, 4 degraded
+    (status --check).
     """
     ctx.obj = Context(env_file)
 
@@ -129,87 +149,108 @@ def main(ctx: click.Context, env_file: Path | None) -> None:
     "--wait",
     "wait_seconds",
     type=click.FloatRange(min=1),
-    default=30,
+    default=60,
     show_default=True,
-    help="Seconds to wait for a background daemon to come up.",
+    help="Seconds to wait for a background daemon to come up (its first look at every repository).",
 )
 @click.option("--detached-child", is_flag=True, hidden=True)
 @click.pass_obj
 @handles_errors
 def start(obj: Context, foreground: bool, wait_seconds: float, detached_child: bool) -> None:
-    """Start the daemon (in the background unless --foreground)."""
+    """Start the daemon (in the background unless --foreground).
+
+    It first checks every repository once: a rejected token, a missing repository or no permission
+    ends the start with exit code 2 and the reason; GitHub being down only warns.
+    """
     config = obj.config
     config.require_daemon_settings()
     prepare_state_dir(config.state_dir)
     if foreground or detached_child:
-        from claude_issue_solver.app import run_daemon
-
-        sys.exit(run_daemon(config, to_stderr=not detached_child))
+        _run_here(config, detached=detached_child)
     status = obj.daemon()
     if status.running:
         fail(f"the daemon is already running (pid {status.pid}); use 'restart' to restart it")
-    _spawn_and_wait(obj, config, wait_seconds)
+    _start_background(obj, config, wait_seconds)
 
 
-def _spawn_and_wait(obj: Context, config: Config, wait_seconds: float) -> None:
-    config.log_dir.mkdir(parents=True, exist_ok=True)
+def _run_here(config: Config, *, detached: bool) -> NoReturn:
+    from claude_issue_solver.app import StartRefused, run_daemon
+    from claude_issue_solver.supervise import Readiness
+
+    readiness = Readiness.from_environ() if detached else Readiness(None)
+    try:
+        code = run_daemon(config, to_stderr=not detached, readiness=readiness)
+    except StartRefused as exc:
+        readiness.failed(str(exc))
+        fail(str(exc), exc.code)
+    finally:
+        readiness.close()
+    sys.exit(code)
+
+
+def _start_background(obj: Context, config: Config, wait_seconds: float) -> None:
+    from claude_issue_solver.supervise import StartFailed, SuperviseError, start_background, stop
+
     out_path = config.log_dir / "daemon.out"
     command = [sys.executable, "-m", "claude_issue_solver"]
     if obj.env_file:
         command += ["--env-file", str(obj.env_file.resolve())]
     command += ["start", "--detached-child"]
-    with open(out_path, "ab") as out:
-        child = subprocess.Popen(
-            command,
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,  # not killed with this terminal's process group
-            close_fds=True,
+    try:
+        started = start_background(command, output=out_path, timeout=wait_seconds)
+    except StartFailed as exc:
+        for note in exc.notes:
+            click.secho(f"warning: {note}", err=True, fg="yellow")
+        if exc.reported:
+            fail(str(exc), EXIT_USAGE if exc.exit_code == EXIT_USAGE else EXIT_FAILED)
+        click.echo(exc.output, err=True, nl=False)
+        if exc.exit_code is None:
+            # Half started is worse than not started: a later `start` would find it "already running".
+            stop(exc.pid, timeout=10, force=True)
+            fail(
+                f"the daemon did not come up within {wait_seconds:.0f}s (pid {exc.pid}), so it was "
+                f"stopped; see {config.log_dir / 'daemon.log'}"
+            )
+        fail(
+            f"the daemon exited during start-up (exit code {exc.exit_code}); see {out_path}",
+            EXIT_USAGE if exc.exit_code == EXIT_USAGE else EXIT_FAILED,
         )
-    deadline = time.monotonic() + wait_seconds
-    while time.monotonic() < deadline:
-        status = obj.daemon()
-        if status.ready and status.pid == child.pid:
-            click.echo(f"daemon started (pid {child.pid}); logs: {config.log_dir / 'daemon.log'}")
-            return
-        code = child.poll()
-        if code is not None:
-            from claude_issue_solver.logs import tail_lines
-
-            tail = "".join(tail_lines(out_path, 15))
-            click.echo(tail, err=True, nl=False)
-            fail(f"the daemon exited during start-up (exit code {code}); see {out_path}")
-        time.sleep(0.05)
-    fail(f"the daemon did not come up within {wait_seconds:.0f}s (pid {child.pid}); see {out_path}")
+    except SuperviseError as exc:
+        fail(str(exc))
+    for note in started.notes:
+        click.secho(f"warning: {note}", err=True, fg="yellow")
+    click.echo(f"daemon started (pid {started.pid}); logs: {config.log_dir / 'daemon.log'}")
 
 
 def _stop(obj: Context, timeout: float, force: bool) -> bool:
     """Stop the daemon; True if one was running."""
+    from claude_issue_solver.supervise import Stop, SuperviseError, stop
+
     status = obj.daemon()
+    deadline = time.monotonic() + timeout
+    while status.running and status.pid is None and time.monotonic() < deadline:
+        time.sleep(0.05)  # still starting: its pid is written once its start-up checks are done
+        status = obj.daemon()
+    if status.running and status.pid is None:
+        fail(f"the daemon is still starting after {timeout:.0f}s; try again, or see its log")
     if not status.running or status.pid is None:
         return False
     pid = status.pid
+
+    def killing() -> None:
+        click.echo(f"the daemon (pid {pid}) did not stop within {timeout:.0f}s; killing it", err=True)
+
     try:
-        os.kill(pid, signal.SIGTERM)
-    except ProcessLookupError:
-        return False
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if not obj.daemon().running:
-            return True
-        time.sleep(0.05)
-    if not force:
-        fail(f"the daemon (pid {pid}) did not stop within {timeout:.0f}s; try 'stop --force'")
-    click.echo(f"the daemon (pid {pid}) did not stop within {timeout:.0f}s; killing it", err=True)
-    try:
-        os.kill(pid, signal.SIGKILL)
-    except ProcessLookupError:
-        return True
-    deadline = time.monotonic() + 10
-    while obj.daemon().running and time.monotonic() < deadline:
-        time.sleep(0.05)
-    return True
+        # The pidfile's lock, not the pid, says whether it still runs: a reused pid cannot fake it.
+        result = stop(
+            pid, timeout=timeout, force=force, running=lambda: obj.daemon().running, on_kill=killing
+        )
+    except SuperviseError as exc:
+        fail(str(exc))
+    if result is Stop.STILL_RUNNING:
+        hint = "" if force else "; try 'stop --force'"
+        fail(f"the daemon (pid {pid}) did not stop within {timeout:.0f}s{hint}")
+    return result is not Stop.NOT_RUNNING
 
 
 _timeout_option = click.option(
@@ -244,9 +285,9 @@ def stop(obj: Context, timeout: float, force: bool) -> None:
     "--wait",
     "wait_seconds",
     type=click.FloatRange(min=1),
-    default=30,
+    default=60,
     show_default=True,
-    help="Seconds to wait for the new daemon to come up.",
+    help="Seconds to wait for the new daemon to come up (its first look at every repository).",
 )
 @click.pass_obj
 @handles_errors
@@ -257,7 +298,7 @@ def restart(obj: Context, timeout: float, force: bool, wait_seconds: float) -> N
     prepare_state_dir(config.state_dir)
     if _stop(obj, timeout, force):
         click.echo("daemon stopped")
-    _spawn_and_wait(obj, config, wait_seconds)
+    _start_background(obj, config, wait_seconds)
 
 
 # --- looking at it ----------------------------------------------------------------------------------
@@ -265,14 +306,20 @@ def restart(obj: Context, timeout: float, force: bool, wait_seconds: float) -> N
 
 @main.command()
 @json_option
+@click.option(
+    "--check",
+    is_flag=True,
+    help="Print only the health line; exit 0 healthy, 4 degraded, 3 not running (for monitors).",
+)
 @click.pass_obj
 @handles_errors
-def status(obj: Context, as_json: bool) -> None:
-    """Show whether the daemon runs, the queue, per-repo poll health and the (redacted) config.
+def status(obj: Context, as_json: bool, check: bool) -> None:
+    """Show whether the daemon runs, its health, the queue, per-repo poll health and the (redacted) config.
 
-    Exits 0 when the daemon is running and 3 when it is not.
+    Exits 0 when the daemon is running and 3 when it is not; with --check, 4 when it runs but a
+    repository cannot be polled (degraded).
     """
-    from claude_issue_solver.render import print_status, status_payload
+    from claude_issue_solver.render import health_line, print_status, status_payload
 
     queue = obj.queue()
     state = queue.store.read()
@@ -281,9 +328,13 @@ def status(obj: Context, as_json: bool) -> None:
     payload = status_payload(obj.config, daemon, state, tasks, time.time())
     if as_json:
         click.echo(json.dumps(payload, indent=2))
+    elif check:
+        click.echo(health_line(payload["health"]))
     else:
         print_status(payload, sys.stdout, tty=_is_tty())
-    sys.exit(0 if daemon.running else EXIT_NOT_RUNNING)
+    if not daemon.running:
+        sys.exit(EXIT_NOT_RUNNING)
+    sys.exit(EXIT_DEGRADED if check and payload["health"]["status"] == "degraded" else 0)
 
 
 @main.command(name="queue")

@@ -10,13 +10,16 @@ from __future__ import annotations
 import json
 import logging
 import re
+import socket
+import ssl
 import threading
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
-from github import Auth, Github, GithubIntegration, GithubRetry
+from github import Auth, Github, GithubException, GithubIntegration, GithubRetry
 
 from claude_issue_solver.backends.base import GitCredential
 from claude_issue_solver.config import Config
@@ -30,22 +33,33 @@ _LINK_NEXT = re.compile(r'<([^>]+)>;\s*rel="next"')
 
 
 class GitHubError(Exception):
-    """A GitHub request failed. ``status`` is the HTTP status (None for a connection failure)."""
+    """A GitHub request failed. ``status`` is the HTTP status (None for a connection failure).
 
-    def __init__(self, message: str, status: int | None = None) -> None:
+    ``str()`` names the request and the reason; ``reason`` is the reason alone, for places that already
+    say which repository it was about (``status``, the start-up check).
+    """
+
+    def __init__(self, message: str, status: int | None = None, *, reason: str | None = None) -> None:
         super().__init__(message)
         self.status = status
+        self.reason = reason or message
 
 
 class Transient(GitHubError):
     """5xx, a timeout, a refused connection: worth trying again after a back-off."""
 
 
+class Refused(GitHubError):
+    """401, 404, or 403 without a rate-limit signal: the credential or a setting must change; trying
+    again cannot help."""
+
+
 class RateLimited(GitHubError):
     """403/429 with a rate-limit signal. ``until`` is the wall-clock time GitHub told us to wait for."""
 
     def __init__(self, message: str, status: int, until: float) -> None:
-        super().__init__(message, status)
+        shown = time.strftime("%H:%M:%SZ", time.gmtime(until))
+        super().__init__(message, status, reason=f"rate limited by GitHub (HTTP {status}) until {shown}")
         self.until = until
 
 
@@ -80,18 +94,62 @@ def classify(status: int, headers: Mapping[str, str], body: str, what: str, now:
     if status in (403, 429):
         retry_after = headers.get("retry-after")
         if retry_after and retry_after.strip().isdigit():
-            return RateLimited(detail, status, now + int(retry_after))
-        if headers.get("x-ratelimit-remaining") == "0" and headers.get("x-ratelimit-reset", "").isdigit():
-            return RateLimited(detail, status, max(now, float(headers["x-ratelimit-reset"])) + 1)
-        if status == 429 or "rate limit" in message.lower():
-            return RateLimited(detail, status, now + 60)  # a secondary limit without a hint: a minute
+            until = now + int(retry_after)
+        elif headers.get("x-ratelimit-remaining") == "0" and headers.get("x-ratelimit-reset", "").isdigit():
+            until = max(now, float(headers["x-ratelimit-reset"])) + 1
+        elif status == 429 or "rate limit" in message.lower():
+            until = now + 60  # a secondary limit without a hint: a minute
+        else:
+            until = None
+        if until is not None:
+            return RateLimited(detail, status, until)
+    answer = f"HTTP {status}: {message}" if message else f"HTTP {status}"
     if status >= 500:
-        return Transient(detail, status)
-    if status == 401:
-        return GitHubError(f"{what}: the GitHub credential was rejected (HTTP 401 Bad credentials)", status)
-    if status == 404:
-        return GitHubError(f"{what}: not found, or the credential cannot see it (HTTP 404)", status)
-    return GitHubError(detail, status)
+        return Transient(detail, status, reason=f"GitHub is failing ({answer})")
+    if status in _REFUSALS:
+        reason = f"{_REFUSALS[status]} ({answer})"
+        return Refused(f"{what}: {reason}", status, reason=reason)
+    return GitHubError(detail, status, reason=answer)
+
+
+_REFUSALS = {
+    401: "GitHub rejected the credential",
+    403: "the credential lacks permission",
+    404: "not found, or the credential cannot see it",
+}
+
+
+def describe_unreachable(exc: BaseException, base_url: str) -> str:
+    """One readable line for a request that got no HTTP answer (urllib3's own text is a paragraph)."""
+    import requests
+    from urllib3.exceptions import NameResolutionError, NewConnectionError, SSLError, TimeoutError
+
+    host = urlsplit(base_url).netloc or base_url
+    chain = _exception_chain(exc)
+    if any(isinstance(e, NameResolutionError) for e in chain):
+        return f"cannot reach GitHub at {host}: the host name does not resolve (check GITHUB_API_URL)"
+    if any(isinstance(e, ConnectionRefusedError) for e in chain):
+        return f"cannot reach GitHub at {host}: connection refused (check GITHUB_API_URL)"
+    if any(isinstance(e, TimeoutError | requests.Timeout | socket.timeout) for e in chain):
+        return f"cannot reach GitHub at {host}: no answer within {TIMEOUT}s"
+    if any(isinstance(e, SSLError | ssl.SSLError) for e in chain):
+        return f"cannot reach GitHub at {host}: the TLS handshake failed"
+    found = next((e for e in reversed(chain) if isinstance(e, OSError | NewConnectionError)), exc)
+    why = found.strerror if isinstance(found, OSError) and found.strerror else type(found).__name__
+    return f"cannot reach GitHub at {host}: {why}"
+
+
+def _exception_chain(exc: BaseException) -> list[BaseException]:
+    """``exc`` and what it wraps: causes, contexts, urllib3's ``reason``, requests' first argument."""
+    found: list[BaseException] = []
+    todo: list[object] = [exc]
+    while todo:
+        current = todo.pop(0)
+        if not isinstance(current, BaseException) or any(current is e for e in found):
+            continue
+        found.append(current)
+        todo += [current.__cause__, current.__context__, getattr(current, "reason", None), *current.args]
+    return found
 
 
 class GitHubClient:
@@ -151,7 +209,7 @@ class GitHubClient:
                 cached = self._integration.get_repo_installation(owner, name).id
             except Exception as exc:
                 msg = f"the GitHub App is not installed on {repo}, or cannot see it ({type(exc).__name__})"
-                raise GitHubError(msg) from None
+                raise Refused(msg) from None
             self._installations[repo.lower()] = cached
         return cached
 
@@ -193,8 +251,12 @@ class GitHubClient:
             )
         except GitHubError:
             raise
+        except GithubException as exc:  # an answer GithubRetry gave up on: classify it like any other
+            body = exc.data if isinstance(exc.data, str) else json.dumps(exc.data or {})
+            raise classify(exc.status, exc.headers or {}, body, what, self.clock()) from None
         except Exception as exc:  # requests' and urllib3's connection errors, timeouts
-            raise Transient(f"{what}: {type(exc).__name__}: {REDACTOR(str(exc))[:200]}") from None
+            reason = REDACTOR(describe_unreachable(exc, self.config.github_api_url))
+            raise Transient(f"{what}: {reason}", reason=reason) from None
         if status == 304 or 200 <= status < 300:
             data = json.loads(text) if text else None
             return Response(status, response_headers, data)

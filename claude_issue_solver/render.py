@@ -61,6 +61,7 @@ def status_payload(
             "pid": daemon.pid if daemon.running else None,
             "stale_pid": daemon.pid if daemon.stale else None,
         },
+        "health": health_payload(daemon, repos, config.github_repos, now),
         "paused": bool(state.get("paused")),
         "paused_at": _iso(state.get("paused_at")),
         "backend": config.backend,
@@ -84,6 +85,41 @@ def status_payload(
         "settings": settings_source(config),
         "config": config.redacted(),
     }
+
+
+def health_payload(
+    daemon: DaemonStatus, repos: dict[str, Any], watched: Sequence[str], now: float
+) -> dict[str, Any]:
+    """``healthy`` / ``degraded`` (some repository cannot be polled: which, since when, why) /
+    ``not running``; ``summary`` is the same as one line."""
+    problems = []
+    for repo in watched:
+        health = repos.get(repo, {})
+        if health.get("last_error"):
+            since = health.get("failing_since") or health.get("last_error_at")
+            problems.append({"repo": repo, "since": _iso(since), "reason": health["last_error"]})
+    status = "degraded" if problems else "healthy"
+    if not daemon.running:
+        status = "not running"
+    summary = status
+    if status == "degraded":
+        summary += " — " + "; ".join(
+            f"{p['repo']} since {_short_time(p['since'], now)}: {p['reason']}" for p in problems
+        )
+    return {"status": status, "summary": summary, "problems": problems}
+
+
+def _short_time(iso: str | None, now: float) -> str:
+    """``10:02Z`` today, ``2026-11-30 10:02Z`` on another day (UTC, as every time we show)."""
+    if iso is None:
+        return "?"
+    today = time.strftime("%Y-%m-%d", time.gmtime(now))
+    day, _, clock = iso.partition("T")
+    return f"{clock[:5]}Z" if day == today else f"{day} {clock[:5]}Z"
+
+
+def health_line(health: dict[str, Any]) -> str:
+    return f"health: {health['summary']}"
 
 
 def queue_payload(tasks: Sequence[Task], now: float) -> list[dict[str, Any]]:
@@ -124,6 +160,7 @@ def print_status(payload: dict[str, Any], out: TextIO, *, tty: bool) -> None:
     else:
         line = "daemon: not running"
     out.write(line + "\n")
+    out.write(health_line(payload["health"]) + "\n")
     out.write(
         "queue: "
         + ("PAUSED since " + str(payload["paused_at"]) if payload["paused"] else "accepting work")

@@ -32,6 +32,10 @@ class StateError(Exception):
     """The state file cannot be used (locked for too long, unwritable, or from a newer version)."""
 
 
+class UnusableStateDir(StateError):
+    """STATE_DIR cannot be created or written: a setting to fix, not an operation to retry."""
+
+
 def empty_state() -> dict[str, Any]:
     return {
         "schema": SCHEMA_VERSION,
@@ -91,7 +95,7 @@ class StateStore:
                 msg = f"the state file {self.path} stayed locked for {waited:.0f}s; is a process stuck?"
                 raise StateError(msg) from None
             except OSError as exc:  # after Timeout, which is an OSError too
-                raise StateError(_unusable(self.path.parent, exc)) from None
+                raise UnusableStateDir(_unusable(self.path.parent, exc)) from None
 
     def _load(self) -> tuple[dict[str, Any], str]:
         """The document and its canonical serialization (to detect whether a transaction changed it)."""
@@ -167,7 +171,7 @@ def prepare_state_dir(path: Path) -> None:
     try:
         (path / "logs").mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise StateError(_unusable(path, exc)) from None
+        raise UnusableStateDir(_unusable(path, exc)) from None
 
 
 def _unusable(path: Path, exc: OSError) -> str:

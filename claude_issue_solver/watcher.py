@@ -21,10 +21,11 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any
 
 from claude_issue_solver.config import Config
-from claude_issue_solver.github import GitHubClient, GitHubError, RateLimited, Response, Transient
+from claude_issue_solver.github import GitHubClient, GitHubError, RateLimited, Refused, Response, Transient
 from claude_issue_solver.queue import Task, TaskQueue, TaskState
 
 log = logging.getLogger(__name__)
@@ -44,8 +45,26 @@ def is_trusted_comment(comment: dict[str, Any], trusted_users: tuple[str, ...]) 
     return comment.get("author_association") in TRUSTED_ASSOCIATIONS or author in trusted_users
 
 
+@dataclass(frozen=True)
+class RepoCheck:
+    """What one repository's start-up check found. ``refused``: a setting must change (401/403/404)."""
+
+    repo: str
+    error: str | None = None
+    refused: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
 class Watcher:
-    """Call it (``watcher()``) once per poll; the daemon's poller thread does."""
+    """Call it (``watcher()``) once per poll; the daemon's poller thread does.
+
+    A repository's first poll by a new watcher (a started or restarted daemon) ignores the back-off an
+    earlier daemon recorded after errors: the operator may just have fixed the cause. A wait GitHub
+    asked for (a rate limit) is still honoured.
+    """
 
     def __init__(
         self,
@@ -66,49 +85,85 @@ class Watcher:
         self.label = config.trigger_label.lower()
         self._warned: set[str] = set()
         self._lock = threading.Lock()
+        self._fresh = {repo.lower() for repo in config.github_repos}  # not polled by this watcher yet
 
     def __call__(self) -> None:
         self.poll_all()
 
     def poll_all(self) -> None:
         """Poll every repository, in parallel, so that a slow one delays no other."""
+        self._each_repo(self.poll_repo)
+
+    def check_all(self) -> list[RepoCheck]:
+        """The start-up check of every repository, in parallel (see :meth:`check`)."""
+        return self._each_repo(self.check)
+
+    def _each_repo(self, work: Callable[[str], Any]) -> list[Any]:
         repos = self.config.github_repos
         if len(repos) == 1:
-            self.poll_repo(repos[0])
-            return
+            return [work(repos[0])]
         with ThreadPoolExecutor(max_workers=min(4, len(repos)), thread_name_prefix="poll") as pool:
-            list(pool.map(self.poll_repo, repos))
+            return list(pool.map(work, repos))
 
     # --- one repository ---------------------------------------------------------------------------
+
+    def check(self, repo: str) -> RepoCheck:
+        """Whether ``repo`` can be polled: the poll's own first request (conditional, so usually a free
+        304), recorded in the repository's health like a poll. Never raises. The poll that follows
+        treats the result as its own: a failure here starts the back-off, a success clears old errors."""
+        book: dict[str, Any] = self.queue.store.read().get("watcher", {})
+        health = book.get("repos", {}).get(repo, {})
+        with self._lock:
+            self._fresh.discard(repo.lower())
+        if _rate_limited(health) and (health.get("backoff_until") or 0) > self.clock():
+            return RepoCheck(repo, error=health.get("last_error") or "rate limited by GitHub")
+        try:
+            response = self._first_page(repo, book)
+        except Exception as exc:
+            self._record_poll_error(repo, exc, report=False)  # the caller says it, once
+            return RepoCheck(repo, error=_reason(exc), refused=isinstance(exc, Refused))
+        self._record_success(repo, response)
+        return RepoCheck(repo)
 
     def poll_repo(self, repo: str) -> None:
         """Never raises: every failure is recorded in the repository's health and backed off."""
         now = self.clock()
         # One read of the bookkeeping per poll; what the poll changes is written back in transactions.
         book: dict[str, Any] = self.queue.store.read().get("watcher", {})
-        if (book.get("repos", {}).get(repo, {}).get("backoff_until") or 0) > now:
+        health = book.get("repos", {}).get(repo, {})
+        with self._lock:
+            fresh = repo.lower() in self._fresh
+            self._fresh.discard(repo.lower())
+        waiting = (health.get("backoff_until") or 0) > now
+        if waiting and (_rate_limited(health) or not fresh):
             return
         try:
             self._poll(repo, book)
-        except RateLimited as exc:
-            self._record_failure(repo, str(exc), until=exc.until, rate_limited=True)
-            log.warning(
-                "%s: rate limited; next poll after %s",
-                repo,
-                time.strftime("%H:%M:%S", time.localtime(exc.until)),
-            )
-        except Transient as exc:
-            self._record_failure(repo, str(exc))
-            log.warning("%s: %s; backing off", repo, exc)
-        except GitHubError as exc:
-            self._record_failure(repo, str(exc))
-            log.error("%s: %s", repo, exc)
-        except Exception as exc:  # a bug must not kill the poller: record it and keep going
-            log.exception("%s: unexpected error while polling", repo)
-            self._record_failure(repo, f"internal error: {type(exc).__name__}: {exc}")
+        except Exception as exc:
+            self._record_poll_error(repo, exc)
 
-    def _poll(self, repo: str, book: dict[str, Any]) -> None:
-        url = f"/repos/{repo}/issues"
+    def _record_poll_error(self, repo: str, exc: Exception, *, report: bool = True) -> None:
+        """Record the failure in the repository's health (and back off); log it unless the caller
+        reports it itself."""
+        reason = _reason(exc)
+        if isinstance(exc, RateLimited):
+            self._record_failure(repo, reason, until=exc.until, rate_limited=True)
+            until = time.strftime("%H:%M:%S", time.localtime(exc.until))
+            level, message, args = logging.WARNING, "%s: rate limited; next poll after %s", (repo, until)
+        elif isinstance(exc, Transient):
+            self._record_failure(repo, reason)
+            level, message, args = logging.WARNING, "%s: %s; backing off", (repo, exc)
+        elif isinstance(exc, GitHubError):
+            self._record_failure(repo, reason)
+            level, message, args = logging.ERROR, "%s: %s", (repo, exc)
+        else:  # a bug must not kill the poller: record it and keep going
+            self._record_failure(repo, reason)
+            log.error("%s: unexpected error while polling", repo, exc_info=exc)
+            return
+        log.log(level if report else logging.DEBUG, message, *args)
+
+    def _first_page(self, repo: str, book: dict[str, Any]) -> Response:
+        """The listing request every poll starts with, conditional on the last poll's ETag."""
         params = {
             "state": "open",
             "labels": self.config.trigger_label,
@@ -116,16 +171,19 @@ class Watcher:
             "direction": "desc",
             "per_page": 100,
         }
-        etags = book.get("etags", {})
-        etag_key = f"{repo}:{self.label}"
-        high_water = book.get("high_water", {}).get(etag_key, "")
-        first = self.client.request(
+        etag = book.get("etags", {}).get(f"{repo}:{self.label}")
+        return self.client.request(
             repo,
             "GET",
-            url,
+            f"/repos/{repo}/issues",
             params=params,
-            headers={"If-None-Match": etags[etag_key]} if etag_key in etags else None,
+            headers={"If-None-Match": etag} if etag else None,
         )
+
+    def _poll(self, repo: str, book: dict[str, Any]) -> None:
+        etag_key = f"{repo}:{self.label}"
+        high_water = book.get("high_water", {}).get(etag_key, "")
+        first = self._first_page(repo, book)
         if first.status == 304:
             self._record_success(repo, first)
             return
@@ -295,7 +353,15 @@ class Watcher:
     def _record_success(self, repo: str, response: Response) -> None:
         with self.queue.store.transaction() as data:
             health = data.setdefault("watcher", {}).setdefault("repos", {}).setdefault(repo, {})
-            health.update(last_success=self.clock(), failures=0, backoff_until=None)
+            # A success ends the trouble: the old error is no longer the repository's health.
+            health.update(
+                last_success=self.clock(),
+                failures=0,
+                backoff_until=None,
+                last_error=None,
+                failing_since=None,
+                rate_limited=False,
+            )
             if response.rate:
                 health["rate_remaining"], health["rate_limit"] = response.rate
 
@@ -311,7 +377,15 @@ class Watcher:
                 # Exponential back-off with jitter so that many daemons do not retry in step.
                 base = min(self.config.poll_interval * 2 ** (failures - 1), MAX_BACKOFF)
                 until = now + base * (0.5 + self.jitter() / 2)
-            health.update(last_error=error, last_error_at=now, failures=failures, backoff_until=until)
+            health.update(
+                last_error=error,
+                last_error_at=now,
+                failures=failures,
+                backoff_until=until,
+                rate_limited=rate_limited,
+            )
+            if not health.get("failing_since"):
+                health["failing_since"] = now
             if rate_limited:
                 health["rate_remaining"] = 0
 
@@ -321,3 +395,14 @@ class Watcher:
                 return
             self._warned.add(key)
         log.info(message, *args)
+
+
+def _rate_limited(health: dict[str, Any]) -> bool:
+    # Older state files have no flag: a rate-limit failure was recorded as zero requests left.
+    return bool(health.get("rate_limited", health.get("rate_remaining") == 0 and health.get("last_error")))
+
+
+def _reason(exc: Exception) -> str:
+    if isinstance(exc, GitHubError):
+        return exc.reason
+    return f"internal error: {type(exc).__name__}: {exc}"

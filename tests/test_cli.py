@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -299,8 +300,27 @@ def test_service_install_prints_a_unit(tmp_path: Path, env: dict[str, str]) -> N
     assert missing.exit_code == 2 and "no settings file" in missing.output
 
 
-@pytest.mark.parametrize("args", [["start", "--foreground"], ["start"], ["pause"]])
-def test_unusable_state_dir_is_one_line(tmp_path: Path, args: list[str]) -> None:
+ALL_STATE_COMMANDS = [
+    ["start", "--foreground"],
+    ["start"],
+    ["restart"],
+    ["stop"],
+    ["status"],
+    ["status", "--check"],
+    ["queue"],
+    ["pause"],
+    ["resume"],
+    ["logs"],
+    ["logs", "-f"],
+    ["submit", "a/b#1"],
+    ["cancel", "a/b#1"],
+    ["retry", "a/b#1"],
+]
+
+
+@pytest.mark.parametrize("args", ALL_STATE_COMMANDS, ids=" ".join)
+def test_unusable_state_dir_is_one_line_and_exit_2(tmp_path: Path, args: list[str]) -> None:
+    """Exit 2, not 1: the systemd unit stops restarting only on 2 (RestartPreventExitStatus)."""
     blocker = tmp_path / "a-file"
     blocker.write_text("not a directory")
     env = {
@@ -308,11 +328,302 @@ def test_unusable_state_dir_is_one_line(tmp_path: Path, args: list[str]) -> None
         "STATE_DIR": str(blocker / "state"),
         "GITHUB_TOKEN": TOKEN,
         "GITHUB_REPOS": "a/b",
+        "GITHUB_API_URL": "http://127.0.0.1:9/api/v3",
     }
     result = CliRunner().invoke(main, args, env=env)
-    assert result.exit_code == 1, result.output
+    assert result.exit_code == 2, result.output
     lines = [line for line in result.output.splitlines() if line.strip()]
-    where = blocker / "state"
     assert lines == [
-        f"Error: cannot use STATE_DIR={where}: Not a directory; point STATE_DIR at a writable directory"
+        f"Error: cannot use STATE_DIR={blocker / 'state'}: {blocker} is not a directory; "
+        "point STATE_DIR at a writable directory"
     ]
+
+
+def test_unusable_state_dir_through_a_background_start(daemon_env: dict[str, str], tmp_path: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    for args in (["start"], ["start", "--foreground"]):
+        result = cli({**daemon_env, "STATE_DIR": str(blocker)}, *args)
+        assert result.returncode == 2, result.stderr
+        assert result.stderr.splitlines() == [
+            f"Error: cannot use STATE_DIR={blocker}: {blocker} is not a directory; "
+            "point STATE_DIR at a writable directory"
+        ]
+
+
+def test_a_state_dir_without_write_permission_is_exit_2(tmp_path: Path) -> None:
+    if os.geteuid() == 0:
+        pytest.skip("root may write anywhere")
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o500)
+    env = {"HOME": str(tmp_path), "STATE_DIR": str(locked / "state"), "GITHUB_REPOS": "a/b"}
+    result = CliRunner().invoke(main, ["pause"], env=env)
+    assert result.exit_code == 2 and "cannot use STATE_DIR" in result.output, result.output
+
+
+# --- health: the start-up check, status --check, a restart polls at once ------------------------------
+
+
+def write_settings(env: dict[str, str], **changes: str) -> None:
+    path = Path(env["CLAUDE_ISSUE_SOLVER_ENV"])
+    settings = dict(line.split("=", 1) for line in path.read_text().splitlines() if line)
+    settings.update(changes)
+    path.write_text("".join(f"{k}={v}\n" for k, v in settings.items()))
+
+
+def last_line(text: str) -> str:
+    lines = [line for line in text.splitlines() if line.strip()]
+    return lines[-1] if lines else ""
+
+
+@needs_docker
+@pytest.mark.parametrize("args", [["start"], ["start", "--foreground"]], ids=" ".join)
+def test_start_refuses_a_rejected_token(daemon_env: dict[str, str], state_dir: Path, args: list[str]) -> None:
+    write_settings(daemon_env, GITHUB_TOKEN="ghp_rejectedtoken0123456789abcdefABCD")
+    result = cli(daemon_env, *args)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "daemon started" not in result.stdout
+    assert last_line(result.stderr) == (
+        "Error: cannot start: acme/widgets: GitHub rejected the credential (HTTP 401: Bad credentials)"
+    )
+    if args == ["start"]:
+        assert result.stderr.count("\n") == 1  # one line, nothing else
+    assert "Traceback" not in result.stderr and "ghp_rejected" not in result.stderr
+    assert not daemon_status(state_dir / "daemon.pid").running
+
+
+@needs_docker
+def test_start_refuses_a_missing_repo_and_no_permission(
+    daemon_env: dict[str, str], github: FakeGitHub, state_dir: Path
+) -> None:
+    write_settings(daemon_env, GITHUB_REPOS="acme/widgets,acme/no-such-repo")
+    result = cli(daemon_env, "start")
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert result.stderr.splitlines() == [
+        "Error: cannot start: acme/no-such-repo: not found, or the credential cannot see it "
+        "(HTTP 404: Not Found)"
+    ]
+    write_settings(daemon_env, GITHUB_REPOS="acme/widgets")
+    github.fail_next(
+        "/api/v3/repos/acme/widgets/issues", 403, body={"message": "Resource not accessible by integration"}
+    )
+    result = cli(daemon_env, "start")
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert result.stderr.splitlines() == [
+        "Error: cannot start: acme/widgets: the credential lacks permission "
+        "(HTTP 403: Resource not accessible by integration)"
+    ]
+    assert not daemon_status(state_dir / "daemon.pid").running
+
+
+@needs_docker
+def test_transient_trouble_starts_with_a_warning_and_shows_as_degraded(
+    daemon_env: dict[str, str], github: FakeGitHub
+) -> None:
+    write_settings(daemon_env, POLL_INTERVAL="30")  # the back-off after one failure: 15 to 30 s
+    github.fail_next("/api/v3/repos/acme/widgets/issues", 502)
+    started = cli(daemon_env, "start")
+    assert started.returncode == 0, started.stderr
+    assert "daemon started" in started.stdout
+    assert started.stderr.splitlines() == [
+        "warning: acme/widgets: GitHub is failing (HTTP 502: Bad Gateway); starting anyway, "
+        "retrying with back-off"
+    ]
+    check = cli(daemon_env, "status", "--check")
+    assert check.returncode == 4, check.stdout + check.stderr
+    degraded = (
+        r"health: degraded — acme/widgets since \d\d:\d\dZ: GitHub is failing \(HTTP 502: Bad Gateway\)"
+    )
+    assert re.fullmatch(degraded + "\n", check.stdout), check.stdout
+    assert re.search(degraded, cli(daemon_env, "status").stdout)
+    payload = json.loads(cli(daemon_env, "status", "--json").stdout)
+    assert payload["health"]["status"] == "degraded"
+    assert [p["repo"] for p in payload["health"]["problems"]] == ["acme/widgets"]
+    assert "HTTP 502" in payload["health"]["problems"][0]["reason"]
+    # GitHub is back: a restart looks at once instead of waiting out the back-off, and clears the error
+    restarted = cli(daemon_env, "restart")
+    assert restarted.returncode == 0 and restarted.stderr == "", restarted.stderr
+    check = cli(daemon_env, "status", "--check")
+    assert (check.returncode, check.stdout) == (0, "health: healthy\n")
+    payload = json.loads(cli(daemon_env, "status", "--json").stdout)
+    assert payload["health"] == {"status": "healthy", "summary": "healthy", "problems": []}
+    assert payload["repos"]["acme/widgets"]["last_error"] is None
+    assert cli(daemon_env, "stop").returncode == 0
+    stopped = cli(daemon_env, "status", "--check")
+    assert (stopped.returncode, stopped.stdout) == (3, "health: not running\n")
+
+
+@needs_docker
+def test_unreachable_github_starts_with_one_readable_warning(daemon_env: dict[str, str]) -> None:
+    write_settings(daemon_env, GITHUB_API_URL="http://127.0.0.1:9/api/v3")
+    started = cli(daemon_env, "start")
+    assert started.returncode == 0, started.stderr
+    assert started.stderr.splitlines() == [
+        "warning: acme/widgets: cannot reach GitHub at 127.0.0.1:9: connection refused (check "
+        "GITHUB_API_URL); starting anyway, retrying with back-off"
+    ]
+    check = cli(daemon_env, "status", "--check")
+    assert check.returncode == 4 and "cannot reach GitHub at 127.0.0.1:9" in check.stdout
+    assert cli(daemon_env, "stop").returncode == 0
+
+
+@needs_docker
+def test_a_restart_polls_at_once_and_clears_the_old_error(
+    daemon_env: dict[str, str], github: FakeGitHub, state_dir: Path
+) -> None:
+    """A back-off recorded by an earlier daemon (say, before GITHUB_API_URL was fixed) is not waited out."""
+    far = time.time() + 3600
+    with StateStore(state_dir / "state.json").transaction() as data:
+        data["watcher"] = {
+            "repos": {
+                "acme/widgets": {
+                    "last_error": "cannot reach GitHub at github.invalid: the host name does not resolve",
+                    "last_error_at": time.time() - 60,
+                    "failing_since": time.time() - 600,
+                    "failures": 6,
+                    "backoff_until": far,
+                }
+            }
+        }
+    assert cli(daemon_env, "pause").returncode == 0  # keep the task queued: this is about the poll
+    github.create_issue("acme/widgets", "Waiting since before the fix", labels=["Claude"], user="maintainer")
+    started = cli(daemon_env, "start")
+    assert started.returncode == 0 and started.stderr == "", started.stderr
+    check = cli(daemon_env, "status", "--check")
+    assert (check.returncode, check.stdout) == (0, "health: healthy\n")
+    wait_until(lambda: bool(TaskQueue(StateStore(state_dir / "state.json")).list()), 10, "the issue queued")
+    health = StateStore(state_dir / "state.json").read()["watcher"]["repos"]["acme/widgets"]
+    assert health["last_error"] is None and health["backoff_until"] is None and health["failures"] == 0
+    assert cli(daemon_env, "stop").returncode == 0
+
+
+def test_status_shows_health_at_a_glance(env: dict[str, str], state_dir: Path) -> None:
+    now = time.time()
+    with StateStore(state_dir / "state.json").transaction() as data:
+        data["watcher"] = {
+            "repos": {
+                "acme/widgets": {
+                    "last_error": "GitHub rejected the credential (HTTP 401: Bad credentials)",
+                    "failing_since": now - 60,
+                    "last_error_at": now,
+                }
+            }
+        }
+    text = expect(invoke(["status"], env), 3).output
+    assert "health: not running\n" in text  # not running outranks a stale error
+    result = expect(invoke(["status", "--check"], env), 3)
+    assert result.output == "health: not running\n"
+    payload = json.loads(expect(invoke(["status", "--json"], env), 3).output)
+    assert payload["health"]["status"] == "not running"
+    assert payload["health"]["problems"] == [
+        {
+            "repo": "acme/widgets",
+            "since": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now - 60)),
+            "reason": "GitHub rejected the credential (HTTP 401: Bad credentials)",
+        }
+    ]
+
+
+def test_health_line_of_a_running_but_degraded_daemon() -> None:
+    from claude_issue_solver.pidfile import DaemonStatus
+    from claude_issue_solver.render import health_line, health_payload
+
+    now = time.mktime((2026, 12, 1, 10, 30, 0, 0, 0, 0)) - time.timezone
+    running = DaemonStatus(running=True, pid=42, stale=False)
+    repos = {
+        "acme/widgets": {
+            "last_error": "GitHub rejected the credential (HTTP 401)",
+            "failing_since": now - 1680,
+        },
+        "acme/gadgets": {"last_error": None, "last_success": now},
+        "acme/old": {"last_error": "GitHub is failing (HTTP 502)", "failing_since": now - 86400},
+    }
+    health = health_payload(running, repos, ["acme/widgets", "acme/gadgets", "acme/old"], now)
+    assert health["status"] == "degraded"
+    assert health_line(health) == (
+        "health: degraded — acme/widgets since 10:02Z: GitHub rejected the credential (HTTP 401); "
+        "acme/old since 2026-11-30 10:30Z: GitHub is failing (HTTP 502)"
+    )
+    assert health_payload(running, {"acme/gadgets": repos["acme/gadgets"]}, ["acme/gadgets"], now) == {
+        "status": "healthy",
+        "summary": "healthy",
+        "problems": [],
+    }
+
+
+# --- commands that talk to GitHub themselves ----------------------------------------------------------
+
+
+def test_submit_against_an_unreachable_github_is_one_line(
+    daemon_env: dict[str, str], state_dir: Path
+) -> None:
+    write_settings(daemon_env, GITHUB_API_URL="http://127.0.0.1:9/api/v3")
+    result = cli(daemon_env, "submit", "acme/widgets#1")
+    assert result.returncode == 1
+    assert result.stderr.splitlines() == [
+        "Error: cannot read acme/widgets#1: GET /repos/acme/widgets/issues/1: cannot reach GitHub at "
+        "127.0.0.1:9: connection refused (check GITHUB_API_URL)"
+    ]
+    # cancel's comment on the issue is best effort: one readable warning, and the cancel is done
+    task = TaskQueue(StateStore(state_dir / "state.json")).submit("acme/widgets", 1, "one")
+    result = cli(daemon_env, "cancel", "acme/widgets#1")
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.splitlines() == [
+        "warning: could not comment on acme/widgets#1: GET /repos/acme/widgets/issues/1/comments: "
+        "cannot reach GitHub at 127.0.0.1:9: connection refused (check GITHUB_API_URL)"
+    ]
+    assert f"cancelled {task.id}" in result.stdout
+    retried = cli(daemon_env, "retry", "acme/widgets#1")  # retry queues only; it does not call GitHub
+    assert retried.returncode == 0 and retried.stderr == "", retried.stderr
+
+
+def test_submit_with_a_rejected_token_is_one_line(daemon_env: dict[str, str], github: FakeGitHub) -> None:
+    github.create_issue("acme/widgets", "Exists", user="maintainer")
+    write_settings(daemon_env, GITHUB_TOKEN="ghp_rejectedtoken0123456789abcdefABCD")
+    result = cli(daemon_env, "submit", "acme/widgets#1")
+    assert result.returncode == 1
+    assert result.stderr.splitlines() == [
+        "Error: cannot read acme/widgets#1: GET /repos/acme/widgets/issues/1: GitHub rejected the "
+        "credential (HTTP 401: Bad credentials)"
+    ]
+
+
+@needs_docker
+def test_a_start_that_does_not_come_up_in_time_is_stopped(
+    daemon_env: dict[str, str], github: FakeGitHub, state_dir: Path
+) -> None:
+    github.set_delay("/api/v3/repos/acme/widgets/issues", 20)  # the start-up check hangs
+    result = cli(daemon_env, "start", "--wait", "1")
+    assert result.returncode == 1
+    assert re.fullmatch(
+        r"Error: the daemon did not come up within 1s \(pid \d+\), so it was stopped; see .*daemon\.log",
+        last_line(result.stderr),
+    ), result.stderr
+    assert not daemon_status(state_dir / "daemon.pid").running
+    github.set_delay("/api/v3/repos/acme/widgets/issues", 0)
+    assert cli(daemon_env, "start").returncode == 0  # nothing half-started stands in the way
+    assert cli(daemon_env, "stop").returncode == 0
+
+
+@needs_docker
+def test_stop_waits_for_a_daemon_that_is_still_starting(
+    daemon_env: dict[str, str], github: FakeGitHub, state_dir: Path
+) -> None:
+    github.set_delay("/api/v3/repos/acme/widgets/issues", 2)  # the start-up check takes a while
+    starting = subprocess.Popen(
+        [sys.executable, "-m", "claude_issue_solver", "start", "--foreground"],
+        env=daemon_env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_until(lambda: daemon_status(state_dir / "daemon.pid").running, 30, "the pidfile lock")
+        assert daemon_status(state_dir / "daemon.pid").pid is None  # locked, not ready yet
+        stopped = cli(daemon_env, "stop")
+        assert stopped.returncode == 0 and "daemon stopped" in stopped.stdout, stopped.stderr
+        assert starting.wait(30) == 0
+    finally:
+        if starting.poll() is None:
+            starting.kill()
+            starting.wait()

@@ -227,7 +227,8 @@ def test_daemon_survives_github_errors(
 def test_connection_refused_is_recorded(watcher_for: Callable[..., Watcher], queue: TaskQueue) -> None:
     watcher = watcher_for(GITHUB_API_URL="http://127.0.0.1:9/api/v3", GITHUB_REPOS="acme/widgets")
     watcher()
-    assert "ConnectionError" in queue.store.read()["watcher"]["repos"]["acme/widgets"]["last_error"]
+    error = queue.store.read()["watcher"]["repos"]["acme/widgets"]["last_error"]
+    assert error == "cannot reach GitHub at 127.0.0.1:9: connection refused (check GITHUB_API_URL)"
 
 
 def test_publisher_never_opens_a_second_pr(github: FakeGitHub, gh_config: Callable[..., Config]) -> None:
@@ -331,3 +332,93 @@ def test_one_poll_queues_oldest_issue_first(
         github.create_issue("acme/widgets", f"issue {n}", labels=["Claude"], user="maintainer")
     watcher_for(GITHUB_REPOS="acme/widgets")()
     assert [t.issue_number for t in queue.list()] == [1, 2, 3]  # queue order, not the API's newest-first
+
+
+# --- health across restarts, and the start-up check ----------------------------------------------------
+
+
+def test_a_new_watcher_polls_at_once_despite_an_old_back_off(
+    github: FakeGitHub, watcher_for: Callable[..., Watcher], queue: TaskQueue, clock: Clock
+) -> None:
+    github.fail_next(ISSUES, 502, count=3)
+    first = watcher_for(GITHUB_REPOS="acme/widgets")
+    for _ in range(3):
+        first()
+        clock.advance(3600)  # far past every back-off, so each poll fails in turn
+    health = queue.store.read()["watcher"]["repos"]["acme/widgets"]
+    assert health["failures"] == 3 and health["failing_since"] == clock.now - 3 * 3600
+    with queue.store.transaction() as data:  # as if the last failure had just happened
+        data["watcher"]["repos"]["acme/widgets"]["backoff_until"] = clock.now + 900
+    first()
+    assert queue.store.read()["watcher"]["repos"]["acme/widgets"]["failures"] == 3  # it still waits
+    github.reset_counts()
+    github.create_issue(
+        "acme/widgets", "Queued right after the restart", labels=["Claude"], user="maintainer"
+    )
+    restarted = watcher_for(GITHUB_REPOS="acme/widgets")  # the daemon restarted after the fix
+    restarted()
+    assert len(issue_list_requests(github)) == 1
+    assert [t.title for t in queue.list()] == ["Queued right after the restart"]
+    health = queue.store.read()["watcher"]["repos"]["acme/widgets"]
+    assert health["last_error"] is None and health["failing_since"] is None
+    assert health["failures"] == 0 and health["backoff_until"] is None
+
+
+def test_a_new_watcher_still_honours_a_rate_limit_wait(
+    github: FakeGitHub, watcher_for: Callable[..., Watcher], queue: TaskQueue, clock: Clock
+) -> None:
+    github.fail_next(ISSUES, 429, headers={"Retry-After": "600"})
+    watcher_for(GITHUB_REPOS="acme/widgets")()
+    github.reset_counts()
+    restarted = watcher_for(GITHUB_REPOS="acme/widgets")
+    check = restarted.check("acme/widgets")
+    assert not check.ok and not check.refused and "rate limited by GitHub (HTTP 429)" in (check.error or "")
+    restarted()
+    assert issue_list_requests(github) == []  # GitHub asked us to wait: a restart does not change that
+    clock.advance(601)
+    restarted()
+    assert len(issue_list_requests(github)) == 1
+
+
+def test_check_tells_refusals_from_trouble(
+    github: FakeGitHub, watcher_for: Callable[..., Watcher], queue: TaskQueue, clock: Clock
+) -> None:
+    watcher = watcher_for(GITHUB_REPOS="acme/widgets,acme/gadgets,acme/missing")
+    github.fail_next("/api/v3/repos/acme/gadgets/issues", 503)
+    checks = {c.repo: c for c in watcher.check_all()}
+    assert checks["acme/widgets"].ok
+    assert not checks["acme/gadgets"].refused
+    assert checks["acme/gadgets"].error == "GitHub is failing (HTTP 503: Service Unavailable)"
+    assert checks["acme/missing"].refused
+    assert checks["acme/missing"].error == "not found, or the credential cannot see it (HTTP 404: Not Found)"
+    health = queue.store.read()["watcher"]["repos"]
+    assert health["acme/gadgets"]["backoff_until"] > clock.now  # the check's failure starts the back-off
+    assert health["acme/widgets"]["last_success"] == clock.now
+    github.reset_counts()
+    watcher()  # the first poll after the check: the failed repo waits out its back-off
+    assert issue_list_requests(github, "acme/gadgets") == []
+    assert len(issue_list_requests(github, "acme/widgets")) == 1
+    github.revoke_token(TOKEN)
+    assert watcher_for(GITHUB_REPOS="acme/widgets").check("acme/widgets").refused
+
+
+def test_unreachable_github_reads_as_one_line() -> None:
+    """What urllib3 raises for a name that does not resolve, described without a network lookup."""
+    import socket
+
+    import requests
+    from urllib3.connection import HTTPConnection
+    from urllib3.exceptions import MaxRetryError, NameResolutionError
+
+    from claude_issue_solver.github import describe_unreachable
+
+    conn = HTTPConnection("github.invalid")
+    resolution = NameResolutionError("github.invalid", conn, socket.gaierror(-2, "Name or service not known"))
+    raised = requests.exceptions.ConnectionError(MaxRetryError(None, "/api/v3/x", resolution))
+    assert describe_unreachable(raised, "https://github.invalid/api/v3") == (
+        "cannot reach GitHub at github.invalid: the host name does not resolve (check GITHUB_API_URL)"
+    )
+    timeout = requests.exceptions.ReadTimeout("read timed out")
+    assert describe_unreachable(timeout, "https://api.github.com") == (
+        "cannot reach GitHub at api.github.com: no answer within 15s"
+    )
