@@ -7,10 +7,11 @@ change the same queue, and a crash loses nothing that an operation had returned.
 
 from __future__ import annotations
 
+import copy
 import secrets
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from enum import StrEnum
 from typing import Any
 
@@ -72,8 +73,10 @@ class Task:
         return f"{self.repo}#{self.issue_number}"
 
     def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
+        # Not dataclasses.asdict: it deep-copies every field (6x slower); only meta holds containers.
+        data = {name: getattr(self, name) for name in _FIELD_ORDER}
         data["state"] = self.state.value
+        data["meta"] = copy.deepcopy(self.meta)
         return data
 
     @classmethod
@@ -86,7 +89,8 @@ class Task:
         return task
 
 
-_FIELDS = frozenset(f.name for f in fields(Task))
+_FIELD_ORDER = tuple(f.name for f in fields(Task))
+_FIELDS = frozenset(_FIELD_ORDER)
 _STATES = {s.value: s for s in TaskState}
 _UPDATABLE = _FIELDS - {"id", "repo", "issue_number", "seq", "created_at"}
 

@@ -228,6 +228,24 @@ def test_an_indented_file_from_an_earlier_version_reads_as_is(store: StateStore)
     assert not quarantined(store)
 
 
+def test_what_a_later_version_adds_survives_this_one(store: StateStore) -> None:
+    sound_state(store)
+    first = task_id(store, 1)
+
+    def add(data: dict[str, Any]) -> None:
+        data["holds"] = {"acme/widgets": {"until": NOW}}
+        data["tasks"][first]["budget_usd"] = 5.0
+
+    bad(store, add)
+    queue = TaskQueue(store)
+    queue.update(first, title="edited")
+    queue.finish(queue.claim().id, TaskState.COMPLETED)
+    data = store.read()
+    assert data["holds"] == {"acme/widgets": {"until": NOW}}
+    assert data["tasks"][first]["budget_usd"] == 5.0 and data["tasks"][first]["title"] == "edited"
+    assert not quarantined(store)
+
+
 def test_the_checked_task_shape_is_the_task_type() -> None:
     assert set(TASK_FIELDS) == {f.name for f in fields(Task)}
     assert set(REQUIRED_TASK_FIELDS) <= set(TASK_FIELDS)
