@@ -36,6 +36,13 @@ def test_round_trip_and_schema(store: StateStore) -> None:
     assert oct(store.path.stat().st_mode & 0o777) == "0o600"
 
 
+def test_any_text_round_trips(queue: TaskQueue) -> None:
+    titles = ["café ☕ 修正", "a lone surrogate \ud800 from a broken escape", 'quotes " and \\ and \n']
+    ids = [queue.submit("acme/widgets", n, title).id for n, title in enumerate(titles)]
+    assert [queue.get(i).title for i in ids] == titles
+    assert queue.store.path.read_bytes().isascii()
+
+
 def test_unchanged_transaction_does_not_write(store: StateStore) -> None:
     with store.transaction() as data:
         data["paused"] = False
