@@ -37,10 +37,23 @@ def test_round_trip_and_schema(store: StateStore) -> None:
 
 
 def test_any_text_round_trips(queue: TaskQueue) -> None:
-    titles = ["café ☕ 修正", "a lone surrogate \ud800 from a broken escape", 'quotes " and \\ and \n']
+    titles = ["café ☕ 修正", 'quotes " and \\ and \n', "\x00 and \u2028"]
     ids = [queue.submit("acme/widgets", n, title).id for n, title in enumerate(titles)]
     assert [queue.get(i).title for i in ids] == titles
-    assert queue.store.path.read_bytes().isascii()
+    assert "修正" in queue.store.path.read_bytes().decode("utf-8")
+
+
+def test_what_orjson_refuses_is_written_by_the_standard_library(queue: TaskQueue) -> None:
+    # A lone surrogate (from a broken escape in some API's JSON) is valid JSON but not UTF-8: the
+    # standard library writes it as an escape, and reads it back where orjson refuses to.
+    task = queue.submit("acme/widgets", 1, "a lone surrogate \ud800 here", meta={"labels": ["Claude"]})
+    assert b"\\ud800" in queue.store.path.read_bytes()
+    assert queue.get(task.id).title == "a lone surrogate \ud800 here"
+    queue.update(task.id, meta={"phase": "agent"})
+    assert queue.get(task.id).meta == {"labels": ["Claude"], "phase": "agent"}
+    queue.update(task.id, title="fixed")
+    assert b"\\ud800" not in queue.store.path.read_bytes()
+    assert not quarantined(queue.store)
 
 
 def test_unchanged_transaction_does_not_write(store: StateStore) -> None:
