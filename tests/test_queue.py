@@ -2,10 +2,11 @@ from __future__ import annotations
 
 import threading
 from collections import Counter
+from dataclasses import fields
 
 import pytest
 
-from claude_issue_solver.queue import QueueError, TaskQueue, TaskState
+from claude_issue_solver.queue import QueueError, Task, TaskQueue, TaskState
 from claude_issue_solver.state import StateStore
 
 
@@ -121,3 +122,14 @@ def test_update_refuses_identity_fields(queue: TaskQueue) -> None:
     assert updated.title == "five, edited" and updated.meta == {"labels": ["bug"]}
     with pytest.raises(QueueError):
         queue.update(task.id, issue_number=6)
+
+
+def test_a_task_as_a_dict_is_a_copy_of_every_field(queue: TaskQueue) -> None:
+    task = queue.submit("acme/widgets", 5, "five", meta={"labels": ["Claude"], "new_comments": [{"id": 1}]})
+    data = task.to_dict()
+    assert list(data) == [f.name for f in fields(Task)]
+    assert data["state"] == "pending" and type(data["state"]) is str
+    data["meta"]["labels"].append("bug")
+    data["meta"]["new_comments"][0]["id"] = 2
+    assert task.meta == {"labels": ["Claude"], "new_comments": [{"id": 1}]}
+    assert Task.from_dict(task.to_dict()) == task
