@@ -267,6 +267,9 @@ def test_the_daemon_in_its_container_turns_an_issue_into_a_pull_request(
     )
     try:
         wait_until(lambda: github.pulls("acme/widgets"), 180, "the pull request")
+        # The image's healthcheck: `status` in the container sees the daemon running.
+        health = container.exec_run(["claude-issue-solver", "status"])
+        assert health.exit_code == 0, health.output.decode()
         wait_until(
             lambda: "pull request" in our_comments(github, issue["number"])[0]["body"], 60, "the comment"
         )
