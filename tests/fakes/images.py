@@ -2,6 +2,7 @@
 
 - :func:`debian_base_image`: a ``debootstrap`` minbase root filesystem, for building the real agent image.
 - :func:`build_claude_image`: ``Dockerfile.claude`` on any base.
+- :func:`build_daemon_image`: the daemon's own ``Dockerfile`` on any Debian base.
 """
 
 from __future__ import annotations
@@ -45,6 +46,8 @@ __all__ = [
     "HASH_LABEL",
     "ImageBuildError",
     "build_claude_image",
+    "build_daemon_image",
+    "daemon_build_context",
     "debian_base_image",
     "fake_agent_image",
     "host_debian_mirror",
@@ -121,21 +124,59 @@ def build_claude_image(
         tar.addfile(info, io.BytesIO(dockerfile))
     context.seek(0)
 
-    lines: list[str] = []
-    error: str | None = None
-    stream = client.api.build(
+    return _build(
+        client,
+        f"{tag} from Dockerfile.claude on {base_image}",
         fileobj=context,
         custom_context=True,
         dockerfile="Dockerfile.claude",
         buildargs={"BASE_IMAGE": base_image},
         tag=tag,
+        nocache=nocache,
+    )
+
+
+def daemon_build_context() -> io.BytesIO:
+    """The daemon image's build context exactly as ``docker build`` sends it: the checkout, filtered by
+    its ``.dockerignore`` (docker-py's own implementation of the rules)."""
+    from docker.utils.build import tar
+
+    patterns = [
+        line.strip()
+        for line in (REPO_ROOT / ".dockerignore").read_text().splitlines()
+        if line.strip() and not line.strip().startswith("#")
+    ]
+    context = tar(str(REPO_ROOT), exclude=patterns, dockerfile=("Dockerfile", None))
+    return io.BytesIO(context.read())
+
+
+def build_daemon_image(client: docker.DockerClient, base_image: str, tag: str) -> str:
+    """Build the daemon's own ``Dockerfile`` on ``base_image`` as ``tag``; unchanged layers are reused."""
+    return _build(
+        client,
+        f"{tag} from Dockerfile on {base_image}",
+        fileobj=daemon_build_context(),
+        custom_context=True,
+        dockerfile="Dockerfile",
+        buildargs={"BASE_IMAGE": base_image},
+        tag=tag,
+    )
+
+
+def _build(client: docker.DockerClient, what: str, **kwargs: object) -> str:
+    """Run one build, log its output at DEBUG line by line, and return its tag; on failure the
+    :class:`ImageBuildError` carries the tail of the output."""
+    tag = str(kwargs["tag"])
+    lines: list[str] = []
+    error: str | None = None
+    stream = client.api.build(
         network_mode="host",
         rm=True,
         forcerm=True,
-        nocache=nocache,
         # A pull would fail (no registry); the base is always local.
         pull=False,
         decode=True,
+        **kwargs,
     )
     try:
         for chunk in stream:
@@ -152,12 +193,12 @@ def build_claude_image(
     except docker.errors.APIError as exc:
         error = str(exc)
     if error is not None:
-        msg = f"building {tag} from Dockerfile.claude on {base_image} failed: {error}\n{_tail(lines)}"
+        msg = f"building {what} failed: {error}\n{_tail(lines)}"
         raise ImageBuildError(msg)
     try:
         client.images.get(tag)
     except docker.errors.ImageNotFound:
-        msg = f"building {tag} from Dockerfile.claude on {base_image} produced no image:\n{_tail(lines)}"
+        msg = f"building {what} produced no image:\n{_tail(lines)}"
         raise ImageBuildError(msg) from None
     return tag
 
