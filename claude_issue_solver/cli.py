@@ -121,8 +121,11 @@ def _is_tty() -> bool:
 @click.option(
     "--env-file",
     type=click.Path(path_type=Path, dir_okay=False),
-    envvar="CLAUDE_ISSUE_SOLVER_ENV",
-    help="Read settings from this .env file (default: ./.env if present; the environment wins).",
+    # Not envvar=: config reads $CLAUDE_ISSUE_SOLVER_ENV itself, and names it in its errors.
+    help=(
+        "Read settings from this .env file (default: $CLAUDE_ISSUE_SOLVER_ENV, else ./.env if present; "
+        "the environment wins)."
+    ),
 )
 @click.pass_context
 def main(ctx: click.Context, env_file: Path | None) -> None:
