@@ -18,8 +18,8 @@ from typing import Any
 
 from github import Auth, Github, GithubIntegration, GithubRetry
 
-from claude_issue_solver.backends.base import GitCredential
 from claude_issue_solver.config import Config
+from claude_issue_solver.credentials import GitCredential
 from claude_issue_solver.logs import REDACTOR
 
 log = logging.getLogger(__name__)
