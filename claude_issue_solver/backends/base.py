@@ -152,6 +152,8 @@ class Workspace:
 
     task_id: str
     handle: str  # the deterministic name of the container / sandbox
+    repo: str
+    issue_number: int
     branch: str
     base_sha: str | None  # the commit the work started from
 

@@ -37,7 +37,7 @@ class Crash(BaseException):
 
 @dataclass(frozen=True)
 class MemoryWorkspace(Workspace):
-    repo: str = ""
+    """Nothing beyond the common fields: the place is found by the task id."""
 
 
 @dataclass
@@ -187,7 +187,12 @@ class MemoryBackend:
     def _workspace(self, place: Place) -> MemoryWorkspace:
         spec = place.spec
         return MemoryWorkspace(
-            spec.task_id, self.handle_for(spec.task_id), spec.branch, place.base_sha, spec.repo
+            spec.task_id,
+            self.handle_for(spec.task_id),
+            spec.repo,
+            spec.issue_number,
+            spec.branch,
+            place.base_sha,
         )
 
     def attach(self, task: Task) -> MemoryWorkspace | None:
