@@ -26,6 +26,8 @@ runs. Mechanics only: when to stop, what to take and what to publish is
 
 from __future__ import annotations
 
+import base64
+import binascii
 import logging
 import math
 import re
@@ -371,19 +373,21 @@ class DaytonaBackend:
     def read_file(self, workspace: Workspace, path: str, limit: int) -> bytes | None:
         sandbox, paths = self._located(workspace)
         target = _inside(paths, path)
-        # Only a regular file that is no link, under no linked directory: the toolbox would follow one.
+        # Only a regular file that is no link, under no linked directory: a download would follow one.
+        # Checked and read in one request; base64 because the toolbox returns text.
         checks = [f"[ -L {_q(p)} ] && exit 3" for p in _prefixes(paths.repo, path)]
-        script = "; ".join([*checks, f"[ -f {_q(target)} ] || exit 4", "exit 0"])
-        probe = _sdk(f"looking at {path} in {workspace.handle}", lambda: sandbox.process.exec(script))
-        if probe.exit_code != 0:
-            return None
-        response = _sdk(
-            f"downloading {path} from {workspace.handle}",
-            lambda: sandbox.fs.download_files([FileDownloadRequest(source=target)])[0],
+        script = "; ".join(
+            [*checks, f"[ -f {_q(target)} ] || exit 4", f"head -c {int(limit)} -- {_q(target)} | base64"]
         )
-        if response.error is None and isinstance(response.result, bytes):
-            return response.result[:limit]
-        return None
+        response = _sdk(f"reading {path} in {workspace.handle}", lambda: sandbox.process.exec(script))
+        if response.exit_code != 0:
+            return None
+        try:
+            return base64.b64decode("".join((response.result or "").split()), validate=True)[:limit]
+        except binascii.Error:
+            shown = REDACTOR((response.result or "")[-200:])
+            msg = f"reading {path} in {workspace.handle} gave no base64: {shown}"
+            raise BackendError(msg) from None
 
     def write_file(self, workspace: Workspace, path: str, data: bytes) -> None:
         sandbox, paths = self._located(workspace)

@@ -80,6 +80,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
+from claude_issue_solver import demo_world
 from claude_issue_solver.demo_world.loopback import LoopbackFake, LoopbackHandler, LoopbackServer
 
 __all__ = ["FAKE_CLAUDE", "FakeDaytona", "RecordedRequest"]
@@ -87,7 +88,8 @@ __all__ = ["FAKE_CLAUDE", "FakeDaytona", "RecordedRequest"]
 _log = logging.getLogger(__name__)
 
 #: The fake Claude Code CLI every sandbox gets as ``claude``.
-FAKE_CLAUDE = Path(__file__).resolve().parent / "fake_claude.sh"
+# The demo's stand-in agent, which ships in the package (the demo runs it too).
+FAKE_CLAUDE = Path(demo_world.__file__).resolve().parent / "fake_claude.sh"
 API_PREFIX = "/api"
 TOOLBOX_PREFIX = "/toolbox"
 SANDBOX_USER = "daytona"
