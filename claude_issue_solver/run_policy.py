@@ -189,24 +189,26 @@ def remove_workspace(
             if exc.retryable and attempt < REMOVE_ATTEMPTS:
                 sleep(backend.poll_interval * attempt)
                 continue
-            message = f"could not remove the workspace of task {task_id}: {exc}"
-            if log is not None:
-                log.write(message)
-            else:
-                logger.warning("%s", message)
-            return []
+            problem = str(exc)
         except Exception as exc:  # cleanup runs on every path out of a task: it must not raise
-            message = f"could not remove the workspace of task {task_id}: {type(exc).__name__}: {exc}"
-            if log is not None:
-                log.write(message)
-            else:
-                logger.warning("%s", message)
-            return []
-        if log is not None:
+            problem = f"{type(exc).__name__}: {exc}"
+        else:
             for item in removed:
-                log.write(f"removed {item}")
-        return removed
+                _say(log, f"removed {item}")
+            return removed
+        break
+    _say(log, f"could not remove the workspace of task {task_id}: {problem}", warning=True)
     return []
+
+
+def _say(log: TaskLog | None, message: str, *, warning: bool = False) -> None:
+    """Into the task's log when there is one (a task ending), else the daemon's (reconcile)."""
+    if log is not None:
+        log.write(message)
+    elif warning:
+        logger.warning("%s", message)
+    else:
+        logger.debug("%s", message)  # the caller says what reconcile removed
 
 
 def reconcile(
