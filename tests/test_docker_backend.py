@@ -22,6 +22,7 @@ docker = pytest.importorskip("docker")
 
 from claude_issue_solver import gitops  # noqa: E402
 from claude_issue_solver.backends import docker as docker_backend  # noqa: E402
+from claude_issue_solver.backends import docker_images  # noqa: E402
 from claude_issue_solver.backends.base import (  # noqa: E402
     LABEL_OWNER,
     LABEL_PROCESS,
@@ -691,7 +692,7 @@ def test_ensure_image_builds_on_the_repository_dockerfile_and_caches(
         "ARG BASE_IMAGE\nFROM ${BASE_IMAGE}\nUSER root\n"
         f"RUN echo agent-{harness.tmp_path.name} > /agent\nUSER 1000\n"
     )
-    monkeypatch.setattr(docker_backend, "agent_dockerfile", lambda: stand_in)
+    monkeypatch.setattr(docker_images, "agent_dockerfile", lambda: stand_in)
     backend = harness.backend(build=True, base_image=harness.image)
     job = harness.job("noop")
     backend.prepare(job.workspace, harness.log(job))  # fetches the mirror the base image is built from

@@ -24,17 +24,12 @@ Mechanics only: when to stop, what to take and what to publish is :mod:`claude_i
 from __future__ import annotations
 
 import codecs
-import hashlib
-import io
 import logging
 import os
-import re
 import stat
-import tarfile
-import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,7 +39,7 @@ import docker
 import docker.errors
 import requests
 from docker.models.containers import Container
-from filelock import FileLock, Timeout
+from filelock import Timeout
 
 from claude_issue_solver import gitops
 from claude_issue_solver.backends.base import (
@@ -68,6 +63,7 @@ from claude_issue_solver.backends.base import (
     owner_of,
     resource_labels,
 )
+from claude_issue_solver.backends.docker_images import AgentImages, unreachable
 from claude_issue_solver.backends.settings import DockerSettings
 from claude_issue_solver.logs import TaskLog
 from claude_issue_solver.queue import Task
@@ -78,8 +74,6 @@ logger = logging.getLogger(__name__)
 
 CONTAINER_PREFIX = NAME_PREFIX
 AGENT_PROCESS = "agent"  # its container carries the workspace's handle: the name operators know
-AGENT_IMAGE_REPOSITORY = "claude-issue-solver-agent"
-BASE_IMAGE_PREFIX = "claude-issue-solver-base-"
 WORKSPACE_MOUNT = "/workspace"
 TASK_MOUNT = "/task"
 BASE_SHA_FILE = "base_sha"  # the commit the work started from, for a daemon that restarts mid-task
@@ -88,7 +82,6 @@ DEFAULT_BRANCH_FILE = "default_branch"  # which branch's Dockerfile the image is
 AGENT_UID = 1000
 POLL_SECONDS = 1.0  # an inspect of a local container is cheap
 _LOG_FLUSH_BYTES = 64 * 1024
-_BUILD_TAIL_LINES = 40
 _DOCKER_ERRORS = (docker.errors.DockerException, requests.exceptions.RequestException)
 
 
@@ -116,8 +109,12 @@ class DockerBackend:
         self.owner = owner_of(self.state_dir)
         self._client = client
         self._client_lock = threading.Lock()
-        self._image = image
-        self._image_lock = threading.Lock()
+        self.images = AgentImages(
+            lambda: self.client,
+            self.state_dir,
+            base_image=settings.base_image,
+            configured=image or settings.image,
+        )
 
     # --- the daemon ------------------------------------------------------------------------------------
 
@@ -129,14 +126,14 @@ class DockerBackend:
                 try:
                     self._client = docker.from_env()
                 except docker.errors.DockerException as exc:
-                    raise BackendError(_unreachable(exc), retryable=True) from None
+                    raise BackendError(unreachable(exc), retryable=True) from None
             return self._client
 
     def check(self) -> None:
         try:
             self.client.ping()
         except _DOCKER_ERRORS as exc:
-            raise BackendError(_unreachable(exc), retryable=True) from None
+            raise BackendError(unreachable(exc), retryable=True) from None
 
     # --- names and paths -------------------------------------------------------------------------------
 
@@ -324,6 +321,8 @@ class DockerBackend:
 
     def follow_output(self, workspace: Workspace, name: str, log: TaskLog) -> _LogPump:
         container = self._container(_container_name(workspace.task_id, name))
+        if container is not None and container.status == "created":
+            self._docker(container.start)  # a crash between create and start; following it would end at once
         pump = _LogPump(container, log)
         if container is not None:
             pump.start()
@@ -404,106 +403,19 @@ class DockerBackend:
             raise BackendError(msg, retryable=exc.retryable) from None
         return Pushed(sha, committed)
 
-    # --- the agent image -------------------------------------------------------------------------------
+    # --- the agent image (see docker_images) --------------------------------------------------------
 
     def ensure_image(self, repo: str, default_branch: str, log: TaskLog | None = None) -> str:
-        """The agent image: the configured one, else ``Dockerfile.claude`` built on the right base.
-
-        The base is the repository's own image when its default branch has a ``Dockerfile`` at the root,
-        else ``DOCKER_BASE_IMAGE``. Built images are tagged by a hash of their inputs and reused.
-        """
-        configured = self._image or self.settings.image
-        if configured:
-            return configured
-        dockerfile_path = agent_dockerfile()
-        try:
-            dockerfile_path.read_bytes()
-        except OSError as exc:
-            msg = f"cannot read {dockerfile_path} to build the agent image ({exc}); set DOCKER_IMAGE instead"
-            raise BackendError(msg) from None
-        # One build at a time per state dir: two tasks starting together must not build the same image.
-        (self.state_dir / "locks").mkdir(parents=True, exist_ok=True)
-        lock = FileLock(str(self.state_dir / "locks" / "image.lock"), timeout=3600)
-        with self._image_lock, lock:
-            return self.build_agent_image(self._base_image(repo, default_branch, log), log)
+        return self.images.ensure(self.mirror_dir(repo), repo, default_branch, log)
 
     def agent_image_tag(self, base: str, *, pull: bool = False) -> str | None:
-        """The tag ``Dockerfile.claude`` built on ``base`` gets: a hash of the file and the base's id.
-
-        None when the base is not on this host (and ``pull`` is False).
-        """
-        base_id = self._local_image_id(base, pull=pull)
-        if base_id is None:
-            return None
-        digest = hashlib.sha256(agent_dockerfile().read_bytes() + b"\0" + base_id.encode()).hexdigest()[:12]
-        return f"{AGENT_IMAGE_REPOSITORY}:{digest}"
+        return self.images.agent_image_tag(base, pull=pull)
 
     def build_agent_image(self, base: str, log: TaskLog | None = None) -> str:
-        """``Dockerfile.claude`` on ``base``, built unless an image with the same inputs exists."""
-        tag = self.agent_image_tag(base, pull=True)
-        assert tag is not None  # pull=True raises rather than returning None
-        if self.image_present(tag):
-            return tag
-        _note(log, f"building the agent image {tag} from Dockerfile.claude on {base}")
-        dockerfile = agent_dockerfile().read_bytes()
-        self._build(_single_file_tar("Dockerfile.claude", dockerfile), "Dockerfile.claude", tag, base)
-        _note(log, f"built {tag}")
-        return tag
+        return self.images.build_agent_image(base, log)
 
     def image_present(self, ref: str) -> bool:
-        return self._local_image_id(ref) is not None
-
-    def _base_image(self, repo: str, default_branch: str, log: TaskLog | None) -> str:
-        mirror = self.mirror_dir(repo)
-        ref = f"refs/remotes/origin/{default_branch}"
-        probe = gitops.run_git(["cat-file", "-e", f"{ref}:Dockerfile"], cwd=mirror, check=False)
-        if probe.returncode != 0:
-            return self.settings.base_image
-        tree = gitops.run_git(["rev-parse", f"{ref}^{{tree}}"], cwd=mirror).stdout.strip()
-        owner, _, name = repo.lower().partition("/")
-        tag = f"{BASE_IMAGE_PREFIX}{_slug(owner)}-{_slug(name)}:{tree[:12]}"
-        if self._local_image_id(tag) is not None:
-            return tag
-        _note(log, f"building the base image {tag} from the Dockerfile of {repo} {default_branch}")
-        with tempfile.TemporaryDirectory(prefix="cis-archive-") as tmp:
-            archive = Path(tmp) / "context.tar"
-            gitops.run_git(["archive", "--format=tar", f"--output={archive}", ref], cwd=mirror)
-            self._build(archive.read_bytes(), "Dockerfile", tag, None)
-        return tag
-
-    def _build(self, context: bytes, dockerfile: str, tag: str, base: str | None) -> None:
-        try:
-            self.client.images.build(
-                fileobj=io.BytesIO(context),
-                custom_context=True,
-                dockerfile=dockerfile,
-                buildargs={"BASE_IMAGE": base} if base else None,
-                tag=tag,
-                network_mode="host",
-                rm=True,
-                forcerm=True,
-            )
-        except docker.errors.BuildError as exc:
-            tail = _build_tail(exc.build_log)
-            msg = f"building {tag} from {dockerfile}" + (f" on {base}" if base else "")
-            raise BackendError(f"{msg} failed: {exc.msg}\n{tail}") from None
-        except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
-            msg = f"building {tag} from {dockerfile} failed: {exc}"
-            raise BackendError(msg, retryable=True) from None
-
-    def _local_image_id(self, ref: str, *, pull: bool = False) -> str | None:
-        try:
-            return self.client.images.get(ref).id
-        except docker.errors.ImageNotFound:
-            if not pull:
-                return None
-        except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
-            raise BackendError(_unreachable(exc), retryable=True) from None
-        try:
-            return self.client.images.pull(ref).id
-        except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
-            msg = f"the base image {ref} is not on this host and pulling it failed: {exc}"
-            raise BackendError(msg, retryable=True) from None
+        return self.images.present(ref)
 
     # --- helpers ---------------------------------------------------------------------------------------
 
@@ -557,7 +469,7 @@ class DockerBackend:
             msg = f"creating container {name} from {image} failed: {exc}"
             raise BackendError(msg, retryable=True) from None
         except requests.exceptions.RequestException as exc:
-            raise BackendError(_unreachable(exc), retryable=True) from None
+            raise BackendError(unreachable(exc), retryable=True) from None
 
     def _own(self, workspace: Workspace) -> DockerWorkspace:
         if not isinstance(workspace, DockerWorkspace):
@@ -579,7 +491,7 @@ class DockerBackend:
         except docker.errors.NotFound:
             return None
         except _DOCKER_ERRORS as exc:
-            raise BackendError(_unreachable(exc), retryable=True) from None
+            raise BackendError(unreachable(exc), retryable=True) from None
 
     def _containers(self, labels: dict[str, str] | None = None) -> list[Container]:
         wanted = {LABEL_OWNER: self.owner, **(labels or {})}
@@ -587,7 +499,7 @@ class DockerBackend:
         try:
             return self.client.containers.list(all=True, filters=filters)
         except _DOCKER_ERRORS as exc:
-            raise BackendError(_unreachable(exc), retryable=True) from None
+            raise BackendError(unreachable(exc), retryable=True) from None
 
     def _docker(self, call: Callable[[], Any]) -> Any:
         try:
@@ -675,13 +587,6 @@ def agent_ids() -> tuple[int, int]:
     return (AGENT_UID, AGENT_UID) if uid == 0 else (uid, os.getgid())
 
 
-def _unreachable(exc: Exception) -> str:
-    return (
-        f"cannot reach the Docker daemon: {exc}; is Docker running and may this user use it "
-        "(member of the docker group, or DOCKER_HOST set)?"
-    )
-
-
 class _LogPump:
     """Copies a container's output into the task log until it exits, in whole lines where possible.
 
@@ -756,33 +661,3 @@ def _subdirs(path: Path) -> list[Path]:
         return sorted(p for p in path.iterdir() if p.is_dir() and not p.is_symlink())
     except FileNotFoundError:
         return []
-
-
-def _slug(text: str) -> str:
-    # Image repository names allow lowercase alphanumerics with single separators only.
-    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-") or "repo"
-
-
-def _single_file_tar(name: str, data: bytes) -> bytes:
-    # Only the Dockerfile travels: it copies nothing, and the daemon need not see any checkout.
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w") as tar:
-        info = tarfile.TarInfo(name)
-        info.size = len(data)
-        info.mode = 0o644
-        tar.addfile(info, io.BytesIO(data))
-    return buffer.getvalue()
-
-
-def _build_tail(build_log: Iterable[dict[str, Any]]) -> str:
-    lines: list[str] = []
-    for chunk in build_log:
-        text = chunk.get("stream") or chunk.get("error") or ""
-        lines.extend(line for line in str(text).splitlines() if line.strip())
-    return "\n".join(lines[-_BUILD_TAIL_LINES:]) or "(no build output)"
-
-
-def _note(log: TaskLog | None, message: str) -> None:
-    logger.info("%s", message)
-    if log is not None:
-        log.write(message)
