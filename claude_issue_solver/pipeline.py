@@ -80,6 +80,10 @@ class RunSpec:
     agent: ProcessSpec
 
     @property
+    def task_id(self) -> str:
+        return self.workspace.task_id
+
+    @property
     def branch(self) -> str:
         return self.workspace.branch
 

@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -29,7 +30,6 @@ from claude_issue_solver.backends.base import (
     ProcessSpec,
     Pushed,
     PushRejected,
-    PushRequest,
     WorkspaceLost,
     WorkspaceSpec,
     agent_dockerfile,
@@ -44,13 +44,14 @@ from claude_issue_solver.outcome import TaskControl
 from claude_issue_solver.pipeline import agent_env, agent_settings
 from claude_issue_solver.queue import Task
 from claude_issue_solver.run_policy import (
-    NEVER_COMMITTED,
     ProcessExit,
     reconcile,
     remove_workspace,
     take_summary,
     wait_for_process,
 )
+from tests import backend_steps as steps
+from tests.backend_steps import Job
 from tests.fakes.fake_daytona import FakeDaytona
 from tests.github_fixtures import TOKEN
 from tests.waiting import wait_until
@@ -58,22 +59,9 @@ from tests.waiting import wait_until
 REPO = "acme/widgets"
 BRANCH = "claude/issue-7"
 CLAUDE_KEY = "sk-ant-api03-daytonaTestKey0123456789"
-AUTHOR = ("Issue Bot", "issue-bot@example.com")
 # Quotes, a command substitution, backticks and non-ASCII: the prompt must reach the agent byte for byte.
 PROMPT = 'Fix "the widget" $(touch /tmp/pwned) `id` — naïve ✓\n'
 POLL = 0.05
-
-
-@dataclass(frozen=True)
-class Job:
-    """One task's workspace and agent, as the pipeline builds them."""
-
-    workspace: WorkspaceSpec
-    agent: ProcessSpec
-
-    @property
-    def task_id(self) -> str:
-        return self.workspace.task_id
 
 
 @pytest.fixture
@@ -159,23 +147,9 @@ class Harness:
         return workspace
 
     def wait(
-        self,
-        backend: DaytonaBackend,
-        workspace: DaytonaWorkspace,
-        job: Job,
-        *,
-        seconds: float = 30,
-        stop: TaskControl | None = None,
+        self, backend: DaytonaBackend, workspace: DaytonaWorkspace, job: Job, **how: Any
     ) -> ProcessExit | None:
-        return wait_for_process(
-            backend,
-            workspace,
-            "agent",
-            deadline=time.time() + seconds,
-            control=stop or TaskControl(),
-            clock=time.time,
-            log=self.log(job),
-        )
+        return steps.wait(backend, workspace, self.log(job), **{"seconds": 30, **how})
 
     def run(
         self, backend: DaytonaBackend, job: Job, *, seconds: float = 30, stop: TaskControl | None = None
@@ -186,21 +160,12 @@ class Harness:
         return workspace, result
 
     def collect(self, backend: DaytonaBackend, workspace: DaytonaWorkspace) -> tuple[Changes, str | None]:
-        summary = take_summary(backend, workspace)
-        return backend.changes(workspace, NEVER_COMMITTED), summary
+        return steps.collect(backend, workspace)
 
     def push(
         self, backend: DaytonaBackend, workspace: DaytonaWorkspace, job: Job, message: str = "Fix"
     ) -> Pushed:
-        request = PushRequest(
-            branch=job.workspace.branch,
-            clone_url=job.workspace.clone_url,
-            message=message,
-            author=AUTHOR,
-            credential=job.workspace.credential(),
-            exclude=NEVER_COMMITTED,
-        )
-        return backend.commit_and_push(workspace, request, self.log(job))
+        return steps.push(backend, workspace, job, self.log(job), message)
 
     def sandbox_of(self, workspace: DaytonaWorkspace) -> dict[str, object]:
         return self.fake.sandboxes[workspace.sandbox_id]

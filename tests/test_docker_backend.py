@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -32,7 +33,6 @@ from claude_issue_solver.backends.base import (  # noqa: E402
     ProcessSpec,
     Pushed,
     PushRejected,
-    PushRequest,
     WorkspaceLost,
     WorkspaceSpec,
 )
@@ -41,15 +41,14 @@ from claude_issue_solver.backends.settings import DockerSettings  # noqa: E402
 from claude_issue_solver.conventions import SUMMARY_FILE  # noqa: E402
 from claude_issue_solver.credentials import GitCredential  # noqa: E402
 from claude_issue_solver.logs import TaskLog  # noqa: E402
-from claude_issue_solver.outcome import TaskControl  # noqa: E402
 from claude_issue_solver.queue import Task  # noqa: E402
 from claude_issue_solver.run_policy import (  # noqa: E402
-    NEVER_COMMITTED,
     ProcessExit,
     reconcile,
     take_summary,
-    wait_for_process,
 )
+from tests import backend_steps as steps  # noqa: E402
+from tests.backend_steps import Job, control  # noqa: E402
 
 pytestmark = pytest.mark.docker
 
@@ -57,7 +56,6 @@ REPO = "acme/widgets"
 BRANCH = "claude/issue-7"
 # Distinctive so that finding it anywhere is meaningful; not token-shaped, so no redactor hides it by luck.
 TOKEN = "s3cr3t-GitHub-T0ken-for-the-docker-tests"
-AUTHOR = ("Issue Bot", "issue-bot@example.com")
 COMMAND = ("claude", "-p", "--output-format", "json", "--dangerously-skip-permissions")
 # Quotes, a command substitution, backticks and non-ASCII: the prompt must reach the agent byte for byte.
 PROMPT = 'Fix "the widget" $(touch /tmp/pwned) `id` — naïve ✓\n'
@@ -68,27 +66,6 @@ def git(*args: str, cwd: Path | None = None) -> str:
     proc = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, check=False)
     assert proc.returncode == 0, f"git {' '.join(args)} failed: {proc.stderr}"
     return proc.stdout.strip()
-
-
-def control(*, cancel: bool = False, detach: bool = False) -> TaskControl:
-    made = TaskControl()
-    if cancel:
-        made.cancel.set()
-    if detach:
-        made.detach.set()
-    return made
-
-
-@dataclass(frozen=True)
-class Job:
-    """One task's workspace and agent, as the pipeline builds them."""
-
-    workspace: WorkspaceSpec
-    agent: ProcessSpec
-
-    @property
-    def task_id(self) -> str:
-        return self.workspace.task_id
 
 
 @pytest.fixture
@@ -183,24 +160,9 @@ class Harness:
         return workspace
 
     def wait(
-        self,
-        backend: DockerBackend,
-        workspace: DockerWorkspace,
-        job: Job,
-        *,
-        seconds: float = 60,
-        stop: TaskControl | None = None,
-        name: str = "agent",
+        self, backend: DockerBackend, workspace: DockerWorkspace, job: Job, **how: Any
     ) -> ProcessExit | None:
-        return wait_for_process(
-            backend,
-            workspace,
-            name,
-            deadline=time.time() + seconds,
-            control=stop or control(),
-            clock=time.time,
-            log=self.log(job),
-        )
+        return steps.wait(backend, workspace, self.log(job), **{"seconds": 60, **how})
 
     def run(
         self, backend: DockerBackend, job: Job, *, seconds: float = 60
@@ -211,8 +173,7 @@ class Harness:
         return workspace, result
 
     def collect(self, backend: DockerBackend, workspace: DockerWorkspace) -> tuple[Changes, str | None]:
-        summary = take_summary(backend, workspace)
-        return backend.changes(workspace, NEVER_COMMITTED), summary
+        return steps.collect(backend, workspace)
 
     def push(
         self,
@@ -222,15 +183,7 @@ class Harness:
         message: str = "Fix",
         credential: GitCredential | None = None,
     ) -> Pushed:
-        request = PushRequest(
-            branch=job.workspace.branch,
-            clone_url=job.workspace.clone_url,
-            message=message,
-            author=AUTHOR,
-            credential=credential or job.workspace.credential(),
-            exclude=NEVER_COMMITTED,
-        )
-        return backend.commit_and_push(workspace, request, self.log(job))
+        return steps.push(backend, workspace, job, self.log(job), message, credential)
 
     def containers(self, **labels: str) -> list[docker.models.containers.Container]:
         owners = {b.owner for b in self.backends}
