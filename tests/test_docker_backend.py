@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import secrets
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -101,6 +102,8 @@ class Harness:
     tmp_path: Path
     clone_url: str
     backends: list[DockerBackend] = field(default_factory=list)
+    # Container names are global to the Docker daemon, which other test runs may share: ids get a tag.
+    tag: str = field(default_factory=lambda: secrets.token_hex(3))
 
     def backend(self, *, build: bool = False, **settings: object) -> DockerBackend:
         """A backend over this test's state dir; a second one is "the daemon after a restart"."""
@@ -127,7 +130,7 @@ class Harness:
         **overrides: object,
     ) -> Job:
         values: dict[str, object] = {
-            "task_id": task_id,
+            "task_id": f"{task_id}-{self.tag}",
             "repo": REPO,
             "issue_number": 7,
             "clone_url": self.clone_url,
@@ -408,6 +411,20 @@ def test_start_process_never_makes_a_second_container(harness: Harness) -> None:
     (workspace.worktree / ".fake-claude-release").write_text("go\n")
     result = harness.wait(backend, workspace, job)
     assert result is not None and result.exit_code == 0
+
+
+def test_another_daemons_container_of_the_same_name_is_left_alone(harness: Harness) -> None:
+    mine = harness.backend()
+    job = harness.job("wait")
+    workspace = harness.start(mine, job)
+    other = harness.backend(state_dir=harness.tmp_path / "other-state")  # same task id, other STATE_DIR
+    theirs = other.prepare(job.workspace, harness.log(job))
+    with pytest.raises(BackendError, match="belongs to another daemon"):
+        other.start_process(theirs, job.agent, harness.log(job))
+    with pytest.raises(WorkspaceLost):
+        other.poll_process(theirs, "agent")
+    assert f"container {workspace.handle}" not in other.remove(job.task_id)
+    assert harness.client.containers.get(workspace.handle).status == "running"
 
 
 # --- files ---------------------------------------------------------------------------------------------

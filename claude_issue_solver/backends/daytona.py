@@ -473,6 +473,9 @@ class DaytonaBackend:
         except DaytonaConflictError:
             # The name is taken: another thread or process created this task's sandbox just now.
             sandbox = _sdk(f"getting sandbox {name}", lambda: self.client.get(name))
+            if (sandbox.labels or {}).get(LABEL_OWNER) != self.owner:
+                msg = f"a sandbox named {name} exists but belongs to another daemon (another STATE_DIR)"
+                raise BackendError(msg) from None
         except DaytonaTimeoutError as exc:
             msg = f"sandbox {name} from snapshot {snapshot} did not start in time: {exc}"
             raise BackendError(msg, retryable=True) from None  # removal deletes it by its label

@@ -466,6 +466,8 @@ class DockerBackend:
                 found = self._container(name)
                 if found is not None:
                     return found
+                msg = f"a container named {name} exists but belongs to another daemon (another STATE_DIR)"
+                raise BackendError(msg) from None
             msg = f"creating container {name} from {image} failed: {exc}"
             raise BackendError(msg, retryable=True) from None
         except requests.exceptions.RequestException as exc:
@@ -486,12 +488,15 @@ class DockerBackend:
         return container
 
     def _container(self, name: str) -> Container | None:
+        """Our container of that name; None when there is none, or it belongs to another daemon."""
         try:
-            return self.client.containers.get(name)
+            found = self.client.containers.get(name)
         except docker.errors.NotFound:
             return None
         except _DOCKER_ERRORS as exc:
             raise BackendError(unreachable(exc), retryable=True) from None
+        # Names are global to the Docker daemon: never wait on, adopt or remove another state dir's work.
+        return found if found.labels.get(LABEL_OWNER) == self.owner else None
 
     def _containers(self, labels: dict[str, str] | None = None) -> list[Container]:
         wanted = {LABEL_OWNER: self.owner, **(labels or {})}
