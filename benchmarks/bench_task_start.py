@@ -16,9 +16,11 @@ from pathlib import Path
 
 import docker
 
-from claude_issue_solver.backends.base import GitCredential, RunSpec
+from claude_issue_solver.app import docker_settings
+from claude_issue_solver.backends.base import ProcessSpec, WorkspaceSpec
 from claude_issue_solver.backends.docker import DockerBackend
 from claude_issue_solver.config import load_config
+from claude_issue_solver.credentials import GitCredential
 from claude_issue_solver.demo_world.github import FakeGitHub
 from claude_issue_solver.demo_world.images import fake_agent_image
 from claude_issue_solver.logs import TaskLog
@@ -57,33 +59,36 @@ def main() -> None:
                     "DOCKER_NETWORK": "none",
                 }
             )
-            backend = DockerBackend(config)
+            backend = DockerBackend(docker_settings(config))
             queue = TaskQueue(StateStore(config.state_file), max_concurrent=100)
             starts, prepares, clones = [], [], []
             for run in range(args.runs + 1):  # the first run creates the mirror: reported apart
                 task = queue.submit("bench/big", run + 1, "bench")
-                spec = RunSpec(
+                spec = WorkspaceSpec(
                     task_id=task.id,
                     repo="bench/big",
                     issue_number=run + 1,
                     clone_url=clone_url,
                     default_branch="main",
                     branch=f"claude/issue-{run + 1}",
-                    prompt="FAKE_CLAUDE_SCENARIO=noop\n",
-                    command=("claude", "-p", "--output-format", "json"),
-                    agent_env={},
                     credential=lambda: GitCredential("x-access-token", TOKEN),
+                )
+                agent = ProcessSpec(
+                    name="agent",
+                    argv=("claude", "-p", "--output-format", "json"),
+                    env={},
+                    stdin=b"FAKE_CLAUDE_SCENARIO=noop\n",
                 )
                 log = TaskLog(root / f"{task.id}.log")
                 began = time.perf_counter()
                 workspace = backend.prepare(spec, log)
                 prepared = time.perf_counter() - began
-                backend.start_agent(workspace, spec, log)
+                backend.start_process(workspace, agent, log)
                 container = client.containers.get(workspace.handle)
                 while container.status == "created":
                     container.reload()
                 elapsed = time.perf_counter() - began
-                backend.cleanup(workspace, task, log)
+                backend.remove(task.id, log)
                 if run == 0:
                     print(f"first task (creates the mirror): {elapsed:.2f}s")
                     continue

@@ -9,9 +9,10 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from claude_issue_solver.backends.base import Backend, BackendError
+from claude_issue_solver.backends.settings import DaytonaSettings, DockerSettings
 from claude_issue_solver.config import Config, ConfigError
 from claude_issue_solver.daemon import Daemon
 from claude_issue_solver.logs import setup_logging
@@ -37,15 +38,46 @@ class StartRefused(Exception):
         self.code = code
 
 
-def make_backend(config: Config) -> Backend:
+def docker_settings(config: Config) -> DockerSettings:
+    """The Docker backend's settings: no secret at all (the agent's credential comes with each process)."""
+    return DockerSettings(
+        state_dir=config.state_dir,
+        image=config.docker_image,
+        base_image=config.docker_base_image,
+        memory=config.docker_memory,
+        cpus=config.docker_cpus,
+        network=config.docker_network,
+        pids_limit=config.docker_pids_limit,
+    )
+
+
+def daytona_settings(config: Config) -> DaytonaSettings:
+    """The Daytona backend's settings: its own API key, and no other secret."""
+    return DaytonaSettings(
+        state_dir=config.state_dir,
+        api_key=config.daytona_api_key,
+        api_url=config.daytona_api_url,
+        target=config.daytona_target,
+        snapshot=config.daytona_snapshot,
+        cpu=config.daytona_cpu,
+        memory_gb=config.daytona_memory_gb,
+        disk_gb=config.daytona_disk_gb,
+        auto_delete_minutes=config.daytona_auto_delete_minutes,
+        poll_interval=config.daytona_poll_interval,
+        task_timeout=config.task_timeout,
+    )
+
+
+def make_backend(config: Config) -> Backend[Any]:
+    """The configured backend, importing its module (and SDK) only now."""
     if config.backend == "docker":
         from claude_issue_solver.backends.docker import DockerBackend
 
-        return DockerBackend(config)
+        return DockerBackend(docker_settings(config))
     if config.backend == "daytona":
         from claude_issue_solver.backends.daytona import DaytonaBackend
 
-        return DaytonaBackend(config)
+        return DaytonaBackend(daytona_settings(config))
     msg = f"BACKEND={config.backend!r} is not valid: expected docker or daytona"
     raise ConfigError(msg)
 
@@ -54,11 +86,11 @@ def make_backend(config: Config) -> Backend:
 class Parts:
     queue: TaskQueue
     daemon: Daemon
-    backend: Backend
+    backend: Backend[Any]
     watcher: Watcher
 
 
-def build(config: Config, *, backend: Backend | None = None) -> Parts:
+def build(config: Config, *, backend: Backend[Any] | None = None) -> Parts:
     """Every part of a running daemon, wired together (tests pass their own backend)."""
     from claude_issue_solver.agent import AgentError
     from claude_issue_solver.github import GitHubClient

@@ -634,6 +634,7 @@ def daytona() -> None:
 @handles_errors
 def daytona_snapshot(obj: Context, name: str | None, dockerfile: Path | None) -> None:
     """Create the snapshot sandboxes start from: git, the pinned Claude Code CLI, a non-root user."""
+    from claude_issue_solver.app import daytona_settings
     from claude_issue_solver.backends.base import BackendError, agent_dockerfile
     from claude_issue_solver.backends.daytona import create_snapshot
 
@@ -641,7 +642,9 @@ def daytona_snapshot(obj: Context, name: str | None, dockerfile: Path | None) ->
     if not config.daytona_api_key:
         fail("DAYTONA_API_KEY is not set: expected a Daytona API key", EXIT_USAGE)
     try:
-        made = create_snapshot(config, dockerfile or agent_dockerfile(), name=name, on_logs=click.echo)
+        made = create_snapshot(
+            daytona_settings(config), dockerfile or agent_dockerfile(), name=name, on_logs=click.echo
+        )
     except BackendError as exc:
         fail(str(exc))
     click.echo(f"snapshot {made} is ready; set DAYTONA_SNAPSHOT={made} and BACKEND=daytona")

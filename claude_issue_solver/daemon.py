@@ -21,48 +21,17 @@ import signal
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Protocol
 
+from claude_issue_solver.outcome import Outcome, TaskControl
 from claude_issue_solver.queue import Task, TaskQueue, TaskState
+
+__all__ = ["Daemon", "Outcome", "Runner", "TaskControl"]  # the two shared types re-exported for callers
 
 log = logging.getLogger(__name__)
 
 DISPATCH_INTERVAL = 1.0
 SHUTDOWN_GRACE = 5.0
-
-
-@dataclass
-class TaskControl:
-    """What a runner watches while it works.
-
-    ``detach`` is set when the daemon shuts down: leave the work running (it is recorded as running and
-    picked up again on the next start) and return ``None``. ``cancel`` is set when an operator cancels the
-    task: stop the work, clean up, return a ``CANCELLED`` outcome.
-    """
-
-    detach: threading.Event = field(default_factory=threading.Event)
-    cancel: threading.Event = field(default_factory=threading.Event)
-
-    def wait(self, seconds: float) -> bool:
-        """Sleep up to ``seconds``; True as soon as either event is set."""
-        deadline = time.monotonic() + seconds
-        while True:
-            if self.detach.is_set() or self.cancel.is_set():
-                return True
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                return False
-            self.cancel.wait(min(remaining, 0.2))
-
-
-@dataclass
-class Outcome:
-    """How a run ended. ``PENDING`` means: put the task back in line (its run was lost)."""
-
-    state: TaskState
-    error: str | None = None
-    fields: dict[str, Any] = field(default_factory=dict)
 
 
 class Runner(Protocol):

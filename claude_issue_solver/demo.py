@@ -273,13 +273,13 @@ def _run_daemon_until_done(
     config: Config, client: DockerClient, timeout: float, cleanup: contextlib.ExitStack
 ) -> Task:
     """``start --foreground``'s body, stopped by us as soon as the one task has finished (or timed out)."""
-    from claude_issue_solver.app import build
+    from claude_issue_solver.app import build, docker_settings
     from claude_issue_solver.backends.base import BackendError
     from claude_issue_solver.backends.docker import DockerBackend
 
     cleanup.enter_context(_package_logging())
     setup_logging(config.log_dir, level=config.log_level, to_stderr=True, secrets=config.secrets())
-    backend = DockerBackend(config, client=client)
+    backend = DockerBackend(docker_settings(config), client=client)
     try:
         parts = build(config, backend=backend)
         backend.check()
@@ -354,8 +354,10 @@ def _report(task: Task, github: FakeGitHub, log_dir: Path, out: TextIO, timeout:
 
 
 def _remove_leftovers(backend: DockerBackend) -> None:
+    from claude_issue_solver.run_policy import reconcile
+
     try:
-        removed = backend.remove_orphans(set())  # no task of the demo outlives it
+        removed = reconcile(backend, set())  # no task of the demo outlives it
     except Exception as exc:  # cleanup must never hide the demo's own outcome
         log.warning("demo: could not remove leftovers: %s", exc)
     else:

@@ -629,9 +629,10 @@ class _Doctor:
 
     def backend(self) -> DockerBackend:
         if self._docker is None:
+            from claude_issue_solver.app import docker_settings
             from claude_issue_solver.backends.docker import DockerBackend
 
-            self._docker = DockerBackend(self.config)
+            self._docker = DockerBackend(docker_settings(self.config))
         return self._docker
 
     def docker(self) -> _Outcome:
@@ -680,7 +681,7 @@ class _Doctor:
                 )
             return self._run_version(tag, prefix=f"built {tag} from Dockerfile.claude on {base}; ")
         own = "a repository with a Dockerfile at its root gets it built on its own image instead"
-        tag = backend.agent_image_tag(backend.config.docker_base_image)
+        tag = backend.agent_image_tag(base)
         if tag is None:
             return _passed(
                 f"DOCKER_IMAGE is unset: Dockerfile.claude will be built on {base} at the first task; "
@@ -773,7 +774,9 @@ class _Doctor:
                 )
             return _failed(f"the Daytona backend cannot load: {exc}", "`pip install 'daytona>=0.226,<0.300'`")
         try:
-            DaytonaBackend(self.config).check()
+            from claude_issue_solver.app import daytona_settings
+
+            DaytonaBackend(daytona_settings(self.config)).check()
         except BackendError as exc:
             return _failed(
                 str(exc),

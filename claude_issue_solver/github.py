@@ -21,8 +21,8 @@ from urllib.parse import urlsplit
 
 from github import Auth, Github, GithubException, GithubIntegration, GithubRetry
 
-from claude_issue_solver.backends.base import GitCredential
 from claude_issue_solver.config import Config
+from claude_issue_solver.credentials import GitCredential
 from claude_issue_solver.logs import REDACTOR
 
 log = logging.getLogger(__name__)

@@ -1,4 +1,4 @@
-"""Host-side git for the Docker backend: one bare mirror per repository, a worktree per task, commit, push.
+"""Host-side git: one bare mirror per repository, a worktree per task, commit, push (and ``ls-remote``).
 
 Every command is an argv list (never a shell string) and runs with the user's credential helpers and
 terminal prompts switched off. A GitHub credential reaches exactly one git process, through
@@ -24,12 +24,12 @@ from pathlib import Path
 
 from filelock import FileLock
 
-from claude_issue_solver.backends.base import BackendError, GitCredential, PushRejected
+from claude_issue_solver.credentials import GitCredential
 from claude_issue_solver.logs import REDACTOR
 
 __all__ = [
-    "SUMMARY_FILE",
     "GitError",
+    "GitPushRejected",
     "add_worktree",
     "ahead_of_remote",
     "commit_all",
@@ -48,7 +48,6 @@ __all__ = [
     "worktree_holding",
 ]
 
-SUMMARY_FILE = ".claude-pr-summary.md"
 GIT_TIMEOUT = 600.0  # a fetch of a large repository over a slow link still fits
 LOCK_TIMEOUT = 900.0  # a long fetch by another task of the same repository holds the mirror lock
 _STDERR_TAIL_LINES = 15
@@ -96,8 +95,20 @@ _askpass_lock = threading.Lock()
 _askpass_path: Path | None = None
 
 
-class GitError(BackendError):
-    """A git command failed; the message has the command and the end of its stderr, without secrets."""
+class GitError(Exception):
+    """A git command failed; the message has the command and the end of its stderr, without secrets.
+
+    ``retryable`` when another attempt may succeed (a network blip), not when the remote refused the
+    credential or has no such repository.
+    """
+
+    def __init__(self, message: str, *, retryable: bool = False) -> None:
+        super().__init__(message)
+        self.retryable = retryable
+
+
+class GitPushRejected(GitError):
+    """The remote refused the branch (non-fast-forward, a protected branch, a hook)."""
 
 
 def _askpass() -> Path:
@@ -321,7 +332,7 @@ def current_branch(worktree: Path, *, git_dir: Path) -> str | None:
     return proc.stdout.strip() or None
 
 
-def status_changes(worktree: Path, *, git_dir: Path, exclude: Sequence[str] = (SUMMARY_FILE,)) -> list[str]:
+def status_changes(worktree: Path, *, git_dir: Path, exclude: Sequence[str] = ()) -> list[str]:
     """Paths changed in the worktree (untracked included), as ``git status --porcelain`` sees them."""
     proc = run_git(
         [*_worktree_options(worktree, git_dir), "status", "--porcelain=v1", "-z", "--untracked-files=all"],
@@ -347,7 +358,7 @@ def _pathspec(exclude: Sequence[str]) -> list[str]:
     return ["--", ".", *(f":(exclude){e}" for e in exclude)]
 
 
-def diffstat(worktree: Path, base: str, *, git_dir: Path, exclude: Sequence[str] = (SUMMARY_FILE,)) -> str:
+def diffstat(worktree: Path, base: str, *, git_dir: Path, exclude: Sequence[str] = ()) -> str:
     """``git diff --stat`` from ``base`` to the worktree as it is, new files included, index untouched."""
     options = _worktree_options(worktree, git_dir)
     with tempfile.TemporaryDirectory(prefix="cis-index-") as tmp:
@@ -368,7 +379,7 @@ def commit_all(
     author_email: str,
     *,
     git_dir: Path,
-    exclude: Sequence[str] = (SUMMARY_FILE,),
+    exclude: Sequence[str] = (),
 ) -> str:
     """Stage everything but ``exclude`` and commit as the given author and committer; returns HEAD.
 
@@ -410,7 +421,7 @@ def ahead_of_remote(worktree: Path, *, git_dir: Path) -> bool:
 def push(worktree: Path, branch: str, credential: GitCredential | None, *, git_dir: Path) -> str:
     """Push HEAD to ``refs/heads/<branch>`` of origin; returns the pushed sha.
 
-    A refusal by the remote (non-fast-forward, protected branch, a hook) raises :class:`PushRejected`
+    A refusal by the remote (non-fast-forward, protected branch, a hook) raises :class:`GitPushRejected`
     with the remote's reason; anything else (network, authentication) raises :class:`GitError`.
     """
     options = _worktree_options(worktree, git_dir)
@@ -431,7 +442,7 @@ def push(worktree: Path, branch: str, credential: GitCredential | None, *, git_d
         remote = [line for line in proc.stderr.splitlines() if line.startswith("remote:")]
         detail = _scrub("\n".join(remote[-_STDERR_TAIL_LINES:]), credential)
         msg = f"the remote refused the push of {branch}: {reason}" + (f"\n{detail}" if detail else "")
-        raise PushRejected(msg)
+        raise GitPushRejected(msg)
     raise _transfer_error(f"`git push origin {refspec}` from {worktree}", proc, credential)
 
 

@@ -11,11 +11,11 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from claude_issue_solver.conventions import LOG_TAIL_LINES
 from claude_issue_solver.queue import Task
 
 MARKER_PREFIX = "<!-- claude-issue-solver:task="
 _MARKER_RE = re.compile(r"<!-- claude-issue-solver:task=([A-Za-z0-9._-]+) -->")
-LOG_TAIL_LINES = 30
 
 
 def marker(task_id: str) -> str:

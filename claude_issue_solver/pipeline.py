@@ -5,6 +5,9 @@ a daemon that died anywhere can pick the task up again (:meth:`Pipeline.resume`)
 the agent is idempotent: the commit is made only if there is something uncommitted, the push repeats
 harmlessly, the pull request is found by its branch, the comment by its marker.
 
+The backend only gives mechanics; what happens with them (waiting, stopping, the summary, what counts
+as a change, publishing, removing) is :mod:`claude_issue_solver.run_policy`, called from here.
+
 Phases (``task.meta["phase"]``): ``preparing`` -> ``agent`` -> ``publishing`` -> ``published``.
 """
 
@@ -13,6 +16,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from claude_issue_solver import messages
@@ -24,21 +28,34 @@ from claude_issue_solver.agent import (
     parse_result,
 )
 from claude_issue_solver.backends.base import (
-    AgentExit,
     Backend,
     BackendError,
+    ProcessSpec,
     PushRejected,
-    RunSpec,
+    PushRequest,
     Workspace,
     WorkspaceLost,
+    WorkspaceSpec,
 )
 from claude_issue_solver.config import Config
-from claude_issue_solver.daemon import Outcome, TaskControl
+from claude_issue_solver.conventions import branch_for
 from claude_issue_solver.github import GitHubClient, GitHubError, Transient
 from claude_issue_solver.logs import TaskLog, task_log_path
+from claude_issue_solver.outcome import Outcome, TaskControl
 from claude_issue_solver.prompt import IssueComment, IssueContext, SummaryError, build_prompt, parse_summary
 from claude_issue_solver.publisher import Publisher
 from claude_issue_solver.queue import Task, TaskQueue, TaskState
+from claude_issue_solver.run_policy import (
+    NEVER_COMMITTED,
+    ProcessExit,
+    has_changes,
+    publish,
+    reconcile,
+    remove_workspace,
+    take_summary,
+    wait_for_process,
+    what_changed,
+)
 from claude_issue_solver.watcher import is_trusted_comment
 
 log = logging.getLogger(__name__)
@@ -52,11 +69,23 @@ QUIET_AGENT_ENV = {
     "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
     "DISABLE_TELEMETRY": "1",
 }
+AGENT = "agent"  # the agent's process name in its workspace
 
 
-def branch_for(task: Task) -> str:
-    """One stable branch per issue: re-runs continue it instead of piling up -try2, -try3."""
-    return f"claude/issue-{task.issue_number}"
+@dataclass(frozen=True)
+class RunSpec:
+    """What a task's run needs: where its workspace comes from, and the agent's process."""
+
+    workspace: WorkspaceSpec
+    agent: ProcessSpec
+
+    @property
+    def task_id(self) -> str:
+        return self.workspace.task_id
+
+    @property
+    def branch(self) -> str:
+        return self.workspace.branch
 
 
 def agent_settings(config: Config) -> AgentSettings:
@@ -87,11 +116,12 @@ class Pipeline:
         self,
         config: Config,
         queue: TaskQueue,
-        backend: Backend,
+        backend: Backend[Any],
         client: GitHubClient,
         publisher: Publisher,
         *,
         clock: Callable[[], float] = time.time,
+        sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self.config = config
         self.queue = queue
@@ -99,6 +129,7 @@ class Pipeline:
         self.client = client
         self.publisher = publisher
         self.clock = clock
+        self.sleep = sleep
         self.command = build_command(agent_settings(config))
         self.env = agent_env(config)
         self.agent = messages.agent_for(config.claude_model)  # who the PR and the comment name
@@ -121,17 +152,19 @@ class Pipeline:
             task = self.queue.update(
                 task.id,
                 backend=self.backend.name,
-                handle=self.backend.handle_for(task),
+                handle=self.backend.handle_for(task.id),
                 branch=spec.branch,
                 meta={"phase": "preparing"},
             )
-            workspace = self.backend.prepare(spec, tlog)
+            workspace = self.backend.prepare(spec.workspace, tlog)
             self.queue.update(task.id, meta={"phase": "agent", "base_sha": workspace.base_sha})
-            self.backend.start_agent(workspace, spec, tlog)
-            tlog.write(f"agent started in {workspace.handle}")
+            if self.backend.start_process(workspace, spec.agent, tlog):
+                tlog.write(f"agent started in {workspace.handle}")
+            else:
+                tlog.write(f"the agent already runs in {workspace.handle} (started before a restart)")
             self._comment(task, messages.working_comment(task, 1))
         except (GitHubError, BackendError) as exc:
-            return self._setback(task, None, exc, tlog)
+            return self._setback(task, exc, tlog)
         return self._after_start(task, workspace, spec, control, tlog)
 
     def resume(self, task: Task, control: TaskControl) -> Outcome | None:
@@ -140,22 +173,22 @@ class Pipeline:
         tlog.write(f"daemon restarted: resuming task {task.id} in phase {phase!r}")
         workspace = self.backend.attach(task)
         if phase == "published":
-            self.backend.cleanup(workspace, task, tlog)
+            self._cleanup(task, tlog)
             return Outcome(TaskState.COMPLETED)
         if workspace is None or phase in (None, "preparing"):
-            self.backend.cleanup(workspace, task, tlog)
+            self._cleanup(task, tlog)
             return self._lost(task, "the daemon stopped before its workspace was ready", tlog)
         try:
             issue = self.client.issue(task.repo, task.issue_number)
             spec = self._spec(task, issue)
         except GitHubError as exc:
-            return self._setback(task, workspace, exc, tlog, cleanup=False)
+            return self._setback(task, exc, tlog, cleanup=False)
         if phase == "publishing":
             return self._publish(task, workspace, spec, None, tlog)  # the task holds the result
         return self._after_start(task, workspace, spec, control, tlog)
 
     def reconcile(self, live: list[Task]) -> None:
-        removed = self.backend.remove_orphans({t.id for t in live})
+        removed = reconcile(self.backend, {t.id for t in live}, sleep=self.sleep)
         for item in removed:
             log.info("removed leftover %s that no task owns", item)
 
@@ -167,80 +200,87 @@ class Pipeline:
         deadline = (task.started_at or self.clock()) + self.config.task_timeout
         progress = _ProgressEdits(self.clock())
 
-        def should_stop() -> str | None:
-            if control.cancel.is_set():
-                return "cancel"
-            if control.detach.is_set():
-                return "detach"
-            # Called every few seconds while the agent runs: the place for a (throttled) progress edit.
+        def tick() -> None:
+            # Between polls while the agent runs: the place for a (throttled) progress edit.
             turns = tlog.progress.turns
             if progress.due(self.clock(), turns):
                 try:
                     self._comment(task, messages.working_comment(task, 1, turns=turns))
                 except GitHubError as exc:
                     tlog.write(f"could not update the progress comment: {exc}")
-            return None
 
         try:
-            exit_ = self.backend.wait(workspace, deadline=deadline, should_stop=should_stop, log=tlog)
+            exit_ = wait_for_process(
+                self.backend,
+                workspace,
+                AGENT,
+                deadline=deadline,
+                control=control,
+                clock=self.clock,
+                log=tlog,
+                tick=tick,
+            )
         except WorkspaceLost as exc:
-            self.backend.cleanup(workspace, task, tlog)
+            self._cleanup(task, tlog)
             return self._lost(task, str(exc), tlog)
         except BackendError as exc:
-            return self._setback(task, workspace, exc, tlog)
+            return self._setback(task, exc, tlog)
         if exit_ is None:
             return None  # detached: the agent runs on, and the next daemon resumes the task
         return self._conclude(task, workspace, spec, exit_, tlog)
 
     def _conclude(
-        self, task: Task, workspace: Workspace, spec: RunSpec, exit_: AgentExit, tlog: TaskLog
+        self, task: Task, workspace: Workspace, spec: RunSpec, exit_: ProcessExit, tlog: TaskLog
     ) -> Outcome:
         if exit_.cancelled:
             tlog.write("cancelled by an operator")
-            self.backend.cleanup(workspace, task, tlog)
+            self._cleanup(task, tlog)
             self._comment(task, messages.cancelled_comment(task))
             return Outcome(TaskState.CANCELLED, error="cancelled by an operator")
         if exit_.timed_out:
             reason = (
                 f"it ran out of time: the agent was stopped after {self.config.task_timeout}s (TASK_TIMEOUT)"
             )
-            return self._fail(task, workspace, reason, tlog, exit_.log_tail)
-        result = parse_result(exit_.stdout, exit_code=exit_.exit_code, log_tail=exit_.log_tail)
+            return self._fail(task, reason, tlog, exit_.tail)
+        result = parse_result(exit_.stdout, exit_code=exit_.exit_code, log_tail=exit_.tail)
         fields = result.to_task_fields()
         task = self.queue.update(task.id, **_task_fields(fields))
         tlog.write(f"agent finished: exit code {exit_.exit_code}, ok={result.ok}, {fields}")
         if not result.ok:
-            return self._fail(task, workspace, result.error or "the agent failed", tlog, exit_.log_tail)
+            return self._fail(task, result.error or "the agent failed", tlog, exit_.tail)
         return self._publish(task, workspace, spec, result, tlog)
 
     def _publish(
         self, task: Task, workspace: Workspace, spec: RunSpec, result: AgentResult | None, tlog: TaskLog
     ) -> Outcome:
         try:
-            changes = self.backend.collect(workspace, tlog)
-            summary = changes.summary if changes.summary is not None else task.meta.get("summary")
-            # Recorded before anything is pushed: collect() removed the file, a crash must not lose it.
+            taken = take_summary(self.backend, workspace)
+            changes = what_changed(self.backend, workspace, tlog, summary_found=taken is not None)
+            summary = taken if taken is not None else task.meta.get("summary")
+            # Recorded before anything is pushed: the file is gone now, a crash must not lose it.
             task = self.queue.update(task.id, meta={"phase": "publishing", "summary": summary})
             answer = result.result if result else task.result
             figures = messages.RunFigures.of(task, self._duration(task), self.agent)
-            if not changes.changed and not changes.ahead:
+            if not has_changes(changes):
                 tlog.write("the agent changed nothing")
                 self._comment(task, messages.no_changes_comment(task, answer, figures))
-                self.backend.cleanup(workspace, task, tlog)
+                self._cleanup(task, tlog)
                 return Outcome(TaskState.COMPLETED)
             title, description = self._summary(task, summary, tlog)
-            self.backend.push(
-                workspace,
-                spec,
-                messages.commit_message(title, task),
-                (self.config.git_author_name, self.config.git_author_email),
-                tlog,
+            request = PushRequest(
+                branch=spec.branch,
+                clone_url=spec.workspace.clone_url,
+                message=messages.commit_message(title, task),
+                author=(self.config.git_author_name, self.config.git_author_email),
+                credential=spec.workspace.credential(),
+                exclude=NEVER_COMMITTED,
             )
+            publish(self.backend, workspace, request, repo=task.repo, log=tlog)
             try:
                 pr = self.publisher.open_or_update_pr(
                     task.repo,
                     branch=spec.branch,
-                    base=spec.default_branch,
+                    base=spec.workspace.default_branch,
                     title=title,
                     body=messages.pr_body(task, description, figures),
                 )
@@ -251,25 +291,23 @@ class Pipeline:
                     task,
                     messages.pr_fallback_comment(task, spec.branch, changes.diffstat, reason, self._label),
                 )
-                self.backend.cleanup(workspace, task, tlog)
+                self._cleanup(task, tlog)
                 return Outcome(TaskState.FAILED, error=f"changes pushed to {spec.branch}, but {reason}")
             tlog.write(f"pull request {'opened' if pr.created else 'updated'}: {pr.url}")
             self.queue.update(task.id, pr_url=pr.url, meta={"phase": "published", "pr_number": pr.number})
             self._comment(task, messages.pr_opened_comment(task, pr.url, figures, updated=not pr.created))
         except PushRejected as exc:
-            return self._fail(task, workspace, f"the push of branch {spec.branch} was rejected: {exc}", tlog)
+            return self._fail(task, f"the push of branch {spec.branch} was rejected: {exc}", tlog)
         except (GitHubError, BackendError) as exc:
-            return self._setback(task, workspace, exc, tlog, cleanup=False)
-        self.backend.cleanup(workspace, task, tlog)
+            return self._setback(task, exc, tlog, cleanup=False)
+        self._cleanup(task, tlog)
         return Outcome(TaskState.COMPLETED, fields={"pr_url": pr.url})
 
     # --- endings ----------------------------------------------------------------------------------
 
-    def _fail(
-        self, task: Task, workspace: Workspace | None, reason: str, tlog: TaskLog, tail: str = ""
-    ) -> Outcome:
+    def _fail(self, task: Task, reason: str, tlog: TaskLog, tail: str = "") -> Outcome:
         tlog.write(f"failed: {reason}")
-        self.backend.cleanup(workspace, task, tlog)
+        self._cleanup(task, tlog)
         try:
             self._comment(task, messages.failed_comment(task, reason, self._label, tail))
         except GitHubError as exc:
@@ -282,20 +320,18 @@ class Pipeline:
             tlog.write(f"{reason}; queueing it again (attempt {task.attempts} of {self.config.max_attempts})")
             self.queue.update(task.id, meta={"phase": None})
             return Outcome(TaskState.PENDING, error=reason)
-        return self._fail(task, None, f"{reason}, and it already ran {task.attempts} times", tlog)
+        return self._fail(task, f"{reason}, and it already ran {task.attempts} times", tlog)
 
-    def _setback(
-        self, task: Task, workspace: Workspace | None, exc: Exception, tlog: TaskLog, *, cleanup: bool = True
-    ) -> Outcome:
+    def _setback(self, task: Task, exc: Exception, tlog: TaskLog, *, cleanup: bool = True) -> Outcome:
         """A failure on the way: a passing one (GitHub 5xx, a rate limit) is retried, others fail."""
         passing = isinstance(exc, Transient) or getattr(exc, "retryable", False)
         if passing and task.attempts < self.config.max_attempts:
             tlog.write(f"{exc}; will try again")
             if cleanup:
-                self.backend.cleanup(workspace, task, tlog)
+                self._cleanup(task, tlog)
                 self.queue.update(task.id, meta={"phase": None})
             return Outcome(TaskState.PENDING, error=str(exc))
-        return self._fail(task, workspace, str(exc), tlog)
+        return self._fail(task, str(exc), tlog)
 
     # --- helpers ----------------------------------------------------------------------------------
 
@@ -305,6 +341,9 @@ class Pipeline:
 
     def _log(self, task: Task) -> TaskLog:
         return TaskLog(task_log_path(self.config.log_dir, task.id), clock=self.clock)
+
+    def _cleanup(self, task: Task, tlog: TaskLog) -> None:
+        remove_workspace(self.backend, task.id, tlog, sleep=self.sleep)
 
     def _duration(self, task: Task) -> float | None:
         return None if task.started_at is None else self.clock() - task.started_at
@@ -341,17 +380,18 @@ class Pipeline:
             url=issue.get("html_url", ""),
         )
         repo = task.repo
+        prompt = build_prompt(context, template_dir=self.config.prompt_template_dir)
         return RunSpec(
-            task_id=task.id,
-            repo=repo,
-            issue_number=task.issue_number,
-            clone_url=info["clone_url"],
-            default_branch=info["default_branch"],
-            branch=branch_for(task),
-            prompt=build_prompt(context, template_dir=self.config.prompt_template_dir),
-            command=tuple(self.command),
-            agent_env=self.env,
-            credential=lambda: self.client.git_credential(repo),
+            workspace=WorkspaceSpec(
+                task_id=task.id,
+                repo=repo,
+                issue_number=task.issue_number,
+                clone_url=info["clone_url"],
+                default_branch=info["default_branch"],
+                branch=branch_for(task.issue_number),
+                credential=lambda: self.client.git_credential(repo),
+            ),
+            agent=ProcessSpec(name=AGENT, argv=tuple(self.command), env=self.env, stdin=prompt.encode()),
         )
 
     def _summary(self, task: Task, summary: str | None, tlog: TaskLog) -> tuple[str, str]:

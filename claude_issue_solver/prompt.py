@@ -13,6 +13,8 @@ import string
 from dataclasses import dataclass
 from importlib import resources
 
+from claude_issue_solver.conventions import SUMMARY_FILE
+
 __all__ = [
     "SUMMARY_FILE",
     "TEMPLATE_NAMES",
@@ -28,7 +30,6 @@ __all__ = [
     "select_template",
 ]
 
-SUMMARY_FILE = ".claude-pr-summary.md"
 TEMPLATE_NAMES = ("bug", "enhancement", "documentation", "default")
 MAX_TITLE_CHARS = 256
 

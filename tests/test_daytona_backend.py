@@ -1,43 +1,57 @@
 """The Daytona backend with the real ``daytona`` SDK against the loopback Daytona and the loopback GitHub.
 
-The pipeline is not involved: each test drives the backend's steps the way the pipeline would and looks
-at the result where it lands (the fake GitHub's bare repository, the sandbox's directory, the requests
-the fake answered). Nothing of the SDK is patched.
+The pipeline is not involved: each test drives the backend's mechanics with the run policy's functions,
+the way the pipeline does, and looks at the result where it lands (the fake GitHub's bare repository,
+the sandbox's directory, the requests the fake answered). Nothing of the SDK is patched.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from claude_issue_solver import gitops
 from claude_issue_solver.agent import build_command
+from claude_issue_solver.app import daytona_settings
 from claude_issue_solver.backends.base import (
     LABEL_ISSUE,
     LABEL_OWNER,
     LABEL_REPO,
     LABEL_TASK,
-    AgentExit,
     BackendError,
-    GitCredential,
+    Changes,
+    ProcessSpec,
+    Pushed,
     PushRejected,
-    RunSpec,
-    Workspace,
     WorkspaceLost,
+    WorkspaceSpec,
     agent_dockerfile,
 )
-from claude_issue_solver.backends.daytona import DaytonaBackend, create_snapshot
+from claude_issue_solver.backends.daytona import DaytonaBackend, DaytonaWorkspace, create_snapshot
 from claude_issue_solver.config import Config
+from claude_issue_solver.conventions import SUMMARY_FILE
+from claude_issue_solver.credentials import GitCredential
 from claude_issue_solver.demo_world.github import FakeGitHub
 from claude_issue_solver.logs import TaskLog
+from claude_issue_solver.outcome import TaskControl
 from claude_issue_solver.pipeline import agent_env, agent_settings
 from claude_issue_solver.queue import Task
+from claude_issue_solver.run_policy import (
+    ProcessExit,
+    reconcile,
+    remove_workspace,
+    take_summary,
+    wait_for_process,
+)
+from tests import backend_steps as steps
+from tests.backend_steps import Job
 from tests.fakes.fake_daytona import FakeDaytona
 from tests.github_fixtures import TOKEN
 from tests.waiting import wait_until
@@ -45,14 +59,9 @@ from tests.waiting import wait_until
 REPO = "acme/widgets"
 BRANCH = "claude/issue-7"
 CLAUDE_KEY = "sk-ant-api03-daytonaTestKey0123456789"
-AUTHOR = ("Issue Bot", "issue-bot@example.com")
 # Quotes, a command substitution, backticks and non-ASCII: the prompt must reach the agent byte for byte.
 PROMPT = 'Fix "the widget" $(touch /tmp/pwned) `id` — naïve ✓\n'
 POLL = 0.05
-
-
-def no_stop() -> str | None:
-    return None
 
 
 @pytest.fixture
@@ -86,11 +95,18 @@ class Harness:
 
     def backend(self, **settings: str) -> DaytonaBackend:
         """A backend with its own SDK client; a second one is "the daemon after a restart"."""
-        made = DaytonaBackend(self.config(**settings), poll_interval=POLL)
+        made = DaytonaBackend(daytona_settings(self.config(**settings)), poll_interval=POLL)
         self.backends.append(made)
         return made
 
-    def spec(self, scenario: str, task_id: str = "widgets-7-aaaaaa", **overrides: object) -> RunSpec:
+    def job(
+        self,
+        scenario: str,
+        task_id: str = "widgets-7-aaaaaa",
+        *,
+        command: tuple[str, ...] | None = None,
+        **overrides: object,
+    ) -> Job:
         config = self.config()
         values: dict[str, object] = {
             "task_id": task_id,
@@ -99,15 +115,19 @@ class Harness:
             "clone_url": self.github.repo(REPO).clone_url,
             "default_branch": "main",
             "branch": BRANCH,
-            "prompt": f"{PROMPT}FAKE_CLAUDE_SCENARIO={scenario}\n",
-            "command": tuple(build_command(agent_settings(config))),
-            "agent_env": agent_env(config),
             "credential": lambda: GitCredential("x-access-token", TOKEN),
             **overrides,
         }
-        return RunSpec(**values)  # type: ignore[arg-type]
+        agent = ProcessSpec(
+            name="agent",
+            argv=command or tuple(build_command(agent_settings(config))),
+            env=agent_env(config),
+            stdin=f"{PROMPT}FAKE_CLAUDE_SCENARIO={scenario}\n".encode(),
+        )
+        return Job(WorkspaceSpec(**values), agent)  # type: ignore[arg-type]
 
-    def task(self, spec: RunSpec, workspace: Workspace | None = None) -> Task:
+    def task(self, job: Job, workspace: DaytonaWorkspace | None = None) -> Task:
+        spec = job.workspace
         meta = {"base_sha": workspace.base_sha} if workspace else {}
         return Task(
             id=spec.task_id,
@@ -118,34 +138,41 @@ class Harness:
             meta=meta,
         )
 
-    def log(self, spec: RunSpec) -> TaskLog:
-        return TaskLog(self.tmp_path / "logs" / f"{spec.task_id}.log")
+    def log(self, job: Job) -> TaskLog:
+        return TaskLog(self.tmp_path / "logs" / f"{job.task_id}.log")
 
-    def start(self, backend: DaytonaBackend, spec: RunSpec) -> Workspace:
-        workspace = backend.prepare(spec, self.log(spec))
-        backend.start_agent(workspace, spec, self.log(spec))
+    def start(self, backend: DaytonaBackend, job: Job) -> DaytonaWorkspace:
+        workspace = backend.prepare(job.workspace, self.log(job))
+        backend.start_process(workspace, job.agent, self.log(job))
         return workspace
 
+    def wait(
+        self, backend: DaytonaBackend, workspace: DaytonaWorkspace, job: Job, **how: Any
+    ) -> ProcessExit | None:
+        return steps.wait(backend, workspace, self.log(job), **{"seconds": 30, **how})
+
     def run(
-        self,
-        backend: DaytonaBackend,
-        spec: RunSpec,
-        *,
-        seconds: float = 30,
-        should_stop: Callable[[], str | None] = no_stop,
-    ) -> tuple[Workspace, AgentExit]:
-        workspace = self.start(backend, spec)
-        result = backend.wait(
-            workspace, deadline=time.time() + seconds, should_stop=should_stop, log=self.log(spec)
-        )
+        self, backend: DaytonaBackend, job: Job, *, seconds: float = 30, stop: TaskControl | None = None
+    ) -> tuple[DaytonaWorkspace, ProcessExit]:
+        workspace = self.start(backend, job)
+        result = self.wait(backend, workspace, job, seconds=seconds, stop=stop)
         assert result is not None
         return workspace, result
 
-    def sandbox_of(self, workspace: Workspace) -> dict[str, object]:
-        return self.fake.sandboxes[workspace.extra["sandbox"]]
+    def collect(self, backend: DaytonaBackend, workspace: DaytonaWorkspace) -> tuple[Changes, str | None]:
+        return steps.collect(backend, workspace)
 
-    def repo_dir(self, workspace: Workspace) -> Path:
-        return Path(workspace.extra["work_dir"]) / "repo"
+    def push(
+        self, backend: DaytonaBackend, workspace: DaytonaWorkspace, job: Job, message: str = "Fix"
+    ) -> Pushed:
+        return steps.push(backend, workspace, job, self.log(job), message)
+
+    def sandbox_of(self, workspace: DaytonaWorkspace) -> dict[str, object]:
+        return self.fake.sandboxes[workspace.sandbox_id]
+
+    def repo_dir(self, workspace: DaytonaWorkspace) -> Path:
+        assert workspace.work_dir is not None
+        return Path(workspace.work_dir) / "repo"
 
 
 @pytest.fixture
@@ -155,7 +182,7 @@ def harness(
     return Harness(fake, github, make_config, tmp_path)
 
 
-def result_of(exit_: AgentExit) -> dict[str, object]:
+def result_of(exit_: ProcessExit) -> dict[str, object]:
     """The CLI's result object: the last line of its stream-json output."""
     return json.loads(exit_.stdout.splitlines()[-1])
 
@@ -188,7 +215,7 @@ def test_check_names_a_rejected_key(harness: Harness) -> None:
 def test_check_without_a_key(harness: Harness, make_config: Callable[..., Config]) -> None:
     config = make_config(BACKEND="daytona", DAYTONA_API_URL=harness.fake.api_url)
     with pytest.raises(BackendError, match="DAYTONA_API_KEY is not set"):
-        DaytonaBackend(config).check()
+        DaytonaBackend(daytona_settings(config)).check()
     assert harness.fake.requests == []
 
 
@@ -209,23 +236,23 @@ def test_check_outage_is_retryable(harness: Harness) -> None:
 
 def test_run_collect_push_cleanup(harness: Harness) -> None:
     backend = harness.backend()
-    spec = harness.spec("edit")
+    job = harness.job("edit")
     repo = harness.github.repo(REPO)
     main_sha = repo.branch_sha("main")
 
-    workspace, result = harness.run(backend, spec)
+    workspace, result = harness.run(backend, job)
 
-    assert workspace.handle == f"claude-issue-solver-{spec.task_id}" == backend.handle_for(harness.task(spec))
+    assert workspace.handle == f"claude-issue-solver-{job.task_id}" == backend.handle_for(job.task_id)
     assert workspace.base_sha == main_sha
-    assert result.exit_code == 0, result.log_tail
+    assert result.exit_code == 0, result.tail
     assert result_of(result)["is_error"] is False
     # The fake agent records the hash of the stdin it got: the prompt arrived byte for byte.
-    prompt_sha = hashlib.sha256(spec.prompt.encode()).hexdigest()
+    prompt_sha = hashlib.sha256(job.agent.stdin).hexdigest()
     assert f"prompt-sha256={prompt_sha}" in (harness.repo_dir(workspace) / "CLAUDE_FIX.md").read_text()
-    assert "exited with code 0" in harness.log(spec).path.read_text()
+    assert "exited with code 0" in harness.log(job).path.read_text()
     sandbox = harness.sandbox_of(workspace)
     assert sandbox["labels"] == {
-        LABEL_TASK: spec.task_id,
+        LABEL_TASK: job.task_id,
         LABEL_REPO: REPO,
         LABEL_ISSUE: "7",
         LABEL_OWNER: backend.owner,
@@ -233,34 +260,33 @@ def test_run_collect_push_cleanup(harness: Harness) -> None:
     }
     assert sandbox["snapshot"] == "claude-issue-solver"
 
-    changes = backend.collect(workspace, harness.log(spec))
-    assert changes.changed and not changes.ahead
-    assert changes.files == ("CLAUDE_FIX.md",)
-    assert changes.summary is not None and changes.summary.startswith("Fix issue from fake agent")
+    changes, summary = harness.collect(backend, workspace)
+    assert changes.files == ("CLAUDE_FIX.md",) and not changes.ahead
+    assert summary is not None and summary.startswith("Fix issue from fake agent")
     assert "CLAUDE_FIX.md" in changes.diffstat and "1 insertion" in changes.diffstat
-    assert not (harness.repo_dir(workspace) / gitops.SUMMARY_FILE).exists()
+    assert not (harness.repo_dir(workspace) / SUMMARY_FILE).exists()
 
-    sha = backend.push(workspace, spec, "Fix the widget (#7)", AUTHOR, harness.log(spec))
-    assert repo.branch_sha(BRANCH) == sha
+    pushed = harness.push(backend, workspace, job, "Fix the widget (#7)")
+    assert pushed.committed and repo.branch_sha(BRANCH) == pushed.sha
     assert repo.git("log", "-1", "--format=%an|%ae|%cn|%ce|%s", BRANCH).strip() == (
         "Issue Bot|issue-bot@example.com|Issue Bot|issue-bot@example.com|Fix the widget (#7)"
     )
     assert sorted(repo.git("ls-tree", "-r", "--name-only", BRANCH).split()) == ["CLAUDE_FIX.md", "README.md"]
 
     # A re-run of the publish step after a crash pushes again, without an empty commit.
-    assert backend.push(workspace, spec, "Fix the widget (#7)", AUTHOR, harness.log(spec)) == sha
+    assert harness.push(backend, workspace, job, "Fix the widget (#7)") == Pushed(pushed.sha, committed=False)
     assert len(repo.git("log", "--format=%H", BRANCH).split()) == 2
 
-    backend.cleanup(workspace, harness.task(spec), harness.log(spec))
+    assert backend.remove(job.task_id, harness.log(job)) == [f"sandbox {workspace.handle}"]
     assert harness.fake.sandboxes == {}
-    assert harness.fake.deleted == [workspace.extra["sandbox"]]
+    assert harness.fake.deleted == [workspace.sandbox_id]
 
 
 def test_no_secret_in_env_vars_on_disk_or_in_logs(harness: Harness) -> None:
     backend = harness.backend()
-    spec = harness.spec("wait")
-    workspace = harness.start(backend, spec)
-    sandbox_id = workspace.extra["sandbox"]
+    job = harness.job("wait")
+    workspace = harness.start(backend, job)
+    sandbox_id = workspace.sandbox_id
     root = Path(harness.sandbox_of(workspace)["dir"])  # type: ignore[arg-type]
     # The agent runs (its release file is missing): the credential file must be gone already.
     wait_until(lambda: not any(root.rglob("agent.env")), what="the agent to read its environment")
@@ -273,87 +299,123 @@ def test_no_secret_in_env_vars_on_disk_or_in_logs(harness: Harness) -> None:
     git_config = (harness.repo_dir(workspace) / ".git" / "config").read_text()
     assert "x-access-token" not in git_config and "@" not in git_config
     # The command the daemon keeps (and reports through the API) names no secret either.
-    session = backend.client.get(sandbox_id).process.get_session(workspace.extra["session"])
+    session = backend.client.get(sandbox_id).process.get_session(f"claude-issue-solver-{job.task_id}-agent")
     assert [c.command for c in session.commands] and all(
         CLAUDE_KEY not in c.command for c in session.commands
     )
 
     (harness.repo_dir(workspace) / ".fake-claude-release").write_text("go")
-    result = backend.wait(workspace, deadline=time.time() + 30, should_stop=no_stop, log=harness.log(spec))
+    result = harness.wait(backend, workspace, job)
     assert result is not None and result.exit_code == 0, result
-    backend.collect(workspace, harness.log(spec))
-    backend.push(workspace, spec, "Fix", AUTHOR, harness.log(spec))
+    harness.collect(backend, workspace)
+    harness.push(backend, workspace, job)
     assert files_containing(root, TOKEN) == []
     assert files_containing(root, CLAUDE_KEY) == []
-    log_text = harness.log(spec).path.read_text()
+    log_text = harness.log(job).path.read_text()
     assert TOKEN not in log_text and CLAUDE_KEY not in log_text
 
 
 def test_the_agent_gets_its_environment(harness: Harness) -> None:
-    spec = harness.spec(
-        "noop",
-        command=("sh", "-c", 'printf "%s|%s|%s|" "$ANTHROPIC_API_KEY" "$IS_SANDBOX" "$(pwd)"; cat'),
+    job = harness.job(
+        "noop", command=("sh", "-c", 'printf "%s|%s|%s|" "$ANTHROPIC_API_KEY" "$IS_SANDBOX" "$(pwd)"; cat')
     )
-    workspace, result = harness.run(harness.backend(), spec)
+    workspace, result = harness.run(harness.backend(), job)
     key, is_sandbox, cwd, prompt = result.stdout.split("|", 3)
     assert (key, is_sandbox, cwd) == (CLAUDE_KEY, "1", str(harness.repo_dir(workspace)))
-    assert prompt == spec.prompt
+    assert prompt.encode() == job.agent.stdin
+
+
+def test_a_second_process_runs_in_the_same_clone(harness: Harness) -> None:
+    """What a test run after the agent needs: the same clone, its own session, output and exit code."""
+    backend = harness.backend()
+    job = harness.job("edit")
+    workspace, _ = harness.run(backend, job)
+    check = ProcessSpec(
+        name="test-1", argv=("sh", "-c", "test -f CLAUDE_FIX.md && cat; exit 3"), env={}, stdin=b"in"
+    )
+    assert backend.start_process(workspace, check, harness.log(job))
+    assert not backend.start_process(workspace, check, harness.log(job))  # one of each name
+    result = wait_for_process(
+        backend,
+        workspace,
+        "test-1",
+        deadline=time.time() + 30,
+        control=TaskControl(),
+        clock=time.time,
+        log=harness.log(job),
+    )
+    assert result is not None and (result.exit_code, result.stdout) == (3, "in")
+
+
+def test_files_never_follow_a_link(harness: Harness, tmp_path: Path) -> None:
+    backend = harness.backend()
+    job = harness.job("noop")
+    workspace = backend.prepare(job.workspace, harness.log(job))
+    secret = tmp_path / "host-secret"
+    secret.write_text("host secret\n")
+    (harness.repo_dir(workspace) / SUMMARY_FILE).symlink_to(secret)
+    assert backend.read_file(workspace, SUMMARY_FILE, 1024) is None
+    assert take_summary(backend, workspace) is None
+    assert not (harness.repo_dir(workspace) / SUMMARY_FILE).is_symlink() and secret.exists()
+    with pytest.raises(BackendError):
+        backend.read_file(workspace, "../.claude-issue-solver/agent.exit", 10)
+    backend.write_file(workspace, "notes/a.txt", b"hello")
+    assert backend.read_file(workspace, "notes/a.txt", 3) == b"hel"
 
 
 def test_a_rerun_starts_from_the_remote_branch(harness: Harness) -> None:
     repo = harness.github.repo(REPO)
     first = harness.github.commit_files(REPO, BRANCH, {"CLAUDE_FIX.md": "From the first run.\n"})
     backend = harness.backend()
-    spec = harness.spec("edit")
-    workspace, result = harness.run(backend, spec)
-    assert result.exit_code == 0, result.log_tail
+    job = harness.job("edit")
+    workspace, result = harness.run(backend, job)
+    assert result.exit_code == 0, result.tail
     assert workspace.base_sha == first
-    changes = backend.collect(workspace, harness.log(spec))
+    changes, _ = harness.collect(backend, workspace)
     assert changes.files == ("CLAUDE_FIX.md",) and "1 insertion" in changes.diffstat
-    sha = backend.push(workspace, spec, "Second try", AUTHOR, harness.log(spec))
+    sha = harness.push(backend, workspace, job, "Second try").sha
     assert repo.git("log", "--format=%H", BRANCH).split()[:2] == [sha, first]
 
 
 def test_noop_changes_nothing(harness: Harness) -> None:
     backend = harness.backend()
-    spec = harness.spec("noop")
-    workspace, result = harness.run(backend, spec)
+    job = harness.job("noop")
+    workspace, result = harness.run(backend, job)
     assert result.exit_code == 0
     before = len(harness.fake.requests)
-    changes = backend.collect(workspace, harness.log(spec))
-    assert not changes.changed
-    assert changes.files == () and changes.summary is None and changes.diffstat == ""
-    assert len(harness.fake.requests) - before == 2  # git status and one command for diffstat + ahead
+    changes, summary = harness.collect(backend, workspace)
+    assert changes == Changes() and summary is None
+    # The summary: one read (nothing there) and one removal; git status; diffstat and ahead in one.
+    assert len(harness.fake.requests) - before == 4
 
 
 def test_prepare_is_idempotent(harness: Harness) -> None:
     backend = harness.backend()
-    spec = harness.spec("noop")
-    first = backend.prepare(spec, harness.log(spec))
-    again = harness.backend().prepare(spec, harness.log(spec))  # "after a restart"
-    assert again.extra["sandbox"] == first.extra["sandbox"]
-    assert again.base_sha == first.base_sha
+    job = harness.job("noop")
+    first = backend.prepare(job.workspace, harness.log(job))
+    again = harness.backend().prepare(job.workspace, harness.log(job))  # "after a restart"
+    assert again == first
     assert len(harness.fake.requests_to("/api/sandbox", "POST")) == 1
-    assert len(harness.fake.requests_to(f"/toolbox/{first.extra['sandbox']}/git/clone")) == 1
+    assert len(harness.fake.requests_to(f"/toolbox/{first.sandbox_id}/git/clone")) == 1
 
 
-def test_start_agent_twice_starts_one_agent(harness: Harness) -> None:
+def test_start_process_twice_starts_one_agent(harness: Harness) -> None:
     backend = harness.backend()
-    spec = harness.spec("wait")
-    workspace = harness.start(backend, spec)
-    harness.backend().start_agent(workspace, spec, harness.log(spec))
-    sandbox = backend.client.get(workspace.extra["sandbox"])
-    assert len(sandbox.process.get_session(workspace.extra["session"]).commands) == 1
+    job = harness.job("wait")
+    workspace = harness.start(backend, job)
+    assert not harness.backend().start_process(workspace, job.agent, harness.log(job))
+    sandbox = backend.client.get(workspace.sandbox_id)
+    assert len(sandbox.process.get_session(f"claude-issue-solver-{job.task_id}-agent").commands) == 1
 
 
 def test_push_rejected(harness: Harness) -> None:
     harness.github.reject_pushes(REPO, "protected branch hook declined")
     backend = harness.backend()
-    spec = harness.spec("edit")
-    workspace, _ = harness.run(backend, spec)
-    backend.collect(workspace, harness.log(spec))
+    job = harness.job("edit")
+    workspace, _ = harness.run(backend, job)
+    harness.collect(backend, workspace)
     with pytest.raises(PushRejected, match="protected branch hook declined") as caught:
-        backend.push(workspace, spec, "Fix", AUTHOR, harness.log(spec))
+        harness.push(backend, workspace, job)
     assert TOKEN not in str(caught.value)
 
 
@@ -361,14 +423,14 @@ def test_a_hostile_remote_setting_gets_no_credential(harness: Harness) -> None:
     """The agent pointed origin's push URL elsewhere: the push goes to the real remote regardless."""
     elsewhere = harness.github.create_repo("acme/elsewhere")
     backend = harness.backend()
-    spec = harness.spec("edit")
-    workspace, _ = harness.run(backend, spec)
-    sandbox = backend.client.get(workspace.extra["sandbox"])
+    job = harness.job("edit")
+    workspace, _ = harness.run(backend, job)
+    sandbox = backend.client.get(workspace.sandbox_id)
     sandbox.process.exec(
         f"git config remote.origin.pushurl {elsewhere.clone_url}", cwd=str(harness.repo_dir(workspace))
     )
-    backend.collect(workspace, harness.log(spec))
-    sha = backend.push(workspace, spec, "Fix", AUTHOR, harness.log(spec))
+    harness.collect(backend, workspace)
+    sha = harness.push(backend, workspace, job).sha
     assert harness.github.repo(REPO).branch_sha(BRANCH) == sha
     assert elsewhere.branch_sha(BRANCH) is None
 
@@ -378,67 +440,69 @@ def test_a_hostile_remote_setting_gets_no_credential(harness: Harness) -> None:
 
 def test_cancel_kills_the_agent(harness: Harness) -> None:
     backend = harness.backend()
-    spec = harness.spec("hang")
+    job = harness.job("hang")
+    stop = TaskControl()
     asked = time.monotonic() + 0.5
-    workspace, result = harness.run(
-        backend, spec, should_stop=lambda: "cancel" if time.monotonic() > asked else None
-    )
+    timer = threading.Timer(0.5, stop.cancel.set)
+    timer.start()
+    try:
+        workspace, result = harness.run(backend, job, stop=stop)
+    finally:
+        timer.cancel()
     assert result.cancelled and not result.timed_out
     assert time.monotonic() - asked < 5
-    sandbox = backend.client.get(workspace.extra["sandbox"])
+    sandbox = backend.client.get(workspace.sandbox_id)
     assert sandbox.process.list_sessions() == []  # the session, and with it the agent, is gone
 
 
 def test_timeout_kills_the_agent(harness: Harness) -> None:
     backend = harness.backend()
-    spec = harness.spec("hang")
+    job = harness.job("hang")
     started = time.monotonic()
-    _, result = harness.run(backend, spec, seconds=1)
+    _, result = harness.run(backend, job, seconds=1)
     assert result.timed_out and not result.cancelled and result.exit_code is None
     assert time.monotonic() - started < 10
 
 
 def test_detach_then_attach_after_a_restart(harness: Harness) -> None:
     backend = harness.backend()
-    spec = harness.spec("wait")
-    workspace = harness.start(backend, spec)
-    detached = backend.wait(
-        workspace, deadline=time.time() + 30, should_stop=lambda: "detach", log=harness.log(spec)
-    )
-    assert detached is None
-    assert harness.fake.sandboxes[workspace.extra["sandbox"]]["state"] == "started"
+    job = harness.job("wait")
+    workspace = harness.start(backend, job)
+    detach = TaskControl()
+    detach.detach.set()
+    assert harness.wait(backend, workspace, job, stop=detach) is None
+    assert harness.fake.sandboxes[workspace.sandbox_id]["state"] == "started"
 
     restarted = harness.backend()
-    task = harness.task(spec, workspace)
-    again = restarted.attach(task)
-    assert again is not None
-    assert again.extra["sandbox"] == workspace.extra["sandbox"] and again.base_sha == workspace.base_sha
-    assert "command_id" not in again.extra  # found again by the session's commands, not saved state
+    again = restarted.attach(harness.task(job, workspace))
+    assert again == workspace
+    assert restarted._commands == {}  # found again by the session's commands, not saved state
     (harness.repo_dir(workspace) / ".fake-claude-release").write_text("go")
-    result = restarted.wait(again, deadline=time.time() + 30, should_stop=no_stop, log=harness.log(spec))
+    result = harness.wait(restarted, again, job)
     assert result is not None and result.exit_code == 0, result
-    assert restarted.collect(again, harness.log(spec)).files == ("CLAUDE_FIX.md",)
-    assert [r.task_id for r in restarted.live_runs()] == [spec.task_id]
+    assert harness.collect(restarted, again)[0].files == ("CLAUDE_FIX.md",)
+    assert restarted.list_ours() == {job.task_id}
 
 
 def test_attach_finds_nothing_for_an_unknown_task(harness: Harness) -> None:
-    assert harness.backend().attach(harness.task(harness.spec("edit"))) is None
+    assert harness.backend().attach(harness.task(harness.job("edit"))) is None
 
 
 def test_finished_while_stopped_is_read_from_disk(harness: Harness) -> None:
     """Auto-stop while the daemon was away ends the sessions; the exit code file still tells."""
     backend = harness.backend()
-    spec = harness.spec("edit")
-    workspace = harness.start(backend, spec)
-    exit_file = Path(workspace.extra["work_dir"]) / ".claude-issue-solver" / "exit_code"
+    job = harness.job("edit")
+    workspace = harness.start(backend, job)
+    assert workspace.work_dir is not None
+    exit_file = Path(workspace.work_dir) / ".claude-issue-solver" / "agent.exit"
     wait_until(exit_file.exists, what="the agent to finish")
-    harness.fake.set_state(workspace.extra["sandbox"], "stopped")
+    harness.fake.set_state(workspace.sandbox_id, "stopped")
 
     restarted = harness.backend()
-    again = restarted.attach(harness.task(spec, workspace))
+    again = restarted.attach(harness.task(job, workspace))
     assert again is not None
-    assert harness.fake.sandboxes[workspace.extra["sandbox"]]["state"] == "started"
-    result = restarted.wait(again, deadline=time.time() + 30, should_stop=no_stop, log=harness.log(spec))
+    assert harness.fake.sandboxes[workspace.sandbox_id]["state"] == "started"
+    result = harness.wait(restarted, again, job)
     assert result is not None and result.exit_code == 0
     assert result_of(result)["is_error"] is False
 
@@ -449,66 +513,66 @@ def test_finished_while_stopped_is_read_from_disk(harness: Harness) -> None:
 @pytest.mark.parametrize("status", [429, 503])
 def test_rate_limits_and_outages_while_waiting_only_delay(harness: Harness, status: int) -> None:
     backend = harness.backend()
-    spec = harness.spec("wait")
-    workspace = harness.start(backend, spec)
-    sandbox_id = workspace.extra["sandbox"]
+    job = harness.job("wait")
+    workspace = harness.start(backend, job)
+    sandbox_id = workspace.sandbox_id
     harness.fake.fail_next(f"/toolbox/{sandbox_id}/process/session", status, count=4)
     (harness.repo_dir(workspace) / ".fake-claude-release").write_text("go")
-    result = backend.wait(workspace, deadline=time.time() + 60, should_stop=no_stop, log=harness.log(spec))
+    result = harness.wait(backend, workspace, job, seconds=60)
     assert result is not None and result.exit_code == 0, result
     failed = [r for r in harness.fake.requests_for(sandbox_id) if r.status == status]
     assert len(failed) == 4
-    assert "polling again with back-off" in harness.log(spec).path.read_text()
+    assert "polling again with back-off" in harness.log(job).path.read_text()
 
 
 def test_rate_limited_create_is_retryable(harness: Harness) -> None:
     harness.fake.fail_next("/api/sandbox", 429, method="POST")
+    job = harness.job("edit")
     with pytest.raises(BackendError, match=r"rate-limited us \(429\)") as caught:
-        harness.backend().prepare(harness.spec("edit"), harness.log(harness.spec("edit")))
+        harness.backend().prepare(job.workspace, harness.log(job))
     assert caught.value.retryable
 
 
 def test_a_vanished_sandbox_is_lost(harness: Harness) -> None:
     backend = harness.backend()
-    spec = harness.spec("hang")
-    workspace = harness.start(backend, spec)
-    harness.fake.vanish(workspace.extra["sandbox"])
+    job = harness.job("hang")
+    workspace = harness.start(backend, job)
+    harness.fake.vanish(workspace.sandbox_id)
     with pytest.raises(WorkspaceLost, match="no longer exists"):
-        backend.wait(workspace, deadline=time.time() + 30, should_stop=no_stop, log=harness.log(spec))
-    # Cleanup of a sandbox that is gone is quiet, and never raises.
-    backend.cleanup(workspace, harness.task(spec), harness.log(spec))
+        harness.wait(backend, workspace, job)
+    # Removing a sandbox that is gone is quiet.
+    assert backend.remove(job.task_id, harness.log(job)) == []
 
 
-def test_cleanup_never_raises(harness: Harness) -> None:
+def test_removal_never_raises(harness: Harness) -> None:
     backend = harness.backend()
-    spec = harness.spec("noop")
-    workspace = backend.prepare(spec, harness.log(spec))
+    job = harness.job("noop")
+    backend.prepare(job.workspace, harness.log(job))
     harness.fake.fail_next("/api/sandbox", 401, count=10)
-    backend.cleanup(workspace, harness.task(spec), harness.log(spec))
-    assert "could not delete the sandbox" in harness.log(spec).path.read_text()
+    assert remove_workspace(backend, job.task_id, harness.log(job), sleep=lambda _: None) == []
+    assert "could not remove the workspace" in harness.log(job).path.read_text()
 
 
 # --- reconcile -------------------------------------------------------------------------------------------
 
 
-def test_remove_orphans_keeps_live_tasks_and_other_daemons(harness: Harness, tmp_path: Path) -> None:
+def test_reconcile_keeps_live_tasks_and_other_daemons(harness: Harness, tmp_path: Path) -> None:
     backend = harness.backend()
-    kept = backend.prepare(
-        harness.spec("noop", task_id="widgets-7-kept01"), harness.log(harness.spec("noop"))
+    kept_job, orphan_job = (
+        harness.job("noop", task_id="widgets-7-kept01"),
+        harness.job("noop", task_id="widgets-8-orphan"),
     )
-    orphan = backend.prepare(
-        harness.spec("noop", task_id="widgets-8-orphan"), harness.log(harness.spec("noop"))
-    )
+    kept = backend.prepare(kept_job.workspace, harness.log(kept_job))
+    orphan = backend.prepare(orphan_job.workspace, harness.log(orphan_job))
     other = harness.backend(STATE_DIR=str(tmp_path / "other-state"))
-    foreign = other.prepare(
-        harness.spec("noop", task_id="widgets-9-other1"), harness.log(harness.spec("noop"))
-    )
+    foreign_job = harness.job("noop", task_id="widgets-9-other1")
+    foreign = other.prepare(foreign_job.workspace, harness.log(foreign_job))
 
-    assert sorted(r.task_id for r in backend.live_runs()) == ["widgets-7-kept01", "widgets-8-orphan"]
-    removed = backend.remove_orphans({"widgets-7-kept01"})
+    assert backend.list_ours() == {"widgets-7-kept01", "widgets-8-orphan"}
+    removed = reconcile(backend, {"widgets-7-kept01"})
     assert removed == ["sandbox claude-issue-solver-widgets-8-orphan"]
-    assert set(harness.fake.sandboxes) == {kept.extra["sandbox"], foreign.extra["sandbox"]}
-    assert orphan.extra["sandbox"] in harness.fake.deleted
+    assert set(harness.fake.sandboxes) == {kept.sandbox_id, foreign.sandbox_id}
+    assert orphan.sandbox_id in harness.fake.deleted
 
 
 # --- the snapshot ------------------------------------------------------------------------------------------
@@ -517,12 +581,14 @@ def test_remove_orphans_keeps_live_tasks_and_other_daemons(harness: Harness, tmp
 def test_create_snapshot_from_the_agent_dockerfile(harness: Harness) -> None:
     config = harness.config()
     logs: list[str] = []
-    name = create_snapshot(config, agent_dockerfile(), name="cis-test-snapshot", on_logs=logs.append)
+    name = create_snapshot(
+        daytona_settings(config), agent_dockerfile(), name="cis-test-snapshot", on_logs=logs.append
+    )
     assert name == "cis-test-snapshot"
     made = harness.fake.snapshots[name]
     assert made["state"] == "active"
     assert made["dockerfile"] == agent_dockerfile().read_text()
     with pytest.raises(BackendError, match="already exists"):
-        create_snapshot(config, agent_dockerfile(), name="cis-test-snapshot")
+        create_snapshot(daytona_settings(config), agent_dockerfile(), name="cis-test-snapshot")
     # And a task can start from it.
     harness.backend(DAYTONA_SNAPSHOT=name).check()

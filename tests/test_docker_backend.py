@@ -1,7 +1,8 @@
 """The Docker backend against a real Docker daemon, real git and the fake ``claude`` image.
 
-The pipeline is not involved: each test drives the backend's steps itself, the way the pipeline would,
-and looks at the result where it lands (the bare "remote", the container's inspect data, the state dir).
+The pipeline is not involved: each test drives the backend's mechanics with the run policy's functions,
+the way the pipeline does, and looks at the result where it lands (the bare "remote", the container's
+inspect data, the state dir).
 """
 
 from __future__ import annotations
@@ -9,11 +10,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import secrets
 import subprocess
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -21,21 +24,32 @@ docker = pytest.importorskip("docker")
 
 from claude_issue_solver import gitops  # noqa: E402
 from claude_issue_solver.backends import docker as docker_backend  # noqa: E402
+from claude_issue_solver.backends import docker_images  # noqa: E402
 from claude_issue_solver.backends.base import (  # noqa: E402
     LABEL_OWNER,
+    LABEL_PROCESS,
     LABEL_TASK,
-    AgentExit,
     BackendError,
-    GitCredential,
+    Changes,
+    ProcessSpec,
+    Pushed,
     PushRejected,
-    RunSpec,
-    Workspace,
     WorkspaceLost,
+    WorkspaceSpec,
 )
-from claude_issue_solver.backends.docker import DockerBackend  # noqa: E402
-from claude_issue_solver.config import Config  # noqa: E402
+from claude_issue_solver.backends.docker import DockerBackend, DockerWorkspace  # noqa: E402
+from claude_issue_solver.backends.settings import DockerSettings  # noqa: E402
+from claude_issue_solver.conventions import SUMMARY_FILE  # noqa: E402
+from claude_issue_solver.credentials import GitCredential  # noqa: E402
 from claude_issue_solver.logs import TaskLog  # noqa: E402
 from claude_issue_solver.queue import Task  # noqa: E402
+from claude_issue_solver.run_policy import (  # noqa: E402
+    ProcessExit,
+    reconcile,
+    take_summary,
+)
+from tests import backend_steps as steps  # noqa: E402
+from tests.backend_steps import Job, control  # noqa: E402
 
 pytestmark = pytest.mark.docker
 
@@ -43,7 +57,6 @@ REPO = "acme/widgets"
 BRANCH = "claude/issue-7"
 # Distinctive so that finding it anywhere is meaningful; not token-shaped, so no redactor hides it by luck.
 TOKEN = "s3cr3t-GitHub-T0ken-for-the-docker-tests"
-AUTHOR = ("Issue Bot", "issue-bot@example.com")
 COMMAND = ("claude", "-p", "--output-format", "json", "--dangerously-skip-permissions")
 # Quotes, a command substitution, backticks and non-ASCII: the prompt must reach the agent byte for byte.
 PROMPT = 'Fix "the widget" $(touch /tmp/pwned) `id` — naïve ✓\n'
@@ -54,10 +67,6 @@ def git(*args: str, cwd: Path | None = None) -> str:
     proc = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, check=False)
     assert proc.returncode == 0, f"git {' '.join(args)} failed: {proc.stderr}"
     return proc.stdout.strip()
-
-
-def no_stop() -> str | None:
-    return None
 
 
 @pytest.fixture
@@ -86,73 +95,98 @@ def remote(tmp_path: Path) -> Path:
 
 @dataclass
 class Harness:
-    """Builds specs, tasks and logs for one test and drives the backend the way the pipeline does."""
+    """Builds jobs, tasks and logs for one test and drives the backend the way the pipeline does."""
 
     client: docker.DockerClient
     image: str
     tmp_path: Path
     clone_url: str
     backends: list[DockerBackend] = field(default_factory=list)
+    # Container names are global to the Docker daemon, which other test runs may share: ids get a tag.
+    tag: str = field(default_factory=lambda: secrets.token_hex(3))
 
-    def backend(self, **config: object) -> DockerBackend:
+    def backend(self, *, build: bool = False, **settings: object) -> DockerBackend:
         """A backend over this test's state dir; a second one is "the daemon after a restart"."""
-        settings: dict[str, object] = {
+        values: dict[str, object] = {
             "state_dir": self.tmp_path / "state",
-            "docker_network": "none",
-            "docker_memory": "256m",
-            "docker_cpus": 1.0,
-            "docker_pids_limit": 64,
-            **config,
+            "network": "none",
+            "memory": "256m",
+            "cpus": 1.0,
+            "pids_limit": 64,
+            **settings,
         }
-        image = None if settings.pop("build", False) else self.image
-        made = DockerBackend(Config(**settings), client=self.client, image=image)  # type: ignore[arg-type]
+        image = None if build else self.image
+        made = DockerBackend(DockerSettings(**values), client=self.client, image=image)  # type: ignore[arg-type]
         self.backends.append(made)
         return made
 
-    def spec(self, scenario: str, task_id: str = "widgets-7-aaaaaa", **overrides: object) -> RunSpec:
+    def job(
+        self,
+        scenario: str,
+        task_id: str = "widgets-7-aaaaaa",
+        *,
+        command: tuple[str, ...] = COMMAND,
+        credential: Callable[[], GitCredential] = lambda: GitCredential("x-access-token", TOKEN),
+        **overrides: object,
+    ) -> Job:
         values: dict[str, object] = {
-            "task_id": task_id,
+            "task_id": f"{task_id}-{self.tag}",
             "repo": REPO,
             "issue_number": 7,
             "clone_url": self.clone_url,
             "default_branch": "main",
             "branch": BRANCH,
-            "prompt": f"{PROMPT}FAKE_CLAUDE_SCENARIO={scenario}\n",
-            "command": COMMAND,
-            "agent_env": {"ANTHROPIC_API_KEY": "sk-ant-fake-key-for-tests"},
-            "credential": lambda: GitCredential("x-access-token", TOKEN),
+            "credential": credential,
             **overrides,
         }
-        return RunSpec(**values)  # type: ignore[arg-type]
+        agent = ProcessSpec(
+            name="agent",
+            argv=command,
+            env={"ANTHROPIC_API_KEY": "sk-ant-fake-key-for-tests"},
+            stdin=f"{PROMPT}FAKE_CLAUDE_SCENARIO={scenario}\n".encode(),
+        )
+        return Job(WorkspaceSpec(**values), agent)  # type: ignore[arg-type]
 
-    def task(self, spec: RunSpec) -> Task:
+    def task(self, job: Job) -> Task:
+        spec = job.workspace
         return Task(
             id=spec.task_id, repo=spec.repo, issue_number=spec.issue_number, title="t", branch=spec.branch
         )
 
-    def log(self, spec: RunSpec) -> TaskLog:
-        return TaskLog(self.tmp_path / "logs" / f"{spec.task_id}.log")
+    def log(self, job: Job) -> TaskLog:
+        return TaskLog(self.tmp_path / "logs" / f"{job.task_id}.log")
 
-    def start(self, backend: DockerBackend, spec: RunSpec) -> Workspace:
-        log = self.log(spec)
-        workspace = backend.prepare(spec, log)
-        backend.start_agent(workspace, spec, log)
+    def start(self, backend: DockerBackend, job: Job) -> DockerWorkspace:
+        log = self.log(job)
+        workspace = backend.prepare(job.workspace, log)
+        backend.start_process(workspace, job.agent, log)
         return workspace
 
+    def wait(
+        self, backend: DockerBackend, workspace: DockerWorkspace, job: Job, **how: Any
+    ) -> ProcessExit | None:
+        return steps.wait(backend, workspace, self.log(job), **{"seconds": 60, **how})
+
     def run(
-        self,
-        backend: DockerBackend,
-        spec: RunSpec,
-        *,
-        seconds: float = 60,
-        should_stop: Callable[[], str | None] = no_stop,
-    ) -> tuple[Workspace, AgentExit]:
-        workspace = self.start(backend, spec)
-        result = backend.wait(
-            workspace, deadline=time.time() + seconds, should_stop=should_stop, log=self.log(spec)
-        )
+        self, backend: DockerBackend, job: Job, *, seconds: float = 60
+    ) -> tuple[DockerWorkspace, ProcessExit]:
+        workspace = self.start(backend, job)
+        result = self.wait(backend, workspace, job, seconds=seconds)
         assert result is not None
         return workspace, result
+
+    def collect(self, backend: DockerBackend, workspace: DockerWorkspace) -> tuple[Changes, str | None]:
+        return steps.collect(backend, workspace)
+
+    def push(
+        self,
+        backend: DockerBackend,
+        workspace: DockerWorkspace,
+        job: Job,
+        message: str = "Fix",
+        credential: GitCredential | None = None,
+    ) -> Pushed:
+        return steps.push(backend, workspace, job, self.log(job), message, credential)
 
     def containers(self, **labels: str) -> list[docker.models.containers.Container]:
         owners = {b.owner for b in self.backends}
@@ -186,29 +220,28 @@ def mirror_worktrees(backend: DockerBackend) -> list[str]:
 
 def test_run_collect_push_lands_the_branch(harness: Harness, remote: Path) -> None:
     backend = harness.backend()
-    spec = harness.spec("edit")
+    job = harness.job("edit")
     main_sha = git(f"--git-dir={remote}", "rev-parse", "main")
 
-    workspace, result = harness.run(backend, spec)
+    workspace, result = harness.run(backend, job)
 
     assert workspace.base_sha == main_sha
-    assert result.exit_code == 0, result.log_tail
+    assert result.exit_code == 0, result.tail
     assert json.loads(result.stdout)["is_error"] is False
-    assert workspace.path is not None
     # The fake agent records the hash of the stdin it got: the prompt arrived byte for byte.
-    prompt_sha = hashlib.sha256(spec.prompt.encode()).hexdigest()
-    assert f"prompt-sha256={prompt_sha}" in (workspace.path / "CLAUDE_FIX.md").read_text()
-    assert "result: success" in harness.log(spec).path.read_text()  # the agent's events, made readable
+    prompt_sha = hashlib.sha256(job.agent.stdin).hexdigest()
+    assert f"prompt-sha256={prompt_sha}" in (workspace.worktree / "CLAUDE_FIX.md").read_text()
+    assert "result: success" in harness.log(job).path.read_text()  # the agent's events, made readable
 
-    changes = backend.collect(workspace, harness.log(spec))
-    assert changes.changed and not changes.ahead
-    assert changes.files == ("CLAUDE_FIX.md",)
-    assert changes.summary is not None and changes.summary.startswith("Fix issue from fake agent")
+    changes, summary = harness.collect(backend, workspace)
+    assert changes.files == ("CLAUDE_FIX.md",) and not changes.ahead
+    assert summary is not None and summary.startswith("Fix issue from fake agent")
     assert "CLAUDE_FIX.md" in changes.diffstat
-    assert not (workspace.path / gitops.SUMMARY_FILE).exists()
+    assert not (workspace.worktree / SUMMARY_FILE).exists()
 
-    sha = backend.push(workspace, spec, "Fix the widget (#7)", AUTHOR, harness.log(spec))
-    assert git(f"--git-dir={remote}", "rev-parse", f"refs/heads/{BRANCH}") == sha
+    pushed = harness.push(backend, workspace, job, "Fix the widget (#7)")
+    assert pushed.committed
+    assert git(f"--git-dir={remote}", "rev-parse", f"refs/heads/{BRANCH}") == pushed.sha
     author_and_committer = "Issue Bot|issue-bot@example.com|Issue Bot|issue-bot@example.com"
     assert (
         remote_log(remote, BRANCH, "%an|%ae|%cn|%ce|%s")[0] == f"{author_and_committer}|Fix the widget (#7)"
@@ -217,40 +250,61 @@ def test_run_collect_push_lands_the_branch(harness: Harness, remote: Path) -> No
     assert sorted(files) == ["CLAUDE_FIX.md", "README.md"]
 
     # A re-run of the publish step after a crash pushes again without an empty commit.
-    assert backend.push(workspace, spec, "Fix the widget (#7)", AUTHOR, harness.log(spec)) == sha
+    again = harness.push(backend, workspace, job, "Fix the widget (#7)")
+    assert again == Pushed(pushed.sha, committed=False)
     assert len(remote_log(remote, BRANCH, "%H")) == 2
-    assert not backend.collect(workspace, harness.log(spec)).changed
+    after = harness.collect(backend, workspace)[0]
+    assert after.files == () and not after.ahead  # nothing left to publish (the diffstat is from the base)
 
 
 def test_a_rerun_starts_from_the_remote_branch(harness: Harness, remote: Path) -> None:
     backend = harness.backend()
-    first_spec = harness.spec("edit", task_id="widgets-7-first1")
-    first, _ = harness.run(backend, first_spec)
-    backend.collect(first, harness.log(first_spec))
-    first_sha = backend.push(first, first_spec, "First try", AUTHOR, harness.log(first_spec))
-    backend.cleanup(first, harness.task(first_spec), harness.log(first_spec))
+    first_job = harness.job("edit", task_id="widgets-7-first1")
+    first, _ = harness.run(backend, first_job)
+    harness.collect(backend, first)
+    first_sha = harness.push(backend, first, first_job, "First try").sha
+    backend.remove(first_job.task_id, harness.log(first_job))
 
-    second_spec = harness.spec("edit", task_id="widgets-7-second")
-    second, result = harness.run(backend, second_spec)
-    assert result.exit_code == 0, result.log_tail
+    second_job = harness.job("edit", task_id="widgets-7-second")
+    second, result = harness.run(backend, second_job)
+    assert result.exit_code == 0, result.tail
     assert second.base_sha == first_sha
-    assert second.path is not None
-    assert len((second.path / "CLAUDE_FIX.md").read_text().splitlines()) == 2
-    changes = backend.collect(second, harness.log(second_spec))
+    assert len((second.worktree / "CLAUDE_FIX.md").read_text().splitlines()) == 2
+    changes, _ = harness.collect(backend, second)
     assert changes.files == ("CLAUDE_FIX.md",)
     assert "CLAUDE_FIX.md" in changes.diffstat and "1 insertion" in changes.diffstat
-    second_sha = backend.push(second, second_spec, "Second try", AUTHOR, harness.log(second_spec))
+    second_sha = harness.push(backend, second, second_job, "Second try").sha
     assert remote_log(remote, BRANCH, "%H|%s")[:2] == [f"{second_sha}|Second try", f"{first_sha}|First try"]
 
 
 def test_noop_changes_nothing(harness: Harness) -> None:
     backend = harness.backend()
-    spec = harness.spec("noop")
-    workspace, result = harness.run(backend, spec)
+    job = harness.job("noop")
+    workspace, result = harness.run(backend, job)
     assert result.exit_code == 0
-    changes = backend.collect(workspace, harness.log(spec))
-    assert not changes.changed
-    assert changes.files == () and changes.summary is None and changes.diffstat == ""
+    changes, summary = harness.collect(backend, workspace)
+    assert changes == Changes() and summary is None
+
+
+def test_a_second_process_runs_in_the_same_worktree_as_the_same_user(harness: Harness) -> None:
+    """What a test run after the agent needs: same tree, same user, its own output and exit code."""
+    backend = harness.backend()
+    job = harness.job("edit")
+    workspace, _ = harness.run(backend, job)
+    check = ProcessSpec(
+        name="test-1",
+        argv=("sh", "-c", "id -u; cat CLAUDE_FIX.md >/dev/null && cat; exit 3"),
+        env={},
+        stdin=b"in",
+    )
+    assert backend.start_process(workspace, check, harness.log(job))
+    assert not backend.start_process(workspace, check, harness.log(job))  # one of each name
+    result = harness.wait(backend, workspace, job, name="test-1")
+    assert result is not None and result.exit_code == 3
+    assert result.stdout.split() == [EXPECTED_USER.split(":")[0], "in"]
+    container = harness.client.containers.get(f"claude-issue-solver-{job.task_id}-test-1")
+    assert container.labels[LABEL_PROCESS] == "test-1" and container.labels[LABEL_TASK] == job.task_id
+    assert container.attrs["HostConfig"]["NetworkMode"] == "none"
 
 
 # --- stopping --------------------------------------------------------------------------------------------
@@ -258,167 +312,195 @@ def test_noop_changes_nothing(harness: Harness) -> None:
 
 def test_a_hanging_agent_is_killed_at_the_deadline(harness: Harness) -> None:
     backend = harness.backend()
-    spec = harness.spec("hang")
-    workspace = harness.start(backend, spec)
+    job = harness.job("hang")
+    workspace = harness.start(backend, job)
     started = time.monotonic()
-    result = backend.wait(workspace, deadline=time.time() + 2, should_stop=no_stop, log=harness.log(spec))
+    result = harness.wait(backend, workspace, job, seconds=2)
     elapsed = time.monotonic() - started
 
     assert result is not None and result.timed_out and not result.cancelled
-    assert 1.5 <= elapsed < 2 + docker_backend.WAIT_POLL_SECONDS + 5
+    assert 1.5 <= elapsed < 2 + docker_backend.POLL_SECONDS + 5
     assert result.exit_code == 137  # SIGKILL
-    container = harness.client.containers.get(workspace.handle)
-    assert container.status == "exited"
+    assert harness.client.containers.get(workspace.handle).status == "exited"
 
 
 def test_cancel_kills_the_agent(harness: Harness) -> None:
     backend = harness.backend()
-    spec = harness.spec("hang")
-    workspace = harness.start(backend, spec)
+    job = harness.job("hang")
+    workspace = harness.start(backend, job)
     started = time.monotonic()
-    result = backend.wait(
-        workspace, deadline=time.time() + 120, should_stop=lambda: "cancel", log=harness.log(spec)
-    )
+    result = harness.wait(backend, workspace, job, seconds=120, stop=control(cancel=True))
     assert result is not None and result.cancelled and not result.timed_out
-    assert time.monotonic() - started < docker_backend.WAIT_POLL_SECONDS + 5
+    assert time.monotonic() - started < docker_backend.POLL_SECONDS + 5
     assert harness.client.containers.get(workspace.handle).status == "exited"
 
 
 def test_detach_leaves_it_running_and_attach_finishes_it(harness: Harness) -> None:
     backend = harness.backend()
-    spec = harness.spec("wait")
-    workspace = harness.start(backend, spec)
-    assert (
-        backend.wait(
-            workspace, deadline=time.time() + 60, should_stop=lambda: "detach", log=harness.log(spec)
-        )
-        is None
-    )
+    job = harness.job("wait")
+    workspace = harness.start(backend, job)
+    assert harness.wait(backend, workspace, job, stop=control(detach=True)) is None
     assert harness.client.containers.get(workspace.handle).status == "running"
 
     restarted = harness.backend()  # the daemon after a restart: nothing but the task to go on
-    found = restarted.attach(harness.task(spec))
-    assert found is not None
-    assert (found.handle, found.path, found.base_sha, found.branch) == (
-        workspace.handle,
-        workspace.path,
-        workspace.base_sha,
-        BRANCH,
-    )
-    assert found.path is not None
-    (found.path / ".fake-claude-release").write_text("go\n")
-    result = restarted.wait(found, deadline=time.time() + 60, should_stop=no_stop, log=harness.log(spec))
-    assert result is not None and result.exit_code == 0, result and result.log_tail
-    assert restarted.collect(found, harness.log(spec)).files == ("CLAUDE_FIX.md",)
+    found = restarted.attach(harness.task(job))
+    assert found == workspace
+    (found.worktree / ".fake-claude-release").write_text("go\n")
+    result = harness.wait(restarted, found, job)
+    assert result is not None and result.exit_code == 0, result and result.tail
+    assert harness.collect(restarted, found)[0].files == ("CLAUDE_FIX.md",)
 
 
 def test_an_agent_that_finished_while_the_daemon_was_down_is_collected(harness: Harness) -> None:
     backend = harness.backend()
-    spec = harness.spec("edit")
-    workspace = harness.start(backend, spec)
+    job = harness.job("edit")
+    workspace = harness.start(backend, job)
     # Nobody waits through the backend: the daemon is "down" while the container runs to the end.
     assert harness.client.containers.get(workspace.handle).wait(timeout=60)["StatusCode"] == 0
 
     restarted = harness.backend()
-    found = restarted.attach(harness.task(spec))
+    found = restarted.attach(harness.task(job))
     assert found is not None
     started = time.monotonic()
-    result = restarted.wait(found, deadline=time.time() + 60, should_stop=no_stop, log=harness.log(spec))
+    result = harness.wait(restarted, found, job)
     assert time.monotonic() - started < 2
     assert result is not None and result.exit_code == 0
     assert json.loads(result.stdout)["subtype"] == "success"
-    changes = restarted.collect(found, harness.log(spec))
-    assert changes.files == ("CLAUDE_FIX.md",) and changes.summary is not None
+    changes, summary = harness.collect(restarted, found)
+    assert changes.files == ("CLAUDE_FIX.md",) and summary is not None
 
 
 def test_a_removed_container_is_a_lost_workspace(harness: Harness) -> None:
     backend = harness.backend()
-    spec = harness.spec("hang")
-    workspace = harness.start(backend, spec)
+    job = harness.job("hang")
+    workspace = harness.start(backend, job)
     harness.client.containers.get(workspace.handle).remove(force=True)
     with pytest.raises(WorkspaceLost):
-        backend.wait(workspace, deadline=time.time() + 60, should_stop=no_stop, log=harness.log(spec))
+        harness.wait(backend, workspace, job)
 
 
 def test_a_stale_worktree_of_the_same_issue_gives_way(harness: Harness) -> None:
     backend = harness.backend()
-    stale_spec = harness.spec("noop", task_id="widgets-7-stale1")
-    stale = backend.prepare(stale_spec, harness.log(stale_spec))  # its task ended without a cleanup
-    fresh_spec = harness.spec("edit", task_id="widgets-7-fresh1")
-    fresh, result = harness.run(backend, fresh_spec)
+    stale_job = harness.job("noop", task_id="widgets-7-stale1")
+    stale = backend.prepare(stale_job.workspace, harness.log(stale_job))  # its task ended without a cleanup
+    fresh_job = harness.job("edit", task_id="widgets-7-fresh1")
+    fresh, result = harness.run(backend, fresh_job)
     assert result.exit_code == 0
-    assert stale.path is not None and not stale.path.exists()
-    assert mirror_worktrees(backend) == [str(backend.mirror_dir(REPO)), str(fresh.path)]
-    assert "removing the stale worktree" in harness.log(fresh_spec).path.read_text()
+    assert not stale.worktree.exists()
+    assert mirror_worktrees(backend) == [str(backend.mirror_dir(REPO)), str(fresh.worktree)]
+    assert "removing the stale worktree" in harness.log(fresh_job).path.read_text()
 
 
-def test_start_agent_never_makes_a_second_container(harness: Harness) -> None:
+def test_start_process_never_makes_a_second_container(harness: Harness) -> None:
     backend = harness.backend()
-    spec = harness.spec("wait")
-    log = harness.log(spec)
-    workspace = backend.prepare(spec, log)
-    # A crash between "created" and "started": the next start_agent starts that one.
-    created = backend._create_container(workspace, spec, harness.image)
+    job = harness.job("wait")
+    log = harness.log(job)
+    workspace = backend.prepare(job.workspace, log)
+    # A crash between "created" and "started": the next start_process starts that one.
+    (backend.task_dir(job.task_id) / "agent.stdin").write_bytes(job.agent.stdin)
+    created = backend._create_container(workspace, job.agent, harness.image)
     assert created.status == "created"
-    backend.start_agent(workspace, spec, log)
-    backend.start_agent(workspace, spec, log)
-    assert backend.prepare(spec, log).path == workspace.path  # prepare is idempotent too
-    backend.start_agent(workspace, spec, log)
+    assert not backend.start_process(workspace, job.agent, log)
+    assert not backend.start_process(workspace, job.agent, log)
+    assert backend.prepare(job.workspace, log) == workspace  # prepare is idempotent too
+    assert not backend.start_process(workspace, job.agent, log)
 
-    containers = harness.containers(**{LABEL_TASK: spec.task_id})
+    containers = harness.containers(**{LABEL_TASK: job.task_id})
     assert [c.id for c in containers] == [created.id]
     assert containers[0].status == "running"
-    assert workspace.path is not None
-    (workspace.path / ".fake-claude-release").write_text("go\n")
-    result = backend.wait(workspace, deadline=time.time() + 60, should_stop=no_stop, log=log)
+    (workspace.worktree / ".fake-claude-release").write_text("go\n")
+    result = harness.wait(backend, workspace, job)
     assert result is not None and result.exit_code == 0
+
+
+def test_another_daemons_container_of_the_same_name_is_left_alone(harness: Harness) -> None:
+    mine = harness.backend()
+    job = harness.job("wait")
+    workspace = harness.start(mine, job)
+    other = harness.backend(state_dir=harness.tmp_path / "other-state")  # same task id, other STATE_DIR
+    theirs = other.prepare(job.workspace, harness.log(job))
+    with pytest.raises(BackendError, match="belongs to another daemon"):
+        other.start_process(theirs, job.agent, harness.log(job))
+    with pytest.raises(WorkspaceLost):
+        other.poll_process(theirs, "agent")
+    assert f"container {workspace.handle}" not in other.remove(job.task_id)
+    assert harness.client.containers.get(workspace.handle).status == "running"
+
+
+# --- files ---------------------------------------------------------------------------------------------
+
+
+def test_files_never_follow_a_link(harness: Harness, tmp_path: Path) -> None:
+    backend = harness.backend()
+    job = harness.job("noop")
+    workspace = backend.prepare(job.workspace, harness.log(job))
+    secret = tmp_path / "host-secret"
+    secret.write_text("host secret\n")
+    (workspace.worktree / SUMMARY_FILE).symlink_to(secret)
+    (workspace.worktree / "dir").symlink_to(tmp_path)
+
+    assert backend.read_file(workspace, SUMMARY_FILE, 1024) is None
+    assert take_summary(backend, workspace) is None
+    assert not (workspace.worktree / SUMMARY_FILE).is_symlink() and secret.read_text() == "host secret\n"
+    for climbing in ("../host-secret", "/etc/passwd", "dir/host-secret"):
+        with pytest.raises(BackendError):
+            backend.read_file(workspace, climbing, 1024)
+    (workspace.worktree / SUMMARY_FILE).mkdir()
+    (workspace.worktree / SUMMARY_FILE / "x").write_text("x")
+    backend.delete_file(workspace, SUMMARY_FILE)
+    assert not (workspace.worktree / SUMMARY_FILE).exists()
+    backend.write_file(workspace, "notes/a.txt", b"hello")
+    assert backend.read_file(workspace, "notes/a.txt", 3) == b"hel"
+    backend.delete_file(workspace, "missing.txt")  # nothing there: fine
 
 
 # --- cleaning up -----------------------------------------------------------------------------------------
 
 
-def test_cleanup_removes_container_worktree_and_task_dir(harness: Harness) -> None:
+def test_remove_takes_container_worktree_and_task_dir(harness: Harness) -> None:
     backend = harness.backend()
-    spec = harness.spec("wait")
-    workspace = harness.start(backend, spec)  # still running: cleanup must not need it to have stopped
-    assert workspace.path is not None
-    task = harness.task(spec)
+    job = harness.job("wait")
+    workspace = harness.start(backend, job)  # still running: removal must not need it to have stopped
+    task = harness.task(job)
 
-    backend.cleanup(workspace, task, harness.log(spec))
+    removed = backend.remove(job.task_id, harness.log(job))
 
+    assert removed == [
+        f"container {workspace.handle}",
+        f"worktree {workspace.worktree}",
+        f"task directory {backend.task_dir(job.task_id)}",
+    ]
     assert harness.containers() == []
-    assert not workspace.path.exists()
-    assert not backend.task_dir(spec.task_id).exists()
+    assert not workspace.worktree.exists()
+    assert not backend.task_dir(job.task_id).exists()
     assert mirror_worktrees(backend) == [str(backend.mirror_dir(REPO))]
     assert backend.attach(task) is None
-    backend.cleanup(workspace, task, harness.log(spec))  # twice, and without a workspace: no error
-    backend.cleanup(None, task, harness.log(spec))
-    assert "removed container" in harness.log(spec).path.read_text()
+    assert backend.remove(job.task_id) == []  # twice: nothing left, no error
 
 
-def test_remove_orphans_keeps_only_live_tasks(harness: Harness) -> None:
+def test_reconcile_keeps_only_live_tasks(harness: Harness) -> None:
     backend = harness.backend()
     live, orphan, stray = (
-        harness.spec("noop", task_id=f"widgets-{n}-abcdef", issue_number=n, branch=f"claude/issue-{n}")
+        harness.job("noop", task_id=f"widgets-{n}-abcdef", issue_number=n, branch=f"claude/issue-{n}")
         for n in (1, 2, 3)
     )
     live_ws = harness.start(backend, live)
     orphan_ws = harness.start(backend, orphan)
-    stray_ws = backend.prepare(stray, harness.log(stray))  # a worktree whose container never started
-    assert {run.task_id: run.handle for run in backend.live_runs()} == {
-        s.task_id: f"claude-issue-solver-{s.task_id}" for s in (live, orphan, stray)
-    }
+    stray_ws = backend.prepare(
+        stray.workspace, harness.log(stray)
+    )  # a worktree whose container never started
+    assert backend.list_ours() == {live.task_id, orphan.task_id, stray.task_id}
 
-    removed = backend.remove_orphans({live.task_id})
+    removed = reconcile(backend, {live.task_id})
 
     assert f"container claude-issue-solver-{orphan.task_id}" in removed
-    assert f"worktree {orphan_ws.path}" in removed and f"worktree {stray_ws.path}" in removed
+    assert f"worktree {orphan_ws.worktree}" in removed and f"worktree {stray_ws.worktree}" in removed
     assert [c.labels[LABEL_TASK] for c in harness.containers()] == [live.task_id]
-    assert live_ws.path is not None and live_ws.path.is_dir()
-    assert orphan_ws.path is not None and not orphan_ws.path.exists()
-    assert mirror_worktrees(backend) == [str(backend.mirror_dir(REPO)), str(live_ws.path)]
-    assert [run.task_id for run in backend.live_runs()] == [live.task_id]
-    assert backend.remove_orphans({live.task_id}) == []
+    assert live_ws.worktree.is_dir()
+    assert not orphan_ws.worktree.exists()
+    assert mirror_worktrees(backend) == [str(backend.mirror_dir(REPO)), str(live_ws.worktree)]
+    assert backend.list_ours() == {live.task_id}
+    assert reconcile(backend, {live.task_id}) == []
 
 
 # --- confinement and secrets -----------------------------------------------------------------------------
@@ -426,8 +508,8 @@ def test_remove_orphans_keeps_only_live_tasks(harness: Harness) -> None:
 
 def test_the_container_is_confined_and_never_sees_the_token(harness: Harness) -> None:
     backend = harness.backend()
-    spec = harness.spec("wait")
-    workspace = harness.start(backend, spec)
+    job = harness.job("wait")
+    workspace = harness.start(backend, job)
     container = harness.client.containers.get(workspace.handle)
     attrs = container.attrs
     host = attrs["HostConfig"]
@@ -457,25 +539,25 @@ def test_the_container_is_confined_and_never_sees_the_token(harness: Harness) ->
         assert sh("git status --porcelain")[0] == 0
     assert sh("env | grep -c GITHUB")[1] == "0"
 
-    assert workspace.path is not None
-    (workspace.path / ".fake-claude-release").write_text("go\n")
-    result = backend.wait(workspace, deadline=time.time() + 60, should_stop=no_stop, log=harness.log(spec))
+    (workspace.worktree / ".fake-claude-release").write_text("go\n")
+    result = harness.wait(backend, workspace, job)
     assert result is not None and result.exit_code == 0
-    backend.collect(workspace, harness.log(spec))
-    backend.push(workspace, spec, "Fix", AUTHOR, harness.log(spec))
+    harness.collect(backend, workspace)
+    harness.push(backend, workspace, job)
 
     state = harness.tmp_path / "state"
     holding = [p for p in state.rglob("*") if p.is_file() and TOKEN.encode() in p.read_bytes()]
     assert holding == []
-    assert git(f"--git-dir={backend.mirror_dir(REPO)}", "config", "remote.origin.url") == spec.clone_url
+    assert (
+        git(f"--git-dir={backend.mirror_dir(REPO)}", "config", "remote.origin.url") == job.workspace.clone_url
+    )
 
 
 def test_host_git_ignores_a_git_file_the_agent_rewrote(harness: Harness, tmp_path: Path) -> None:
     backend = harness.backend()
-    spec = harness.spec("edit")
-    workspace, _ = harness.run(backend, spec)
-    worktree = workspace.path
-    assert worktree is not None
+    job = harness.job("edit")
+    workspace, _ = harness.run(backend, job)
+    worktree = workspace.worktree
     # What a hostile agent can do from inside: point .git at a git dir of its own whose config runs a
     # command (a clean filter here) the moment host-side git stages a file.
     marker = tmp_path / "host-command-ran"
@@ -486,8 +568,8 @@ def test_host_git_ignores_a_git_file_the_agent_rewrote(harness: Harness, tmp_pat
     (worktree / ".gitattributes").write_text("* filter=x\n")
     (worktree / ".git").write_text(f"gitdir: {evil}\n")
 
-    changes = backend.collect(workspace, harness.log(spec))
-    backend.push(workspace, spec, "Fix", AUTHOR, harness.log(spec))
+    changes, _ = harness.collect(backend, workspace)
+    harness.push(backend, workspace, job)
     assert "CLAUDE_FIX.md" in changes.files and not marker.exists()
 
     # The control: git that trusts the worktree's .git does run the agent's command.
@@ -500,9 +582,9 @@ def test_host_git_ignores_a_git_file_the_agent_rewrote(harness: Harness, tmp_pat
 @pytest.mark.parametrize("how", ["hook", "non-fast-forward"])
 def test_a_refused_push_raises_push_rejected(harness: Harness, remote: Path, how: str) -> None:
     backend = harness.backend()
-    spec = harness.spec("edit")
-    workspace, _ = harness.run(backend, spec)
-    backend.collect(workspace, harness.log(spec))
+    job = harness.job("edit")
+    workspace, _ = harness.run(backend, job)
+    harness.collect(backend, workspace)
     if how == "hook":
         hook = remote / "hooks" / "pre-receive"
         hook.write_text("#!/bin/sh\necho 'claude/* branches are protected here' >&2\nexit 1\n")
@@ -524,7 +606,7 @@ def test_a_refused_push_raises_push_rejected(harness: Harness, remote: Path, how
         git("push", "-q", str(remote), BRANCH, cwd=seed)
 
     with pytest.raises(PushRejected) as caught:
-        backend.push(workspace, spec, "Fix", AUTHOR, harness.log(spec))
+        harness.push(backend, workspace, job)
     message = str(caught.value)
     if how == "hook":
         assert "pre-receive hook declined" in message and "protected here" in message
@@ -538,28 +620,28 @@ def test_fetch_and_push_authenticate_through_the_fake_github(harness: Harness, t
     with fake_github.FakeGitHub(tmp_path / "github") as fake:
         repo = fake.create_repo(REPO)
         backend = harness.backend()
-        good = harness.spec(
+        good = harness.job(
             "edit", clone_url=repo.clone_url, credential=lambda: GitCredential("x", "test-token")
         )
         workspace, _ = harness.run(backend, good)
-        backend.collect(workspace, harness.log(good))
-        sha = backend.push(workspace, good, "Fix", AUTHOR, harness.log(good))
+        harness.collect(backend, workspace)
+        sha = harness.push(backend, workspace, good).sha
         assert repo.branch_sha(BRANCH) == sha
         assert any(r.kind == "git" and r.auth == "basic" for r in fake.requests)
 
         wrong_token = "wrong-token-do-not-print"
-        bad = harness.spec(
+        bad = harness.job(
             "edit",
             task_id="widgets-7-badtok",
             clone_url=repo.clone_url,
             credential=lambda: GitCredential("x", wrong_token),
         )
         with pytest.raises(BackendError) as caught:
-            backend.prepare(bad, harness.log(bad))
+            backend.prepare(bad.workspace, harness.log(bad))
         assert not caught.value.retryable  # a rejected credential does not heal by retrying
         assert wrong_token not in str(caught.value)
         with pytest.raises(BackendError) as caught:
-            backend.push(workspace, bad, "Fix", AUTHOR, harness.log(bad))
+            harness.push(backend, workspace, bad, credential=GitCredential("x", wrong_token))
         assert not isinstance(caught.value, PushRejected) and wrong_token not in str(caught.value)
 
     for path in (harness.tmp_path / "state").rglob("*"):
@@ -580,18 +662,18 @@ def test_ensure_image_builds_on_the_repository_dockerfile_and_caches(
         "ARG BASE_IMAGE\nFROM ${BASE_IMAGE}\nUSER root\n"
         f"RUN echo agent-{harness.tmp_path.name} > /agent\nUSER 1000\n"
     )
-    monkeypatch.setattr(docker_backend, "agent_dockerfile", lambda: stand_in)
-    backend = harness.backend(build=True, docker_base_image=harness.image)
-    spec = harness.spec("noop")
-    backend.prepare(spec, harness.log(spec))  # fetches the mirror the base image is built from
+    monkeypatch.setattr(docker_images, "agent_dockerfile", lambda: stand_in)
+    backend = harness.backend(build=True, base_image=harness.image)
+    job = harness.job("noop")
+    backend.prepare(job.workspace, harness.log(job))  # fetches the mirror the base image is built from
 
     tags: list[str] = []
     try:
-        plain = backend.ensure_image(spec)
+        plain = backend.ensure_image(REPO, "main")
         tags.append(plain)
         assert plain.startswith("claude-issue-solver-agent:")
         started = time.monotonic()
-        assert backend.ensure_image(spec) == plain
+        assert backend.ensure_image(REPO, "main") == plain
         assert time.monotonic() - started < 1  # cached by content hash: no second build
 
         seed = harness.tmp_path / "seed"
@@ -601,8 +683,9 @@ def test_ensure_image_builds_on_the_repository_dockerfile_and_caches(
         git("add", "-A", cwd=seed)
         git("-c", "user.name=S", "-c", "user.email=s@example.com", "commit", "-qm", "Dockerfile", cwd=seed)
         git("push", "-q", str(remote), "main", cwd=seed)
-        backend.prepare(harness.spec("noop", task_id="widgets-7-second"), harness.log(spec))
-        layered = backend.ensure_image(spec)
+        second = harness.job("noop", task_id="widgets-7-second")
+        backend.prepare(second.workspace, harness.log(second))
+        layered = backend.ensure_image(REPO, "main")
         tags.append(layered)
         base_tags = [t for t in harness.client.images.list() for t in t.tags if "base-acme-widgets" in t]
         tags.extend(base_tags)
@@ -620,7 +703,7 @@ def test_ensure_image_builds_on_the_repository_dockerfile_and_caches(
             "ARG BASE_IMAGE\nFROM ${BASE_IMAGE}\nUSER root\nRUN echo broken-step-output && exit 3\n"
         )
         with pytest.raises(BackendError) as caught:
-            backend.ensure_image(spec)
+            backend.ensure_image(REPO, "main")
         assert "broken-step-output" in str(caught.value)
     finally:
         for tag in tags:
@@ -629,7 +712,7 @@ def test_ensure_image_builds_on_the_repository_dockerfile_and_caches(
 
 def test_check_names_an_unreachable_daemon(tmp_path: Path) -> None:
     unreachable = docker.DockerClient(base_url=f"unix://{tmp_path}/no-docker.sock", version="1.41")
-    backend = DockerBackend(Config(state_dir=tmp_path / "state"), client=unreachable)
+    backend = DockerBackend(DockerSettings(state_dir=tmp_path / "state"), client=unreachable)
     with pytest.raises(BackendError, match=r"cannot reach the Docker daemon: .* is Docker running"):
         backend.check()
 

@@ -222,7 +222,7 @@ def daemons(tmp_path: Path, daemon_env: dict[str, str]) -> Iterator[Callable[[],
 def agent_files(fake: FakeDaytona) -> Path | None:
     """The task directory of the only sandbox, once its agent has written its first output."""
     for sandbox in fake.sandboxes.values():
-        found = next(Path(sandbox["dir"]).rglob(".claude-issue-solver/result.json"), None)
+        found = next(Path(sandbox["dir"]).rglob(".claude-issue-solver/agent.out"), None)
         if found is not None and found.stat().st_size > 0:
             return found.parent
     return None
@@ -247,7 +247,9 @@ def test_kill_9_mid_task_then_restart(
 
     (task_dir.parent / "repo" / ".fake-claude-release").write_text("go")
     if finish_while_down:
-        wait_until(lambda: (task_dir / "exit_code").exists(), what="the agent to finish while no daemon runs")
+        wait_until(
+            lambda: (task_dir / "agent.exit").exists(), what="the agent to finish while no daemon runs"
+        )
     second = daemons()
     wait_until(lambda: all(not t.state.live for t in tasks_of(state_dir)), what="the task to finish")
     task = tasks_of(state_dir)[0]

@@ -295,38 +295,51 @@ def test_git_reads_work_inside_the_agent_container(
     github: FakeGitHub, e2e_config: Callable[..., Config], claude_image: str, state_dir: Path
 ) -> None:
     """With the real image, git status/log inside the container see the worktree, with no credential."""
-    from claude_issue_solver.backends.base import RunSpec
+    from claude_issue_solver.app import docker_settings
+    from claude_issue_solver.backends.base import ProcessSpec, WorkspaceSpec
     from claude_issue_solver.backends.docker import DockerBackend
     from claude_issue_solver.logs import TaskLog
+    from claude_issue_solver.outcome import TaskControl
+    from claude_issue_solver.run_policy import wait_for_process
 
     config = e2e_config(DOCKER_IMAGE=claude_image)
-    backend = DockerBackend(config)
+    backend = DockerBackend(docker_settings(config))
     repo = github.repo("acme/widgets")
     queue = TaskQueue(StateStore(config.state_file))
     task = queue.submit("acme/widgets", 1, "git check")
     client = build(config).daemon.runner.client  # type: ignore[attr-defined]
-    spec = RunSpec(
+    spec = WorkspaceSpec(
         task_id=task.id,
         repo="acme/widgets",
         issue_number=1,
         clone_url=repo.clone_url,
         default_branch="main",
         branch="claude/issue-1",
-        prompt="unused",
-        command=("sh", "-c", "git status --short --branch && git log --oneline -1 && git config --list"),
-        agent_env={},
         credential=lambda: client.git_credential("acme/widgets"),
+    )
+    check = ProcessSpec(
+        name="agent",
+        argv=("sh", "-c", "git status --short --branch && git log --oneline -1 && git config --list"),
+        env={},
     )
     log = TaskLog(state_dir / "git-check.log")
     workspace = backend.prepare(spec, log)
     try:
-        backend.start_agent(workspace, spec, log)
-        exit_ = backend.wait(workspace, deadline=time.time() + 60, should_stop=lambda: None, log=log)
+        backend.start_process(workspace, check, log)
+        exit_ = wait_for_process(
+            backend,
+            workspace,
+            "agent",
+            deadline=time.time() + 60,
+            control=TaskControl(),
+            clock=time.time,
+            log=log,
+        )
         assert exit_ is not None and exit_.exit_code == 0, exit_
         assert "## claude/issue-1" in exit_.stdout
         assert TOKEN not in exit_.stdout and "credential" not in exit_.stdout
     finally:
-        backend.cleanup(workspace, task, log)
+        backend.remove(task.id, log)
 
 
 def test_pause_holds_new_work_on_a_running_daemon(

@@ -1,28 +1,74 @@
-"""The seam between the pipeline and where the work happens.
+"""The seam between the pipeline and where the work happens: a backend is a place, not a policy.
 
-A backend says *where* a task runs (a Docker container over a git worktree, a Daytona sandbox); the
-pipeline (:mod:`claude_issue_solver.pipeline`) says *what* happens, the same for every backend:
-prepare -> start the agent -> wait -> collect the changes -> push -> clean up.
+A backend says *how* things are done in its place (a Docker container over a git worktree on this host,
+a Daytona sandbox with its own clone); the pipeline and :mod:`claude_issue_solver.run_policy` say *what*
+happens -- the same for every backend: what runs, how long it may run, when to give up, what counts as
+a change, what the commit says, what the issue is told.
 
-Every method that creates something is idempotent and finds its work by the task id, never by an id
-saved after the fact: a daemon that died between "started a container" and "recorded it" finds the
-container again by its label on the next start instead of starting a second one.
+What a backend offers, in the spirit of SWE-ReX's deployment/runtime split:
+
+- a small lifecycle: ``prepare`` (create, or find by the task id, a workspace on the task's branch),
+  ``attach`` (find it again after a restart), ``remove``, ``list_ours``;
+- processes, named within a workspace (``"agent"``; a later test run is another name): ``start_process``
+  with argv, env and stdin, ``poll_process``, ``kill_process``, ``follow_output`` into the task log,
+  ``output`` once it ended;
+- files relative to the repository's root, never following a link: ``read_file``, ``write_file``,
+  ``delete_file``;
+- git: ``changes`` (what changed since the base) and ``commit_and_push`` (commit what changed, push
+  the branch with this credential).
+
+Every call that creates something is idempotent and finds its work by the task id (and process name),
+never by an id saved after the fact: a daemon that died between "started a process" and "recorded it"
+finds the process again by its deterministic name or label instead of starting a second one.
 """
 
 from __future__ import annotations
 
+import hashlib
+import re
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, TypeVar
 
+from claude_issue_solver.credentials import GitCredential
 from claude_issue_solver.logs import TaskLog
 from claude_issue_solver.queue import Task
+
+__all__ = [
+    "LABEL_ISSUE",
+    "LABEL_OWNER",
+    "LABEL_PROCESS",
+    "LABEL_REPO",
+    "LABEL_TASK",
+    "NAME_PREFIX",
+    "Backend",
+    "BackendError",
+    "Changes",
+    "GitCredential",
+    "OutputStream",
+    "ProcessOutput",
+    "ProcessSpec",
+    "PushRejected",
+    "PushRequest",
+    "Pushed",
+    "Workspace",
+    "WorkspaceLost",
+    "WorkspaceSpec",
+    "agent_dockerfile",
+    "checked_id",
+    "owner_of",
+    "resource_labels",
+]
 
 LABEL_TASK = "claude-issue-solver.task"
 LABEL_REPO = "claude-issue-solver.repo"
 LABEL_ISSUE = "claude-issue-solver.issue"
 LABEL_OWNER = "claude-issue-solver.owner"  # which daemon (state dir) owns it, so two daemons never collide
+LABEL_PROCESS = "claude-issue-solver.process"
+NAME_PREFIX = "claude-issue-solver-"  # containers, sandboxes and sessions: ours at a glance
+_TASK_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,200}$")
+_PROCESS_NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,30}$")
 
 
 def agent_dockerfile() -> Path:
@@ -48,20 +94,45 @@ class PushRejected(BackendError):
     """The remote refused the branch (non-fast-forward, a protected branch, a hook)."""
 
 
+# --- names every backend gives its things -------------------------------------------------------------
+
+
+def checked_id(task_id: str) -> str:
+    """A task id that is safe as a path component, a container or sandbox name and a label value."""
+    if not _TASK_ID_RE.match(task_id) or ".." in task_id:
+        msg = f"task id {task_id!r} is not usable as a directory, container or sandbox name"
+        raise BackendError(msg)
+    return task_id
+
+
+def checked_process(name: str) -> str:
+    if not _PROCESS_NAME_RE.match(name):
+        msg = f"process name {name!r} is not usable in a container or session name"
+        raise BackendError(msg)
+    return name
+
+
+def owner_of(state_dir: Path) -> str:
+    """The owner label of everything a daemon with this state directory creates."""
+    return hashlib.sha256(str(state_dir).encode()).hexdigest()[:12]
+
+
+def resource_labels(owner: str, task_id: str, repo: str, issue_number: int) -> dict[str, str]:
+    """The labels a container or sandbox of a task carries, so a restarted daemon finds its own."""
+    return {
+        LABEL_TASK: task_id,
+        LABEL_REPO: repo,
+        LABEL_ISSUE: str(issue_number),
+        LABEL_OWNER: owner,
+    }
+
+
+# --- what the pipeline hands a backend, and what it gets back -------------------------------------------
+
+
 @dataclass(frozen=True)
-class GitCredential:
-    """A short-lived credential for one git command against GitHub over HTTPS."""
-
-    username: str
-    password: str
-
-    def __repr__(self) -> str:  # never shows the secret, even in a traceback's locals
-        return f"GitCredential(username={self.username!r}, password='***')"
-
-
-@dataclass(frozen=True)
-class RunSpec:
-    """Everything a backend needs to set up and run one task. Built by the pipeline."""
+class WorkspaceSpec:
+    """Where a task's workspace comes from. Built by the pipeline."""
 
     task_id: str
     repo: str
@@ -69,93 +140,132 @@ class RunSpec:
     clone_url: str
     default_branch: str
     branch: str  # claude/issue-N: reused across re-runs
-    prompt: str
-    command: Sequence[str]  # the agent's argv; the prompt arrives on stdin, never in here
-    agent_env: Mapping[str, str]  # the Claude credential and CLI settings: nothing else secret
     credential: Callable[[], GitCredential]  # fetched when needed so it is fresh (App tokens expire)
 
 
-@dataclass
+@dataclass(frozen=True)
 class Workspace:
-    """A prepared place to work: found again after a restart through ``Backend.attach``."""
+    """A prepared place to work, found again after a restart through ``Backend.attach``.
+
+    Each backend returns its own subclass with what it needs to find its things (a typed handle).
+    """
 
     task_id: str
-    handle: str  # container name / sandbox id
+    handle: str  # the deterministic name of the container / sandbox
+    repo: str
+    issue_number: int
     branch: str
-    base_sha: str | None = None  # the commit the work started from
-    path: Path | None = None  # the host worktree (Docker); None where the work is remote
-    extra: dict[str, str] = field(default_factory=dict)
+    base_sha: str | None  # the commit the work started from
 
 
 @dataclass(frozen=True)
-class AgentExit:
-    """How the agent process ended."""
+class ProcessSpec:
+    """A process to run in a workspace, in the repository's root, as the workspace's unprivileged user."""
 
-    exit_code: int | None
-    stdout: str  # the CLI's JSON (or NDJSON) output
-    log_tail: str  # the last lines of everything it printed, for error messages
-    timed_out: bool = False
-    cancelled: bool = False
+    name: str  # unique within the workspace: "agent"; a test run would be "test-1"
+    argv: Sequence[str]  # never a shell string built from untrusted text
+    env: Mapping[str, str]  # everything the process gets beyond the place's defaults
+    stdin: bytes = b""  # e.g. the prompt: it never appears in argv
+
+
+@dataclass(frozen=True)
+class ProcessOutput:
+    stdout: str
+    stderr: str
 
 
 @dataclass(frozen=True)
 class Changes:
-    changed: bool
+    """What differs from the workspace's base: files changed in the tree, and unpushed commits."""
+
     files: tuple[str, ...] = ()
     diffstat: str = ""
-    summary: str | None = None  # the agent's .claude-pr-summary.md, if it wrote one (never committed)
-    ahead: bool = False  # commits on the branch not yet pushed (a publish interrupted by a crash)
+    ahead: bool = False  # commits on the branch that the remote has nowhere (a publish cut short)
 
 
 @dataclass(frozen=True)
-class LiveRun:
-    task_id: str
-    handle: str
-    running: bool
+class PushRequest:
+    branch: str
+    clone_url: str  # where the branch goes (the agent may have pointed the remote elsewhere)
+    message: str
+    author: tuple[str, str]  # name, email: author and committer
+    credential: GitCredential
+    exclude: tuple[str, ...] = ()  # paths never committed
 
 
-class Backend(Protocol):
+@dataclass(frozen=True)
+class Pushed:
+    sha: str
+    committed: bool  # whether a commit was made (False: only commits made before were pushed)
+
+
+class OutputStream(Protocol):
+    def close(self, *, finished: bool) -> None:
+        """Stop copying output; ``finished`` when the process ended (copy what is left), else detached."""
+
+
+W = TypeVar("W", bound=Workspace)
+
+
+class Backend(Protocol[W]):
     name: str
+    poll_interval: float  # how often asking about a process here is sensible (seconds)
 
     def check(self) -> None:
         """Fail fast at start-up with a clear BackendError (Docker down, Daytona key rejected)."""
 
-    def handle_for(self, task: Task) -> str:
-        """The deterministic name the task's container or sandbox will carry."""
+    def handle_for(self, task_id: str) -> str:
+        """The deterministic name the task's container or sandbox carries."""
 
-    def prepare(self, spec: RunSpec, log: TaskLog) -> Workspace:
-        """Make the workspace on branch ``spec.branch`` (from the remote's branch if it exists)."""
+    # --- lifecycle ---
 
-    def start_agent(self, workspace: Workspace, spec: RunSpec, log: TaskLog) -> None:
-        """Start the agent in the workspace, detached; a second call for the same task is a no-op."""
+    def prepare(self, spec: WorkspaceSpec, log: TaskLog) -> W:
+        """Make (or find again) the workspace on ``spec.branch``, from the remote's branch if it exists."""
 
-    def wait(
-        self, workspace: Workspace, *, deadline: float, should_stop: Callable[[], str | None], log: TaskLog
-    ) -> AgentExit | None:
-        """Wait for the agent, streaming its output into ``log``.
-
-        Kills it when the wall-clock ``deadline`` passes (``timed_out``), or when ``should_stop()``
-        returns ``"cancel"`` (``cancelled``). Returns None when it returns ``"detach"``: the daemon is
-        shutting down and the agent keeps running. Raises WorkspaceLost when the container or sandbox
-        no longer exists (e.g. after a restart).
-        """
-
-    def collect(self, workspace: Workspace, log: TaskLog) -> Changes:
-        """What the agent changed; reads and removes the summary file so it is never committed."""
-
-    def push(
-        self, workspace: Workspace, spec: RunSpec, message: str, author: tuple[str, str], log: TaskLog
-    ) -> str:
-        """Commit the changes (if any are uncommitted) and push the branch; returns the pushed sha."""
-
-    def cleanup(self, workspace: Workspace | None, task: Task, log: TaskLog) -> None:
-        """Remove the container/sandbox and the worktree; never raises."""
-
-    def attach(self, task: Task) -> Workspace | None:
+    def attach(self, task: Task) -> W | None:
         """Find a task's workspace again after a restart; None when it is gone."""
 
-    def live_runs(self) -> list[LiveRun]:
-        """Everything of ours that exists now (for reconcile)."""
+    def remove(self, task_id: str, log: TaskLog | None = None) -> list[str]:
+        """Remove everything of the task (processes, workspace); returns what was removed.
 
-    def remove_orphans(self, live_task_ids: set[str]) -> list[str]:
-        """Remove containers, sandboxes and worktrees that no live task owns; returns what was removed."""
+        Removing what is already gone is not an error; a failure raises BackendError.
+        """
+
+    def list_ours(self) -> set[str]:
+        """The task ids that anything of this daemon's still exists for."""
+
+    # --- processes ---
+
+    def start_process(self, workspace: W, process: ProcessSpec, log: TaskLog) -> bool:
+        """Start the process, detached; False (and nothing started) when one of that name exists."""
+
+    def poll_process(self, workspace: W, name: str) -> int | None:
+        """The exit code once the process ended, else None. WorkspaceLost when it can no longer tell."""
+
+    def kill_process(self, workspace: W, name: str) -> int | None:
+        """Stop the process now; its exit code when the place reports one."""
+
+    def follow_output(self, workspace: W, name: str, log: TaskLog) -> OutputStream:
+        """Copy the process's output into ``log`` (live where the place allows it, else when it ends)."""
+
+    def output(self, workspace: W, name: str) -> ProcessOutput:
+        """Everything the process printed, once it ended."""
+
+    # --- files (relative to the repository's root; links are never followed) ---
+
+    def read_file(self, workspace: W, path: str, limit: int) -> bytes | None:
+        """At most ``limit`` bytes of a regular file; None when it is missing or anything else."""
+
+    def write_file(self, workspace: W, path: str, data: bytes) -> None:
+        """Write a regular file readable by the workspace's user."""
+
+    def delete_file(self, workspace: W, path: str) -> None:
+        """Remove whatever is at ``path`` (a file, a link, a directory); a missing path is fine."""
+
+    # --- git ---
+
+    def changes(self, workspace: W, exclude: tuple[str, ...]) -> Changes:
+        """What changed since the workspace's base, leaving out ``exclude``."""
+
+    def commit_and_push(self, workspace: W, request: PushRequest, log: TaskLog) -> Pushed:
+        """Commit what changed (if anything), then push the branch; PushRejected when the remote refuses."""

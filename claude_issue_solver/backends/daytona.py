@@ -2,28 +2,32 @@
 
 Layout inside a sandbox (``<work>`` is the sandbox's work directory, asked of the toolbox)::
 
-    <work>/repo/                   the clone, on the task's branch; the agent's working directory
-    <work>/.claude-issue-solver/   0700: prompt.md, result.json (stdout), stderr.log, exit_code
+    <work>/repo/                   the clone, on the task's branch; processes run here
+    <work>/.claude-issue-solver/   0700: per process <name>.stdin, .out, .err, .exit (and .env briefly)
 
 Sandboxes are named ``claude-issue-solver-<task_id>`` and labelled with the task, the repository, the
 issue and the owning state directory, so a restarted daemon finds its own sandboxes (and only its own)
-without having saved anything. The agent runs as an asynchronous command of a session with a
-deterministic id, found again by listing that session's commands.
+without having saved anything. Each process (the agent, later a test run) is an asynchronous command
+in a session of its own with a deterministic id, ``claude-issue-solver-<task_id>-<name>``, found again
+by listing that session's commands; its exit code is also written to a file, so a sandbox that
+restarted (and lost its sessions) still tells how the process ended.
 
 Secrets. The GitHub credential travels only in the bodies of the toolbox's clone and push requests
-(the daemon hands it to git through an askpass helper, never a URL or ``.git/config``; the remote URL
-is reset to the clean one after cloning anyway). The Claude credential is never a sandbox ``env_var``
-(those are readable back through the API): it is uploaded as a file in the 0700 task directory, which
-the agent's command sources and deletes before it starts the CLI, so it exists on the sandbox's disk
-only between two requests and never in the command text (which the daemon keeps on disk and reports
-through the API).
+(the remote URL is reset to the clean one after cloning and before pushing). A process's environment
+(the agent's holds the Claude credential) is never a sandbox ``env_var`` (those are readable back
+through the API): it is uploaded as a file in the 0700 task directory, which the process's command
+sources and deletes before it starts, so it exists on the sandbox's disk only between two requests and
+never in the command text (which the daemon keeps on disk and reports through the API).
 
-This is the only module that imports ``daytona``; the CLI imports it only when the Daytona backend runs.
+This is the only module that imports ``daytona``; the daemon imports it only when the Daytona backend
+runs. Mechanics only: when to stop, what to take and what to publish is
+:mod:`claude_issue_solver.run_policy`.
 """
 
 from __future__ import annotations
 
-import hashlib
+import base64
+import binascii
 import logging
 import math
 import re
@@ -66,52 +70,50 @@ from daytona import (
 
 from claude_issue_solver import gitops
 from claude_issue_solver.backends.base import (
-    LABEL_ISSUE,
     LABEL_OWNER,
-    LABEL_REPO,
     LABEL_TASK,
-    AgentExit,
+    NAME_PREFIX,
     BackendError,
     Changes,
-    GitCredential,
-    LiveRun,
+    ProcessOutput,
+    ProcessSpec,
+    Pushed,
     PushRejected,
-    RunSpec,
+    PushRequest,
     Workspace,
     WorkspaceLost,
+    WorkspaceSpec,
+    checked_id,
+    checked_process,
+    owner_of,
+    resource_labels,
 )
-from claude_issue_solver.config import Config
+from claude_issue_solver.backends.settings import DaytonaSettings
+from claude_issue_solver.credentials import GitCredential
 from claude_issue_solver.logs import REDACTOR, TaskLog
 from claude_issue_solver.queue import Task
 
-__all__ = ["SANDBOX_PREFIX", "DaytonaBackend", "create_snapshot"]
+__all__ = ["SANDBOX_PREFIX", "DaytonaBackend", "DaytonaWorkspace", "create_snapshot"]
 
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-SANDBOX_PREFIX = "claude-issue-solver-"
-SESSION_PREFIX = "claude-issue-solver-"
-AGENT_MARKER = "claude-issue-solver-agent"  # $0 of the agent's shell: finds its command after a restart
+SANDBOX_PREFIX = NAME_PREFIX
 REPO_DIR = "repo"
 TASK_DIR = ".claude-issue-solver"
-PROMPT_FILE = "prompt.md"
-RESULT_FILE = "result.json"
-STDERR_FILE = "stderr.log"
-EXIT_FILE = "exit_code"
-ENV_FILE = "agent.env"
-# The agent is the only thing the sandbox is for, so root there is no escalation; without this the CLI
+STDIN_SUFFIX = "stdin"
+STDOUT_SUFFIX = "out"
+STDERR_SUFFIX = "err"
+EXIT_SUFFIX = "exit"
+ENV_SUFFIX = "env"
+# The sandbox is there for the task alone, so root there is no escalation; without this the CLI
 # refuses --dangerously-skip-permissions in an image whose user is root.
-SANDBOX_AGENT_ENV = {"IS_SANDBOX": "1"}
-MAX_BACKOFF_SECONDS = 30.0  # the longest pause between polls while Daytona rate-limits or fails
+SANDBOX_ENV = {"IS_SANDBOX": "1"}
 CREATE_TIMEOUT_SECONDS = 180.0  # a cold snapshot on a busy runner takes a while to start
 # A sandbox stops after this long without activity beyond TASK_TIMEOUT (our polls are activity), and is
 # deleted a day after stopping: long enough for a daemon that was down to come back and publish.
 AUTO_STOP_MARGIN_MINUTES = 30
-LOG_TAIL_LINES = 30
-SUMMARY_LIMIT = 64 * 1024
-_CLEANUP_ATTEMPTS = 3
-_TASK_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,200}$")
 _ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _DELETED_STATES = ("destroyed", "destroying")
 _GONE_STATES = (*_DELETED_STATES, "error", "build_failed")  # nothing of the run can be recovered
@@ -132,27 +134,40 @@ class _Paths:
     def task_dir(self) -> str:
         return f"{self.work_dir}/{TASK_DIR}"
 
-    def task_file(self, name: str) -> str:
-        return f"{self.task_dir}/{name}"
+    def process_file(self, name: str, suffix: str) -> str:
+        return f"{self.task_dir}/{checked_process(name)}.{suffix}"
+
+
+@dataclass(frozen=True)
+class DaytonaWorkspace(Workspace):
+    """A task's sandbox: its id (or name, when Daytona could not be asked) and its work directory."""
+
+    sandbox_id: str
+    work_dir: str | None  # None until asked (after a restart during an outage)
 
 
 class DaytonaBackend:
-    """Runs each task's agent in a Daytona sandbox; see the module docstring for the layout."""
+    """Runs a task's processes in a Daytona sandbox; see the module docstring for the layout."""
 
     name = "daytona"
 
     def __init__(
-        self, config: Config, *, client: Daytona | None = None, poll_interval: float | None = None
+        self, settings: DaytonaSettings, *, client: Daytona | None = None, poll_interval: float | None = None
     ) -> None:
-        self.config = config
-        self.state_dir = config.state_dir.expanduser().resolve()
+        self.settings = settings
+        self.state_dir = settings.state_dir.expanduser().resolve()
         # The same owner label as the Docker backend's: which daemon (state dir) a sandbox belongs to.
-        self.owner = hashlib.sha256(str(self.state_dir).encode()).hexdigest()[:12]
-        self.poll_interval = poll_interval or config.daytona_poll_interval
+        self.owner = owner_of(self.state_dir)
+        self.poll_interval = poll_interval or settings.poll_interval
         self._client = client
         self._client_lock = threading.Lock()
-        self._sandboxes: dict[str, Sandbox] = {}  # by task id: the SDK object carries the toolbox client
-        self._sandboxes_lock = threading.Lock()
+        self._lock = threading.Lock()
+        # Caches by task id (and process name); everything in them can be found again by name.
+        self._sandboxes: dict[str, Sandbox] = {}  # the SDK object carries the toolbox client
+        self._work_dirs: dict[str, str] = {}
+        self._commands: dict[tuple[str, str], str] = {}
+        self._killed: set[tuple[str, str]] = set()
+        self._outputs: dict[tuple[str, str], ProcessOutput] = {}
 
     # --- the daemon ------------------------------------------------------------------------------------
 
@@ -160,18 +175,18 @@ class DaytonaBackend:
     def client(self) -> Daytona:
         with self._client_lock:
             if self._client is None:
-                self._client = _connect(self.config)
+                self._client = _connect(self.settings)
             return self._client
 
     def check(self) -> None:
         """One listing (is the key accepted?) and one snapshot lookup (can a task start at all?)."""
         client = self.client
-        url = self.config.daytona_api_url
+        url = self.settings.api_url
         try:
             next(iter(client.list(ListSandboxesQuery(labels={LABEL_OWNER: self.owner}, limit=1))), None)
         except DaytonaError as exc:
             raise _backend_error(exc, f"listing sandboxes at {url}") from None
-        name = self.config.daytona_snapshot
+        name = self.settings.snapshot
         try:
             snapshot = client.snapshot.get(name)
         except DaytonaNotFoundError:
@@ -187,16 +202,14 @@ class DaytonaBackend:
             msg = f"snapshot {name} at {url} is {state}, not active: wait for its build or fix it in Daytona"
             raise BackendError(msg, retryable=state in ("pending", "building", "pulling"))
 
-    # --- names -----------------------------------------------------------------------------------------
+    def handle_for(self, task_id: str) -> str:
+        return f"{SANDBOX_PREFIX}{checked_id(task_id)}"
 
-    def handle_for(self, task: Task) -> str:
-        return _sandbox_name(task.id)
+    # --- lifecycle -------------------------------------------------------------------------------------
 
-    # --- the pipeline's steps --------------------------------------------------------------------------
-
-    def prepare(self, spec: RunSpec, log: TaskLog) -> Workspace:
+    def prepare(self, spec: WorkspaceSpec, log: TaskLog) -> DaytonaWorkspace:
         started = time.monotonic()
-        name = _sandbox_name(spec.task_id)
+        name = self.handle_for(spec.task_id)
         found = self._find(spec.task_id)
         if found is not None:
             sandbox = found
@@ -205,198 +218,26 @@ class DaytonaBackend:
         else:
             sandbox = self._create(spec, log)
         self._remember(spec.task_id, sandbox)
-        paths = self._paths(sandbox)
+        paths = self._ask_paths(spec.task_id, sandbox)
         base_sha = self._existing_clone(sandbox, paths) if found is not None else None
         if base_sha is None:
             base_sha = self._clone(sandbox, paths, spec, log)
         else:
             log.write(f"reusing the clone in {paths.repo} at {base_sha[:12]}")
-        _sdk(
-            f"uploading the prompt to {name}",
-            lambda: sandbox.fs.upload_file(spec.prompt.encode(), paths.task_file(PROMPT_FILE)),
-        )
         log.write(f"sandbox {name} ready in {time.monotonic() - started:.1f}s")
-        return Workspace(
+        return DaytonaWorkspace(
             task_id=spec.task_id,
             handle=name,
+            repo=spec.repo,
+            issue_number=spec.issue_number,
             branch=spec.branch,
             base_sha=base_sha,
-            path=None,
-            extra={"sandbox": sandbox.id, "work_dir": paths.work_dir, "session": _session_id(spec.task_id)},
+            sandbox_id=sandbox.id,
+            work_dir=paths.work_dir,
         )
 
-    def start_agent(self, workspace: Workspace, spec: RunSpec, log: TaskLog) -> None:
-        sandbox = self._sandbox(workspace)
-        paths = self._workspace_paths(workspace, sandbox)
-        session = workspace.extra.get("session") or _session_id(workspace.task_id)
-        try:
-            sandbox.process.create_session(session)
-        except DaytonaConflictError:
-            existing = self._agent_command(sandbox, session)
-            if existing is not None:
-                workspace.extra["command_id"] = existing
-                log.write(
-                    f"the agent already runs in session {session} (command {existing}); not starting another"
-                )
-                return
-        except DaytonaError as exc:
-            raise _backend_error(exc, f"creating session {session} in {workspace.handle}") from None
-        env = {**spec.agent_env, **SANDBOX_AGENT_ENV}
-        lines = []
-        for key, value in env.items():
-            if _ENV_NAME_RE.match(key):
-                lines.append(f"export {key}={shlex.quote(value)}\n")
-            else:
-                log.write(f"not passing {key!r} to the agent: not a valid variable name")
-        env_file = paths.task_file(ENV_FILE)
-        _sdk(
-            f"uploading the agent's environment to {workspace.handle}",
-            lambda: sandbox.fs.upload_file("".join(lines).encode(), env_file),
-        )
-        request = SessionExecuteRequest(command=_agent_command_line(paths, spec.command), run_async=True)
-        started = time.monotonic()
-        response = _sdk(
-            f"starting the agent in {workspace.handle}",
-            lambda: sandbox.process.execute_session_command(session, request),
-        )
-        workspace.extra["command_id"] = response.cmd_id
-        log.write(
-            f"started the agent in sandbox {workspace.handle}, session {session}, command {response.cmd_id} "
-            f"({time.monotonic() - started:.2f}s)"
-        )
-
-    def wait(
-        self, workspace: Workspace, *, deadline: float, should_stop: Callable[[], str | None], log: TaskLog
-    ) -> AgentExit | None:
-        sandbox = self._sandbox(workspace)
-        paths = self._workspace_paths(workspace, sandbox)
-        session = workspace.extra.get("session") or _session_id(workspace.task_id)
-        command_id = workspace.extra.get("command_id") or self._agent_command(sandbox, session)
-        exit_code: int | None = None
-        finished = False
-        if command_id is None:
-            exit_code = self._exit_without_session(workspace, paths, log)
-            finished = True
-        else:
-            workspace.extra["command_id"] = command_id
-        timed_out = cancelled = False
-        delay = self.poll_interval
-        failing = False
-        while not finished:
-            stop = should_stop()
-            if stop == "detach":
-                log.write(f"detached from sandbox {workspace.handle}; the agent keeps running")
-                return None
-            if stop == "cancel":
-                log.write(f"cancelled: stopping the agent in sandbox {workspace.handle}")
-                cancelled = True
-                break
-            if time.time() >= deadline:
-                log.write(f"deadline passed: stopping the agent in sandbox {workspace.handle}")
-                timed_out = True
-                break
-            try:
-                command = sandbox.process.get_session_command(session, command_id)
-            except DaytonaError as exc:
-                if _passing(exc):
-                    delay = min(max(delay, self.poll_interval) * 2, MAX_BACKOFF_SECONDS)
-                    if not failing:
-                        log.write(f"Daytona failed a poll ({_describe(exc)}); polling again with back-off")
-                    failing = True
-                elif isinstance(exc, (DaytonaAuthenticationError, DaytonaForbiddenError)):
-                    raise _backend_error(exc, f"polling the agent in {workspace.handle}") from None
-                else:  # the command, its session or the whole sandbox is gone: find out which
-                    exit_code = self._exit_without_session(workspace, paths, log, exc)
-                    break
-            else:
-                if failing:
-                    log.write("Daytona answers again")
-                    failing = False
-                    delay = self.poll_interval
-                if command.exit_code is not None:
-                    exit_code = command.exit_code
-                    break
-            self._pause(min(delay, max(0.0, deadline - time.time())), should_stop)
-
-        killed = cancelled or timed_out
-        if killed:
-            self._kill(sandbox, session, log)
-        stdout, stderr = self._outputs(sandbox, paths)
-        if not killed and command_id is not None and exit_code is not None:
-            self._copy_command_logs(sandbox, session, command_id, log)
-        if stderr:
-            log.write_raw(stderr if stderr.endswith("\n") else stderr + "\n")
-        if stdout:
-            log.write_raw(stdout if stdout.endswith("\n") else stdout + "\n")
-        log.write(f"the agent in sandbox {workspace.handle} exited with code {exit_code}")
-        tail = "\n".join((stdout.splitlines() + stderr.splitlines())[-LOG_TAIL_LINES:])
-        return AgentExit(
-            exit_code=exit_code, stdout=stdout, log_tail=tail, timed_out=timed_out, cancelled=cancelled
-        )
-
-    def collect(self, workspace: Workspace, log: TaskLog) -> Changes:
-        sandbox = self._sandbox(workspace)
-        paths = self._workspace_paths(workspace, sandbox)
-        names = self._changed_paths(sandbox, paths, workspace)
-        summary_paths = [n for n in names if _is_summary(n)]
-        files = [n for n in names if not _is_summary(n)]
-        summary = None
-        if summary_paths:
-            summary = self._take_summary(sandbox, paths, summary_paths, workspace)
-        stat_text, ahead = self._diffstat(sandbox, paths, workspace)
-        log.write(
-            f"{len(files)} changed file(s); summary {'found' if summary is not None else 'absent'}"
-            + ("; unpushed commits" if ahead else "")
-        )
-        return Changes(
-            changed=bool(files) or ahead, files=tuple(files), diffstat=stat_text, summary=summary, ahead=ahead
-        )
-
-    def push(
-        self, workspace: Workspace, spec: RunSpec, message: str, author: tuple[str, str], log: TaskLog
-    ) -> str:
-        sandbox = self._sandbox(workspace)
-        paths = self._workspace_paths(workspace, sandbox)
-        name, email = author
-        pending = [
-            n for n in self._changed_paths(sandbox, paths, workspace, with_sources=True) if not _is_summary(n)
-        ]
-        if pending:
-            _sdk(f"staging the changes in {workspace.handle}", lambda: sandbox.git.add(paths.repo, pending))
-            try:
-                sha = sandbox.git.commit(paths.repo, message, author=name, email=email).sha
-                log.write(f"committed {sha[:12]} as {name} <{email}>")
-            except DaytonaError as exc:
-                if "empty commit" not in str(exc) and "nothing to commit" not in str(exc):
-                    raise _backend_error(exc, f"committing in {workspace.handle}") from None
-        head = self._prepare_push(sandbox, paths, spec, workspace)
-        credential = spec.credential()
-        try:
-            sandbox.git.push(
-                paths.repo, username=credential.username, password=credential.password, branch=spec.branch
-            )
-        except (DaytonaGitPushRejectedError, DaytonaGitRemoteRejectedError, DaytonaConflictError) as exc:
-            msg = f"the remote refused the push of {spec.branch}: {_scrub(str(exc), credential)}"
-            raise PushRejected(msg) from None
-        except DaytonaError as exc:
-            if "rejected" in str(exc).lower():  # daemons before error codes answered 400 for every refusal
-                msg = f"the remote refused the push of {spec.branch}: {_scrub(str(exc), credential)}"
-                raise PushRejected(msg) from None
-            raise _backend_error(exc, f"pushing {spec.branch} from {workspace.handle}", credential) from None
-        log.write(f"pushed {head[:12]} to {spec.repo} {spec.branch}")
-        return head
-
-    def cleanup(self, workspace: Workspace | None, task: Task, log: TaskLog) -> None:
-        try:
-            self._delete_task_sandboxes(task, log)
-        except Exception as exc:  # never raises: cleanup runs in finally blocks and on shutdown
-            log.write(f"could not delete the sandbox of task {task.id}: {_describe(exc)}")
-        finally:
-            with self._sandboxes_lock:
-                self._sandboxes.pop(task.id, None)
-
-    def attach(self, task: Task) -> Workspace | None:
-        name = self.handle_for(task)
+    def attach(self, task: Task) -> DaytonaWorkspace | None:
+        name = self.handle_for(task.id)
         branch = task.branch or f"claude/issue-{task.issue_number}"
         base_sha = task.meta.get("base_sha") if isinstance(task.meta.get("base_sha"), str) else None
         try:
@@ -404,51 +245,206 @@ class DaytonaBackend:
         except BackendError as exc:
             if not exc.retryable:
                 raise
-            # Daytona is briefly unavailable: the deterministic name finds the sandbox later, and wait()
+            # Daytona is briefly unavailable: the deterministic name finds the sandbox later, and a poll
             # reports a lasting failure itself (retryable, so the task is not lost for good).
             logger.warning("could not list the sandboxes of task %s: %s", task.id, exc)
-            return Workspace(
-                task.id, name, branch, base_sha, None, {"sandbox": name, "session": _session_id(task.id)}
-            )
+            return DaytonaWorkspace(task.id, name, task.repo, task.issue_number, branch, base_sha, name, None)
         live = [s for s in found if _state(s) not in _GONE_STATES]
         if not live:
             return None
         sandbox = live[0]
         if _state(sandbox) in _RESTARTABLE_STATES:
-            # Stopped while nobody watched (auto-stop): its disk holds the agent's output, if it finished.
+            # Stopped while nobody watched (auto-stop): its disk holds the processes' output.
             logger.info(
                 "starting sandbox %s of task %s, stopped while the daemon was away", sandbox.id, task.id
             )
             _sdk(f"starting sandbox {name}", lambda: sandbox.start(timeout=CREATE_TIMEOUT_SECONDS))
         self._remember(task.id, sandbox)
-        paths = self._paths(sandbox)
-        return Workspace(
-            task_id=task.id,
-            handle=name,
-            branch=branch,
-            base_sha=base_sha,
-            path=None,
-            extra={"sandbox": sandbox.id, "work_dir": paths.work_dir, "session": _session_id(task.id)},
+        paths = self._ask_paths(task.id, sandbox)
+        return DaytonaWorkspace(
+            task.id, name, task.repo, task.issue_number, branch, base_sha, sandbox.id, paths.work_dir
         )
 
-    def live_runs(self) -> list[LiveRun]:
-        return [
-            LiveRun(s.labels.get(LABEL_TASK, ""), s.name, _state(s) == "started")
-            for s in self._list()
-            if _state(s) not in _DELETED_STATES
-        ]
-
-    def remove_orphans(self, live_task_ids: set[str]) -> list[str]:
-        removed: list[str] = []
-        for sandbox in self._list():
-            if sandbox.labels.get(LABEL_TASK) in live_task_ids or _state(sandbox) in _DELETED_STATES:
-                continue
-            try:
-                self.client.delete(sandbox)
-                removed.append(f"sandbox {sandbox.name}")
-            except DaytonaError as exc:
-                logger.warning("could not delete orphan sandbox %s: %s", sandbox.name, _describe(exc))
+    def remove(self, task_id: str, log: TaskLog | None = None) -> list[str]:
+        removed = []
+        try:
+            for sandbox in {s.id: s for s in self._list({LABEL_TASK: task_id})}.values():
+                if _state(sandbox) not in _DELETED_STATES:
+                    _sdk(f"deleting sandbox {sandbox.name}", lambda s=sandbox: self.client.delete(s))
+                    removed.append(f"sandbox {sandbox.name}")
+        finally:
+            self._forget(task_id)
         return removed
+
+    def list_ours(self) -> set[str]:
+        return {s.labels.get(LABEL_TASK, "") for s in self._list() if _state(s) not in _DELETED_STATES} - {""}
+
+    # --- processes -------------------------------------------------------------------------------------
+
+    def start_process(self, workspace: Workspace, process: ProcessSpec, log: TaskLog) -> bool:
+        sandbox, paths = self._located(workspace)
+        name = process.name
+        session = _session_id(workspace.task_id, name)
+        try:
+            sandbox.process.create_session(session)
+        except DaytonaConflictError:
+            existing = self._find_command(sandbox, session, name)
+            if existing is not None:
+                self._commands[(workspace.task_id, name)] = existing
+                return False
+        except DaytonaError as exc:
+            raise _backend_error(exc, f"creating session {session} in {workspace.handle}") from None
+        lines = []
+        for key, value in {**process.env, **SANDBOX_ENV}.items():
+            if _ENV_NAME_RE.match(key):
+                lines.append(f"export {key}={shlex.quote(value)}\n")
+            else:
+                log.write(f"not passing {key!r} to {name}: not a valid variable name")
+        env_file = paths.process_file(name, ENV_SUFFIX)
+        stdin_file = paths.process_file(name, STDIN_SUFFIX)
+        _sdk(
+            f"uploading the environment of {name} to {workspace.handle}",
+            lambda: sandbox.fs.upload_file("".join(lines).encode(), env_file),
+        )
+        _sdk(
+            f"uploading the input of {name} to {workspace.handle}",
+            lambda: sandbox.fs.upload_file(process.stdin, stdin_file),
+        )
+        request = SessionExecuteRequest(
+            command=_process_command_line(paths, name, process.argv), run_async=True
+        )
+        started = time.monotonic()
+        response = _sdk(
+            f"starting {name} in {workspace.handle}",
+            lambda: sandbox.process.execute_session_command(session, request),
+        )
+        self._commands[(workspace.task_id, name)] = response.cmd_id
+        log.write(
+            f"started {name} in sandbox {workspace.handle}, session {session}, command {response.cmd_id} "
+            f"({time.monotonic() - started:.2f}s)"
+        )
+        return True
+
+    def poll_process(self, workspace: Workspace, name: str) -> int | None:
+        sandbox, paths = self._located(workspace)
+        session = _session_id(workspace.task_id, name)
+        key = (workspace.task_id, name)
+        command_id = self._commands.get(key) or self._find_command(sandbox, session, name)
+        if command_id is None:
+            return self._exit_without_session(workspace, paths, name)
+        self._commands[key] = command_id
+        try:
+            command = sandbox.process.get_session_command(session, command_id)
+        except DaytonaError as exc:
+            if _passing(exc) or isinstance(exc, (DaytonaAuthenticationError, DaytonaForbiddenError)):
+                raise _backend_error(exc, f"polling {name} in {workspace.handle}") from None
+            # The command, its session or the whole sandbox is gone: find out which.
+            return self._exit_without_session(workspace, paths, name, exc)
+        return command.exit_code
+
+    def kill_process(self, workspace: Workspace, name: str) -> int | None:
+        # Deleting the session terminates its process group (SIGTERM, then SIGKILL).
+        sandbox, _ = self._located(workspace)
+        session = _session_id(workspace.task_id, name)
+        self._killed.add((workspace.task_id, name))
+        try:
+            sandbox.process.delete_session(session)
+        except DaytonaNotFoundError:
+            pass
+        except DaytonaError as exc:
+            logger.warning(
+                "could not stop session %s: %s; removal deletes the sandbox", session, _describe(exc)
+            )
+        return None
+
+    def follow_output(self, workspace: Workspace, name: str, log: TaskLog) -> _CopyAtEnd:
+        return _CopyAtEnd(self, workspace, name, log)
+
+    def output(self, workspace: Workspace, name: str) -> ProcessOutput:
+        key = (workspace.task_id, name)
+        cached = self._outputs.pop(key, None)
+        if cached is not None:
+            return cached
+        sandbox, paths = self._located(workspace)
+        return self._download_output(sandbox, paths, name)
+
+    # --- files -----------------------------------------------------------------------------------------
+
+    def read_file(self, workspace: Workspace, path: str, limit: int) -> bytes | None:
+        sandbox, paths = self._located(workspace)
+        target = _inside(paths, path)
+        # Only a regular file that is no link, under no linked directory: a download would follow one.
+        # Checked and read in one request; base64 because the toolbox returns text.
+        checks = [f"[ -L {_q(p)} ] && exit 3" for p in _prefixes(paths.repo, path)]
+        script = "; ".join(
+            [*checks, f"[ -f {_q(target)} ] || exit 4", f"head -c {int(limit)} -- {_q(target)} | base64"]
+        )
+        response = _sdk(f"reading {path} in {workspace.handle}", lambda: sandbox.process.exec(script))
+        if response.exit_code != 0:
+            return None
+        try:
+            return base64.b64decode("".join((response.result or "").split()), validate=True)[:limit]
+        except binascii.Error:
+            shown = REDACTOR((response.result or "")[-200:])
+            msg = f"reading {path} in {workspace.handle} gave no base64: {shown}"
+            raise BackendError(msg) from None
+
+    def write_file(self, workspace: Workspace, path: str, data: bytes) -> None:
+        sandbox, paths = self._located(workspace)
+        target = _inside(paths, path)
+        self.delete_file(workspace, path)  # a link there is replaced, never written through
+        _sdk(f"uploading {path} to {workspace.handle}", lambda: sandbox.fs.upload_file(data, target))
+
+    def delete_file(self, workspace: Workspace, path: str) -> None:
+        sandbox, paths = self._located(workspace)
+        script = f"rm -rf -- {_q(_inside(paths, path))}"
+        response = _sdk(f"deleting {path} in {workspace.handle}", lambda: sandbox.process.exec(script))
+        if response.exit_code != 0:
+            msg = f"deleting {path} in {workspace.handle} failed: {REDACTOR((response.result or '')[-2000:])}"
+            raise BackendError(msg)
+
+    # --- git -------------------------------------------------------------------------------------------
+
+    def changes(self, workspace: Workspace, exclude: tuple[str, ...]) -> Changes:
+        sandbox, paths = self._located(workspace)
+        files = [n for n in self._changed_paths(sandbox, paths, workspace) if not _excluded(n, exclude)]
+        stat_text, ahead = self._diffstat(sandbox, paths, workspace, exclude)
+        return Changes(files=tuple(files), diffstat=stat_text, ahead=ahead)
+
+    def commit_and_push(self, workspace: Workspace, request: PushRequest, log: TaskLog) -> Pushed:
+        sandbox, paths = self._located(workspace)
+        name, email = request.author
+        pending = [
+            n
+            for n in self._changed_paths(sandbox, paths, workspace, with_sources=True)
+            if not _excluded(n, request.exclude)
+        ]
+        committed = False
+        if pending:
+            _sdk(f"staging the changes in {workspace.handle}", lambda: sandbox.git.add(paths.repo, pending))
+            try:
+                sandbox.git.commit(paths.repo, request.message, author=name, email=email)
+                committed = True
+            except DaytonaError as exc:
+                if "empty commit" not in str(exc) and "nothing to commit" not in str(exc):
+                    raise _backend_error(exc, f"committing in {workspace.handle}") from None
+        head = self._prepare_push(sandbox, paths, request, workspace)
+        credential = request.credential
+        try:
+            sandbox.git.push(
+                paths.repo, username=credential.username, password=credential.password, branch=request.branch
+            )
+        except (DaytonaGitPushRejectedError, DaytonaGitRemoteRejectedError, DaytonaConflictError) as exc:
+            msg = f"the remote refused the push of {request.branch}: {_scrub(str(exc), credential)}"
+            raise PushRejected(msg) from None
+        except DaytonaError as exc:
+            if "rejected" in str(exc).lower():  # daemons before error codes answered 400 for every refusal
+                msg = f"the remote refused the push of {request.branch}: {_scrub(str(exc), credential)}"
+                raise PushRejected(msg) from None
+            raise _backend_error(
+                exc, f"pushing {request.branch} from {workspace.handle}", credential
+            ) from None
+        return Pushed(head, committed)
 
     # --- helpers: sandboxes ----------------------------------------------------------------------------
 
@@ -460,20 +456,16 @@ class DaytonaBackend:
         live = [s for s in self._list({LABEL_TASK: task_id}) if _state(s) not in _GONE_STATES]
         return live[0] if live else None
 
-    def _create(self, spec: RunSpec, log: TaskLog) -> Sandbox:
-        name = _sandbox_name(spec.task_id)
+    def _create(self, spec: WorkspaceSpec, log: TaskLog) -> Sandbox:
+        name = self.handle_for(spec.task_id)
+        snapshot = self.settings.snapshot
         params = CreateSandboxFromSnapshotParams(
             name=name,
-            snapshot=self.config.daytona_snapshot,
-            labels={
-                LABEL_TASK: spec.task_id,
-                LABEL_REPO: spec.repo,
-                LABEL_ISSUE: str(spec.issue_number),
-                LABEL_OWNER: self.owner,
-            },
+            snapshot=snapshot,
+            labels=resource_labels(self.owner, spec.task_id, spec.repo, spec.issue_number),
             # No env_vars: Daytona reports them back to anyone holding the API key.
-            auto_stop_interval=math.ceil(self.config.task_timeout / 60) + AUTO_STOP_MARGIN_MINUTES,
-            auto_delete_interval=self.config.daytona_auto_delete_minutes,
+            auto_stop_interval=math.ceil(self.settings.task_timeout / 60) + AUTO_STOP_MARGIN_MINUTES,
+            auto_delete_interval=self.settings.auto_delete_minutes,
         )
         started = time.monotonic()
         try:
@@ -481,34 +473,45 @@ class DaytonaBackend:
         except DaytonaConflictError:
             # The name is taken: another thread or process created this task's sandbox just now.
             sandbox = _sdk(f"getting sandbox {name}", lambda: self.client.get(name))
+            if (sandbox.labels or {}).get(LABEL_OWNER) != self.owner:
+                msg = f"a sandbox named {name} exists but belongs to another daemon (another STATE_DIR)"
+                raise BackendError(msg) from None
         except DaytonaTimeoutError as exc:
-            msg = f"sandbox {name} from snapshot {self.config.daytona_snapshot} did not start in time: {exc}"
-            raise BackendError(msg, retryable=True) from None  # cleanup() deletes it by its label
+            msg = f"sandbox {name} from snapshot {snapshot} did not start in time: {exc}"
+            raise BackendError(msg, retryable=True) from None  # removal deletes it by its label
         except DaytonaError as exc:
-            raise _backend_error(
-                exc, f"creating sandbox {name} from snapshot {self.config.daytona_snapshot}"
-            ) from None
+            raise _backend_error(exc, f"creating sandbox {name} from snapshot {snapshot}") from None
         log.write(
-            f"created sandbox {name} ({sandbox.id}) from snapshot {self.config.daytona_snapshot} "
+            f"created sandbox {name} ({sandbox.id}) from snapshot {snapshot} "
             f"({time.monotonic() - started:.1f}s)"
         )
         return sandbox
 
-    def _ensure_started(self, sandbox: Sandbox, log: TaskLog) -> None:
+    def _ensure_started(self, sandbox: Sandbox, log: TaskLog | None = None) -> None:
         if _state(sandbox) in _RESTARTABLE_STATES:
-            log.write(f"starting sandbox {sandbox.name}, which is {_state(sandbox)}")
+            if log is not None:
+                log.write(f"starting sandbox {sandbox.name}, which is {_state(sandbox)}")
             _sdk(f"starting sandbox {sandbox.name}", lambda: sandbox.start(timeout=CREATE_TIMEOUT_SECONDS))
 
     def _remember(self, task_id: str, sandbox: Sandbox) -> None:
-        with self._sandboxes_lock:
+        with self._lock:
             self._sandboxes[task_id] = sandbox
 
+    def _forget(self, task_id: str) -> None:
+        with self._lock:
+            self._sandboxes.pop(task_id, None)
+            self._work_dirs.pop(task_id, None)
+            for cache in (self._commands, self._outputs):
+                for key in [k for k in cache if k[0] == task_id]:
+                    cache.pop(key, None)
+            self._killed = {k for k in self._killed if k[0] != task_id}
+
     def _sandbox(self, workspace: Workspace) -> Sandbox:
-        with self._sandboxes_lock:
+        with self._lock:
             cached = self._sandboxes.get(workspace.task_id)
         if cached is not None:
             return cached
-        key = workspace.extra.get("sandbox") or workspace.handle
+        key = workspace.sandbox_id if isinstance(workspace, DaytonaWorkspace) else workspace.handle
         try:
             sandbox = self.client.get(key)
         except DaytonaNotFoundError:
@@ -522,33 +525,20 @@ class DaytonaBackend:
         self._remember(workspace.task_id, sandbox)
         return sandbox
 
-    def _paths(self, sandbox: Sandbox) -> _Paths:
+    def _ask_paths(self, task_id: str, sandbox: Sandbox) -> _Paths:
         # Asked, not assumed: Dockerfile.claude's WORKDIR is /workspace, Daytona's own snapshots use the home.
         work_dir = _sdk(f"asking {sandbox.name} for its work directory", sandbox.get_work_dir)
-        return _Paths(work_dir.rstrip("/") or "/")
-
-    def _workspace_paths(self, workspace: Workspace, sandbox: Sandbox) -> _Paths:
-        work_dir = workspace.extra.get("work_dir")
-        if work_dir:
-            return _Paths(work_dir)
-        paths = self._paths(sandbox)
-        workspace.extra["work_dir"] = paths.work_dir
+        paths = _Paths(work_dir.rstrip("/") or "/")
+        with self._lock:
+            self._work_dirs[task_id] = paths.work_dir
         return paths
 
-    def _delete_task_sandboxes(self, task: Task, log: TaskLog) -> None:
-        for attempt in range(1, _CLEANUP_ATTEMPTS + 1):
-            try:
-                found = {s.id: s for s in self._list({LABEL_TASK: task.id})}
-                for sandbox in found.values():
-                    if _state(sandbox) not in _DELETED_STATES:
-                        self.client.delete(sandbox)
-                        log.write(f"deleted sandbox {sandbox.name} ({sandbox.id})")
-                return
-            except (BackendError, DaytonaError) as exc:
-                passing = exc.retryable if isinstance(exc, BackendError) else _passing(exc)
-                if not passing or attempt == _CLEANUP_ATTEMPTS:
-                    raise
-                time.sleep(self.poll_interval * attempt)
+    def _located(self, workspace: Workspace) -> tuple[Sandbox, _Paths]:
+        sandbox = self._sandbox(workspace)
+        known = workspace.work_dir if isinstance(workspace, DaytonaWorkspace) else None
+        with self._lock:
+            known = known or self._work_dirs.get(workspace.task_id)
+        return sandbox, _Paths(known) if known else self._ask_paths(workspace.task_id, sandbox)
 
     # --- helpers: git in the sandbox -------------------------------------------------------------------
 
@@ -564,7 +554,7 @@ class DaytonaBackend:
         sha = (response.result or "").strip()
         return sha if response.exit_code == 0 and re.fullmatch(r"[0-9a-f]{40,64}", sha) else None
 
-    def _clone(self, sandbox: Sandbox, paths: _Paths, spec: RunSpec, log: TaskLog) -> str:
+    def _clone(self, sandbox: Sandbox, paths: _Paths, spec: WorkspaceSpec, log: TaskLog) -> str:
         credential = spec.credential()
         on_remote = self._remote_has_branch(spec, credential)
         branch = spec.branch if on_remote else spec.default_branch
@@ -608,7 +598,7 @@ class DaytonaBackend:
         )
         return base_sha
 
-    def _remote_has_branch(self, spec: RunSpec, credential: GitCredential) -> bool:
+    def _remote_has_branch(self, spec: WorkspaceSpec, credential: GitCredential) -> bool:
         """Asked from this host (askpass, nothing written): the sandbox must not need the token for it."""
         self.state_dir.mkdir(parents=True, exist_ok=True)
         try:
@@ -638,36 +628,19 @@ class DaytonaBackend:
                 names.append(entry.extra)  # a rename stages its source's removal too
         return list(dict.fromkeys(names))
 
-    def _take_summary(
-        self, sandbox: Sandbox, paths: _Paths, found: list[str], workspace: Workspace
-    ) -> str | None:
-        target = f"{paths.repo}/{gitops.SUMMARY_FILE}"
-        text = None
-        if gitops.SUMMARY_FILE in found:
-            response = _sdk(
-                f"downloading the summary from {workspace.handle}",
-                lambda: sandbox.fs.download_files([FileDownloadRequest(source=target)])[0],
-            )
-            if response.error is None and isinstance(response.result, bytes):
-                text = response.result[:SUMMARY_LIMIT].decode("utf-8", "replace")
-        # Removed before anything is committed, whatever it is (a directory, a link).
-        _sdk(
-            f"deleting the summary in {workspace.handle}",
-            lambda: sandbox.fs.delete_file(target, recursive=True),
-        )
-        return text
-
-    def _diffstat(self, sandbox: Sandbox, paths: _Paths, workspace: Workspace) -> tuple[str, bool]:
+    def _diffstat(
+        self, sandbox: Sandbox, paths: _Paths, workspace: Workspace, exclude: tuple[str, ...]
+    ) -> tuple[str, bool]:
         """``git diff --stat`` from the base to the tree as it is (new files too, index untouched), and
         whether HEAD has commits that no branch of the remote has -- in one request."""
         base = workspace.base_sha or "HEAD"
-        exclude = f":(exclude){gitops.SUMMARY_FILE}"
+        pathspec = " ".join(_q(f":(exclude){e}") for e in exclude)
         script = "; ".join(
             [
                 f"cd {_q(paths.repo)} || exit 1",
                 "idx=$(mktemp -d) || exit 1",
                 'cp .git/index "$idx/index" 2>/dev/null',
-                f'GIT_INDEX_FILE="$idx/index" git add -A -- . {_q(exclude)} && '
+                f'GIT_INDEX_FILE="$idx/index" git add -A -- . {pathspec} && '
                 f'GIT_INDEX_FILE="$idx/index" git diff --cached --stat=100 {_q(base)}',
                 "rc=$?",
                 'rm -rf "$idx"',
@@ -684,20 +657,22 @@ class DaytonaBackend:
             raise BackendError(msg)
         return text.strip(), ahead.strip().isdigit() and int(ahead.strip()) > 0
 
-    def _prepare_push(self, sandbox: Sandbox, paths: _Paths, spec: RunSpec, workspace: Workspace) -> str:
+    def _prepare_push(
+        self, sandbox: Sandbox, paths: _Paths, request: PushRequest, workspace: Workspace
+    ) -> str:
         """Put the branch where the agent's work is and make origin the clean URL again; returns HEAD.
 
         The agent had the run of the sandbox: it may have switched branches or pointed the remote
         somewhere else (a pushurl would receive our credential).
         """
-        clean_url = _clean_url(spec.clone_url)
+        clean_url = _clean_url(request.clone_url)
         script = "; ".join(
             [
                 f"cd {_q(paths.repo)} || exit 1",
                 "git config --local --unset-all remote.origin.pushurl",
                 f"git remote set-url origin {_q(clean_url)} || exit 1",
-                f'[ "$(git symbolic-ref --quiet --short HEAD)" = {_q(spec.branch)} ] || '
-                f"git checkout --quiet -B {_q(spec.branch)} || exit 1",
+                f'[ "$(git symbolic-ref --quiet --short HEAD)" = {_q(request.branch)} ] || '
+                f"git checkout --quiet -B {_q(request.branch)} || exit 1",
                 "git rev-parse HEAD",
             ]
         )
@@ -706,97 +681,101 @@ class DaytonaBackend:
         head = output.splitlines()[-1].strip() if output else ""
         if response.exit_code != 0 or not re.fullmatch(r"[0-9a-f]{40,64}", head):
             shown = REDACTOR(output[-2000:])
-            msg = f"preparing the push of {spec.branch} in {workspace.handle} failed: {shown}"
+            msg = f"preparing the push of {request.branch} in {workspace.handle} failed: {shown}"
             raise BackendError(msg)
         return head
 
-    # --- helpers: the agent ----------------------------------------------------------------------------
+    # --- helpers: processes ----------------------------------------------------------------------------
 
-    def _agent_command(self, sandbox: Sandbox, session: str) -> str | None:
-        """The id of the agent's command in its session (found by its marker), or None."""
+    def _find_command(self, sandbox: Sandbox, session: str, name: str) -> str | None:
+        """The id of the process's command in its session (found by its marker), or None."""
         try:
             found = sandbox.process.get_session(session)
         except DaytonaNotFoundError:
             return None
         except DaytonaError as exc:
             raise _backend_error(exc, f"reading session {session} of {sandbox.name}") from None
-        ours = [c.id for c in found.commands or [] if AGENT_MARKER in (c.command or "")]
+        ours = [c.id for c in found.commands or [] if _marker(name) in (c.command or "")]
         return ours[-1] if ours else None
 
     def _exit_without_session(
-        self, workspace: Workspace, paths: _Paths, log: TaskLog, cause: Exception | None = None
+        self, workspace: Workspace, paths: _Paths, name: str, cause: Exception | None = None
     ) -> int:
-        """The agent's command cannot be asked about: the sandbox vanished, or it restarted (a stop ends
+        """The process's command cannot be asked about: the sandbox vanished, or it restarted (a stop ends
         every session) -- then the exit code file the command wrote, if it got that far, still tells."""
-        with self._sandboxes_lock:
+        with self._lock:
             self._sandboxes.pop(workspace.task_id, None)
         sandbox = self._sandbox(workspace)  # WorkspaceLost when the sandbox itself is gone
-        if _state(sandbox) in _RESTARTABLE_STATES:
-            self._ensure_started(sandbox, log)
+        self._ensure_started(sandbox)
+        exit_file = paths.process_file(name, EXIT_SUFFIX)
         response = _sdk(
-            f"reading the agent's exit code in {workspace.handle}",
-            lambda: sandbox.fs.download_files([FileDownloadRequest(source=paths.task_file(EXIT_FILE))])[0],
+            f"reading the exit code of {name} in {workspace.handle}",
+            lambda: sandbox.fs.download_files([FileDownloadRequest(source=exit_file)])[0],
         )
         text = response.result.decode(errors="replace").strip() if isinstance(response.result, bytes) else ""
         if response.error is None and text.lstrip("-").isdigit():
-            log.write(f"the agent's session in {workspace.handle} is gone, but it had finished")
+            logger.info("the session of %s in %s is gone, but it had finished", name, workspace.handle)
             return int(text)
         reason = f" ({_describe(cause)})" if cause is not None else ""
-        msg = f"the agent's session in sandbox {workspace.handle} is gone and it left no exit code{reason}"
+        msg = f"the session of {name} in sandbox {workspace.handle} is gone and it left no exit code{reason}"
         raise WorkspaceLost(msg)
 
-    def _kill(self, sandbox: Sandbox, session: str, log: TaskLog) -> None:
-        # Deleting the session terminates its process group (SIGTERM, then SIGKILL).
-        try:
-            sandbox.process.delete_session(session)
-        except DaytonaNotFoundError:
-            pass
-        except DaytonaError as exc:
-            log.write(
-                f"could not stop the agent's session {session}: {_describe(exc)}; cleanup deletes the sandbox"
-            )
-
-    def _outputs(self, sandbox: Sandbox, paths: _Paths) -> tuple[str, str]:
-        """The agent's stdout and stderr files, in one request; what is missing is empty."""
+    def _download_output(self, sandbox: Sandbox, paths: _Paths, name: str) -> ProcessOutput:
+        """The process's stdout and stderr files, in one request; what is missing is empty."""
         try:
             responses = sandbox.fs.download_files(
                 [
-                    FileDownloadRequest(source=paths.task_file(RESULT_FILE)),
-                    FileDownloadRequest(source=paths.task_file(STDERR_FILE)),
+                    FileDownloadRequest(source=paths.process_file(name, STDOUT_SUFFIX)),
+                    FileDownloadRequest(source=paths.process_file(name, STDERR_SUFFIX)),
                 ]
             )
         except DaytonaError as exc:
-            return "", f"(the agent's output is unavailable: {_describe(exc)})"
+            return ProcessOutput("", f"(the output of {name} is unavailable: {_describe(exc)})")
         texts = [
             r.result.decode("utf-8", "replace") if isinstance(r.result, bytes) else "" for r in responses
         ]
-        return texts[0], texts[1]
+        return ProcessOutput(texts[0], texts[1])
 
-    def _copy_command_logs(self, sandbox: Sandbox, session: str, command_id: str, log: TaskLog) -> None:
-        """Whatever the command printed outside the CLI's redirected output (a failed cd, say)."""
+    def _command_logs(self, sandbox: Sandbox, session: str, command_id: str) -> str:
+        """Whatever the command printed outside its redirected output (a failed cd, say)."""
         try:
-            logs = sandbox.process.get_session_command_logs(session, command_id)
+            return sandbox.process.get_session_command_logs(session, command_id).output or ""
         except DaytonaError as exc:
-            log.write(f"the logs of the agent's command are unavailable: {_describe(exc)}")
-            return
-        output = logs.output or ""
-        if output.strip():
-            log.write_raw(output if output.endswith("\n") else output + "\n")
+            return f"(the logs of the command are unavailable: {_describe(exc)})\n"
 
-    def _pause(self, seconds: float, should_stop: Callable[[], str | None]) -> None:
-        """Sleep, but look at should_stop() at least every poll interval so a cancel is prompt."""
-        end = time.monotonic() + seconds
-        while (left := end - time.monotonic()) > 0:
-            if should_stop() is not None:
-                return
-            time.sleep(min(left, self.poll_interval))
+
+class _CopyAtEnd:
+    """The toolbox streams no output while a process runs here: copy it into the log when it ended."""
+
+    def __init__(self, backend: DaytonaBackend, workspace: Workspace, name: str, log: TaskLog) -> None:
+        self.backend, self.workspace, self.name, self.log = backend, workspace, name, log
+
+    def close(self, *, finished: bool) -> None:
+        if not finished:
+            return
+        backend, key = self.backend, (self.workspace.task_id, self.name)
+        try:
+            sandbox, paths = backend._located(self.workspace)
+        except BackendError as exc:
+            self.log.write(f"the output of {self.name} is unavailable: {exc}")
+            return
+        command_id = backend._commands.get(key)
+        if command_id is not None and key not in backend._killed:
+            logs = backend._command_logs(sandbox, _session_id(self.workspace.task_id, self.name), command_id)
+            if logs.strip():
+                self.log.write_raw(logs if logs.endswith("\n") else logs + "\n")
+        output = backend._download_output(sandbox, paths, self.name)
+        backend._outputs[key] = output  # output() needs it next: one download, not two
+        for text in (output.stderr, output.stdout):
+            if text:
+                self.log.write_raw(text if text.endswith("\n") else text + "\n")
 
 
 # --- the snapshot ------------------------------------------------------------------------------------------
 
 
 def create_snapshot(
-    config: Config,
+    settings: DaytonaSettings,
     dockerfile: Path,
     *,
     name: str | None = None,
@@ -808,47 +787,45 @@ def create_snapshot(
     The Dockerfile copies nothing from a build context, so no files are uploaded. Blocks until Daytona
     reports the snapshot active (or failed).
     """
-    name = name or config.daytona_snapshot
+    name = name or settings.snapshot
     try:
         image = Image.from_dockerfile(dockerfile)
     except DaytonaError as exc:
         msg = f"cannot read {dockerfile} to build snapshot {name}: {exc}"
         raise BackendError(msg) from None
-    client = client or _connect(config)
+    client = client or _connect(settings)
     try:
         snapshot = client.snapshot.create(
             CreateSnapshotParams(
                 name=name,
                 image=image,
-                resources=Resources(
-                    cpu=config.daytona_cpu, memory=config.daytona_memory_gb, disk=config.daytona_disk_gb
-                ),
+                resources=Resources(cpu=settings.cpu, memory=settings.memory_gb, disk=settings.disk_gb),
             ),
             on_logs=on_logs,
             timeout=0,
         )
     except DaytonaConflictError:
         msg = (
-            f"a snapshot named {name} already exists at {config.daytona_api_url}: delete it in the Daytona "
+            f"a snapshot named {name} already exists at {settings.api_url}: delete it in the Daytona "
             "dashboard first, or choose another name (and set DAYTONA_SNAPSHOT to it)"
         )
         raise BackendError(msg) from None
     except DaytonaError as exc:
-        raise _backend_error(exc, f"creating snapshot {name} at {config.daytona_api_url}") from None
+        raise _backend_error(exc, f"creating snapshot {name} at {settings.api_url}") from None
     return snapshot.name
 
 
 # --- module helpers ----------------------------------------------------------------------------------------
 
 
-def _connect(config: Config) -> Daytona:
-    if not config.daytona_api_key:
+def _connect(settings: DaytonaSettings) -> Daytona:
+    if not settings.api_key:
         msg = "DAYTONA_API_KEY is not set: expected a Daytona API key when BACKEND=daytona"
         raise BackendError(msg)
     settings = DaytonaConfig(
-        api_key=config.daytona_api_key,
-        api_url=config.daytona_api_url,
-        target=config.daytona_target,
+        api_key=settings.api_key,
+        api_url=settings.api_url,
+        target=settings.target,
         # We poll the agent's command ourselves; the event stream (a Socket.IO connection per client) would
         # only speed up the SDK's own waits for state changes, which a task hardly ever makes.
         use_deprecated_polling=True,
@@ -858,7 +835,7 @@ def _connect(config: Config) -> Daytona:
             warnings.simplefilter("ignore", DeprecationWarning)
             return Daytona(settings)
     except DaytonaError as exc:
-        raise _backend_error(exc, f"connecting to {config.daytona_api_url}") from None
+        raise _backend_error(exc, f"connecting to {settings.api_url}") from None
 
 
 def _sdk(doing: str, call: Callable[[], T]) -> T:
@@ -925,24 +902,55 @@ def _scrub(text: str, credential: GitCredential | None) -> str:
     return REDACTOR(text)
 
 
+def _process_command_line(paths: _Paths, name: str, argv: Sequence[str]) -> str:
+    """The session command that runs process ``name``.
+
+    The daemon runs session commands inside a long-lived shell (``. cmd.sh``), so everything happens in
+    a child ``sh``: the environment file's variables stay out of the session, and ``exit`` ends only
+    that child. The environment file (it may hold the Claude credential) is deleted before the process
+    starts; stdin comes from its file, never through the command text; the exit code is also written to
+    a file, which survives the session (a sandbox that restarts loses its sessions, not its disk).
+    """
+    env_file = _q(paths.process_file(name, ENV_SUFFIX))
+    script = (
+        f". {env_file}; loaded=$?; rm -f {env_file}; "
+        f'if [ "$loaded" -eq 0 ] && cd {_q(paths.repo)}; then '
+        f"{shlex.join(argv)} < {_q(paths.process_file(name, STDIN_SUFFIX))} "
+        f"> {_q(paths.process_file(name, STDOUT_SUFFIX))} 2> {_q(paths.process_file(name, STDERR_SUFFIX))}; "
+        f"rc=$?; else rc=126; fi; "
+        f'echo "$rc" > {_q(paths.process_file(name, EXIT_SUFFIX))}; exit "$rc"'
+    )
+    return f"sh -c {_q(script)} {_marker(name)}"
+
+
+def _marker(name: str) -> str:
+    """$0 of a process's shell: finds its command in the session after a restart."""
+    return f"{NAME_PREFIX}{name}"
+
+
+def _excluded(name: str, exclude: tuple[str, ...]) -> bool:
+    return any(name == e or name.startswith(f"{e}/") for e in exclude)
+
+
 def _state(sandbox: Sandbox) -> str:
     return str(getattr(sandbox.state, "value", sandbox.state) or "")
 
 
-def _sandbox_name(task_id: str) -> str:
-    return f"{SANDBOX_PREFIX}{_checked_id(task_id)}"
+def _session_id(task_id: str, name: str) -> str:
+    return f"{SANDBOX_PREFIX}{checked_id(task_id)}-{checked_process(name)}"
 
 
-def _session_id(task_id: str) -> str:
-    return f"{SESSION_PREFIX}{_checked_id(task_id)}"
-
-
-def _checked_id(task_id: str) -> str:
-    # Task ids become sandbox names, session ids and label values.
-    if not _TASK_ID_RE.match(task_id) or ".." in task_id:
-        msg = f"task id {task_id!r} is not usable as a sandbox name"
+def _inside(paths: _Paths, path: str) -> str:
+    parts = Path(path).parts
+    if not parts or Path(path).is_absolute() or any(p in ("..", ".") for p in parts):
+        msg = f"{path!r} is not a path inside the repository"
         raise BackendError(msg)
-    return task_id
+    return f"{paths.repo}/{'/'.join(parts)}"
+
+
+def _prefixes(root: str, path: str) -> list[str]:
+    parts = Path(path).parts
+    return [f"{root}/{'/'.join(parts[: i + 1])}" for i in range(len(parts))]
 
 
 def _q(value: str) -> str:
@@ -956,28 +964,3 @@ def _clean_url(url: str) -> str:
     if parts.port:
         host = f"{host}:{parts.port}"
     return urlunsplit((parts.scheme, host, parts.path, parts.query, parts.fragment))
-
-
-def _is_summary(name: str) -> bool:
-    return name == gitops.SUMMARY_FILE or name.startswith(f"{gitops.SUMMARY_FILE}/")
-
-
-def _agent_command_line(paths: _Paths, command: Sequence[str]) -> str:
-    """The session command that runs the agent.
-
-    The daemon runs session commands inside a long-lived shell (``. cmd.sh``), so everything happens in
-    a child ``sh``: the environment file's variables stay out of the session, and ``exit`` ends only
-    that child. The credentials file is deleted before the CLI starts; the prompt arrives on stdin from
-    its file, never through the command text; the exit code is also written to a file, which survives
-    the session (a sandbox that restarts loses its sessions, not its disk).
-    """
-    env_file = _q(paths.task_file(ENV_FILE))
-    argv = shlex.join(command)
-    script = (
-        f". {env_file}; loaded=$?; rm -f {env_file}; "
-        f'if [ "$loaded" -eq 0 ] && cd {_q(paths.repo)}; then '
-        f"{argv} < {_q(paths.task_file(PROMPT_FILE))} > {_q(paths.task_file(RESULT_FILE))} "
-        f"2> {_q(paths.task_file(STDERR_FILE))}; rc=$?; else rc=126; fi; "
-        f'echo "$rc" > {_q(paths.task_file(EXIT_FILE))}; exit "$rc"'
-    )
-    return f"sh -c {_q(script)} {AGENT_MARKER}"

@@ -1,0 +1,226 @@
+"""The run policy, written once for every backend: how a process is waited for, when it is stopped,
+what is taken from the workspace, what counts as a change, how the work is published and removed.
+
+Backends give the mechanics (:mod:`claude_issue_solver.backends.base`); these functions decide with
+them. The pipeline calls them in its phases; a later feature (a test run after the agent, a follow-up
+run) calls the same ones with another process.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from claude_issue_solver.backends.base import (
+    Backend,
+    BackendError,
+    Changes,
+    Pushed,
+    PushRequest,
+    Workspace,
+    WorkspaceLost,
+)
+from claude_issue_solver.conventions import LOG_TAIL_LINES, SUMMARY_FILE, SUMMARY_LIMIT
+from claude_issue_solver.logs import TaskLog
+from claude_issue_solver.outcome import TaskControl
+
+__all__ = [
+    "MAX_POLL_BACKOFF",
+    "NEVER_COMMITTED",
+    "ProcessExit",
+    "has_changes",
+    "publish",
+    "reconcile",
+    "remove_workspace",
+    "take_summary",
+    "wait_for_process",
+    "what_changed",
+]
+
+logger = logging.getLogger(__name__)
+
+MAX_POLL_BACKOFF = 30.0  # the longest pause between polls while the place rate-limits or fails
+REMOVE_ATTEMPTS = 3
+NEVER_COMMITTED = (SUMMARY_FILE,)
+
+
+@dataclass(frozen=True)
+class ProcessExit:
+    """How a process ended."""
+
+    exit_code: int | None
+    stdout: str
+    stderr: str = ""
+    timed_out: bool = False
+    cancelled: bool = False
+
+    @property
+    def tail(self) -> str:
+        """The last lines of everything it printed, for error messages."""
+        return "\n".join((self.stdout.splitlines() + self.stderr.splitlines())[-LOG_TAIL_LINES:])
+
+
+def wait_for_process(
+    backend: Backend[Any],
+    workspace: Workspace,
+    name: str,
+    *,
+    deadline: float,
+    control: TaskControl,
+    clock: Callable[[], float],
+    log: TaskLog,
+    tick: Callable[[], None] = lambda: None,
+) -> ProcessExit | None:
+    """Wait for process ``name`` while copying its output into ``log``.
+
+    Stops it when ``deadline`` (on ``clock``) passes or the operator cancels; returns None when the
+    daemon detaches (it keeps running, and the next daemon waits for it again). A poll that fails in
+    a passing way (a rate limit, an outage) is retried with back-off until the deadline; a lasting
+    failure raises BackendError, a vanished workspace WorkspaceLost. ``tick`` runs between polls
+    (progress edits).
+    """
+    stream = backend.follow_output(workspace, name, log)
+    delay = backend.poll_interval
+    failing = False
+    timed_out = cancelled = False
+    exit_code: int | None = None
+    try:
+        while True:
+            try:
+                exit_code = backend.poll_process(workspace, name)
+            except WorkspaceLost:
+                raise
+            except BackendError as exc:
+                if not exc.retryable:
+                    raise
+                delay = min(max(delay, backend.poll_interval) * 2, MAX_POLL_BACKOFF)
+                if not failing:
+                    log.write(
+                        f"a poll of {name} in {workspace.handle} failed ({exc}); polling again with back-off"
+                    )
+                failing = True
+            else:
+                if failing:
+                    log.write(f"{workspace.handle} answers again")
+                    failing = False
+                    delay = backend.poll_interval
+                if exit_code is not None:
+                    break
+            if control.detach.is_set():
+                log.write(f"detached from {name} in {workspace.handle}; it keeps running")
+                stream.close(finished=False)
+                return None
+            if control.cancel.is_set():
+                log.write(f"cancelled: stopping {name} in {workspace.handle}")
+                cancelled = True
+            elif clock() >= deadline:
+                log.write(f"deadline passed: stopping {name} in {workspace.handle}")
+                timed_out = True
+            if cancelled or timed_out:
+                exit_code = backend.kill_process(workspace, name)
+                break
+            tick()
+            control.wait(max(0.0, min(delay, deadline - clock())))
+    except BaseException:
+        stream.close(finished=False)
+        raise
+    stream.close(finished=True)
+    output = backend.output(workspace, name)
+    log.write(f"{name} in {workspace.handle} exited with code {exit_code}")
+    return ProcessExit(exit_code, output.stdout, output.stderr, timed_out=timed_out, cancelled=cancelled)
+
+
+def take_summary(backend: Backend[Any], workspace: Workspace) -> str | None:
+    """Read and remove the agent's summary file, so that it is never committed.
+
+    Anything but a regular file (a link the agent pointed at a secret, a directory) is only removed.
+    """
+    data = backend.read_file(workspace, SUMMARY_FILE, SUMMARY_LIMIT)
+    backend.delete_file(workspace, SUMMARY_FILE)
+    return None if data is None else data.decode("utf-8", "replace")
+
+
+def what_changed(backend: Backend[Any], workspace: Workspace, log: TaskLog, summary_found: bool) -> Changes:
+    changes = backend.changes(workspace, NEVER_COMMITTED)
+    log.write(
+        f"{len(changes.files)} changed file(s); summary {'found' if summary_found else 'absent'}"
+        + ("; unpushed commits" if changes.ahead else "")
+    )
+    return changes
+
+
+def has_changes(changes: Changes) -> bool:
+    """Worth a push: files changed, or commits the remote lacks (a publish a crash cut short)."""
+    return bool(changes.files) or changes.ahead
+
+
+def publish(
+    backend: Backend[Any],
+    workspace: Workspace,
+    request: PushRequest,
+    *,
+    repo: str,
+    log: TaskLog,
+) -> Pushed:
+    """Commit what changed and push the branch; safe to repeat after a crash (no empty commit)."""
+    pushed = backend.commit_and_push(workspace, request, log)
+    name, email = request.author
+    if pushed.committed:
+        log.write(f"committed {pushed.sha[:12]} as {name} <{email}>")
+    log.write(f"pushed {pushed.sha[:12]} to {repo} {request.branch}")
+    return pushed
+
+
+def remove_workspace(
+    backend: Backend[Any],
+    task_id: str,
+    log: TaskLog | None,
+    *,
+    sleep: Callable[[float], None] = time.sleep,
+) -> list[str]:
+    """Remove everything of a task, retrying passing failures; never raises (it runs on every ending)."""
+    for attempt in range(1, REMOVE_ATTEMPTS + 1):
+        try:
+            removed = backend.remove(task_id, log)
+        except BackendError as exc:
+            if exc.retryable and attempt < REMOVE_ATTEMPTS:
+                sleep(backend.poll_interval * attempt)
+                continue
+            problem = str(exc)
+        except Exception as exc:  # cleanup runs on every path out of a task: it must not raise
+            problem = f"{type(exc).__name__}: {exc}"
+        else:
+            for item in removed:
+                _say(log, f"removed {item}")
+            return removed
+        break
+    _say(log, f"could not remove the workspace of task {task_id}: {problem}", warning=True)
+    return []
+
+
+def _say(log: TaskLog | None, message: str, *, warning: bool = False) -> None:
+    """Into the task's log when there is one (a task ending), else the daemon's (reconcile)."""
+    if log is not None:
+        log.write(message)
+    elif warning:
+        logger.warning("%s", message)
+    else:
+        logger.debug("%s", message)  # the caller says what reconcile removed
+
+
+def reconcile(
+    backend: Backend[Any], live_task_ids: set[str], *, sleep: Callable[[float], None] = time.sleep
+) -> list[str]:
+    """Remove whatever of ours no live task owns (a crash between finishing and cleaning up)."""
+    try:
+        ours = backend.list_ours()
+    except BackendError as exc:
+        logger.warning("could not list leftovers: %s", exc)
+        return []
+    removed: list[str] = []
+    for task_id in sorted(ours - live_task_ids):
+        removed.extend(remove_workspace(backend, task_id, None, sleep=sleep))
+    return removed

@@ -1,0 +1,72 @@
+"""The steps the pipeline takes with a backend, for the backend tests: one copy for every backend."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from claude_issue_solver.backends.base import Backend, Changes, Pushed, PushRequest, Workspace
+from claude_issue_solver.credentials import GitCredential
+from claude_issue_solver.logs import TaskLog
+from claude_issue_solver.outcome import TaskControl
+from claude_issue_solver.pipeline import RunSpec as Job
+from claude_issue_solver.run_policy import NEVER_COMMITTED, ProcessExit, take_summary, wait_for_process
+
+__all__ = ["AUTHOR", "Job", "collect", "control", "push", "wait"]
+
+AUTHOR = ("Issue Bot", "issue-bot@example.com")
+
+
+def control(*, cancel: bool = False, detach: bool = False) -> TaskControl:
+    made = TaskControl()
+    if cancel:
+        made.cancel.set()
+    if detach:
+        made.detach.set()
+    return made
+
+
+def wait(
+    backend: Backend[Any],
+    workspace: Workspace,
+    log: TaskLog,
+    *,
+    seconds: float,
+    stop: TaskControl | None = None,
+    name: str = "agent",
+) -> ProcessExit | None:
+    """The pipeline's wait for a process, on the wall clock."""
+    return wait_for_process(
+        backend,
+        workspace,
+        name,
+        deadline=time.time() + seconds,
+        control=stop or TaskControl(),
+        clock=time.time,
+        log=log,
+    )
+
+
+def collect(backend: Backend[Any], workspace: Workspace) -> tuple[Changes, str | None]:
+    """Take the summary, then read what changed (as the pipeline does before publishing)."""
+    summary = take_summary(backend, workspace)
+    return backend.changes(workspace, NEVER_COMMITTED), summary
+
+
+def push(
+    backend: Backend[Any],
+    workspace: Workspace,
+    job: Job,
+    log: TaskLog,
+    message: str = "Fix",
+    credential: GitCredential | None = None,
+) -> Pushed:
+    request = PushRequest(
+        branch=job.workspace.branch,
+        clone_url=job.workspace.clone_url,
+        message=message,
+        author=AUTHOR,
+        credential=credential or job.workspace.credential(),
+        exclude=NEVER_COMMITTED,
+    )
+    return backend.commit_and_push(workspace, request, log)
