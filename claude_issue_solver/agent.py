@@ -14,6 +14,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from claude_issue_solver.stream_events import as_float, as_int, as_str
+
 __all__ = [
     "OUTPUT_FORMATS",
     "AgentConfigError",
@@ -23,7 +25,6 @@ __all__ = [
     "build_command",
     "parse_extra_args",
     "parse_result",
-    "summarize_stream_event",
 ]
 
 OUTPUT_FORMATS = ("json", "stream-json")
@@ -61,20 +62,7 @@ _BOOLEAN_FLAGS = frozenset(
 
 _TAIL_LINES = 20
 _TAIL_CHARS = 4000
-_EVENT_TEXT_CHARS = 200
-_TOOL_INPUT_CHARS = 120
 # Which tool input says most about a call, in order; Write's content would only be noise in a log.
-_TOOL_INPUT_KEYS = (
-    "file_path",
-    "notebook_path",
-    "command",
-    "pattern",
-    "path",
-    "url",
-    "query",
-    "description",
-    "prompt",
-)
 
 
 class AgentError(Exception):
@@ -201,27 +189,6 @@ class AgentResult:
         }
 
 
-def _as_int(value: object) -> int | None:
-    # bool is an int subclass; a stray true/false must not read as 1/0.
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int):
-        return value
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
-    return None
-
-
-def _as_float(value: object) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return None
-    return float(value)
-
-
-def _as_str(value: object) -> str | None:
-    return value if isinstance(value, str) else None
-
-
 def _is_result(value: object) -> bool:
     return isinstance(value, dict) and value.get("type") == "result"
 
@@ -236,7 +203,7 @@ def _find_result(stdout: str) -> tuple[dict[str, Any] | None, str | None]:
         for message in messages:
             if not isinstance(message, dict):
                 continue
-            session_id = _as_str(message.get("session_id")) or session_id
+            session_id = as_str(message.get("session_id")) or session_id
             if _is_result(message):
                 found = message
         return found
@@ -297,21 +264,21 @@ def _joined_errors(errors: object) -> str:
 
 
 def _failure_message(message: dict[str, Any], subtype: str | None, exit_code: int | None) -> str:
-    result_text = (_as_str(message.get("result")) or "").strip()
+    result_text = (as_str(message.get("result")) or "").strip()
     errors = _joined_errors(message.get("errors"))
-    api_status = _as_int(message.get("api_error_status"))
+    api_status = as_int(message.get("api_error_status"))
     if api_status is not None:
         detail = result_text or errors or "no details"
         return f"Claude Code reported an API error ({api_status}): {detail}"
     if subtype == "error_max_turns":
         match = re.search(r"\((\d+)\)", errors)
         limit = match.group(1) if match else None
-        if limit is None and (turns := _as_int(message.get("num_turns"))) is not None:
+        if limit is None and (turns := as_int(message.get("num_turns"))) is not None:
             limit = str(turns)
         suffix = f" ({limit})" if limit else ""
         return f"Claude Code stopped after reaching the maximum number of turns{suffix}"
     if subtype == "error_max_budget_usd":
-        cost = _as_float(message.get("total_cost_usd"))
+        cost = as_float(message.get("total_cost_usd"))
         spent = f" after spending ${cost:.2f}" if cost is not None else ""
         detail = f": {errors}" if errors else ""
         return f"Claude Code stopped after reaching its spending limit{spent}{detail}"
@@ -349,7 +316,7 @@ def parse_result(stdout: str, *, exit_code: int | None = None, log_tail: str = "
             raw=None,
         )
 
-    subtype = _as_str(message.get("subtype"))
+    subtype = as_str(message.get("subtype"))
     is_error = message.get("is_error")
     if isinstance(is_error, bool):
         # is_error decides: an auth failure still says subtype "success". An error subtype is never
@@ -358,160 +325,18 @@ def parse_result(stdout: str, *, exit_code: int | None = None, log_tail: str = "
     else:
         # A result without is_error: require both the subtype and a clean exit before calling it a success.
         ok = subtype == "success" and exit_code in (None, 0)
-    cost = _as_float(message.get("total_cost_usd"))
+    cost = as_float(message.get("total_cost_usd"))
     if cost is None:
-        cost = _as_float(message.get("cost_usd"))  # older CLI versions
+        cost = as_float(message.get("cost_usd"))  # older CLI versions
     return AgentResult(
         ok=ok,
         subtype=subtype,
-        result=_as_str(message.get("result")),
+        result=as_str(message.get("result")),
         error=None if ok else _failure_message(message, subtype, exit_code),
         cost_usd=cost,
-        num_turns=_as_int(message.get("num_turns")),
-        session_id=_as_str(message.get("session_id")) or seen_session,
-        duration_ms=_as_int(message.get("duration_ms")),
-        api_error_status=_as_int(message.get("api_error_status")),
+        num_turns=as_int(message.get("num_turns")),
+        session_id=as_str(message.get("session_id")) or seen_session,
+        duration_ms=as_int(message.get("duration_ms")),
+        api_error_status=as_int(message.get("api_error_status")),
         raw=message,
     )
-
-
-def _shorten(text: str, limit: int) -> str:
-    flat = " ".join(text.split())
-    return flat if len(flat) <= limit else flat[: limit - 1] + "…"
-
-
-def _format_cost(cost: float) -> str:
-    return f"${cost:.2f}" if cost >= 1 else f"${cost:.3g}"
-
-
-def _tool_use_line(block: dict[str, Any]) -> str:
-    name = _as_str(block.get("name")) or "?"
-    tool_input = block.get("input")
-    if not isinstance(tool_input, dict) or not tool_input:
-        return f"tool: {name}"
-    key = next((k for k in _TOOL_INPUT_KEYS if k in tool_input), next(iter(tool_input)))
-    value = tool_input[key]
-    shown = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, default=str)
-    return f"tool: {name} {key}={_shorten(shown, _TOOL_INPUT_CHARS)}"
-
-
-def _tool_result_line(block: dict[str, Any]) -> str:
-    content = block.get("content")
-    if isinstance(content, str):
-        size = len(content)
-    elif isinstance(content, list):
-        size = sum(
-            len(item.get("text", "")) for item in content if isinstance(item, dict) and item.get("text")
-        )
-    else:
-        size = 0
-    status = "error" if block.get("is_error") else "ok"
-    return f"tool result: {status}, {size} chars"
-
-
-def _content_blocks(event: dict[str, Any]) -> list[dict[str, Any]]:
-    message = event.get("message")
-    content = message.get("content") if isinstance(message, dict) else None
-    if not isinstance(content, list):
-        return []
-    return [block for block in content if isinstance(block, dict)]
-
-
-def _summarize_system(event: dict[str, Any]) -> str | None:
-    subtype = event.get("subtype")
-    if subtype == "init":
-        model = _as_str(event.get("model")) or "unknown"
-        cwd = _as_str(event.get("cwd")) or "unknown"
-        return f"session started (model {model}, cwd {cwd})"
-    if subtype == "api_retry":
-        parts = []
-        attempt, max_retries = _as_int(event.get("attempt")), _as_int(event.get("max_retries"))
-        if attempt is not None:
-            parts.append(f"attempt {attempt}" + (f"/{max_retries}" if max_retries is not None else ""))
-        if (status := _as_int(event.get("error_status"))) is not None:
-            parts.append(f"status {status}")
-        if error := _as_str(event.get("error")):
-            parts.append(_shorten(error, _EVENT_TEXT_CHARS))
-        if (delay := _as_int(event.get("retry_delay_ms"))) is not None:
-            parts.append(f"next in {delay / 1000:.1f}s")
-        return "API retry" + (f" ({', '.join(parts)})" if parts else "")
-    return None
-
-
-def _summarize_result(event: dict[str, Any]) -> str:
-    subtype = _as_str(event.get("subtype")) or "unknown"
-    status = "error" if event.get("is_error") is True and subtype == "success" else subtype
-    if (api_status := _as_int(event.get("api_error_status"))) is not None:
-        status += f" (API {api_status})"
-    parts = [status]
-    if (turns := _as_int(event.get("num_turns"))) is not None:
-        parts.append(f"{turns} turn" + ("" if turns == 1 else "s"))
-    if (cost := _as_float(event.get("total_cost_usd"))) is not None:
-        parts.append(_format_cost(cost))
-    return "result: " + ", ".join(parts)
-
-
-def summarize_stream_event(event: dict[str, Any]) -> str | None:
-    """One short log line for a stream-json event, or None for events not worth a line."""
-    if not isinstance(event, dict):
-        return None
-    kind = event.get("type")
-    if kind == "system":
-        return _summarize_system(event)
-    if kind == "result":
-        return _summarize_result(event)
-    if kind == "assistant":
-        lines = []
-        for block in _content_blocks(event):
-            if block.get("type") == "text" and (text := _as_str(block.get("text"))) and text.strip():
-                lines.append(f"claude: {_shorten(text, _EVENT_TEXT_CHARS)}")
-            elif block.get("type") == "tool_use":
-                lines.append(_tool_use_line(block))
-        return " | ".join(lines) or None
-    if kind == "user":
-        lines = [_tool_result_line(b) for b in _content_blocks(event) if b.get("type") == "tool_result"]
-        return " | ".join(lines) or None
-    return None
-
-
-class StreamProgress:
-    """Reads the agent's output as it comes and turns stream-json events into readable log lines.
-
-    It also keeps the figures a progress report needs (turns so far), so the daemon can tell how far
-    along a run is without parsing the log again. Lines that are not JSON events (stderr, the plain
-    ``json`` output format) pass through unchanged.
-    """
-
-    def __init__(self) -> None:
-        self._messages: set[str] = set()
-        self._anonymous = 0
-        self.result: dict[str, Any] | None = None
-
-    @property
-    def turns(self) -> int:
-        return len(self._messages) + self._anonymous
-
-    def feed_line(self, line: str) -> str | None:
-        """The log line for one line of output (None: nothing worth a line)."""
-        stripped = line.strip()
-        if not stripped.startswith("{"):
-            return line.rstrip("\n") if stripped else None
-        try:
-            event = json.loads(stripped)
-        except ValueError:
-            return line.rstrip("\n")
-        if not isinstance(event, dict) or "type" not in event:
-            return line.rstrip("\n")
-        if event["type"] == "assistant":
-            # The CLI prints each content block of one model message as its own line: count messages.
-            message_id = (event.get("message") or {}).get("id")
-            if isinstance(message_id, str):
-                self._messages.add(message_id)
-            else:
-                self._anonymous += 1
-        elif event["type"] == "result":
-            self.result = event
-            if isinstance(event.get("num_turns"), int):
-                self._messages = {str(n) for n in range(event["num_turns"])}
-                self._anonymous = 0
-        return summarize_stream_event(event)

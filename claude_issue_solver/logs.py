@@ -12,6 +12,8 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
+from claude_issue_solver.stream_events import StreamProgress
+
 LOGGER_NAME = "claude_issue_solver"
 DAEMON_LOG = "daemon.log"
 _FORMAT = "%(asctime)s %(levelname)-7s %(threadName)s %(name)s: %(message)s"
@@ -100,8 +102,6 @@ class TaskLog:
     """Append-only, redacted, timestamped lines for one task; safe to share between threads."""
 
     def __init__(self, path: Path, clock: Callable[[], float] = time.time) -> None:
-        from claude_issue_solver.agent import StreamProgress
-
         self.path = path
         self._clock = clock
         self._lock = threading.Lock()

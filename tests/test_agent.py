@@ -18,8 +18,8 @@ from claude_issue_solver.agent import (
     build_command,
     parse_extra_args,
     parse_result,
-    summarize_stream_event,
 )
+from claude_issue_solver.stream_events import summarize_stream_event
 
 SESSION = "3f1c9a52-7d44-4e1b-9a35-1d2f0c8b6e77"
 
