@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from claude_issue_solver.conventions import LOG_TAIL_LINES
+from claude_issue_solver.conventions import LOG_TAIL_LINES, format_usd
 from claude_issue_solver.queue import Task
 
 MARKER_PREFIX = "<!-- claude-issue-solver:task="
@@ -78,7 +78,7 @@ class RunFigures:
         if self.turns is not None:
             parts.append(f"{self.turns} turns")
         if self.cost_usd is not None:
-            parts.append(f"${self.cost_usd:.2f}")
+            parts.append(format_usd(self.cost_usd))
         return " · ".join(parts)
 
 

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from typing import Any, TextIO
 
 from claude_issue_solver.config import Config, settings_source
+from claude_issue_solver.conventions import format_usd
 from claude_issue_solver.pidfile import DaemonStatus
 from claude_issue_solver.queue import Task, TaskState
 
@@ -217,7 +218,7 @@ def print_queue(rows: list[dict[str, Any]], out: TextIO, *, tty: bool) -> None:
             (r["title"] or "")[:50],
             str(r["attempts"]),
             duration(r["elapsed_seconds"]),
-            "" if r["cost_usd"] is None else f"${r['cost_usd']:.2f}",
+            "" if r["cost_usd"] is None else format_usd(r["cost_usd"]),
             r["pr_url"] or (r["error"] or "")[:60],
         ]
         for r in rows

@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from claude_issue_solver.conventions import format_usd
+
 __all__ = ["StreamProgress", "as_float", "as_int", "as_str", "summarize_stream_event"]
 
 _EVENT_TEXT_CHARS = 200
@@ -53,10 +55,6 @@ def as_str(value: object) -> str | None:
 def _shorten(text: str, limit: int) -> str:
     flat = " ".join(text.split())
     return flat if len(flat) <= limit else flat[: limit - 1] + "…"
-
-
-def _format_cost(cost: float) -> str:
-    return f"${cost:.2f}" if cost >= 1 else f"${cost:.3g}"
 
 
 def _tool_use_line(block: dict[str, Any]) -> str:
@@ -122,7 +120,7 @@ def _summarize_result(event: dict[str, Any]) -> str:
     if (turns := as_int(event.get("num_turns"))) is not None:
         parts.append(f"{turns} turn" + ("" if turns == 1 else "s"))
     if (cost := as_float(event.get("total_cost_usd"))) is not None:
-        parts.append(_format_cost(cost))
+        parts.append(format_usd(cost))
     return "result: " + ", ".join(parts)
 
 

@@ -402,8 +402,8 @@ def test_summaries() -> None:
     assert summarize_stream_event(ASSISTANT_TEXT) == "claude: I'll look at the code."
     assert summarize_stream_event(ASSISTANT_WRITE) == "tool: Write file_path=/workspace/hello.txt"
     assert summarize_stream_event(USER_TOOL_RESULT) == "tool result: ok, 25 chars"
-    assert summarize_stream_event(SUCCESS) == "result: success, 3 turns, $0.018"
-    assert summarize_stream_event(AUTH_FAILURE) == "result: error (API 401), 1 turn, $0"
+    assert summarize_stream_event(SUCCESS) == "result: success, 3 turns, $0.02"
+    assert summarize_stream_event(AUTH_FAILURE) == "result: error (API 401), 1 turn, $0.00"
 
 
 def test_summary_truncates_long_text_and_inputs() -> None:
