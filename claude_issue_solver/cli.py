@@ -63,7 +63,7 @@ class Context:
         return self._config
 
     def queue(self) -> TaskQueue:
-        return TaskQueue(StateStore(self.config.state_file), max_concurrent=self.config.max_concurrent)
+        return TaskQueue.for_config(StateStore(self.config.state_file), self.config)
 
     def daemon(self) -> DaemonStatus:
         return daemon_status(self.config.pid_file)
