@@ -11,6 +11,7 @@ import time
 from collections.abc import Sequence
 from typing import Any, TextIO
 
+from claude_issue_solver import admission, budget
 from claude_issue_solver.config import Config, settings_source
 from claude_issue_solver.pidfile import DaemonStatus
 from claude_issue_solver.queue import Task, TaskState
@@ -76,6 +77,7 @@ def status_payload(
             for repo in config.github_repos
         },
         "counts": counts,
+        **limits_payload(config, state, now),
         "running": [task_row(t, now) for t in tasks if t.state is TaskState.RUNNING],
         "notices": [
             {"time": _iso(n.get("time")), "message": n.get("message")} for n in state.get("notices", [])
@@ -84,6 +86,41 @@ def status_payload(
         "settings_file": None if config.settings_file is None else str(config.settings_file),
         "settings": settings_source(config),
         "config": config.redacted(),
+    }
+
+
+def limits_payload(config: Config, state: dict[str, Any], now: float) -> dict[str, Any]:
+    """Today's spend against ``DAILY_BUDGET_USD``, and the queue's hold (``None``: it runs freely)."""
+    check = budget.check(state.get("budget"), config.daily_budget_usd, now=now)
+    hold = admission.current_hold(state, daily_budget=config.daily_budget_usd, now=now)
+    return {
+        "budget": {
+            "spent_today_usd": round(check.spent, 6),
+            "daily_budget_usd": check.budget,
+            "line": check.line(),
+        },
+        "hold": None
+        if hold is None
+        else {
+            "reason": hold.reason,
+            "until": _iso(hold.until),
+            "known_reset": hold.known_reset,
+            "message": hold.message,
+            "probe_task": hold.probe_task,
+            "line": hold.render(now),
+        },
+    }
+
+
+def usage_payload(config: Config, state: dict[str, Any], now: float, days: int) -> dict[str, Any]:
+    """``usage``: spend per repository and UTC day for the last ``days`` days, newest first."""
+    rows = budget.usage(state.get("budget"), now=now, days=days)
+    return {
+        "days": days,
+        "daily_budget_usd": config.daily_budget_usd,
+        "spent_today_usd": round(budget.spent_today(state.get("budget"), now=now), 6),
+        "total_usd": round(sum(r.cost_usd for r in rows), 6),
+        "rows": [r.to_dict() for r in rows],
     }
 
 
@@ -122,8 +159,14 @@ def health_line(health: dict[str, Any]) -> str:
     return f"health: {health['summary']}"
 
 
-def queue_payload(tasks: Sequence[Task], now: float) -> list[dict[str, Any]]:
-    return [task_row(t, now) for t in tasks]
+def queue_payload(
+    tasks: Sequence[Task], now: float, hold: dict[str, Any] | None = None
+) -> list[dict[str, Any]]:
+    """The rows of ``queue``; a pending task's ``waiting`` says why it does not start (the queue's hold)."""
+    rows = [task_row(t, now) for t in tasks]
+    for row in rows:
+        row["waiting"] = hold["line"] if hold is not None and row["state"] == TaskState.PENDING else None
+    return rows
 
 
 # --- rendering ------------------------------------------------------------------------------------
@@ -168,6 +211,9 @@ def print_status(payload: dict[str, Any], out: TextIO, *, tty: bool) -> None:
     )
     out.write(f"backend: {payload['backend']}\n")
     out.write(f"settings: {payload['settings']}\n")
+    if payload["hold"] is not None:
+        out.write(payload["hold"]["line"] + "\n")
+    out.write(f"budget: {payload['budget']['line']}\n")
     counts = payload["counts"]
     out.write("tasks: " + ", ".join(f"{n} {state}" for state, n in counts.items()) + "\n")
     for notice in payload["notices"]:
@@ -205,7 +251,11 @@ def print_status(payload: dict[str, Any], out: TextIO, *, tty: bool) -> None:
     )
 
 
-def print_queue(rows: list[dict[str, Any]], out: TextIO, *, tty: bool) -> None:
+def print_queue(
+    rows: list[dict[str, Any]], out: TextIO, *, tty: bool, hold: dict[str, Any] | None = None
+) -> None:
+    if hold is not None:
+        out.write(hold["line"] + "\n")
     if not rows:
         out.write("the queue is empty\n")
         return
@@ -229,3 +279,19 @@ def print_queue(rows: list[dict[str, Any]], out: TextIO, *, tty: bool) -> None:
         table,
         tty,
     )
+
+
+def print_usage(payload: dict[str, Any], out: TextIO, *, tty: bool) -> None:
+    budget_line = (
+        f"spent ${payload['spent_today_usd']:.2f} of ${payload['daily_budget_usd']:.2f} today"
+        if payload["daily_budget_usd"] is not None
+        else f"spent ${payload['spent_today_usd']:.2f} today (no DAILY_BUDGET_USD)"
+    )
+    out.write(budget_line + "\n")
+    rows = [[r["day"], r["repo"], str(r["runs"]), f"${r['cost_usd']:.2f}"] for r in payload["rows"]]
+    if not rows:
+        out.write(f"no Claude spend recorded in the last {payload['days']} days\n")
+        return
+    title = f"spend per repository and UTC day (last {payload['days']} days)"
+    _table(out, title, ["day", "repo", "runs", "cost"], rows, tty)
+    out.write(f"total: ${payload['total_usd']:.2f}\n")
