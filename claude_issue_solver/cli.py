@@ -351,7 +351,7 @@ def status(obj: Context, as_json: bool, check: bool) -> None:
 @handles_errors
 def queue_command(obj: Context, as_json: bool, show_all: bool, states: tuple[str, ...]) -> None:
     """List tasks: live ones by default, with --all the history too."""
-    from claude_issue_solver.render import limits_payload, print_queue, queue_payload
+    from claude_issue_solver.render import limits_payload, print_queue, queue_payload, repo_caps
 
     wanted: list[TaskState] | None
     if states:
@@ -362,8 +362,9 @@ def queue_command(obj: Context, as_json: bool, show_all: bool, states: tuple[str
         wanted = [TaskState.PENDING, TaskState.RUNNING]
     queue = obj.queue()
     now = time.time()
-    hold = limits_payload(obj.config, queue.store.read(), now)["hold"]
-    rows = queue_payload(queue.list(wanted), now, hold)
+    state = queue.store.read()
+    hold = limits_payload(obj.config, state, now)["hold"]
+    rows = queue_payload(queue.list(wanted), now, hold, repo_caps(obj.config, state, now))
     if as_json:
         click.echo(json.dumps(rows, indent=2))
     else:

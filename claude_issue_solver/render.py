@@ -13,6 +13,8 @@ from typing import Any, TextIO
 
 from claude_issue_solver import admission, budget
 from claude_issue_solver.config import Config, settings_source
+from claude_issue_solver.fairness import FairnessLimits, next_start_at, prune_starts
+from claude_issue_solver.holds import format_wait
 from claude_issue_solver.pidfile import DaemonStatus
 from claude_issue_solver.queue import Task, TaskState
 
@@ -160,13 +162,40 @@ def health_line(health: dict[str, Any]) -> str:
 
 
 def queue_payload(
-    tasks: Sequence[Task], now: float, hold: dict[str, Any] | None = None
+    tasks: Sequence[Task],
+    now: float,
+    hold: dict[str, Any] | None = None,
+    repo_caps: dict[str, str] | None = None,
 ) -> list[dict[str, Any]]:
-    """The rows of ``queue``; a pending task's ``waiting`` says why it does not start (the queue's hold)."""
+    """The rows of ``queue``; a pending task's ``waiting`` says why it may not start now: the queue's
+    hold, else its repository's cap (``repo_caps``, from :func:`repo_caps`), else ``None``."""
     rows = [task_row(t, now) for t in tasks]
+    caps = repo_caps or {}
     for row in rows:
-        row["waiting"] = hold["line"] if hold is not None and row["state"] == TaskState.PENDING else None
+        waiting = None
+        if row["state"] == TaskState.PENDING:
+            waiting = hold["line"] if hold is not None else caps.get(row["repo"].lower())
+        row["waiting"] = waiting
     return rows
+
+
+def repo_caps(config: Config, state: dict[str, Any], now: float) -> dict[str, str]:
+    """Each repository (lowercased) at ``REPO_MAX_CONCURRENT`` or ``REPO_MAX_PER_HOUR`` now, and why."""
+    limits = FairnessLimits(config.max_concurrent, config.repo_max_concurrent, config.repo_max_per_hour)
+    tasks = (state.get("tasks") or {}).values()
+    starts = prune_starts(state.get("starts"), now=now)
+    reasons: dict[str, str] = {}
+    for repo in sorted({str(t["repo"]).lower() for t in tasks if t.get("state") == TaskState.PENDING}):
+        running = sum(
+            1 for t in tasks if t.get("state") == TaskState.RUNNING and str(t["repo"]).lower() == repo
+        )
+        if limits.repo_max_concurrent is not None and running >= limits.repo_max_concurrent:
+            reasons[repo] = f"REPO_MAX_CONCURRENT={limits.repo_max_concurrent}: {running} of its tasks run"
+        elif (when := next_start_at(repo, starts, limits, now=now)) is not None:
+            reasons[repo] = (
+                f"REPO_MAX_PER_HOUR={limits.repo_max_per_hour}: next start {format_wait(when, now)}"
+            )
+    return reasons
 
 
 # --- rendering ------------------------------------------------------------------------------------
@@ -268,7 +297,8 @@ def print_queue(
             str(r["attempts"]),
             duration(r["elapsed_seconds"]),
             "" if r["cost_usd"] is None else f"${r['cost_usd']:.2f}",
-            r["pr_url"] or (r["error"] or "")[:60],
+            # The hold is the line above the table; a repository's cap is said per task.
+            r["pr_url"] or (r["error"] or ("" if hold else r.get("waiting")) or "")[:60],
         ]
         for r in rows
     ]

@@ -171,3 +171,34 @@ def _polls_pass(store: StateStore, count: int) -> None:
     for _ in range(count):
         before = last()
         wait_until(lambda before=before: last() != before, timeout=20, what="the next poll")
+
+
+def test_queue_says_which_repository_cap_holds_a_task_back(tmp_path: Path, state_dir: Path) -> None:
+    store = StateStore(state_dir / "state.json")
+    queue = TaskQueue(store, max_concurrent=5, repo_max_concurrent=1, repo_max_per_hour=2)
+    for n in range(3):
+        queue.submit("acme/widgets", n + 1, f"widget {n + 1}")
+    queue.submit("acme/gadgets", 1, "gadget")
+    first = queue.claim()
+    assert first is not None and first.repo == "acme/widgets"
+    queue.finish(first.id, TaskState.COMPLETED)
+    second = queue.claim()  # the gadget's turn
+    assert second is not None and second.repo == "acme/gadgets"
+    third = queue.claim()
+    assert third is not None and third.repo == "acme/widgets"
+    env = _env(tmp_path, state_dir, REPO_MAX_CONCURRENT="1", REPO_MAX_PER_HOUR="2", MAX_CONCURRENT="5")
+
+    rows = {
+        r["issue_number"]: r
+        for r in json.loads(cli(env, "queue", "--json").stdout)
+        if r["repo"] == "acme/widgets"
+    }
+    assert rows[3]["state"] == "pending"
+    assert rows[3]["waiting"] == "REPO_MAX_CONCURRENT=1: 1 of its tasks run"
+    queue.finish(third.id, TaskState.COMPLETED)
+    rows = {r["issue_number"]: r for r in json.loads(cli(env, "queue", "--json").stdout)}
+    assert rows[3]["waiting"].startswith("REPO_MAX_PER_HOUR=2: next start ")
+    assert rows[3]["waiting"].endswith("(in 1 h)")
+    text = cli(env, "queue").stdout
+    assert "REPO_MAX_PER_HOUR=2: next start" in text
+    assert queue.claim() is None  # the cap holds it back indeed
