@@ -18,6 +18,7 @@ spent (:attr:`RunEnd.failure`).
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -74,6 +75,9 @@ class RunLimits:
         self.config = config
         self.clock = clock
         self.prober = prober
+        # Runs ending together must not each ask the API: deciding who asks, asking and recording the
+        # hold happen under one lock (one daemon per state file, its monitors are threads).
+        self._ending = threading.Lock()
 
     def after_run(
         self,
@@ -85,6 +89,12 @@ class RunLimits:
         cost_usd: float | None = None,
     ) -> RunEnd:
         """Classify the run, ask the API for a reset time if needed, and record cost and hold at once."""
+        with self._ending:
+            return self._after_run(task, stdout, exit_code, stderr, cost_usd)
+
+    def _after_run(
+        self, task: Task, stdout: str, exit_code: int | None, stderr: str, cost_usd: float | None
+    ) -> RunEnd:
         now = self.clock()
         verdict = limits.classify(stdout, exit_code=exit_code, stderr=stderr, now=now)
         if (

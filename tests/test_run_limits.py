@@ -215,7 +215,13 @@ def test_an_api_keys_429_asks_the_api_once_for_the_reset(tmp_path: Path) -> None
         api.limits.rate_limit(retry_after=600)
         world = World(tmp_path, max_concurrent=3, anthropic_api_key=API_KEY, anthropic_base_url=api.url)
         world.submit("acme/widgets", 3)
-        world.agent = lambda task: api_key_429()
+        together = threading.Barrier(3)
+
+        def agent(task: Task) -> tuple[str, int]:
+            together.wait(10)  # the three runs end at the same moment
+            return api_key_429()
+
+        world.agent = agent
 
         world.cycle()  # three runs met the limit at once
 
