@@ -11,12 +11,13 @@ import json
 
 import pytest
 
-pytest.importorskip("claude_issue_solver.outcome", reason="needs the run-policy pipeline")
-
-from claude_issue_solver.outcome import TaskControl
 from claude_issue_solver.queue import TaskState
-from tests.fakes.memory_backend import edits
-from tests.test_pipeline import SUMMARY, World, assert_published, world
+
+_outcome = pytest.importorskip("claude_issue_solver.outcome", reason="needs the run-policy pipeline")
+TaskControl = _outcome.TaskControl
+
+from tests.fakes.memory_backend import edits  # noqa: E402
+from tests.test_pipeline import SUMMARY, World, assert_published, world  # noqa: E402
 
 __all__ = ["world"]  # the fixture
 
