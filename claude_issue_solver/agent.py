@@ -42,6 +42,7 @@ _SETTING_OPTIONS = {
     "--max-turns": "max_turns",
     "--model": "model",
     "--append-system-prompt": "append_system_prompt",
+    "--max-budget-usd": "max_budget_usd",
 }
 # Flags that take no value, so a bare word right after one of them is a positional argument (a prompt).
 _BOOLEAN_FLAGS = frozenset(
@@ -78,6 +79,7 @@ class AgentSettings:
     max_turns: int | None = None
     model: str | None = None
     append_system_prompt: str | None = None
+    max_budget_usd: float | None = None  # CLAUDE_MAX_BUDGET_USD: the CLI stops the run at this spend
     extra_args: tuple[str, ...] = ()
     output_format: str = "json"
 
@@ -161,6 +163,12 @@ def build_command(settings: AgentSettings, executable: str = "claude") -> list[s
         command += ["--model", settings.model]
     if settings.append_system_prompt:
         command += ["--append-system-prompt", settings.append_system_prompt]
+    if settings.max_budget_usd is not None:
+        budget = settings.max_budget_usd
+        if isinstance(budget, bool) or not isinstance(budget, int | float) or not budget > 0:
+            msg = f"max_budget_usd must be a positive amount of US dollars, not {budget!r}"
+            raise AgentConfigError(msg)
+        command += ["--max-budget-usd", f"{budget:g}"]
     command += extra
     return command
 

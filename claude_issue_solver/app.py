@@ -99,7 +99,7 @@ def build(config: Config, *, backend: Backend[Any] | None = None) -> Parts:
     from claude_issue_solver.watcher import Watcher
 
     store = StateStore(config.state_file)
-    queue = TaskQueue(store, max_concurrent=config.max_concurrent)
+    queue = TaskQueue.for_config(store, config)
     client = GitHubClient(config)
     backend = backend or make_backend(config)
     try:

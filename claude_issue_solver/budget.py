@@ -35,7 +35,6 @@ __all__ = [
     "day_of",
     "empty",
     "next_utc_midnight",
-    "parse_usd",
     "prune",
     "record",
     "spent_on",
@@ -210,20 +209,3 @@ def usage(ledger: Mapping[str, Any] | None, *, now: float, days: int = 30) -> li
 
 def _ordinal(day: str) -> int:
     return date.fromisoformat(day).toordinal()
-
-
-def parse_usd(value: str | None) -> float | None:
-    """``DAILY_BUDGET_USD`` / ``CLAUDE_MAX_BUDGET_USD``: unset, empty, ``none``/``off``/``unlimited`` mean no
-    budget; otherwise a positive number of US dollars (a leading ``$`` is allowed)."""
-    if value is None or not value.strip() or value.strip().lower() in ("none", "off", "unlimited"):
-        return None
-    text = value.strip().removeprefix("$").strip()
-    try:
-        amount = float(text)
-    except ValueError:
-        msg = f"{value!r} is not an amount of US dollars (e.g. 5 or 12.50)"
-        raise ValueError(msg) from None
-    if not math.isfinite(amount) or amount <= 0:
-        msg = f"{value!r} must be a positive amount of US dollars"
-        raise ValueError(msg)
-    return amount

@@ -63,7 +63,7 @@ class Context:
         return self._config
 
     def queue(self) -> TaskQueue:
-        return TaskQueue(StateStore(self.config.state_file), max_concurrent=self.config.max_concurrent)
+        return TaskQueue.for_config(StateStore(self.config.state_file), self.config)
 
     def daemon(self) -> DaemonStatus:
         return daemon_status(self.config.pid_file)
@@ -354,7 +354,7 @@ def status(obj: Context, as_json: bool, check: bool) -> None:
 @handles_errors
 def queue_command(obj: Context, as_json: bool, show_all: bool, states: tuple[str, ...]) -> None:
     """List tasks: live ones by default, with --all the history too."""
-    from claude_issue_solver.render import print_queue, queue_payload
+    from claude_issue_solver.render import limits_payload, print_queue, queue_payload, repo_caps
 
     wanted: list[TaskState] | None
     if states:
@@ -363,11 +363,37 @@ def queue_command(obj: Context, as_json: bool, show_all: bool, states: tuple[str
         wanted = None
     else:
         wanted = [TaskState.PENDING, TaskState.RUNNING]
-    rows = queue_payload(obj.queue().list(wanted), time.time())
+    queue = obj.queue()
+    now = time.time()
+    state = queue.store.read()
+    hold = limits_payload(obj.config, state, now)["hold"]
+    rows = queue_payload(queue.list(wanted), now, hold, repo_caps(obj.config, state, now))
     if as_json:
         click.echo(json.dumps(rows, indent=2))
     else:
-        print_queue(rows, sys.stdout, tty=_is_tty())
+        print_queue(rows, sys.stdout, tty=_is_tty(), hold=hold)
+
+
+@main.command()
+@json_option
+@click.option(
+    "--days",
+    type=click.IntRange(1, 31),
+    default=30,
+    show_default=True,
+    help="How many UTC days back, today included (31 are kept).",
+)
+@click.pass_obj
+@handles_errors
+def usage(obj: Context, as_json: bool, days: int) -> None:
+    """Show Claude spend per repository and UTC day, and today's spend against DAILY_BUDGET_USD."""
+    from claude_issue_solver.render import print_usage, usage_payload
+
+    payload = usage_payload(obj.config, obj.queue().store.read(), time.time(), days)
+    if as_json:
+        click.echo(json.dumps(payload, indent=2))
+    else:
+        print_usage(payload, sys.stdout, tty=_is_tty())
 
 
 @main.command()

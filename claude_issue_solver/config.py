@@ -9,6 +9,7 @@ must give the defaults, computed ones (``STATE_DIR``) included. Every bad key is
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from collections.abc import Callable, Mapping, Sequence
@@ -86,6 +87,41 @@ def _float_above_zero(raw: str) -> float:
         raise ValueError("a number > 0 (e.g. 2 or 1.5)") from None
     if value <= 0:
         raise ValueError("a number > 0 (e.g. 2 or 1.5)")
+    return value
+
+
+_NO_CAP = ("none", "off", "unlimited")
+
+
+def _optional_usd(raw: str) -> float | None:
+    """An amount of US dollars > 0 (a leading ``$`` allowed); ``none``/``off``/``unlimited``: no cap.
+
+    The one rule for every budget key (``CLAUDE_MAX_BUDGET_USD``, ``DAILY_BUDGET_USD``).
+    """
+    expected = "an amount of US dollars > 0, e.g. 5 or 12.50 (blank or none: no cap)"
+    text = raw.strip()
+    if not text or text.lower() in _NO_CAP:
+        return None
+    try:
+        amount = float(text.removeprefix("$").strip())
+    except ValueError:
+        raise ValueError(expected) from None
+    if not math.isfinite(amount) or amount <= 0:
+        raise ValueError(expected)
+    return amount
+
+
+def _optional_cap(raw: str) -> int | None:
+    """A per-repository cap: an integer >= 1; blank or none: no cap."""
+    text = raw.strip()
+    if not text or text.lower() in _NO_CAP:
+        return None
+    try:
+        value = int(text)
+    except ValueError:
+        raise ValueError("an integer >= 1 (blank or none: no cap)") from None
+    if value < 1:
+        raise ValueError("an integer >= 1 (blank or none: no cap)")
     return value
 
 
@@ -209,12 +245,17 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("BACKEND", _choice(BACKENDS), "docker"),
     Setting("STATE_DIR", _path, None),  # default depends on XDG_STATE_HOME, see _default_state_dir
     Setting("LOG_LEVEL", _choice(LOG_LEVELS, upper=True), "INFO"),
+    # costs and fair turns
+    Setting("DAILY_BUDGET_USD", _optional_usd, None),
+    Setting("REPO_MAX_CONCURRENT", _optional_cap, None),
+    Setting("REPO_MAX_PER_HOUR", _optional_cap, None),
     # the agent
     Setting("ANTHROPIC_API_KEY", _optional_text, None, secret=True),
     Setting("CLAUDE_CODE_OAUTH_TOKEN", _optional_text, None, secret=True),
     Setting("ANTHROPIC_BASE_URL", _optional_url, None),
     Setting("CLAUDE_MODEL", _optional_text, None),
     Setting("CLAUDE_MAX_TURNS", _optional_int_at_least(1), None),
+    Setting("CLAUDE_MAX_BUDGET_USD", _optional_usd, None),
     Setting("CLAUDE_EXTRA_ARGS", _text, ""),
     Setting("CLAUDE_APPEND_SYSTEM_PROMPT", _optional_text, None),
     Setting("PROMPT_TEMPLATE_DIR", _optional_path, None),
@@ -263,11 +304,15 @@ class Config:
     backend: str = "docker"
     state_dir: Path = field(default_factory=lambda: _default_state_dir(os.environ))
     log_level: str = "INFO"
+    daily_budget_usd: float | None = None
+    repo_max_concurrent: int | None = None
+    repo_max_per_hour: int | None = None
     anthropic_api_key: str | None = None
     claude_code_oauth_token: str | None = None
     anthropic_base_url: str | None = None
     claude_model: str | None = None
     claude_max_turns: int | None = None
+    claude_max_budget_usd: float | None = None
     claude_extra_args: str = ""
     claude_append_system_prompt: str | None = None
     prompt_template_dir: Path | None = None

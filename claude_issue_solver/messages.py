@@ -147,6 +147,27 @@ def failed_comment(task: Task, reason: str, label: str, log_tail: str = "") -> s
     return "\n".join(lines) + "\n\n" + marker(task.id)
 
 
+def waiting_comment(task: Task, why: str, until: str, *, known_reset: bool) -> str:
+    """A run met a Claude limit: no failure, the task waits (``until``: "13:00 UTC (in 42 min)")."""
+    when = (
+        f"when the limit resets, at {until}"
+        if known_reset
+        else f"at {until} (Claude did not say when the limit resets; the queue checks then)"
+    )
+    return (
+        f"⏳ {why}, so the work on this issue is paused (task `{task.id}`). Nothing failed: the task is "
+        f"back in the queue and starts again {when}. This run does not count as an attempt.\n\n"
+        f"{marker(task.id)}"
+    )
+
+
+def budget_stopped_reason(spent: float | None, cap: float | None) -> str:
+    """Why a run that stopped at ``--max-budget-usd`` failed, with what it spent."""
+    shown = "an unknown amount" if spent is None else f"${spent:.2f}"
+    limit = "" if cap is None else f" of ${cap:.2f} per run (CLAUDE_MAX_BUDGET_USD)"
+    return f"Claude Code stopped at its spending limit{limit} after spending {shown}"
+
+
 def cancelled_comment(task: Task) -> str:
     return (
         f"⏹️ The work on this issue was cancelled by an operator (task `{task.id}`).\n\n"

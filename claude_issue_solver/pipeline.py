@@ -45,6 +45,7 @@ from claude_issue_solver.outcome import Outcome, TaskControl
 from claude_issue_solver.prompt import IssueComment, IssueContext, SummaryError, build_prompt, parse_summary
 from claude_issue_solver.publisher import Publisher
 from claude_issue_solver.queue import Task, TaskQueue, TaskState
+from claude_issue_solver.run_limits import RunLimits
 from claude_issue_solver.run_policy import (
     NEVER_COMMITTED,
     ProcessExit,
@@ -68,6 +69,7 @@ QUIET_AGENT_ENV = {
     "DISABLE_AUTOUPDATER": "1",
     "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
     "DISABLE_TELEMETRY": "1",
+    "CLAUDE_CODE_MAX_RETRIES": "2",  # a 429 ends the run in seconds, and the queue holds instead
 }
 AGENT = "agent"  # the agent's process name in its workspace
 
@@ -93,6 +95,7 @@ def agent_settings(config: Config) -> AgentSettings:
         max_turns=config.claude_max_turns,
         model=config.claude_model,
         append_system_prompt=config.claude_append_system_prompt,
+        max_budget_usd=config.claude_max_budget_usd,
         extra_args=parse_extra_args(config.claude_extra_args),
         output_format="stream-json",  # events as they happen: live task logs and progress
     )
@@ -133,6 +136,7 @@ class Pipeline:
         self.command = build_command(agent_settings(config))
         self.env = agent_env(config)
         self.agent = messages.agent_for(config.claude_model)  # who the PR and the comment name
+        self.run_limits = RunLimits(queue, config, clock=clock)
 
     # --- the daemon's Runner interface ------------------------------------------------------------
 
@@ -246,8 +250,20 @@ class Pipeline:
         fields = result.to_task_fields()
         task = self.queue.update(task.id, **_task_fields(fields))
         tlog.write(f"agent finished: exit code {exit_.exit_code}, ok={result.ok}, {fields}")
+        end = self.run_limits.after_run(
+            task,
+            stdout=exit_.stdout,
+            exit_code=exit_.exit_code,
+            stderr=exit_.stderr,
+            cost_usd=result.cost_usd,
+        )
+        if end.waits:
+            tlog.write(end.wait_reason or "waiting for a Claude limit")
+            self._cleanup(task, tlog)
+            self._comment(task, end.comment or "")
+            return Outcome(TaskState.PENDING, error=end.wait_reason)
         if not result.ok:
-            return self._fail(task, result.error or "the agent failed", tlog, exit_.tail)
+            return self._fail(task, end.failure or result.error or "the agent failed", tlog, exit_.tail)
         return self._publish(task, workspace, spec, result, tlog)
 
     def _publish(

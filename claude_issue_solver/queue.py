@@ -13,9 +13,14 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, fields
 from enum import StrEnum
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from claude_issue_solver import admission
+from claude_issue_solver.fairness import FairnessLimits
 from claude_issue_solver.state import StateStore
+
+if TYPE_CHECKING:
+    from claude_issue_solver.config import Config
 
 HISTORY_LIMIT = 100
 
@@ -105,7 +110,9 @@ class TaskQueue:
 
     Invariants, each enforced inside one locked transaction: at most ``max_concurrent`` tasks are
     running; at most one live (pending or running) task exists per issue; finished tasks beyond the last
-    ``HISTORY_LIMIT`` are dropped, oldest first.
+    ``HISTORY_LIMIT`` are dropped, oldest first. Which pending task starts is :func:`admission.admit`'s
+    decision (the queue hold, the daily budget, repositories in turn under their caps), taken in the
+    claim's own transaction.
     """
 
     def __init__(
@@ -115,11 +122,30 @@ class TaskQueue:
         max_concurrent: int = 3,
         clock: Callable[[], float] = time.time,
         history_limit: int = HISTORY_LIMIT,
+        repo_max_concurrent: int | None = None,
+        repo_max_per_hour: int | None = None,
+        daily_budget: float | None = None,
     ) -> None:
         self.store = store
         self.max_concurrent = max_concurrent
         self.clock = clock
         self.history_limit = history_limit
+        self.limits = FairnessLimits(max_concurrent, repo_max_concurrent, repo_max_per_hour)
+        self.daily_budget = daily_budget
+
+    @classmethod
+    def for_config(
+        cls, store: StateStore, config: Config, *, clock: Callable[[], float] = time.time
+    ) -> TaskQueue:
+        """The queue with the configured caps: ``MAX_CONCURRENT``, the per-repository ones, the budget."""
+        return cls(
+            store,
+            max_concurrent=config.max_concurrent,
+            clock=clock,
+            repo_max_concurrent=config.repo_max_concurrent,
+            repo_max_per_hour=config.repo_max_per_hour,
+            daily_budget=config.daily_budget_usd,
+        )
 
     # --- adding and finding -------------------------------------------------------------------
 
@@ -191,24 +217,31 @@ class TaskQueue:
     # --- the lifecycle --------------------------------------------------------------------------
 
     def claim(self) -> Task | None:
-        """Mark the oldest pending task running, if not paused and below the concurrency bound."""
+        """Mark the next pending task running: the one :func:`admission.admit` lets start now, if any.
+
+        Nothing starts while paused, at ``MAX_CONCURRENT``, while the queue holds for a Claude limit or
+        the daily budget (after a limit's reset exactly one task starts, to probe it), or when every
+        repository with pending work is at its own cap. Otherwise repositories take turns, oldest first
+        within one.
+        """
         with self.store.transaction() as data:
             if data.get("paused"):
                 return None
-            tasks = data["tasks"]
-            if sum(1 for t in tasks.values() if t["state"] == TaskState.RUNNING) >= self.max_concurrent:
+            now = self.clock()
+            task_id = admission.admit(data, limits=self.limits, daily_budget=self.daily_budget, now=now)
+            if task_id is None:
                 return None
-            pending = [t for t in tasks.values() if t["state"] == TaskState.PENDING]
-            if not pending:
-                return None
-            chosen = min(pending, key=lambda t: t["seq"])
+            chosen = data["tasks"][task_id]
             chosen.update(
                 state=TaskState.RUNNING.value,
                 attempts=chosen.get("attempts", 0) + 1,
-                started_at=self.clock(),
+                started_at=now,
                 finished_at=None,
                 error=None,
             )
+            # Runs started, never refunded (unlike attempts): names each run in the spend ledger.
+            meta = chosen.setdefault("meta", {})
+            meta["runs"] = int(meta.get("runs") or 0) + 1
             return Task.from_dict(chosen)
 
     def update(self, task_id: str, **changes: Any) -> Task:

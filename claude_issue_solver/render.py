@@ -11,8 +11,11 @@ import time
 from collections.abc import Sequence
 from typing import Any, TextIO
 
+from claude_issue_solver import admission, budget
 from claude_issue_solver.config import Config, settings_source
 from claude_issue_solver.conventions import format_usd
+from claude_issue_solver.fairness import FairnessLimits, next_start_at, prune_starts
+from claude_issue_solver.holds import format_wait
 from claude_issue_solver.pidfile import DaemonStatus
 from claude_issue_solver.queue import Task, TaskState
 
@@ -77,6 +80,7 @@ def status_payload(
             for repo in config.github_repos
         },
         "counts": counts,
+        **limits_payload(config, state, now),
         "running": [task_row(t, now) for t in tasks if t.state is TaskState.RUNNING],
         "notices": [
             {"time": _iso(n.get("time")), "message": n.get("message")} for n in state.get("notices", [])
@@ -85,6 +89,41 @@ def status_payload(
         "settings_file": None if config.settings_file is None else str(config.settings_file),
         "settings": settings_source(config),
         "config": config.redacted(),
+    }
+
+
+def limits_payload(config: Config, state: dict[str, Any], now: float) -> dict[str, Any]:
+    """Today's spend against ``DAILY_BUDGET_USD``, and the queue's hold (``None``: it runs freely)."""
+    check = budget.check(state.get("budget"), config.daily_budget_usd, now=now)
+    hold = admission.current_hold(state, daily_budget=config.daily_budget_usd, now=now)
+    return {
+        "budget": {
+            "spent_today_usd": round(check.spent, 6),
+            "daily_budget_usd": check.budget,
+            "line": check.line(),
+        },
+        "hold": None
+        if hold is None
+        else {
+            "reason": hold.reason,
+            "until": _iso(hold.until),
+            "known_reset": hold.known_reset,
+            "message": hold.message,
+            "probe_task": hold.probe_task,
+            "line": hold.render(now),
+        },
+    }
+
+
+def usage_payload(config: Config, state: dict[str, Any], now: float, days: int) -> dict[str, Any]:
+    """``usage``: spend per repository and UTC day for the last ``days`` days, newest first."""
+    rows = budget.usage(state.get("budget"), now=now, days=days)
+    return {
+        "days": days,
+        "daily_budget_usd": config.daily_budget_usd,
+        "spent_today_usd": round(budget.spent_today(state.get("budget"), now=now), 6),
+        "total_usd": round(sum(r.cost_usd for r in rows), 6),
+        "rows": [r.to_dict() for r in rows],
     }
 
 
@@ -123,8 +162,41 @@ def health_line(health: dict[str, Any]) -> str:
     return f"health: {health['summary']}"
 
 
-def queue_payload(tasks: Sequence[Task], now: float) -> list[dict[str, Any]]:
-    return [task_row(t, now) for t in tasks]
+def queue_payload(
+    tasks: Sequence[Task],
+    now: float,
+    hold: dict[str, Any] | None = None,
+    repo_caps: dict[str, str] | None = None,
+) -> list[dict[str, Any]]:
+    """The rows of ``queue``; a pending task's ``waiting`` says why it may not start now: the queue's
+    hold, else its repository's cap (``repo_caps``, from :func:`repo_caps`), else ``None``."""
+    rows = [task_row(t, now) for t in tasks]
+    caps = repo_caps or {}
+    for row in rows:
+        waiting = None
+        if row["state"] == TaskState.PENDING:
+            waiting = hold["line"] if hold is not None else caps.get(row["repo"].lower())
+        row["waiting"] = waiting
+    return rows
+
+
+def repo_caps(config: Config, state: dict[str, Any], now: float) -> dict[str, str]:
+    """Each repository (lowercased) at ``REPO_MAX_CONCURRENT`` or ``REPO_MAX_PER_HOUR`` now, and why."""
+    limits = FairnessLimits(config.max_concurrent, config.repo_max_concurrent, config.repo_max_per_hour)
+    tasks = (state.get("tasks") or {}).values()
+    starts = prune_starts(state.get("starts"), now=now)
+    reasons: dict[str, str] = {}
+    for repo in sorted({str(t["repo"]).lower() for t in tasks if t.get("state") == TaskState.PENDING}):
+        running = sum(
+            1 for t in tasks if t.get("state") == TaskState.RUNNING and str(t["repo"]).lower() == repo
+        )
+        if limits.repo_max_concurrent is not None and running >= limits.repo_max_concurrent:
+            reasons[repo] = f"REPO_MAX_CONCURRENT={limits.repo_max_concurrent}: {running} of its tasks run"
+        elif (when := next_start_at(repo, starts, limits, now=now)) is not None:
+            reasons[repo] = (
+                f"REPO_MAX_PER_HOUR={limits.repo_max_per_hour}: next start {format_wait(when, now)}"
+            )
+    return reasons
 
 
 # --- rendering ------------------------------------------------------------------------------------
@@ -169,6 +241,9 @@ def print_status(payload: dict[str, Any], out: TextIO, *, tty: bool) -> None:
     )
     out.write(f"backend: {payload['backend']}\n")
     out.write(f"settings: {payload['settings']}\n")
+    if payload["hold"] is not None:
+        out.write(payload["hold"]["line"] + "\n")
+    out.write(f"budget: {payload['budget']['line']}\n")
     counts = payload["counts"]
     out.write("tasks: " + ", ".join(f"{n} {state}" for state, n in counts.items()) + "\n")
     for notice in payload["notices"]:
@@ -206,7 +281,11 @@ def print_status(payload: dict[str, Any], out: TextIO, *, tty: bool) -> None:
     )
 
 
-def print_queue(rows: list[dict[str, Any]], out: TextIO, *, tty: bool) -> None:
+def print_queue(
+    rows: list[dict[str, Any]], out: TextIO, *, tty: bool, hold: dict[str, Any] | None = None
+) -> None:
+    if hold is not None:
+        out.write(hold["line"] + "\n")
     if not rows:
         out.write("the queue is empty\n")
         return
@@ -219,7 +298,8 @@ def print_queue(rows: list[dict[str, Any]], out: TextIO, *, tty: bool) -> None:
             str(r["attempts"]),
             duration(r["elapsed_seconds"]),
             "" if r["cost_usd"] is None else format_usd(r["cost_usd"]),
-            r["pr_url"] or (r["error"] or "")[:60],
+            # The hold is the line above the table; a repository's cap is said per task.
+            r["pr_url"] or (r["error"] or ("" if hold else r.get("waiting")) or "")[:60],
         ]
         for r in rows
     ]
@@ -230,3 +310,19 @@ def print_queue(rows: list[dict[str, Any]], out: TextIO, *, tty: bool) -> None:
         table,
         tty,
     )
+
+
+def print_usage(payload: dict[str, Any], out: TextIO, *, tty: bool) -> None:
+    budget_line = (
+        f"spent ${payload['spent_today_usd']:.2f} of ${payload['daily_budget_usd']:.2f} today"
+        if payload["daily_budget_usd"] is not None
+        else f"spent ${payload['spent_today_usd']:.2f} today (no DAILY_BUDGET_USD)"
+    )
+    out.write(budget_line + "\n")
+    rows = [[r["day"], r["repo"], str(r["runs"]), f"${r['cost_usd']:.2f}"] for r in payload["rows"]]
+    if not rows:
+        out.write(f"no Claude spend recorded in the last {payload['days']} days\n")
+        return
+    title = f"spend per repository and UTC day (last {payload['days']} days)"
+    _table(out, title, ["day", "repo", "runs", "cost"], rows, tty)
+    out.write(f"total: ${payload['total_usd']:.2f}\n")

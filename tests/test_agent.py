@@ -517,3 +517,16 @@ def test_fake_claude_reads_prompt_on_stdin(tmp_path: pathlib.Path) -> None:
     assert result.ok
     assert result.result == f"read {len(prompt_bytes)} bytes"
     assert result.session_id == "fake-session"
+
+
+def test_max_budget_usd_becomes_the_cli_option() -> None:
+    command = build_command(AgentSettings(max_budget_usd=2.5))
+    assert command[command.index("--max-budget-usd") + 1] == "2.5"
+    assert "--max-budget-usd" not in build_command(AgentSettings())
+
+
+def test_max_budget_usd_may_not_also_be_an_extra_argument() -> None:
+    with pytest.raises(AgentConfigError, match="--max-budget-usd"):
+        build_command(AgentSettings(max_budget_usd=1.0, extra_args=("--max-budget-usd", "3")))
+    with pytest.raises(AgentConfigError, match="max_budget_usd"):
+        build_command(AgentSettings(max_budget_usd=0))

@@ -116,21 +116,6 @@ def test_a_task_that_would_probably_exceed_the_budget_waits() -> None:
     assert budget.typical_run_cost(ledger, now=DAY1 + 8 * 86400) is None  # only the last week counts
 
 
-@pytest.mark.parametrize(
-    ("text", "value"),
-    [(None, None), ("", None), ("  ", None), ("none", None), ("OFF", None), ("unlimited", None),
-     ("5", 5.0), ("12.50", 12.5), ("$3", 3.0), (" $ 0.25 ", 0.25)],
-)  # fmt: skip
-def test_parse_usd(text: str | None, value: float | None) -> None:
-    assert budget.parse_usd(text) == value
-
-
-@pytest.mark.parametrize("text", ["five", "0", "-1", "nan", "inf", "1e400"])
-def test_parse_usd_refuses_with_a_readable_message(text: str) -> None:
-    with pytest.raises(ValueError, match="US dollars"):
-        budget.parse_usd(text)
-
-
 def test_ledger_hold_and_starts_survive_kill_9_in_the_state_file(tmp_path: Path) -> None:
     """A writer process books two runs, a hold and a start through StateStore, and is SIGKILLed while
     holding the next change; a new process reads everything committed and nothing of the rest."""

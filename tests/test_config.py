@@ -27,6 +27,30 @@ def test_defaults(tmp_path: Path) -> None:
     assert config.state_dir == tmp_path / ".local" / "state" / "claude-issue-solver"
 
 
+@pytest.mark.parametrize(
+    ("text", "value"),
+    [("none", None), ("OFF", None), ("unlimited", None), ("5", 5.0), ("12.50", 12.5), ("$3", 3.0),
+     (" $ 0.25 ", 0.25)],
+)  # fmt: skip
+def test_budgets_are_dollars_or_no_cap(tmp_path: Path, text: str, value: float | None) -> None:
+    environ = {"HOME": str(tmp_path), "DAILY_BUDGET_USD": text, "CLAUDE_MAX_BUDGET_USD": text}
+    config = load_config(environ=environ, cwd=tmp_path)
+    assert config.daily_budget_usd == value
+    assert config.claude_max_budget_usd == value
+
+
+def test_repository_caps(tmp_path: Path) -> None:
+    config = load_config(environ={"HOME": str(tmp_path)}, cwd=tmp_path)
+    assert (config.repo_max_concurrent, config.repo_max_per_hour, config.daily_budget_usd) == (
+        None,
+        None,
+        None,
+    )
+    environ = {"HOME": str(tmp_path), "REPO_MAX_CONCURRENT": "2", "REPO_MAX_PER_HOUR": "10"}
+    config = load_config(environ=environ, cwd=tmp_path)
+    assert (config.repo_max_concurrent, config.repo_max_per_hour) == (2, 10)
+
+
 def test_xdg_state_home(tmp_path: Path) -> None:
     config = load_config(environ={"HOME": str(tmp_path), "XDG_STATE_HOME": str(tmp_path / "x")}, cwd=tmp_path)
     assert config.state_dir == tmp_path / "x" / "claude-issue-solver"
@@ -67,6 +91,16 @@ def test_named_env_file(tmp_path: Path) -> None:
         ("ALLOW_UNTRUSTED_LABELERS", "maybe", "expected true or false"),
         ("DOCKER_MEMORY", "lots", "expected a size such as 4g"),
         ("DOCKER_CPUS", "-1", "expected a number > 0"),
+        (
+            "DAILY_BUDGET_USD",
+            "five",
+            "DAILY_BUDGET_USD='five' is not valid: expected an amount of US",
+        ),
+        ("DAILY_BUDGET_USD", "0", "expected an amount of US dollars > 0"),
+        ("CLAUDE_MAX_BUDGET_USD", "-1", "CLAUDE_MAX_BUDGET_USD='-1' is not valid: expected an amount"),
+        ("CLAUDE_MAX_BUDGET_USD", "nan", "expected an amount of US dollars"),
+        ("REPO_MAX_CONCURRENT", "0", "REPO_MAX_CONCURRENT='0' is not valid: expected an integer >= 1"),
+        ("REPO_MAX_PER_HOUR", "ten", "expected an integer >= 1 (blank or none: no cap)"),
     ],
 )
 def test_bad_values_name_the_key_and_form(tmp_path: Path, key: str, value: str, expected: str) -> None:
