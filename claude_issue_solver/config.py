@@ -173,6 +173,26 @@ def _network(raw: str) -> str:
     return value
 
 
+def _listen_address(raw: str) -> tuple[str, int]:
+    value = raw.strip()
+    host, sep, port = value.rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
+        raise ValueError("host:port, e.g. 127.0.0.1:8080")
+    return host, int(port)
+
+
+def _optional_listen_address(raw: str) -> tuple[str, int] | None:
+    return _listen_address(raw) if raw.strip() else None
+
+
+def _url_path(raw: str) -> str:
+    value = raw.strip()
+    if not value.startswith("/") or any(c.isspace() or c in "?#" for c in value):
+        raise ValueError("a URL path starting with /, e.g. /webhook")
+    return value
+
+
 def _users(raw: str) -> tuple[str, ...]:
     return tuple(u.strip().lower() for u in raw.split(",") if u.strip())
 
@@ -209,6 +229,12 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("BACKEND", _choice(BACKENDS), "docker"),
     Setting("STATE_DIR", _path, None),  # default depends on XDG_STATE_HOME, see _default_state_dir
     Setting("LOG_LEVEL", _choice(LOG_LEVELS, upper=True), "INFO"),
+    # the HTTP listener: webhooks, /metrics, /healthz (off unless LISTEN_ADDRESS is set)
+    Setting("LISTEN_ADDRESS", _optional_listen_address, None),
+    Setting("WEBHOOKS", _bool, True),
+    Setting("WEBHOOK_SECRET", _optional_text, None, secret=True),
+    Setting("WEBHOOK_PATH", _url_path, "/webhook"),
+    Setting("WEBHOOK_MAX_BYTES", _int_at_least(1024), 1_048_576),
     # the agent
     Setting("ANTHROPIC_API_KEY", _optional_text, None, secret=True),
     Setting("CLAUDE_CODE_OAUTH_TOKEN", _optional_text, None, secret=True),
@@ -263,6 +289,11 @@ class Config:
     backend: str = "docker"
     state_dir: Path = field(default_factory=lambda: _default_state_dir(os.environ))
     log_level: str = "INFO"
+    listen_address: tuple[str, int] | None = None
+    webhooks: bool = True
+    webhook_secret: str | None = None
+    webhook_path: str = "/webhook"
+    webhook_max_bytes: int = 1_048_576
     anthropic_api_key: str | None = None
     claude_code_oauth_token: str | None = None
     anthropic_base_url: str | None = None
@@ -317,6 +348,8 @@ class Config:
             value = getattr(self, setting.field_name)
             if setting.secret:
                 shown[setting.key] = MASK if value else ""
+            elif setting.key == "LISTEN_ADDRESS" and value is not None:
+                shown[setting.key] = f"{value[0]}:{value[1]}"
             elif isinstance(value, tuple):
                 shown[setting.key] = ",".join(value)
             elif isinstance(value, bool):
@@ -354,6 +387,13 @@ class Config:
             problem(
                 "GITHUB_REPOS",
                 "GITHUB_REPOS is not set: expected comma-separated owner/name pairs, e.g. acme/widgets",
+            )
+        if self.listen_address and self.webhooks and not self.webhook_secret:
+            problem(
+                "WEBHOOK_SECRET",
+                "WEBHOOK_SECRET is not set: the listener on LISTEN_ADDRESS takes GitHub webhooks only "
+                "when signed; set the secret you give GitHub (e.g. openssl rand -hex 32), or WEBHOOKS=false "
+                "for /metrics and /healthz alone",
             )
         if self.backend == "daytona" and not self.daytona_api_key:
             problem(

@@ -14,7 +14,7 @@ import socket
 import ssl
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -165,6 +165,8 @@ class GitHubClient:
         self._app: Auth.AppAuth | None = None
         self._integration: GithubIntegration | None = None
         self._installations: dict[str, int] = {}
+        # Told the outcome of every raw request ("304", "counted", "error"): the metrics count them.
+        self.on_response: Callable[[str], None] | None = None
         if config.github_app_id and config.github_app_private_key_path:
             key = config.github_app_private_key_path.read_text()
             self._app = Auth.AppAuth(int(config.github_app_id), key)
@@ -245,6 +247,29 @@ class GitHubClient:
     ) -> Response:
         """One request; 304 and 2xx come back, everything else is raised as a classified error."""
         what = f"{verb} {url.split('?')[0]}"
+        try:
+            response = self._request(repo, verb, url, what, params, headers, body, retry)
+        except GitHubError:
+            self._observe("error")
+            raise
+        self._observe("304" if response.status == 304 else "counted")
+        return response
+
+    def _observe(self, outcome: str) -> None:
+        if self.on_response is not None:
+            self.on_response(outcome)
+
+    def _request(
+        self,
+        repo: str,
+        verb: str,
+        url: str,
+        what: str,
+        params: Mapping[str, Any] | None,
+        headers: Mapping[str, str] | None,
+        body: Any,
+        retry: bool,
+    ) -> Response:
         try:
             status, response_headers, text = self.api(repo, retry=retry).requester.requestJson(
                 verb, url, parameters=dict(params or {}), headers=dict(headers or {}), input=body
