@@ -75,6 +75,7 @@ def status_payload(
             }
             for repo in config.github_repos
         },
+        "listener": listener_payload(config, state.get("webhooks") or {}),
         "counts": counts,
         "running": [task_row(t, now) for t in tasks if t.state is TaskState.RUNNING],
         "notices": [
@@ -85,6 +86,54 @@ def status_payload(
         "settings": settings_source(config),
         "config": config.redacted(),
     }
+
+
+def listener_payload(config: Config, book: dict[str, Any]) -> dict[str, Any] | None:
+    """The HTTP listener's address and the webhooks' last delivery and signature failures."""
+    if config.listen_address is None and not book:
+        return None
+    last = book.get("last_delivery") or {}
+    failure = book.get("last_signature_failure") or {}
+    address = config.listen_address
+    return {
+        "address": None if address is None else f"{address[0]}:{address[1]}",
+        "webhook_path": config.webhook_path if config.webhooks else None,
+        "deliveries": int(book.get("deliveries") or 0),
+        "last_delivery": (
+            {
+                "id": last.get("id"),
+                "event": last.get("event"),
+                "repo": last.get("repo"),
+                "at": _iso(last.get("at")),
+            }
+            if last
+            else None
+        ),
+        "signature_failures": int(book.get("signature_failures") or 0),
+        "last_signature_failure_at": _iso(failure.get("at")),
+    }
+
+
+def listener_line(listener: dict[str, Any]) -> str:
+    """``listener: http://… (webhooks on /webhook); last delivery …; N refused for their signature``."""
+    parts = []
+    if listener["address"]:
+        hooks = f"webhooks on {listener['webhook_path']}" if listener["webhook_path"] else "webhooks off"
+        parts.append(f"http://{listener['address']} ({hooks}, /metrics, /healthz)")
+    else:
+        parts.append("off (LISTEN_ADDRESS is not set)")
+    last = listener["last_delivery"]
+    if last:
+        about = f" for {last['repo']}" if last["repo"] else ""
+        parts.append(f"last delivery {last['event']}{about} at {last['at']}")
+    elif listener["webhook_path"]:
+        parts.append("no delivery yet")
+    if listener["signature_failures"]:
+        parts.append(
+            f"{listener['signature_failures']} refused for a missing or wrong signature "
+            f"(last at {listener['last_signature_failure_at']})"
+        )
+    return "listener: " + "; ".join(parts)
 
 
 def health_payload(
@@ -167,6 +216,8 @@ def print_status(payload: dict[str, Any], out: TextIO, *, tty: bool) -> None:
         + "\n"
     )
     out.write(f"backend: {payload['backend']}\n")
+    if payload.get("listener"):
+        out.write(listener_line(payload["listener"]) + "\n")
     out.write(f"settings: {payload['settings']}\n")
     counts = payload["counts"]
     out.write("tasks: " + ", ".join(f"{n} {state}" for state, n in counts.items()) + "\n")

@@ -94,7 +94,9 @@ def test_a_signed_label_delivery_starts_the_task_within_two_seconds(
     sent = time.monotonic()
     assert daemon.post(headers, body).status_code == 202
     wait_until(
-        lambda: any(t.state is not TaskState.PENDING for t in daemon.parts.queue.list()), 2.0, "the task to run"
+        lambda: any(t.state is not TaskState.PENDING for t in daemon.parts.queue.list()),
+        2.0,
+        "the task to run",
     )
     assert time.monotonic() - sent <= 2.0
     wait_until(lambda: all(t.state is TaskState.COMPLETED for t in daemon.parts.queue.list()), 90, "the task")

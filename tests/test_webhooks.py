@@ -5,10 +5,13 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
+from click.testing import CliRunner
 
+from claude_issue_solver.cli import main
 from claude_issue_solver.config import Config, ConfigError
 from claude_issue_solver.daemon import Daemon, Outcome
 from claude_issue_solver.demo_world.github import FakeGitHub
@@ -205,3 +208,29 @@ def test_a_poke_polls_that_repository_only(
     daemon.run_once()
     assert [(t.repo, t.state) for t in queue.list()] == [("acme/widgets", TaskState.PENDING)]
     assert github.requests_to("/api/v3/repos/acme/gadgets", "GET") == []
+
+
+def test_status_shows_the_last_delivery_and_signature_failures(tmp_path: Path, state_dir: Path) -> None:
+    store = StateStore(state_dir / "state.json")
+    r = Receiver(store)
+    headers, body = delivery()
+    r.receiver.handle(headers, body)
+    r.receiver.handle({**headers, "X-Hub-Signature-256": "sha256=00"}, body)
+    r.receiver.flush()
+    env = {
+        "HOME": str(tmp_path),
+        "STATE_DIR": str(state_dir),
+        "GITHUB_REPOS": "acme/widgets",
+        "LISTEN_ADDRESS": "127.0.0.1:8080",
+        "WEBHOOK_SECRET": SECRET,
+    }
+    result = CliRunner().invoke(main, ["status"], env=env)
+    assert result.exit_code == 3, result.output  # the daemon is not running
+    line = next(line for line in result.output.splitlines() if line.startswith("listener:"))
+    assert line.startswith("listener: http://127.0.0.1:8080 (webhooks on /webhook, /metrics, /healthz)")
+    assert "last delivery issues.labeled for acme/widgets at 20" in line
+    assert "1 refused for a missing or wrong signature (last at 20" in line
+    assert SECRET not in result.output
+    payload = json.loads(CliRunner().invoke(main, ["status", "--json"], env=env).output)
+    assert payload["listener"]["last_delivery"]["id"] == headers["X-GitHub-Delivery"]
+    assert payload["listener"]["signature_failures"] == 1
