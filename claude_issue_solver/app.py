@@ -85,36 +85,35 @@ def build(config: Config, *, backend: Backend | None = None) -> Parts:
 
     watcher = Watcher(config, client, queue, on_queued=queued)
     daemon = Daemon(
-        queue, pipeline, watcher=watcher, poll_interval=config.poll_interval, poll_one=watcher.poll_repo
+        queue, pipeline, watcher=watcher, poll_interval=config.poll_interval, poll_one=watcher.poll_now
     )
     parts = Parts(queue=queue, daemon=daemon, backend=backend, watcher=watcher)
     if config.listen_address is not None:
-        parts.listener = _listener(config, parts, client)
+        parts.listener = _listener(config, parts, client, watcher)
         daemon.services = (parts.listener,)
     return parts
 
 
-def _listener(config: Config, parts: Parts, client: GitHubClient) -> Listener:
+def _listener(config: Config, parts: Parts, client: GitHubClient, watcher: Watcher) -> Listener:
     """The HTTP listener and what it shows; binds its port now, so a port in use stops ``start``."""
     from claude_issue_solver.health import HealthCheck
     from claude_issue_solver.listener import Listener, ListenerError
     from claude_issue_solver.metrics import Metrics, StateCollector
+    from claude_issue_solver.watcher import ALL_REPOS
     from claude_issue_solver.webhooks import WebhookReceiver
 
     store = parts.queue.store
 
     def repos() -> list[str]:
-        return list(config.github_repos)
+        return list(watcher.repos)
 
     metrics = Metrics(StateCollector(store, repos=repos, poll_interval=config.poll_interval))
     client.on_response = lambda outcome: metrics.github_requests.labels(outcome).inc()
     parts.daemon.on_finished = metrics.task_finished
-    watched = {repo.lower(): repo for repo in config.github_repos}
 
     def poke(full_name: str) -> None:
-        repo = watched.get(full_name.lower())
-        if repo is not None:  # a delivery about a repository we do not watch changes nothing
-            parts.daemon.poke(repo)
+        # The poller ignores a repository it does not watch: a delivery about one changes nothing.
+        parts.daemon.poke(full_name)
 
     receiver = None
     if config.webhooks:
@@ -124,6 +123,7 @@ def _listener(config: Config, parts: Parts, client: GitHubClient) -> Listener:
             config.webhook_secret,
             max_bytes=config.webhook_max_bytes,
             on_repository=poke,
+            on_installation=lambda: parts.daemon.poke(ALL_REPOS),
             on_result=lambda result: metrics.deliveries.labels(result).inc(),
         )
     health = HealthCheck(
@@ -174,7 +174,7 @@ def run_daemon(config: Config, *, to_stderr: bool = True, readiness: Readiness |
         parts.daemon.on_ready = ready
         log.info(
             "starting: watching %s for label %r, backend %s, state in %s",
-            ", ".join(config.github_repos),
+            ", ".join(parts.watcher.repos),
             config.trigger_label,
             config.backend,
             config.state_dir,

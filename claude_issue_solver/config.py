@@ -111,6 +111,8 @@ def repo_name_is_valid(repo: str) -> bool:
 
 
 def _repos(raw: str) -> tuple[str, ...]:
+    if raw.strip() == "*":
+        return ()  # every repository of the GitHub App's installations: see Config.app_wide
     repos = tuple(part.strip() for part in raw.split(",") if part.strip())
     for repo in repos:
         if not _REPO_RE.match(repo):
@@ -325,6 +327,11 @@ class Config:
     settings_file: Path | None = None
 
     @property
+    def app_wide(self) -> bool:
+        """Watch every repository of every installation of the GitHub App (no GITHUB_REPOS, or ``*``)."""
+        return bool(self.github_app_id) and not self.github_repos
+
+    @property
     def state_file(self) -> Path:
         return self.state_dir / "state.json"
 
@@ -383,10 +390,11 @@ class Config:
                 f"GITHUB_APP_PRIVATE_KEY_PATH={self.github_app_private_key_path} does not exist: "
                 "expected the path of the App's .pem private key",
             )
-        if not self.github_repos:
+        if not self.github_repos and not self.github_app_id:
             problem(
                 "GITHUB_REPOS",
-                "GITHUB_REPOS is not set: expected comma-separated owner/name pairs, e.g. acme/widgets",
+                "GITHUB_REPOS is not set: expected comma-separated owner/name pairs, e.g. acme/widgets "
+                "(or, with a GitHub App, * or nothing for every repository it is installed on)",
             )
         if self.listen_address and self.webhooks and not self.webhook_secret:
             problem(

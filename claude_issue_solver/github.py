@@ -215,6 +215,34 @@ class GitHubClient:
             self._installations[repo.lower()] = cached
         return cached
 
+    @property
+    def is_app(self) -> bool:
+        return self._app is not None
+
+    def app_repositories(self) -> list[str]:
+        """Every repository of every installation of the App (``GET /app/installations``, then
+        ``GET /installation/repositories`` as each installation), sorted; remembers each one's
+        installation so no per-repository lookup follows."""
+        if self._integration is None:
+            msg = "listing the App's repositories needs GITHUB_APP_ID and GITHUB_APP_PRIVATE_KEY_PATH"
+            raise Refused(msg)
+        found: dict[str, tuple[str, int]] = {}
+        try:
+            for installation in self._integration.get_installations():
+                for repo in installation.get_repos():
+                    found[repo.full_name.lower()] = (repo.full_name, installation.id)
+        except GithubException as exc:
+            body = exc.data if isinstance(exc.data, str) else json.dumps(exc.data or {})
+            raise classify(
+                exc.status, exc.headers or {}, body, "listing the App's installations", self.clock()
+            ) from None
+        except Exception as exc:
+            reason = REDACTOR(describe_unreachable(exc, self.config.github_api_url))
+            raise Transient(f"listing the App's installations: {reason}", reason=reason) from None
+        with self._lock:
+            self._installations.update({key: inst for key, (_, inst) in found.items()})
+        return sorted((name for name, _ in found.values()), key=str.lower)
+
     def git_credential(self, repo: str) -> GitCredential:
         """A credential for one git command: the token, or a fresh App installation token."""
         if self._app is None:

@@ -55,13 +55,15 @@ def status_payload(
     for task in tasks:
         counts[task.state.value] += 1
     repos = state.get("watcher", {}).get("repos", {})
+    watched = watched_repos(config, state)
     return {
         "daemon": {
             "running": daemon.running,
             "pid": daemon.pid if daemon.running else None,
             "stale_pid": daemon.pid if daemon.stale else None,
         },
-        "health": health_payload(daemon, repos, config.github_repos, now),
+        "health": health_payload(daemon, repos, watched, now),
+        "app_wide": config.app_wide,
         "paused": bool(state.get("paused")),
         "paused_at": _iso(state.get("paused_at")),
         "backend": config.backend,
@@ -73,7 +75,7 @@ def status_payload(
                 "rate_limit": repos.get(repo, {}).get("rate_limit"),
                 "backoff_until": _iso(repos.get(repo, {}).get("backoff_until")),
             }
-            for repo in config.github_repos
+            for repo in watched
         },
         "listener": listener_payload(config, state.get("webhooks") or {}),
         "counts": counts,
@@ -86,6 +88,14 @@ def status_payload(
         "settings": settings_source(config),
         "config": config.redacted(),
     }
+
+
+def watched_repos(config: Config, state: dict[str, Any]) -> tuple[str, ...]:
+    """GITHUB_REPOS, or App-wide the repositories the daemon last listed from the App's installations."""
+    if not config.app_wide:
+        return config.github_repos
+    listed = (state.get("watcher", {}).get("app_repos") or {}).get("repos") or []
+    return tuple(str(repo) for repo in listed)
 
 
 def listener_payload(config: Config, book: dict[str, Any]) -> dict[str, Any] | None:
@@ -233,7 +243,12 @@ def print_status(payload: dict[str, Any], out: TextIO, *, tty: bool) -> None:
             ]
             for repo, info in payload["repos"].items()
         ]
-        _table(out, "repositories", ["repo", "last poll ok", "last error", "rate limit left"], rows, tty)
+        title = (
+            "repositories (every one the GitHub App is installed on)"
+            if payload.get("app_wide")
+            else "repositories"
+        )
+        _table(out, title, ["repo", "last poll ok", "last error", "rate limit left"], rows, tty)
     if payload["running"]:
         rows = [
             [t["id"], t["ref"], t["title"][:60], duration(t["elapsed_seconds"]), str(t["attempts"])]

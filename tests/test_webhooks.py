@@ -198,7 +198,7 @@ def test_a_poke_polls_that_repository_only(
             pass
 
     watcher = watcher_for()
-    daemon = Daemon(queue, Idle(), watcher=watcher, poll_interval=600, poll_one=watcher.poll_repo)
+    daemon = Daemon(queue, Idle(), watcher=watcher, poll_interval=600, poll_one=watcher.poll_now)
     daemon.run_once()  # the first full poll
     queue.pause()  # keep what gets queued pending, to look at it
     github.create_issue("acme/widgets", "Now", labels=["Claude"], user="maintainer")
