@@ -329,7 +329,7 @@ class Config:
     @property
     def app_wide(self) -> bool:
         """Watch every repository of every installation of the GitHub App (no GITHUB_REPOS, or ``*``)."""
-        return bool(self.github_app_id) and not self.github_repos
+        return bool(self.github_app_id and self.github_app_private_key_path) and not self.github_repos
 
     @property
     def state_file(self) -> Path:
@@ -390,7 +390,7 @@ class Config:
                 f"GITHUB_APP_PRIVATE_KEY_PATH={self.github_app_private_key_path} does not exist: "
                 "expected the path of the App's .pem private key",
             )
-        if not self.github_repos and not self.github_app_id:
+        if not self.github_repos and not (self.github_app_id and self.github_app_private_key_path):
             problem(
                 "GITHUB_REPOS",
                 "GITHUB_REPOS is not set: expected comma-separated owner/name pairs, e.g. acme/widgets "
