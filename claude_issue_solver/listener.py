@@ -9,6 +9,7 @@ stops with ``shutdown()``. The traffic is a few requests a second at most; no ex
 from __future__ import annotations
 
 import logging
+import socket
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -52,12 +53,19 @@ class Listener:
         self.webhooks = webhooks
         self.webhook_path = webhook_path
         logging.getLogger("werkzeug").addFilter(_Quiet())
+        # Bound here, and handed to werkzeug as a file descriptor: werkzeug's own bind prints to stderr
+        # and exits on a port in use, and a refusal at ``start`` must be one line and exit code 2.
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
         try:
-            self._server: BaseWSGIServer = make_server(host, port, self._app, threaded=True)
-        except (OSError, SystemExit) as exc:  # werkzeug exits on a port in use when not under reload
-            reason = getattr(exc, "strerror", None) or str(exc) or "address in use"
+            bound = socket.create_server((host, port), family=family)
+        except OSError as exc:
+            reason = (exc.strerror or str(exc)).split(" (while attempting")[0]
             msg = f"LISTEN_ADDRESS={host}:{port} cannot be bound: {reason}"
             raise ListenerError(msg) from None
+        with bound:
+            self._server: BaseWSGIServer = make_server(
+                host, port, self._app, threaded=True, fd=bound.fileno()
+            )
         self._server.daemon_threads = True
         self._thread: threading.Thread | None = None
         if host not in LOOPBACK_HOSTS:
@@ -71,11 +79,12 @@ class Listener:
 
     @property
     def port(self) -> int:
-        return int(self._server.server_port)
+        return int(self._server.socket.getsockname()[1])
 
     @property
     def address(self) -> str:
-        return f"{self._server.host}:{self.port}"
+        host = self._server.socket.getsockname()[0]
+        return f"[{host}]:{self.port}" if ":" in host else f"{host}:{self.port}"
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._server.serve_forever, name="listener", daemon=True)

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
+import socket
+import subprocess
+import sys
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -234,3 +238,33 @@ def test_status_shows_the_last_delivery_and_signature_failures(tmp_path: Path, s
     payload = json.loads(CliRunner().invoke(main, ["status", "--json"], env=env).output)
     assert payload["listener"]["last_delivery"]["id"] == headers["X-GitHub-Delivery"]
     assert payload["listener"]["signature_failures"] == 1
+
+
+def test_start_refuses_a_port_in_use_in_one_line(tmp_path: Path, state_dir: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        env = {
+            "PATH": os.environ["PATH"],
+            "HOME": str(tmp_path),
+            "STATE_DIR": str(state_dir),
+            "GITHUB_TOKEN": "ghp_unused",
+            "GITHUB_REPOS": "acme/widgets",
+            "GITHUB_API_URL": "http://127.0.0.1:9/api/v3",
+            "ANTHROPIC_API_KEY": "sk-ant-api03-unused",
+            "LISTEN_ADDRESS": f"127.0.0.1:{port}",
+            "WEBHOOK_SECRET": SECRET,
+        }
+        result = subprocess.run(
+            [sys.executable, "-m", "claude_issue_solver", "start"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            stdin=subprocess.DEVNULL,
+        )
+    assert result.returncode == 2, result.stderr
+    assert result.stderr == (
+        f"Error: cannot start: LISTEN_ADDRESS=127.0.0.1:{port} cannot be bound: Address already in use\n"
+    )
