@@ -112,7 +112,7 @@ class StateCollector(Collector):
                 remaining.add_metric([repo], int(health["rate_remaining"]))
         yield from (healthy, last, failures, remaining)
 
-        hooks = data.get("webhooks") or {}
+        hooks = data.get("webhooks") if isinstance(data.get("webhooks"), dict) else {}
         yield GaugeMetricFamily(
             f"{PREFIX}_webhook_signature_failures",
             "Deliveries refused for a missing or wrong signature (all time, as recorded)",

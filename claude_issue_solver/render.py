@@ -77,7 +77,9 @@ def status_payload(
             }
             for repo in watched
         },
-        "listener": listener_payload(config, state.get("webhooks") or {}),
+        "listener": listener_payload(
+            config, hooks if isinstance(hooks := state.get("webhooks"), dict) else {}
+        ),
         "counts": counts,
         "running": [task_row(t, now) for t in tasks if t.state is TaskState.RUNNING],
         "notices": [

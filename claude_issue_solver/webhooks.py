@@ -144,8 +144,10 @@ class WebhookReceiver:
     def _first_time(self, delivery: str, event: str, action: str, repo: str) -> bool:
         """Record the delivery; False when its id was handled before (a redelivery or a replay)."""
         with self.store.transaction() as data:
-            book = data.setdefault("webhooks", {})
-            seen: list[str] = book.setdefault("seen", [])
+            book = _section(data)
+            seen = book.get("seen")
+            if not isinstance(seen, list):  # absent, or damaged by hand: start the history again
+                seen = book["seen"] = []
             if delivery in seen:
                 return False
             seen.append(delivery)
@@ -181,7 +183,14 @@ class WebhookReceiver:
         if not count:
             return
         with self.store.transaction() as data:
-            book = data.setdefault("webhooks", {})
+            book = _section(data)
             book["signature_failures"] = int(book.get("signature_failures") or 0) + count
             book["last_signature_failure"] = last
         log.warning("%d webhook deliveries with a missing or wrong signature were refused", count)
+
+
+def _section(data: dict[str, Any]) -> dict[str, Any]:
+    book = data.get("webhooks")
+    if not isinstance(book, dict):
+        book = data["webhooks"] = {}
+    return book
