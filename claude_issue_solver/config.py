@@ -177,10 +177,12 @@ def _network(raw: str) -> str:
 
 def _listen_address(raw: str) -> tuple[str, int]:
     value = raw.strip()
+    if value.isdigit():
+        value = ":" + value
     host, sep, port = value.rpartition(":")
-    host = host.strip("[]")
-    if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
-        raise ValueError("host:port, e.g. 127.0.0.1:8080")
+    host = host.strip("[]") or "127.0.0.1"  # a port alone binds loopback
+    if not sep or not port.isdigit() or not 0 <= int(port) < 65536:
+        raise ValueError("host:port, e.g. 127.0.0.1:8080 (a port alone binds 127.0.0.1)")
     return host, int(port)
 
 

@@ -182,8 +182,10 @@ def test_webhooks_need_a_secret(make_config: Callable[..., Config]) -> None:
         GITHUB_TOKEN="t", GITHUB_REPOS="acme/widgets", LISTEN_ADDRESS="127.0.0.1:8080", WEBHOOKS="false"
     ).require_daemon_settings()
     assert make_config(LISTEN_ADDRESS="0.0.0.0:9").listen_address == ("0.0.0.0", 9)
-    with pytest.raises(ConfigError, match="LISTEN_ADDRESS='8080' is not valid: expected host:port"):
-        make_config(LISTEN_ADDRESS="8080")
+    assert make_config(LISTEN_ADDRESS="8080").listen_address == ("127.0.0.1", 8080)  # loopback by default
+    assert make_config(LISTEN_ADDRESS="[::1]:8080").listen_address == ("::1", 8080)
+    with pytest.raises(ConfigError, match="LISTEN_ADDRESS='web:http' is not valid: expected host:port"):
+        make_config(LISTEN_ADDRESS="web:http")
     with pytest.raises(ConfigError, match="WEBHOOK_PATH='hook' is not valid"):
         make_config(WEBHOOK_PATH="hook")
     assert make_config(WEBHOOK_SECRET=SECRET).redacted()["WEBHOOK_SECRET"] == "***"
