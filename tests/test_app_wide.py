@@ -120,3 +120,15 @@ def test_an_app_the_listing_refuses_stops_the_start(
     watcher = Watcher(app_wide, GitHubClient(app_wide), queue)
     (check,) = watcher.check_all()
     assert check.refused and "rejected the credential" in (check.error or "")
+
+
+def test_doctor_checks_every_repository_the_app_is_installed_on(github: FakeGitHub, app_wide: Config) -> None:
+    from claude_issue_solver.doctor import run_checks
+
+    checks = {c.name: c for c in run_checks(app_wide)}
+    assert checks["configuration"].ok
+    assert "every repository the GitHub App is installed on" in checks["configuration"].detail
+    listed = checks["GitHub App installations"]
+    assert listed.ok and listed.detail == "installed on 3: acme/gadgets, acme/gizmos, acme/widgets"
+    for repo in ("acme/gadgets", "acme/gizmos", "acme/widgets"):
+        assert checks[f"repository {repo}"].ok, checks[f"repository {repo}"]
