@@ -270,3 +270,40 @@ def test_start_refuses_a_port_in_use_in_one_line(tmp_path: Path, state_dir: Path
     assert result.stderr == (
         f"Error: cannot start: LISTEN_ADDRESS=127.0.0.1:{port} cannot be bound: Address already in use\n"
     )
+
+
+def test_a_delivery_is_only_a_hint(
+    github: FakeGitHub, watcher_for: Callable[..., Watcher], queue: TaskQueue, store: StateStore
+) -> None:
+    """Late, out-of-order or about an untrusted labeler: the poll it causes reads GitHub as it is now."""
+
+    class Idle:
+        def run(self, task: Task, control: object) -> Outcome | None:
+            return None
+
+        resume = run
+
+        def reconcile(self, live: list[Task]) -> None:
+            pass
+
+    watcher = watcher_for()
+    daemon = Daemon(queue, Idle(), watcher=watcher, poll_interval=600, poll_one=watcher.poll_now)
+    r = WebhookReceiver(store, SECRET, max_bytes=65536, on_repository=daemon.poke)
+    daemon.run_once()
+    gone = github.create_issue("acme/widgets", "Label came and went", user="maintainer")
+    github.add_label("acme/widgets", gone["number"], "Claude", actor="maintainer")
+    github.remove_label("acme/widgets", gone["number"], "Claude", actor="maintainer")
+    stranger = github.create_issue("acme/widgets", "By a stranger", user="drive-by")
+    github.add_label("acme/widgets", stranger["number"], "Claude", actor="drive-by")
+    for number in (gone["number"], stranger["number"]):
+        headers, body = delivery(issue={"number": number})
+        assert r.handle(headers, body).status == 202
+    headers, body = delivery(repo="someone/else")  # not watched: no request at all
+    github.reset_counts()
+    assert r.handle(headers, body).status == 202
+    daemon.run_once()
+    assert queue.list() == []
+    assert not [req for req in github.requests if "someone" in req.path]
+    assert [req.path for req in github.requests if req.path.endswith("/issues")] == [
+        "/api/v3/repos/acme/widgets/issues"
+    ]
