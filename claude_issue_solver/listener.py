@@ -15,7 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 from werkzeug.exceptions import RequestEntityTooLarge
-from werkzeug.serving import BaseWSGIServer, make_server
+from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
 from werkzeug.wrappers import Request, Response
 
 from claude_issue_solver.metrics import Metrics
@@ -37,6 +37,14 @@ class _Quiet(logging.Filter):
         return record.levelno >= logging.WARNING
 
 
+_QUIET = _Quiet()
+
+
+class _Handler(WSGIRequestHandler):
+    # A client that opens a connection and sends nothing must not hold a thread for ever.
+    timeout = 10
+
+
 class Listener:
     def __init__(
         self,
@@ -52,7 +60,7 @@ class Listener:
         self.health = health
         self.webhooks = webhooks
         self.webhook_path = webhook_path
-        logging.getLogger("werkzeug").addFilter(_Quiet())
+        logging.getLogger("werkzeug").addFilter(_QUIET)  # the same filter once, however many listeners
         # Bound here, and handed to werkzeug as a file descriptor: werkzeug's own bind prints to stderr
         # and exits on a port in use, and a refusal at ``start`` must be one line and exit code 2.
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -64,7 +72,7 @@ class Listener:
             raise ListenerError(msg) from None
         with bound:
             self._server: BaseWSGIServer = make_server(
-                host, port, self._app, threaded=True, fd=bound.fileno()
+                host, port, self._app, threaded=True, request_handler=_Handler, fd=bound.fileno()
             )
         self._server.daemon_threads = True
         self._thread: threading.Thread | None = None
