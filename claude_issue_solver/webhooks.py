@@ -21,6 +21,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import parse_qs
 
 from claude_issue_solver.state import StateStore
 
@@ -115,9 +116,12 @@ class WebhookReceiver:
             self._note_signature_failure(event, delivery)
             return Answer(401, "bad_signature", "missing or wrong X-Hub-Signature-256")
         try:
+            if headers.get("Content-Type", "").startswith("application/x-www-form-urlencoded"):
+                # A hook set up with that content type sends the JSON as the form field ``payload``.
+                body = parse_qs(body.decode(), strict_parsing=True)["payload"][0].encode()
             payload = json.loads(body)
-        except (ValueError, UnicodeDecodeError):
-            return Answer(400, "malformed", "the body is not JSON")
+        except (ValueError, UnicodeDecodeError, KeyError):
+            return Answer(400, "malformed", "the body is not JSON (nor a form with a payload field)")
         if not isinstance(payload, dict):
             return Answer(400, "malformed", "the body is not a JSON object")
         if not delivery:

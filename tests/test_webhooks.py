@@ -11,6 +11,7 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 import pytest
 from click.testing import CliRunner
@@ -307,3 +308,18 @@ def test_a_delivery_is_only_a_hint(
     assert [req.path for req in github.requests if req.path.endswith("/issues")] == [
         "/api/v3/repos/acme/widgets/issues"
     ]
+
+
+def test_a_form_encoded_delivery_is_read_too(store: StateStore) -> None:
+    r = Receiver(store)
+    headers, body = delivery()
+    form = urlencode({"payload": body.decode()}).encode()
+    headers = {
+        **headers,
+        "Content-Type": "application/x-www-form-urlencoded",
+        "X-Hub-Signature-256": signature(SECRET, form),
+    }
+    assert r.receiver.handle(headers, form).result == "accepted" and r.poked == ["acme/widgets"]
+    empty = b"other=1"
+    headers = {**headers, "X-GitHub-Delivery": "x", "X-Hub-Signature-256": signature(SECRET, empty)}
+    assert r.receiver.handle(headers, empty).status == 400
