@@ -17,11 +17,13 @@ from claude_issue_solver.config import Config, ConfigError
 from claude_issue_solver.daemon import Daemon
 from claude_issue_solver.logs import setup_logging
 from claude_issue_solver.pidfile import AlreadyRunning, PidFile
-from claude_issue_solver.queue import TaskQueue
+from claude_issue_solver.queue import Task, TaskQueue
 from claude_issue_solver.state import StateError, StateStore, UnusableStateDir
 from claude_issue_solver.supervise import Readiness
 
 if TYPE_CHECKING:
+    from claude_issue_solver.github import GitHubClient
+    from claude_issue_solver.listener import Listener
     from claude_issue_solver.watcher import Watcher
 
 log = logging.getLogger(__name__)
@@ -88,6 +90,7 @@ class Parts:
     daemon: Daemon
     backend: Backend[Any]
     watcher: Watcher
+    listener: Listener | None = None
 
 
 def build(config: Config, *, backend: Backend[Any] | None = None) -> Parts:
@@ -106,9 +109,69 @@ def build(config: Config, *, backend: Backend[Any] | None = None) -> Parts:
         pipeline = Pipeline(config, queue, backend, client, Publisher(client))
     except AgentError as exc:
         raise ConfigError(str(exc)) from None
-    watcher = Watcher(config, client, queue, on_queued=pipeline.announce)
-    daemon = Daemon(queue, pipeline, watcher=watcher, poll_interval=config.poll_interval)
-    return Parts(queue=queue, daemon=daemon, backend=backend, watcher=watcher)
+    daemon: Daemon
+
+    def queued(task: Task) -> None:
+        pipeline.announce(task)
+        daemon.wake()  # a task a webhook brought in starts now, not at the next tick
+
+    watcher = Watcher(config, client, queue, on_queued=queued)
+    daemon = Daemon(
+        queue, pipeline, watcher=watcher, poll_interval=config.poll_interval, poll_one=watcher.poll_now
+    )
+    parts = Parts(queue=queue, daemon=daemon, backend=backend, watcher=watcher)
+    if config.listen_address is not None:
+        parts.listener = _listener(config, parts, client, watcher)
+        daemon.services = (parts.listener,)
+    return parts
+
+
+def _listener(config: Config, parts: Parts, client: GitHubClient, watcher: Watcher) -> Listener:
+    """The HTTP listener and what it shows; binds its port now, so a port in use stops ``start``."""
+    from claude_issue_solver.health import HealthCheck
+    from claude_issue_solver.listener import Listener, ListenerError
+    from claude_issue_solver.metrics import Metrics, StateCollector
+    from claude_issue_solver.watcher import ALL_REPOS
+    from claude_issue_solver.webhooks import WebhookReceiver
+
+    store = parts.queue.store
+
+    def repos() -> list[str]:
+        return list(watcher.repos)
+
+    metrics = Metrics(
+        StateCollector(
+            store, repos=repos, poll_interval=config.poll_interval, daily_budget=config.daily_budget_usd
+        )
+    )
+    client.on_response = lambda outcome: metrics.github_requests.labels(outcome).inc()
+    parts.daemon.on_finished = metrics.task_finished
+
+    def poke(full_name: str) -> None:
+        # The poller ignores a repository it does not watch: a delivery about one changes nothing.
+        parts.daemon.poke(full_name)
+
+    receiver = None
+    if config.webhooks:
+        assert config.webhook_secret  # daemon_problems() refuses to start without one
+        receiver = WebhookReceiver(
+            store,
+            config.webhook_secret,
+            max_bytes=config.webhook_max_bytes,
+            on_repository=poke,
+            on_installation=lambda: parts.daemon.poke(ALL_REPOS),
+            on_result=lambda result: metrics.deliveries.labels(result).inc(),
+        )
+    health = HealthCheck(
+        store, repos=repos, poll_interval=config.poll_interval, backend_check=parts.backend.check
+    )
+    host, port = config.listen_address or ("127.0.0.1", 0)
+    try:
+        return Listener(
+            host, port, metrics=metrics, health=health, webhooks=receiver, webhook_path=config.webhook_path
+        )
+    except ListenerError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def run_daemon(config: Config, *, to_stderr: bool = True, readiness: Readiness | None = None) -> int:
@@ -127,6 +190,7 @@ def run_daemon(config: Config, *, to_stderr: bool = True, readiness: Readiness |
         pidfile.acquire()
     except AlreadyRunning as exc:
         _refuse(str(exc), EXIT_FAILED)
+    parts: Parts | None = None
     try:
         try:
             parts = build(config)
@@ -146,13 +210,15 @@ def run_daemon(config: Config, *, to_stderr: bool = True, readiness: Readiness |
         parts.daemon.on_ready = ready
         log.info(
             "starting: watching %s for label %r, backend %s, state in %s",
-            ", ".join(config.github_repos),
+            ", ".join(parts.watcher.repos),
             config.trigger_label,
             config.backend,
             config.state_dir,
         )
         return parts.daemon.run()
     finally:
+        if parts is not None and parts.listener is not None:
+            parts.listener.stop()  # stopped already after a run; this closes it after a refusal
         pidfile.release()
 
 

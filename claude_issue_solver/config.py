@@ -147,6 +147,8 @@ def repo_name_is_valid(repo: str) -> bool:
 
 
 def _repos(raw: str) -> tuple[str, ...]:
+    if raw.strip() == "*":
+        return ()  # every repository of the GitHub App's installations: see Config.app_wide
     repos = tuple(part.strip() for part in raw.split(",") if part.strip())
     for repo in repos:
         if not _REPO_RE.match(repo):
@@ -209,6 +211,28 @@ def _network(raw: str) -> str:
     return value
 
 
+def _listen_address(raw: str) -> tuple[str, int]:
+    value = raw.strip()
+    if value.isdigit():
+        value = ":" + value
+    host, sep, port = value.rpartition(":")
+    host = host.strip("[]") or "127.0.0.1"  # a port alone binds loopback
+    if not sep or not port.isdigit() or not 0 <= int(port) < 65536:
+        raise ValueError("host:port, e.g. 127.0.0.1:8080 (a port alone binds 127.0.0.1)")
+    return host, int(port)
+
+
+def _optional_listen_address(raw: str) -> tuple[str, int] | None:
+    return _listen_address(raw) if raw.strip() else None
+
+
+def _url_path(raw: str) -> str:
+    value = raw.strip()
+    if not value.startswith("/") or any(c.isspace() or c in "?#" for c in value):
+        raise ValueError("a URL path starting with /, e.g. /webhook")
+    return value
+
+
 def _users(raw: str) -> tuple[str, ...]:
     return tuple(u.strip().lower() for u in raw.split(",") if u.strip())
 
@@ -249,6 +273,12 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("DAILY_BUDGET_USD", _optional_usd, None),
     Setting("REPO_MAX_CONCURRENT", _optional_cap, None),
     Setting("REPO_MAX_PER_HOUR", _optional_cap, None),
+    # the HTTP listener: webhooks, /metrics, /healthz (off unless LISTEN_ADDRESS is set)
+    Setting("LISTEN_ADDRESS", _optional_listen_address, None),
+    Setting("WEBHOOKS", _bool, True),
+    Setting("WEBHOOK_SECRET", _optional_text, None, secret=True),
+    Setting("WEBHOOK_PATH", _url_path, "/webhook"),
+    Setting("WEBHOOK_MAX_BYTES", _int_at_least(1024), 1_048_576),
     # the agent
     Setting("ANTHROPIC_API_KEY", _optional_text, None, secret=True),
     Setting("CLAUDE_CODE_OAUTH_TOKEN", _optional_text, None, secret=True),
@@ -307,6 +337,11 @@ class Config:
     daily_budget_usd: float | None = None
     repo_max_concurrent: int | None = None
     repo_max_per_hour: int | None = None
+    listen_address: tuple[str, int] | None = None
+    webhooks: bool = True
+    webhook_secret: str | None = None
+    webhook_path: str = "/webhook"
+    webhook_max_bytes: int = 1_048_576
     anthropic_api_key: str | None = None
     claude_code_oauth_token: str | None = None
     anthropic_base_url: str | None = None
@@ -339,6 +374,11 @@ class Config:
     settings_file: Path | None = None
 
     @property
+    def app_wide(self) -> bool:
+        """Watch every repository of every installation of the GitHub App (no GITHUB_REPOS, or ``*``)."""
+        return bool(self.github_app_id and self.github_app_private_key_path) and not self.github_repos
+
+    @property
     def state_file(self) -> Path:
         return self.state_dir / "state.json"
 
@@ -362,6 +402,8 @@ class Config:
             value = getattr(self, setting.field_name)
             if setting.secret:
                 shown[setting.key] = MASK if value else ""
+            elif setting.key == "LISTEN_ADDRESS" and value is not None:
+                shown[setting.key] = f"{value[0]}:{value[1]}"
             elif isinstance(value, tuple):
                 shown[setting.key] = ",".join(value)
             elif isinstance(value, bool):
@@ -395,10 +437,18 @@ class Config:
                 f"GITHUB_APP_PRIVATE_KEY_PATH={self.github_app_private_key_path} does not exist: "
                 "expected the path of the App's .pem private key",
             )
-        if not self.github_repos:
+        if not self.github_repos and not (self.github_app_id and self.github_app_private_key_path):
             problem(
                 "GITHUB_REPOS",
-                "GITHUB_REPOS is not set: expected comma-separated owner/name pairs, e.g. acme/widgets",
+                "GITHUB_REPOS is not set: expected comma-separated owner/name pairs, e.g. acme/widgets "
+                "(or, with a GitHub App, * or nothing for every repository it is installed on)",
+            )
+        if self.listen_address and self.webhooks and not self.webhook_secret:
+            problem(
+                "WEBHOOK_SECRET",
+                "WEBHOOK_SECRET is not set: the listener on LISTEN_ADDRESS takes GitHub webhooks only "
+                "when signed; set the secret you give GitHub (e.g. openssl rand -hex 32), or WEBHOOKS=false "
+                "for /metrics and /healthz alone",
             )
         if self.backend == "daytona" and not self.daytona_api_key:
             problem(

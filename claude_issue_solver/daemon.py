@@ -8,7 +8,10 @@ Threading model:
 - main thread: the dispatcher loop in :meth:`run` -- reads signals, claims pending tasks within the
   concurrency bound, starts monitors, relays cancel requests; wakes at least once a second so ``pause``
   and ``resume`` from the CLI take effect within a second.
-- poller thread: calls the watcher every ``poll_interval`` seconds (a slow GitHub never delays dispatch).
+- poller thread: calls the watcher every ``poll_interval`` seconds (a slow GitHub never delays dispatch),
+  and polls one repository at once when :meth:`Daemon.poke` asks for it (a webhook delivery).
+- listener thread (optional, ``LISTEN_ADDRESS``): the HTTP server for webhooks, ``/metrics`` and
+  ``/healthz`` (see :mod:`claude_issue_solver.listener`); started before the loop, stopped after it.
 - monitor threads (one per running task): call the runner, then record the outcome in the queue.
 All shared state lives in the state file behind the store's lock; the daemon's own dicts are guarded by
 ``self._lock``.
@@ -48,6 +51,14 @@ class Runner(Protocol):
 Watcher = Callable[[], object]
 
 
+class Service(Protocol):
+    """Something that runs beside the loop (the HTTP listener): started first, stopped last."""
+
+    def start(self) -> None: ...
+
+    def stop(self) -> None: ...
+
+
 class Daemon:
     def __init__(
         self,
@@ -58,6 +69,9 @@ class Daemon:
         poll_interval: float = 60.0,
         clock: Callable[[], float] = time.monotonic,
         on_ready: Callable[[], None] | None = None,
+        poll_one: Callable[[str], object] | None = None,
+        on_finished: Callable[[Task], None] | None = None,
+        services: tuple[Service, ...] = (),
     ) -> None:
         self.queue = queue
         self.runner = runner
@@ -65,6 +79,11 @@ class Daemon:
         self.poll_interval = poll_interval
         self.clock = clock
         self.on_ready = on_ready
+        self.poll_one = poll_one  # poll one repository now (a webhook said it changed)
+        self.on_finished = on_finished  # e.g. the metrics' observation of a finished task
+        self.services = services
+        self._poked: set[str] = set()
+        self._poke = threading.Event()
         self._lock = threading.Lock()
         self._monitors: dict[str, tuple[threading.Thread, TaskControl]] = {}
         self._signals: list[int] = []
@@ -96,7 +115,10 @@ class Daemon:
             now = self.clock()
             if self._next_poll is None or now >= self._next_poll:
                 self._next_poll = now + self.poll_interval
+                self._take_poked()  # the full poll covers them
                 self.poll()
+            else:
+                self.poll_poked()
         self._relay_cancels()
         self._reap()
         if not self._stop.is_set():
@@ -110,6 +132,32 @@ class Daemon:
             self.watcher()
         except Exception:
             log.exception("the watcher failed; trying again at the next poll")
+
+    def poke(self, repo: str) -> None:
+        """Ask for ``repo`` to be polled now (from any thread; only records and wakes the poller)."""
+        with self._lock:
+            self._poked.add(repo)
+        self._poke.set()
+
+    def wake(self) -> None:
+        """Dispatch now rather than at the next tick (e.g. a task was just queued)."""
+        self._wake.set()
+
+    def _take_poked(self) -> list[str]:
+        with self._lock:
+            poked, self._poked = sorted(self._poked), set()
+        return poked
+
+    def poll_poked(self) -> None:
+        """Poll each repository a webhook named since the last look; failures are logged, never fatal."""
+        if self.poll_one is None:
+            self._take_poked()
+            return
+        for repo in self._take_poked():
+            try:
+                self.poll_one(repo)
+            except Exception:
+                log.exception("polling %s at a webhook's request failed", repo)
 
     def dispatch(self) -> list[Task]:
         """Start as many pending tasks as the concurrency bound allows (the queue enforces it)."""
@@ -149,7 +197,8 @@ class Daemon:
                 self.queue.requeue(task.id, outcome.error or "requeued")
                 log.info("task %s requeued: %s", task.id, outcome.error)
             else:
-                self.queue.finish(task.id, outcome.state, error=outcome.error, **outcome.fields)
+                finished = self.queue.finish(task.id, outcome.state, error=outcome.error, **outcome.fields)
+                self._observe(finished)
                 log.info(
                     "task %s %s%s",
                     task.id,
@@ -160,6 +209,14 @@ class Daemon:
             log.exception("could not record the end of task %s", task.id)
         finally:
             self._wake.set()
+
+    def _observe(self, task: Task) -> None:
+        if self.on_finished is None:
+            return
+        try:
+            self.on_finished(task)
+        except Exception:
+            log.exception("observing the end of task %s failed", task.id)
 
     def _relay_cancels(self) -> None:
         with self._lock:
@@ -200,6 +257,20 @@ class Daemon:
     def run(self) -> int:
         """Run until a signal asks us to stop. Returns the exit code."""
         self.startup()
+        started: list[Service] = []
+        try:
+            for service in self.services:
+                service.start()
+                started.append(service)
+            return self._run()
+        finally:
+            for service in reversed(started):
+                try:
+                    service.stop()
+                except Exception:
+                    log.exception("stopping %s failed", type(service).__name__)
+
+    def _run(self) -> int:
         poller = None
         if self.watcher is not None:
             poller = threading.Thread(target=self._poll_loop, name="poller", daemon=True)
@@ -225,6 +296,7 @@ class Daemon:
                 self._wake.clear()
         finally:
             self._stop.set()
+            self._poke.set()
         return self._shutdown(poller)
 
     def _take_stop_signal(self) -> bool:
@@ -239,9 +311,16 @@ class Daemon:
         return True
 
     def _poll_loop(self) -> None:
+        next_poll = 0.0
         while not self._stop.is_set():
-            self.poll()
-            self._stop.wait(self.poll_interval)
+            self._poke.clear()  # before taking the set: a poke that lands after is seen next time round
+            if time.monotonic() >= next_poll:
+                next_poll = time.monotonic() + self.poll_interval
+                self._take_poked()
+                self.poll()
+            else:
+                self.poll_poked()
+            self._poke.wait(max(0.0, next_poll - time.monotonic()))
 
     def _shutdown(self, poller: threading.Thread | None) -> int:
         with self._lock:

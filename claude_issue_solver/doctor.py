@@ -167,6 +167,7 @@ class _Doctor:
         self._login: str | None = None
         self._credential_ok = False
         self._visible: dict[str, bool] = {}
+        self._app_repos: list[str] = []
 
     def run(self) -> list[Check]:
         label = self.config.trigger_label
@@ -174,7 +175,15 @@ class _Doctor:
             ("state directory", self.state_directory),
             ("GitHub credential", self.github_credential),
         ]
-        for repo in self.config.github_repos:
+        repos = self.config.github_repos
+        checks = [*self.configuration(), *(self._run_one(name, step) for name, step in steps)]
+        if self.config.app_wide and self._credential_ok:
+            # App-wide: the repositories are whatever the App's installations list (as the daemon does).
+            listed = self._run_one("GitHub App installations", self.app_installations)
+            checks.append(listed)
+            repos = tuple(self._app_repos)
+        steps = []
+        for repo in repos:
             steps.append((f"repository {repo}", partial(self.repository, repo)))
             steps.append((f"label {label!r} on {repo}", partial(self.label, repo)))
         steps.append(("Claude credential", self.claude_credential))
@@ -182,7 +191,21 @@ class _Doctor:
             steps += [("Docker", self.docker), ("agent image", self.agent_image), ("git", self.git)]
         elif self.config.backend == "daytona":
             steps.append(("Daytona", self.daytona))
-        return [*self.configuration(), *(self._run_one(name, step) for name, step in steps)]
+        return [*checks, *(self._run_one(name, step) for name, step in steps)]
+
+    def app_installations(self) -> _Outcome:
+        from claude_issue_solver.github import GitHubError
+
+        try:
+            self._app_repos = self.github().app_repositories()
+        except GitHubError as exc:
+            return self._github_failure(exc)
+        if not self._app_repos:
+            return _failed(
+                "the GitHub App is installed on no repository (GITHUB_REPOS empty or *: all it is on)",
+                "install the App on the repositories to watch, or list them in GITHUB_REPOS",
+            )
+        return _passed(f"installed on {len(self._app_repos)}: {', '.join(self._app_repos)}")
 
     def _run_one(self, name: str, step: Callable[[], _Outcome]) -> Check:
         try:
@@ -209,6 +232,8 @@ class _Doctor:
             return [Check("configuration", False, self._clean(str(p)), self._clean(fix)) for p in problems]
         repos = self.config.github_repos
         count = f"{len(repos)} repositor{'y' if len(repos) == 1 else 'ies'}"
+        if self.config.app_wide:
+            count = "every repository the GitHub App is installed on"
         source = (
             f"settings from {self.env_file} and the environment"
             if self.env_file

@@ -14,7 +14,7 @@ import socket
 import ssl
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -165,6 +165,8 @@ class GitHubClient:
         self._app: Auth.AppAuth | None = None
         self._integration: GithubIntegration | None = None
         self._installations: dict[str, int] = {}
+        # Told the outcome of every raw request ("304", "counted", "error"): the metrics count them.
+        self.on_response: Callable[[str], None] | None = None
         if config.github_app_id and config.github_app_private_key_path:
             key = config.github_app_private_key_path.read_text()
             self._app = Auth.AppAuth(int(config.github_app_id), key)
@@ -213,6 +215,34 @@ class GitHubClient:
             self._installations[repo.lower()] = cached
         return cached
 
+    @property
+    def is_app(self) -> bool:
+        return self._app is not None
+
+    def app_repositories(self) -> list[str]:
+        """Every repository of every installation of the App (``GET /app/installations``, then
+        ``GET /installation/repositories`` as each installation), sorted; remembers each one's
+        installation so no per-repository lookup follows."""
+        if self._integration is None:
+            msg = "listing the App's repositories needs GITHUB_APP_ID and GITHUB_APP_PRIVATE_KEY_PATH"
+            raise Refused(msg)
+        found: dict[str, tuple[str, int]] = {}
+        try:
+            for installation in self._integration.get_installations():
+                for repo in installation.get_repos():
+                    found[repo.full_name.lower()] = (repo.full_name, installation.id)
+        except GithubException as exc:
+            body = exc.data if isinstance(exc.data, str) else json.dumps(exc.data or {})
+            raise classify(
+                exc.status, exc.headers or {}, body, "listing the App's installations", self.clock()
+            ) from None
+        except Exception as exc:
+            reason = REDACTOR(describe_unreachable(exc, self.config.github_api_url))
+            raise Transient(f"listing the App's installations: {reason}", reason=reason) from None
+        with self._lock:
+            self._installations.update({key: inst for key, (_, inst) in found.items()})
+        return sorted((name for name, _ in found.values()), key=str.lower)
+
     def git_credential(self, repo: str) -> GitCredential:
         """A credential for one git command: the token, or a fresh App installation token."""
         if self._app is None:
@@ -245,6 +275,29 @@ class GitHubClient:
     ) -> Response:
         """One request; 304 and 2xx come back, everything else is raised as a classified error."""
         what = f"{verb} {url.split('?')[0]}"
+        try:
+            response = self._request(repo, verb, url, what, params, headers, body, retry)
+        except GitHubError:
+            self._observe("error")
+            raise
+        self._observe("304" if response.status == 304 else "counted")
+        return response
+
+    def _observe(self, outcome: str) -> None:
+        if self.on_response is not None:
+            self.on_response(outcome)
+
+    def _request(
+        self,
+        repo: str,
+        verb: str,
+        url: str,
+        what: str,
+        params: Mapping[str, Any] | None,
+        headers: Mapping[str, str] | None,
+        body: Any,
+        retry: bool,
+    ) -> Response:
         try:
             status, response_headers, text = self.api(repo, retry=retry).requester.requestJson(
                 verb, url, parameters=dict(params or {}), headers=dict(headers or {}), input=body

@@ -59,13 +59,15 @@ def status_payload(
     for task in tasks:
         counts[task.state.value] += 1
     repos = state.get("watcher", {}).get("repos", {})
+    watched = watched_repos(config, state)
     return {
         "daemon": {
             "running": daemon.running,
             "pid": daemon.pid if daemon.running else None,
             "stale_pid": daemon.pid if daemon.stale else None,
         },
-        "health": health_payload(daemon, repos, config.github_repos, now),
+        "health": health_payload(daemon, repos, watched, now),
+        "app_wide": config.app_wide,
         "paused": bool(state.get("paused")),
         "paused_at": _iso(state.get("paused_at")),
         "backend": config.backend,
@@ -77,8 +79,11 @@ def status_payload(
                 "rate_limit": repos.get(repo, {}).get("rate_limit"),
                 "backoff_until": _iso(repos.get(repo, {}).get("backoff_until")),
             }
-            for repo in config.github_repos
+            for repo in watched
         },
+        "listener": listener_payload(
+            config, hooks if isinstance(hooks := state.get("webhooks"), dict) else {}
+        ),
         "counts": counts,
         **limits_payload(config, state, now),
         "running": [task_row(t, now) for t in tasks if t.state is TaskState.RUNNING],
@@ -125,6 +130,62 @@ def usage_payload(config: Config, state: dict[str, Any], now: float, days: int) 
         "total_usd": round(sum(r.cost_usd for r in rows), 6),
         "rows": [r.to_dict() for r in rows],
     }
+
+
+def watched_repos(config: Config, state: dict[str, Any]) -> tuple[str, ...]:
+    """GITHUB_REPOS, or App-wide the repositories the daemon last listed from the App's installations."""
+    if not config.app_wide:
+        return config.github_repos
+    listed = (state.get("watcher", {}).get("app_repos") or {}).get("repos") or []
+    return tuple(str(repo) for repo in listed)
+
+
+def listener_payload(config: Config, book: dict[str, Any]) -> dict[str, Any] | None:
+    """The HTTP listener's address and the webhooks' last delivery and signature failures."""
+    if config.listen_address is None and not book:
+        return None
+    last = book.get("last_delivery") or {}
+    failure = book.get("last_signature_failure") or {}
+    address = config.listen_address
+    return {
+        "address": None if address is None else f"{address[0]}:{address[1]}",
+        "webhook_path": config.webhook_path if config.webhooks else None,
+        "deliveries": int(book.get("deliveries") or 0),
+        "last_delivery": (
+            {
+                "id": last.get("id"),
+                "event": last.get("event"),
+                "repo": last.get("repo"),
+                "at": _iso(last.get("at")),
+            }
+            if last
+            else None
+        ),
+        "signature_failures": int(book.get("signature_failures") or 0),
+        "last_signature_failure_at": _iso(failure.get("at")),
+    }
+
+
+def listener_line(listener: dict[str, Any]) -> str:
+    """``listener: http://… (webhooks on /webhook); last delivery …; N refused for their signature``."""
+    parts = []
+    if listener["address"]:
+        hooks = f"webhooks on {listener['webhook_path']}" if listener["webhook_path"] else "webhooks off"
+        parts.append(f"http://{listener['address']} ({hooks}, /metrics, /healthz)")
+    else:
+        parts.append("off (LISTEN_ADDRESS is not set)")
+    last = listener["last_delivery"]
+    if last:
+        about = f" for {last['repo']}" if last["repo"] else ""
+        parts.append(f"last delivery {last['event']}{about} at {last['at']}")
+    elif listener["webhook_path"]:
+        parts.append("no delivery yet")
+    if listener["signature_failures"]:
+        parts.append(
+            f"{listener['signature_failures']} refused for a missing or wrong signature "
+            f"(last at {listener['last_signature_failure_at']})"
+        )
+    return "listener: " + "; ".join(parts)
 
 
 def health_payload(
@@ -240,6 +301,8 @@ def print_status(payload: dict[str, Any], out: TextIO, *, tty: bool) -> None:
         + "\n"
     )
     out.write(f"backend: {payload['backend']}\n")
+    if payload.get("listener"):
+        out.write(listener_line(payload["listener"]) + "\n")
     out.write(f"settings: {payload['settings']}\n")
     if payload["hold"] is not None:
         out.write(payload["hold"]["line"] + "\n")
@@ -258,7 +321,12 @@ def print_status(payload: dict[str, Any], out: TextIO, *, tty: bool) -> None:
             ]
             for repo, info in payload["repos"].items()
         ]
-        _table(out, "repositories", ["repo", "last poll ok", "last error", "rate limit left"], rows, tty)
+        title = (
+            "repositories (every one the GitHub App is installed on)"
+            if payload.get("app_wide")
+            else "repositories"
+        )
+        _table(out, title, ["repo", "last poll ok", "last error", "rate limit left"], rows, tty)
     if payload["running"]:
         rows = [
             [t["id"], t["ref"], t["title"][:60], duration(t["elapsed_seconds"]), str(t["attempts"])]

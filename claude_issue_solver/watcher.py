@@ -33,6 +33,8 @@ log = logging.getLogger(__name__)
 WRITE_PERMISSIONS = ("admin", "maintain", "write")
 TRUSTED_ASSOCIATIONS = ("OWNER", "MEMBER", "COLLABORATOR")
 PERMISSION_TTL = 3600.0
+APP_REPOS_REFRESH = 600.0  # App-wide: list the installations' repositories again this often
+ALL_REPOS = "*"  # poll_now's name for "the App's installations changed"
 MAX_BACKOFF = 900.0
 
 
@@ -86,20 +88,86 @@ class Watcher:
         self._warned: set[str] = set()
         self._lock = threading.Lock()
         self._fresh = {repo.lower() for repo in config.github_repos}  # not polled by this watcher yet
+        # What is watched: GITHUB_REPOS, or (App-wide) what the App's installations list, refreshed.
+        self.repos: tuple[str, ...] = config.github_repos
+        self._listed_at: float | None = None
 
     def __call__(self) -> None:
         self.poll_all()
 
     def poll_all(self) -> None:
         """Poll every repository, in parallel, so that a slow one delays no other."""
+        if self.config.app_wide and (
+            self._listed_at is None or self.clock() - self._listed_at >= APP_REPOS_REFRESH
+        ):
+            self._refresh_quietly()
         self._each_repo(self.poll_repo)
 
+    def poll_now(self, repo: str) -> None:
+        """Look at one watched repository now (a webhook said it changed); ``*``: list the App's
+        repositories again and poll the new ones. Anything else is not ours and is ignored."""
+        if repo == ALL_REPOS:
+            if self.config.app_wide:
+                before = {r.lower() for r in self.repos}
+                self._refresh_quietly()
+                for added in [r for r in self.repos if r.lower() not in before]:
+                    self.poll_repo(added)
+            return
+        watched = {r.lower(): r for r in self.repos}
+        if repo.lower() in watched:
+            self.poll_repo(watched[repo.lower()])
+
+    def refresh_repositories(self) -> tuple[str, ...]:
+        """App-wide: list every repository of every installation; raises :class:`GitHubError`."""
+        listed = tuple(self.client.app_repositories())
+        known = {r.lower() for r in self.repos}
+        added = [r for r in listed if r.lower() not in known]
+        removed = sorted(set(known) - {r.lower() for r in listed})
+        with self._lock:
+            self._fresh.update(r.lower() for r in added)
+        self.repos, self._listed_at = listed, self.clock()
+        with self.queue.store.transaction() as data:
+            data.setdefault("watcher", {})["app_repos"] = {
+                "repos": list(listed),
+                "listed_at": self._listed_at,
+            }
+        if added and known:
+            log.info("the GitHub App was installed on %s: watching it now", ", ".join(added))
+        if removed:
+            log.info("the GitHub App no longer reaches %s: not watching it any more", ", ".join(removed))
+        return listed
+
+    def _refresh_quietly(self) -> None:
+        try:
+            self.refresh_repositories()
+        except GitHubError as exc:
+            self._listed_at = self.clock()  # tried: the next try is at the next refresh, not every poll
+            log.warning(
+                "listing the GitHub App's repositories failed (%s); still watching %d",
+                exc.reason,
+                len(self.repos),
+            )
+
     def check_all(self) -> list[RepoCheck]:
-        """The start-up check of every repository, in parallel (see :meth:`check`)."""
+        """The start-up check of every repository, in parallel (see :meth:`check`). App-wide, the
+        installations are listed first; a listing GitHub refuses is one refused check."""
+        if self.config.app_wide:
+            try:
+                self.refresh_repositories()
+            except GitHubError as exc:
+                return [
+                    RepoCheck("the GitHub App's installations", exc.reason, refused=isinstance(exc, Refused))
+                ]
+            if not self.repos:
+                return [
+                    RepoCheck("the GitHub App's installations", "the App is installed on no repository yet")
+                ]
         return self._each_repo(self.check)
 
     def _each_repo(self, work: Callable[[str], Any]) -> list[Any]:
-        repos = self.config.github_repos
+        repos = self.repos
+        if not repos:
+            return []
         if len(repos) == 1:
             return [work(repos[0])]
         with ThreadPoolExecutor(max_workers=min(4, len(repos)), thread_name_prefix="poll") as pool:

@@ -1442,6 +1442,7 @@ class FakeGitHub(LoopbackFake[RecordedRequest]):
             ("GET", r"/app/installations/(?P<inst_id>\d+)", self._api_get_installation, "app"),
             ("POST", r"/app/installations/(?P<inst_id>\d+)/access_tokens", self._api_access_token, "app"),
             ("GET", repo + r"/installation", self._api_repo_installation, "app"),
+            ("GET", r"/installation/repositories", self._api_installation_repositories, "user"),
             ("GET", repo, self._api_get_repo, "user"),
             ("GET", repo + r"/branches", self._api_list_branches, "user"),
             ("GET", repo + r"/branches/(?P<branch>.+)", self._api_get_branch, "user"),
@@ -1649,6 +1650,24 @@ class FakeGitHub(LoopbackFake[RecordedRequest]):
 
     def _api_get_installation(self, call: _Call, inst_id: str) -> _Response:
         return self._json(self._installation_json(self._own_installation(call, inst_id)))
+
+    def _api_installation_repositories(self, call: _Call) -> _Response:
+        """GitHub's shape: ``{"total_count", "repository_selection", "repositories": [...]}``, paged."""
+        inst = self._installations.get(call.identity.installation_id or -1)
+        if call.identity.kind != "installation" or inst is None:
+            raise _HttpError(403, "You must authenticate with an installation access token.")
+        covered = sorted(
+            (st for st in self._repos.values() if self._installation_covers(inst, st)),
+            key=lambda st: st.repo.full_name.lower(),
+        )
+        page = self._paginate(call, covered, lambda st: self._repo_json(st, call.identity))
+        listed = json.loads(page.body)
+        body = {
+            "total_count": len(covered),
+            "repository_selection": "all" if inst.repos is None else "selected",
+            "repositories": listed,
+        }
+        return self._json(body, headers=page.headers)
 
     def _api_repo_installation(self, call: _Call, owner: str, name: str) -> _Response:
         st = self._repo_for(call, owner, name)
