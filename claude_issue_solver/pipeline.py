@@ -313,7 +313,9 @@ class Pipeline:
         report = self._tests(task)
         if report is not None and report.plan.test:
             try:
-                report = self.gate.after_agent(task, workspace, report, control, tlog, self._deadline(task))
+                report = self.gate.after_agent(
+                    task, workspace, report, control, tlog, self._deadline(task), spec.agent.stdin
+                )
             except Interrupted as exc:
                 return self._interrupted(task, exc, tlog)
             except WorkspaceLost as exc:

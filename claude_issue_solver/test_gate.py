@@ -42,6 +42,8 @@ __all__ = [
 
 SETUP, BASELINE = "setup", "baseline"
 PHASES = (SETUP, BASELINE, "tests", "fixing")  # task.meta["phase"] values of this module
+# What the CLI says to `--resume <id>` when the session's files are not in its config directory.
+CONVERSATION_GONE = "No conversation found"
 FAILING_OUTPUT_LIMIT = 8 * 1024  # how much of a red run's output Claude is shown (its end)
 TAIL_LINES = 40  # and how many lines of it, at most
 
@@ -251,17 +253,19 @@ class TestGate:
         control: TaskControl,
         tlog: TaskLog,
         deadline: float,
+        first_prompt: bytes = b"",
     ) -> TestReport:
         """Test; while red and rounds are left, continue Claude's session with the failure and test again.
 
-        The agent's turns and cost of each fix round are added to the task's. Raises Interrupted.
+        The agent's turns and cost of each fix round are added to the task's. ``first_prompt`` (the
+        issue's) starts a new session when the old one cannot be continued. Raises Interrupted.
         """
         command = str(report.plan.test)
         while True:
             round_ = len(report.rounds) + 1
             if report.fixes < round_ - 1:
                 # A fix round was started (phase "fixing") but not recorded: finish waiting for it.
-                self._fix(task, workspace, report, control, tlog, deadline)
+                self._fix(task, workspace, report, control, tlog, deadline, first_prompt)
                 if report.note:
                     return report
                 continue
@@ -285,7 +289,7 @@ class TestGate:
                 self._record(task, report)
                 tlog.write(report.note)
                 return report
-            self._fix(task, workspace, report, control, tlog, deadline)
+            self._fix(task, workspace, report, control, tlog, deadline, first_prompt)
             if report.note:
                 return report
 
@@ -297,6 +301,7 @@ class TestGate:
         control: TaskControl,
         tlog: TaskLog,
         deadline: float,
+        first_prompt: bytes,
     ) -> None:
         round_ = report.fixes + 1
         failing = report.rounds[-1]
@@ -316,6 +321,18 @@ class TestGate:
         )
         self.backend.start_process(workspace, spec, tlog)
         exit_ = self._wait(workspace, spec.name, control, tlog, deadline)
+        if session and CONVERSATION_GONE in exit_.stdout + exit_.stderr:
+            # The place kept no Claude config between the runs: the same request in a new session,
+            # with the issue's prompt first so that Claude knows what the change was for.
+            tlog.write(f"session {session} cannot be continued here; asking in a new session")
+            spec = ProcessSpec(
+                name=f"{_fix_name(round_)}-new",
+                argv=self.agent_command,
+                env=self.agent_env,
+                stdin=first_prompt + b"\n\n---\n\n" + spec.stdin,
+            )
+            self.backend.start_process(workspace, spec, tlog)
+            exit_ = self._wait(workspace, spec.name, control, tlog, deadline)
         result = parse_result(exit_.stdout, exit_code=exit_.exit_code, log_tail=exit_.tail)
         report.fixes = round_
         self._add_figures(current, result)

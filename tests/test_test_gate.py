@@ -368,3 +368,37 @@ def test_the_failing_output_is_capped_and_redacted() -> None:
     assert len(text) <= FAILING_OUTPUT_LIMIT and "s3cr3t-value-123" not in text and text.endswith("leaked")
     prompt = fix_prompt(StepResult("test-1", 1, 2.0, False, long), "pytest", 1, 2)
     assert "s3cr3t-value-123" not in prompt and "fix round 1 of 2" in prompt
+
+
+def test_a_session_that_cannot_be_continued_is_asked_again_in_a_new_one(world: World) -> None:
+    settings(world, "test: sh test.sh\n")
+    suite(world, green_when=good)
+    first_attempt(world)
+
+    def gone(place: Place, process: Process) -> None:  # the real CLI, when the session's files are gone
+        process.exit_code, process.stdout = 1, ""
+        process.stderr = "No conversation found with session ID: session-1\n"
+
+    fresh: list[Process] = []
+    world.backend.agents["fix-1"] = gone
+    world.backend.agents["fix-1-new"] = fresh_fixer(fresh)
+    task = world.task()
+    outcome = world.pipeline().run(task, TaskControl())
+    assert outcome is not None and outcome.state is TaskState.COMPLETED, outcome
+    spec = fresh[0].spec
+    assert "--resume" not in spec.argv
+    assert (
+        b"It is broken." in spec.stdin and b"expected 5, got 6" in spec.stdin
+    )  # the issue, then the failure
+    assert world.queue.get(task.id).meta["tests"]["verdict"] == "green"
+    assert "cannot be continued here; asking in a new session" in world.log_text(task)
+
+
+def fresh_fixer(seen: list[Process]) -> Callable[[Place, Process], None]:
+    def run(place: Place, process: Process) -> None:
+        seen.append(process)
+        place.tree["calc.txt"] = b"good\n"
+        process.exit_code = 0
+        process.stdout = result_line("fixed anew", turns=3) + "\n"
+
+    return run
