@@ -4,6 +4,7 @@ own over the same worktree (same image, user and network, no GitHub credential).
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -104,4 +105,55 @@ def test_tests_that_stay_red_comment_without_a_pr(
     assert github.repo(REPO).branch_sha("claude/issue-1")
     body = our_comments(github, issue["number"])[0]["body"]
     assert "no pull request was opened" in body and "| round 2: after fix round 1 | 🔴" in body
+    assert_clean(state_dir)
+
+
+HALF_FIXED = "add() { echo $(($1 + $2)); }\nsub() { echo $(($1 + $2)); }\n"
+FIXED = "add() { echo $(($1 + $2)); }\nsub() { echo $(($1 - $2)); }\n"
+
+
+def test_real_cli_red_then_green_with_the_failure_fed_back(
+    github: FakeGitHub,
+    e2e_config: Callable[..., Config],
+    claude_image: str,
+    state_dir: Path,
+    no_leftover_containers: None,
+) -> None:
+    """The real `claude` in Dockerfile.claude's image against the loopback Messages API: its first
+    attempt leaves a test red; the fix round's request carries the failing output and makes it green."""
+    from tests.fakes.fake_anthropic import FakeAnthropic
+
+    sample(github, "test: sh test.sh\ntest_timeout: 60\n")
+    github.create_issue(REPO, "add() subtracts", "add(2, 3) is -1.", labels=["Claude"], user="maintainer")
+    with FakeAnthropic(
+        api_key=CLAUDE_KEY,
+        files={"calc.sh": HALF_FIXED},
+        followup_files={"calc.sh": FIXED},
+        followup_marker="tests fail after your change",
+        read_first=True,
+    ) as api:
+        config = e2e_config(
+            DOCKER_IMAGE=claude_image,
+            DOCKER_NETWORK="host",  # the loopback API is on the host's 127.0.0.1
+            ANTHROPIC_BASE_URL=api.url,
+            CLAUDE_CODE_MAX_RETRIES="0",
+        )
+        queue = drive(config, all_finished, timeout=300)
+        fed_back = [
+            r
+            for r in api.conversation_requests
+            if "FAIL sub 5 3 = 8, expected 2" in json.dumps(r.body.get("messages"))
+        ]
+    task = queue.list()[0]
+    assert task.state is TaskState.COMPLETED, task.error
+    assert fed_back, task_log_path(config.log_dir, task.id).read_text()[-6000:]
+    tests = task.meta["tests"]
+    assert [r["exit_code"] for r in tests["rounds"]] == [1, 0] and tests["baseline"]["exit_code"] == 1
+    assert github.repo(REPO).read_file("claude/issue-1", "calc.sh") == FIXED
+    pull = github.pulls(REPO)[0]
+    assert pull["draft"] is False and "| round 2: after fix round 1 | 🟢 green" in pull["body"]
+    log = task_log_path(config.log_dir, task.id).read_text()
+    # On Docker the session's files do not outlive the agent's container yet: the real CLI says so.
+    assert "cannot be continued here; asking in a new session" in log
+    assert CLAUDE_KEY not in log and TOKEN not in log
     assert_clean(state_dir)
