@@ -313,6 +313,9 @@ class Pipeline:
         report = self._tests(task)
         if report is not None and report.plan.test:
             try:
+                if not report.rounds and not self._changed(workspace):
+                    tlog.write("the agent changed nothing: no test rounds")
+                    return self._publish(task, workspace, spec, result, tlog)
                 report = self.gate.after_agent(
                     task, workspace, report, control, tlog, self._deadline(task), spec.agent.stdin
                 )
@@ -396,10 +399,11 @@ class Pipeline:
     # --- the repository's tests (test_gate does the steps) ------------------------------------------
 
     def _test_plan(self, task: Task, spec: RunSpec, tlog: TaskLog) -> TestReport | None:
-        """Read what the tests are (the repository's file on its default branch, the settings, a guess)."""
-        recorded = self._tests(task)
-        if recorded is not None:
-            return recorded if recorded.plan.test else None
+        """Read what the tests are (the repository's file on its default branch, the settings, a guess).
+
+        Always anew for a run from the start (a requeued or retried task must not reuse an earlier
+        attempt's rounds); a resumed task keeps the report it recorded.
+        """
         plan = load_plan(self.client, task.repo, spec.workspace.default_branch, self.config)
         report = TestReport(plan)
         self.queue.update(task.id, meta={"tests": report.to_dict()})
@@ -456,6 +460,9 @@ class Pipeline:
         self._comment(task, messages.red_tests_comment(task, spec.branch, tests, figures))
         self._cleanup(task, tlog)
         return Outcome(TaskState.FAILED, error=reason)
+
+    def _changed(self, workspace: Workspace) -> bool:
+        return has_changes(self.backend.changes(workspace, NEVER_COMMITTED))
 
     def _deadline(self, task: Task) -> float:
         return (task.started_at or self.clock()) + self.config.task_timeout

@@ -377,7 +377,9 @@ class TestGate:
         duration = self.clock() - started
         if exit_.timed_out:
             tlog.write(f"{name} was killed at its deadline ({timeout}s test_timeout or TASK_TIMEOUT): red")
-        return StepResult(name, exit_.exit_code, duration, exit_.timed_out, REDACTOR(exit_.tail))
+        # Kept in the state file and quoted in the PR: redacted, and its end only (lines can be long).
+        tail = REDACTOR(exit_.tail)[-FAILING_OUTPUT_LIMIT:]
+        return StepResult(name, exit_.exit_code, duration, exit_.timed_out, tail)
 
     def _wait(
         self, workspace: Workspace, name: str, control: TaskControl, tlog: TaskLog, deadline: float

@@ -402,3 +402,35 @@ def fresh_fixer(seen: list[Process]) -> Callable[[Place, Process], None]:
         process.stdout = result_line("fixed anew", turns=3) + "\n"
 
     return run
+
+
+def test_no_changes_runs_no_test_rounds(world: World) -> None:
+    settings(world, "test: sh test.sh\n")
+    runs = suite(world, green_when=good)
+    world.backend.agents["agent"] = edits({})
+    task = world.task()
+    assert world.pipeline().run(task, TaskControl()).state is TaskState.COMPLETED  # type: ignore[union-attr]
+    assert [p.spec.name for p in runs] == ["baseline"]
+    assert "made no changes" in world.comments(task)[0]
+
+
+def test_a_requeued_task_starts_its_tests_afresh(world: World) -> None:
+    settings(world, "test: sh test.sh\n")
+    runs = suite(world, green_when=good)
+    world.backend.agents["agent"] = edits({"calc.txt": "good\n"}, SUMMARY, finish=False)
+    world.backend.on_poll(
+        lambda: (
+            world.backend.places.clear() if world.queue.get(task.id).meta.get("phase") == "agent" else None
+        )
+    )
+    task = world.task()
+    outcome = world.pipeline().run(task, TaskControl())
+    assert outcome is not None and outcome.state is TaskState.PENDING  # the workspace vanished
+    world.record(task, outcome)
+    world.backend._on_poll.clear()
+    world.backend.agents["agent"] = edits({"calc.txt": "good\n"}, SUMMARY)
+    again = world.queue.claim()
+    assert again is not None
+    assert world.pipeline().run(again, TaskControl()).state is TaskState.COMPLETED  # type: ignore[union-attr]
+    assert [p.spec.name for p in runs] == ["baseline", "baseline", "test-1"]
+    assert len(world.queue.get(task.id).meta["tests"]["rounds"]) == 1
