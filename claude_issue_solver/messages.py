@@ -203,6 +203,14 @@ def checklist_comment(task: Task, items: list[tuple[bool, str]], *, turns: int |
     return "\n".join(lines) + "\n\n" + marker(task.id)
 
 
+def _code(text: str) -> str:
+    """Inline code that survives backticks in ``text`` (a shell command may hold them)."""
+    longest = max((len(m) for m in re.findall(r"`+", text)), default=0)
+    ticks = "`" * (longest + 1)
+    pad = " " if longest else ""
+    return f"{ticks}{pad}{text}{pad}{ticks}"
+
+
 def _duration(seconds: float) -> str:
     minutes, secs = divmod(round(seconds), 60)
     return f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
@@ -228,9 +236,9 @@ def tests_report(report: dict) -> str:
             "### Tests\n\nNot verified: no test command was found (add `test:` to "
             "`.github/claude-issue-solver.yml`, or set `TEST_COMMAND`)."
         )
-    lines = ["### Tests", "", f"Command: `{plan['test']}` ({plan.get('source', '')})"]
+    lines = ["### Tests", "", f"- Command: {_code(plan['test'])} ({plan.get('source', '')})"]
     if plan.get("setup"):
-        lines.append(f"Setup: `{plan['setup']}` — {_step(report.get('setup'))}")
+        lines.append(f"- Setup: {_code(plan['setup'])} — {_step(report.get('setup'))}")
     lines += ["", "| run | result |", "| --- | --- |"]
     baseline = report.get("baseline")
     note = ""

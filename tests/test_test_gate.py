@@ -89,8 +89,8 @@ def test_green_in_the_second_round_opens_a_normal_pr(world: World) -> None:
     pull = world.github.pulls(REPO)[0]
     assert pull["draft"] is False and pull["title"] == "Add the widget fix"
     body = pull["body"]
-    assert "`sh test.sh` (the repository's .github/claude-issue-solver.yml)" in body
-    assert "Setup: `./install.sh` — 🟢" in body
+    assert "- Command: `sh test.sh` (the repository's .github/claude-issue-solver.yml)" in body
+    assert "- Setup: `./install.sh` — 🟢" in body
     assert "| before the change (baseline) | 🔴 red: exit 1" in body and "already red" in body
     assert "| round 1: after Claude's change | 🔴 red: exit 1" in body
     assert "| round 2: after fix round 1 | 🟢 green" in body
@@ -434,3 +434,12 @@ def test_a_requeued_task_starts_its_tests_afresh(world: World) -> None:
     assert world.pipeline().run(again, TaskControl()).state is TaskState.COMPLETED  # type: ignore[union-attr]
     assert [p.spec.name for p in runs] == ["baseline", "baseline", "test-1"]
     assert len(world.queue.get(task.id).meta["tests"]["rounds"]) == 1
+
+
+def test_the_report_quotes_a_command_with_backticks_whole() -> None:
+    from claude_issue_solver import messages
+
+    plan = TestPlan(None, "test `uname` = Linux && make test", 60, "the daemon's TEST_COMMAND")
+    text = messages.tests_report({"plan": plan.to_dict(), "baseline": None, "rounds": []})
+    assert "- Command: `` test `uname` = Linux && make test `` (the daemon's TEST_COMMAND)" in text
+    assert "| before the change (baseline) | not run |" in text

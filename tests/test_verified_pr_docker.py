@@ -13,6 +13,7 @@ from claude_issue_solver.config import Config
 from claude_issue_solver.demo_world.github import FakeGitHub
 from claude_issue_solver.logs import task_log_path
 from claude_issue_solver.queue import TaskState
+from claude_issue_solver.render import queue_payload
 from tests.e2e import CLAUDE_KEY, all_finished, assert_clean, drive, labelled, needs_docker, our_comments
 from tests.github_fixtures import TOKEN
 
@@ -64,6 +65,8 @@ def test_red_then_green_in_the_resumed_session_opens_a_normal_pr(
     assert "| round 2: after fix round 1 | 🟢 green" in body
     assert "resumed session tests-fix." in body  # the fix came from the continued conversation
     assert task.num_turns == 4 and task.meta["tests"]["verdict"] == "green"
+    shown = queue_payload(queue.list(), time.time())[0]["meta"]["tests"]  # what `queue --json` prints
+    assert shown["verdict"] == "green" and shown["rounds"][0]["exit_code"] == 1
     calc = github.repo(REPO).git("show", "claude/issue-1:calc.sh")
     assert "$(($1 + $2))" in calc and "$(($1 - $2))" in calc
     log = task_log_path(config.log_dir, task.id).read_text()
