@@ -19,6 +19,7 @@ from typing import Any, NamedTuple
 
 ENV_FILE_VARIABLE = "CLAUDE_ISSUE_SOLVER_ENV"
 BACKENDS = ("docker", "daytona")
+ON_RED_TESTS = ("draft", "comment")  # what a still-red run publishes: a draft PR, or only a comment
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 MASK = "***"
 
@@ -291,6 +292,12 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("PROMPT_TEMPLATE_DIR", _optional_path, None),
     Setting("GIT_AUTHOR_NAME", _text, "Claude Issue Solver"),
     Setting("GIT_AUTHOR_EMAIL", _text, "claude-issue-solver@users.noreply.github.com"),
+    # The repository's tests (issue #12): defaults for .github/claude-issue-solver.yml
+    Setting("SETUP_COMMAND", _optional_text, None),
+    Setting("TEST_COMMAND", _optional_text, None),
+    Setting("TEST_TIMEOUT", _int_at_least(1), 600),
+    Setting("TEST_FIX_ROUNDS", _int_at_least(0), 2),
+    Setting("ON_RED_TESTS", _choice(ON_RED_TESTS), "draft"),
     # the Docker backend
     Setting("DOCKER_IMAGE", _optional_text, None),
     Setting("DOCKER_BASE_IMAGE", _text, "node:20-bookworm-slim"),
@@ -353,6 +360,11 @@ class Config:
     prompt_template_dir: Path | None = None
     git_author_name: str = "Claude Issue Solver"
     git_author_email: str = "claude-issue-solver@users.noreply.github.com"
+    setup_command: str | None = None
+    test_command: str | None = None
+    test_timeout: int = 600
+    test_fix_rounds: int = 2
+    on_red_tests: str = "draft"
     docker_image: str | None = None
     docker_base_image: str = "node:20-bookworm-slim"
     docker_memory: str = "4g"

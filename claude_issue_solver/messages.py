@@ -187,9 +187,12 @@ def pr_fallback_comment(task: Task, branch: str, diffstat: str, reason: str, lab
     return "\n".join(lines) + "\n\n" + marker(task.id)
 
 
-def pr_body(task: Task, description: str, figures: RunFigures) -> str:
-    """The agent's description, the run's figures, and the closing keyword GitHub acts on."""
-    parts = [description.strip() or f"_{figures.agent.name} left no description._", "---"]
+def pr_body(task: Task, description: str, figures: RunFigures, tests: str = "") -> str:
+    """The agent's description, what was verified, the run's figures, and the closing keyword."""
+    parts = [description.strip() or f"_{figures.agent.name} left no description._"]
+    if tests:
+        parts.append(tests)
+    parts.append("---")
     note = f"{figures.agent.credit} (task `{task.id}`)."
     if figures.line():
         note += f" Run: {figures.line()}."
@@ -204,3 +207,97 @@ def commit_message(title: str, task: Task) -> str:
 
 def default_pr_title(task: Task) -> str:
     return f"Fix #{task.issue_number}: {task.title}"[:256]
+
+
+# --- verified pull requests (the repository's tests, issue #12) ---------------------------------------
+
+RED_TITLE_PREFIX = "[tests failing] "
+
+
+def checklist_comment(task: Task, items: list[tuple[bool, str]], *, turns: int | None = None) -> str:
+    """The progress checklist when the repository's tests run too: setup / baseline / agent / rounds."""
+    lines = [f"🤖 Claude is working on this issue (task `{task.id}`).", ""]
+    for done, label in items:
+        if label == "agent running" and turns:
+            label = f"agent running ({turns} turn{'s' if turns != 1 else ''} so far)"
+        lines.append(f"- [{'x' if done else ' '}] {label}")
+    return "\n".join(lines) + "\n\n" + marker(task.id)
+
+
+def _code(text: str) -> str:
+    """Inline code that survives backticks in ``text`` (a shell command may hold them)."""
+    longest = max((len(m) for m in re.findall(r"`+", text)), default=0)
+    ticks = "`" * (longest + 1)
+    pad = " " if longest else ""
+    return f"{ticks}{pad}{text}{pad}{ticks}"
+
+
+def _duration(seconds: float) -> str:
+    minutes, secs = divmod(round(seconds), 60)
+    return f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
+
+
+def _step(step: dict | None) -> str:
+    if step is None:
+        return "not run"
+    if step.get("timed_out"):
+        state = f"🔴 timed out after {_duration(step.get('duration_s') or 0)} (killed)"
+    elif step.get("exit_code") == 0:
+        state = f"🟢 green ({_duration(step.get('duration_s') or 0)})"
+    else:
+        state = f"🔴 red: exit {step.get('exit_code')} ({_duration(step.get('duration_s') or 0)})"
+    return state
+
+
+def tests_report(report: dict) -> str:
+    """The PR's (or the comment's) "what was verified" section, from ``task.meta["tests"]``."""
+    plan = report.get("plan") or {}
+    if not plan.get("test"):
+        return (
+            "### Tests\n\nNot verified: no test command was found (add `test:` to "
+            "`.github/claude-issue-solver.yml`, or set `TEST_COMMAND`)."
+        )
+    lines = ["### Tests", "", f"- Command: {_code(plan['test'])} ({plan.get('source', '')})"]
+    if plan.get("setup"):
+        lines.append(f"- Setup: {_code(plan['setup'])} — {_step(report.get('setup'))}")
+    lines += ["", "| run | result |", "| --- | --- |"]
+    baseline = report.get("baseline")
+    note = ""
+    if baseline is not None and not (baseline.get("exit_code") == 0 and not baseline.get("timed_out")):
+        note = " — already red before the change"
+    lines.append(f"| before the change (baseline) | {_step(baseline)}{note} |")
+    rounds = report.get("rounds") or []
+    for n, step in enumerate(rounds, start=1):
+        after = "after Claude's change" if n == 1 else f"after fix round {n - 1}"
+        lines.append(f"| round {n}: {after} | {_step(step)} |")
+    if report.get("note"):
+        lines += ["", f"Stopped early: {report['note']}."]
+    last = rounds[-1] if rounds else baseline
+    if last is not None and (last.get("tail") or "").strip():
+        lines += ["", _collapsed(f"Last output ({last.get('name')})", last["tail"])]
+    return "\n".join(lines)
+
+
+def red_pr_title(title: str) -> str:
+    return (RED_TITLE_PREFIX + title)[:256]
+
+
+def red_pr_note(report: dict) -> str:
+    fixes = report.get("fixes") or 0
+    return (
+        f"⚠️ **The repository's tests do not pass** with this change (after {fixes} fix round"
+        f"{'s' if fixes != 1 else ''}). This is a draft: review the failure below before relying on it."
+    )
+
+
+def red_tests_comment(task: Task, branch: str, report: dict, figures: RunFigures) -> str:
+    """ON_RED_TESTS=comment: the branch is pushed, no pull request, and this says why."""
+    lines = [
+        f"⚠️ {figures.agent.name}'s changes are on branch `{branch}`, but the repository's tests do not "
+        "pass, so no pull request was opened (`ON_RED_TESTS=comment`).",
+        "",
+        tests_report(report),
+    ]
+    if figures.line():
+        lines += ["", f"Run: {figures.line()} (task `{task.id}`)"]
+    return "\n".join(lines) + "\n\n" + marker(task.id)

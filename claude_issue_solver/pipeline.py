@@ -8,7 +8,9 @@ harmlessly, the pull request is found by its branch, the comment by its marker.
 The backend only gives mechanics; what happens with them (waiting, stopping, the summary, what counts
 as a change, publishing, removing) is :mod:`claude_issue_solver.run_policy`, called from here.
 
-Phases (``task.meta["phase"]``): ``preparing`` -> ``agent`` -> ``publishing`` -> ``published``.
+Phases (``task.meta["phase"]``): ``preparing`` -> [``setup`` -> ``baseline``] -> ``agent`` ->
+[``tests`` <-> ``fixing``] -> ``publishing`` -> ``published``; the bracketed ones are the repository's
+tests (:mod:`claude_issue_solver.test_gate`), when it has a test command.
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ from claude_issue_solver.outcome import Outcome, TaskControl
 from claude_issue_solver.prompt import IssueComment, IssueContext, SummaryError, build_prompt, parse_summary
 from claude_issue_solver.publisher import Publisher
 from claude_issue_solver.queue import Task, TaskQueue, TaskState
+from claude_issue_solver.repo_settings import RepoSettingsError, load_plan
 from claude_issue_solver.run_limits import RunLimits
 from claude_issue_solver.run_policy import (
     NEVER_COMMITTED,
@@ -57,6 +60,8 @@ from claude_issue_solver.run_policy import (
     wait_for_process,
     what_changed,
 )
+from claude_issue_solver.test_gate import PHASES as TEST_PHASES
+from claude_issue_solver.test_gate import Interrupted, TestGate, TestReport, checklist
 from claude_issue_solver.watcher import is_trusted_comment
 
 log = logging.getLogger(__name__)
@@ -137,6 +142,15 @@ class Pipeline:
         self.env = agent_env(config)
         self.agent = messages.agent_for(config.claude_model)  # who the PR and the comment name
         self.run_limits = RunLimits(queue, config, clock=clock)
+        self.gate = TestGate(
+            backend,
+            queue,
+            fix_rounds=config.test_fix_rounds,
+            agent_command=self.command,
+            agent_env=self.env,
+            clock=clock,
+            progress=self._test_progress,
+        )
 
     # --- the daemon's Runner interface ------------------------------------------------------------
 
@@ -152,7 +166,8 @@ class Pipeline:
                 tlog.write(f"the {self.config.trigger_label!r} label was removed; nothing to do")
                 return Outcome(TaskState.CANCELLED, error="the trigger label was removed")
             spec = self._spec(task, issue)
-            self._comment(task, messages.working_comment(task, 0))
+            tests = self._test_plan(task, spec, tlog)
+            self._comment(task, self._working(task, 0))
             task = self.queue.update(
                 task.id,
                 backend=self.backend.name,
@@ -161,12 +176,37 @@ class Pipeline:
                 meta={"phase": "preparing"},
             )
             workspace = self.backend.prepare(spec.workspace, tlog)
-            self.queue.update(task.id, meta={"phase": "agent", "base_sha": workspace.base_sha})
+            self.queue.update(task.id, meta={"base_sha": workspace.base_sha})
+        except RepoSettingsError as exc:
+            return self._fail(task, str(exc), tlog)
+        except (GitHubError, BackendError) as exc:
+            return self._setback(task, exc, tlog)
+        return self._before_agent(task, workspace, spec, tests, control, tlog)
+
+    def _before_agent(
+        self,
+        task: Task,
+        workspace: Workspace,
+        spec: RunSpec,
+        tests: TestReport | None,
+        control: TaskControl,
+        tlog: TaskLog,
+    ) -> Outcome | None:
+        """The repository's setup and baseline tests (when it has tests), then the agent's start."""
+        try:
+            if tests is not None:
+                self.gate.before_agent(task, workspace, tests, control, tlog, self._deadline(task))
+            self.queue.update(task.id, meta={"phase": "agent"})
             if self.backend.start_process(workspace, spec.agent, tlog):
                 tlog.write(f"agent started in {workspace.handle}")
             else:
                 tlog.write(f"the agent already runs in {workspace.handle} (started before a restart)")
-            self._comment(task, messages.working_comment(task, 1))
+            self._comment(task, self._working(task, 1))
+        except Interrupted as exc:
+            return self._interrupted(task, exc, tlog)
+        except WorkspaceLost as exc:
+            self._cleanup(task, tlog)
+            return self._lost(task, str(exc), tlog)
         except (GitHubError, BackendError) as exc:
             return self._setback(task, exc, tlog)
         return self._after_start(task, workspace, spec, control, tlog)
@@ -189,6 +229,10 @@ class Pipeline:
             return self._setback(task, exc, tlog, cleanup=False)
         if phase == "publishing":
             return self._publish(task, workspace, spec, None, tlog)  # the task holds the result
+        if phase in TEST_PHASES[:2]:  # setup / baseline: finish them, then start the agent
+            return self._before_agent(task, workspace, spec, self._tests(task), control, tlog)
+        if phase in TEST_PHASES[2:]:  # tests / fixing: the agent ran; go on with the rounds
+            return self._verify_and_publish(task, workspace, spec, None, control, tlog)
         return self._after_start(task, workspace, spec, control, tlog)
 
     def reconcile(self, live: list[Task]) -> None:
@@ -201,7 +245,7 @@ class Pipeline:
     def _after_start(
         self, task: Task, workspace: Workspace, spec: RunSpec, control: TaskControl, tlog: TaskLog
     ) -> Outcome | None:
-        deadline = (task.started_at or self.clock()) + self.config.task_timeout
+        deadline = self._deadline(task)
         progress = _ProgressEdits(self.clock())
 
         def tick() -> None:
@@ -209,7 +253,7 @@ class Pipeline:
             turns = tlog.progress.turns
             if progress.due(self.clock(), turns):
                 try:
-                    self._comment(task, messages.working_comment(task, 1, turns=turns))
+                    self._comment(task, self._working(task, 1, turns=turns))
                 except GitHubError as exc:
                     tlog.write(f"could not update the progress comment: {exc}")
 
@@ -231,11 +275,17 @@ class Pipeline:
             return self._setback(task, exc, tlog)
         if exit_ is None:
             return None  # detached: the agent runs on, and the next daemon resumes the task
-        return self._conclude(task, workspace, spec, exit_, tlog)
+        return self._conclude(task, workspace, spec, exit_, tlog, control)
 
     def _conclude(
-        self, task: Task, workspace: Workspace, spec: RunSpec, exit_: ProcessExit, tlog: TaskLog
-    ) -> Outcome:
+        self,
+        task: Task,
+        workspace: Workspace,
+        spec: RunSpec,
+        exit_: ProcessExit,
+        tlog: TaskLog,
+        control: TaskControl | None = None,
+    ) -> Outcome | None:
         if exit_.cancelled:
             tlog.write("cancelled by an operator")
             self._cleanup(task, tlog)
@@ -264,6 +314,37 @@ class Pipeline:
             return Outcome(TaskState.PENDING, error=end.wait_reason)
         if not result.ok:
             return self._fail(task, end.failure or result.error or "the agent failed", tlog, exit_.tail)
+        return self._verify_and_publish(task, workspace, spec, result, control or TaskControl(), tlog)
+
+    def _verify_and_publish(
+        self,
+        task: Task,
+        workspace: Workspace,
+        spec: RunSpec,
+        result: AgentResult | None,
+        control: TaskControl,
+        tlog: TaskLog,
+    ) -> Outcome | None:
+        """The test rounds (when the repository has tests; fix rounds continue the session), then publish."""
+        report = self._tests(task)
+        if report is not None and report.plan.test:
+            try:
+                if not report.rounds and not self._changed(workspace):
+                    tlog.write("the agent changed nothing: no test rounds")
+                    return self._publish(task, workspace, spec, result, tlog)
+                report = self.gate.after_agent(
+                    task, workspace, report, control, tlog, self._deadline(task), spec.agent.stdin
+                )
+            except Interrupted as exc:
+                return self._interrupted(task, exc, tlog)
+            except WorkspaceLost as exc:
+                self._cleanup(task, tlog)
+                return self._lost(task, str(exc), tlog)
+            except BackendError as exc:
+                return self._setback(task, exc, tlog)
+            task = self.queue.get(task.id)
+            if report.fixes:
+                result = None  # the task holds the figures and the answer of all rounds
         return self._publish(task, workspace, spec, result, tlog)
 
     def _publish(
@@ -283,6 +364,13 @@ class Pipeline:
                 self._cleanup(task, tlog)
                 return Outcome(TaskState.COMPLETED)
             title, description = self._summary(task, summary, tlog)
+            tests = task.meta.get("tests")
+            red = bool(tests) and tests.get("verdict") == "red"
+            if red:
+                title, description = (
+                    messages.red_pr_title(title),
+                    messages.red_pr_note(tests) + "\n\n" + description,
+                )
             request = PushRequest(
                 branch=spec.branch,
                 clone_url=spec.workspace.clone_url,
@@ -292,13 +380,18 @@ class Pipeline:
                 exclude=NEVER_COMMITTED,
             )
             publish(self.backend, workspace, request, repo=task.repo, log=tlog)
+            if red and self.config.on_red_tests == "comment":
+                return self._red_without_pr(task, spec, tests, figures, tlog)
             try:
                 pr = self.publisher.open_or_update_pr(
                     task.repo,
                     branch=spec.branch,
                     base=spec.workspace.default_branch,
                     title=title,
-                    body=messages.pr_body(task, description, figures),
+                    body=messages.pr_body(
+                        task, description, figures, messages.tests_report(tests) if tests else ""
+                    ),
+                    draft=red,
                 )
             except GitHubError as exc:
                 reason = f"GitHub refused the pull request ({exc})"
@@ -318,6 +411,77 @@ class Pipeline:
             return self._setback(task, exc, tlog, cleanup=False)
         self._cleanup(task, tlog)
         return Outcome(TaskState.COMPLETED, fields={"pr_url": pr.url})
+
+    # --- the repository's tests (test_gate does the steps) ------------------------------------------
+
+    def _test_plan(self, task: Task, spec: RunSpec, tlog: TaskLog) -> TestReport | None:
+        """Read what the tests are (the repository's file on its default branch, the settings, a guess).
+
+        Always anew for a run from the start (a requeued or retried task must not reuse an earlier
+        attempt's rounds); a resumed task keeps the report it recorded.
+        """
+        plan = load_plan(self.client, task.repo, spec.workspace.default_branch, self.config)
+        report = TestReport(plan)
+        self.queue.update(task.id, meta={"tests": report.to_dict()})
+        task.meta["tests"] = report.to_dict()
+        if plan.test is None:
+            tlog.write(f"tests: {plan.source}; the pull request will say it is not verified")
+            return None
+        tlog.write(
+            f"tests: {plan.test!r} from {plan.source}"
+            + (f", setup {plan.setup!r}" if plan.setup else "")
+            + f", {plan.timeout}s per run, up to {self.config.test_fix_rounds} fix round(s)"
+        )
+        return report
+
+    @staticmethod
+    def _tests(task: Task) -> TestReport | None:
+        data = task.meta.get("tests")
+        return TestReport.from_dict(data) if isinstance(data, dict) and data.get("plan") else None
+
+    def _working(self, task: Task, done: int, *, turns: int | None = None) -> str:
+        """The progress comment: with the tests' steps when the repository has tests."""
+        report = self._tests(task)
+        if report is None or not report.plan.test:
+            return messages.working_comment(task, done, turns=turns)
+        items = checklist(report, agent_done=False, current="agent" if done else None)
+        return messages.checklist_comment(task, items, turns=turns)
+
+    def _test_progress(self, task: Task, report: TestReport, agent_done: bool, current: str | None) -> None:
+        task.meta["tests"] = report.to_dict()
+        try:
+            items = checklist(report, agent_done=agent_done, current=current)
+            self._comment(task, messages.checklist_comment(task, items))
+        except GitHubError as exc:
+            log.warning("could not update the progress comment of %s: %s", task.ref, exc)
+
+    def _interrupted(self, task: Task, exc: Interrupted, tlog: TaskLog) -> Outcome | None:
+        if not exc.cancelled:
+            return None  # detached: the step runs on, and the next daemon resumes the task
+        tlog.write("cancelled by an operator")
+        self._cleanup(task, tlog)
+        self._comment(task, messages.cancelled_comment(task))
+        return Outcome(TaskState.CANCELLED, error="cancelled by an operator")
+
+    def _red_without_pr(
+        self, task: Task, spec: RunSpec, tests: dict[str, Any], figures: messages.RunFigures, tlog: TaskLog
+    ) -> Outcome:
+        """ON_RED_TESTS=comment: the branch is pushed, the issue gets the report, no pull request."""
+        reason = (
+            f"the tests are still red after {tests.get('fixes', 0)} fix round(s); "
+            f"branch {spec.branch} pushed, no pull request (ON_RED_TESTS=comment)"
+        )
+        tlog.write(reason)
+        self.queue.update(task.id, meta={"phase": "published"})
+        self._comment(task, messages.red_tests_comment(task, spec.branch, tests, figures))
+        self._cleanup(task, tlog)
+        return Outcome(TaskState.FAILED, error=reason)
+
+    def _changed(self, workspace: Workspace) -> bool:
+        return has_changes(self.backend.changes(workspace, NEVER_COMMITTED))
+
+    def _deadline(self, task: Task) -> float:
+        return (task.started_at or self.clock()) + self.config.task_timeout
 
     # --- endings ----------------------------------------------------------------------------------
 

@@ -76,8 +76,14 @@ class Publisher:
                 return PullRequest(pull["html_url"], int(pull["number"]), created=False)
         return None
 
-    def open_or_update_pr(self, repo: str, *, branch: str, base: str, title: str, body: str) -> PullRequest:
-        """Open a PR from ``branch``, or update the open one from it: never a second PR for a branch."""
+    def open_or_update_pr(
+        self, repo: str, *, branch: str, base: str, title: str, body: str, draft: bool = False
+    ) -> PullRequest:
+        """Open a PR from ``branch``, or update the open one from it: never a second PR for a branch.
+
+        ``draft`` applies to a new PR (red tests); an open one keeps its state (the REST API cannot
+        turn a PR into a draft), its title and body say how the tests went.
+        """
         existing = self.find_open_pr(repo, branch)
         if existing is None:
             try:
@@ -85,7 +91,7 @@ class Publisher:
                     repo,
                     "POST",
                     f"/repos/{repo}/pulls",
-                    body={"title": title, "body": body, "head": branch, "base": base},
+                    body={"title": title, "body": body, "head": branch, "base": base, "draft": draft},
                     retry=True,
                 ).data
                 return PullRequest(data["html_url"], int(data["number"]), created=True)

@@ -21,6 +21,11 @@
 #   wait         after the init line, poll for ./.fake-claude-release, delete it, then act as edit
 #   write-fail   as edit; named for tests that make cwd unwritable: the result then says "Tool error"
 #                while is_error stays false, like the real CLI
+#   tests-fix    the sample repository with tests (calc.sh, test.sh): the first run fixes add() but
+#                breaks sub(); a run resumed (--resume) with the failing output fixes sub() too
+#   tests-red    as tests-fix, but a resumed run never repairs sub()
+# The tests-* scenarios put the scenario in the session id (<scenario>.<uuid>), so a run given
+# --resume <id> (whose prompt is the test failure, with no scenario line) continues the same scenario.
 # As root, --dangerously-skip-permissions needs IS_SANDBOX=1, as with the real CLI.
 
 # The prompt may hold any bytes; in a UTF-8 locale GNU sed's `.` skips invalid sequences.
@@ -33,6 +38,7 @@ VERSION=2.1.197
 output_format=text
 verbose=0
 max_turns=
+resume=
 model=claude-sonnet-4-5-20250929
 skip_permissions=0
 
@@ -49,10 +55,11 @@ while [ $# -gt 0 ]; do
         --output-format=*) output_format=${1#*=} ;;
         --max-turns=*) max_turns=${1#*=} ;;
         --model=*) model=${1#*=} ;;
-        --output-format | --max-turns | --model | --append-system-prompt)
+        --output-format | --max-turns | --model | --append-system-prompt | --resume)
             # Guard the value shift: `shift` past the end aborts dash.
             if [ $# -ge 2 ]; then
                 case $1 in
+                    --resume) resume=$2 ;;
                     --output-format) output_format=$2 ;;
                     --max-turns) max_turns=$2 ;;
                     --model) model=$2 ;;
@@ -102,6 +109,7 @@ cat >"$tmp/prompt"
 prompt_sha=$(sha256sum <"$tmp/prompt" | cut -d ' ' -f 1)
 
 scenario=$(sed -n 's/^.*FAKE_CLAUDE_SCENARIO=\([A-Za-z0-9_-]*\).*$/\1/p' "$tmp/prompt" | head -n 1)
+case $resume in tests-*.*) [ -n "$scenario" ] || scenario=${resume%%.*} ;; esac
 [ -n "$scenario" ] || scenario=${FAKE_CLAUDE_SCENARIO:-}
 # The model name the demo runs the stand-in under (STAND_IN_MODEL in messages.py, which the daemon reads
 # to sign the PR as a stand-in's): its one skill is the demo's fix.
@@ -112,6 +120,9 @@ start=$(date +%s)
 session_id=$(cat /proc/sys/kernel/random/uuid 2>/dev/null) ||
     session_id=$(printf '%s' "$prompt_sha" | sed 's/^\(.\{8\}\)\(.\{4\}\)\(.\{4\}\)\(.\{4\}\)\(.\{12\}\).*/\1-\2-\3-\4-\5/')
 cwd=$(pwd)
+case $scenario in
+    tests-*) if [ -n "$resume" ]; then session_id=$resume; else session_id=$scenario.$session_id; fi ;;
+esac
 
 # Print $1 as a JSON string literal. The trailing "." sentinel keeps a final newline from being
 # swallowed by awk's record splitting; it is cut off again in END.
@@ -287,9 +298,30 @@ write_file() {
     success "$text" "$turns" 0
 }
 
+# The sample with tests: the first attempt fixes add() and breaks sub(); only a resumed run that was
+# shown the failure (its prompt quotes test.sh's "FAIL sub" line) repairs sub(), and only in tests-fix.
+do_tests_scenario() {
+    if [ -z "$resume" ]; then
+        printf 'add() { echo $(($1 + $2)); }\nsub() { echo $(($1 + $2)); }\n' >"$tmp/calc"
+        text="Fixed add() in calc.sh."
+    elif [ "$scenario" = tests-fix ] && grep -q 'FAIL sub' "$tmp/prompt"; then
+        printf 'add() { echo $(($1 + $2)); }\nsub() { echo $(($1 - $2)); }\n' >"$tmp/calc"
+        text="The tests showed that sub() adds; fixed it too (resumed session $resume)."
+    else
+        printf 'add() { echo $(($1 + $2)); }\nsub() { echo $(($1 * $2)); }\n' >"$tmp/calc"
+        text="Tried another sub() (resumed session $resume)."
+    fi
+    assistant "[{\"type\":\"tool_use\",\"id\":\"toolu_fake_calc\",\"name\":\"Write\",\"input\":{\"file_path\":$(json_str "$cwd/calc.sh"),\"content\":$(json_str "$(cat "$tmp/calc")")}}]"
+    write_file toolu_fake_calc calc.sh "$tmp/calc"
+    printf 'Fix the calculator\n\n%s\n' "$text" >.claude-pr-summary.md
+    assistant "[{\"type\":\"text\",\"text\":$(json_str "$text")}]"
+    success "$text" 2 0.01
+}
+
 init
 
 case $scenario in
+    tests-fix | tests-red) do_tests_scenario ;;
     demo) do_demo_fix ;;
     edit | write-fail) do_edit ;;
     wait)

@@ -1446,6 +1446,8 @@ class FakeGitHub(LoopbackFake[RecordedRequest]):
             ("GET", repo, self._api_get_repo, "user"),
             ("GET", repo + r"/branches", self._api_list_branches, "user"),
             ("GET", repo + r"/branches/(?P<branch>.+)", self._api_get_branch, "user"),
+            ("GET", repo + r"/contents", self._api_get_contents, "user"),
+            ("GET", repo + r"/contents/(?P<path>.+)", self._api_get_contents, "user"),
             ("GET", repo + r"/issues", self._api_list_issues, "user"),
             ("POST", repo + r"/issues", self._api_create_issue, "user"),
             ("GET", repo + r"/issues/comments", self._api_list_repo_comments, "user"),
@@ -1729,6 +1731,45 @@ class FakeGitHub(LoopbackFake[RecordedRequest]):
         if sha is None:
             raise _HttpError(404, "Branch not found")
         return self._json(self._branch_json(st, branch, sha))
+
+    def _api_get_contents(self, call: _Call, owner: str, name: str, path: str = "") -> _Response:
+        """A file (base64, as GitHub sends it) or a directory listing at ``ref`` (default branch)."""
+        st = self._repo_for(call, owner, name)
+        ref = call.param("ref") or st.repo.default_branch
+        path = path.strip("/")
+        spec = f"{ref}:{path}" if path else f"{ref}^{{tree}}"
+        kind = _run_git(st.repo.path, "cat-file", "-t", spec, check=False).strip()
+        if kind == "blob":
+            data = subprocess.run(
+                ["git", f"--git-dir={st.repo.path}", "cat-file", "blob", spec],
+                capture_output=True,
+                env=_git_env(),
+                check=True,
+            ).stdout
+            return self._json(
+                {
+                    "type": "file",
+                    "encoding": "base64",
+                    "name": path.rsplit("/", 1)[-1],
+                    "path": path,
+                    "size": len(data),
+                    "content": base64.encodebytes(data).decode(),
+                }
+            )
+        if kind == "tree":
+            entries = []
+            for line in _run_git(st.repo.path, "ls-tree", spec).splitlines():
+                meta, entry = line.split("\t", 1)
+                entry_type = meta.split()[1]
+                entries.append(
+                    {
+                        "type": "dir" if entry_type == "tree" else "file",
+                        "name": entry,
+                        "path": f"{path}/{entry}" if path else entry,
+                    }
+                )
+            return self._json(entries)
+        raise _HttpError(404, "Not Found")
 
     def _api_permission(self, call: _Call, owner: str, name: str, login: str) -> _Response:
         st = self._repo_for(call, owner, name)

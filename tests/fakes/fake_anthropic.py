@@ -72,11 +72,25 @@ class _Script:
     summary: str | None
     final_text: str
     model: str
+    # Written once a user message of the conversation holds ``followup_marker`` (a test failure fed
+    # back): the conversation goes on after the first script's steps (resumed) or from the start (new).
+    followup_files: dict[str, str] = field(default_factory=dict)
+    followup_marker: str | None = None
+    # Read each file before writing it: the real CLI's Write refuses to overwrite a file it has not read.
+    read_first: bool = False
 
-    def actions(self) -> list[tuple[str, str]]:
-        steps = list(self.files.items())
-        if self.summary is not None:
-            steps.append((SUMMARY_FILE, self.summary))
+    def actions(self, followup: bool = False) -> list[tuple[str, str, str]]:
+        """(tool, path, content) per step."""
+        files = list(self.files.items()) + (list(self.followup_files.items()) if followup else [])
+        steps: list[tuple[str, str, str]] = []
+        for n, (path, content) in enumerate(files):
+            if self.read_first:
+                steps.append(("Read", path, ""))
+            steps.append(("Write", path, content))
+            if n == len(self.files) - 1 and self.summary is not None:
+                steps.append(("Write", SUMMARY_FILE, self.summary))
+        if not self.files and self.summary is not None:
+            steps.append(("Write", SUMMARY_FILE, self.summary))
         return steps
 
 
@@ -101,6 +115,9 @@ class FakeAnthropic:
         model: str = DEFAULT_MODEL,
         models: tuple[str, ...] = DEFAULT_MODELS,
         host: str = "127.0.0.1",
+        followup_files: dict[str, str] | None = None,
+        followup_marker: str | None = None,
+        read_first: bool = False,
     ) -> None:
         self.api_key = api_key
         self.models = models
@@ -109,6 +126,9 @@ class FakeAnthropic:
             summary=summary,
             final_text=final_text,
             model=model,
+            followup_files=dict(followup_files or {}),
+            followup_marker=followup_marker,
+            read_first=read_first,
         )
         self._host = host
         self._state = _State()
@@ -201,19 +221,28 @@ class FakeAnthropic:
         if not tools or max_tokens <= 1:
             return "auxiliary", None, [{"type": "text", "text": AUXILIARY_TEXT}], "end_turn"
 
-        actions = self._script.actions()
-        step = _count_our_tool_uses(body.get("messages") or [])
+        messages = body.get("messages") or []
+        marker = self._script.followup_marker
+        followup = marker is not None and any(
+            marker in text
+            for m in messages
+            if isinstance(m, dict) and m.get("role") == "user"
+            for text in _texts(m.get("content"))
+        )
+        actions = self._script.actions(followup)
+        step = _count_our_tool_uses(messages)
         if step >= len(actions):
             return "conversation", step, [{"type": "text", "text": self._script.final_text}], "end_turn"
-        rel_path, content = actions[step]
+        tool, rel_path, content = actions[step]
         cwd = primary_working_directory(body) or FALLBACK_CWD
+        path = f"{cwd.rstrip('/')}/{rel_path}"
         tool_use = {
             "type": "tool_use",
             "id": f"{_TOOL_ID_PREFIX}{step + 1:04d}_{self._next_id():04d}",
-            "name": "Write",
-            "input": {"file_path": f"{cwd.rstrip('/')}/{rel_path}", "content": content},
+            "name": tool,
+            "input": {"file_path": path} if tool == "Read" else {"file_path": path, "content": content},
         }
-        text = {"type": "text", "text": f"I'll write {rel_path}."}
+        text = {"type": "text", "text": f"I'll {tool.lower()} {rel_path}."}
         return "conversation", step, [text, tool_use], "tool_use"
 
 

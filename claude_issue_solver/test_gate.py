@@ -1,0 +1,401 @@
+"""The repository's tests around the agent: setup -> baseline -> (agent) -> test -> fix -> test ...
+
+Policy, written once for every backend: each step is a named process in the task's workspace (the
+same container image or sandbox as the agent, its user and network, no GitHub credential) started
+with :meth:`Backend.start_process` and waited for with :func:`run_policy.wait_for_process`, each with
+its own deadline (``test_timeout``, never past the task's ``TASK_TIMEOUT``). A hanging run is killed
+at its deadline and counts as red.
+
+Every step's result is recorded in ``task.meta["tests"]`` (the :class:`TestReport`) and the step in
+progress in ``task.meta["phase"]`` before it starts, so a daemon that died anywhere resumes here: the
+finished steps are read back, the running one is found again by its process name (``start_process``
+starts nothing when one of that name exists) and waited for.
+
+When the tests are red after the agent, the same Claude session is continued (``--resume``) with the
+failing output (its tail, size-capped, through the secret redactor) up to ``TEST_FIX_ROUNDS`` times.
+The pipeline decides what a red or green verdict publishes (a draft PR, a comment, a normal PR).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from claude_issue_solver.agent import AgentResult, parse_result
+from claude_issue_solver.backends.base import Backend, ProcessSpec, Workspace
+from claude_issue_solver.logs import REDACTOR, TaskLog
+from claude_issue_solver.outcome import TaskControl
+from claude_issue_solver.queue import Task, TaskQueue
+from claude_issue_solver.repo_settings import TestPlan
+from claude_issue_solver.run_policy import ProcessExit, wait_for_process
+
+__all__ = [
+    "FAILING_OUTPUT_LIMIT",
+    "Interrupted",
+    "StepResult",
+    "TestGate",
+    "TestReport",
+    "checklist",
+    "fix_prompt",
+]
+
+SETUP, BASELINE = "setup", "baseline"
+PHASES = (SETUP, BASELINE, "tests", "fixing")  # task.meta["phase"] values of this module
+# What the CLI says to `--resume <id>` when the session's files are not in its config directory.
+CONVERSATION_GONE = "No conversation found"
+FAILING_OUTPUT_LIMIT = 8 * 1024  # how much of a red run's output Claude is shown (its end)
+TAIL_LINES = 40  # and how many lines of it, at most
+
+
+def _test_name(round_: int) -> str:
+    return f"test-{round_}"
+
+
+def _fix_name(round_: int) -> str:
+    return f"fix-{round_}"
+
+
+class Interrupted(Exception):
+    """The operator cancelled (``cancelled``) or the daemon detached (the work runs on)."""
+
+    def __init__(self, *, cancelled: bool) -> None:
+        super().__init__("cancelled by an operator" if cancelled else "detached")
+        self.cancelled = cancelled
+
+
+@dataclass(frozen=True)
+class StepResult:
+    """One setup or test run: how it ended, how long it took, the end of what it printed."""
+
+    __test__ = False
+
+    name: str  # the process name: setup, baseline, test-1, ...
+    exit_code: int | None
+    duration_s: float
+    timed_out: bool
+    tail: str
+
+    @property
+    def green(self) -> bool:
+        return self.exit_code == 0 and not self.timed_out
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "exit_code": self.exit_code,
+            "duration_s": round(self.duration_s, 3),
+            "timed_out": self.timed_out,
+            "tail": self.tail,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> StepResult:
+        return cls(
+            str(data["name"]),
+            data.get("exit_code"),
+            float(data.get("duration_s") or 0.0),
+            bool(data.get("timed_out")),
+            str(data.get("tail") or ""),
+        )
+
+
+@dataclass
+class TestReport:
+    """What was verified, kept in ``task.meta["tests"]`` (so ``queue --json`` shows it) and told in the PR."""
+
+    __test__ = False
+
+    plan: TestPlan
+    setup: StepResult | None = None
+    baseline: StepResult | None = None
+    rounds: list[StepResult] = field(default_factory=list)  # test runs after the agent, one per round
+    fixes: int = 0  # fix rounds Claude was asked for
+    note: str | None = None  # why the loop stopped early (a failed fix run, TASK_TIMEOUT)
+
+    @property
+    def verdict(self) -> str:
+        """``none`` (nothing to run), ``green``, ``red``; ``pending`` before the first round."""
+        if self.plan.test is None:
+            return "none"
+        if not self.rounds:
+            return "pending"
+        return "green" if self.rounds[-1].green else "red"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "plan": self.plan.to_dict(),
+            "setup": self.setup.to_dict() if self.setup else None,
+            "baseline": self.baseline.to_dict() if self.baseline else None,
+            "rounds": [r.to_dict() for r in self.rounds],
+            "fixes": self.fixes,
+            "note": self.note,
+            "verdict": self.verdict,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TestReport:
+        return cls(
+            plan=TestPlan.from_dict(data.get("plan") or {}),
+            setup=StepResult.from_dict(data["setup"]) if data.get("setup") else None,
+            baseline=StepResult.from_dict(data["baseline"]) if data.get("baseline") else None,
+            rounds=[StepResult.from_dict(r) for r in data.get("rounds") or []],
+            fixes=int(data.get("fixes") or 0),
+            note=data.get("note"),
+        )
+
+
+def checklist(report: TestReport, *, agent_done: bool, current: str | None) -> list[tuple[bool, str]]:
+    """The progress comment's items: setup / baseline / agent / tests (round k), ticked when done."""
+
+    def outcome(step: StepResult | None) -> str:
+        if step is None:
+            return ""
+        return " — green" if step.green else (" — timed out" if step.timed_out else " — red")
+
+    items: list[tuple[bool, str]] = []
+    if report.plan.setup:
+        items.append((report.setup is not None, "setup" + outcome(report.setup)))
+    items.append(
+        (report.baseline is not None, "tests before the change (baseline)" + outcome(report.baseline))
+    )
+    items.append((agent_done, "agent running" if current == "agent" else "agent"))
+    for n, step in enumerate(report.rounds, start=1):
+        items.append((True, f"tests (round {n}){outcome(step)}"))
+    if current in ("tests", "fixing"):
+        n = len(report.rounds) + (0 if current == "fixing" else 1)
+        label = f"Claude fixing the failures (round {n})" if current == "fixing" else f"tests (round {n})"
+        items.append((False, label))
+    return items
+
+
+def fix_prompt(step: StepResult, command: str, round_: int, rounds: int) -> str:
+    """What the continued session is told: the failing run's end, redacted and size-capped."""
+    why = (
+        f"timed out and was killed after {step.duration_s:.0f}s"
+        if step.timed_out
+        else f"exited {step.exit_code}"
+    )
+    return (
+        f"The repository's tests fail after your change: `{command}` {why}. The end of its output:\n\n"
+        f"```\n{failing_output(step.tail)}\n```\n\n"
+        f"Fix the code so that the tests pass (fix round {round_} of {rounds}). Do not weaken or delete "
+        "tests to make them pass. Then update .claude-pr-summary.md as before."
+    )
+
+
+def failing_output(text: str) -> str:
+    lines = REDACTOR(text).splitlines()[-TAIL_LINES:]
+    tail = "\n".join(lines)
+    return tail[-FAILING_OUTPUT_LIMIT:]
+
+
+class TestGate:
+    """Runs a task's :class:`TestPlan` in its workspace, recording each step on the task."""
+
+    __test__ = False
+
+    def __init__(
+        self,
+        backend: Backend[Any],
+        queue: TaskQueue,
+        *,
+        fix_rounds: int,
+        agent_command: Sequence[str],
+        agent_env: dict[str, str],
+        clock: Callable[[], float],
+        progress: Callable[[Task, TestReport, bool, str | None], None],
+    ) -> None:
+        self.backend = backend
+        self.queue = queue
+        self.fix_rounds = fix_rounds
+        self.agent_command = tuple(agent_command)
+        self.agent_env = agent_env
+        self.clock = clock
+        self.progress = progress  # (task, report, agent_done, current step): the checklist comment
+
+    # --- before the agent -------------------------------------------------------------------------
+
+    def before_agent(
+        self,
+        task: Task,
+        workspace: Workspace,
+        report: TestReport,
+        control: TaskControl,
+        tlog: TaskLog,
+        deadline: float,
+    ) -> TestReport:
+        """Setup and the baseline run (each skipped when recorded already). Raises Interrupted."""
+        plan = report.plan
+        if plan.setup and report.setup is None:
+            self._enter(task, SETUP, report, agent_done=False)
+            tlog.write(f"setup: {plan.setup}")
+            report.setup = self._run(workspace, SETUP, plan.setup, plan.timeout, control, tlog, deadline)
+            self._record(task, report)
+            if not report.setup.green:
+                tlog.write("setup failed; the tests will show what that breaks")
+        if report.baseline is None:
+            self._enter(task, BASELINE, report, agent_done=False)
+            tlog.write(f"baseline tests: {plan.test}")
+            report.baseline = self._run(
+                workspace, BASELINE, str(plan.test), plan.timeout, control, tlog, deadline
+            )
+            self._record(task, report)
+        return report
+
+    # --- after the agent --------------------------------------------------------------------------
+
+    def after_agent(
+        self,
+        task: Task,
+        workspace: Workspace,
+        report: TestReport,
+        control: TaskControl,
+        tlog: TaskLog,
+        deadline: float,
+        first_prompt: bytes = b"",
+    ) -> TestReport:
+        """Test; while red and rounds are left, continue Claude's session with the failure and test again.
+
+        The agent's turns and cost of each fix round are added to the task's. ``first_prompt`` (the
+        issue's) starts a new session when the old one cannot be continued. Raises Interrupted.
+        """
+        command = str(report.plan.test)
+        while True:
+            round_ = len(report.rounds) + 1
+            if report.fixes < round_ - 1:
+                # A fix round was started (phase "fixing") but not recorded: finish waiting for it.
+                self._fix(task, workspace, report, control, tlog, deadline, first_prompt)
+                if report.note:
+                    return report
+                continue
+            self._enter(task, "tests", report, agent_done=True)
+            tlog.write(f"tests (round {round_}): {command}")
+            step = self._run(
+                workspace, _test_name(round_), command, report.plan.timeout, control, tlog, deadline
+            )
+            report.rounds.append(step)
+            self._record(task, report)
+            if step.green:
+                tlog.write(f"tests green in round {round_}")
+                return report
+            if report.fixes >= self.fix_rounds:
+                tlog.write(
+                    f"tests still red after {report.fixes} fix round(s) (TEST_FIX_ROUNDS={self.fix_rounds})"
+                )
+                return report
+            if self.clock() >= deadline:
+                report.note = "TASK_TIMEOUT was reached before Claude could be asked for a fix"
+                self._record(task, report)
+                tlog.write(report.note)
+                return report
+            self._fix(task, workspace, report, control, tlog, deadline, first_prompt)
+            if report.note:
+                return report
+
+    def _fix(
+        self,
+        task: Task,
+        workspace: Workspace,
+        report: TestReport,
+        control: TaskControl,
+        tlog: TaskLog,
+        deadline: float,
+        first_prompt: bytes,
+    ) -> None:
+        round_ = report.fixes + 1
+        failing = report.rounds[-1]
+        current = self.queue.get(task.id)
+        session = current.session_id
+        argv = (*self.agent_command, "--resume", session) if session else self.agent_command
+        self._enter(task, "fixing", report, agent_done=True)
+        tlog.write(
+            f"asking Claude for a fix (round {round_} of {self.fix_rounds})"
+            + (f", continuing session {session}" if session else ", in a new session (none was recorded)")
+        )
+        spec = ProcessSpec(
+            name=_fix_name(round_),
+            argv=argv,
+            env=self.agent_env,
+            stdin=fix_prompt(failing, str(report.plan.test), round_, self.fix_rounds).encode(),
+        )
+        self.backend.start_process(workspace, spec, tlog)
+        exit_ = self._wait(workspace, spec.name, control, tlog, deadline)
+        if session and CONVERSATION_GONE in exit_.stdout + exit_.stderr:
+            # The place kept no Claude config between the runs: the same request in a new session,
+            # with the issue's prompt first so that Claude knows what the change was for.
+            tlog.write(f"session {session} cannot be continued here; asking in a new session")
+            spec = ProcessSpec(
+                name=f"{_fix_name(round_)}-new",
+                argv=self.agent_command,
+                env=self.agent_env,
+                stdin=first_prompt + b"\n\n---\n\n" + spec.stdin,
+            )
+            self.backend.start_process(workspace, spec, tlog)
+            exit_ = self._wait(workspace, spec.name, control, tlog, deadline)
+        result = parse_result(exit_.stdout, exit_code=exit_.exit_code, log_tail=exit_.tail)
+        report.fixes = round_
+        self._add_figures(current, result)
+        if exit_.timed_out:
+            report.note = f"TASK_TIMEOUT was reached during fix round {round_}"
+        elif not result.ok:
+            report.note = f"fix round {round_} failed: {result.error or 'the agent failed'}"
+        if report.note:
+            tlog.write(report.note)
+        self._record(task, report)
+
+    def _add_figures(self, task: Task, result: AgentResult) -> None:
+        """Turns and cost add up over the rounds; the session id is the latest."""
+        turns = (task.num_turns or 0) + (result.num_turns or 0)
+        cost = (task.cost_usd or 0.0) + (result.cost_usd or 0.0)
+        self.queue.update(
+            task.id,
+            num_turns=turns or task.num_turns,
+            cost_usd=cost if (task.cost_usd is not None or result.cost_usd is not None) else None,
+            session_id=result.session_id or task.session_id,
+            **({"result": result.result} if result.result else {}),
+        )
+
+    # --- one step ---------------------------------------------------------------------------------
+
+    def _run(
+        self,
+        workspace: Workspace,
+        name: str,
+        command: str,
+        timeout: int,
+        control: TaskControl,
+        tlog: TaskLog,
+        deadline: float,
+    ) -> StepResult:
+        started = self.clock()
+        # No GitHub credential and no Claude credential: the tests get the place's defaults only.
+        spec = ProcessSpec(name=name, argv=("sh", "-c", command), env={})
+        if not self.backend.start_process(workspace, spec, tlog):
+            tlog.write(f"{name} already runs (started before a restart)")
+        exit_ = self._wait(workspace, name, control, tlog, min(started + timeout, deadline))
+        duration = self.clock() - started
+        if exit_.timed_out:
+            tlog.write(f"{name} was killed at its deadline ({timeout}s test_timeout or TASK_TIMEOUT): red")
+        # Kept in the state file and quoted in the PR: redacted, and its end only (lines can be long).
+        tail = REDACTOR(exit_.tail)[-FAILING_OUTPUT_LIMIT:]
+        return StepResult(name, exit_.exit_code, duration, exit_.timed_out, tail)
+
+    def _wait(
+        self, workspace: Workspace, name: str, control: TaskControl, tlog: TaskLog, deadline: float
+    ) -> ProcessExit:
+        exit_ = wait_for_process(
+            self.backend, workspace, name, deadline=deadline, control=control, clock=self.clock, log=tlog
+        )
+        if exit_ is None:
+            raise Interrupted(cancelled=False)
+        if exit_.cancelled:
+            raise Interrupted(cancelled=True)
+        return exit_
+
+    def _enter(self, task: Task, phase: str, report: TestReport, *, agent_done: bool) -> None:
+        self.queue.update(task.id, meta={"phase": phase, "tests": report.to_dict()})
+        self.progress(task, report, agent_done, phase)
+
+    def _record(self, task: Task, report: TestReport) -> None:
+        self.queue.update(task.id, meta={"tests": report.to_dict()})
