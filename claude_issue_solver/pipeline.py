@@ -150,6 +150,7 @@ class Pipeline:
             agent_env=self.env,
             clock=clock,
             progress=self._test_progress,
+            after_run=self.run_limits.after_run,
         )
 
     # --- the daemon's Runner interface ------------------------------------------------------------

@@ -87,13 +87,22 @@ class RunLimits:
         exit_code: int | None,
         stderr: str = "",
         cost_usd: float | None = None,
+        step: str | None = None,
     ) -> RunEnd:
-        """Classify the run, ask the API for a reset time if needed, and record cost and hold at once."""
+        """Classify the run, ask the API for a reset time if needed, and record cost and hold at once.
+
+        ``step`` names a further agent run of the same attempt (a test-fix round), booked on its own."""
         with self._ending:
-            return self._after_run(task, stdout, exit_code, stderr, cost_usd)
+            return self._after_run(task, stdout, exit_code, stderr, cost_usd, step)
 
     def _after_run(
-        self, task: Task, stdout: str, exit_code: int | None, stderr: str, cost_usd: float | None
+        self,
+        task: Task,
+        stdout: str,
+        exit_code: int | None,
+        stderr: str,
+        cost_usd: float | None,
+        step: str | None = None,
     ) -> RunEnd:
         now = self.clock()
         verdict = limits.classify(stdout, exit_code=exit_code, stderr=stderr, now=now)
@@ -103,14 +112,14 @@ class RunLimits:
             and self._first_to_meet(task, now)
         ):
             verdict = self._ask_for_reset(verdict, now)
-        run_id = f"{task.id}:{task.meta.get('runs') or task.attempts}"
+        run_id = f"{task.id}:{task.meta.get('runs') or task.attempts}" + (f":{step}" if step else "")
         waits = isinstance(verdict, limits.LimitHit | limits.Transient)
         with self.queue.store.transaction() as data:
             data["budget"] = budget.record(
                 data.get("budget"), repo=task.repo, run_id=run_id, cost_usd=cost_usd, now=now
             )
             hold = admission.record_end(data, task.id, verdict, now=now)
-            if waits:
+            if waits and step is None:  # a fix round's limit ends the round, not the attempt
                 _refund_attempt(data, task.id, run_id)
         if isinstance(verdict, limits.BudgetExhausted):
             spent = verdict.spent if verdict.spent is not None else cost_usd

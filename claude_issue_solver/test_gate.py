@@ -28,6 +28,7 @@ from claude_issue_solver.logs import REDACTOR, TaskLog
 from claude_issue_solver.outcome import TaskControl
 from claude_issue_solver.queue import Task, TaskQueue
 from claude_issue_solver.repo_settings import TestPlan
+from claude_issue_solver.run_limits import RunEnd
 from claude_issue_solver.run_policy import ProcessExit, wait_for_process
 
 __all__ = [
@@ -205,6 +206,7 @@ class TestGate:
         agent_env: dict[str, str],
         clock: Callable[[], float],
         progress: Callable[[Task, TestReport, bool, str | None], None],
+        after_run: Callable[..., RunEnd] | None = None,
     ) -> None:
         self.backend = backend
         self.queue = queue
@@ -213,6 +215,8 @@ class TestGate:
         self.agent_env = agent_env
         self.clock = clock
         self.progress = progress  # (task, report, agent_done, current step): the checklist comment
+        # The budget and Claude limits (run_limits.RunLimits.after_run): a fix round is an agent run too.
+        self.after_run = after_run
 
     # --- before the agent -------------------------------------------------------------------------
 
@@ -336,8 +340,23 @@ class TestGate:
         result = parse_result(exit_.stdout, exit_code=exit_.exit_code, log_tail=exit_.tail)
         report.fixes = round_
         self._add_figures(current, result)
+        end = None
+        if self.after_run is not None:
+            end = self.after_run(
+                current,
+                stdout=exit_.stdout,
+                exit_code=exit_.exit_code,
+                stderr=exit_.stderr,
+                cost_usd=result.cost_usd,
+                step=spec.name,
+            )
         if exit_.timed_out:
             report.note = f"TASK_TIMEOUT was reached during fix round {round_}"
+        elif end is not None and end.waits:
+            # The queue now holds for the limit; this task publishes what it has, with the reason.
+            report.note = f"fix round {round_} stopped: {end.wait_reason}"
+        elif end is not None and end.failure:
+            report.note = f"fix round {round_} failed: {end.failure}"
         elif not result.ok:
             report.note = f"fix round {round_} failed: {result.error or 'the agent failed'}"
         if report.note:

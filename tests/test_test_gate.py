@@ -11,6 +11,7 @@ from collections.abc import Callable
 
 import pytest
 
+from claude_issue_solver import budget
 from claude_issue_solver.config import Config
 from claude_issue_solver.demo_world.github import FakeGitHub
 from claude_issue_solver.github import GitHubClient
@@ -98,6 +99,9 @@ def test_green_in_the_second_round_opens_a_normal_pr(world: World) -> None:
 
     done = world.queue.get(task.id)
     assert done.num_turns == 5 and done.cost_usd == pytest.approx(0.02)  # 2 + 3 turns, both runs' cost
+    # The day's spend (DAILY_BUDGET_USD) books the fix round as a run of its own, not over the first.
+    ledger = world.queue.store.read()["budget"]
+    assert budget.spent_today(ledger, now=world.clock()) == pytest.approx(0.02)
     tests = done.meta["tests"]
     assert tests["verdict"] == "green" and tests["fixes"] == 1 and len(tests["rounds"]) == 2
     assert world.backend.remote["claude/issue-1"][1]["calc.txt"] == b"good\n"
