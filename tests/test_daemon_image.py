@@ -13,6 +13,7 @@ import io
 import json
 import os
 import re
+import socket
 import tarfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -50,18 +51,22 @@ class ComposeService:
     volumes: list[tuple[str, str]]  # (host path, container path)
     secrets: dict[str, Path]  # file name under /run/secrets -> the host file
     init: bool
+    healthcheck: list[str]  # the CMD's argv
 
 
 def compose_service(state_dir: Path | None = None) -> ComposeService:
     """The service as `docker compose` would run it, with ``CLAUDE_ISSUE_SOLVER_STATE_DIR=state_dir``."""
     text = COMPOSE_FILE.read_text()
-    # Compose's ${VAR:-default} interpolation, for the one variable the file uses.
+    # Compose's ${VAR:-default} interpolation, for the variables the file uses (their defaults but
+    # for the state directory).
     pattern = r"\$\{CLAUDE_ISSUE_SOLVER_STATE_DIR:-([^}]*)\}"
     text = re.sub(pattern, lambda m: str(state_dir) if state_dir else m.group(1), text)
+    text = re.sub(r"\$\{CLAUDE_ISSUE_SOLVER_(?:WEBHOOKS|PORT):-([^}]*)\}", lambda m: m.group(1), text)
     assert "${" not in text, "the compose file uses a variable this test does not know"
     doc = yaml.safe_load(text)
     service = doc["services"][SERVICE]
     known = {"build", "image", "restart", "init", "stop_grace_period", "environment", "secrets", "volumes"}
+    known |= {"ports", "healthcheck"}
     assert set(service) <= known, f"teach this test the compose keys {set(service) - known}"
     secrets = {
         item["target"]: (COMPOSE_FILE.parent / doc["secrets"][item["source"]]["file"]).resolve()
@@ -74,6 +79,7 @@ def compose_service(state_dir: Path | None = None) -> ComposeService:
         volumes=volumes,  # type: ignore[arg-type]
         secrets=secrets,
         init=bool(service.get("init")),
+        healthcheck=list(service["healthcheck"]["test"][1:]),
     )
 
 
@@ -262,6 +268,11 @@ def test_the_daemon_in_its_container_turns_an_issue_into_a_pull_request(
     inside its own container: this works only because STATE_DIR has the same path on both sides."""
     issue = labelled(github, "Add a fix file", "edit")
     service = compose_service(state_dir)
+    # The test container shares the host's network: the listener takes a free port, not 8080.
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    service.environment["LISTEN_ADDRESS"] = f"0.0.0.0:{port}"
     container = run_like_compose(
         docker_client, daemon_image, service, ["start", "--foreground"], settings_file()
     )
@@ -270,6 +281,8 @@ def test_the_daemon_in_its_container_turns_an_issue_into_a_pull_request(
         # The image's healthcheck: `status` in the container sees the daemon running.
         health = container.exec_run(["claude-issue-solver", "status"])
         assert health.exit_code == 0, health.output.decode()
+        # The compose file's healthcheck: /healthz answers 200 once every repository polled.
+        wait_until(lambda: container.exec_run(service.healthcheck).exit_code == 0, 60, "a healthy /healthz")
         wait_until(
             lambda: "pull request" in our_comments(github, issue["number"])[0]["body"], 60, "the comment"
         )
