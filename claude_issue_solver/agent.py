@@ -14,6 +14,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from claude_issue_solver.conventions import format_usd
 from claude_issue_solver.stream_events import as_float, as_int, as_str
 
 __all__ = [
@@ -287,7 +288,7 @@ def _failure_message(message: dict[str, Any], subtype: str | None, exit_code: in
         return f"Claude Code stopped after reaching the maximum number of turns{suffix}"
     if subtype == "error_max_budget_usd":
         cost = as_float(message.get("total_cost_usd"))
-        spent = f" after spending ${cost:.2f}" if cost is not None else ""
+        spent = f" after spending {format_usd(cost)}" if cost is not None else ""
         detail = f": {errors}" if errors else ""
         return f"Claude Code stopped after reaching its spending limit{spent}{detail}"
     if subtype == "error_during_execution":

@@ -27,6 +27,8 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
+from claude_issue_solver.conventions import format_usd
+
 __all__ = [
     "HISTORY_DAYS",
     "BudgetCheck",
@@ -139,8 +141,8 @@ class BudgetCheck:
     def line(self) -> str:
         """For ``status``: "spent $1.23 of $5.00 today" (or "spent $1.23 today" with no budget)."""
         if self.budget is None:
-            return f"spent ${self.spent:.2f} today"
-        return f"spent ${self.spent:.2f} of ${self.budget:.2f} today"
+            return f"spent {format_usd(self.spent)} today"
+        return f"spent {format_usd(self.spent)} of {format_usd(self.budget)} today"
 
 
 def check(

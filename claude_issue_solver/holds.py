@@ -24,6 +24,7 @@ from datetime import UTC, datetime
 from typing import Any, Literal, get_args
 
 from claude_issue_solver.budget import BudgetCheck
+from claude_issue_solver.conventions import format_usd
 from claude_issue_solver.limits import LimitHit, Transient, Verdict, unknown_reset_backoff
 
 __all__ = ["Gate", "HoldReason", "QueueHold", "budget_hold", "format_wait", "on_task_end"]
@@ -181,7 +182,7 @@ def budget_hold(check: BudgetCheck, *, now: float, current: QueueHold | None = N
         return current
     if current is not None and current.reason != "daily_budget" and current.until >= check.until:
         return current
-    message = f"${check.spent:.2f} of ${check.budget:.2f} spent today"
+    message = f"{format_usd(check.spent)} of {format_usd(check.budget)} spent today"
     if check.spent < check.budget:
         message += ", too little left for another task"
     return QueueHold("daily_budget", check.until, now, True, 1, message)

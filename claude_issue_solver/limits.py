@@ -34,6 +34,8 @@ from email.utils import parsedate_to_datetime
 from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from claude_issue_solver.conventions import format_usd
+
 __all__ = [
     "DEFAULT_PROBE_MODEL",
     "BudgetExhausted",
@@ -185,7 +187,7 @@ def classify(
 
     if result is not None and result.get("subtype") == "error_max_budget_usd":
         spent = _float(result.get("total_cost_usd"))
-        shown = f"${spent:.2f}" if spent is not None else "an unknown amount"
+        shown = f"{format_usd(spent)}" if spent is not None else "an unknown amount"
         return BudgetExhausted(spent, f"Claude Code stopped at its spending limit after {shown}")
 
     # Claude's own words about the failure: never the agent's text of a normal turn.

@@ -163,8 +163,8 @@ def waiting_comment(task: Task, why: str, until: str, *, known_reset: bool) -> s
 
 def budget_stopped_reason(spent: float | None, cap: float | None) -> str:
     """Why a run that stopped at ``--max-budget-usd`` failed, with what it spent."""
-    shown = "an unknown amount" if spent is None else f"${spent:.2f}"
-    limit = "" if cap is None else f" of ${cap:.2f} per run (CLAUDE_MAX_BUDGET_USD)"
+    shown = "an unknown amount" if spent is None else f"{format_usd(spent)}"
+    limit = "" if cap is None else f" of {format_usd(cap)} per run (CLAUDE_MAX_BUDGET_USD)"
     return f"Claude Code stopped at its spending limit{limit} after spending {shown}"
 
 

@@ -382,15 +382,15 @@ def print_queue(
 
 def print_usage(payload: dict[str, Any], out: TextIO, *, tty: bool) -> None:
     budget_line = (
-        f"spent ${payload['spent_today_usd']:.2f} of ${payload['daily_budget_usd']:.2f} today"
+        f"spent {format_usd(payload['spent_today_usd'])} of {format_usd(payload['daily_budget_usd'])} today"
         if payload["daily_budget_usd"] is not None
-        else f"spent ${payload['spent_today_usd']:.2f} today (no DAILY_BUDGET_USD)"
+        else f"spent {format_usd(payload['spent_today_usd'])} today (no DAILY_BUDGET_USD)"
     )
     out.write(budget_line + "\n")
-    rows = [[r["day"], r["repo"], str(r["runs"]), f"${r['cost_usd']:.2f}"] for r in payload["rows"]]
+    rows = [[r["day"], r["repo"], str(r["runs"]), f"{format_usd(r['cost_usd'])}"] for r in payload["rows"]]
     if not rows:
         out.write(f"no Claude spend recorded in the last {payload['days']} days\n")
         return
     title = f"spend per repository and UTC day (last {payload['days']} days)"
     _table(out, title, ["day", "repo", "runs", "cost"], rows, tty)
-    out.write(f"total: ${payload['total_usd']:.2f}\n")
+    out.write(f"total: {format_usd(payload['total_usd'])}\n")
