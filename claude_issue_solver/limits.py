@@ -35,6 +35,7 @@ from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from claude_issue_solver.conventions import format_usd
+from claude_issue_solver.stream_events import as_int
 
 __all__ = [
     "DEFAULT_PROBE_MODEL",
@@ -129,15 +130,10 @@ def _events(stdout: str | Iterable[str] | Mapping[str, Any] | None) -> tuple[lis
 
 
 def _int(value: object) -> int | None:
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int):
-        return value
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
+    """As the CLI's other integers, and a header's digits too (``retry-after: 120``)."""
     if isinstance(value, str) and value.strip().isdigit():
         return int(value.strip())
-    return None
+    return as_int(value)
 
 
 def _float(value: object) -> float | None:
