@@ -807,6 +807,17 @@ class FakeGitHub(LoopbackFake[RecordedRequest]):
             self._changed.notify_all()
             return self._comment_json(st, comment)
 
+    def edit_comment(self, full_name: str, comment_id: int, body: str) -> dict[str, Any]:
+        """Edit a conversation comment like its author would (bumps its ``updated_at``)."""
+        with self._lock:
+            st = self._state(full_name)
+            comment = st.comments[comment_id]
+            comment.body = body
+            comment.updated_at = max(self._now(), comment.updated_at)
+            self._touch(st.issues[comment.number])
+            self._changed.notify_all()
+            return self._comment_json(st, comment)
+
     def add_review_comment(
         self,
         full_name: str,
