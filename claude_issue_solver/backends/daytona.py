@@ -281,6 +281,10 @@ class DaytonaBackend:
 
     # --- processes -------------------------------------------------------------------------------------
 
+    def forget_kept(self, key: str) -> bool:
+        # Nothing is kept between sandboxes yet: a follow-up here starts a fresh Claude session.
+        return False
+
     def start_process(self, workspace: Workspace, process: ProcessSpec, log: TaskLog) -> bool:
         sandbox, paths = self._located(workspace)
         name = process.name

@@ -1693,6 +1693,7 @@ class FakeGitHub(LoopbackFake[RecordedRequest]):
             ("GET", repo + r"/collaborators/(?P<login>[^/]+)/permission", self._api_permission, "user"),
             ("GET", repo + r"/pulls", self._api_list_pulls, "user"),
             ("GET", repo + r"/pulls/comments", self._api_list_repo_review_comments, "user"),
+            ("PATCH", repo + r"/pulls/comments/(?P<cid>\d+)", self._api_edit_review_comment, "user"),
             ("GET", repo + r"/pulls/(?P<number>\d+)/comments", self._api_list_review_comments, "user"),
             (
                 "POST",
@@ -2348,6 +2349,21 @@ class FakeGitHub(LoopbackFake[RecordedRequest]):
             root,
         )
         return self._json(self._review_comment_json(st, comment), status=201)
+
+    def _api_edit_review_comment(self, call: _Call, owner: str, name: str, cid: str) -> _Response:
+        st = self._repo_for(call, owner, name)
+        comment = st.review_comments.get(int(cid))
+        if comment is None:
+            raise _HttpError(404, "Not Found")
+        body = call.json_object().get("body")
+        if not isinstance(body, str) or not body:
+            raise _validation_failed(
+                {"resource": "PullRequestReviewComment", "field": "body", "code": "missing_field"}
+            )
+        comment.body = body
+        comment.updated_at = max(self._now(), comment.updated_at)
+        self._touch(st.issues[comment.number])
+        return self._json(self._review_comment_json(st, comment))
 
     def _api_list_reviews(self, call: _Call, owner: str, name: str, number: str) -> _Response:
         st = self._repo_for(call, owner, name)
