@@ -110,6 +110,21 @@ def plan(publisher: Publisher, task: Task) -> Plan:
         branch = f"{base}-{round_}"
 
 
+def session_line(task: Task) -> str:
+    """What the task log says about the session: resumed (and which), or fresh (and why)."""
+    triggers = ", ".join(
+        f"@{t.get('author', '?')} ({t.get('url', '')})" for t in task.meta.get("triggers", [])
+    )
+    branch = task.meta.get("followup_branch")
+    if task.meta.get("resumed_session") and not task.meta.get("fresh_session"):
+        session = f"resuming session {task.meta['resumed_session']}"
+    elif task.meta.get("fresh_session"):
+        session = f"a fresh session (session {task.meta.get('resumed_session')} could not be resumed)"
+    else:
+        session = "a fresh session (no earlier session of this issue is known)"
+    return f"follow-up for {triggers or 'a retry'} on {branch}: {session}"
+
+
 def resume_args(session_id: str | None) -> list[str]:
     return ["--resume", session_id] if session_id else []
 

@@ -158,6 +158,8 @@ class Pipeline:
                 tlog.write(f"the {self.config.trigger_label!r} label was removed; nothing to do")
                 return Outcome(TaskState.CANCELLED, error="the trigger label was removed")
             spec = self._spec(task, issue)
+            if task.kind == FOLLOWUP:
+                tlog.write(followup.session_line(self.queue.get(task.id)))
             self._comment(task, self._working(task, 0))
             task = self.queue.update(
                 task.id,
