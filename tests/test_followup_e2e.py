@@ -124,3 +124,51 @@ def test_a_maintainers_at_claude_on_the_pr_continues_the_session_branch_and_pr(
     found = subprocess.run(["grep", "-rl", config.github_token or "-", str(kept)], capture_output=True)
     assert found.stdout == b""
     assert issue["number"] == 1
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1500)
+def test_a_review_line_comment_is_answered_in_its_thread_by_the_same_session(
+    github: FakeGitHub, e2e_config: Callable[..., Config], claude_image: str
+) -> None:
+    repo = github.repo("acme/widgets")
+    github.create_issue(
+        "acme/widgets", "Say hello", "Please add a HELLO.md.", labels=["Claude"], user="maintainer"
+    )
+    later = Round(files={"HELLO.md": "Hello, guarded\n"}, final_text="Done: HELLO.md reworded.")
+    with FakeAnthropic(api_key=CLAUDE_KEY, files={"HELLO.md": "Hello\n"}, followups=(later,)) as api:
+        config = e2e_config(
+            DOCKER_IMAGE=claude_image,
+            DOCKER_NETWORK="host",
+            ANTHROPIC_BASE_URL=api.url,
+            CLAUDE_CODE_MAX_RETRIES="0",
+            POLL_INTERVAL="1",
+        )
+        parts = build(config)
+        drive(config, all_finished, timeout=300, parts=parts)
+        [pr] = github.pulls("acme/widgets")
+        line = github.add_review_comment(
+            "acme/widgets",
+            pr["number"],
+            "@claude reword this line",
+            path="HELLO.md",
+            line=1,
+            user="maintainer",
+            diff_hunk="@@ -0,0 +1 @@\n+Hello",
+        )
+
+        def followup_done(q: TaskQueue) -> bool:
+            return any(t.kind == FOLLOWUP and not t.state.live for t in q.list())
+
+        queue = drive(config, followup_done, timeout=300, parts=parts)
+        resumed = api.resumed_requests
+    [task] = [t for t in queue.list() if t.kind == FOLLOWUP]
+    assert task.state is TaskState.COMPLETED, task.error
+    assert resumed, "the follow-up did not continue the first session"
+    prompt = json.dumps(resumed[0].body["messages"])
+    assert "On HELLO.md, line 1; the diff hunk it was written on" in prompt and "@@ -0,0 +1 @@" in prompt
+    assert repo.read_file("claude/issue-1", "HELLO.md") == "Hello, guarded\n"
+    replies = [c for c in github.review_comments("acme/widgets", pr["number"]) if c.get("in_reply_to_id")]
+    assert len(replies) == 1 and replies[0]["in_reply_to_id"] == line["id"] and task.id in replies[0]["body"]
+    assert [r["content"] for r in github.reactions("acme/widgets", "pulls", line["id"])] == ["eyes"]
+    assert len(github.pulls("acme/widgets")) == 1
