@@ -157,6 +157,10 @@ class Pipeline:
             if task.kind == "issue" and self.config.trigger_label.lower() not in _labels(issue):
                 tlog.write(f"the {self.config.trigger_label!r} label was removed; nothing to do")
                 return Outcome(TaskState.CANCELLED, error="the trigger label was removed")
+            if task.kind == FOLLOWUP:
+                # A new run (a retry, a lost workspace) starts over: resume again, choose the branch again.
+                reset = {"agent_process": None, "fresh_session": None, "followup_branch": None}
+                task = self.queue.update(task.id, meta=reset)
             spec = self._spec(task, issue)
             if task.kind == FOLLOWUP:
                 tlog.write(followup.session_line(self.queue.get(task.id)))
@@ -494,9 +498,12 @@ class Pipeline:
         """A follow-up's branch, prompt and argv: resume the previous session unless that failed."""
         found = followup.plan(self.publisher, task)
         session = None if task.meta.get("fresh_session") else followup.previous_session(self.queue, task)
-        if task.meta.get("followup_branch") != found.branch or "resumed_session" not in task.meta:
-            self.queue.update(task.id, meta={"followup_branch": found.branch, "resumed_session": session})
-            task.meta.update(followup_branch=found.branch, resumed_session=session)
+        # After a failed resume, the session that failed stays on record (the log names it).
+        failed = task.meta.get("resumed_session") if task.meta.get("fresh_session") else None
+        wanted = {"followup_branch": found.branch, "resumed_session": failed or session}
+        if any(task.meta.get(k) != v for k, v in wanted.items()):
+            self.queue.update(task.id, meta=wanted)
+            task.meta.update(wanted)
         prompt = build_followup_prompt(
             context,
             followup.requests_of(task),
