@@ -149,7 +149,8 @@ def answer(publisher: Publisher, queue: TaskQueue, task: Task, body: str) -> Non
             task.repo, int(first["pr_number"]), int(first["thread"]), task.id, body, known
         )
     else:
-        number = int(first["pr_number"]) if first.get("where") == "pr" else task.issue_number
+        on_pr = first.get("where") in ("pr", "review")  # a review's body has no thread: the PR's conversation
+        number = int(first["pr_number"]) if on_pr else task.issue_number
         new_id = publisher.upsert_comment(task.repo, number, task.id, body, known)
     if new_id != known:
         task.meta["answer_id"] = new_id
@@ -159,7 +160,7 @@ def answer(publisher: Publisher, queue: TaskQueue, task: Task, body: str) -> Non
 def _trigger_text(task: Task) -> str:
     if task.kind != FOLLOWUP:
         return "label"
-    where = {"issue": "the issue", "pr": "the PR", "review_comment": "a review line"}
+    where = {"issue": "the issue", "pr": "the PR", "review": "a review", "review_comment": "a review line"}
     parts = [
         f"@{t.get('author', '?')} on [{where.get(t.get('where', ''), 'GitHub')}]({t.get('url', '')})"
         for t in task.meta.get("triggers", [])

@@ -161,7 +161,7 @@ class FollowUpRequest:
 
     author: str
     body: str  # byte for byte as written on GitHub
-    where: str  # "issue" | "pr" | "review_comment"
+    where: str  # "issue" | "pr" | "review" | "review_comment"
     url: str = ""
     path: str = ""
     line: int | None = None
@@ -171,6 +171,7 @@ class FollowUpRequest:
 _WHERE = {
     "issue": "in a comment on the issue",
     "pr": "in a comment on the pull request",
+    "review": "in a review of the pull request",
     "review_comment": "in a review comment on a line of the pull request",
 }
 

@@ -74,6 +74,7 @@ class TriggerWatcher:
         """Read both listings (conditionally), record new triggers, hand waiting ones to the queue."""
         for kind in LISTINGS:
             self._read_listing(repo, kind)
+        self._read_reviews(repo)
         self.deliver(repo)
 
     def deliver(self, repo: str) -> None:
@@ -140,6 +141,105 @@ class TriggerWatcher:
         self._save(repo, kind, since=newest, etag=first.headers.get("etag"), seen=new_seen, triggers=triggers)
         for _, trigger in triggers:
             self._react(repo, trigger)
+
+    def _read_reviews(self, repo: str) -> None:
+        """Review bodies: GitHub lists them only per pull request. One conditional request for the
+        repository's open pull requests (sorted by ``updated_at``, which a review moves) tells which of
+        ours changed; only their reviews are read. Skipped when none of our pull requests is open."""
+        routes = self._routes(repo)
+        ours = set(routes["pulls"])
+        entry = self.queue.store.read().get("followups", {}).get("repos", {}).get(repo, {})
+        book = entry.get("pulls", {})
+        if not ours or (ours <= set(book.get("known", [])) and not ours & set(book.get("open", []))):
+            return
+        etag = book.get("etag")
+        listing = self.client.request(
+            repo,
+            "GET",
+            f"/repos/{repo}/pulls",
+            params={"state": "open", "sort": "updated", "direction": "desc", "per_page": 100},
+            headers={"If-None-Match": etag} if etag else None,
+        )
+        if listing.status == 304 and ours <= set(book.get("known", [])):
+            return
+        pulls = listing.data if listing.status != 304 else None
+        open_now = (
+            {int(p["number"]): p.get("updated_at") or "" for p in pulls}
+            if pulls is not None
+            else book.get("open_at", {})
+        )
+        open_now = {int(k): v for k, v in open_now.items()}
+        looked = {int(k): v for k, v in book.get("looked", {}).items()}
+        seen = set(entry.get("seen", []))
+        # Reviews older than the watch (an upgrade over open pull requests) are history.
+        baseline = entry.get("baseline", {}).get("issues", "")
+        new_seen: list[str] = []
+        triggers: list[tuple[str, dict[str, Any]]] = []
+        for number in sorted(ours & set(open_now)):
+            if looked.get(number) == open_now[number]:
+                continue
+            looked[number] = open_now[number]
+            for page in self.client.paginate(repo, f"/repos/{repo}/pulls/{number}/reviews"):
+                for review in page.data or []:
+                    key = f"reviews:{review['id']}"
+                    if key in seen:
+                        continue
+                    seen.add(key)
+                    new_seen.append(key)
+                    if (review.get("submitted_at") or "") < baseline:
+                        continue
+                    found = self._review_trigger(repo, number, review, routes)
+                    if found is not None:
+                        triggers.append(found)
+        with self.queue.store.transaction() as data:
+            section = data.setdefault("followups", {})
+            entry = section.setdefault("repos", {}).setdefault(repo, {})
+            entry["pulls"] = {
+                "etag": listing.headers.get("etag") or etag,
+                "open": sorted(open_now),
+                "open_at": {str(k): v for k, v in open_now.items()},
+                "known": sorted(ours),
+                "looked": {str(k): v for k, v in looked.items()},
+            }
+            entry["seen"] = [*entry.get("seen", []), *new_seen][-SEEN_LIMIT:]
+            pending = section.setdefault("pending", {})
+            for key, trigger in triggers:
+                waiting = pending.setdefault(key, [])
+                if trigger["id"] not in {t["id"] for t in waiting}:
+                    waiting.append(trigger)
+
+    def _review_trigger(
+        self, repo: str, number: int, review: dict[str, Any], routes: dict[str, dict[int, int]]
+    ) -> tuple[str, dict[str, Any]] | None:
+        body = review.get("body") or ""
+        author = (review.get("user") or {}).get("login", "")
+        if MARKER_PREFIX in body or not mentions(body, self.phrase):
+            return None
+        if author and author.lower() == (self._own() or "").lower():
+            return None
+        trusted, why = self._trusted(repo, author)
+        if not trusted:
+            self._note(
+                f"{repo}:review:{review['id']}",
+                "%s#%s: ignoring %s in a review by %s (%s)",
+                repo,
+                number,
+                self.phrase,
+                author,
+                why,
+            )
+            return None
+        trigger = {
+            "id": f"reviews:{review['id']}",
+            "comment_id": int(review["id"]),
+            "where": "review",
+            "pr_number": number,
+            "author": author,
+            "url": review.get("html_url", ""),
+            "body": body,
+            "created_at": review.get("submitted_at", ""),
+        }
+        return f"{repo}#{routes['pulls'][number]}", trigger
 
     def _trigger(
         self, repo: str, kind: str, comment: dict[str, Any], routes: dict[str, dict[int, int]]
@@ -255,6 +355,8 @@ class TriggerWatcher:
         return self._own_login
 
     def _react(self, repo: str, trigger: dict[str, Any]) -> None:
+        if trigger["where"] == "review":
+            return  # GitHub has no reactions on a review's body
         kind = "pulls" if trigger["where"] == "review_comment" else "issues"
         try:
             self.client.request(

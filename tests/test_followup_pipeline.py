@@ -238,3 +238,21 @@ def test_a_closed_issue_cancels_the_follow_up_and_forgets_its_sessions(world: Wo
     assert outcome is not None and outcome.state is TaskState.CANCELLED
     assert session_key(REPO, 1) not in world.backend.kept
     assert SUMMARY  # the first run's summary is what the PR kept
+
+
+def test_a_review_body_is_answered_on_the_pr(world: World) -> None:
+    first = first_run(world)
+    review = world.github.add_review(REPO, 2, "@claude split it", user="maintainer")
+    seen: dict[str, bytes] = {}
+
+    def agent(place: Place, process: Process) -> None:
+        seen["stdin"] = process.spec.stdin
+        edits({"more.txt": "more\n"})(place, process)
+
+    world.backend.agents["agent"] = agent
+    request = trigger("review", "@claude split it", {**review, "created_at": review["submitted_at"]})
+    task = queue_followup(world, first, {**request, "id": f"reviews:{review['id']}"})
+    world.record(task, world.pipeline().run(task, TaskControl()))
+    assert b"asked in a review of the pull request" in seen["stdin"]
+    answers = [c["body"] for c in world.github.comments(REPO, 2) if task.id in c["body"]]
+    assert len(answers) == 1 and answers[0].startswith("✅")

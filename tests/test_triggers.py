@@ -204,4 +204,29 @@ def test_idle_with_comments_watched_costs_nothing(
     for _ in range(60):
         watcher()
     assert [r for r in github.requests if r.counted] == []
+    # The labelled issues, both comment listings, and while a PR of ours is open, the open PRs.
+    assert {r.status for r in github.requests} == {304} and len(github.requests) == 4 * 60
+    github.edit_issue(REPO, pr, state="closed")
+    watcher()  # the open pull requests changed: one counted listing
+    github.reset_counts()
+    for _ in range(60):
+        watcher()
+    assert [r for r in github.requests if r.counted] == []
     assert {r.status for r in github.requests} == {304} and len(github.requests) == 3 * 60
+
+
+def test_a_review_body_triggers_and_is_answered_on_the_pr(
+    github: FakeGitHub, watcher_for: Callable[..., Watcher], queue: TaskQueue, worked: tuple[int, int]
+) -> None:
+    issue, pr = worked
+    watcher = started(watcher_for)
+    github.add_review(REPO, pr, "Nice. @claude please split the function", user="maintainer")
+    github.add_review(REPO, pr, "@claude me too", user="drive-by", author_association="NONE")
+    github.add_review(REPO, pr, "LGTM", user="maintainer", state="APPROVED")
+    watcher()
+    [task] = followups(queue)
+    [trigger] = task.meta["triggers"]
+    assert (trigger["where"], trigger["pr_number"], task.issue_number) == ("review", pr, issue)
+    assert trigger["body"] == "Nice. @claude please split the function"
+    watcher()
+    assert len(followups(queue)[0].meta["triggers"]) == 1  # each review once
