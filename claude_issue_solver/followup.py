@@ -110,7 +110,7 @@ def plan(publisher: Publisher, task: Task) -> Plan:
         branch = f"{base}-{round_}"
 
 
-def session_line(task: Task) -> str:
+def session_line(task: Task, *, keeps_dirs: bool = True) -> str:
     """What the task log says about the session: resumed (and which), or fresh (and why)."""
     triggers = ", ".join(
         f"@{t.get('author', '?')} ({t.get('url', '')})" for t in task.meta.get("triggers", [])
@@ -120,6 +120,8 @@ def session_line(task: Task) -> str:
         session = f"resuming session {task.meta['resumed_session']}"
     elif task.meta.get("fresh_session"):
         session = f"a fresh session (session {task.meta.get('resumed_session')} could not be resumed)"
+    elif not keeps_dirs:
+        session = "a fresh session (this backend keeps no Claude sessions between runs)"
     else:
         session = "a fresh session (no earlier session of this issue is known)"
     return f"follow-up for {triggers or 'a retry'} on {branch}: {session}"

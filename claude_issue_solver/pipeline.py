@@ -163,7 +163,7 @@ class Pipeline:
                 task = self.queue.update(task.id, meta=reset)
             spec = self._spec(task, issue)
             if task.kind == FOLLOWUP:
-                tlog.write(followup.session_line(self.queue.get(task.id)))
+                tlog.write(followup.session_line(self.queue.get(task.id), keeps_dirs=self.backend.keeps_dirs))
             self._comment(task, self._working(task, 0))
             task = self.queue.update(
                 task.id,
@@ -497,7 +497,8 @@ class Pipeline:
     ) -> tuple[str, str, list[str]]:
         """A follow-up's branch, prompt and argv: resume the previous session unless that failed."""
         found = followup.plan(self.publisher, task)
-        session = None if task.meta.get("fresh_session") else followup.previous_session(self.queue, task)
+        resumable = self.backend.keeps_dirs and not task.meta.get("fresh_session")
+        session = followup.previous_session(self.queue, task) if resumable else None
         # After a failed resume, the session that failed stays on record (the log names it).
         failed = task.meta.get("resumed_session") if task.meta.get("fresh_session") else None
         wanted = {"followup_branch": found.branch, "resumed_session": failed or session}

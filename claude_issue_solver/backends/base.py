@@ -222,6 +222,7 @@ W = TypeVar("W", bound=Workspace)
 class Backend(Protocol[W]):
     name: str
     poll_interval: float  # how often asking about a process here is sensible (seconds)
+    keeps_dirs: bool  # whether ProcessSpec.keep is honoured (a directory kept between workspaces)
 
     def check(self) -> None:
         """Fail fast at start-up with a clear BackendError (Docker down, Daytona key rejected)."""

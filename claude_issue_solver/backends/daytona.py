@@ -150,6 +150,7 @@ class DaytonaBackend:
     """Runs a task's processes in a Daytona sandbox; see the module docstring for the layout."""
 
     name = "daytona"
+    keeps_dirs = False  # not yet: each sandbox starts with an empty Claude configuration
 
     def __init__(
         self, settings: DaytonaSettings, *, client: Daytona | None = None, poll_interval: float | None = None

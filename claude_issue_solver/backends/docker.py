@@ -102,6 +102,7 @@ class DockerBackend:
 
     name = "docker"
     poll_interval = POLL_SECONDS
+    keeps_dirs = True
 
     def __init__(
         self, settings: DockerSettings, *, client: docker.DockerClient | None = None, image: str | None = None

@@ -106,6 +106,7 @@ def _sha(*parts: object) -> str:
 class MemoryBackend:
     name = "memory"
     poll_interval = 0.0
+    keeps_dirs = True
 
     def __init__(self, remote: dict[str, dict[str, str]] | None = None) -> None:
         # The remote: branch -> (sha, files). "main" holds a README to start with.
