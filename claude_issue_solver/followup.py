@@ -22,6 +22,7 @@ from typing import Any
 from claude_issue_solver import messages
 from claude_issue_solver.backends.base import KeptDir
 from claude_issue_solver.conventions import branch_for
+from claude_issue_solver.github import GitHubError
 from claude_issue_solver.prompt import FollowUpRequest
 from claude_issue_solver.publisher import Publisher, PullState
 from claude_issue_solver.queue import FINISHED, FOLLOWUP, Task, TaskQueue, TaskState
@@ -125,6 +126,27 @@ def session_line(task: Task, *, keeps_dirs: bool = True) -> str:
     else:
         session = "a fresh session (no earlier session of this issue is known)"
     return f"follow-up for {triggers or 'a retry'} on {branch}: {session}"
+
+
+def forget_closed(backend: Any, client: Any, queue: TaskQueue, live: list[Task]) -> list[str]:
+    """Remove the kept sessions of closed issues (at start-up: one request per issue with sessions).
+
+    A run that finds its issue closed removes them too; this catches issues closed with no run after.
+    """
+    busy = {session_key(t.repo, t.issue_number) for t in live}
+    issues = {session_key(t.repo, t.issue_number): (t.repo, t.issue_number) for t in queue.list()}
+    removed = []
+    for key in sorted(backend.kept_keys() - busy):
+        if key not in issues:
+            continue  # no task of ours names it any more: keep it rather than guess
+        repo, number = issues[key]
+        try:
+            state = client.issue(repo, number).get("state")
+        except GitHubError:
+            continue  # GitHub is not answering: the next start-up looks again
+        if state != "open" and backend.forget_kept(key):
+            removed.append(f"{repo}#{number}")
+    return removed
 
 
 def resume_args(session_id: str | None) -> list[str]:

@@ -207,6 +207,11 @@ class Pipeline:
         removed = reconcile(self.backend, {t.id for t in live}, sleep=self.sleep)
         for item in removed:
             log.info("removed leftover %s that no task owns", item)
+        try:
+            for ref in followup.forget_closed(self.backend, self.client, self.queue, live):
+                log.info("removed the kept Claude sessions of %s (the issue is closed)", ref)
+        except BackendError as exc:
+            log.warning("could not look for the sessions of closed issues: %s", exc)
 
     # --- after the agent started ------------------------------------------------------------------
 

@@ -256,3 +256,13 @@ def test_a_review_body_is_answered_on_the_pr(world: World) -> None:
     assert b"asked in a review of the pull request" in seen["stdin"]
     answers = [c["body"] for c in world.github.comments(REPO, 2) if task.id in c["body"]]
     assert len(answers) == 1 and answers[0].startswith("✅")
+
+
+def test_at_start_up_the_sessions_of_closed_issues_are_removed(world: World) -> None:
+    first_run(world)
+    other = world.github.create_issue(REPO, "Still open", user="maintainer")
+    world.backend.kept[session_key(REPO, other["number"])] = {}
+    world.queue.submit(REPO, other["number"], "Still open")
+    world.github.edit_issue(REPO, 1, state="closed")
+    world.pipeline().reconcile(world.queue.list([TaskState.PENDING, TaskState.RUNNING]))
+    assert set(world.backend.kept) == {session_key(REPO, other["number"])}

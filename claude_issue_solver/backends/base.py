@@ -287,3 +287,6 @@ class Backend(Protocol[W]):
 
     def forget_kept(self, key: str) -> bool:
         """Remove the kept directory ``key`` (its issue was closed); True when there was one."""
+
+    def kept_keys(self) -> set[str]:
+        """The keys of the kept directories that exist."""

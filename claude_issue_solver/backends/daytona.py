@@ -282,6 +282,9 @@ class DaytonaBackend:
 
     # --- processes -------------------------------------------------------------------------------------
 
+    def kept_keys(self) -> set[str]:
+        return set()
+
     def forget_kept(self, key: str) -> bool:
         # Nothing is kept between sandboxes yet: a follow-up here starts a fresh Claude session.
         return False

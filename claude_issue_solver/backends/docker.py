@@ -157,6 +157,9 @@ class DockerBackend:
     def kept_dir(self, key: str) -> Path:
         return self.state_dir / "kept" / checked_id(key)
 
+    def kept_keys(self) -> set[str]:
+        return {p.name for p in _subdirs(self.state_dir / "kept")}
+
     def forget_kept(self, key: str) -> bool:
         path = self.kept_dir(key)
         if not path.exists():

@@ -211,6 +211,9 @@ class MemoryBackend:
         self._enter("list_ours")
         return set(self.places)
 
+    def kept_keys(self) -> set[str]:
+        return set(self.kept)
+
     def forget_kept(self, key: str) -> bool:
         return self.kept.pop(key, None) is not None
 
