@@ -355,7 +355,14 @@ class Pipeline:
             else:
                 self._comment(task, messages.pr_opened_comment(task, pr.url, figures, updated=not pr.created))
         except PushRejected as exc:
-            return self._fail(task, f"the push of branch {spec.branch} was rejected: {exc}", tlog)
+            reason = f"the push of branch {spec.branch} was rejected: {exc}"
+            if task.kind == FOLLOWUP:
+                # Never forced: whatever a person pushed meanwhile stays; asking again starts from it.
+                reason += (
+                    " (if someone pushed to the branch while Claude worked, nothing of theirs was "
+                    "overwritten: ask again to build on the new head)"
+                )
+            return self._fail(task, reason, tlog)
         except (GitHubError, BackendError) as exc:
             return self._setback(task, exc, tlog, cleanup=False)
         self._cleanup(task, tlog)

@@ -215,7 +215,7 @@ class TriggerWatcher:
         author = (review.get("user") or {}).get("login", "")
         if MARKER_PREFIX in body or not mentions(body, self.phrase):
             return None
-        if author and author.lower() == (self._own() or "").lower():
+        if author and author.lower() == (self._own(repo) or "").lower():
             return None
         trusted, why = self._trusted(repo, author)
         if not trusted:
@@ -246,7 +246,7 @@ class TriggerWatcher:
     ) -> tuple[str, dict[str, Any]] | None:
         body = comment.get("body") or ""
         author = (comment.get("user") or {}).get("login", "")
-        if MARKER_PREFIX in body or (author and author.lower() == (self._own() or "").lower()):
+        if MARKER_PREFIX in body or (author and author.lower() == (self._own(repo) or "").lower()):
             return None  # ours: never a trigger, or the daemon would talk to itself
         if not mentions(body, self.phrase):
             return None
@@ -343,10 +343,9 @@ class TriggerWatcher:
         ]
         return max(tasks, key=lambda t: t["seq"])["title"] if tasks else f"{repo}#{number}"
 
-    def _own(self) -> str | None:
+    def _own(self, repo: str) -> str | None:
         """The daemon's own login (one request per daemon; an App's installation token has none)."""
         if not self._own_login_known:
-            repo = self.config.github_repos[0] if self.config.github_repos else ""
             try:
                 self._own_login = (self.client.request(repo, "GET", "/user").data or {}).get("login")
             except GitHubError:

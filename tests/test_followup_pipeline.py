@@ -266,3 +266,15 @@ def test_at_start_up_the_sessions_of_closed_issues_are_removed(world: World) -> 
     world.github.edit_issue(REPO, 1, state="closed")
     world.pipeline().reconcile(world.queue.list([TaskState.PENDING, TaskState.RUNNING]))
     assert set(world.backend.kept) == {session_key(REPO, other["number"])}
+
+
+def test_a_branch_that_moved_is_never_forced_and_the_answer_says_why(world: World) -> None:
+    first = first_run(world)
+    comment = world.github.add_comment(REPO, 1, "@claude more", user="maintainer")
+    task = queue_followup(world, first, trigger("issue", "@claude more", comment))
+    second_edit(world)
+    world.backend.reject_pushes = "non-fast-forward"
+    done = world.record(task, world.pipeline().run(task, TaskControl()))
+    assert done.state is TaskState.FAILED and "nothing of theirs was overwritten" in (done.error or "")
+    [answer] = [c["body"] for c in world.github.comments(REPO, 1) if task.id in c["body"]]
+    assert answer.startswith("❌") and "non-fast-forward" in answer
