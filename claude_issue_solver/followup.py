@@ -6,7 +6,8 @@
   a merged branch is done, and one branch never gets a second pull request. A pull request closed
   without merging is not reopened: the branch gets the commits and the answer says so.
 - **The same session**: every run of an issue keeps its Claude Code configuration directory
-  (``KeptDir``, ``CLAUDE_CONFIG_DIR``; the working directory path is the same each run), and a
+  (``KeptDir``, ``CLAUDE_CONFIG_DIR``: Docker mounts it, Daytona carries it in and out of the sandbox;
+  the working directory path is the same each run), and a
   follow-up passes ``--resume <the previous run's session id>``. When the CLI cannot resume ("No
   conversation found", or no result at all), a fresh session is started in the same workspace with the
   issue, the previous summary and the request, and the task log says so.
