@@ -187,6 +187,13 @@ def _label(raw: str) -> str:
     return value
 
 
+def _phrase(raw: str) -> str:
+    value = raw.strip()
+    if not value or any(c.isspace() for c in value):
+        raise ValueError("a non-empty word such as @claude (no spaces)")
+    return value
+
+
 def _path(raw: str) -> Path:
     value = raw.strip()
     if not value:
@@ -261,6 +268,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("GITHUB_API_URL", _url, "https://api.github.com"),
     Setting("TRIGGER_LABEL", _label, "Claude"),
     Setting("TRUSTED_USERS", _users, ()),
+    Setting("TRIGGER_PHRASE", _phrase, "@claude"),
     Setting("ALLOW_UNTRUSTED_LABELERS", _bool, False),
     # the daemon
     Setting("POLL_INTERVAL", _int_at_least(1), 60),
@@ -333,6 +341,7 @@ class Config:
     github_api_url: str = "https://api.github.com"
     trigger_label: str = "Claude"
     trusted_users: tuple[str, ...] = ()
+    trigger_phrase: str = "@claude"
     allow_untrusted_labelers: bool = False
     poll_interval: int = 60
     max_concurrent: int = 3

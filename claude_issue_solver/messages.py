@@ -301,3 +301,74 @@ def red_tests_comment(task: Task, branch: str, report: dict, figures: RunFigures
     if figures.line():
         lines += ["", f"Run: {figures.line()} (task `{task.id}`)"]
     return "\n".join(lines) + "\n\n" + marker(task.id)
+
+
+# --- follow-ups (#11): the answer where the request was made, and the PR's run history --------------
+
+
+def _asked_by(task: Task) -> str:
+    authors = sorted({t.get("author", "") for t in task.meta.get("triggers", []) if t.get("author")})
+    return ", ".join(f"@{a}" for a in authors) or "a maintainer"
+
+
+FOLLOWUP_STEPS = ("workspace ready on the branch", "agent running", "changes pushed")
+
+
+def followup_working_comment(task: Task, done: int, *, turns: int | None = None) -> str:
+    lines = [f"🤖 Claude is working on the request of {_asked_by(task)} (task `{task.id}`).", ""]
+    for n, step in enumerate(FOLLOWUP_STEPS):
+        if step == "agent running" and turns:
+            step = f"agent running ({turns} turn{'s' if turns != 1 else ''} so far)"
+        lines.append(f"- [{'x' if n < done else ' '}] {step}")
+    return "\n".join(lines) + "\n\n" + marker(task.id)
+
+
+def followup_pushed_comment(
+    task: Task, branch: str, sha: str, pr_url: str | None, figures: RunFigures, *, pr_closed: bool = False
+) -> str:
+    where = f"to `{branch}`"
+    if pr_url and not pr_closed:
+        where += f", the branch of {pr_url}"
+    lines = [f"✅ {figures.agent.name} pushed `{sha[:12]}` {where}, for {_asked_by(task)}."]
+    if pr_closed and pr_url:
+        lines += [
+            "",
+            f"The pull request {pr_url} is closed, so none was opened or reopened: reopen it to review "
+            "the new commits, or open one from the branch.",
+        ]
+    if task.result and task.result.strip():
+        lines += ["", "\n".join("> " + line for line in task.result.strip().splitlines())]
+    if figures.line():
+        lines += ["", f"Run: {figures.line()} (task `{task.id}`)"]
+    return "\n".join(lines) + "\n\n" + marker(task.id)
+
+
+def followup_no_changes_comment(task: Task, answer: str | None, figures: RunFigures) -> str:
+    who = figures.agent.name
+    text = (answer or "").strip() or f"({who} gave no answer.)"
+    quoted = "\n".join("> " + line for line in text.splitlines())
+    lines = [f"💬 {who} made no change to the code for {_asked_by(task)}. Its answer:", "", quoted]
+    if figures.line():
+        lines += ["", f"Run: {figures.line()} (task `{task.id}`)"]
+    return "\n".join(lines) + "\n\n" + marker(task.id)
+
+
+@dataclass(frozen=True)
+class RunRow:
+    """One run of an issue, as the PR's run history lists it."""
+
+    trigger: str  # "label" or "@alice on the PR (link)"
+    figures: RunFigures
+    task_id: str
+
+
+def run_history(rows: list[RunRow]) -> str:
+    """The PR description's short run history, newest last."""
+    if not rows:
+        return ""
+    lines = ["<details><summary>Runs</summary>", "", "| run | trigger | figures | task |"]
+    lines.append("|---|---|---|---|")
+    for n, row in enumerate(rows, 1):
+        lines.append(f"| {n} | {row.trigger} | {row.figures.line() or '-'} | `{row.task_id}` |")
+    lines += ["", "</details>"]
+    return "\n".join(lines)

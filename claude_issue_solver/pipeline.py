@@ -21,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from claude_issue_solver import messages
+from claude_issue_solver import followup, messages
 from claude_issue_solver.agent import (
     AgentResult,
     AgentSettings,
@@ -44,9 +44,17 @@ from claude_issue_solver.conventions import branch_for
 from claude_issue_solver.github import GitHubClient, GitHubError, Transient
 from claude_issue_solver.logs import TaskLog, task_log_path
 from claude_issue_solver.outcome import Outcome, TaskControl
-from claude_issue_solver.prompt import IssueComment, IssueContext, SummaryError, build_prompt, parse_summary
+from claude_issue_solver.prompt import (
+    IssueComment,
+    IssueContext,
+    SummaryError,
+    build_followup_prompt,
+    build_prompt,
+    followup_context,
+    parse_summary,
+)
 from claude_issue_solver.publisher import Publisher
-from claude_issue_solver.queue import Task, TaskQueue, TaskState
+from claude_issue_solver.queue import FOLLOWUP, Task, TaskQueue, TaskState
 from claude_issue_solver.repo_settings import RepoSettingsError, load_plan
 from claude_issue_solver.run_limits import RunLimits
 from claude_issue_solver.run_policy import (
@@ -161,13 +169,21 @@ class Pipeline:
         try:
             issue = self.client.issue(task.repo, task.issue_number)
             if issue.get("state") != "open":
+                if self.backend.forget_kept(followup.session_key(task.repo, task.issue_number)):
+                    tlog.write("removed the issue's kept Claude sessions (the issue is closed)")
                 tlog.write("the issue was closed before the work started; nothing to do")
                 return Outcome(TaskState.CANCELLED, error="the issue was closed")
             if task.kind == "issue" and self.config.trigger_label.lower() not in _labels(issue):
                 tlog.write(f"the {self.config.trigger_label!r} label was removed; nothing to do")
                 return Outcome(TaskState.CANCELLED, error="the trigger label was removed")
+            if task.kind == FOLLOWUP:
+                # A new run (a retry, a lost workspace) starts over: resume again, choose the branch again.
+                reset = {"agent_process": None, "fresh_session": None, "followup_branch": None}
+                task = self.queue.update(task.id, meta=reset)
             spec = self._spec(task, issue)
             tests = self._test_plan(task, spec, tlog)
+            if task.kind == FOLLOWUP:
+                tlog.write(followup.session_line(self.queue.get(task.id), keeps_dirs=self.backend.keeps_dirs))
             self._comment(task, self._working(task, 0))
             task = self.queue.update(
                 task.id,
@@ -240,6 +256,11 @@ class Pipeline:
         removed = reconcile(self.backend, {t.id for t in live}, sleep=self.sleep)
         for item in removed:
             log.info("removed leftover %s that no task owns", item)
+        try:
+            for ref in followup.forget_closed(self.backend, self.client, self.queue, live):
+                log.info("removed the kept Claude sessions of %s (the issue is closed)", ref)
+        except BackendError as exc:
+            log.warning("could not look for the sessions of closed issues: %s", exc)
 
     # --- after the agent started ------------------------------------------------------------------
 
@@ -262,7 +283,7 @@ class Pipeline:
             exit_ = wait_for_process(
                 self.backend,
                 workspace,
-                AGENT,
+                spec.agent.name,
                 deadline=deadline,
                 control=control,
                 clock=self.clock,
@@ -276,7 +297,25 @@ class Pipeline:
             return self._setback(task, exc, tlog)
         if exit_ is None:
             return None  # detached: the agent runs on, and the next daemon resumes the task
+        if followup.could_not_resume(task, exit_):
+            return self._start_fresh(task, workspace, control, tlog)
         return self._conclude(task, workspace, spec, exit_, tlog, control)
+
+    def _start_fresh(
+        self, task: Task, workspace: Workspace, control: TaskControl, tlog: TaskLog
+    ) -> Outcome | None:
+        """The previous session could not be resumed: a fresh one, told what the old one knew."""
+        tlog.write(
+            f"session {task.meta.get('resumed_session')} could not be resumed; "
+            "starting a fresh session with the issue, the previous summary and the request"
+        )
+        task = self.queue.update(task.id, meta={"fresh_session": True, "agent_process": followup.FRESH_AGENT})
+        try:
+            spec = self._spec(task, self.client.issue(task.repo, task.issue_number))
+            self.backend.start_process(workspace, spec.agent, tlog)
+        except (GitHubError, BackendError) as exc:
+            return self._setback(task, exc, tlog)
+        return self._after_start(task, workspace, spec, control, tlog)
 
     def _conclude(
         self,
@@ -355,13 +394,18 @@ class Pipeline:
             taken = take_summary(self.backend, workspace)
             changes = what_changed(self.backend, workspace, tlog, summary_found=taken is not None)
             summary = taken if taken is not None else task.meta.get("summary")
+            if summary is None and task.kind == FOLLOWUP:
+                summary = followup.previous_summary(self.queue, task)  # the PR keeps its title and text
             # Recorded before anything is pushed: the file is gone now, a crash must not lose it.
             task = self.queue.update(task.id, meta={"phase": "publishing", "summary": summary})
             answer = result.result if result else task.result
             figures = messages.RunFigures.of(task, self._duration(task), self.agent)
             if not has_changes(changes):
                 tlog.write("the agent changed nothing")
-                self._comment(task, messages.no_changes_comment(task, answer, figures))
+                if task.kind == FOLLOWUP:
+                    self._comment(task, messages.followup_no_changes_comment(task, answer, figures))
+                else:
+                    self._comment(task, messages.no_changes_comment(task, answer, figures))
                 self._cleanup(task, tlog)
                 return Outcome(TaskState.COMPLETED)
             title, description = self._summary(task, summary, tlog)
@@ -380,18 +424,25 @@ class Pipeline:
                 credential=spec.workspace.credential(),
                 exclude=NEVER_COMMITTED,
             )
-            publish(self.backend, workspace, request, repo=task.repo, log=tlog)
+            pushed = publish(self.backend, workspace, request, repo=task.repo, log=tlog)
             if red and self.config.on_red_tests == "comment":
                 return self._red_without_pr(task, spec, tests, figures, tlog)
+            body = messages.pr_body(task, description, figures, messages.tests_report(tests) if tests else "")
+            runs = followup.history(self.queue, task, figures, self.agent)
+            if runs:
+                body = f"{body}\n{runs}\n"
+            if task.kind == FOLLOWUP:
+                done = self._publish_followup(task, spec, pushed.sha, title, body, figures, tlog)
+                if done is not None:
+                    self._cleanup(task, tlog)
+                    return done
             try:
                 pr = self.publisher.open_or_update_pr(
                     task.repo,
                     branch=spec.branch,
                     base=spec.workspace.default_branch,
                     title=title,
-                    body=messages.pr_body(
-                        task, description, figures, messages.tests_report(tests) if tests else ""
-                    ),
+                    body=body,
                     draft=red,
                 )
             except GitHubError as exc:
@@ -405,9 +456,21 @@ class Pipeline:
                 return Outcome(TaskState.FAILED, error=f"changes pushed to {spec.branch}, but {reason}")
             tlog.write(f"pull request {'opened' if pr.created else 'updated'}: {pr.url}")
             self.queue.update(task.id, pr_url=pr.url, meta={"phase": "published", "pr_number": pr.number})
-            self._comment(task, messages.pr_opened_comment(task, pr.url, figures, updated=not pr.created))
+            if task.kind == FOLLOWUP:
+                self._comment(
+                    task, messages.followup_pushed_comment(task, spec.branch, pushed.sha, pr.url, figures)
+                )
+            else:
+                self._comment(task, messages.pr_opened_comment(task, pr.url, figures, updated=not pr.created))
         except PushRejected as exc:
-            return self._fail(task, f"the push of branch {spec.branch} was rejected: {exc}", tlog)
+            reason = f"the push of branch {spec.branch} was rejected: {exc}"
+            if task.kind == FOLLOWUP:
+                # Never forced: whatever a person pushed meanwhile stays; asking again starts from it.
+                reason += (
+                    " (if someone pushed to the branch while Claude worked, nothing of theirs was "
+                    "overwritten: ask again to build on the new head)"
+                )
+            return self._fail(task, reason, tlog)
         except (GitHubError, BackendError) as exc:
             return self._setback(task, exc, tlog, cleanup=False)
         self._cleanup(task, tlog)
@@ -537,7 +600,41 @@ class Pipeline:
             log.warning("could not post the queued comment for %s: %s", task.ref, exc)
 
     def _comment(self, task: Task, body: str) -> None:
-        task_comment(self.publisher, self.queue, task, body)
+        if task.kind == FOLLOWUP:
+            followup.answer(self.publisher, self.queue, task, body)  # where the request was made
+        else:
+            task_comment(self.publisher, self.queue, task, body)
+
+    @staticmethod
+    def _working(task: Task, done: int, *, turns: int | None = None) -> str:
+        if task.kind == FOLLOWUP:
+            return messages.followup_working_comment(task, min(done, 2), turns=turns)
+        return messages.working_comment(task, done, turns=turns)
+
+    def _publish_followup(
+        self,
+        task: Task,
+        spec: RunSpec,
+        sha: str,
+        title: str,
+        body: str,
+        figures: messages.RunFigures,
+        tlog: TaskLog,
+    ) -> Outcome | None:
+        """A follow-up whose pull request was closed unmerged: the branch got the commits, no PR is
+        opened or reopened (a person closed it). None: carry on as for any run (open or update it)."""
+        found = followup.plan(self.publisher, task)
+        if not found.pr_closed or found.pr is None:
+            return None
+        tlog.write(f"pull request #{found.pr.number} is closed: pushed {spec.branch}, opening none")
+        self.queue.update(
+            task.id, pr_url=found.pr.url, meta={"phase": "published", "pr_number": found.pr.number}
+        )
+        self._comment(
+            task,
+            messages.followup_pushed_comment(task, spec.branch, sha, found.pr.url, figures, pr_closed=True),
+        )
+        return Outcome(TaskState.COMPLETED, fields={"pr_url": found.pr.url})
 
     def _spec(self, task: Task, issue: dict[str, Any]) -> RunSpec:
         info = self.client.repo_info(task.repo)
@@ -561,7 +658,12 @@ class Pipeline:
             url=issue.get("html_url", ""),
         )
         repo = task.repo
-        prompt = build_prompt(context, template_dir=self.config.prompt_template_dir)
+        branch = branch_for(task.issue_number)
+        argv = list(self.command)
+        if task.kind == FOLLOWUP:
+            branch, prompt, argv = self._followup_run(task, context, info["default_branch"])
+        else:
+            prompt = build_prompt(context, template_dir=self.config.prompt_template_dir)
         return RunSpec(
             workspace=WorkspaceSpec(
                 task_id=task.id,
@@ -569,11 +671,41 @@ class Pipeline:
                 issue_number=task.issue_number,
                 clone_url=info["clone_url"],
                 default_branch=info["default_branch"],
-                branch=branch_for(task.issue_number),
+                branch=branch,
                 credential=lambda: self.client.git_credential(repo),
             ),
-            agent=ProcessSpec(name=AGENT, argv=tuple(self.command), env=self.env, stdin=prompt.encode()),
+            agent=ProcessSpec(
+                name=task.meta.get("agent_process") or AGENT,
+                argv=tuple(argv),
+                env=self.env,
+                stdin=prompt.encode(),
+                keep=followup.keep_for(task),  # every run keeps the issue's sessions for the next
+            ),
         )
+
+    def _followup_run(
+        self, task: Task, context: IssueContext, default_branch: str
+    ) -> tuple[str, str, list[str]]:
+        """A follow-up's branch, prompt and argv: resume the previous session unless that failed."""
+        found = followup.plan(self.publisher, task)
+        resumable = self.backend.keeps_dirs and not task.meta.get("fresh_session")
+        session = followup.previous_session(self.queue, task) if resumable else None
+        # After a failed resume, the session that failed stays on record (the log names it).
+        failed = task.meta.get("resumed_session") if task.meta.get("fresh_session") else None
+        wanted = {"followup_branch": found.branch, "resumed_session": failed or session}
+        if any(task.meta.get(k) != v for k, v in wanted.items()):
+            self.queue.update(task.id, meta=wanted)
+            task.meta.update(wanted)
+        prompt = build_followup_prompt(
+            context,
+            followup.requests_of(task),
+            branch=found.branch,
+            default_branch=default_branch,
+            pull_request=found.describe(),
+            context="" if session else followup_context(context, followup.previous_summary(self.queue, task)),
+            template_dir=self.config.prompt_template_dir,
+        )
+        return found.branch, prompt, [*self.command, *followup.resume_args(session)]
 
     def _summary(self, task: Task, summary: str | None, tlog: TaskLog) -> tuple[str, str]:
         if summary:

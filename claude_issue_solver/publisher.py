@@ -23,6 +23,17 @@ class PullRequest:
     created: bool  # False when an open PR from the branch existed and was updated
 
 
+@dataclass(frozen=True)
+class PullState:
+    """The newest pull request from a branch, whatever its state."""
+
+    url: str
+    number: int
+    state: str  # open | closed
+    merged: bool
+    title: str
+
+
 class Publisher:
     def __init__(self, client: GitHubClient) -> None:
         self.client = client
@@ -110,3 +121,54 @@ class Publisher:
             retry=True,
         )
         return existing
+
+    def find_pr(self, repo: str, branch: str) -> PullState | None:
+        """The newest pull request from ``branch`` in any state (a follow-up must know if it was merged)."""
+        owner = repo.split("/", 1)[0]
+        pulls = self.client.request(
+            repo,
+            "GET",
+            f"/repos/{repo}/pulls",
+            params={"state": "all", "head": f"{owner}:{branch}", "sort": "created", "direction": "desc"},
+            retry=True,
+        ).data
+        ours = [p for p in pulls or [] if (p.get("head") or {}).get("ref") == branch]
+        if not ours:
+            return None
+        pull = max(ours, key=lambda p: int(p["number"]))
+        return PullState(
+            url=pull["html_url"],
+            number=int(pull["number"]),
+            state=str(pull.get("state") or "open"),
+            merged=bool(pull.get("merged") or pull.get("merged_at")),
+            title=str(pull.get("title") or ""),
+        )
+
+    def upsert_review_reply(
+        self, repo: str, pr_number: int, thread: int, task_id: str, body: str, reply_id: int | None = None
+    ) -> int:
+        """The task's one reply in a review thread: edited in place, found by its marker, else posted."""
+        if marker(task_id) not in body:
+            body = f"{body}\n\n{marker(task_id)}"
+        if reply_id is None:
+            for page in self.client.paginate(repo, f"/repos/{repo}/pulls/{pr_number}/comments"):
+                for comment in page.data or []:
+                    if marker(task_id) in (comment.get("body") or ""):
+                        reply_id = int(comment["id"])
+        if reply_id is not None:
+            try:
+                self.client.request(
+                    repo, "PATCH", f"/repos/{repo}/pulls/comments/{reply_id}", body={"body": body}, retry=True
+                )
+                return reply_id
+            except GitHubError as exc:
+                if exc.status != 404:
+                    raise
+        created = self.client.request(
+            repo,
+            "POST",
+            f"/repos/{repo}/pulls/{pr_number}/comments/{thread}/replies",
+            body={"body": body},
+            retry=True,
+        ).data
+        return int(created["id"])

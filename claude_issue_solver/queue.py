@@ -23,6 +23,8 @@ if TYPE_CHECKING:
     from claude_issue_solver.config import Config
 
 HISTORY_LIMIT = 100
+ISSUE = "issue"  # a task's kind: the first run on a labelled issue
+FOLLOWUP = "followup"  # a later run asked for by a trusted `@claude` comment (see triggers.py)
 
 
 class TaskState(StrEnum):
@@ -213,6 +215,46 @@ class TaskQueue:
     def live_for(self, repo: str, issue_number: int) -> Task | None:
         found = _live_for(self.store.read()["tasks"].values(), repo, issue_number)
         return Task.from_dict(found) if found else None
+
+    def take_triggers(
+        self, repo: str, issue_number: int, title: str
+    ) -> tuple[Task | None, list[dict[str, Any]]]:
+        """Turn the issue's recorded trigger comments into its follow-up task, in one transaction.
+
+        A pending follow-up takes them in (several triggers before it starts become one run); an issue
+        whose task is running, or whose first task has not started, keeps them waiting. Returns the task
+        and the triggers it gained (none when they wait). Triggers are recorded by id, so a crash between
+        "taken" and "cleared" cannot add one twice.
+        """
+        key = f"{repo}#{issue_number}"
+        with self.store.transaction() as data:
+            waiting = data.get("followups", {}).get("pending", {})
+            triggers = list(waiting.get(key) or [])
+            if not triggers:
+                return None, []
+            live = _live_for(data["tasks"].values(), repo, issue_number)
+            if live is not None and not (live["state"] == TaskState.PENDING and live.get("kind") == FOLLOWUP):
+                return None, []
+            if live is None:
+                seq = int(data.get("next_seq", 1))
+                data["next_seq"] = seq + 1
+                task = Task(
+                    id=new_task_id(repo, issue_number),
+                    repo=repo,
+                    issue_number=issue_number,
+                    title=title,
+                    kind=FOLLOWUP,
+                    seq=seq,
+                    created_at=self.clock(),
+                    meta={"triggers": []},
+                )
+                live = data["tasks"][task.id] = task.to_dict()
+            meta = live.setdefault("meta", {})
+            known = {t["id"] for t in meta.get("triggers", [])}
+            added = [t for t in triggers if t["id"] not in known]
+            meta["triggers"] = [*meta.get("triggers", []), *added]
+            del waiting[key]
+            return Task.from_dict(live), added
 
     # --- the lifecycle --------------------------------------------------------------------------
 

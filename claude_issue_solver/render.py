@@ -43,9 +43,20 @@ def _elapsed(task: Task, now: float) -> float | None:
     return (task.finished_at or now) - task.started_at
 
 
+def trigger_of(task: Task) -> str:
+    """What started a task: the label (and who applied it), or the follow-up's comment link(s)."""
+    triggers = task.meta.get("triggers") or []
+    if task.kind == "followup" and triggers:
+        more = f" (+{len(triggers) - 1})" if len(triggers) > 1 else ""
+        return f"@{triggers[0].get('author', '?')} {triggers[0].get('url', '')}{more}"
+    labeler = task.meta.get("labeler")
+    return f"label by @{labeler}" if labeler else "label"
+
+
 def task_row(task: Task, now: float) -> dict[str, Any]:
     data = task.to_dict()
     data["ref"] = task.ref
+    data["trigger"] = trigger_of(task)
     data["elapsed_seconds"] = _elapsed(task, now)
     for key in ("created_at", "started_at", "finished_at"):
         data[key] = _iso(data[key])
@@ -362,10 +373,12 @@ def print_queue(
             r["id"],
             r["state"],
             r["ref"],
+            r.get("kind") or "issue",
             (r["title"] or "")[:50],
             str(r["attempts"]),
             duration(r["elapsed_seconds"]),
             "" if r["cost_usd"] is None else format_usd(r["cost_usd"]),
+            r.get("trigger") or "",
             # The hold is the line above the table; a repository's cap is said per task.
             r["pr_url"] or (r["error"] or ("" if hold else r.get("waiting")) or "")[:60],
         ]
@@ -374,7 +387,7 @@ def print_queue(
     _table(
         out,
         "tasks",
-        ["task", "state", "issue", "title", "tries", "elapsed", "cost", "PR / error"],
+        ["task", "state", "issue", "kind", "title", "tries", "elapsed", "cost", "trigger", "PR / error"],
         table,
         tty,
     )

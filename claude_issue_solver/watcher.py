@@ -27,6 +27,7 @@ from typing import Any
 from claude_issue_solver.config import Config
 from claude_issue_solver.github import GitHubClient, GitHubError, RateLimited, Refused, Response, Transient
 from claude_issue_solver.queue import Task, TaskQueue, TaskState
+from claude_issue_solver.triggers import TriggerWatcher
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +92,8 @@ class Watcher:
         # What is watched: GITHUB_REPOS, or (App-wide) what the App's installations list, refreshed.
         self.repos: tuple[str, ...] = config.github_repos
         self._listed_at: float | None = None
+        # Follow-up triggers (`@claude` comments) are read in the same poll, after the labelled issues.
+        self.triggers = TriggerWatcher(config, client, queue, permission=self.cached_permission)
 
     def __call__(self) -> None:
         self.poll_all()
@@ -207,6 +210,7 @@ class Watcher:
             return
         try:
             self._poll(repo, book)
+            self.triggers.poll(repo)
         except Exception as exc:
             self._record_poll_error(repo, exc)
 
@@ -372,20 +376,27 @@ class Watcher:
             return True, "listed in TRUSTED_USERS"
         if not login:
             return False, "the labeler is unknown"
+        permission = self.cached_permission(repo, login, permissions)
+        if permission in WRITE_PERMISSIONS:
+            return True, f"{permission} permission"
+        return False, f"{login} has {permission} permission; write, maintain or admin is needed"
+
+    def cached_permission(self, repo: str, login: str, permissions: dict[str, Any] | None = None) -> str:
+        """``login``'s permission on ``repo``, asked of GitHub at most once an hour (cached in the state);
+        ``permissions`` is a poll's own view of the cache, when it has one."""
+        if permissions is None:
+            permissions = self.queue.store.read().get("watcher", {}).get("permissions", {})
         cache_key = f"{repo}:{login}".lower()
         cached = permissions.get(cache_key)
         now = self.clock()
         if cached and now - cached.get("checked_at", 0) < PERMISSION_TTL:
-            permission = cached["permission"]
-        else:
-            permission = self.client.permission(repo, login)
-            entry = {"permission": permission, "checked_at": now}
-            permissions[cache_key] = entry  # later issues of this poll by the same labeler ask no more
-            with self.queue.store.transaction() as data:
-                data.setdefault("watcher", {}).setdefault("permissions", {})[cache_key] = entry
-        if permission in WRITE_PERMISSIONS:
-            return True, f"{permission} permission"
-        return False, f"{login} has {permission} permission; write, maintain or admin is needed"
+            return str(cached["permission"])
+        permission = self.client.permission(repo, login)
+        entry = {"permission": permission, "checked_at": now}
+        permissions[cache_key] = entry  # later issues of this poll by the same labeler ask no more
+        with self.queue.store.transaction() as data:
+            data.setdefault("watcher", {}).setdefault("permissions", {})[cache_key] = entry
+        return permission
 
     def _new_trusted_comments(self, repo: str, number: int, book: dict[str, Any]) -> list[dict[str, Any]]:
         """Comments since the last look, trusted authors only (kept for follow-up work)."""

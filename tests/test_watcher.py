@@ -142,7 +142,8 @@ def test_etags_survive_a_restart(
     watcher_for(GITHUB_REPOS="acme/widgets")()
     github.reset_counts()
     watcher_for(GITHUB_REPOS="acme/widgets")()  # a new watcher: what a restarted daemon has
-    assert [r.status for r in github.requests] == [304]
+    # The labelled issues, then the comment and review-comment listings (follow-up triggers).
+    assert [r.status for r in github.requests] == [304, 304, 304]
 
 
 def test_pagination_reads_every_labelled_issue(
@@ -321,8 +322,11 @@ def test_unchanged_repo_costs_only_conditional_requests(
             {"polls": polls, "requests": len(requests), "counted": len(counted), "304": len(conditional)}
         )
     )
-    assert requests == issue_list_requests(github)  # nothing but the list was asked
-    assert counted == [] and len(conditional) == polls
+    # Nothing but the labelled issues and the two repository-wide comment listings (follow-ups).
+    comment_lists = [r for r in requests if r.path.endswith(("/issues/comments", "/pulls/comments"))]
+    assert sorted(requests, key=id) == sorted(issue_list_requests(github) + comment_lists, key=id)
+    assert len(comment_lists) == 2 * polls
+    assert counted == [] and len(conditional) == 3 * polls
 
 
 def test_one_poll_queues_oldest_issue_first(

@@ -46,6 +46,7 @@ __all__ = [
     "BackendError",
     "Changes",
     "GitCredential",
+    "KeptDir",
     "OutputStream",
     "ProcessOutput",
     "ProcessSpec",
@@ -159,6 +160,16 @@ class Workspace:
 
 
 @dataclass(frozen=True)
+class KeptDir:
+    """A directory that outlives the workspace: the next process given the same ``key`` finds it as it
+    was left (the Claude Code configuration directory of an issue, where its sessions are). The backend
+    chooses where it is and tells the process through the environment variable ``env``."""
+
+    key: str  # e.g. "acme-widgets-7": safe as a path component
+    env: str  # e.g. "CLAUDE_CONFIG_DIR"
+
+
+@dataclass(frozen=True)
 class ProcessSpec:
     """A process to run in a workspace, in the repository's root, as the workspace's unprivileged user."""
 
@@ -166,6 +177,7 @@ class ProcessSpec:
     argv: Sequence[str]  # never a shell string built from untrusted text
     env: Mapping[str, str]  # everything the process gets beyond the place's defaults
     stdin: bytes = b""  # e.g. the prompt: it never appears in argv
+    keep: KeptDir | None = None  # a directory kept between workspaces (where the place supports it)
 
 
 @dataclass(frozen=True)
@@ -210,6 +222,7 @@ W = TypeVar("W", bound=Workspace)
 class Backend(Protocol[W]):
     name: str
     poll_interval: float  # how often asking about a process here is sensible (seconds)
+    keeps_dirs: bool  # whether ProcessSpec.keep is honoured (a directory kept between workspaces)
 
     def check(self) -> None:
         """Fail fast at start-up with a clear BackendError (Docker down, Daytona key rejected)."""
@@ -269,3 +282,11 @@ class Backend(Protocol[W]):
 
     def commit_and_push(self, workspace: W, request: PushRequest, log: TaskLog) -> Pushed:
         """Commit what changed (if anything), then push the branch; PushRejected when the remote refuses."""
+
+    # --- kept directories ---
+
+    def forget_kept(self, key: str) -> bool:
+        """Remove the kept directory ``key`` (its issue was closed); True when there was one."""
+
+    def kept_keys(self) -> set[str]:
+        """The keys of the kept directories that exist."""

@@ -28,17 +28,19 @@ from __future__ import annotations
 
 import base64
 import binascii
+import io
 import logging
 import math
 import re
 import shlex
+import tarfile
 import threading
 import time
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 from daytona import (
@@ -61,6 +63,7 @@ from daytona import (
     DaytonaServiceUnavailableError,
     DaytonaTimeoutError,
     FileDownloadRequest,
+    FileUpload,
     Image,
     ListSandboxesQuery,
     Resources,
@@ -107,6 +110,9 @@ STDOUT_SUFFIX = "out"
 STDERR_SUFFIX = "err"
 EXIT_SUFFIX = "exit"
 ENV_SUFFIX = "env"
+KEPT_SUFFIX = "kept.tar"  # a kept directory, carried in before a process and out after it
+KEPT_KEY_SUFFIX = "kept-key"
+KEPT_DIR = ".claude-kept"  # under the work directory, beside (never inside) the repository
 # The sandbox is there for the task alone, so root there is no escalation; without this the CLI
 # refuses --dangerously-skip-permissions in an image whose user is root.
 SANDBOX_ENV = {"IS_SANDBOX": "1"}
@@ -150,6 +156,7 @@ class DaytonaBackend:
     """Runs a task's processes in a Daytona sandbox; see the module docstring for the layout."""
 
     name = "daytona"
+    keeps_dirs = True  # carried as a tar archive into the sandbox and out of it (STATE_DIR/kept/<key>)
 
     def __init__(
         self, settings: DaytonaSettings, *, client: Daytona | None = None, poll_interval: float | None = None
@@ -274,12 +281,72 @@ class DaytonaBackend:
                     removed.append(f"sandbox {sandbox.name}")
         finally:
             self._forget(task_id)
+        local = self.state_dir / "tasks" / checked_id(task_id)  # the kept directories' keys
+        if local.exists():
+            gitops.force_rmtree(local)
         return removed
 
     def list_ours(self) -> set[str]:
         return {s.labels.get(LABEL_TASK, "") for s in self._list() if _state(s) not in _DELETED_STATES} - {""}
 
     # --- processes -------------------------------------------------------------------------------------
+
+    def kept_dir(self, key: str) -> Path:
+        return self.state_dir / "kept" / checked_id(key)
+
+    def kept_keys(self) -> set[str]:
+        root = self.state_dir / "kept"
+        return {p.name for p in root.iterdir() if p.is_dir()} if root.is_dir() else set()
+
+    def forget_kept(self, key: str) -> bool:
+        path = self.kept_dir(key)
+        if not path.exists():
+            return False
+        gitops.force_rmtree(path)
+        return True
+
+    def _carry_in(
+        self, task_id: str, paths: _Paths, process: ProcessSpec
+    ) -> tuple[str | None, list[FileUpload]]:
+        """The kept directory as uploads (a tar archive the process's command unpacks), and its path."""
+        if process.keep is None:
+            return None, []
+        local = self.kept_dir(process.keep.key)
+        buffer = io.BytesIO()
+        with tarfile.open(fileobj=buffer, mode="w") as archive:
+            if local.is_dir():
+                for item in sorted(local.rglob("*")):
+                    if item.is_file() and not item.is_symlink():
+                        archive.add(item, arcname=str(item.relative_to(local)), recursive=False)
+        key_file = self._kept_key_file(task_id, process.name)
+        key_file.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        key_file.write_text(process.keep.key)
+        uploads = [FileUpload(buffer.getvalue(), paths.process_file(process.name, KEPT_SUFFIX))]
+        return f"{paths.work_dir}/{KEPT_DIR}", uploads
+
+    def _kept_key_file(self, task_id: str, name: str) -> Path:
+        # On this host, never in the sandbox: the agent must not choose which issue's sessions it writes.
+        return self.state_dir / "tasks" / checked_id(task_id) / f"{checked_process(name)}.{KEPT_KEY_SUFFIX}"
+
+    def _carry_out(self, task_id: str, name: str, tar_file: Any) -> None:
+        """After the process: its kept directory back to STATE_DIR/kept/<key> (regular files only)."""
+        try:
+            key = self._kept_key_file(task_id, name).read_text().strip()
+        except OSError:
+            return  # not a process with a kept directory
+        if tar_file.error is not None or not isinstance(tar_file.result, bytes) or not key:
+            return
+        target = self.kept_dir(key)
+        fresh = target.with_name(f".{target.name}.new")
+        if fresh.exists():
+            gitops.force_rmtree(fresh)
+        fresh.mkdir(parents=True, mode=0o700)
+        with tarfile.open(fileobj=io.BytesIO(tar_file.result)) as archive:
+            members = [m for m in archive.getmembers() if m.isfile() or m.isdir()]
+            archive.extractall(fresh, members=members, filter="data")  # no links, nothing outside
+        if target.exists():
+            gitops.force_rmtree(target)
+        fresh.rename(target)
 
     def start_process(self, workspace: Workspace, process: ProcessSpec, log: TaskLog) -> bool:
         sandbox, paths = self._located(workspace)
@@ -294,24 +361,23 @@ class DaytonaBackend:
                 return False
         except DaytonaError as exc:
             raise _backend_error(exc, f"creating session {session} in {workspace.handle}") from None
+        kept, kept_uploads = self._carry_in(workspace.task_id, paths, process)
+        extra = {process.keep.env: kept} if process.keep is not None and kept else {}
         lines = []
-        for key, value in {**process.env, **SANDBOX_ENV}.items():
+        for key, value in {**process.env, **SANDBOX_ENV, **extra}.items():
             if _ENV_NAME_RE.match(key):
                 lines.append(f"export {key}={shlex.quote(value)}\n")
             else:
                 log.write(f"not passing {key!r} to {name}: not a valid variable name")
         env_file = paths.process_file(name, ENV_SUFFIX)
         stdin_file = paths.process_file(name, STDIN_SUFFIX)
+        uploads = [FileUpload("".join(lines).encode(), env_file), FileUpload(process.stdin, stdin_file)]
         _sdk(
-            f"uploading the environment of {name} to {workspace.handle}",
-            lambda: sandbox.fs.upload_file("".join(lines).encode(), env_file),
-        )
-        _sdk(
-            f"uploading the input of {name} to {workspace.handle}",
-            lambda: sandbox.fs.upload_file(process.stdin, stdin_file),
+            f"uploading the environment and input of {name} to {workspace.handle}",
+            lambda: sandbox.fs.upload_files([*uploads, *kept_uploads]),  # one request
         )
         request = SessionExecuteRequest(
-            command=_process_command_line(paths, name, process.argv), run_async=True
+            command=_process_command_line(paths, name, process.argv, kept), run_async=True
         )
         started = time.monotonic()
         response = _sdk(
@@ -366,7 +432,7 @@ class DaytonaBackend:
         if cached is not None:
             return cached
         sandbox, paths = self._located(workspace)
-        return self._download_output(sandbox, paths, name)
+        return self._download_output(sandbox, paths, name, workspace.task_id)
 
     # --- files -----------------------------------------------------------------------------------------
 
@@ -720,19 +786,25 @@ class DaytonaBackend:
         msg = f"the session of {name} in sandbox {workspace.handle} is gone and it left no exit code{reason}"
         raise WorkspaceLost(msg)
 
-    def _download_output(self, sandbox: Sandbox, paths: _Paths, name: str) -> ProcessOutput:
-        """The process's stdout and stderr files, in one request; what is missing is empty."""
+    def _download_output(self, sandbox: Sandbox, paths: _Paths, name: str, task_id: str) -> ProcessOutput:
+        """The process's stdout and stderr files, in one request; what is missing is empty. A kept
+        directory the process left comes back in the same request (see ``_carry_out``)."""
         try:
             responses = sandbox.fs.download_files(
                 [
                     FileDownloadRequest(source=paths.process_file(name, STDOUT_SUFFIX)),
                     FileDownloadRequest(source=paths.process_file(name, STDERR_SUFFIX)),
+                    FileDownloadRequest(source=paths.process_file(name, KEPT_SUFFIX)),
                 ]
             )
         except DaytonaError as exc:
             return ProcessOutput("", f"(the output of {name} is unavailable: {_describe(exc)})")
+        try:
+            self._carry_out(task_id, name, responses[2])
+        except (OSError, tarfile.TarError) as exc:
+            logger.warning("could not carry the kept directory of %s out: %s", name, exc)
         texts = [
-            r.result.decode("utf-8", "replace") if isinstance(r.result, bytes) else "" for r in responses
+            r.result.decode("utf-8", "replace") if isinstance(r.result, bytes) else "" for r in responses[:2]
         ]
         return ProcessOutput(texts[0], texts[1])
 
@@ -764,7 +836,7 @@ class _CopyAtEnd:
             logs = backend._command_logs(sandbox, _session_id(self.workspace.task_id, self.name), command_id)
             if logs.strip():
                 self.log.write_raw(logs if logs.endswith("\n") else logs + "\n")
-        output = backend._download_output(sandbox, paths, self.name)
+        output = backend._download_output(sandbox, paths, self.name, self.workspace.task_id)
         backend._outputs[key] = output  # output() needs it next: one download, not two
         for text in (output.stderr, output.stdout):
             if text:
@@ -902,7 +974,7 @@ def _scrub(text: str, credential: GitCredential | None) -> str:
     return REDACTOR(text)
 
 
-def _process_command_line(paths: _Paths, name: str, argv: Sequence[str]) -> str:
+def _process_command_line(paths: _Paths, name: str, argv: Sequence[str], kept: str | None = None) -> str:
     """The session command that runs process ``name``.
 
     The daemon runs session commands inside a long-lived shell (``. cmd.sh``), so everything happens in
@@ -912,12 +984,19 @@ def _process_command_line(paths: _Paths, name: str, argv: Sequence[str]) -> str:
     a file, which survives the session (a sandbox that restarts loses its sessions, not its disk).
     """
     env_file = _q(paths.process_file(name, ENV_SUFFIX))
+    unpack = pack = ""
+    if kept is not None:
+        # The kept directory comes in as an archive and goes back into it before the exit code is
+        # written, so whoever sees the process ended finds the archive complete.
+        archive = _q(paths.process_file(name, KEPT_SUFFIX))
+        unpack = f"rm -rf {_q(kept)}; mkdir -p {_q(kept)} && tar -xf {archive} -C {_q(kept)} && "
+        pack = f"tar -cf {archive} -C {_q(kept)} . ; "
     script = (
         f". {env_file}; loaded=$?; rm -f {env_file}; "
-        f'if [ "$loaded" -eq 0 ] && cd {_q(paths.repo)}; then '
+        f'if [ "$loaded" -eq 0 ] && {unpack}cd {_q(paths.repo)}; then '
         f"{shlex.join(argv)} < {_q(paths.process_file(name, STDIN_SUFFIX))} "
         f"> {_q(paths.process_file(name, STDOUT_SUFFIX))} 2> {_q(paths.process_file(name, STDERR_SUFFIX))}; "
-        f"rc=$?; else rc=126; fi; "
+        f"rc=$?; else rc=126; fi; {pack}"
         f'echo "$rc" > {_q(paths.process_file(name, EXIT_SUFFIX))}; exit "$rc"'
     )
     return f"sh -c {_q(script)} {_marker(name)}"

@@ -5,6 +5,8 @@ Layout under ``STATE_DIR``::
     mirrors/<owner>/<name>.git   one bare mirror per repository, fetched before each task
     worktrees/<task_id>/         the task's worktree, mounted read-write at /workspace
     tasks/<task_id>/             0700: base_sha, default_branch, <process>.stdin (mounted read-only at /task)
+    kept/<key>/                  0700: a directory kept between tasks (an issue's Claude configuration,
+                                 its sessions), mounted read-write at /kept/<key> for the processes given it
 
 Each process of a task is a container of its own -- the agent's is ``claude-issue-solver-<task_id>``,
 another process's ``claude-issue-solver-<task_id>-<name>`` -- from the same image, as the same user,
@@ -76,6 +78,7 @@ CONTAINER_PREFIX = NAME_PREFIX
 AGENT_PROCESS = "agent"  # its container carries the workspace's handle: the name operators know
 WORKSPACE_MOUNT = "/workspace"
 TASK_MOUNT = "/task"
+KEPT_MOUNT = "/kept"
 BASE_SHA_FILE = "base_sha"  # the commit the work started from, for a daemon that restarts mid-task
 DEFAULT_BRANCH_FILE = "default_branch"  # which branch's Dockerfile the image is built on, after a restart
 # The uid the agent image's user has (Dockerfile.claude); used when the daemon itself runs as root.
@@ -99,6 +102,7 @@ class DockerBackend:
 
     name = "docker"
     poll_interval = POLL_SECONDS
+    keeps_dirs = True
 
     def __init__(
         self, settings: DockerSettings, *, client: docker.DockerClient | None = None, image: str | None = None
@@ -149,6 +153,19 @@ class DockerBackend:
 
     def task_dir(self, task_id: str) -> Path:
         return self.state_dir / "tasks" / checked_id(task_id)
+
+    def kept_dir(self, key: str) -> Path:
+        return self.state_dir / "kept" / checked_id(key)
+
+    def kept_keys(self) -> set[str]:
+        return {p.name for p in _subdirs(self.state_dir / "kept")}
+
+    def forget_kept(self, key: str) -> bool:
+        path = self.kept_dir(key)
+        if not path.exists():
+            return False
+        gitops.force_rmtree(path)
+        return True
 
     # --- lifecycle -------------------------------------------------------------------------------------
 
@@ -432,6 +449,21 @@ class DockerBackend:
             # A uid the image does not know gets HOME=/, where the CLI cannot keep its config.
             environment.setdefault("HOME", "/tmp")
         name = _container_name(ws.task_id, process.name)
+        volumes = {
+            str(ws.worktree): {"bind": WORKSPACE_MOUNT, "mode": "rw"},
+            str(task_dir): {"bind": TASK_MOUNT, "mode": "ro"},
+            # The worktree's .git file names this host path; git inside needs it to exist.
+            str(ws.mirror): {"bind": str(ws.mirror), "mode": "ro"},
+        }
+        if process.keep is not None:
+            kept = self.kept_dir(process.keep.key)
+            kept.mkdir(parents=True, exist_ok=True)
+            os.chmod(kept, 0o700)
+            if os.getuid() == 0:
+                os.chown(kept, uid, gid, follow_symlinks=False)
+            inside = f"{KEPT_MOUNT}/{process.keep.key}"
+            volumes[str(kept)] = {"bind": inside, "mode": "rw"}
+            environment[process.keep.env] = inside
         try:
             return self.client.containers.create(
                 image,
@@ -441,12 +473,7 @@ class DockerBackend:
                     **resource_labels(self.owner, ws.task_id, ws.repo, ws.issue_number),
                     LABEL_PROCESS: process.name,
                 },
-                volumes={
-                    str(ws.worktree): {"bind": WORKSPACE_MOUNT, "mode": "rw"},
-                    str(task_dir): {"bind": TASK_MOUNT, "mode": "ro"},
-                    # The worktree's .git file names this host path; git inside needs it to exist.
-                    str(ws.mirror): {"bind": str(ws.mirror), "mode": "ro"},
-                },
+                volumes=volumes,
                 working_dir=WORKSPACE_MOUNT,
                 user=f"{uid}:{gid}",
                 environment=environment,

@@ -69,6 +69,7 @@ API_PREFIX = "/api/v3"
 DEFAULT_LOGIN = "claude-bot"
 #: Repository roles, strongest first (the values :meth:`FakeGitHub.set_permission` accepts).
 PERMISSIONS = ("admin", "maintain", "write", "triage", "read", "none")
+REACTIONS = ("+1", "-1", "laugh", "confused", "heart", "hooray", "rocket", "eyes")
 #: Labels every new repository starts with: (name, color, description).
 DEFAULT_LABELS: tuple[tuple[str, str, str], ...] = (
     ("Claude", "d97757", "Ask Claude to solve this issue"),
@@ -222,6 +223,45 @@ class _Comment:
 
 
 @dataclass
+class _ReviewComment:
+    """A comment on a line of a pull request's diff (``in_reply_to`` when it answers another)."""
+
+    id: int
+    number: int  # the pull request
+    body: str
+    user: str
+    path: str
+    line: int
+    diff_hunk: str
+    commit_id: str
+    created_at: datetime
+    updated_at: datetime
+    author_association: str
+    in_reply_to: int | None = None
+    review_id: int | None = None
+
+
+@dataclass
+class _Review:
+    id: int
+    number: int
+    body: str
+    user: str
+    state: str  # COMMENTED | APPROVED | CHANGES_REQUESTED
+    commit_id: str
+    submitted_at: datetime
+    author_association: str
+
+
+@dataclass
+class _Reaction:
+    id: int
+    user: str
+    content: str
+    created_at: datetime
+
+
+@dataclass
 class _Event:
     id: int
     event: str
@@ -237,6 +277,7 @@ class _Pull:
     head_sha: str
     base_ref: str
     draft: bool
+    merged_at: datetime | None = None
 
 
 @dataclass
@@ -266,6 +307,10 @@ class _RepoState:
     labels: dict[str, _Label] = field(default_factory=dict)
     issues: dict[int, _Issue] = field(default_factory=dict)
     comments: dict[int, _Comment] = field(default_factory=dict)
+    review_comments: dict[int, _ReviewComment] = field(default_factory=dict)
+    reviews: dict[int, _Review] = field(default_factory=dict)
+    # ("issues" | "pulls", comment id) -> reactions on that comment
+    reactions: dict[tuple[str, int], list[_Reaction]] = field(default_factory=dict)
     permissions: dict[str, str] = field(default_factory=dict)  # lower-case login -> role
     refuse_pulls: tuple[int, str, str] | None = None  # (status, message, detail)
     next_number: int = 1
@@ -762,6 +807,93 @@ class FakeGitHub(LoopbackFake[RecordedRequest]):
             self._changed.notify_all()
             return self._comment_json(st, comment)
 
+    def edit_comment(self, full_name: str, comment_id: int, body: str) -> dict[str, Any]:
+        """Edit a conversation comment like its author would (bumps its ``updated_at``)."""
+        with self._lock:
+            st = self._state(full_name)
+            comment = st.comments[comment_id]
+            comment.body = body
+            comment.updated_at = max(self._now(), comment.updated_at)
+            self._touch(st.issues[comment.number])
+            self._changed.notify_all()
+            return self._comment_json(st, comment)
+
+    def add_review_comment(
+        self,
+        full_name: str,
+        number: int,
+        body: str,
+        *,
+        path: str,
+        line: int = 1,
+        user: str = "alice",
+        author_association: str = "OWNER",
+        diff_hunk: str | None = None,
+        in_reply_to: int | None = None,
+    ) -> dict[str, Any]:
+        """Comment on a line of pull request ``number``'s diff (a reply when ``in_reply_to``)."""
+        with self._lock:
+            st = self._state(full_name)
+            issue = self._issue(st, number)
+            if issue.pull is None:
+                raise KeyError(f"{full_name}#{number} is not a pull request")
+            comment = self._new_review_comment(
+                st, issue, body, user, author_association, path, line, diff_hunk, in_reply_to
+            )
+            self._changed.notify_all()
+            return self._review_comment_json(st, comment)
+
+    def add_review(
+        self,
+        full_name: str,
+        number: int,
+        body: str,
+        *,
+        user: str = "alice",
+        state: str = "COMMENTED",
+        author_association: str = "OWNER",
+    ) -> dict[str, Any]:
+        """Submit a review of pull request ``number`` with ``body``."""
+        with self._lock:
+            st = self._state(full_name)
+            issue = self._issue(st, number)
+            assert issue.pull is not None
+            now = self._touch(issue)
+            head = st.repo.branch_sha(issue.pull.head_ref) or issue.pull.head_sha
+            review = _Review(next(self._ids), number, body, user, state, head, now, author_association)
+            st.reviews[review.id] = review
+            self._changed.notify_all()
+            return self._review_json(st, review)
+
+    def review_comments(self, full_name: str, number: int) -> list[dict[str, Any]]:
+        """Review comments of a pull request, oldest first."""
+        with self._lock:
+            st = self._state(full_name)
+            return [
+                self._review_comment_json(st, c)
+                for c in sorted(st.review_comments.values(), key=lambda c: c.id)
+                if c.number == number
+            ]
+
+    def reactions(self, full_name: str, kind: str, comment_id: int) -> list[dict[str, Any]]:
+        """Reactions on a comment; ``kind`` is ``issues`` (conversation) or ``pulls`` (review line)."""
+        with self._lock:
+            st = self._state(full_name)
+            return [self._reaction_json(r) for r in st.reactions.get((kind, comment_id), [])]
+
+    def merge_pull(self, full_name: str, number: int, *, actor: str = "alice") -> None:
+        """Merge pull request ``number`` (its head fast-forwards the base, like a merge without conflict)."""
+        with self._lock:
+            st = self._state(full_name)
+            issue = self._issue(st, number)
+            assert issue.pull is not None
+            head = st.repo.branch_sha(issue.pull.head_ref)
+            assert head is not None
+            st.repo.git("update-ref", f"refs/heads/{issue.pull.base_ref}", head)
+            self._edit(issue, actor, state="closed")
+            issue.pull.merged_at = self._now()
+            self._changed.notify_all()
+
     def issue(self, full_name: str, number: int) -> dict[str, Any]:
         """The issue JSON, as ``GET /repos/{o}/{r}/issues/{n}`` would return it."""
         with self._lock:
@@ -990,6 +1122,39 @@ class FakeGitHub(LoopbackFake[RecordedRequest]):
         st.comments[comment.id] = comment
         return comment
 
+    def _new_review_comment(
+        self,
+        st: _RepoState,
+        issue: _Issue,
+        body: str,
+        user: str,
+        association: str,
+        path: str,
+        line: int,
+        diff_hunk: str | None,
+        in_reply_to: int | None,
+    ) -> _ReviewComment:
+        assert issue.pull is not None
+        now = self._touch(issue)
+        head = st.repo.branch_sha(issue.pull.head_ref) or issue.pull.head_sha
+        hunk = diff_hunk if diff_hunk is not None else f"@@ -{line},1 +{line},1 @@"
+        comment = _ReviewComment(
+            next(self._ids),
+            issue.number,
+            body,
+            user,
+            path,
+            line,
+            hunk,
+            head,
+            now,
+            now,
+            association,
+            in_reply_to,
+        )
+        st.review_comments[comment.id] = comment
+        return comment
+
     @staticmethod
     def _issue_comments(st: _RepoState, number: int) -> list[_Comment]:
         return sorted((c for c in st.comments.values() if c.number == number), key=lambda c: c.id)
@@ -1121,7 +1286,7 @@ class FakeGitHub(LoopbackFake[RecordedRequest]):
                 "html_url": html,
                 "diff_url": f"{html}.diff",
                 "patch_url": f"{html}.patch",
-                "merged_at": None,
+                "merged_at": _iso(issue.pull.merged_at),
             }
         return data
 
@@ -1148,6 +1313,60 @@ class FakeGitHub(LoopbackFake[RecordedRequest]):
             "author_association": comment.author_association,
             "performed_via_github_app": None,
             "reactions": self._reactions(f"{url}/reactions"),
+        }
+
+    def _review_comment_json(self, st: _RepoState, comment: _ReviewComment) -> dict[str, Any]:
+        full = st.repo.full_name
+        url = f"{self.api_url}/repos/{full}/pulls/comments/{comment.id}"
+        data: dict[str, Any] = {
+            "id": comment.id,
+            "node_id": _node_id("PRRC_", comment.id),
+            "url": url,
+            "pull_request_review_id": comment.review_id,
+            "html_url": f"{self.web_url}/{full}/pull/{comment.number}#discussion_r{comment.id}",
+            "pull_request_url": f"{self.api_url}/repos/{full}/pulls/{comment.number}",
+            "diff_hunk": comment.diff_hunk,
+            "path": comment.path,
+            "position": comment.line,
+            "original_position": comment.line,
+            "line": comment.line,
+            "original_line": comment.line,
+            "side": "RIGHT",
+            "commit_id": comment.commit_id,
+            "original_commit_id": comment.commit_id,
+            "body": comment.body,
+            "user": self._user_json(comment.user),
+            "created_at": _iso(comment.created_at),
+            "updated_at": _iso(comment.updated_at),
+            "author_association": comment.author_association,
+            "reactions": self._reactions(f"{url}/reactions"),
+        }
+        if comment.in_reply_to is not None:
+            data["in_reply_to_id"] = comment.in_reply_to
+        return data
+
+    def _review_json(self, st: _RepoState, review: _Review) -> dict[str, Any]:
+        full = st.repo.full_name
+        return {
+            "id": review.id,
+            "node_id": _node_id("PRR_", review.id),
+            "user": self._user_json(review.user),
+            "body": review.body,
+            "state": review.state,
+            "html_url": f"{self.web_url}/{full}/pull/{review.number}#pullrequestreview-{review.id}",
+            "pull_request_url": f"{self.api_url}/repos/{full}/pulls/{review.number}",
+            "commit_id": review.commit_id,
+            "submitted_at": _iso(review.submitted_at),
+            "author_association": review.author_association,
+        }
+
+    def _reaction_json(self, reaction: _Reaction) -> dict[str, Any]:
+        return {
+            "id": reaction.id,
+            "node_id": _node_id("REA_", reaction.id),
+            "user": self._user_json(reaction.user),
+            "content": reaction.content,
+            "created_at": _iso(reaction.created_at),
         }
 
     def _event_json(self, st: _RepoState, event: _Event) -> dict[str, Any]:
@@ -1213,7 +1432,7 @@ class FakeGitHub(LoopbackFake[RecordedRequest]):
             "created_at": _iso(issue.created_at),
             "updated_at": _iso(issue.updated_at),
             "closed_at": _iso(issue.closed_at),
-            "merged_at": None,
+            "merged_at": _iso(pull.merged_at),
             "merge_commit_sha": None,
             "assignee": None,
             "assignees": [],
@@ -1230,13 +1449,13 @@ class FakeGitHub(LoopbackFake[RecordedRequest]):
             "author_association": issue.author_association,
             "auto_merge": None,
             "draft": pull.draft,
-            "merged": False,
+            "merged": pull.merged_at is not None,
             "mergeable": None,
             "rebaseable": None,
             "mergeable_state": "unknown",
             "merged_by": None,
             "comments": sum(1 for c in st.comments.values() if c.number == issue.number),
-            "review_comments": 0,
+            "review_comments": sum(1 for c in st.review_comments.values() if c.number == issue.number),
             "maintainer_can_modify": False,
             "commits": 1,
             "additions": 0,
@@ -1476,6 +1695,28 @@ class FakeGitHub(LoopbackFake[RecordedRequest]):
             ("GET", repo + r"/labels/(?P<label>[^/]+)", self._api_get_label, "user"),
             ("GET", repo + r"/collaborators/(?P<login>[^/]+)/permission", self._api_permission, "user"),
             ("GET", repo + r"/pulls", self._api_list_pulls, "user"),
+            ("GET", repo + r"/pulls/comments", self._api_list_repo_review_comments, "user"),
+            ("PATCH", repo + r"/pulls/comments/(?P<cid>\d+)", self._api_edit_review_comment, "user"),
+            ("GET", repo + r"/pulls/(?P<number>\d+)/comments", self._api_list_review_comments, "user"),
+            (
+                "POST",
+                repo + r"/pulls/(?P<number>\d+)/comments/(?P<cid>\d+)/replies",
+                self._api_reply_review_comment,
+                "user",
+            ),
+            ("GET", repo + r"/pulls/(?P<number>\d+)/reviews", self._api_list_reviews, "user"),
+            (
+                "GET",
+                repo + r"/(?P<kind>issues|pulls)/comments/(?P<cid>\d+)/reactions",
+                self._api_list_reactions,
+                "user",
+            ),
+            (
+                "POST",
+                repo + r"/(?P<kind>issues|pulls)/comments/(?P<cid>\d+)/reactions",
+                self._api_create_reaction,
+                "user",
+            ),
             ("POST", repo + r"/pulls", self._api_create_pull, "user"),
             ("GET", repo + r"/pulls/(?P<number>\d+)", self._api_get_pull, "user"),
             ("PATCH", repo + r"/pulls/(?P<number>\d+)", self._api_edit_pull, "user"),
@@ -2113,6 +2354,107 @@ class FakeGitHub(LoopbackFake[RecordedRequest]):
             issue.pull.base_ref = str(data["base"])
             self._touch(issue)
         return self._json(self._pull_json(st, issue))
+
+    # ---- review comments, reviews, reactions ----
+
+    def _since_sorted(self, call: _Call, items: list[Any]) -> list[Any]:
+        """``since`` (by ``updated_at``), ``sort`` and ``direction`` as GitHub's listings do."""
+        since = call.param("since")
+        if since:
+            cutoff = _parse_time(since)
+            items = [c for c in items if c.updated_at >= cutoff]
+        items = sorted(items, key=lambda c: c.id)
+        if call.param("sort") == "updated":
+            items.sort(key=lambda c: (c.updated_at, c.id))
+        if call.param("direction") == "desc":
+            items.reverse()
+        return items
+
+    def _api_list_repo_review_comments(self, call: _Call, owner: str, name: str) -> _Response:
+        st = self._repo_for(call, owner, name)
+        items = self._since_sorted(call, list(st.review_comments.values()))
+        return self._paginate(call, items, lambda c: self._review_comment_json(st, c))
+
+    def _api_list_review_comments(self, call: _Call, owner: str, name: str, number: str) -> _Response:
+        st = self._repo_for(call, owner, name)
+        issue = self._pull_for(st, number)
+        items = self._since_sorted(call, [c for c in st.review_comments.values() if c.number == issue.number])
+        return self._paginate(call, items, lambda c: self._review_comment_json(st, c))
+
+    def _api_reply_review_comment(
+        self, call: _Call, owner: str, name: str, number: str, cid: str
+    ) -> _Response:
+        st = self._repo_for(call, owner, name)
+        issue = self._pull_for(st, number)
+        parent = st.review_comments.get(int(cid))
+        if parent is None or parent.number != issue.number:
+            raise _HttpError(404, "Not Found")
+        body = call.json_object().get("body")
+        if not isinstance(body, str) or not body:
+            raise _validation_failed(
+                {"resource": "PullRequestReviewComment", "field": "body", "code": "missing_field"}
+            )
+        # GitHub threads a reply under the thread's first comment, whichever comment was answered.
+        root = parent.in_reply_to or parent.id
+        association = "OWNER" if call.identity.login.lower() == st.repo.owner.lower() else "NONE"
+        comment = self._new_review_comment(
+            st,
+            issue,
+            body,
+            call.identity.login,
+            association,
+            parent.path,
+            parent.line,
+            parent.diff_hunk,
+            root,
+        )
+        return self._json(self._review_comment_json(st, comment), status=201)
+
+    def _api_edit_review_comment(self, call: _Call, owner: str, name: str, cid: str) -> _Response:
+        st = self._repo_for(call, owner, name)
+        comment = st.review_comments.get(int(cid))
+        if comment is None:
+            raise _HttpError(404, "Not Found")
+        body = call.json_object().get("body")
+        if not isinstance(body, str) or not body:
+            raise _validation_failed(
+                {"resource": "PullRequestReviewComment", "field": "body", "code": "missing_field"}
+            )
+        comment.body = body
+        comment.updated_at = max(self._now(), comment.updated_at)
+        self._touch(st.issues[comment.number])
+        return self._json(self._review_comment_json(st, comment))
+
+    def _api_list_reviews(self, call: _Call, owner: str, name: str, number: str) -> _Response:
+        st = self._repo_for(call, owner, name)
+        issue = self._pull_for(st, number)
+        items = sorted((r for r in st.reviews.values() if r.number == issue.number), key=lambda r: r.id)
+        return self._paginate(call, items, lambda r: self._review_json(st, r))
+
+    def _reaction_target(self, st: _RepoState, kind: str, cid: str) -> tuple[str, int]:
+        comments: Mapping[int, Any] = st.comments if kind == "issues" else st.review_comments
+        if int(cid) not in comments:
+            raise _HttpError(404, "Not Found")
+        return kind, int(cid)
+
+    def _api_list_reactions(self, call: _Call, owner: str, name: str, kind: str, cid: str) -> _Response:
+        st = self._repo_for(call, owner, name)
+        key = self._reaction_target(st, kind, cid)
+        return self._paginate(call, st.reactions.get(key, []), self._reaction_json)
+
+    def _api_create_reaction(self, call: _Call, owner: str, name: str, kind: str, cid: str) -> _Response:
+        st = self._repo_for(call, owner, name)
+        key = self._reaction_target(st, kind, cid)
+        content = call.json_object().get("content")
+        if content not in REACTIONS:
+            raise _validation_failed({"resource": "Reaction", "field": "content", "code": "invalid"})
+        existing = st.reactions.setdefault(key, [])
+        for reaction in existing:
+            if reaction.user.lower() == call.identity.login.lower() and reaction.content == content:
+                return self._json(self._reaction_json(reaction), status=200)  # GitHub: 200 when it exists
+        reaction = _Reaction(next(self._ids), call.identity.login, str(content), self._now())
+        existing.append(reaction)
+        return self._json(self._reaction_json(reaction), status=201)
 
     # ---- git smart HTTP --------------------------------------------------------------------------
 

@@ -9,7 +9,13 @@ conversation (a model call that offers tools), the fake answers turn by turn:
 3. a final text (``final_text``) with ``stop_reason: end_turn``.
 
 The turn is derived from the conversation itself (how many of our tool_use ids it already holds), so
-the fake keeps no per-session state and a retried request gets the same answer. Calls that are not
+the fake keeps no per-session state and a retried request gets the same answer.
+
+Follow-ups (``followups``: one :class:`Round` per later run): a conversation that already holds the
+final text of an earlier round is a *resumed* one (``--resume``: the previous turns are in the
+request), and gets the next round's script, counted from that final text on. A fresh session holds no
+earlier round and gets the first script. Each recorded conversation request says which round it
+answered and whether it was resumed (``resumed_requests``). Calls that are not
 the agent's conversation (title generation, a ``max_tokens: 1`` quota probe, anything without tools)
 get a short text. A wrong key gets the API's 401. ``GET /v1/models`` lists ``models`` as the real
 Models API does (what ``doctor`` uses to check a key without spending tokens).
@@ -49,6 +55,15 @@ _CWD_PATTERNS = (
 
 
 @dataclass(frozen=True)
+class Round:
+    """What the fake does in a later run of the same conversation (a follow-up)."""
+
+    files: dict[str, str]
+    summary: str | None = None
+    final_text: str = "Done: I made the follow-up change."
+
+
+@dataclass(frozen=True)
 class RecordedRequest:
     """One HTTP request as the fake saw it. ``kind`` says how it was answered."""
 
@@ -60,6 +75,8 @@ class RecordedRequest:
     # | "unknown"
     kind: str
     step: int | None = None
+    round: int = 0  # which round's script answered (0: the first run's)
+    resumed: bool = False  # the request holds an earlier round's turns (a resumed session)
 
     @property
     def is_model_call(self) -> bool:
@@ -118,6 +135,7 @@ class FakeAnthropic:
         followup_files: dict[str, str] | None = None,
         followup_marker: str | None = None,
         read_first: bool = False,
+        followups: tuple[Round, ...] = (),
     ) -> None:
         self.api_key = api_key
         self.models = models
@@ -130,6 +148,14 @@ class FakeAnthropic:
             followup_marker=followup_marker,
             read_first=read_first,
         )
+        self._rounds = [self._script] + [
+            _Script(files=dict(r.files), summary=r.summary, final_text=r.final_text, model=model)
+            for r in followups
+        ]
+        finals = [r.final_text for r in self._rounds]
+        if len(set(finals)) != len(finals):
+            msg = "each round needs a final text of its own: it is how a resumed conversation is told apart"
+            raise ValueError(msg)
         self._host = host
         self._state = _State()
         self._server: ThreadingHTTPServer | None = None
@@ -194,6 +220,11 @@ class FakeAnthropic:
         return [r for r in self.requests if r.kind == "conversation"]
 
     @property
+    def resumed_requests(self) -> list[RecordedRequest]:
+        """Conversation requests that carried an earlier round's turns (``--resume`` worked)."""
+        return [r for r in self.conversation_requests if r.resumed]
+
+    @property
     def limits(self) -> LimitSwitch:
         """Switch the limit modes at run time; refused calls are recorded with kind ``"limited"``."""
         return LimitSwitch(self._state)
@@ -214,6 +245,17 @@ class FakeAnthropic:
         # ANTHROPIC_AUTH_TOKEN is sent as a bearer token instead of x-api-key.
         return headers.get("authorization") == f"Bearer {self.api_key}"
 
+    def _round(self, messages: list[Any]) -> tuple[int, list[Any], bool]:
+        """Which round a conversation is in (how many rounds' final texts it holds), its messages since
+        the last of them, and whether it holds any (a resumed session)."""
+        finals = {script.final_text for script in self._rounds}
+        done, since = 0, 0
+        for index, message in enumerate(messages):
+            ours = isinstance(message, dict) and message.get("role") == "assistant"
+            if ours and any(text in finals for text in _texts(message.get("content"))):
+                done, since = done + 1, index + 1
+        return min(done, len(self._rounds) - 1), messages[since:], done > 0
+
     def _answer(self, body: dict[str, Any]) -> tuple[str, int | None, list[dict[str, Any]], str]:
         """Decide the reply: (kind, step, content blocks, stop_reason)."""
         tools = body.get("tools") or []
@@ -222,6 +264,8 @@ class FakeAnthropic:
             return "auxiliary", None, [{"type": "text", "text": AUXILIARY_TEXT}], "end_turn"
 
         messages = body.get("messages") or []
+        round_, current, _ = self._round(messages)
+        script = self._rounds[round_]
         marker = self._script.followup_marker
         followup = marker is not None and any(
             marker in text
@@ -229,10 +273,12 @@ class FakeAnthropic:
             if isinstance(m, dict) and m.get("role") == "user"
             for text in _texts(m.get("content"))
         )
-        actions = self._script.actions(followup)
-        step = _count_our_tool_uses(messages)
+        if followup:
+            current = messages  # a fed-back failure continues the first script's steps (or redoes them)
+        actions = script.actions(followup)
+        step = _count_our_tool_uses(current)
         if step >= len(actions):
-            return "conversation", step, [{"type": "text", "text": self._script.final_text}], "end_turn"
+            return "conversation", step, [{"type": "text", "text": script.final_text}], "end_turn"
         tool, rel_path, content = actions[step]
         cwd = primary_working_directory(body) or FALLBACK_CWD
         path = f"{cwd.rstrip('/')}/{rel_path}"
@@ -539,7 +585,10 @@ class _Handler(BaseHTTPRequestHandler):
             return
 
         kind, step, blocks, stop_reason = self.fake._answer(body)
-        self._record(kind, body, headers, step)
+        round_, _, resumed = self.fake._round(body.get("messages") or [])
+        if kind != "conversation":
+            round_, resumed = 0, False
+        self._record(kind, body, headers, step, round_, resumed)
         model = str(body.get("model") or self.fake._script.model)
         message_id = f"msg_fake_{self.fake._next_id():06d}"
         if body.get("stream"):
@@ -593,11 +642,19 @@ class _Handler(BaseHTTPRequestHandler):
         return self.rfile.read(length) if length else b""
 
     def _record(
-        self, kind: str, body: Any, headers: dict[str, str] | None = None, step: int | None = None
+        self,
+        kind: str,
+        body: Any,
+        headers: dict[str, str] | None = None,
+        step: int | None = None,
+        round_: int = 0,
+        resumed: bool = False,
     ) -> None:
         if headers is None:
             headers = {k.lower(): v for k, v in self.headers.items()}
-        self.fake._record(RecordedRequest(self.command, self.path, headers, body, kind, step))
+        self.fake._record(
+            RecordedRequest(self.command, self.path, headers, body, kind, step, round_, resumed)
+        )
 
     def _send_json(self, status: HTTPStatus, payload: dict[str, Any]) -> None:
         self._send(status, json.dumps(payload).encode(), "application/json")

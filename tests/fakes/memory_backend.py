@@ -106,6 +106,7 @@ def _sha(*parts: object) -> str:
 class MemoryBackend:
     name = "memory"
     poll_interval = 0.0
+    keeps_dirs = True
 
     def __init__(self, remote: dict[str, dict[str, str]] | None = None) -> None:
         # The remote: branch -> (sha, files). "main" holds a README to start with.
@@ -120,6 +121,8 @@ class MemoryBackend:
         # Where a push lands besides ``remote`` (a loopback GitHub's repository, so a PR can be opened).
         self.on_push: Callable[[str, dict[str, bytes], str], str] | None = None
         self.calls: list[str] = []
+        # Kept directories (KeptDir.key -> files), as the Docker backend keeps them under STATE_DIR.
+        self.kept: dict[str, dict[str, bytes]] = {}
         self._failures: dict[str, list[BackendError]] = {}
         self._crashes: dict[str, int] = {}
         self._on_poll: list[Callable[[], None]] = []
@@ -208,12 +211,20 @@ class MemoryBackend:
         self._enter("list_ours")
         return set(self.places)
 
+    def kept_keys(self) -> set[str]:
+        return set(self.kept)
+
+    def forget_kept(self, key: str) -> bool:
+        return self.kept.pop(key, None) is not None
+
     def start_process(self, workspace: Workspace, process: ProcessSpec, log: TaskLog) -> bool:
         self._enter("start_process")
         place = self._place(workspace)
         if process.name in place.processes:
             return False
         running = Process(process)
+        if process.keep is not None:
+            self.kept.setdefault(process.keep.key, {})
         place.processes[process.name] = running
         agent = self.agents.get(process.name)
         if agent is not None:
