@@ -373,7 +373,14 @@ class Pipeline:
                     tlog.write("the agent changed nothing: no test rounds")
                     return self._publish(task, workspace, spec, result, tlog)
                 report = self.gate.after_agent(
-                    task, workspace, report, control, tlog, self._deadline(task), spec.agent.stdin
+                    task,
+                    workspace,
+                    report,
+                    control,
+                    tlog,
+                    self._deadline(task),
+                    spec.agent.stdin,
+                    spec.agent.keep,
                 )
             except Interrupted as exc:
                 return self._interrupted(task, exc, tlog)

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from claude_issue_solver.agent import AgentResult, parse_result
-from claude_issue_solver.backends.base import Backend, ProcessSpec, Workspace
+from claude_issue_solver.backends.base import Backend, KeptDir, ProcessSpec, Workspace
 from claude_issue_solver.logs import REDACTOR, TaskLog
 from claude_issue_solver.outcome import TaskControl
 from claude_issue_solver.queue import Task, TaskQueue
@@ -258,6 +258,7 @@ class TestGate:
         tlog: TaskLog,
         deadline: float,
         first_prompt: bytes = b"",
+        keep: KeptDir | None = None,
     ) -> TestReport:
         """Test; while red and rounds are left, continue Claude's session with the failure and test again.
 
@@ -269,7 +270,7 @@ class TestGate:
             round_ = len(report.rounds) + 1
             if report.fixes < round_ - 1:
                 # A fix round was started (phase "fixing") but not recorded: finish waiting for it.
-                self._fix(task, workspace, report, control, tlog, deadline, first_prompt)
+                self._fix(task, workspace, report, control, tlog, deadline, first_prompt, keep)
                 if report.note:
                     return report
                 continue
@@ -293,7 +294,7 @@ class TestGate:
                 self._record(task, report)
                 tlog.write(report.note)
                 return report
-            self._fix(task, workspace, report, control, tlog, deadline, first_prompt)
+            self._fix(task, workspace, report, control, tlog, deadline, first_prompt, keep)
             if report.note:
                 return report
 
@@ -306,6 +307,7 @@ class TestGate:
         tlog: TaskLog,
         deadline: float,
         first_prompt: bytes,
+        keep: KeptDir | None = None,
     ) -> None:
         round_ = report.fixes + 1
         failing = report.rounds[-1]
@@ -322,6 +324,7 @@ class TestGate:
             argv=argv,
             env=self.agent_env,
             stdin=fix_prompt(failing, str(report.plan.test), round_, self.fix_rounds).encode(),
+            keep=keep,  # the issue's Claude sessions, as the agent had them: --resume finds its own
         )
         self.backend.start_process(workspace, spec, tlog)
         exit_ = self._wait(workspace, spec.name, control, tlog, deadline)
@@ -334,6 +337,7 @@ class TestGate:
                 argv=self.agent_command,
                 env=self.agent_env,
                 stdin=first_prompt + b"\n\n---\n\n" + spec.stdin,
+                keep=keep,
             )
             self.backend.start_process(workspace, spec, tlog)
             exit_ = self._wait(workspace, spec.name, control, tlog, deadline)

@@ -147,6 +147,8 @@ def test_real_cli_red_then_green_with_the_failure_fed_back(
             for r in api.conversation_requests
             if "FAIL sub 5 3 = 8, expected 2" in json.dumps(r.body.get("messages"))
         ]
+        # The fix round's requests hold the first run's turns: the real CLI resumed the session.
+        first_run_kept = all("I'll write calc.sh" in json.dumps(r.body.get("messages")) for r in fed_back)
     task = queue.list()[0]
     assert task.state is TaskState.COMPLETED, task.error
     assert fed_back, task_log_path(config.log_dir, task.id).read_text()[-6000:]
@@ -156,7 +158,9 @@ def test_real_cli_red_then_green_with_the_failure_fed_back(
     pull = github.pulls(REPO)[0]
     assert pull["draft"] is False and "| round 2: after fix round 1 | 🟢 green" in pull["body"]
     log = task_log_path(config.log_dir, task.id).read_text()
-    # On Docker the session's files do not outlive the agent's container yet: the real CLI says so.
-    assert "cannot be continued here; asking in a new session" in log
+    # The Claude configuration directory is kept between the agent's containers, so the fix
+    # round's `--resume` finds the session: no fallback to a new one.
+    assert "continuing session" in log and "asking in a new session" not in log
+    assert first_run_kept
     assert CLAUDE_KEY not in log and TOKEN not in log
     assert_clean(state_dir)
