@@ -64,6 +64,7 @@ class RunFigures:
     turns: int | None = None
     cost_usd: float | None = None
     agent: Agent = CLAUDE
+    issue_total_usd: float | None = None  # a follow-up's: what every run of the issue cost together
 
     @classmethod
     def of(cls, task: Task, duration_s: float | None = None, agent: Agent = CLAUDE) -> RunFigures:
@@ -79,6 +80,8 @@ class RunFigures:
             parts.append(f"{self.turns} turns")
         if self.cost_usd is not None:
             parts.append(format_usd(self.cost_usd))
+        if self.issue_total_usd is not None:
+            parts.append(f"{format_usd(self.issue_total_usd)} for the issue so far")
         return " · ".join(parts)
 
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from claude_issue_solver import followup, messages
@@ -407,6 +407,8 @@ class Pipeline:
             task = self.queue.update(task.id, meta={"phase": "publishing", "summary": summary})
             answer = result.result if result else task.result
             figures = messages.RunFigures.of(task, self._duration(task), self.agent)
+            if task.kind == FOLLOWUP and figures.cost_usd is not None:
+                figures = replace(figures, issue_total_usd=self._issue_total(task))
             if not has_changes(changes):
                 tlog.write("the agent changed nothing")
                 if task.kind == FOLLOWUP:
@@ -595,6 +597,15 @@ class Pipeline:
 
     def _cleanup(self, task: Task, tlog: TaskLog) -> None:
         remove_workspace(self.backend, task.id, tlog, sleep=self.sleep)
+
+    def _issue_total(self, task: Task) -> float:
+        """What every recorded run of the task's issue cost, this one included (the queue keeps the last
+        100 finished tasks, so a long-lived issue's oldest runs may be missing)."""
+        return sum(
+            t.cost_usd or 0.0
+            for t in self.queue.list()
+            if t.repo == task.repo and t.issue_number == task.issue_number and t.id != task.id
+        ) + (task.cost_usd or 0.0)
 
     def _duration(self, task: Task) -> float | None:
         return None if task.started_at is None else self.clock() - task.started_at

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from claude_issue_solver.config import Config
+from claude_issue_solver.conventions import format_usd
 from claude_issue_solver.demo_world.github import FakeGitHub
 from claude_issue_solver.followup import FRESH_AGENT, session_key
 from claude_issue_solver.outcome import TaskControl
@@ -92,6 +93,9 @@ def test_a_pr_comment_continues_the_same_branch_pr_and_session(world: World) -> 
     answers = [c["body"] for c in world.github.comments(REPO, 2) if task.id in c["body"]]
     assert len(answers) == 1 and answers[0].startswith("✅") and "claude/issue-1" in answers[0]
     assert all(task.id not in c["body"] for c in world.github.comments(REPO, 1))
+    # The answer shows this run's cost and the issue's total over both runs.
+    total = (world.queue.get(first.id).cost_usd or 0) + (done.cost_usd or 0)
+    assert done.cost_usd and f"{format_usd(total)} for the issue so far" in answers[0]
     text = world.log_text(task)
     assert "agent finished" in text
 
