@@ -129,14 +129,15 @@ def pr_opened_comment(task: Task, pr_url: str, figures: RunFigures, *, updated: 
 
 
 def no_changes_comment(task: Task, answer: str | None, figures: RunFigures) -> str:
+    return _answer_comment(task, "looked into this issue and made no changes to the code", answer, figures)
+
+
+def _answer_comment(task: Task, did: str, answer: str | None, figures: RunFigures) -> str:
+    """💬 "<agent> <did>. Its answer:", the answer quoted, the run's figures."""
     who = figures.agent.name
     text = (answer or "").strip() or f"({who} gave no answer.)"
     quoted = "\n".join("> " + line for line in text.splitlines())
-    lines = [
-        f"💬 {who} looked into this issue and made no changes to the code. Its answer:",
-        "",
-        quoted,
-    ]
+    lines = [f"💬 {who} {did}. Its answer:", "", quoted]
     if figures.line():
         lines += ["", f"Run: {figures.line()} (task `{task.id}`)"]
     return "\n".join(lines) + "\n\n" + marker(task.id)
@@ -347,13 +348,7 @@ def followup_pushed_comment(
 
 
 def followup_no_changes_comment(task: Task, answer: str | None, figures: RunFigures) -> str:
-    who = figures.agent.name
-    text = (answer or "").strip() or f"({who} gave no answer.)"
-    quoted = "\n".join("> " + line for line in text.splitlines())
-    lines = [f"💬 {who} made no change to the code for {_asked_by(task)}. Its answer:", "", quoted]
-    if figures.line():
-        lines += ["", f"Run: {figures.line()} (task `{task.id}`)"]
-    return "\n".join(lines) + "\n\n" + marker(task.id)
+    return _answer_comment(task, f"made no change to the code for {_asked_by(task)}", answer, figures)
 
 
 @dataclass(frozen=True)

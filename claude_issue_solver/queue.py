@@ -165,20 +165,26 @@ class TaskQueue:
             tasks = data["tasks"]
             if _live_for(tasks.values(), repo, issue_number) is not None:
                 return None
-            seq = int(data.get("next_seq", 1))
-            data["next_seq"] = seq + 1
-            task = Task(
-                id=new_task_id(repo, issue_number),
-                repo=repo,
-                issue_number=issue_number,
-                title=title,
-                kind=kind,
-                seq=seq,
-                created_at=self.clock(),
-                meta=dict(meta or {}),
-            )
+            task = self._new_task(data, repo, issue_number, title, kind, dict(meta or {}))
             tasks[task.id] = task.to_dict()
             return task
+
+    def _new_task(
+        self, data: dict[str, Any], repo: str, issue_number: int, title: str, kind: str, meta: dict[str, Any]
+    ) -> Task:
+        """A new pending task with the next sequence number (inside the caller's transaction)."""
+        seq = int(data.get("next_seq", 1))
+        data["next_seq"] = seq + 1
+        return Task(
+            id=new_task_id(repo, issue_number),
+            repo=repo,
+            issue_number=issue_number,
+            title=title,
+            kind=kind,
+            seq=seq,
+            created_at=self.clock(),
+            meta=meta,
+        )
 
     def get(self, task_id: str) -> Task:
         data = self.store.read()["tasks"].get(task_id)
@@ -236,18 +242,7 @@ class TaskQueue:
             if live is not None and not (live["state"] == TaskState.PENDING and live.get("kind") == FOLLOWUP):
                 return None, []
             if live is None:
-                seq = int(data.get("next_seq", 1))
-                data["next_seq"] = seq + 1
-                task = Task(
-                    id=new_task_id(repo, issue_number),
-                    repo=repo,
-                    issue_number=issue_number,
-                    title=title,
-                    kind=FOLLOWUP,
-                    seq=seq,
-                    created_at=self.clock(),
-                    meta={"triggers": []},
-                )
+                task = self._new_task(data, repo, issue_number, title, FOLLOWUP, {"triggers": []})
                 live = data["tasks"][task.id] = task.to_dict()
             meta = live.setdefault("meta", {})
             known = {t["id"] for t in meta.get("triggers", [])}
