@@ -30,9 +30,7 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, tzinfo
-from email.utils import parsedate_to_datetime
 from typing import Any, Literal
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from claude_issue_solver.conventions import format_usd
 from claude_issue_solver.stream_events import as_int
@@ -370,6 +368,10 @@ def _zone(name: str | None, default: tzinfo) -> tzinfo | None:
         return default
     if name.upper() in ("UTC", "GMT", "Z"):
         return UTC
+    # Imported here: the queue (and so every CLI command) imports this module, and only a reset text
+    # naming a zone needs the zone database.
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
     try:
         return ZoneInfo(name)
     except (ZoneInfoNotFoundError, ValueError):
@@ -397,6 +399,8 @@ def reset_from_headers(headers: Mapping[str, str], *, now: float) -> float | Non
     if retry_after:
         if retry_after.replace(".", "", 1).isdigit():
             return now + float(retry_after)
+        from email.utils import parsedate_to_datetime  # only for the rare HTTP-date form
+
         try:
             return parsedate_to_datetime(retry_after).timestamp()
         except (TypeError, ValueError, IndexError):
