@@ -160,12 +160,6 @@ def _host_lock(ref: str) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def _numeric_owner(info: tarfile.TarInfo) -> tarfile.TarInfo:
-    # Host user names mean nothing in the image; ids are what the rootfs was made with.
-    info.uname = info.gname = ""
-    return info
-
-
 def _has_tag(ref: str) -> bool:
     # "host:5000/name" has a colon but no tag: only a colon after the last slash is a tag.
     return ":" in ref.rsplit("/", 1)[-1]

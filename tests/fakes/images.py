@@ -28,7 +28,6 @@ from claude_issue_solver.demo_world.images import (
     _host_lock,
     _image_exists,
     _import,
-    _numeric_owner,
     _tail,
     fake_agent_image,
 )
@@ -52,6 +51,12 @@ __all__ = [
     "fake_agent_image",
     "host_debian_mirror",
 ]
+
+
+def _numeric_owner(info: tarfile.TarInfo) -> tarfile.TarInfo:
+    # Host user names mean nothing in the image; ids are what the rootfs was made with.
+    info.uname = info.gname = ""
+    return info
 
 
 def debian_base_image(
