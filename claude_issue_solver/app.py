@@ -115,7 +115,7 @@ def build(config: Config, *, backend: Backend[Any] | None = None) -> Parts:
         pipeline.announce(task)
         daemon.wake()  # a task a webhook brought in starts now, not at the next tick
 
-    watcher = Watcher(config, client, queue, on_queued=queued)
+    watcher = Watcher(config, client, queue, on_queued=queued, on_closed=pipeline.forget_sessions)
     daemon = Daemon(
         queue, pipeline, watcher=watcher, poll_interval=config.poll_interval, poll_one=watcher.poll_now
     )

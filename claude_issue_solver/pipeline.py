@@ -262,6 +262,18 @@ class Pipeline:
         except BackendError as exc:
             log.warning("could not look for the sessions of closed issues: %s", exc)
 
+    def forget_sessions(self, repo: str, number: int) -> None:
+        """The issue was closed (the watcher saw it): remove its kept Claude sessions, unless a task of
+        it still runs (that run finds the issue closed and removes them itself). Never raises: it runs
+        on the poller thread."""
+        if not self.backend.keeps_dirs or self.queue.live_for(repo, number) is not None:
+            return
+        try:
+            if self.backend.forget_kept(followup.session_key(repo, number)):
+                log.info("removed the kept Claude sessions of %s#%s (the issue was closed)", repo, number)
+        except (BackendError, OSError) as exc:
+            log.warning("could not remove the kept Claude sessions of %s#%s: %s", repo, number, exc)
+
     # --- after the agent started ------------------------------------------------------------------
 
     def _after_start(

@@ -5,6 +5,9 @@ Cheap: two conditional requests per repository per poll, the repository-wide lis
 comments (issues and pull requests alike) and of review comments, each with ``since`` (the newest
 ``updated_at`` already read) and the last answer's ``ETag``. While nothing was written GitHub answers
 ``304``, which does not count against the rate limit; nothing is asked per issue or per pull request.
+Review bodies are listed only per pull request: those of a pull request of ours are read when the
+watcher's own listing (every issue and pull request updated since its last look) shows it moved
+(:meth:`TriggerWatcher.note_pulls`), so an idle repository costs three conditional requests in all.
 
 Safe: only comments written after the repository was first watched count, each at most once (its id
 is recorded as seen in the same transaction that records the trigger, before anything is done about
@@ -33,6 +36,7 @@ from claude_issue_solver.queue import Task, TaskQueue
 log = logging.getLogger(__name__)
 
 SEEN_LIMIT = 2000  # comment ids remembered per repository: far more than arrive between two polls
+ROUTES_LIMIT = 5000  # issues and pull requests of ours remembered per repository (newest numbers)
 LISTINGS = {"issues": "/issues/comments", "pulls": "/pulls/comments"}
 
 
@@ -72,6 +76,7 @@ class TriggerWatcher:
 
     def poll(self, repo: str) -> None:
         """Read both listings (conditionally), record new triggers, hand waiting ones to the queue."""
+        self.remember_routes(repo)
         for kind in LISTINGS:
             self._read_listing(repo, kind)
         self._read_reviews(repo)
@@ -142,43 +147,38 @@ class TriggerWatcher:
         for _, trigger in triggers:
             self._react(repo, trigger)
 
+    def note_pulls(self, data: dict[str, Any], repo: str, pulls: dict[int, str]) -> None:
+        """Inside the watcher's transaction: which of our open pull requests its listing saw move.
+
+        Review bodies have no repository-wide listing, but a review moves its pull request's
+        ``updated_at``, and the watcher's listing of every issue and pull request updated since its last
+        look already carries that. Recorded here, in the transaction that moves the watcher's ETag on, so
+        that a crash before the reviews were read cannot hide them behind the next ``304``.
+        """
+        ours = self._routes_in(data, repo)["pulls"]
+        entry = data.setdefault("followups", {}).setdefault("repos", {}).setdefault(repo, {})
+        book = entry.setdefault("pulls", {})
+        looked = book.setdefault("looked", {})
+        changed = book.setdefault("changed", {})
+        for number, updated_at in pulls.items():
+            if number in ours and looked.get(str(number)) != updated_at:
+                changed[str(number)] = updated_at
+
     def _read_reviews(self, repo: str) -> None:
-        """Review bodies: GitHub lists them only per pull request. One conditional request for the
-        repository's open pull requests (sorted by ``updated_at``, which a review moves) tells which of
-        ours changed; only their reviews are read. Skipped when none of our pull requests is open."""
-        routes = self._routes(repo)
-        ours = set(routes["pulls"])
+        """The reviews of each pull request of ours that :meth:`note_pulls` saw move (none while idle)."""
         entry = self.queue.store.read().get("followups", {}).get("repos", {}).get(repo, {})
-        book = entry.get("pulls", {})
-        if not ours or (ours <= set(book.get("known", [])) and not ours & set(book.get("open", []))):
+        changed = {int(k): v for k, v in entry.get("pulls", {}).get("changed", {}).items()}
+        if not changed:
             return
-        etag = book.get("etag")
-        listing = self.client.request(
-            repo,
-            "GET",
-            f"/repos/{repo}/pulls",
-            params={"state": "open", "sort": "updated", "direction": "desc", "per_page": 100},
-            headers={"If-None-Match": etag} if etag else None,
-        )
-        if listing.status == 304 and ours <= set(book.get("known", [])):
-            return
-        pulls = listing.data if listing.status != 304 else None
-        open_now = (
-            {int(p["number"]): p.get("updated_at") or "" for p in pulls}
-            if pulls is not None
-            else book.get("open_at", {})
-        )
-        open_now = {int(k): v for k, v in open_now.items()}
-        looked = {int(k): v for k, v in book.get("looked", {}).items()}
+        routes = self._routes(repo)
         seen = set(entry.get("seen", []))
         # Reviews older than the watch (an upgrade over open pull requests) are history.
         baseline = entry.get("baseline", {}).get("issues", "")
         new_seen: list[str] = []
         triggers: list[tuple[str, dict[str, Any]]] = []
-        for number in sorted(ours & set(open_now)):
-            if looked.get(number) == open_now[number]:
+        for number in sorted(changed):
+            if number not in routes["pulls"]:
                 continue
-            looked[number] = open_now[number]
             for page in self.client.paginate(repo, f"/repos/{repo}/pulls/{number}/reviews"):
                 for review in page.data or []:
                     key = f"reviews:{review['id']}"
@@ -194,13 +194,12 @@ class TriggerWatcher:
         with self.queue.store.transaction() as data:
             section = data.setdefault("followups", {})
             entry = section.setdefault("repos", {}).setdefault(repo, {})
-            entry["pulls"] = {
-                "etag": listing.headers.get("etag") or etag,
-                "open": sorted(open_now),
-                "open_at": {str(k): v for k, v in open_now.items()},
-                "known": sorted(ours),
-                "looked": {str(k): v for k, v in looked.items()},
-            }
+            book = entry.setdefault("pulls", {})
+            looked, still = book.setdefault("looked", {}), book.setdefault("changed", {})
+            for number, updated_at in changed.items():
+                looked[str(number)] = updated_at
+                if still.get(str(number)) == updated_at:  # moved again meanwhile: read it next poll
+                    del still[str(number)]
             entry["seen"] = [*entry.get("seen", []), *new_seen][-SEEN_LIMIT:]
             pending = section.setdefault("pending", {})
             for key, trigger in triggers:
@@ -321,19 +320,46 @@ class TriggerWatcher:
         return False, f"{login} has {permission} permission; write, maintain or admin is needed"
 
     def _routes(self, repo: str) -> dict[str, dict[int, int]]:
-        """Which issues we worked on, and which pull request belongs to which issue (from the tasks)."""
-        issues: dict[int, int] = {}
-        pulls: dict[int, int] = {}
-        for task in self.queue.store.read()["tasks"].values():
+        return self._routes_in(self.queue.store.read(), repo)
+
+    @staticmethod
+    def _routes_in(data: dict[str, Any], repo: str) -> dict[str, dict[int, int]]:
+        """Which issues we worked on, and which pull request belongs to which issue: what the tasks say,
+        and what :meth:`remember_routes` kept of tasks that have left the history since."""
+        kept = data.get("followups", {}).get("repos", {}).get(repo, {}).get("routes", {})
+        issues = {int(n): int(n) for n in kept.get("issues", [])}
+        pulls = {int(k): int(v) for k, v in kept.get("pulls", {}).items()}
+        for task in data.get("tasks", {}).values():
             if task["repo"].lower() != repo.lower():
                 continue
             issues[task["issue_number"]] = task["issue_number"]
-            for number in (task.get("meta") or {}).get("pr_numbers") or []:
-                pulls[int(number)] = task["issue_number"]
-            pr = (task.get("meta") or {}).get("pr_number")
-            if pr:
-                pulls[int(pr)] = task["issue_number"]
+            meta = task.get("meta") or {}
+            for number in [*(meta.get("pr_numbers") or []), meta.get("pr_number")]:
+                if number:
+                    pulls[int(number)] = task["issue_number"]
         return {"issues": issues, "pulls": pulls}
+
+    def remember_routes(self, repo: str) -> None:
+        """Keep the routes the tasks give now: the history holds only the last finished tasks, and an
+        ``@claude`` on a pull request from long ago should still find its issue. One write, only when
+        something is new; bounded to the newest :data:`ROUTES_LIMIT` of each."""
+        data = self.queue.store.read()
+        routes = self._routes_in(data, repo)
+        kept = data.get("followups", {}).get("repos", {}).get(repo, {}).get("routes", {})
+        if set(routes["issues"]) == {int(n) for n in kept.get("issues", [])} and routes["pulls"] == {
+            int(k): int(v) for k, v in kept.get("pulls", {}).items()
+        }:
+            return
+        with self.queue.store.transaction() as data:
+            routes = self._routes_in(data, repo)
+            entry = data.setdefault("followups", {}).setdefault("repos", {}).setdefault(repo, {})
+            entry["routes"] = {
+                "issues": sorted(routes["issues"])[-ROUTES_LIMIT:],
+                "pulls": {str(k): routes["pulls"][k] for k in sorted(routes["pulls"])[-ROUTES_LIMIT:]},
+            }
+
+    def worked_on(self, repo: str, number: int) -> bool:
+        return number in self._routes(repo)["issues"]
 
     def _title(self, repo: str, number: int) -> str:
         tasks = [

@@ -1,10 +1,13 @@
 """The watcher: turns open issues carrying the trigger label into tasks, cheaply and safely.
 
-Cheap: one conditional request per repository per poll. The list is sorted by ``updated`` (newest first)
-so any change to any labelled issue changes the first page; while its ``ETag`` still matches, GitHub
-answers ``304 Not Modified``, which does not count against the rate limit. Later pages are read only
-down to the newest change already seen. ETags and per-issue bookkeeping live in the state file, so a
-restart costs nothing either.
+Cheap: one conditional request per repository per poll. The very first look lists the open issues
+carrying the label; every later one lists *every* issue and pull request updated since the newest
+change already seen (``since``, any state, any label), sorted by ``updated`` (newest first), so any
+change changes the first page; while its ``ETag`` still matches, GitHub answers ``304 Not Modified``,
+which does not count against the rate limit. Later pages are read only down to the newest change
+already seen. ETags and per-issue bookkeeping live in the state file, so a restart costs nothing either.
+The same listing tells the follow-up triggers which of our pull requests moved (a review was
+submitted) and which issues we worked on were closed (their kept Claude sessions are removed then).
 
 Safe: a task is created only for the *labelling* (the newest ``labeled`` event of the trigger label)
 and only when the person who applied the label may write to the repository; an issue already handled
@@ -22,6 +25,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Any
 
 from claude_issue_solver.config import Config
@@ -37,6 +41,8 @@ PERMISSION_TTL = 3600.0
 APP_REPOS_REFRESH = 600.0  # App-wide: list the installations' repositories again this often
 ALL_REPOS = "*"  # poll_now's name for "the App's installations changed"
 MAX_BACKOFF = 900.0
+SINCE_MARGIN = 300  # seconds the listing looks back before the newest change seen (see _since)
+EPOCH = "1970-01-01T00:00:00Z"  # the newest change of a repository that has no issue yet
 
 
 def content_hash(title: str, body: str | None) -> str:
@@ -78,9 +84,11 @@ class Watcher:
         clock: Callable[[], float] = time.time,
         jitter: Callable[[], float] = random.random,
         on_queued: Callable[[Task], None] | None = None,
+        on_closed: Callable[[str, int], None] | None = None,
     ) -> None:
         self.config = config
         self.on_queued = on_queued  # e.g. post the "queued" comment on the issue
+        self.on_closed = on_closed  # an issue we worked on was closed: e.g. remove its kept sessions
         self.client = client
         self.queue = queue
         self.clock = clock
@@ -235,14 +243,18 @@ class Watcher:
         log.log(level if report else logging.DEBUG, message, *args)
 
     def _first_page(self, repo: str, book: dict[str, Any]) -> Response:
-        """The listing request every poll starts with, conditional on the last poll's ETag."""
-        params = {
-            "state": "open",
-            "labels": self.config.trigger_label,
-            "sort": "updated",
-            "direction": "desc",
-            "per_page": 100,
-        }
+        """The listing request every poll starts with, conditional on the last poll's ETag.
+
+        The first look ever reads the labelled open issues (an old repository's whole history would be
+        pages of nothing to do); from then on everything updated since the newest change seen, so a
+        closed issue and a reviewed pull request show up in the same one request.
+        """
+        high_water = book.get("high_water", {}).get(f"{repo}:{self.label}", "")
+        params: dict[str, Any] = {"sort": "updated", "direction": "desc", "per_page": 100}
+        if high_water:
+            params.update(state="all", since=_since(high_water))
+        else:
+            params.update(state="open", labels=self.config.trigger_label)
         etag = book.get("etags", {}).get(f"{repo}:{self.label}")
         return self.client.request(
             repo,
@@ -255,30 +267,57 @@ class Watcher:
     def _poll(self, repo: str, book: dict[str, Any]) -> None:
         etag_key = f"{repo}:{self.label}"
         high_water = book.get("high_water", {}).get(etag_key, "")
+        first_look = not high_water
         first = self._first_page(repo, book)
         if first.status == 304:
             self._record_success(repo, first)
             return
         newest = high_water
         response: Response | None = first
+        pulls: dict[int, str] = {}  # open pull requests that moved: number -> updated_at
+        closed: list[int] = []
         while response is not None:
             issues = response.data or []
             changes: dict[str, dict[str, Any]] = {}
             # The page is newest-first; queue what it holds oldest issue first, as people would expect.
             for issue in sorted(issues, key=lambda i: int(i.get("number") or 0)):
                 newest = max(newest, issue.get("updated_at") or "")
+                if "pull_request" in issue:
+                    if issue.get("state", "open") == "open":
+                        pulls[int(issue["number"])] = issue.get("updated_at") or ""
+                elif issue.get("state", "open") != "open":
+                    closed.append(int(issue["number"]))
                 self._consider(repo, issue, book, changes)
             self._update_issue_book(changes)
             oldest_on_page = min((i.get("updated_at") or "" for i in issues), default="")
             if not issues or (high_water and oldest_on_page <= high_water):
                 break  # everything further down is older than what we already handled
             response = self.client.next_page(repo, response)
+        if first_look:  # from here on the listing of everything since then
+            newest = max(newest, self._newest_change(repo)) or EPOCH
         # Saved only now: a poll that failed half-way is done again in full, never skipped by a 304.
         with self.queue.store.transaction() as data:
             book = data.setdefault("watcher", {})
             book.setdefault("etags", {})[etag_key] = first.headers.get("etag", "")
             book.setdefault("high_water", {})[etag_key] = newest
+            self.triggers.note_pulls(data, repo, pulls)
         self._record_success(repo, response or first)
+        for number in closed:
+            if self.on_closed is not None and self.triggers.worked_on(repo, number):
+                self.on_closed(repo, number)
+        if first_look:
+            # The listing every later poll asks for, once now, so that the next poll gets its 304.
+            self._poll(repo, self.queue.store.read().get("watcher", {}))
+
+    def _newest_change(self, repo: str) -> str:
+        """When the repository's newest issue or pull request changed (once, at the first look)."""
+        newest = self.client.request(
+            repo,
+            "GET",
+            f"/repos/{repo}/issues",
+            params={"state": "all", "sort": "updated", "direction": "desc", "per_page": 1},
+        )
+        return max((i.get("updated_at") or "" for i in newest.data or []), default="")
 
     # --- one issue ----------------------------------------------------------------------------------
 
@@ -474,6 +513,17 @@ class Watcher:
                 return
             self._warned.add(key)
         log.info(message, *args)
+
+
+def _since(high_water: str) -> str:
+    """``since`` for the listing: a little before the newest change seen, so that a change GitHub wrote
+    late with an older time is still listed (what was seen already is recognised by its fingerprint).
+    Constant while nothing changes, so the listing's ETag keeps answering 304."""
+    try:
+        at = datetime.fromisoformat(high_water.replace("Z", "+00:00"))
+    except ValueError:
+        return high_water
+    return (at - timedelta(seconds=SINCE_MARGIN)).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _rate_limited(health: dict[str, Any]) -> bool:

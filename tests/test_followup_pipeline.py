@@ -13,9 +13,11 @@ from claude_issue_solver.config import Config
 from claude_issue_solver.conventions import format_usd
 from claude_issue_solver.demo_world.github import FakeGitHub
 from claude_issue_solver.followup import FRESH_AGENT, session_key
+from claude_issue_solver.github import GitHubClient
 from claude_issue_solver.outcome import TaskControl
 from claude_issue_solver.queue import FOLLOWUP, Task, TaskQueue, TaskState
 from claude_issue_solver.state import StateStore
+from claude_issue_solver.watcher import Watcher
 from tests.fakes.memory_backend import MemoryBackend, Place, Process, edits
 from tests.github_fixtures import Clock
 from tests.test_pipeline import REPO, SUMMARY, World, agent_edits
@@ -282,3 +284,30 @@ def test_a_branch_that_moved_is_never_forced_and_the_answer_says_why(world: Worl
     assert done.state is TaskState.FAILED and "nothing of theirs was overwritten" in (done.error or "")
     [answer] = [c["body"] for c in world.github.comments(REPO, 1) if task.id in c["body"]]
     assert answer.startswith("❌") and "non-fast-forward" in answer
+
+
+def test_closing_the_issue_removes_its_sessions_at_the_next_poll(world: World) -> None:
+    """Not only at the next start-up: the watcher's listing shows the closing, and the sessions go."""
+    first_run(world)
+    pipeline = world.pipeline()
+    watcher = Watcher(
+        world.config, GitHubClient(world.config), world.queue, on_closed=pipeline.forget_sessions
+    )
+    watcher()  # the first look: it takes issue #1's label (still on it) for new work
+    again = world.queue.live_for(REPO, 1)
+    assert again is not None
+    world.queue.finish(again.id, TaskState.CANCELLED)
+    other = world.github.create_issue(REPO, "Busy", user="maintainer")
+    world.backend.kept[session_key(REPO, 1)] = {}
+    world.backend.kept[session_key(REPO, other["number"])] = {}
+    busy = world.queue.submit(REPO, other["number"], "Busy")
+    assert busy is not None
+    watcher()
+    assert set(world.backend.kept) == {session_key(REPO, 1), session_key(REPO, other["number"])}
+    world.github.edit_issue(REPO, 1, state="closed")
+    world.github.edit_issue(REPO, other["number"], state="closed")  # its task still runs: its run decides
+    world.github.reset_counts()
+    watcher()
+    assert set(world.backend.kept) == {session_key(REPO, other["number"])}
+    # One listing showed both closings; nothing was asked per issue.
+    assert [r.path for r in world.github.requests if r.path.endswith(f"/issues/{other['number']}")] == []

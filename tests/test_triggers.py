@@ -204,10 +204,18 @@ def test_idle_with_comments_watched_costs_nothing(
     for _ in range(60):
         watcher()
     assert [r for r in github.requests if r.counted] == []
-    # The labelled issues, both comment listings, and while a PR of ours is open, the open PRs.
-    assert {r.status for r in github.requests} == {304} and len(github.requests) == 4 * 60
-    github.edit_issue(REPO, pr, state="closed")
-    watcher()  # the open pull requests changed: one counted listing
+    # What changed (issues and pull requests alike, so reviews too) and both comment listings: three,
+    # with a pull request of ours open and waiting for reviews.
+    assert {r.status for r in github.requests} == {304} and len(github.requests) == 3 * 60
+    assert {r.path.rsplit("/", 2)[-2] + "/" + r.path.rsplit("/", 1)[-1] for r in github.requests} == {
+        "widgets/issues",
+        "issues/comments",
+        "pulls/comments",
+    }
+    github.add_review(REPO, pr, "@claude and the changelog", user="maintainer")
+    watcher()  # the pull request moved: its reviews are read, and the review is a follow-up
+    assert [t["body"] for t in followups(queue)[0].meta["triggers"]] == ["@claude and the changelog"]
+    watcher()
     github.reset_counts()
     for _ in range(60):
         watcher()
@@ -230,3 +238,16 @@ def test_a_review_body_triggers_and_is_answered_on_the_pr(
     assert trigger["body"] == "Nice. @claude please split the function"
     watcher()
     assert len(followups(queue)[0].meta["triggers"]) == 1  # each review once
+
+
+def test_a_pull_request_whose_task_left_the_history_still_finds_its_issue(
+    github: FakeGitHub, watcher_for: Callable[..., Watcher], queue: TaskQueue, worked: tuple[int, int]
+) -> None:
+    issue, pr = worked
+    watcher = started(watcher_for)
+    with queue.store.transaction() as data:  # the history keeps only the newest finished tasks
+        data["tasks"] = {}
+    github.add_comment(REPO, pr, "@claude one more thing", user="maintainer")
+    watcher()
+    [task] = followups(queue)
+    assert task.issue_number == issue and task.meta["triggers"][0]["where"] == "pr"

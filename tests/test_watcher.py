@@ -19,6 +19,11 @@ from tests.github_fixtures import TOKEN, Clock
 ISSUES = "/api/v3/repos/acme/widgets/issues"
 
 
+# A repository's first look lists the labelled open issues, asks for its newest change, and lists
+# everything since then once (what every later poll asks for); see test_pagination_reads_every_labelled_issue.
+FIRST_LOOK = 3
+
+
 def issue_list_requests(github: FakeGitHub, repo: str = "acme/widgets") -> list:
     return [
         r for r in github.requests_to(f"/api/v3/repos/{repo}/issues", "GET") if r.path.endswith("/issues")
@@ -153,7 +158,11 @@ def test_pagination_reads_every_labelled_issue(
         github.create_issue("acme/widgets", f"issue {n}", labels=["Claude"], user="maintainer")
     watcher_for(GITHUB_REPOS="acme/widgets")()
     assert len(queue.list()) == 130
-    assert len(issue_list_requests(github)) == 2  # 100 per page
+    listed = issue_list_requests(github)
+    # The first look: the labelled issues (100 per page), the newest change of the repository, and the
+    # listing of everything since then that every later poll asks for again (and gets a 304).
+    assert [r.query.get("labels", ["-"])[0] for r in listed] == ["Claude", "Claude", "-", "-"]
+    assert [r.query["per_page"][0] for r in listed] == ["100", "100", "1", "100"]
 
 
 def test_faults_on_one_repo_leave_the_other_flowing(
@@ -361,7 +370,7 @@ def test_a_new_watcher_polls_at_once_despite_an_old_back_off(
     )
     restarted = watcher_for(GITHUB_REPOS="acme/widgets")  # the daemon restarted after the fix
     restarted()
-    assert len(issue_list_requests(github)) == 1
+    assert len(issue_list_requests(github)) == FIRST_LOOK
     assert [t.title for t in queue.list()] == ["Queued right after the restart"]
     health = queue.store.read()["watcher"]["repos"]["acme/widgets"]
     assert health["last_error"] is None and health["failing_since"] is None
@@ -381,7 +390,7 @@ def test_a_new_watcher_still_honours_a_rate_limit_wait(
     assert issue_list_requests(github) == []  # GitHub asked us to wait: a restart does not change that
     clock.advance(601)
     restarted()
-    assert len(issue_list_requests(github)) == 1
+    assert len(issue_list_requests(github)) == FIRST_LOOK
 
 
 def test_check_tells_refusals_from_trouble(
@@ -401,7 +410,7 @@ def test_check_tells_refusals_from_trouble(
     github.reset_counts()
     watcher()  # the first poll after the check: the failed repo waits out its back-off
     assert issue_list_requests(github, "acme/gadgets") == []
-    assert len(issue_list_requests(github, "acme/widgets")) == 1
+    assert len(issue_list_requests(github, "acme/widgets")) == FIRST_LOOK
     github.revoke_token(TOKEN)
     assert watcher_for(GITHUB_REPOS="acme/widgets").check("acme/widgets").refused
 
