@@ -3,7 +3,7 @@
 Exit codes (as ``systemctl status`` uses them where they overlap):
 0 success / daemon running; 1 the operation failed (already running, stop timed out, unknown task);
 2 bad usage or configuration; 3 the daemon is not running (``status``, ``stop``); 4 the daemon runs but
-is degraded (``status --check`` only).
+is degraded (``status --check`` only); 130 interrupted by Ctrl-C while ``start`` waited.
 
 Only light modules are imported here; docker, PyGithub and the Daytona SDK are imported inside the
 commands that use them, so ``status``, ``queue``, ``pause`` and ``resume`` start fast.
@@ -34,6 +34,7 @@ EXIT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_NOT_RUNNING = 3
 EXIT_DEGRADED = 4
+EXIT_INTERRUPTED = 130  # the shell's code for a process ended by Ctrl-C (128 + SIGINT)
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -136,7 +137,7 @@ def main(ctx: click.Context, env_file: Path | None) -> None:
 
     \b
     Exit codes: 0 ok, 1 failed, 2 bad usage or configuration, 3 daemon not running, 4 degraded
-    (status --check).
+    (status --check), 130 interrupted (Ctrl-C).
     """
     ctx.obj = Context(env_file)
 
@@ -192,7 +193,13 @@ def _run_here(config: Config, *, detached: bool) -> NoReturn:
 
 
 def _start_background(obj: Context, config: Config, wait_seconds: float) -> None:
-    from claude_issue_solver.supervise import StartFailed, SuperviseError, start_background, stop
+    from claude_issue_solver.supervise import (
+        StartFailed,
+        StartInterrupted,
+        SuperviseError,
+        start_background,
+        stop,
+    )
 
     out_path = config.log_dir / "daemon.out"
     command = [sys.executable, "-m", "claude_issue_solver"]
@@ -218,6 +225,10 @@ def _start_background(obj: Context, config: Config, wait_seconds: float) -> None
             f"the daemon exited during start-up (exit code {exc.exit_code}); see {out_path}",
             EXIT_USAGE if exc.exit_code == EXIT_USAGE else EXIT_FAILED,
         )
+    except StartInterrupted as exc:
+        # Half started is worse than not started (see above); Ctrl-C means "not now".
+        stop(exc.pid, timeout=10, force=True)
+        fail(f"interrupted: the daemon that was starting (pid {exc.pid}) was stopped", EXIT_INTERRUPTED)
     except SuperviseError as exc:
         fail(str(exc))
     for note in started.notes:

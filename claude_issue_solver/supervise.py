@@ -32,6 +32,14 @@ class SuperviseError(Exception):
     """Process control failed in a way the caller should report (not an already-gone process)."""
 
 
+class StartInterrupted(SuperviseError):
+    """The caller was interrupted (Ctrl-C) while the child was still starting; ``pid`` still runs."""
+
+    def __init__(self, pid: int) -> None:
+        super().__init__(f"interrupted while the daemon (pid {pid}) was starting")
+        self.pid = pid
+
+
 class StartFailed(SuperviseError):
     """The child exited, said it failed, or stayed silent past the deadline.
 
@@ -97,7 +105,10 @@ def start_background(
     finally:
         os.close(write_fd)  # only the child holds it now: end of file means the child let go of it
     with os.fdopen(read_fd, "rb") as pipe:
-        return _await_ready(child, pipe, output, start_offset, timeout)
+        try:
+            return _await_ready(child, pipe, output, start_offset, timeout)
+        except KeyboardInterrupt:
+            raise StartInterrupted(child.pid) from None
 
 
 def _await_ready(

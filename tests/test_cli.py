@@ -606,6 +606,36 @@ def test_a_start_that_does_not_come_up_in_time_is_stopped(
 
 
 @needs_docker
+def test_ctrl_c_while_start_waits_stops_the_half_started_daemon_in_one_line(
+    daemon_env: dict[str, str], github: FakeGitHub, state_dir: Path
+) -> None:
+    github.set_delay("/api/v3/repos/acme/widgets/issues", 20)  # the start-up check hangs
+    starting = subprocess.Popen(
+        [sys.executable, "-m", "claude_issue_solver", "start"],
+        env=daemon_env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        # The background daemon holds the pidfile's lock while its start-up check hangs.
+        wait_until(lambda: daemon_status(state_dir / "daemon.pid").running, 30, "the pidfile lock")
+        starting.send_signal(signal.SIGINT)
+        _, stderr = starting.communicate(timeout=30)
+    finally:
+        if starting.poll() is None:
+            starting.kill()
+            starting.wait()
+    assert starting.returncode == 130
+    assert re.fullmatch(
+        r"Error: interrupted: the daemon that was starting \(pid \d+\) was stopped", stderr.strip()
+    ), stderr
+    assert not daemon_status(state_dir / "daemon.pid").running
+    github.set_delay("/api/v3/repos/acme/widgets/issues", 0)
+
+
+@needs_docker
 def test_stop_waits_for_a_daemon_that_is_still_starting(
     daemon_env: dict[str, str], github: FakeGitHub, state_dir: Path
 ) -> None:
