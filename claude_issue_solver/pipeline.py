@@ -16,6 +16,7 @@ tests (:mod:`claude_issue_solver.test_gate`), when it has a test command.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -54,7 +55,7 @@ from claude_issue_solver.prompt import (
     parse_summary,
 )
 from claude_issue_solver.publisher import Publisher
-from claude_issue_solver.queue import FOLLOWUP, Task, TaskQueue, TaskState
+from claude_issue_solver.queue import FOLLOWUP, QueueError, Task, TaskQueue, TaskState
 from claude_issue_solver.repo_settings import RepoSettingsError, load_plan
 from claude_issue_solver.run_limits import RunLimits
 from claude_issue_solver.run_policy import (
@@ -149,6 +150,7 @@ class Pipeline:
         self.command = build_command(agent_settings(config))
         self.env = agent_env(config)
         self.agent = messages.agent_for(config.claude_model)  # who the PR and the comment name
+        self._comment_locks = tuple(threading.Lock() for _ in range(64))  # striped by task id
         self.run_limits = RunLimits(queue, config, clock=clock)
         self.gate = TestGate(
             backend,
@@ -625,15 +627,30 @@ class Pipeline:
     def announce(self, task: Task) -> None:
         """Say on the issue that the task is queued (the comment every later state edits)."""
         try:
-            self._comment(task, messages.queued_comment(task))
+            self._comment(task, messages.queued_comment(task), only_while_pending=True)
         except GitHubError as exc:
             log.warning("could not post the queued comment for %s: %s", task.ref, exc)
 
-    def _comment(self, task: Task, body: str) -> None:
-        if task.kind == FOLLOWUP:
-            followup.answer(self.publisher, self.queue, task, body)  # where the request was made
-        else:
-            task_comment(self.publisher, self.queue, task, body)
+    def _comment(self, task: Task, body: str, *, only_while_pending: bool = False) -> None:
+        """Write the task's one comment. The poller thread announces a task while the dispatcher may
+        already run it (a webhook wakes it at once): one lock per task, and the comment's id as the
+        other thread recorded it, or both would find no comment and post one each; and a "queued"
+        that comes late must not overwrite "working"."""
+        with self._comment_locks[hash(task.id) % len(self._comment_locks)]:
+            try:
+                recorded = self.queue.get(task.id)
+            except QueueError:
+                recorded = None
+            if recorded is not None:
+                for key in ("comment_id", "answer_id"):
+                    if recorded.meta.get(key) is not None:
+                        task.meta[key] = recorded.meta[key]
+                if only_while_pending and recorded.state is not TaskState.PENDING:
+                    return
+            if task.kind == FOLLOWUP:
+                followup.answer(self.publisher, self.queue, task, body)  # where the request was made
+            else:
+                task_comment(self.publisher, self.queue, task, body)
 
     @staticmethod
     def _working(task: Task, done: int, *, turns: int | None = None) -> str:

@@ -372,3 +372,17 @@ def _null_log(world: World, task: Task):  # type: ignore[no-untyped-def]
     from claude_issue_solver.logs import TaskLog
 
     return TaskLog(task_log_path(world.config.log_dir, task.id))
+
+
+def test_a_late_announcement_neither_posts_a_second_comment_nor_undoes_working(world: World) -> None:
+    """The poller announces a task while the dispatcher may already run it (a webhook wakes it at once):
+    the announcement's copy of the task knows no comment yet, and comes after "working"."""
+    task = world.task()  # claimed: it runs
+    stale = Task.from_dict(task.to_dict())
+    pipeline = world.pipeline()
+    pipeline._comment(task, "working on it")
+    pipeline.announce(stale)
+    assert [c.split("\n")[0] for c in world.comments(task)] == ["working on it"]
+    assert len(world.github.comments(REPO, task.issue_number)) == 1
+    pipeline._comment(Task.from_dict(stale.to_dict()), "done")  # the id the other thread recorded is used
+    assert [c.split("\n")[0] for c in world.comments(task)] == ["done"]
