@@ -704,19 +704,26 @@ def daytona_snapshot(obj: Context, name: str | None, dockerfile: Path | None) ->
     is_flag=True,
     help="Use the scripted stand-in agent even when a Claude credential is set (it works offline).",
 )
+@click.option(
+    "--follow-up",
+    is_flag=True,
+    help="Then ask for more on the pull request (@claude ...): the work continues on the same branch, "
+    "pull request and Claude session.",
+)
 @click.pass_obj
 @handles_errors
-def demo(obj: Context, keep: bool, timeout: float, stand_in: bool) -> None:
+def demo(obj: Context, keep: bool, timeout: float, stand_in: bool, follow_up: bool) -> None:
     """Run one issue end to end on this machine, with no secrets.
 
     A loopback GitHub with a sample repository and a labelled issue, the daemon in the foreground and
     the Docker backend. With ANTHROPIC_API_KEY or CLAUDE_CODE_OAUTH_TOKEN set the real Claude Code CLI
     works on it; otherwise, or with --stand-in, a scripted stand-in agent does (and says so). Prints the
-    PR, its diff and the comment.
+    PR, its diff and the comment; with --follow-up also the answer to a maintainer's @claude on the PR
+    and the commit it added.
     """
     from claude_issue_solver.config import read_env_file, resolve_env_file
     from claude_issue_solver.demo import run_demo
 
     path = resolve_env_file(obj.env_file, os.environ)
     environ = {**read_env_file(path), **os.environ} if path else dict(os.environ)
-    sys.exit(run_demo(keep=keep, timeout=timeout, environ=environ, stand_in=stand_in))
+    sys.exit(run_demo(keep=keep, timeout=timeout, environ=environ, stand_in=stand_in, follow_up=follow_up))

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, TextIO
 from claude_issue_solver.config import AGENT_ENV_PREFIXES, Config, ConfigError, load_config
 from claude_issue_solver.logs import LOGGER_NAME, setup_logging, tail_lines, task_log_path
 from claude_issue_solver.messages import STAND_IN_MODEL
-from claude_issue_solver.queue import Task, TaskState
+from claude_issue_solver.queue import FOLLOWUP, Task, TaskState
 
 if TYPE_CHECKING:
     from docker import DockerClient
@@ -40,6 +40,8 @@ log = logging.getLogger(__name__)
 
 REPO = "demo/calculator"
 REQUESTER = "alice"
+# What the maintainer asks on the pull request with --follow-up (the stand-in's one follow-up skill).
+FOLLOW_UP_REQUEST = "@claude please also add a test that subtracting a number from itself gives 0."
 CREDENTIALS = ("ANTHROPIC_API_KEY", "CLAUDE_CODE_OAUTH_TOKEN")
 STAND_IN_NOTICE = (
     "No Claude credential found: using a scripted stand-in agent, not Claude. "
@@ -121,6 +123,7 @@ def run_demo(
     timeout: float = 600,
     environ: Mapping[str, str] | None = None,
     stand_in: bool = False,
+    follow_up: bool = False,
 ) -> int:
     """Run one issue through the daemon against a loopback GitHub and print the result; 0 on success.
 
@@ -128,7 +131,9 @@ def run_demo(
     (``state/``); by default a temporary directory. Both are removed at the end unless ``keep``.
     ``environ`` (default ``os.environ``) is read only for the Claude credential and the agent's settings;
     Docker itself is found the usual way (``DOCKER_HOST`` in the process environment). ``stand_in``
-    runs the scripted stand-in even when a Claude credential is set.
+    runs the scripted stand-in even when a Claude credential is set. ``follow_up``: once the pull request
+    is open, the maintainer asks for more on it (``@claude …``) and the same daemon continues the work on
+    the same branch, pull request and Claude session; that answer and commit are printed too.
     """
     env = dict(os.environ if environ is None else environ)
     real = not stand_in and any(env.get(key, "").strip() for key in CREDENTIALS)
@@ -142,7 +147,7 @@ def run_demo(
     with contextlib.ExitStack() as cleanup:
         cleanup.callback(_remove_or_show, created, root, keep, out)
         try:
-            return _run(root, env, real, out, timeout, cleanup)
+            return _run(root, env, real, out, timeout, cleanup, follow_up=follow_up)
         except DemoError as exc:
             print(f"demo failed: {exc}", file=out, flush=True)
             return 1
@@ -153,7 +158,14 @@ def run_demo(
 
 
 def _run(
-    root: Path, env: dict[str, str], real: bool, out: TextIO, timeout: float, cleanup: contextlib.ExitStack
+    root: Path,
+    env: dict[str, str],
+    real: bool,
+    out: TextIO,
+    timeout: float,
+    cleanup: contextlib.ExitStack,
+    *,
+    follow_up: bool = False,
 ) -> int:
     from claude_issue_solver.demo_world.github import FakeGitHub
 
@@ -219,8 +231,20 @@ def _run(
 
     print("Running the daemon until the task is done (its log follows on stderr; Ctrl-C stops it).", file=out)
     out.flush()
-    task = _run_daemon_until_done(config, client, timeout, cleanup)
-    code = _report(task, github, config.log_dir, out, timeout)
+
+    asked_at: dict[str, str] = {}  # the branch's head when the maintainer asked
+
+    def ask(task: Task) -> None:
+        pr = int(task.meta["pr_number"])
+        asked_at["sha"] = github.repo(REPO).branch_sha(task.branch or "") or ""
+        github.add_comment(REPO, pr, FOLLOW_UP_REQUEST, user=REQUESTER, author_association="COLLABORATOR")
+        print(f"{REQUESTER} on pull request #{pr}: {FOLLOW_UP_REQUEST!r}", file=out, flush=True)
+
+    tasks = _run_daemon_until_done(config, client, timeout, cleanup, ask=ask if follow_up else None)
+    first, *later = tasks
+    code = _report(first, github, config.log_dir, out, timeout)
+    if code == 0 and follow_up:
+        code = _report_follow_up(later, first, asked_at.get("sha", ""), github, config.log_dir, out, timeout)
     if code and real:
         print(STAND_IN_HINT, file=out, flush=True)
     return code
@@ -270,9 +294,16 @@ def _stand_in_image(client: DockerClient) -> str:
 
 
 def _run_daemon_until_done(
-    config: Config, client: DockerClient, timeout: float, cleanup: contextlib.ExitStack
-) -> Task:
-    """``start --foreground``'s body, stopped by us as soon as the one task has finished (or timed out)."""
+    config: Config,
+    client: DockerClient,
+    timeout: float,
+    cleanup: contextlib.ExitStack,
+    *,
+    ask: Callable[[Task], None] | None = None,
+) -> list[Task]:
+    """``start --foreground``'s body, stopped by us as soon as the tasks have finished (or timed out):
+    the issue's, and with ``ask`` (called once that one opened its pull request) the follow-up's.
+    Returns them oldest first."""
     from claude_issue_solver.app import build, docker_settings
     from claude_issue_solver.backends.base import BackendError
     from claude_issue_solver.backends.docker import DockerBackend
@@ -291,11 +322,22 @@ def _run_daemon_until_done(
     stopped_by_us = threading.Event()
     done = threading.Event()
 
+    asked = threading.Event()
+
     def watch() -> None:
         deadline = time.monotonic() + timeout
         while not done.wait(0.2):
             tasks = parts.queue.list()
             finished = bool(tasks) and not any(t.state.live for t in tasks)
+            if finished and ask is not None and not asked.is_set():
+                first = min(tasks, key=lambda t: t.seq)
+                if first.state is TaskState.COMPLETED and first.meta.get("pr_number"):
+                    asked.set()
+                    ask(first)
+                    deadline = time.monotonic() + timeout  # the follow-up gets the same time again
+                    continue
+            if finished and asked.is_set() and not any(t.kind == FOLLOWUP for t in tasks):
+                continue  # the request is not picked up yet (the next poll, within a second)
             if finished or time.monotonic() > deadline:
                 log.info("demo: %s; stopping the daemon", "task finished" if finished else "out of time")
                 stopped_by_us.set()
@@ -312,10 +354,10 @@ def _run_daemon_until_done(
             watcher.join()
     if not stopped_by_us.is_set():
         raise KeyboardInterrupt
-    tasks = parts.queue.list()
+    tasks = sorted(parts.queue.list(), key=lambda t: t.seq)
     if not tasks:
         raise DemoError("the daemon never picked up the issue (see the log above)")
-    return tasks[0]
+    return tasks
 
 
 def _report(task: Task, github: FakeGitHub, log_dir: Path, out: TextIO, timeout: float) -> int:
@@ -346,6 +388,53 @@ def _report(task: Task, github: FakeGitHub, log_dir: Path, out: TextIO, timeout:
     for comment in comments:
         author = comment["user"]["login"]
         print(f"\n{rule}\nComment on issue #{task.issue_number} by {author}:\n\n{comment['body']}", file=out)
+    print(rule, file=out, flush=True)
+    return 0
+
+
+def _report_follow_up(
+    later: list[Task],
+    first: Task,
+    before: str,
+    github: FakeGitHub,
+    log_dir: Path,
+    out: TextIO,
+    timeout: float,
+) -> int:
+    """The follow-up's answer on the pull request and the commit it added to the same branch."""
+    from claude_issue_solver.messages import marked_task
+
+    rule = "-" * 72
+    if not later:
+        print(
+            f"demo failed: the request on the pull request was not picked up within {timeout:.0f}s", file=out
+        )
+        return 1
+    task = later[0]
+    if task.state is not TaskState.COMPLETED:
+        state = "did not finish in time" if task.state.live else f"{task.state.value}: {task.error}"
+        print(f"demo failed: the follow-up {state}", file=out)
+        print("\nLast lines of the task log:", file=out)
+        print("".join(tail_lines(task_log_path(log_dir, task.id), _LOG_TAIL_LINES)).rstrip(), file=out)
+        return 1
+    pr = int(first.meta["pr_number"])
+    repo = github.repo(REPO)
+    head = repo.branch_sha(task.branch or "") or ""
+    session = task.meta.get("resumed_session")
+    resumed = (
+        f"resumed Claude session {session}"
+        if session and not task.meta.get("fresh_session")
+        else ("a fresh session (the earlier one could not be resumed)")
+    )
+    print(f"\n{rule}\nFollow-up on pull request #{pr}: the same branch {task.branch}, {resumed}", file=out)
+    if before and head and before != head:
+        print(f"\ngit log {before[:12]}..{task.branch}\n", file=out)
+        print(repo.git("log", "--format=%h %an: %s", f"{before}..{head}").rstrip(), file=out)
+        print(f"\n{repo.git('diff', before, head).rstrip()}", file=out)
+    for comment in github.comments(REPO, pr):
+        if marked_task(comment["body"]) == task.id:
+            print(f"\n{rule}\nAnswer on pull request #{pr} by {comment['user']['login']}:\n", file=out)
+            print(comment["body"], file=out)
     print(rule, file=out, flush=True)
     return 0
 

@@ -318,6 +318,19 @@ def _asked_by(task: Task) -> str:
 FOLLOWUP_STEPS = ("workspace ready on the branch", "agent running", "changes pushed")
 
 
+def followup_commit_subject(task: Task, phrase: str) -> str:
+    """A follow-up's commit says what was asked (the PR's title is the first run's): "Follow-up for
+    @alice: also add a test …", the request's first line without the trigger phrase, ≤ 72 characters."""
+    triggers = task.meta.get("triggers") or [{}]
+    first = triggers[0]
+    lines = [line.strip() for line in str(first.get("body") or "").splitlines() if line.strip()]
+    asked = re.sub(re.escape(phrase), "", lines[0], flags=re.IGNORECASE).strip(" ,:") if lines else ""
+    subject = f"Follow-up for @{first.get('author', '?')}" + (f": {asked}" if asked else "")
+    if len(triggers) > 1:
+        subject = f"Follow-up for {len(triggers)} requests (@{first.get('author', '?')}, …)"
+    return subject if len(subject) <= 72 else subject[:71].rstrip() + "…"
+
+
 def followup_working_comment(task: Task, done: int, *, turns: int | None = None) -> str:
     lines = [f"🤖 Claude is working on the request of {_asked_by(task)} (task `{task.id}`).", ""]
     for n, step in enumerate(FOLLOWUP_STEPS):

@@ -15,6 +15,7 @@ import pytest
 from claude_issue_solver import messages
 from claude_issue_solver.backends.base import LABEL_TASK
 from claude_issue_solver.demo import (
+    FOLLOW_UP_REQUEST,
     FORCED_STAND_IN_NOTICE,
     SAMPLE_FILES,
     STAND_IN_HINT,
@@ -191,6 +192,28 @@ def test_demo_with_the_stand_in_agent(
     assert code == 0, out.getvalue() + err
     assert_stand_in_report(out.getvalue())
     assert "daemon running" in err and "Traceback" not in err
+    assert containers_mounting(docker_client, tmp_path) == []
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.docker
+def test_demo_follow_up_continues_the_same_branch_pr_and_session(
+    docker_client: object, tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    out = StringIO()
+    code = run_demo(tmp_path, out=out, environ=NO_CREDENTIAL, timeout=120, follow_up=True)
+    err = capfd.readouterr().err
+    text = out.getvalue()
+    assert code == 0, text + err
+    assert_stand_in_report(text.split("\nFollow-up on pull request")[0])
+    assert f"alice on pull request #2: {FOLLOW_UP_REQUEST!r}" in text
+    follow_up = section(text, "Follow-up on pull request #2")
+    assert re.search(r"the same branch claude/issue-1, resumed Claude session [0-9a-f-]{36}", follow_up), text
+    assert ": Follow-up for @alice: please also add a test that subtracting" in follow_up
+    assert "+def test_subtract_itself() -> None:\n+    assert subtract(7, 7) == 0" in follow_up
+    answer = section(text, "Answer on pull request #2 by claude-bot")
+    assert "\n✅ A scripted stand-in agent (not Claude) pushed" in answer and "for @alice" in answer
+    assert "Traceback" not in err
     assert containers_mounting(docker_client, tmp_path) == []
     assert list(tmp_path.iterdir()) == []
 

@@ -87,6 +87,10 @@ def test_a_pr_comment_continues_the_same_branch_pr_and_session(world: World) -> 
     pulls = world.github.pulls(REPO)
     assert len(pulls) == 1 and pulls[0]["number"] == 2  # the same PR, never a second one
     assert world.github.repo(REPO).read_file("claude/issue-1", "more.txt") == "more\n"
+    # The commit says what was asked (the PR's title is the first run's).
+    subject = world.github.repo(REPO).git("log", "-1", "--format=%s", "claude/issue-1").strip()
+    assert subject.startswith("Follow-up for @maintainer: please also add more.txt — «exactly» $title")
+    assert subject.endswith("…") and len(subject) <= 72
     # The PR keeps its title and description, and gains the run history.
     assert pulls[0]["title"] == "Add the widget fix"
     assert "The widget now works." in pulls[0]["body"] and "<summary>Runs</summary>" in pulls[0]["body"]

@@ -281,6 +281,30 @@ SUMMARY
     success "$text" "$turns" 0
 }
 
+# The follow-up `demo --follow-up` asks for: a test that subtracting a number from itself gives 0.
+do_demo_follow_up() {
+    tests=test_calculator.py
+    assistant "[{\"type\":\"text\",\"text\":\"Continuing session $resume: the maintainer asks for one more test.\"},{\"type\":\"tool_use\",\"id\":\"toolu_stand_in_reread\",\"name\":\"Read\",\"input\":{\"file_path\":$(json_str "$cwd/$tests")}}]"
+    if [ ! -f "$tests" ]; then
+        tool_result toolu_stand_in_reread "File does not exist." true
+        text="There is no $tests here: the scripted stand-in can continue only the demo's sample, so I changed nothing."
+        assistant "[{\"type\":\"text\",\"text\":$(json_str "$text")}]"
+        success "$text" "$turns" 0
+    fi
+    tool_result toolu_stand_in_reread "$(awk '{ printf "%6d\t%s\n", NR, $0 }' "$tests")" false
+    if grep -q '^def test_subtract_itself' "$tests"; then
+        text="$tests already has test_subtract_itself: nothing to add."
+        assistant "[{\"type\":\"text\",\"text\":$(json_str "$text")}]"
+        success "$text" "$turns" 0
+    fi
+    { cat "$tests"; printf '\n\ndef test_subtract_itself() -> None:\n    assert subtract(7, 7) == 0\n'; } >"$tmp/tests"
+    assistant "[{\"type\":\"tool_use\",\"id\":\"toolu_stand_in_more\",\"name\":\"Write\",\"input\":{\"file_path\":$(json_str "$cwd/$tests"),\"content\":$(json_str "$(cat "$tmp/tests")")}}]"
+    write_file toolu_stand_in_more "$tests" "$tmp/tests"
+    text="Added test_subtract_itself (subtract(7, 7) == 0) to $tests, as asked. I could not run it: there is no Python in this container."
+    assistant "[{\"type\":\"text\",\"text\":$(json_str "$text")}]"
+    success "$text" "$turns" 0
+}
+
 # $1 = tool_use id, $2 = file, $3 = its new content, $4 = "created" for a new file. Like the real CLI, a
 # failed write is a tool error the model reads; here it ends the run, still with is_error:false.
 write_file() {
@@ -322,7 +346,11 @@ init
 
 case $scenario in
     tests-fix | tests-red) do_tests_scenario ;;
-    demo) do_demo_fix ;;
+    demo)
+        # A follow-up resumes the session (--resume): the stand-in's one follow-up skill is the test the
+        # demo's maintainer asks for (demo --follow-up).
+        if [ -n "$resume" ]; then do_demo_follow_up; else do_demo_fix; fi
+        ;;
     edit | write-fail) do_edit ;;
     wait)
         # Lets a test hold the run "in progress" and release it when it chooses.
