@@ -77,12 +77,14 @@ from claude_issue_solver.backends.base import (
     LABEL_TASK,
     NAME_PREFIX,
     BackendError,
+    CannotRebase,
     Changes,
     ProcessOutput,
     ProcessSpec,
     Pushed,
     PushRejected,
     PushRequest,
+    Rebased,
     Workspace,
     WorkspaceLost,
     WorkspaceSpec,
@@ -121,6 +123,8 @@ CREATE_TIMEOUT_SECONDS = 180.0  # a cold snapshot on a busy runner takes a while
 # deleted a day after stopping: long enough for a daemon that was down to come back and publish.
 AUTO_STOP_MARGIN_MINUTES = 30
 _ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+# How the toolbox's git says the branch moved on the remote (not a protected branch or a hook).
+_MOVED_RE = re.compile(r"non-fast-forward|fetch first", re.IGNORECASE)
 _DELETED_STATES = ("destroyed", "destroying")
 _GONE_STATES = (*_DELETED_STATES, "error", "build_failed")  # nothing of the run can be recovered
 _RESTARTABLE_STATES = ("stopped", "archived", "paused")
@@ -502,15 +506,26 @@ class DaytonaBackend:
             )
         except (DaytonaGitPushRejectedError, DaytonaGitRemoteRejectedError, DaytonaConflictError) as exc:
             msg = f"the remote refused the push of {request.branch}: {_scrub(str(exc), credential)}"
-            raise PushRejected(msg) from None
+            raise PushRejected(msg, moved=bool(_MOVED_RE.search(str(exc)))) from None
         except DaytonaError as exc:
             if "rejected" in str(exc).lower():  # daemons before error codes answered 400 for every refusal
                 msg = f"the remote refused the push of {request.branch}: {_scrub(str(exc), credential)}"
-                raise PushRejected(msg) from None
+                raise PushRejected(msg, moved=bool(_MOVED_RE.search(str(exc)))) from None
             raise _backend_error(
                 exc, f"pushing {request.branch} from {workspace.handle}", credential
             ) from None
         return Pushed(head, committed)
+
+    def rebase_onto_remote(
+        self, workspace: Workspace, branch: str, credential: GitCredential, log: TaskLog
+    ) -> Rebased:
+        # Not yet: it needs a fetch with the credential and a replay inside the sandbox; the SDK's git
+        # offers a pull (a merge) but no fetch. The run fails with the reason and nothing is forced.
+        msg = (
+            f"the Daytona backend cannot yet put this run's commits on top of {branch}, which moved on "
+            "the remote while Claude worked"
+        )
+        raise CannotRebase(msg)
 
     # --- helpers: sandboxes ----------------------------------------------------------------------------
 
