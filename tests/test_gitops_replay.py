@@ -185,3 +185,38 @@ def test_nothing_the_agent_wrote_into_the_worktree_runs(world: World, tmp_path: 
     assert not ran.exists(), ran.read_text()
     assert (ws.worktree / ".git").read_text() == f"gitdir: {evil / '.git'}\n"  # left as the agent made it
     assert git("rev-list", "--all", "--count", cwd=evil) == "0"  # its repository got nothing of ours
+
+
+def test_a_refusal_by_the_remote_is_not_a_branch_that_moved(world: World) -> None:
+    ws = world.prepare()
+    hook = world.remote / "hooks" / "pre-receive"
+    hook.write_text(
+        "#!/bin/sh\necho 'protected branch: changes must be made through a pull request'\nexit 1\n"
+    )
+    hook.chmod(0o755)
+    before = world.remote_head()
+    (ws.worktree / "widget.txt").write_text("one\nTWO\nthree\n")
+    with pytest.raises(PushRejected) as refused:
+        world.push(ws)
+    assert not refused.value.moved and "pre-receive hook declined" in str(refused.value)
+    assert "protected branch" in str(refused.value) and world.remote_head() == before
+
+
+def test_a_second_replay_after_a_crash_replays_only_ours(world: World) -> None:
+    ws = world.prepare()
+    start = world.remote_head()
+    world.person_pushes("notes.txt", "by hand\n")
+    (ws.worktree / "widget.txt").write_text("one\nTWO\nthree\n")
+    with pytest.raises(PushRejected):
+        world.push(ws)
+    world.backend.rebase_onto_remote(ws, BRANCH, CREDENTIAL, world.log)
+    # Killed after the reset, before the new base was written: the old base is on record.
+    (world.backend.task_dir(ws.task_id) / "base_sha").write_text(start)
+    world.person_pushes("later.txt", "again\n", message="A second commit")
+    with pytest.raises(PushRejected):
+        world.push(ws)
+    again = world.backend.rebase_onto_remote(ws, BRANCH, CREDENTIAL, world.log)
+    assert again.replayed == 1 and again.new_commits == 1
+    world.push(ws)
+    log = git("log", "--format=%s", BRANCH, cwd=world.remote).splitlines()
+    assert log == [MESSAGE.splitlines()[0], "A second commit", "A person's commit", "Start"]
