@@ -26,6 +26,7 @@ from claude_issue_solver.backends.base import (
     LABEL_REPO,
     LABEL_TASK,
     BackendError,
+    CannotRebase,
     Changes,
     ProcessSpec,
     Pushed,
@@ -417,6 +418,23 @@ def test_push_rejected(harness: Harness) -> None:
     with pytest.raises(PushRejected, match="protected branch hook declined") as caught:
         harness.push(backend, workspace, job)
     assert TOKEN not in str(caught.value)
+
+
+def test_a_branch_that_moved_is_told_apart_and_not_put_on_top_here(harness: Harness) -> None:
+    """#11: the push says the branch moved (not a hook); this backend cannot replay, and says so."""
+    backend = harness.backend()
+    job = harness.job("edit")
+    workspace, _ = harness.run(backend, job)
+    harness.collect(backend, workspace)
+    theirs = harness.github.commit_files(REPO, BRANCH, {"HUMAN.md": "by hand\n"}, message="A person's commit")
+    with pytest.raises(PushRejected) as caught:
+        harness.push(backend, workspace, job)
+    assert caught.value.moved and TOKEN not in str(caught.value)
+    with pytest.raises(CannotRebase, match=f"cannot yet put this run's commits on top of {BRANCH}"):
+        backend.rebase_onto_remote(
+            workspace, BRANCH, GitCredential("x-access-token", TOKEN), harness.log(job)
+        )
+    assert harness.github.repo(REPO).branch_sha(BRANCH) == theirs
 
 
 def test_a_hostile_remote_setting_gets_no_credential(harness: Harness) -> None:
