@@ -37,10 +37,12 @@ __all__ = [
     "add_worktree",
     "ahead_of_remote",
     "commit_all",
+    "create_bundle",
     "current_branch",
     "diffstat",
     "ensure_mirror",
     "fetch_branch",
+    "fetch_bundle",
     "mirror_lock",
     "push",
     "remote_branch_exists",
@@ -604,6 +606,22 @@ def _recommit(mirror_dir: Path, commit: str, tree: str, parent: str) -> str:
         msg = f"{commit[:12]} has no readable author or committer line"
         raise GitError(msg)
     return run_git(["commit-tree", tree, "-p", parent], cwd=mirror_dir, env=env, input=message).stdout.strip()
+
+
+def fetch_bundle(repo: Path, bundle: Path, ref: str, into: str) -> str:
+    """Fetch ``ref`` of a git bundle (made elsewhere, e.g. in a sandbox) into ``into``; returns its sha."""
+    run_git(["fetch", "--quiet", "--no-tags", str(bundle), f"+{ref}:{into}"], cwd=repo)
+    sha = rev_parse(repo, into)
+    if sha is None:
+        msg = f"fetching {ref} from the bundle {bundle} left no {into}"
+        raise GitError(msg)
+    return sha
+
+
+def create_bundle(repo: Path, bundle: Path, sha: str, ref: str, have: Sequence[str]) -> None:
+    """Write a bundle of ``sha`` (as ``ref``) for a repository that already has the commits ``have``."""
+    run_git(["update-ref", ref, sha], cwd=repo)
+    run_git(["bundle", "create", "--quiet", str(bundle), ref, *(f"^{h}" for h in have)], cwd=repo)
 
 
 def reset_worktree(worktree: Path, sha: str, *, git_dir: Path) -> None:

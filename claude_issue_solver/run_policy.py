@@ -188,7 +188,7 @@ def publish(
             if not exc.moved or len(rebased) >= MOVED_ATTEMPTS:
                 raise
             log.write(f"{request.branch} moved on {repo} while Claude worked: putting its commits on top")
-            again = backend.rebase_onto_remote(workspace, request.branch, request.credential, log)
+            again = backend.rebase_onto_remote(workspace, request, log)
             rebased.append(again)
             on_rebased(again)
             workspace = replace(workspace, base_sha=again.onto)

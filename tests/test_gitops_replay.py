@@ -74,9 +74,11 @@ class World:
         git("push", "--quiet", "origin", f"HEAD:{BRANCH}", cwd=self.person)
         return git("rev-parse", "HEAD", cwd=self.person)
 
+    def request(self, branch: str = BRANCH) -> PushRequest:
+        return PushRequest(branch, str(self.remote), MESSAGE, AUTHOR, CREDENTIAL)
+
     def push(self, ws: DockerWorkspace, branch: str = BRANCH) -> str:
-        request = PushRequest(branch, str(self.remote), MESSAGE, AUTHOR, CREDENTIAL)
-        return self.backend.commit_and_push(ws, request, self.log).sha
+        return self.backend.commit_and_push(ws, self.request(branch), self.log).sha
 
     def remote_head(self, branch: str = BRANCH) -> str:
         return git("rev-parse", branch, cwd=self.remote)
@@ -97,7 +99,7 @@ def test_our_commits_go_on_top_of_a_persons_with_author_and_message_kept(world: 
     assert world.remote_head() == theirs  # refused: nothing of theirs was touched
     ours = gitops.rev_parse(ws.mirror, f"refs/heads/{BRANCH}")
     assert ours is not None
-    rebased = world.backend.rebase_onto_remote(ws, BRANCH, CREDENTIAL, world.log)
+    rebased = world.backend.rebase_onto_remote(ws, world.request(), world.log)
     assert rebased.onto == theirs and rebased.new_commits == 1 and rebased.authors == ("Hu Man",)
     assert rebased.replayed == 1 and rebased.sha != ours
     # The worktree is at the result, clean; the person's file is in it.
@@ -124,7 +126,7 @@ def test_several_commits_by_different_authors_are_replayed_in_order(world: World
         name, email = author[:-1].split(" <")
         gitops.commit_all(ws.worktree, f"Part {n}\n", name, email, git_dir=git_dir)
     world.person_pushes("notes.txt", "by hand\n")
-    rebased = world.backend.rebase_onto_remote(ws, BRANCH, CREDENTIAL, world.log)
+    rebased = world.backend.rebase_onto_remote(ws, world.request(), world.log)
     assert rebased.replayed == 2
     world.push(ws)
     log = git("log", "--format=%s|%an|%ae", BRANCH, cwd=world.remote).splitlines()
@@ -146,7 +148,7 @@ def test_a_conflict_names_the_path_and_changes_nothing(world: World) -> None:
     assert git_dir is not None
     head = gitops.rev_parse(ws.worktree, "HEAD", git_dir=git_dir)
     with pytest.raises(RebaseConflict) as conflict:
-        world.backend.rebase_onto_remote(ws, BRANCH, CREDENTIAL, world.log)
+        world.backend.rebase_onto_remote(ws, world.request(), world.log)
     assert conflict.value.paths == ("widget.txt",) and "widget.txt" in str(conflict.value)
     assert world.remote_head() == theirs
     assert gitops.rev_parse(ws.worktree, "HEAD", git_dir=git_dir) == head
@@ -179,7 +181,7 @@ def test_nothing_the_agent_wrote_into_the_worktree_runs(world: World, tmp_path: 
     (ws.worktree / "widget.txt").write_text("one\nTWO\nthree\n")
     with pytest.raises(PushRejected):
         world.push(ws)
-    rebased = world.backend.rebase_onto_remote(ws, BRANCH, CREDENTIAL, world.log)
+    rebased = world.backend.rebase_onto_remote(ws, world.request(), world.log)
     assert world.push(ws) == rebased.sha == world.remote_head()
     assert rebased.onto == theirs
     assert not ran.exists(), ran.read_text()
@@ -209,13 +211,13 @@ def test_a_second_replay_after_a_crash_replays_only_ours(world: World) -> None:
     (ws.worktree / "widget.txt").write_text("one\nTWO\nthree\n")
     with pytest.raises(PushRejected):
         world.push(ws)
-    world.backend.rebase_onto_remote(ws, BRANCH, CREDENTIAL, world.log)
+    world.backend.rebase_onto_remote(ws, world.request(), world.log)
     # Killed after the reset, before the new base was written: the old base is on record.
     (world.backend.task_dir(ws.task_id) / "base_sha").write_text(start)
     world.person_pushes("later.txt", "again\n", message="A second commit")
     with pytest.raises(PushRejected):
         world.push(ws)
-    again = world.backend.rebase_onto_remote(ws, BRANCH, CREDENTIAL, world.log)
+    again = world.backend.rebase_onto_remote(ws, world.request(), world.log)
     assert again.replayed == 1 and again.new_commits == 1
     world.push(ws)
     log = git("log", "--format=%s", BRANCH, cwd=world.remote).splitlines()

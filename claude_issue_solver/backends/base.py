@@ -320,10 +320,9 @@ class Backend(Protocol[W]):
         """Commit what changed (if anything), then push the branch; PushRejected when the remote refuses
         (with ``moved`` when only because the branch moved there)."""
 
-    def rebase_onto_remote(
-        self, workspace: W, branch: str, credential: GitCredential, log: TaskLog
-    ) -> Rebased:
-        """Fetch ``branch`` and put this run's commits (base..HEAD) on top of its remote head.
+    def rebase_onto_remote(self, workspace: W, request: PushRequest, log: TaskLog) -> Rebased:
+        """Fetch ``request.branch`` (from ``request.clone_url``, with its credential) and put this run's
+        commits (base..HEAD) on top of its remote head.
 
         Authors and messages are kept; the workspace's HEAD and tree become the result and its base the
         remote head. RebaseConflict (naming the paths) leaves everything as it was; CannotRebase when

@@ -51,7 +51,6 @@ from claude_issue_solver.backends.base import (
     NAME_PREFIX,
     BackendError,
     Changes,
-    GitCredential,
     ProcessOutput,
     ProcessSpec,
     Pushed,
@@ -423,13 +422,12 @@ class DockerBackend:
             raise BackendError(msg, retryable=exc.retryable) from None
         return Pushed(sha, committed)
 
-    def rebase_onto_remote(
-        self, workspace: Workspace, branch: str, credential: GitCredential, log: TaskLog
-    ) -> Rebased:
+    def rebase_onto_remote(self, workspace: Workspace, request: PushRequest, log: TaskLog) -> Rebased:
         # Object-level in the mirror (merge-tree + commit-tree), then one reset through the mirror's git
         # directory: no `git rebase` in a worktree whose hooks, config and .git the agent wrote.
         ws, git_dir = self._located(workspace)
         task_dir = self.task_dir(ws.task_id)
+        branch = request.branch
         try:
             with self._mirror_locked(ws.mirror):
                 head = gitops.rev_parse(ws.worktree, "HEAD", git_dir=git_dir)
@@ -437,7 +435,7 @@ class DockerBackend:
                 if head is None or base is None:
                     msg = f"the worktree {ws.worktree} has no HEAD or no recorded base to replay from"
                     raise BackendError(msg)
-                onto = gitops.fetch_branch(ws.mirror, branch, credential)
+                onto = gitops.fetch_branch(ws.mirror, branch, request.credential)
                 moved = gitops.replay_onto(ws.mirror, base, head, onto)
                 gitops.reset_worktree(ws.worktree, moved.head, git_dir=git_dir)
                 # The reset above is the commit point: a crash before it leaves the old HEAD (a second

@@ -17,7 +17,6 @@ from dataclasses import dataclass, field
 from claude_issue_solver.backends.base import (
     BackendError,
     Changes,
-    GitCredential,
     ProcessOutput,
     ProcessSpec,
     Pushed,
@@ -333,11 +332,10 @@ class MemoryBackend:
         self.pushed_by.setdefault(branch, []).append((sha, author))
         return sha
 
-    def rebase_onto_remote(
-        self, workspace: Workspace, branch: str, credential: GitCredential, log: TaskLog
-    ) -> Rebased:
+    def rebase_onto_remote(self, workspace: Workspace, request: PushRequest, log: TaskLog) -> Rebased:
         self._enter("rebase_onto_remote")
         place = self._place(workspace)
+        branch = request.branch
         onto, theirs = self.remote[branch]
         base, ours = place.base_files, place.committed
         changed = {p for p in set(base) | set(ours) if base.get(p) != ours.get(p)}
