@@ -530,7 +530,10 @@ class Pipeline:
     ) -> Outcome:
         """The branch moved and the changes conflict: the person's commits stay as they are, Claude's go
         to a new branch of this task's own, and the task fails saying where they are."""
-        side = f"{spec.branch}-{task.id}"
+        # New by its name: the task id, and the run after the first (meta.runs counts every claim, a
+        # retry's too); a resumed publish of the same run pushes the same commits there again, harmlessly.
+        runs = int(self.queue.get(task.id).meta.get("runs") or 1)
+        side = f"{spec.branch}-{task.id}" + (f"-{runs}" if runs > 1 else "")
         tlog.write(f"{conflict}; pushing this run's commits to {side} instead")
         try:
             self.backend.commit_and_push(workspace, replace(request, branch=side), tlog)

@@ -168,3 +168,21 @@ def test_a_place_that_cannot_rebase_fails_as_before(world: World) -> None:
     assert done.state is TaskState.FAILED
     assert "cannot put commits on top" in (done.error or "") and "nothing of theirs" in (done.error or "")
     assert log_of(world)[0] == f"A human's commit | {HUMAN}"
+
+
+def test_a_retried_conflict_gets_a_side_branch_of_its_own(world: World) -> None:
+    _first, task = followup_task(world)
+    agent_while_human_pushes(world, {"fix.txt": "Claude's version\n"}, {"fix.txt": "a person's version\n"})
+    world.record(task, world.pipeline().run(task, TaskControl()))
+    side = f"{BRANCH}-{task.id}"
+    first_side = world.github.repo(REPO).branch_sha(side)
+    world.queue.retry(task.id)
+    again = world.queue.claim()
+    assert again is not None and again.id == task.id
+    agent_while_human_pushes(world, {"fix.txt": "Claude's second try\n"}, {"fix.txt": "a person, again\n"})
+    done = world.record(again, world.pipeline().run(again, TaskControl()))
+    assert done.state is TaskState.FAILED and f"{side}-2" in (done.error or "")
+    repo = world.github.repo(REPO)
+    assert repo.branch_sha(side) == first_side  # the first run's side branch is left as it was
+    assert repo.read_file(f"{side}-2", "fix.txt") == "Claude's second try\n"
+    assert repo.read_file(BRANCH, "fix.txt") == "a person, again\n"
