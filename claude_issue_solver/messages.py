@@ -9,6 +9,7 @@ scripted stand-in, which must never pass for Claude.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from claude_issue_solver.conventions import LOG_TAIL_LINES, format_usd
@@ -149,6 +150,31 @@ def failed_comment(task: Task, reason: str, label: str, log_tail: str = "") -> s
         tail = "\n".join(log_tail.rstrip().splitlines()[-LOG_TAIL_LINES:])
         lines += ["", _collapsed("Last lines of the log", tail)]
     return "\n".join(lines) + "\n\n" + marker(task.id)
+
+
+def branch_moved_note(branch: str, new_commits: int, authors: Sequence[str], agent: Agent) -> str:
+    """The line a publish adds when the branch moved on GitHub while the agent worked (#11)."""
+    by = f" by {', '.join(authors)}" if authors else ""
+    return (
+        f"↪️ The branch `{branch}` had moved while {agent.name} worked ({new_commits} new commit(s){by}); "
+        f"{agent.name}'s commit(s) were put on top of them, nothing was forced."
+    )
+
+
+def branch_conflict_reason(branch: str, paths: Sequence[str], side: str, agent: Agent, phrase: str) -> str:
+    """Why a run whose branch moved could not publish: the changes conflict; its commits went aside."""
+    shown = ", ".join(f"`{p}`" for p in paths[:5]) + (f" and {len(paths) - 5} more" if len(paths) > 5 else "")
+    return (
+        f"the branch {branch} moved while {agent.name} worked and its changes conflict in "
+        f"{shown or 'some files'}; "
+        f"{agent.name}'s commits are on {side}; ask again ({phrase}) to build on the new head"
+    )
+
+
+def with_note(task: Task, body: str, note: str) -> str:
+    """``body`` (a comment ending with the task's marker) with ``note`` as its last paragraph."""
+    end = "\n\n" + marker(task.id)
+    return (body.removesuffix(end) if body.endswith(end) else body) + "\n\n" + note + end
 
 
 def waiting_comment(task: Task, why: str, until: str, *, known_reset: bool) -> str:

@@ -33,9 +33,12 @@ from claude_issue_solver.agent import (
 from claude_issue_solver.backends.base import (
     Backend,
     BackendError,
+    CannotRebase,
     ProcessSpec,
     PushRejected,
     PushRequest,
+    RebaseConflict,
+    Rebased,
     Workspace,
     WorkspaceLost,
     WorkspaceSpec,
@@ -192,7 +195,7 @@ class Pipeline:
                 backend=self.backend.name,
                 handle=self.backend.handle_for(task.id),
                 branch=spec.branch,
-                meta={"phase": "preparing"},
+                meta={"phase": "preparing", "branch_moved": None},
             )
             workspace = self.backend.prepare(spec.workspace, tlog)
             self.queue.update(task.id, meta={"base_sha": workspace.base_sha})
@@ -452,15 +455,23 @@ class Pipeline:
                 credential=spec.workspace.credential(),
                 exclude=NEVER_COMMITTED,
             )
-            pushed = publish(self.backend, workspace, request, repo=task.repo, log=tlog)
+            pushed = publish(
+                self.backend,
+                workspace,
+                request,
+                repo=task.repo,
+                log=tlog,
+                on_rebased=lambda rebased: self._record_rebase(task.id, rebased),
+            )
+            note = self._moved_note(task.id, spec.branch, tlog)
             if red and self.config.on_red_tests == "comment":
-                return self._red_without_pr(task, spec, tests, figures, tlog)
+                return self._red_without_pr(task, spec, tests, figures, tlog, note)
             body = messages.pr_body(task, description, figures, messages.tests_report(tests) if tests else "")
             runs = followup.history(self.queue, task, figures, self.agent)
             if runs:
                 body = f"{body}\n{runs}\n"
             if task.kind == FOLLOWUP:
-                done = self._publish_followup(task, spec, pushed.sha, title, body, figures, tlog)
+                done = self._publish_followup(task, spec, pushed.sha, title, body, figures, tlog, note)
                 if done is not None:
                     self._cleanup(task, tlog)
                     return done
@@ -476,26 +487,27 @@ class Pipeline:
             except GitHubError as exc:
                 reason = f"GitHub refused the pull request ({exc})"
                 tlog.write(reason)
-                self._comment(
-                    task,
-                    messages.pr_fallback_comment(task, spec.branch, changes.diffstat, reason, self._label),
+                fallback = messages.pr_fallback_comment(
+                    task, spec.branch, changes.diffstat, reason, self._label
                 )
+                self._comment(task, _noted(task, fallback, note))
                 self._cleanup(task, tlog)
                 return Outcome(TaskState.FAILED, error=f"changes pushed to {spec.branch}, but {reason}")
             tlog.write(f"pull request {'opened' if pr.created else 'updated'}: {pr.url}")
             self.queue.update(task.id, pr_url=pr.url, meta={"phase": "published", "pr_number": pr.number})
             if task.kind == FOLLOWUP:
-                self._comment(
-                    task, messages.followup_pushed_comment(task, spec.branch, pushed.sha, pr.url, figures)
-                )
+                done_body = messages.followup_pushed_comment(task, spec.branch, pushed.sha, pr.url, figures)
             else:
-                self._comment(task, messages.pr_opened_comment(task, pr.url, figures, updated=not pr.created))
-        except PushRejected as exc:
+                done_body = messages.pr_opened_comment(task, pr.url, figures, updated=not pr.created)
+            self._comment(task, _noted(task, done_body, note))
+        except RebaseConflict as exc:
+            return self._conflicted(task, workspace, spec, request, exc, tlog)
+        except (PushRejected, CannotRebase) as exc:
             reason = f"the push of branch {spec.branch} was rejected: {exc}"
-            if task.kind == FOLLOWUP:
+            if isinstance(exc, CannotRebase) or exc.moved:
                 # Never forced: whatever a person pushed meanwhile stays; asking again starts from it.
                 reason += (
-                    " (if someone pushed to the branch while Claude worked, nothing of theirs was "
+                    " (someone pushed to the branch while Claude worked; nothing of theirs was "
                     "overwritten: ask again to build on the new head)"
                 )
             return self._fail(task, reason, tlog)
@@ -503,6 +515,62 @@ class Pipeline:
             return self._setback(task, exc, tlog, cleanup=False)
         self._cleanup(task, tlog)
         return Outcome(TaskState.COMPLETED, fields={"pr_url": pr.url})
+
+    # --- a branch that moved on GitHub while the agent worked ---------------------------------------
+
+    def _record_rebase(self, task_id: str, rebased: Rebased) -> None:
+        """Recorded before the push that follows, so a resumed publish still tells the issue about it."""
+        earlier = self.queue.get(task_id).meta.get("branch_moved") or []
+        entry = {"onto": rebased.onto, "sha": rebased.sha, "new_commits": rebased.new_commits}
+        entry["authors"] = list(rebased.authors)
+        self.queue.update(task_id, meta={"branch_moved": [*earlier, entry], "base_sha": rebased.onto})
+
+    def _moved_note(self, task_id: str, branch: str, tlog: TaskLog) -> str:
+        """What the answer says when the commits were put on top of a moved branch ("" when not)."""
+        moved = self.queue.get(task_id).meta.get("branch_moved") or []
+        if not moved:
+            return ""
+        count = sum(int(m.get("new_commits") or 0) for m in moved)
+        authors = list(dict.fromkeys(a for m in moved for a in m.get("authors") or []))
+        by = f" by {', '.join(authors)}" if authors else ""
+        tlog.write(
+            f"the branch had moved ({count} new commit(s){by}); {self.agent.name}'s commit(s) were put on top"
+        )
+        return messages.branch_moved_note(branch, count, authors, self.agent)
+
+    def _conflicted(
+        self,
+        task: Task,
+        workspace: Workspace,
+        spec: RunSpec,
+        request: PushRequest,
+        conflict: RebaseConflict,
+        tlog: TaskLog,
+    ) -> Outcome:
+        """The branch moved and the changes conflict: the person's commits stay as they are, Claude's go
+        to a new branch of this task's own, and the task fails saying where they are."""
+        # New by its name: the task id, and the run after the first (meta.runs counts every claim, a
+        # retry's too); a resumed publish of the same run pushes the same commits there again, harmlessly.
+        runs = int(self.queue.get(task.id).meta.get("runs") or 1)
+        side = f"{spec.branch}-{task.id}" + (f"-{runs}" if runs > 1 else "")
+        tlog.write(f"{conflict}; pushing this run's commits to {side} instead")
+        try:
+            self.backend.commit_and_push(workspace, replace(request, branch=side), tlog)
+        except (GitHubError, BackendError) as exc:
+            if not isinstance(exc, PushRejected):
+                return self._setback(task, exc, tlog, cleanup=False)
+            reason = (
+                f"the branch {spec.branch} moved and its changes conflict ({conflict}); "
+                f"the push of {side} failed: {exc}"
+            )
+            return self._fail(task, reason, tlog)
+        url = f"{spec.workspace.clone_url.removesuffix('.git')}/tree/{side}"
+        phrase = self.config.trigger_phrase
+        reason = messages.branch_conflict_reason(spec.branch, conflict.paths, side, self.agent, phrase)
+        shown = messages.branch_conflict_reason(
+            spec.branch, conflict.paths, f"[{side}]({url})", self.agent, phrase
+        )
+        return self._fail(task, reason, tlog, shown=shown)
 
     # --- the repository's tests (test_gate does the steps) ------------------------------------------
 
@@ -556,7 +624,13 @@ class Pipeline:
         return Outcome(TaskState.CANCELLED, error="cancelled by an operator")
 
     def _red_without_pr(
-        self, task: Task, spec: RunSpec, tests: dict[str, Any], figures: messages.RunFigures, tlog: TaskLog
+        self,
+        task: Task,
+        spec: RunSpec,
+        tests: dict[str, Any],
+        figures: messages.RunFigures,
+        tlog: TaskLog,
+        note: str = "",
     ) -> Outcome:
         """ON_RED_TESTS=comment: the branch is pushed, the issue gets the report, no pull request."""
         reason = (
@@ -565,7 +639,7 @@ class Pipeline:
         )
         tlog.write(reason)
         self.queue.update(task.id, meta={"phase": "published"})
-        self._comment(task, messages.red_tests_comment(task, spec.branch, tests, figures))
+        self._comment(task, _noted(task, messages.red_tests_comment(task, spec.branch, tests, figures), note))
         self._cleanup(task, tlog)
         return Outcome(TaskState.FAILED, error=reason)
 
@@ -577,11 +651,14 @@ class Pipeline:
 
     # --- endings ----------------------------------------------------------------------------------
 
-    def _fail(self, task: Task, reason: str, tlog: TaskLog, tail: str = "") -> Outcome:
+    def _fail(
+        self, task: Task, reason: str, tlog: TaskLog, tail: str = "", *, shown: str | None = None
+    ) -> Outcome:
+        """The task failed for ``reason``; the comment says ``shown`` when given (the reason with links)."""
         tlog.write(f"failed: {reason}")
         self._cleanup(task, tlog)
         try:
-            self._comment(task, messages.failed_comment(task, reason, self._label, tail))
+            self._comment(task, messages.failed_comment(task, shown or reason, self._label, tail))
         except GitHubError as exc:
             tlog.write(f"could not post the failure comment: {exc}")
         return Outcome(TaskState.FAILED, error=reason)
@@ -672,6 +749,7 @@ class Pipeline:
         body: str,
         figures: messages.RunFigures,
         tlog: TaskLog,
+        note: str = "",
     ) -> Outcome | None:
         """A follow-up whose pull request was closed unmerged: the branch got the commits, no PR is
         opened or reopened (a person closed it). None: carry on as for any run (open or update it)."""
@@ -682,10 +760,8 @@ class Pipeline:
         self.queue.update(
             task.id, pr_url=found.pr.url, meta={"phase": "published", "pr_number": found.pr.number}
         )
-        self._comment(
-            task,
-            messages.followup_pushed_comment(task, spec.branch, sha, found.pr.url, figures, pr_closed=True),
-        )
+        body = messages.followup_pushed_comment(task, spec.branch, sha, found.pr.url, figures, pr_closed=True)
+        self._comment(task, _noted(task, body, note))
         return Outcome(TaskState.COMPLETED, fields={"pr_url": found.pr.url})
 
     def _spec(self, task: Task, issue: dict[str, Any]) -> RunSpec:
@@ -792,6 +868,10 @@ class _ProgressEdits:
         self.interval = min(self.interval * 2, MAX_PROGRESS_INTERVAL)
         self.next_at = now + self.interval
         return True
+
+
+def _noted(task: Task, body: str, note: str) -> str:
+    return messages.with_note(task, body, note) if note else body
 
 
 def _labels_cased(issue: dict[str, Any]) -> list[str]:

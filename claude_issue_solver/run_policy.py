@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from claude_issue_solver.backends.base import (
@@ -19,7 +19,9 @@ from claude_issue_solver.backends.base import (
     BackendError,
     Changes,
     Pushed,
+    PushRejected,
     PushRequest,
+    Rebased,
     Workspace,
     WorkspaceLost,
 )
@@ -29,6 +31,7 @@ from claude_issue_solver.outcome import TaskControl
 
 __all__ = [
     "MAX_POLL_BACKOFF",
+    "MOVED_ATTEMPTS",
     "NEVER_COMMITTED",
     "ProcessExit",
     "has_changes",
@@ -44,6 +47,9 @@ logger = logging.getLogger(__name__)
 
 MAX_POLL_BACKOFF = 30.0  # the longest pause between polls while the place rate-limits or fails
 REMOVE_ATTEMPTS = 3
+# How many times a push that found the branch moved puts the commits on top and pushes again: someone
+# may push again meanwhile, but a branch that keeps moving fails rather than racing forever.
+MOVED_ATTEMPTS = 2
 NEVER_COMMITTED = (SUMMARY_FILE,)
 
 
@@ -164,14 +170,34 @@ def publish(
     *,
     repo: str,
     log: TaskLog,
+    on_rebased: Callable[[Rebased], None] = lambda _r: None,
 ) -> Pushed:
-    """Commit what changed and push the branch; safe to repeat after a crash (no empty commit)."""
-    pushed = backend.commit_and_push(workspace, request, log)
+    """Commit what changed and push the branch, fast-forward only; safe to repeat after a crash.
+
+    When the push finds the branch moved on the remote (someone pushed while Claude worked), the
+    backend puts this run's commits on top of the new head and the push is tried again, at most
+    ``MOVED_ATTEMPTS`` times; ``on_rebased`` records each replay before the next push. Any other
+    refusal (a protected branch, a hook), a ``RebaseConflict`` or ``CannotRebase`` is raised.
+    """
     name, email = request.author
+    rebased: list[Rebased] = []
+    while True:
+        try:
+            pushed = backend.commit_and_push(workspace, request, log)
+        except PushRejected as exc:
+            if not exc.moved or len(rebased) >= MOVED_ATTEMPTS:
+                raise
+            log.write(f"{request.branch} moved on {repo} while Claude worked: putting its commits on top")
+            again = backend.rebase_onto_remote(workspace, request, log)
+            rebased.append(again)
+            on_rebased(again)
+            workspace = replace(workspace, base_sha=again.onto)
+            continue
+        break
     if pushed.committed:
         log.write(f"committed {pushed.sha[:12]} as {name} <{email}>")
     log.write(f"pushed {pushed.sha[:12]} to {repo} {request.branch}")
-    return pushed
+    return replace(pushed, rebased=tuple(rebased))
 
 
 def remove_workspace(

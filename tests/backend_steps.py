@@ -61,7 +61,12 @@ def push(
     message: str = "Fix",
     credential: GitCredential | None = None,
 ) -> Pushed:
-    request = PushRequest(
+    return backend.commit_and_push(workspace, request(job, message, credential), log)
+
+
+def request(job: Job, message: str = "Fix", credential: GitCredential | None = None) -> PushRequest:
+    """What the pipeline asks to publish: the job's branch and remote, the bot as author."""
+    return PushRequest(
         branch=job.workspace.branch,
         clone_url=job.workspace.clone_url,
         message=message,
@@ -69,4 +74,3 @@ def push(
         credential=credential or job.workspace.credential(),
         exclude=NEVER_COMMITTED,
     )
-    return backend.commit_and_push(workspace, request, log)

@@ -12,7 +12,7 @@ import json
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +30,7 @@ from claude_issue_solver.backends.base import (
     ProcessSpec,
     Pushed,
     PushRejected,
+    RebaseConflict,
     WorkspaceLost,
     WorkspaceSpec,
     agent_dockerfile,
@@ -417,6 +418,55 @@ def test_push_rejected(harness: Harness) -> None:
     with pytest.raises(PushRejected, match="protected branch hook declined") as caught:
         harness.push(backend, workspace, job)
     assert TOKEN not in str(caught.value)
+
+
+def test_commits_go_on_top_of_a_branch_that_moved_replayed_on_this_host(harness: Harness) -> None:
+    """#11: the push says the branch moved (not a hook); the run's commits come out as a bundle, are
+    replayed here (the token never enters the sandbox) and go back; the next push is a fast-forward."""
+    backend = harness.backend()
+    job = harness.job("edit")
+    workspace, _ = harness.run(backend, job)
+    harness.collect(backend, workspace)
+    repo = harness.github.repo(REPO)
+    theirs = harness.github.commit_files(
+        REPO, BRANCH, {"HUMAN.md": "by hand\n"}, message="A person's commit", author="Hu Man <hu@example.com>"
+    )
+    with pytest.raises(PushRejected) as caught:
+        harness.push(backend, workspace, job, "Fix the widget (#7)")
+    assert caught.value.moved and TOKEN not in str(caught.value)
+    assert repo.branch_sha(BRANCH) == theirs
+    request = steps.request(job, "Fix the widget (#7)")
+    harness.fake.reset_requests()
+    rebased = backend.rebase_onto_remote(workspace, request, harness.log(job))
+    # The sandbox saw commands and files only: no git call of the toolbox, the only ones given a token.
+    called = {r.path.rsplit("/", 2)[-2] for r in harness.fake.requests_for(workspace.sandbox_id) if r.toolbox}
+    assert called and called <= {"process", "files"}, called
+    assert rebased.onto == theirs and rebased.new_commits == 1 and rebased.authors == ("Hu Man",)
+    assert (harness.repo_dir(workspace) / "HUMAN.md").read_text() == "by hand\n"
+    pushed = harness.push(backend, replace(workspace, base_sha=rebased.onto), job, "Fix the widget (#7)")
+    assert pushed.sha == rebased.sha == repo.branch_sha(BRANCH)
+    assert repo.git("rev-parse", f"{BRANCH}^").strip() == theirs
+    assert repo.git("log", "-1", "--format=%an|%s", BRANCH).strip() == "Issue Bot|Fix the widget (#7)"
+    replays = backend.state_dir / "replays"
+    assert not replays.exists() or not any(replays.iterdir())  # the host's scratch copy is gone
+    assert not list(harness.repo_dir(workspace).parent.rglob("*.bundle"))
+    assert TOKEN not in harness.log(job).path.read_text()
+
+
+def test_a_conflict_with_a_branch_that_moved_changes_nothing_in_the_sandbox(harness: Harness) -> None:
+    backend = harness.backend()
+    job = harness.job("edit")
+    workspace, _ = harness.run(backend, job)
+    harness.collect(backend, workspace)
+    theirs = harness.github.commit_files(REPO, BRANCH, {"CLAUDE_FIX.md": "a person's version\n"})
+    with pytest.raises(PushRejected):
+        harness.push(backend, workspace, job)
+    head = (harness.repo_dir(workspace) / "CLAUDE_FIX.md").read_text()
+    with pytest.raises(RebaseConflict) as conflict:
+        backend.rebase_onto_remote(workspace, steps.request(job), harness.log(job))
+    assert conflict.value.paths == ("CLAUDE_FIX.md",)
+    assert (harness.repo_dir(workspace) / "CLAUDE_FIX.md").read_text() == head
+    assert harness.github.repo(REPO).branch_sha(BRANCH) == theirs
 
 
 def test_a_hostile_remote_setting_gets_no_credential(harness: Harness) -> None:

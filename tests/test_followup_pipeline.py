@@ -278,16 +278,18 @@ def test_at_start_up_the_sessions_of_closed_issues_are_removed(world: World) -> 
     assert set(world.backend.kept) == {session_key(REPO, other["number"])}
 
 
-def test_a_branch_that_moved_is_never_forced_and_the_answer_says_why(world: World) -> None:
+def test_a_branch_the_remote_refuses_is_never_forced_and_the_answer_says_why(world: World) -> None:
+    # A refusal that is not "the branch moved" (that one is tests/test_branch_moved.py) stays a failure.
     first = first_run(world)
     comment = world.github.add_comment(REPO, 1, "@claude more", user="maintainer")
     task = queue_followup(world, first, trigger("issue", "@claude more", comment))
     second_edit(world)
-    world.backend.reject_pushes = "non-fast-forward"
+    world.backend.reject_pushes = "[remote rejected] (protected branch hook declined)"
     done = world.record(task, world.pipeline().run(task, TaskControl()))
-    assert done.state is TaskState.FAILED and "nothing of theirs was overwritten" in (done.error or "")
+    assert done.state is TaskState.FAILED and "protected branch hook declined" in (done.error or "")
+    assert "rebase_onto_remote" not in world.backend.calls
     [answer] = [c["body"] for c in world.github.comments(REPO, 1) if task.id in c["body"]]
-    assert answer.startswith("❌") and "non-fast-forward" in answer
+    assert answer.startswith("❌") and "protected branch hook declined" in answer
 
 
 def test_closing_the_issue_removes_its_sessions_at_the_next_poll(world: World) -> None:

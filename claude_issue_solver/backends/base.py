@@ -14,8 +14,9 @@ What a backend offers, in the spirit of SWE-ReX's deployment/runtime split:
   ``output`` once it ended;
 - files relative to the repository's root, never following a link: ``read_file``, ``write_file``,
   ``delete_file``;
-- git: ``changes`` (what changed since the base) and ``commit_and_push`` (commit what changed, push
-  the branch with this credential).
+- git: ``changes`` (what changed since the base), ``commit_and_push`` (commit what changed, push
+  the branch with this credential) and ``rebase_onto_remote`` (the branch moved on the remote: put
+  this run's commits on top of its new head, never running anything of the workspace's own).
 
 Every call that creates something is idempotent and finds its work by the task id (and process name),
 never by an id saved after the fact: a daemon that died between "started a process" and "recorded it"
@@ -44,6 +45,7 @@ __all__ = [
     "NAME_PREFIX",
     "Backend",
     "BackendError",
+    "CannotRebase",
     "Changes",
     "GitCredential",
     "KeptDir",
@@ -53,6 +55,8 @@ __all__ = [
     "PushRejected",
     "PushRequest",
     "Pushed",
+    "RebaseConflict",
+    "Rebased",
     "Workspace",
     "WorkspaceLost",
     "WorkspaceSpec",
@@ -92,7 +96,27 @@ class WorkspaceLost(BackendError):
 
 
 class PushRejected(BackendError):
-    """The remote refused the branch (non-fast-forward, a protected branch, a hook)."""
+    """The remote refused the branch (non-fast-forward, a protected branch, a hook).
+
+    ``moved`` when the refusal is only that the branch moved on the remote (not a fast-forward of it):
+    the one refusal that putting the commits on top of the new head can mend.
+    """
+
+    def __init__(self, message: str, *, moved: bool = False) -> None:
+        super().__init__(message)
+        self.moved = moved
+
+
+class RebaseConflict(BackendError):
+    """This run's commits conflict with what was pushed to the branch meanwhile; nothing was changed."""
+
+    def __init__(self, message: str, paths: Sequence[str]) -> None:
+        super().__init__(message)
+        self.paths = tuple(paths)
+
+
+class CannotRebase(BackendError):
+    """This place cannot put the run's commits on top of a moved branch (see the backend's docs)."""
 
 
 # --- names every backend gives its things -------------------------------------------------------------
@@ -206,9 +230,21 @@ class PushRequest:
 
 
 @dataclass(frozen=True)
+class Rebased:
+    """This run's commits, put on top of the branch's new remote head ``onto``."""
+
+    sha: str  # the new head: this run's commits replayed on ``onto``
+    onto: str  # the branch's head on the remote, the workspace's new base
+    new_commits: int  # commits on the remote that this run had not started from
+    authors: tuple[str, ...] = ()  # who wrote them (names, first seen first)
+    replayed: int = 0  # how many of this run's commits were put on top
+
+
+@dataclass(frozen=True)
 class Pushed:
     sha: str
     committed: bool  # whether a commit was made (False: only commits made before were pushed)
+    rebased: tuple[Rebased, ...] = ()  # the branch moved on the remote: the commits went on top
 
 
 class OutputStream(Protocol):
@@ -281,7 +317,17 @@ class Backend(Protocol[W]):
         """What changed since the workspace's base, leaving out ``exclude``."""
 
     def commit_and_push(self, workspace: W, request: PushRequest, log: TaskLog) -> Pushed:
-        """Commit what changed (if anything), then push the branch; PushRejected when the remote refuses."""
+        """Commit what changed (if anything), then push the branch; PushRejected when the remote refuses
+        (with ``moved`` when only because the branch moved there)."""
+
+    def rebase_onto_remote(self, workspace: W, request: PushRequest, log: TaskLog) -> Rebased:
+        """Fetch ``request.branch`` (from ``request.clone_url``, with its credential) and put this run's
+        commits (base..HEAD) on top of its remote head.
+
+        Authors and messages are kept; the workspace's HEAD and tree become the result and its base the
+        remote head. RebaseConflict (naming the paths) leaves everything as it was; CannotRebase when
+        the place has no way to do it. Nothing of the workspace's own (hooks, config) runs.
+        """
 
     # --- kept directories ---
 

@@ -83,6 +83,8 @@ from claude_issue_solver.backends.base import (
     Pushed,
     PushRejected,
     PushRequest,
+    RebaseConflict,
+    Rebased,
     Workspace,
     WorkspaceLost,
     WorkspaceSpec,
@@ -121,6 +123,8 @@ CREATE_TIMEOUT_SECONDS = 180.0  # a cold snapshot on a busy runner takes a while
 # deleted a day after stopping: long enough for a daemon that was down to come back and publish.
 AUTO_STOP_MARGIN_MINUTES = 30
 _ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+# How the toolbox's git says the branch moved on the remote (not a protected branch or a hook).
+_MOVED_RE = re.compile(r"non-fast-forward|fetch first", re.IGNORECASE)
 _DELETED_STATES = ("destroyed", "destroying")
 _GONE_STATES = (*_DELETED_STATES, "error", "build_failed")  # nothing of the run can be recovered
 _RESTARTABLE_STATES = ("stopped", "archived", "paused")
@@ -502,15 +506,109 @@ class DaytonaBackend:
             )
         except (DaytonaGitPushRejectedError, DaytonaGitRemoteRejectedError, DaytonaConflictError) as exc:
             msg = f"the remote refused the push of {request.branch}: {_scrub(str(exc), credential)}"
-            raise PushRejected(msg) from None
+            raise PushRejected(msg, moved=bool(_MOVED_RE.search(str(exc)))) from None
         except DaytonaError as exc:
             if "rejected" in str(exc).lower():  # daemons before error codes answered 400 for every refusal
                 msg = f"the remote refused the push of {request.branch}: {_scrub(str(exc), credential)}"
-                raise PushRejected(msg) from None
+                raise PushRejected(msg, moved=bool(_MOVED_RE.search(str(exc)))) from None
             raise _backend_error(
                 exc, f"pushing {request.branch} from {workspace.handle}", credential
             ) from None
         return Pushed(head, committed)
+
+    def rebase_onto_remote(self, workspace: Workspace, request: PushRequest, log: TaskLog) -> Rebased:
+        # The replay runs on this host with the Docker backend's git (gitops.replay_onto), so the
+        # credential fetches here and never enters the sandbox: the run's commits come out of the
+        # sandbox as a git bundle, the replayed ones go back as one, and one reset there moves the branch.
+        sandbox, paths = self._located(workspace)
+        base, branch = workspace.base_sha, request.branch
+        if base is None:
+            msg = f"task {workspace.task_id} has no recorded base to replay its commits from"
+            raise BackendError(msg)
+        scratch = self.state_dir / "replays" / checked_id(workspace.task_id)
+        outgoing, incoming = f"{paths.task_dir}/ours.bundle", f"{paths.task_dir}/replayed.bundle"
+        head = self._sandbox_git(
+            sandbox,
+            paths,
+            workspace,
+            "bundling this run's commits",
+            [
+                f"rm -f {_q(outgoing)} {_q(incoming)}",
+                f"git bundle create --quiet {_q(outgoing)} HEAD ^{_q(base)}",
+            ],
+        )
+        ours = _sdk(
+            f"downloading this run's commits from {workspace.handle}",
+            lambda: sandbox.fs.download_files([FileDownloadRequest(source=outgoing)])[0],
+        )
+        if ours.error is not None or not isinstance(ours.result, bytes):
+            msg = f"downloading this run's commits from {workspace.handle} failed: {ours.error}"
+            raise BackendError(msg, retryable=True)
+        if scratch.exists():  # left by a daemon killed here
+            gitops.force_rmtree(scratch)
+        try:
+            mirror = scratch / "mirror.git"
+            gitops.ensure_mirror(mirror, _clean_url(request.clone_url), request.credential)
+            onto = gitops.rev_parse(mirror, f"refs/remotes/origin/{branch}")
+            if onto is None:
+                msg = f"{workspace.repo} has no branch {branch} to put this run's commits on"
+                raise gitops.GitError(msg)
+            (scratch / "ours.bundle").write_bytes(ours.result)
+            gitops.fetch_bundle(mirror, scratch / "ours.bundle", "HEAD", "refs/cis/ours")
+            moved = gitops.replay_onto(mirror, base, head, onto)
+            gitops.create_bundle(
+                mirror, scratch / "replayed.bundle", moved.head, "refs/cis/replayed", (base, head)
+            )
+            replayed = (scratch / "replayed.bundle").read_bytes()
+        except gitops.GitConflict as exc:
+            msg = f"the commits of task {workspace.task_id} conflict with {branch} on {workspace.repo}: {exc}"
+            raise RebaseConflict(msg, exc.paths) from None
+        except gitops.GitError as exc:
+            msg = (
+                f"putting the commits of task {workspace.task_id} on top of {workspace.repo} {branch} "
+                f"failed: {exc}"
+            )
+            raise BackendError(msg, retryable=exc.retryable) from None
+        finally:
+            if scratch.exists():
+                gitops.force_rmtree(scratch)
+        _sdk(
+            f"uploading the replayed commits to {workspace.handle}",
+            lambda: sandbox.fs.upload_file(replayed, incoming),
+        )
+        now = self._sandbox_git(
+            sandbox,
+            paths,
+            workspace,
+            "moving the branch to the replayed commits",
+            [
+                f"git fetch --quiet {_q(incoming)} refs/cis/replayed",
+                f"git reset --quiet --hard {_q(moved.head)}",
+                f"rm -f {_q(outgoing)} {_q(incoming)}",
+            ],
+        )
+        if now != moved.head:
+            msg = f"{workspace.handle} is at {now[:12]} after the reset to {moved.head[:12]}"
+            raise BackendError(msg)
+        authors = tuple(dict.fromkeys(name for _sha, name in moved.new_commits))
+        log.write(
+            f"{branch} on {workspace.repo} moved to {onto[:12]} ({len(moved.new_commits)} new commit(s)); "
+            f"replayed {moved.replayed} commit(s) on top: {moved.head[:12]}"
+        )
+        return Rebased(moved.head, onto, len(moved.new_commits), authors, moved.replayed)
+
+    def _sandbox_git(
+        self, sandbox: Sandbox, paths: _Paths, workspace: Workspace, doing: str, steps: list[str]
+    ) -> str:
+        """Run ``steps`` in the sandbox's clone (no credential: local git only); returns HEAD after."""
+        script = " && ".join([f"cd {_q(paths.repo)}", *steps, "git rev-parse HEAD"])
+        response = _sdk(f"{doing} in {workspace.handle}", lambda: sandbox.process.exec(script))
+        output = (response.result or "").strip()
+        head = output.splitlines()[-1].strip() if output else ""
+        if response.exit_code != 0 or not re.fullmatch(r"[0-9a-f]{40,64}", head):
+            msg = f"{doing} in {workspace.handle} failed: {REDACTOR(output[-2000:])}"
+            raise BackendError(msg)
+        return head
 
     # --- helpers: sandboxes ----------------------------------------------------------------------------
 

@@ -56,6 +56,8 @@ from claude_issue_solver.backends.base import (
     Pushed,
     PushRejected,
     PushRequest,
+    RebaseConflict,
+    Rebased,
     Workspace,
     WorkspaceLost,
     WorkspaceSpec,
@@ -414,11 +416,43 @@ class DockerBackend:
                     committed = True
                 sha = gitops.push(ws.worktree, request.branch, request.credential, git_dir=git_dir)
         except gitops.GitPushRejected as exc:
-            raise PushRejected(str(exc)) from None
+            raise PushRejected(str(exc), moved=exc.moved) from None
         except gitops.GitError as exc:
             msg = f"publishing task {ws.task_id} to {ws.repo} {request.branch} failed: {exc}"
             raise BackendError(msg, retryable=exc.retryable) from None
         return Pushed(sha, committed)
+
+    def rebase_onto_remote(self, workspace: Workspace, request: PushRequest, log: TaskLog) -> Rebased:
+        # Object-level in the mirror (merge-tree + commit-tree), then one reset through the mirror's git
+        # directory: no `git rebase` in a worktree whose hooks, config and .git the agent wrote.
+        ws, git_dir = self._located(workspace)
+        task_dir = self.task_dir(ws.task_id)
+        branch = request.branch
+        try:
+            with self._mirror_locked(ws.mirror):
+                head = gitops.rev_parse(ws.worktree, "HEAD", git_dir=git_dir)
+                base = _read_text(task_dir / BASE_SHA_FILE) or ws.base_sha
+                if head is None or base is None:
+                    msg = f"the worktree {ws.worktree} has no HEAD or no recorded base to replay from"
+                    raise BackendError(msg)
+                onto = gitops.fetch_branch(ws.mirror, branch, request.credential)
+                moved = gitops.replay_onto(ws.mirror, base, head, onto)
+                gitops.reset_worktree(ws.worktree, moved.head, git_dir=git_dir)
+                # The reset above is the commit point: a crash before it leaves the old HEAD (a second
+                # publish replays again), after it the replayed commits (base or onto excludes theirs).
+                _write_private(task_dir / BASE_SHA_FILE, onto.encode())
+        except gitops.GitConflict as exc:
+            msg = f"the commits of task {ws.task_id} conflict with {branch} on {ws.repo}: {exc}"
+            raise RebaseConflict(msg, exc.paths) from None
+        except gitops.GitError as exc:
+            msg = f"putting the commits of task {ws.task_id} on top of {ws.repo} {branch} failed: {exc}"
+            raise BackendError(msg, retryable=exc.retryable) from None
+        authors = tuple(dict.fromkeys(name for _sha, name in moved.new_commits))
+        log.write(
+            f"{branch} on {ws.repo} moved to {onto[:12]} ({len(moved.new_commits)} new commit(s)); "
+            f"replayed {moved.replayed} commit(s) on top: {moved.head[:12]}"
+        )
+        return Rebased(moved.head, onto, len(moved.new_commits), authors, moved.replayed)
 
     # --- the agent image (see docker_images) --------------------------------------------------------
 

@@ -22,6 +22,8 @@ from claude_issue_solver.backends.base import (
     Pushed,
     PushRejected,
     PushRequest,
+    RebaseConflict,
+    Rebased,
     Workspace,
     WorkspaceLost,
     WorkspaceSpec,
@@ -61,6 +63,9 @@ class Place:
     unpushed: bool = False
     links: set[str] = field(default_factory=set)  # paths that are symbolic links (never read)
     processes: dict[str, Process] = field(default_factory=dict)
+    # The branch's history as far as this place knows it: a remote head outside it means someone pushed.
+    lineage: set[str] = field(default_factory=set)
+    base_files: dict[str, bytes] = field(default_factory=dict)  # the tree at base_sha
 
 
 Agent = Callable[[Place, Process], None]
@@ -127,6 +132,8 @@ class MemoryBackend:
         self._crashes: dict[str, int] = {}
         self._on_poll: list[Callable[[], None]] = []
         self._lock = threading.Lock()
+        # Commits a person pushed, per branch: (sha, author name), oldest first.
+        self.pushed_by: dict[str, list[tuple[str, str]]] = {}
 
     # --- test controls ---------------------------------------------------------------------------
 
@@ -182,7 +189,7 @@ class MemoryBackend:
             start = spec.branch if spec.branch in self.remote else spec.default_branch
             sha, files = self.remote[start]
             spec.credential()  # a real place fetches with it
-            place = Place(spec, sha, dict(files), dict(files), sha)
+            place = Place(spec, sha, dict(files), dict(files), sha, lineage={sha}, base_files=dict(files))
             self.places[spec.task_id] = place
             log.write(f"memory workspace for {spec.task_id} on {spec.branch} from {start}")
         return self._workspace(place)
@@ -299,12 +306,55 @@ class MemoryBackend:
         if self.reject_pushes is not None:
             msg = f"the remote refused the push of {request.branch}: {self.reject_pushes}"
             raise PushRejected(msg)
+        there = self.remote.get(request.branch)
+        if there is not None and there[0] not in place.lineage and there[0] != place.head:
+            msg = f"the remote refused the push of {request.branch}: [rejected] (fetch first)"
+            raise PushRejected(msg, moved=True)
         self._enter("push")  # a crash between the commit and the push
         if self.on_push is not None:
             place.head = self.on_push(request.branch, dict(place.committed), request.message)
         self.remote[request.branch] = (place.head, dict(place.committed))
+        place.lineage.add(place.head)
         place.unpushed = False
         return Pushed(place.head, committed)
+
+    # --- a person pushing to the branch meanwhile -----------------------------------------------------
+
+    def push_as(self, author: str, branch: str, files: dict[str, str], sha: str | None = None) -> str:
+        """A person pushes ``files`` (changes on top of the branch) to the remote's ``branch``.
+
+        ``sha``: the commit's sha where it really landed (a loopback GitHub's ``commit_files``).
+        """
+        head, tree = self.remote.get(branch, self.remote["main"])
+        tree = {**tree, **{k: v.encode() for k, v in files.items()}}
+        sha = sha or _sha(head, tree, author)
+        self.remote[branch] = (sha, tree)
+        self.pushed_by.setdefault(branch, []).append((sha, author))
+        return sha
+
+    def rebase_onto_remote(self, workspace: Workspace, request: PushRequest, log: TaskLog) -> Rebased:
+        self._enter("rebase_onto_remote")
+        place = self._place(workspace)
+        branch = request.branch
+        onto, theirs = self.remote[branch]
+        base, ours = place.base_files, place.committed
+        changed = {p for p in set(base) | set(ours) if base.get(p) != ours.get(p)}
+        conflicts = sorted(
+            p for p in changed if theirs.get(p) != base.get(p) and theirs.get(p) != ours.get(p)
+        )
+        if conflicts:
+            msg = f"{place.head[:12]} conflicts with {onto[:12]} in {', '.join(conflicts)}"
+            raise RebaseConflict(msg, conflicts)
+        merged = {p: d for p, d in theirs.items() if p not in changed}
+        merged.update({p: ours[p] for p in changed if p in ours})
+        new = [(s, a) for s, a in self.pushed_by.get(branch, []) if s not in place.lineage]
+        place.committed, place.tree = merged, dict(merged)
+        place.head = _sha(onto, merged)
+        place.base_sha, place.base_files = onto, dict(theirs)
+        place.lineage.add(onto)
+        place.unpushed = True
+        authors = tuple(dict.fromkeys(a for _s, a in new))
+        return Rebased(place.head, onto, len(new), authors, replayed=1 if changed else 0)
 
 
 class _Stream:
