@@ -159,6 +159,7 @@ class Pipeline:
             clock=clock,
             progress=self._test_progress,
             after_run=self.run_limits.after_run,
+            setup_cache=config.setup_cache,
         )
 
     # --- the daemon's Runner interface ------------------------------------------------------------
