@@ -107,6 +107,7 @@ def one_mode(root: Path, github: FakeGitHub, image: str, cache: bool, runs: int,
             "ANTHROPIC_API_KEY": "sk-ant-api03-benchmarkkey0123456789",
             "SETUP_CACHE": "true" if cache else "false",
             "TASK_TIMEOUT": "300",
+            "POLL_INTERVAL": "1",  # the next issue is seen at once
         }
     )
     parts = build(config)

@@ -234,9 +234,10 @@ def checklist(report: TestReport, *, agent_done: bool, current: str | None) -> l
     items: list[tuple[bool, str]] = []
     if report.plan.setup:
         items.append((report.setup is not None, "setup" + outcome(report.setup)))
-    items.append(
-        (report.baseline is not None, "tests before the change (baseline)" + outcome(report.baseline))
-    )
+    if report.plan.test:
+        items.append(
+            (report.baseline is not None, "tests before the change (baseline)" + outcome(report.baseline))
+        )
     items.append((agent_done, "agent running" if current == "agent" else "agent"))
     for n, step in enumerate(report.rounds, start=1):
         items.append((True, f"tests (round {n}){outcome(step)}"))
@@ -308,11 +309,12 @@ class TestGate:
         tlog: TaskLog,
         deadline: float,
     ) -> TestReport:
-        """Setup and the baseline run (each skipped when recorded already). Raises Interrupted."""
+        """Setup (when there is one) and the baseline run (when there are tests), each skipped when
+        recorded already. Raises Interrupted."""
         plan = report.plan
         if plan.setup:
             self._setup(task, workspace, report, control, tlog, deadline)
-        if report.baseline is None:
+        if report.baseline is None and plan.test:
             self._enter(task, BASELINE, report, agent_done=False)
             tlog.write(f"baseline tests: {plan.test}")
             report.baseline = self._run(

@@ -163,6 +163,17 @@ def test_a_backend_without_a_cache_says_so(world: World) -> None:
     assert "restore_setup" not in world.backend.calls and "save_setup" not in world.backend.calls
 
 
+def test_setup_runs_and_is_cached_without_a_test_command(world: World) -> None:
+    settings(world, "setup: ./install.sh\n")  # no test: and nothing to detect
+    setups = install(world)
+    first = run(world)
+    assert len(setups) == 1 and first.meta["tests"]["cache"]["state"] == "saved"
+    assert first.meta["tests"]["baseline"] is None and first.meta["tests"]["verdict"] == "none"
+    second = run(world)
+    assert len(setups) == 1 and second.meta["tests"]["setup"]["cached"]
+    assert "Not verified: no test command was found" in world.github.pulls(REPO)[-1]["body"]
+
+
 # --- crash and resume ----------------------------------------------------------------------------------
 
 
