@@ -35,12 +35,15 @@ echo installed >"$HOME/.setup-cache/marker"
 i=0
 while [ $i -lt 50 ]; do echo "mod $i" >.deps/lib/mod$i.txt; i=$((i + 1)); done
 ln -s lib/mod0.txt .deps/first
+ln -s /etc/shadow .deps/host-file  # links out of the tree: carried as links, never followed on the host
+ln -s / .deps/host-root
 echo 'answer() { echo 42; }' >.deps/answer.sh
 echo "setup ran"
 """
 TEST_SH = """\
 test -f "$HOME/.setup-cache/marker" || { echo "HOME lost what setup installed"; exit 1; }
 test -f .deps/lib/mod49.txt && test -L .deps/first || { echo "the tree lost .deps"; exit 1; }
+test -L .deps/host-file && test -L .deps/host-root || { echo "a link was followed"; exit 1; }
 . ./.deps/answer.sh
 [ "$(answer)" = 42 ] && echo "1 passed"
 """
