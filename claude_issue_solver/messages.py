@@ -268,7 +268,7 @@ def tests_report(report: dict) -> str:
             done = f"🟢 restored from the cache of {setup['cached']}, not run"
         else:
             done = _step(report.get("setup")) + (
-                f" (not cached: {cache['detail']})" if cache.get("state") == "off" else ""
+                f"; {cache['detail']}" if cache.get("state") == "off" else ""
             )
         lines.append(f"- Setup: {_code(plan['setup'])} — {done}")
     lines += ["", "| run | result |", "| --- | --- |"]

@@ -151,7 +151,7 @@ def test_setup_cache_off_runs_setup_every_time(world: World, gh_config: Callable
     assert "restore_setup" not in world.backend.calls
     assert second.meta["tests"]["cache"] == {"key": None, "state": "off", "detail": "SETUP_CACHE is off"}
     assert "setup cache: SETUP_CACHE is off" in world.log_text(second)
-    assert "(not cached: SETUP_CACHE is off)" in world.github.pulls(REPO)[-1]["body"]
+    assert "; SETUP_CACHE is off" in world.github.pulls(REPO)[-1]["body"]
 
 
 def test_a_backend_without_a_cache_says_so(world: World) -> None:
