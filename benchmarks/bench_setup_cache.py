@@ -47,6 +47,7 @@ test -f "$HOME/.venv-like/lib/m0.txt" && test -f .deps/site-packages/pkg0/mod0.p
 
 started: dict[str, float] = {}  # task id -> when the pipeline took it
 baseline: dict[str, float] = {}  # task id -> when its baseline container had started
+restores: dict[str, float] = {}  # task id -> how long restore_setup took (hit or miss)
 
 
 def instrument(parts: Any) -> None:
@@ -60,6 +61,16 @@ def instrument(parts: Any) -> None:
         return result
 
     backend.start_process = timed
+    restore_setup = backend.restore_setup
+
+    def timed_restore(workspace: Any, key: str, log: Any) -> str | None:
+        began = time.perf_counter()
+        try:
+            return restore_setup(workspace, key, log)
+        finally:
+            restores[workspace.task_id] = time.perf_counter() - began
+
+    backend.restore_setup = timed_restore
 
 
 def patch_pipeline() -> None:
@@ -113,6 +124,7 @@ def one_mode(root: Path, github: FakeGitHub, image: str, cache: bool, runs: int,
     parts = build(config)
     instrument(parts)
     figures: list[float] = []
+    restored: list[float] = []
     try:
         for n in range(runs + 1):
             issue = github.create_issue(
@@ -141,10 +153,14 @@ def one_mode(root: Path, github: FakeGitHub, image: str, cache: bool, runs: int,
                 print(f"  first task (mirror, setup {state_of}): {elapsed:.2f}s")
             else:
                 figures.append(elapsed)
+                if task.id in restores and state_of == "hit":
+                    restored.append(restores[task.id])
     finally:
         client = docker.from_env()
         for leftover in client.images.list(filters={"label": [f"{LABEL_OWNER}={owner_of(state.resolve())}"]}):
             client.images.remove(leftover.id, force=True)
+    if restored:
+        print(f"  of which restoring the saved setup: median {statistics.median(restored):.2f}s")
     return figures
 
 
