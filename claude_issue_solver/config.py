@@ -306,6 +306,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("TEST_TIMEOUT", _int_at_least(1), 600),
     Setting("TEST_FIX_ROUNDS", _int_at_least(0), 2),
     Setting("ON_RED_TESTS", _choice(ON_RED_TESTS), "draft"),
+    Setting("SETUP_CACHE", _bool, True),
     # the Docker backend
     Setting("DOCKER_IMAGE", _optional_text, None),
     Setting("DOCKER_BASE_IMAGE", _text, "node:20-bookworm-slim"),
@@ -374,6 +375,7 @@ class Config:
     test_timeout: int = 600
     test_fix_rounds: int = 2
     on_red_tests: str = "draft"
+    setup_cache: bool = True  # restore a saved setup instead of running it (where the backend can)
     docker_image: str | None = None
     docker_base_image: str = "node:20-bookworm-slim"
     docker_memory: str = "4g"

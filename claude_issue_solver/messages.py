@@ -289,7 +289,14 @@ def tests_report(report: dict) -> str:
         )
     lines = ["### Tests", "", f"- Command: {_code(plan['test'])} ({plan.get('source', '')})"]
     if plan.get("setup"):
-        lines.append(f"- Setup: {_code(plan['setup'])} — {_step(report.get('setup'))}")
+        setup, cache = report.get("setup") or {}, report.get("cache") or {}
+        if setup.get("cached"):
+            done = f"🟢 restored from the cache of {setup['cached']}, not run"
+        else:
+            done = _step(report.get("setup")) + (
+                f"; {cache['detail']}" if cache.get("state") == "off" else ""
+            )
+        lines.append(f"- Setup: {_code(plan['setup'])} — {done}")
     lines += ["", "| run | result |", "| --- | --- |"]
     baseline = report.get("baseline")
     note = ""

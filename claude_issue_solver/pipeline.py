@@ -10,7 +10,8 @@ as a change, publishing, removing) is :mod:`claude_issue_solver.run_policy`, cal
 
 Phases (``task.meta["phase"]``): ``preparing`` -> [``setup`` -> ``baseline``] -> ``agent`` ->
 [``tests`` <-> ``fixing``] -> ``publishing`` -> ``published``; the bracketed ones are the repository's
-tests (:mod:`claude_issue_solver.test_gate`), when it has a test command.
+tests (:mod:`claude_issue_solver.test_gate`), when it has a test command (``setup`` alone when it has
+only a setup command).
 """
 
 from __future__ import annotations
@@ -164,6 +165,7 @@ class Pipeline:
             clock=clock,
             progress=self._test_progress,
             after_run=self.run_limits.after_run,
+            setup_cache=config.setup_cache,
         )
 
     # --- the daemon's Runner interface ------------------------------------------------------------
@@ -586,7 +588,8 @@ class Pipeline:
         task.meta["tests"] = report.to_dict()
         if plan.test is None:
             tlog.write(f"tests: {plan.source}; the pull request will say it is not verified")
-            return None
+            # The agent still benefits from installed dependencies: setup runs (no baseline, no rounds).
+            return report if plan.setup else None
         tlog.write(
             f"tests: {plan.test!r} from {plan.source}"
             + (f", setup {plan.setup!r}" if plan.setup else "")

@@ -27,7 +27,15 @@ import yaml
 from claude_issue_solver.config import Config
 from claude_issue_solver.github import GitHubClient, GitHubError
 
-__all__ = ["SETTINGS_PATH", "RepoSettingsError", "TestPlan", "detect", "load_plan", "parse_settings"]
+__all__ = [
+    "SETTINGS_PATH",
+    "SETUP_INPUTS",
+    "RepoSettingsError",
+    "TestPlan",
+    "detect",
+    "load_plan",
+    "parse_settings",
+]
 
 SETTINGS_PATH = ".github/claude-issue-solver.yml"
 KEYS = ("setup", "test", "test_timeout")
@@ -35,6 +43,38 @@ _FILE_LIMIT = 64 * 1024  # a settings file, a package.json or a Makefile larger 
 # npm init's placeholder test script: not a test suite.
 _NPM_PLACEHOLDER = re.compile(r"no test specified")
 _MAKE_TEST_TARGET = re.compile(r"^test\s*:", re.MULTILINE)
+# What a setup command installs from, next to the detection that knows these ecosystems: the setup
+# cache (test_gate.setup_key) is keyed by the setup command and the content of each of these that
+# exists. Root-level files only, by name (a backend's read_file does not glob): a lock file in a
+# subdirectory (requirements/dev.txt, a workspace member's package.json) is not part of the key.
+SETUP_INPUTS = (
+    "pyproject.toml",
+    "setup.py",
+    "setup.cfg",
+    "requirements.txt",
+    "requirements-dev.txt",
+    "requirements-test.txt",
+    "dev-requirements.txt",
+    "test-requirements.txt",
+    "poetry.lock",
+    "uv.lock",
+    "Pipfile",
+    "Pipfile.lock",
+    "package.json",
+    "package-lock.json",
+    "yarn.lock",
+    "pnpm-lock.yaml",
+    "go.mod",
+    "go.sum",
+    "Cargo.toml",
+    "Cargo.lock",
+    "Gemfile",
+    "Gemfile.lock",
+    "composer.json",
+    "composer.lock",
+    "Makefile",
+    SETTINGS_PATH,
+)
 
 
 class RepoSettingsError(Exception):

@@ -11,6 +11,13 @@ progress in ``task.meta["phase"]`` before it starts, so a daemon that died anywh
 finished steps are read back, the running one is found again by its process name (``start_process``
 starts nothing when one of that name exists) and waited for.
 
+Setup is cached where the backend can (``Backend.caches_setup``, and ``SETUP_CACHE`` on): the key is
+:func:`setup_key` -- the setup command and the content of the repository's dependency files
+(:data:`repo_settings.SETUP_INPUTS`), read in the workspace before anything ran there. A saved setup
+under that key is restored instead of running ``setup``; a green setup that ran is saved. What the
+cache did is recorded (``TestReport.cache``) before each act, so a resumed task neither runs setup
+after a restore nor loses a save.
+
 When the tests are red after the agent, the same Claude session is continued (``--resume``) with the
 failing output (its tail, size-capped, through the secret redactor) up to ``TEST_FIX_ROUNDS`` times.
 The pipeline decides what a red or green verdict publishes (a draft PR, a comment, a normal PR).
@@ -18,27 +25,38 @@ The pipeline decides what a red or green verdict publishes (a draft PR, a commen
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from claude_issue_solver.agent import AgentResult, parse_result
-from claude_issue_solver.backends.base import Backend, KeptDir, ProcessSpec, Workspace
+from claude_issue_solver.backends.base import (
+    Backend,
+    BackendError,
+    KeptDir,
+    ProcessSpec,
+    Workspace,
+    WorkspaceLost,
+)
 from claude_issue_solver.logs import REDACTOR, TaskLog
 from claude_issue_solver.outcome import TaskControl
 from claude_issue_solver.queue import Task, TaskQueue
-from claude_issue_solver.repo_settings import TestPlan
+from claude_issue_solver.repo_settings import SETUP_INPUTS, TestPlan
 from claude_issue_solver.run_limits import RunEnd
 from claude_issue_solver.run_policy import ProcessExit, wait_for_process
 
 __all__ = [
     "FAILING_OUTPUT_LIMIT",
     "Interrupted",
+    "SetupCache",
     "StepResult",
     "TestGate",
     "TestReport",
     "checklist",
     "fix_prompt",
+    "setup_key",
 ]
 
 SETUP, BASELINE = "setup", "baseline"
@@ -47,6 +65,18 @@ PHASES = (SETUP, BASELINE, "tests", "fixing")  # task.meta["phase"] values of th
 CONVERSATION_GONE = "No conversation found"
 FAILING_OUTPUT_LIMIT = 8 * 1024  # how much of a red run's output Claude is shown (its end)
 TAIL_LINES = 40  # and how many lines of it, at most
+SETUP_INPUT_LIMIT = 64 * 1024 * 1024  # bytes of one dependency file that go into the setup cache's key
+
+# TestReport.cache states, each recorded before the act it names (a resumed task reads where it was).
+RESTORING, HIT, MISS, SAVING, SAVED, NOT_SAVED, OFF = (
+    "restoring",
+    "hit",
+    "miss",
+    "saving",
+    "saved",
+    "not saved",
+    "off",
+)
 
 
 def _test_name(round_: int) -> str:
@@ -76,19 +106,23 @@ class StepResult:
     duration_s: float
     timed_out: bool
     tail: str
+    cached: str | None = None  # setup only: restored from this saved setup instead of running
 
     @property
     def green(self) -> bool:
         return self.exit_code == 0 and not self.timed_out
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        data = {
             "name": self.name,
             "exit_code": self.exit_code,
             "duration_s": round(self.duration_s, 3),
             "timed_out": self.timed_out,
             "tail": self.tail,
         }
+        if self.cached:
+            data["cached"] = self.cached
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> StepResult:
@@ -98,7 +132,45 @@ class StepResult:
             float(data.get("duration_s") or 0.0),
             bool(data.get("timed_out")),
             str(data.get("tail") or ""),
+            data.get("cached") or None,
         )
+
+
+@dataclass
+class SetupCache:
+    """What the setup cache did for a task: its key, where it is (``state``) and what it said."""
+
+    key: str | None = None
+    state: str | None = None  # restoring, hit, miss, saving, saved, not saved, off
+    detail: str | None = None  # the saved or restored setup (e.g. an image), or why there is none
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"key": self.key, "state": self.state, "detail": self.detail}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> SetupCache:
+        return cls(data.get("key"), data.get("state"), data.get("detail"))
+
+
+def setup_key(backend: Backend[Any], workspace: Workspace, command: str) -> str:
+    """sha256 over the setup command and, for each dependency file present, its path and content's sha256.
+
+    Read through the backend (so the same on every place), before anything ran in the workspace. A path
+    that passes through a link counts as its own value: the key still changes when that changes.
+    """
+    inputs: list[list[str]] = []
+    for path in SETUP_INPUTS:
+        try:
+            data = backend.read_file(workspace, path, SETUP_INPUT_LIMIT)
+        except WorkspaceLost:
+            raise
+        except BackendError:
+            inputs.append([path, "unreadable"])
+            continue
+        if data is not None:
+            inputs.append([path, hashlib.sha256(data).hexdigest()])
+    text = json.dumps({"setup": command, "files": inputs}, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 @dataclass
@@ -113,6 +185,7 @@ class TestReport:
     rounds: list[StepResult] = field(default_factory=list)  # test runs after the agent, one per round
     fixes: int = 0  # fix rounds Claude was asked for
     note: str | None = None  # why the loop stopped early (a failed fix run, TASK_TIMEOUT)
+    cache: SetupCache = field(default_factory=SetupCache)
 
     @property
     def verdict(self) -> str:
@@ -132,6 +205,7 @@ class TestReport:
             "fixes": self.fixes,
             "note": self.note,
             "verdict": self.verdict,
+            "cache": self.cache.to_dict(),
         }
 
     @classmethod
@@ -143,6 +217,7 @@ class TestReport:
             rounds=[StepResult.from_dict(r) for r in data.get("rounds") or []],
             fixes=int(data.get("fixes") or 0),
             note=data.get("note"),
+            cache=SetupCache.from_dict(data.get("cache") or {}),
         )
 
 
@@ -152,14 +227,17 @@ def checklist(report: TestReport, *, agent_done: bool, current: str | None) -> l
     def outcome(step: StepResult | None) -> str:
         if step is None:
             return ""
+        if step.cached:
+            return " — restored from the cache"
         return " — green" if step.green else (" — timed out" if step.timed_out else " — red")
 
     items: list[tuple[bool, str]] = []
     if report.plan.setup:
         items.append((report.setup is not None, "setup" + outcome(report.setup)))
-    items.append(
-        (report.baseline is not None, "tests before the change (baseline)" + outcome(report.baseline))
-    )
+    if report.plan.test:
+        items.append(
+            (report.baseline is not None, "tests before the change (baseline)" + outcome(report.baseline))
+        )
     items.append((agent_done, "agent running" if current == "agent" else "agent"))
     for n, step in enumerate(report.rounds, start=1):
         items.append((True, f"tests (round {n}){outcome(step)}"))
@@ -207,6 +285,7 @@ class TestGate:
         clock: Callable[[], float],
         progress: Callable[[Task, TestReport, bool, str | None], None],
         after_run: Callable[..., RunEnd] | None = None,
+        setup_cache: bool = True,
     ) -> None:
         self.backend = backend
         self.queue = queue
@@ -217,6 +296,7 @@ class TestGate:
         self.progress = progress  # (task, report, agent_done, current step): the checklist comment
         # The budget and Claude limits (run_limits.RunLimits.after_run): a fix round is an agent run too.
         self.after_run = after_run
+        self.setup_cache = setup_cache  # SETUP_CACHE: off means setup runs every time
 
     # --- before the agent -------------------------------------------------------------------------
 
@@ -229,16 +309,12 @@ class TestGate:
         tlog: TaskLog,
         deadline: float,
     ) -> TestReport:
-        """Setup and the baseline run (each skipped when recorded already). Raises Interrupted."""
+        """Setup (when there is one) and the baseline run (when there are tests), each skipped when
+        recorded already. Raises Interrupted."""
         plan = report.plan
-        if plan.setup and report.setup is None:
-            self._enter(task, SETUP, report, agent_done=False)
-            tlog.write(f"setup: {plan.setup}")
-            report.setup = self._run(workspace, SETUP, plan.setup, plan.timeout, control, tlog, deadline)
-            self._record(task, report)
-            if not report.setup.green:
-                tlog.write("setup failed; the tests will show what that breaks")
-        if report.baseline is None:
+        if plan.setup:
+            self._setup(task, workspace, report, control, tlog, deadline)
+        if report.baseline is None and plan.test:
             self._enter(task, BASELINE, report, agent_done=False)
             tlog.write(f"baseline tests: {plan.test}")
             report.baseline = self._run(
@@ -246,6 +322,77 @@ class TestGate:
             )
             self._record(task, report)
         return report
+
+    def _setup(
+        self,
+        task: Task,
+        workspace: Workspace,
+        report: TestReport,
+        control: TaskControl,
+        tlog: TaskLog,
+        deadline: float,
+    ) -> None:
+        """Restore the saved setup, or run setup and save it when green; each act recorded before it."""
+        plan, cache = report.plan, report.cache
+        command = str(plan.setup)
+        if report.setup is None:
+            self._enter(task, SETUP, report, agent_done=False)
+            if cache.state is None and not self.setup_cache:
+                cache.state, cache.detail = OFF, "SETUP_CACHE is off"
+            elif cache.state is None and not self.backend.caches_setup:
+                cache.state, cache.detail = OFF, f"not cached on this backend ({self.backend.name})"
+            if cache.state in (None, RESTORING):
+                started = self.clock()
+                if cache.key is None:
+                    cache.key = setup_key(self.backend, workspace, command)
+                cache.state = RESTORING
+                self._record(task, report)
+                restored = self._restore(workspace, cache.key, tlog)
+                if restored is not None:
+                    cache.state, cache.detail = HIT, restored
+                    report.setup = StepResult(SETUP, 0, self.clock() - started, False, "", cached=restored)
+                    self._record(task, report)
+                    tlog.write(f"setup: restored from the cache of {restored}; `{command}` not run")
+                    return
+                cache.state = MISS
+                self._record(task, report)
+                tlog.write(f"setup cache: nothing saved under {cache.key[:12]}; running setup")
+            elif cache.state == OFF:
+                tlog.write(f"setup cache: {cache.detail}")
+            tlog.write(f"setup: {command}")
+            report.setup = self._run(workspace, SETUP, command, plan.timeout, control, tlog, deadline)
+            if cache.state == MISS:
+                cache.state = SAVING if report.setup.green else NOT_SAVED
+                cache.detail = None if report.setup.green else "setup was red"
+            self._record(task, report)
+            if not report.setup.green:
+                tlog.write("setup failed; the tests will show what that breaks")
+        if cache.state == SAVING and cache.key is not None:
+            # Also after a restart between the green setup and the save: saving again only records it.
+            try:
+                saved = self.backend.save_setup(workspace, SETUP, cache.key, tlog)
+            except WorkspaceLost:
+                raise
+            except BackendError as exc:
+                saved = None
+                cache.detail = f"saving it failed: {exc}"
+                tlog.write(f"setup cache: {cache.detail} (the task goes on)")
+            else:
+                cache.detail = saved or "the backend kept nothing"
+                if saved:
+                    tlog.write(f"setup cache: saved as {saved}")
+            cache.state = SAVED if saved else NOT_SAVED
+            self._record(task, report)
+
+    def _restore(self, workspace: Workspace, key: str, tlog: TaskLog) -> str | None:
+        try:
+            return self.backend.restore_setup(workspace, key, tlog)
+        except WorkspaceLost:
+            raise
+        except BackendError as exc:
+            # A cache that cannot be read is a miss, never a failed task: setup runs as without one.
+            tlog.write(f"setup cache: restoring failed ({exc}); running setup")
+            return None
 
     # --- after the agent --------------------------------------------------------------------------
 

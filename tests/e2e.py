@@ -65,6 +65,14 @@ def no_leftover_containers(state_dir: Path) -> Iterator[None]:
     for container in CLIENT.containers.list(all=True, filters={"label": [LABEL_OWNER]}):
         if str(state_dir) in json.dumps(container.attrs.get("Mounts", [])):
             container.remove(force=True)
+    # The setup cache's images of this test's daemon (a green setup is saved); never another owner's.
+    from claude_issue_solver.backends.base import owner_of
+    from claude_issue_solver.backends.docker_setup_cache import LABEL_SETUP_KEY
+
+    owner = owner_of(state_dir.expanduser().resolve())
+    for image in CLIENT.images.list(filters={"label": [f"{LABEL_OWNER}={owner}", LABEL_SETUP_KEY]}):
+        with contextlib.suppress(docker.errors.NotFound):
+            CLIENT.images.remove(image.id, force=True)
 
 
 def our_containers(state_dir: Path) -> list:

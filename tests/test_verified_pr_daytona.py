@@ -32,6 +32,12 @@ def test_red_then_green_in_a_sandbox(
     pull = github.pulls(REPO)[0]
     assert pull["draft"] is False and "| round 2: after fix round 1 | 🟢 green" in pull["body"]
     assert "resumed session tests-fix." in pull["body"]
+    # No setup cache on Daytona (setup runs in every sandbox): the report and the PR say so.
+    assert (
+        tests["cache"]["state"] == "off"
+        and "green (" in pull["body"]
+        and "; not cached on this backend (daytona)" in pull["body"]
+    )
     # test.sh prints its environment first: it reached the task log, without a credential.
     config = e2e_config()
     log = task_log_path(config.log_dir, task.id).read_text()

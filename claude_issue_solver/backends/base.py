@@ -17,6 +17,9 @@ What a backend offers, in the spirit of SWE-ReX's deployment/runtime split:
 - git: ``changes`` (what changed since the base), ``commit_and_push`` (commit what changed, push
   the branch with this credential) and ``rebase_onto_remote`` (the branch moved on the remote: put
   this run's commits on top of its new head, never running anything of the workspace's own).
+- optionally (``caches_setup``), the setup cache: ``save_setup`` keeps what a green setup process made
+  under a key the pipeline computed, ``restore_setup`` gives a later workspace of the same repository
+  what was kept (see :mod:`claude_issue_solver.test_gate` for when).
 
 Every call that creates something is idempotent and finds its work by the task id (and process name),
 never by an id saved after the fact: a daemon that died between "started a process" and "recorded it"
@@ -259,6 +262,7 @@ class Backend(Protocol[W]):
     name: str
     poll_interval: float  # how often asking about a process here is sensible (seconds)
     keeps_dirs: bool  # whether ProcessSpec.keep is honoured (a directory kept between workspaces)
+    caches_setup: bool  # whether save_setup / restore_setup keep anything (else they answer None)
 
     def check(self) -> None:
         """Fail fast at start-up with a clear BackendError (Docker down, Daytona key rejected)."""
@@ -336,3 +340,19 @@ class Backend(Protocol[W]):
 
     def kept_keys(self) -> set[str]:
         """The keys of the kept directories that exist."""
+
+    # --- the setup cache (when caches_setup) ---
+
+    def save_setup(self, workspace: W, process: str, key: str, log: TaskLog) -> str | None:
+        """Keep what the ended (green) process ``process`` made -- outside the repository and, as
+        untracked or ignored files, inside it -- under ``key`` for this repository.
+
+        Every process of this workspace started afterwards starts from it. Saving what is saved already
+        only records it again. Returns a short description (e.g. the image), None when nothing is kept.
+        """
+
+    def restore_setup(self, workspace: W, key: str, log: TaskLog) -> str | None:
+        """When a setup saved under ``key`` exists for this repository: put what it wrote into the tree
+        back, and make this workspace's later processes start from the rest of it. Returns a short
+        description of what was restored; None when nothing is saved under ``key``.
+        """

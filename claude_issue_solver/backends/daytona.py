@@ -161,6 +161,11 @@ class DaytonaBackend:
 
     name = "daytona"
     keeps_dirs = True  # carried as a tar archive into the sandbox and out of it (STATE_DIR/kept/<key>)
+    # Setup runs in every sandbox. The pinned SDK can snapshot a running sandbox (Sandbox.create_snapshot),
+    # but a cache hit would then need a second way to prepare (a sandbox from the repository's snapshot,
+    # its clone at an old commit, brought to the task's branch), the sandbox is offline while it is
+    # snapshotted, and snapshots count against the organization's quota: not built in this version.
+    caches_setup = False
 
     def __init__(
         self, settings: DaytonaSettings, *, client: Daytona | None = None, poll_interval: float | None = None
@@ -308,6 +313,14 @@ class DaytonaBackend:
             return False
         gitops.force_rmtree(path)
         return True
+
+    # --- the setup cache: none here (see caches_setup) ---
+
+    def save_setup(self, workspace: Workspace, process: str, key: str, log: TaskLog) -> str | None:
+        return None
+
+    def restore_setup(self, workspace: Workspace, key: str, log: TaskLog) -> str | None:
+        return None
 
     def _carry_in(
         self, task_id: str, paths: _Paths, process: ProcessSpec

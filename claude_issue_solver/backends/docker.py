@@ -4,7 +4,8 @@ Layout under ``STATE_DIR``::
 
     mirrors/<owner>/<name>.git   one bare mirror per repository, fetched before each task
     worktrees/<task_id>/         the task's worktree, mounted read-write at /workspace
-    tasks/<task_id>/             0700: base_sha, default_branch, <process>.stdin (mounted read-only at /task)
+    tasks/<task_id>/             0700: base_sha, default_branch, <process>.stdin (mounted read-only at /task),
+                                 setup_image (the saved setup the task's later processes start from)
     kept/<key>/                  0700: a directory kept between tasks (an issue's Claude configuration,
                                  its sessions), mounted read-write at /kept/<key> for the processes given it
 
@@ -68,6 +69,13 @@ from claude_issue_solver.backends.base import (
     resource_labels,
 )
 from claude_issue_solver.backends.docker_images import AgentImages, unreachable
+from claude_issue_solver.backends.docker_setup_cache import (
+    TREE_DIR,
+    SetupImages,
+    image_id,
+    setup_labels,
+    untracked_paths,
+)
 from claude_issue_solver.backends.settings import DockerSettings
 from claude_issue_solver.logs import TaskLog
 from claude_issue_solver.queue import Task
@@ -83,6 +91,9 @@ TASK_MOUNT = "/task"
 KEPT_MOUNT = "/kept"
 BASE_SHA_FILE = "base_sha"  # the commit the work started from, for a daemon that restarts mid-task
 DEFAULT_BRANCH_FILE = "default_branch"  # which branch's Dockerfile the image is built on, after a restart
+SETUP_IMAGE_FILE = "setup_image"  # the saved setup this task's later processes start from (a restart too)
+RESTORE_PROCESS = "setup-restore"  # the container that puts a saved setup's files into the tree
+RESTORE_TIMEOUT = 600.0  # seconds for copying a saved setup's files into the worktree
 # The uid the agent image's user has (Dockerfile.claude); used when the daemon itself runs as root.
 AGENT_UID = 1000
 POLL_SECONDS = 1.0  # an inspect of a local container is cheap
@@ -105,6 +116,7 @@ class DockerBackend:
     name = "docker"
     poll_interval = POLL_SECONDS
     keeps_dirs = True
+    caches_setup = True  # a green setup container committed as an image (docker_setup_cache)
 
     def __init__(
         self, settings: DockerSettings, *, client: docker.DockerClient | None = None, image: str | None = None
@@ -121,6 +133,7 @@ class DockerBackend:
             base_image=settings.base_image,
             configured=image or settings.image,
         )
+        self.setups = SetupImages(lambda: self.client, self.owner)
 
     # --- the daemon ------------------------------------------------------------------------------------
 
@@ -299,7 +312,7 @@ class DockerBackend:
                 log.write(f"starting container {existing.name}, created before a restart")
                 self._docker(existing.start)
             return False
-        image = self.ensure_image(ws.repo, ws.default_branch, log)
+        image = self._image_for(ws, log)
         started = time.monotonic()
         stdin_file = self.task_dir(ws.task_id) / f"{process.name}.stdin"
         _write_private(stdin_file, process.stdin)
@@ -453,6 +466,79 @@ class DockerBackend:
             f"replayed {moved.replayed} commit(s) on top: {moved.head[:12]}"
         )
         return Rebased(moved.head, onto, len(moved.new_commits), authors, moved.replayed)
+
+    # --- the setup cache (see docker_setup_cache) ----------------------------------------------------
+
+    def save_setup(self, workspace: Workspace, process: str, key: str, log: TaskLog) -> str | None:
+        ws, git_dir = self._located(workspace)
+        agent_image = self.ensure_image(ws.repo, ws.default_branch, log)
+        agent_id = image_id(self.client, agent_image)
+        tag = self.setups.tag_for(key, agent_id)
+        image = self.setups.find(tag)
+        if image is None:
+            container = self._process_container(ws, process)
+            if container.status not in ("exited", "dead"):
+                msg = f"container {container.name} has not ended; only an ended setup is saved"
+                raise BackendError(msg)
+            started = time.monotonic()
+            try:
+                paths = untracked_paths(ws.worktree, git_dir)
+            except gitops.GitError as exc:
+                msg = f"listing what setup wrote into {ws.worktree} failed: {exc}"
+                raise BackendError(msg) from None
+            labels = setup_labels(
+                repo=ws.repo, task_id=ws.task_id, key=key, agent_image_id=agent_id, owner=self.owner
+            )
+            image = self.setups.save(
+                container, tag, worktree=ws.worktree, paths=paths, owner_ids=agent_ids(), labels=labels
+            )
+            log.write(
+                f"saved the setup as {tag} ({len(paths)} untracked path(s) of the tree in it, "
+                f"{time.monotonic() - started:.1f}s)"
+            )
+        else:
+            log.write(f"the setup is saved already as {tag}")
+        # From now on this task's processes start from the setup image: what setup put in HOME is there.
+        _write_private(self.task_dir(ws.task_id) / SETUP_IMAGE_FILE, tag.encode())
+        protected = {
+            t for t in (_read_text(d / SETUP_IMAGE_FILE) for d in _subdirs(self.state_dir / "tasks")) if t
+        }
+        for removed in self.setups.prune(ws.repo, image, protected):
+            log.write(f"removed the older setup image {removed} of {ws.repo}")
+        return tag
+
+    def restore_setup(self, workspace: Workspace, key: str, log: TaskLog) -> str | None:
+        ws = self._own(workspace)
+        agent_id = image_id(self.client, self.ensure_image(ws.repo, ws.default_branch, log))
+        tag = self.setups.tag_for(key, agent_id)
+        if self.setups.find(tag) is None:
+            return None
+        setup_file = self.task_dir(ws.task_id) / SETUP_IMAGE_FILE
+        _write_private(setup_file, tag.encode())  # before the copy starts: a restart finds both
+        # The files setup wrote into the tree, copied by the agent's user inside a container.
+        copy = ProcessSpec(
+            name=RESTORE_PROCESS, argv=("cp", "-a", f"{TREE_DIR}/.", f"{WORKSPACE_MOUNT}/"), env={}
+        )
+        self.start_process(ws, copy, log)
+        container = self._process_container(ws, RESTORE_PROCESS)
+        try:
+            code = container.wait(timeout=RESTORE_TIMEOUT).get("StatusCode")
+        except _DOCKER_ERRORS as exc:
+            setup_file.unlink(missing_ok=True)
+            msg = f"copying the saved setup {tag} into the tree failed: {exc}"
+            raise BackendError(msg, retryable=True) from None
+        if code != 0:
+            setup_file.unlink(missing_ok=True)
+            tail = _logs(container, stdout=True, stderr=True).strip()[-500:]
+            msg = f"copying the saved setup {tag} into the tree exited {code}: {tail}"
+            raise BackendError(msg)
+        return tag
+
+    def _image_for(self, ws: DockerWorkspace, log: TaskLog) -> str:
+        """The image a process of this workspace starts from: its saved setup, else the agent image."""
+        return _read_text(self.task_dir(ws.task_id) / SETUP_IMAGE_FILE) or self.ensure_image(
+            ws.repo, ws.default_branch, log
+        )
 
     # --- the agent image (see docker_images) --------------------------------------------------------
 

@@ -66,6 +66,7 @@ class Place:
     # The branch's history as far as this place knows it: a remote head outside it means someone pushed.
     lineage: set[str] = field(default_factory=set)
     base_files: dict[str, bytes] = field(default_factory=dict)  # the tree at base_sha
+    setup_from: str | None = None  # the saved setup (its key) the later processes start from
 
 
 Agent = Callable[[Place, Process], None]
@@ -112,6 +113,7 @@ class MemoryBackend:
     name = "memory"
     poll_interval = 0.0
     keeps_dirs = True
+    caches_setup = True
 
     def __init__(self, remote: dict[str, dict[str, str]] | None = None) -> None:
         # The remote: branch -> (sha, files). "main" holds a README to start with.
@@ -128,6 +130,8 @@ class MemoryBackend:
         self.calls: list[str] = []
         # Kept directories (KeptDir.key -> files), as the Docker backend keeps them under STATE_DIR.
         self.kept: dict[str, dict[str, bytes]] = {}
+        # Saved setups: (repo, key) -> the files the setup process wrote into the tree (its ``made``).
+        self.setups: dict[tuple[str, str], dict[str, bytes]] = {}
         self._failures: dict[str, list[BackendError]] = {}
         self._crashes: dict[str, int] = {}
         self._on_poll: list[Callable[[], None]] = []
@@ -223,6 +227,25 @@ class MemoryBackend:
 
     def forget_kept(self, key: str) -> bool:
         return self.kept.pop(key, None) is not None
+
+    def save_setup(self, workspace: Workspace, process: str, key: str, log: TaskLog) -> str | None:
+        self._enter("save_setup")
+        place = self._place(workspace)
+        # What the setup wrote into the tree: the untracked paths (the workspace's commit lacks them).
+        made = {p: d for p, d in place.tree.items() if p not in place.committed}
+        self.setups[(workspace.repo, key)] = made
+        place.setup_from = key
+        return f"memory setup {key[:12]}"
+
+    def restore_setup(self, workspace: Workspace, key: str, log: TaskLog) -> str | None:
+        self._enter("restore_setup")
+        place = self._place(workspace)
+        made = self.setups.get((workspace.repo, key))
+        if made is None:
+            return None
+        place.tree.update(made)
+        place.setup_from = key
+        return f"memory setup {key[:12]}"
 
     def start_process(self, workspace: Workspace, process: ProcessSpec, log: TaskLog) -> bool:
         self._enter("start_process")
