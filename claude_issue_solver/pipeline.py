@@ -53,7 +53,7 @@ from claude_issue_solver.prompt import (
     followup_context,
     parse_summary,
 )
-from claude_issue_solver.publisher import Publisher
+from claude_issue_solver.publisher import Publisher, PullRequest
 from claude_issue_solver.queue import FOLLOWUP, Task, TaskQueue, TaskState
 from claude_issue_solver.repo_settings import RepoSettingsError, load_plan
 from claude_issue_solver.run_limits import RunLimits
@@ -464,6 +464,8 @@ class Pipeline:
                 self._cleanup(task, tlog)
                 return Outcome(TaskState.FAILED, error=f"changes pushed to {spec.branch}, but {reason}")
             tlog.write(f"pull request {'opened' if pr.created else 'updated'}: {pr.url}")
+            if not pr.created and tests and tests.get("verdict") in ("green", "red") and pr.draft != red:
+                self._draft_follows_tests(task, pr, red, tlog)
             self.queue.update(task.id, pr_url=pr.url, meta={"phase": "published", "pr_number": pr.number})
             if task.kind == FOLLOWUP:
                 self._comment(
@@ -549,6 +551,21 @@ class Pipeline:
         self._comment(task, messages.red_tests_comment(task, spec.branch, tests, figures))
         self._cleanup(task, tlog)
         return Outcome(TaskState.FAILED, error=reason)
+
+    def _draft_follows_tests(self, task: Task, pr: PullRequest, red: bool, tlog: TaskLog) -> None:
+        """An open PR's draft state follows this run's verdict: green → ready for review, red → draft.
+
+        Best effort: its title and description already say how the tests went, so a GraphQL failure
+        (a token without that right, GitHub down) is told in the task log and the task goes on.
+        """
+        change = "turned into a draft" if red else "marked ready for review"
+        why = "the tests are red after this run" if red else "the tests pass now"
+        try:
+            self.publisher.set_draft(task.repo, pr, red)
+        except GitHubError as exc:
+            tlog.write(f"pull request #{pr.number} could not be {change} ({why}): {exc}")
+            return
+        tlog.write(f"pull request #{pr.number} {change}: {why}")
 
     def _changed(self, workspace: Workspace) -> bool:
         return has_changes(self.backend.changes(workspace, NEVER_COMMITTED))
