@@ -85,6 +85,7 @@ QUIET_AGENT_ENV = {
     "CLAUDE_CODE_MAX_RETRIES": "2",  # a 429 ends the run in seconds, and the queue holds instead
 }
 AGENT = "agent"  # the agent's process name in its workspace
+RED_WITHOUT_PR = "red_without_pr"  # meta: ON_RED_TESTS=comment ended the run (its reason and figures)
 
 
 @dataclass(frozen=True)
@@ -166,6 +167,10 @@ class Pipeline:
     def run(self, task: Task, control: TaskControl) -> Outcome | None:
         tlog = self._log(task)
         tlog.write(f"task {task.id}: {task.ref} ({task.title!r}), attempt {task.attempts}")
+        if task.meta.get("phase") is not None or task.meta.get(RED_WITHOUT_PR) is not None:
+            # A retried task still holds its last run's ending: a crash before this run records its
+            # own phase must not resume as that one (a red-tests ending would fail it again).
+            task = self.queue.update(task.id, meta={"phase": None, RED_WITHOUT_PR: None})
         try:
             issue = self.client.issue(task.repo, task.issue_number)
             if issue.get("state") != "open":
@@ -234,6 +239,10 @@ class Pipeline:
         tlog.write(f"daemon restarted: resuming task {task.id} in phase {phase!r}")
         workspace = self.backend.attach(task)
         if phase == "published":
+            red = task.meta.get(RED_WITHOUT_PR)
+            if isinstance(red, dict) and task.branch:  # the red-tests comment ends a task FAILED
+                figures = self._figures(task, red.get("duration_s"))
+                return self._red_without_pr(task, task.branch, task.meta.get("tests") or {}, figures, tlog)
             self._cleanup(task, tlog)
             return Outcome(TaskState.COMPLETED)
         if workspace is None or phase in (None, "preparing"):
@@ -406,9 +415,7 @@ class Pipeline:
             # Recorded before anything is pushed: the file is gone now, a crash must not lose it.
             task = self.queue.update(task.id, meta={"phase": "publishing", "summary": summary})
             answer = result.result if result else task.result
-            figures = messages.RunFigures.of(task, self._duration(task), self.agent)
-            if task.kind == FOLLOWUP and figures.cost_usd is not None:
-                figures = replace(figures, issue_total_usd=self._issue_total(task))
+            figures = self._figures(task, self._duration(task))
             if not has_changes(changes):
                 tlog.write("the agent changed nothing")
                 if task.kind == FOLLOWUP:
@@ -435,7 +442,7 @@ class Pipeline:
             )
             pushed = publish(self.backend, workspace, request, repo=task.repo, log=tlog)
             if red and self.config.on_red_tests == "comment":
-                return self._red_without_pr(task, spec, tests, figures, tlog)
+                return self._red_without_pr(task, spec.branch, tests, figures, tlog)
             body = messages.pr_body(task, description, figures, messages.tests_report(tests) if tests else "")
             runs = followup.history(self.queue, task, figures, self.agent)
             if runs:
@@ -539,18 +546,32 @@ class Pipeline:
         return Outcome(TaskState.CANCELLED, error="cancelled by an operator")
 
     def _red_without_pr(
-        self, task: Task, spec: RunSpec, tests: dict[str, Any], figures: messages.RunFigures, tlog: TaskLog
+        self, task: Task, branch: str, tests: dict[str, Any], figures: messages.RunFigures, tlog: TaskLog
     ) -> Outcome:
-        """ON_RED_TESTS=comment: the branch is pushed, the issue gets the report, no pull request."""
+        """ON_RED_TESTS=comment: the branch is pushed, the issue gets the report, no pull request.
+
+        The ending is recorded before the comment (with the figures it shows), so a daemon that dies
+        after it ends the resumed task FAILED too, with the same comment (:meth:`resume`).
+        """
         reason = (
             f"the tests are still red after {tests.get('fixes', 0)} fix round(s); "
-            f"branch {spec.branch} pushed, no pull request (ON_RED_TESTS=comment)"
+            f"branch {branch} pushed, no pull request (ON_RED_TESTS=comment)"
         )
         tlog.write(reason)
-        self.queue.update(task.id, meta={"phase": "published"})
-        self._comment(task, messages.red_tests_comment(task, spec.branch, tests, figures))
+        ending = {"error": reason, "duration_s": figures.duration_s}
+        self.queue.update(task.id, meta={"phase": "published", RED_WITHOUT_PR: ending})
+        try:
+            self._comment(task, messages.red_tests_comment(task, branch, tests, figures))
+        except GitHubError as exc:  # the branch is pushed: failing is right, running again is not
+            tlog.write(f"could not post the test report comment: {exc}")
         self._cleanup(task, tlog)
         return Outcome(TaskState.FAILED, error=reason)
+
+    def _figures(self, task: Task, duration_s: float | None) -> messages.RunFigures:
+        figures = messages.RunFigures.of(task, duration_s, self.agent)
+        if task.kind == FOLLOWUP and figures.cost_usd is not None:
+            figures = replace(figures, issue_total_usd=self._issue_total(task))
+        return figures
 
     def _draft_follows_tests(self, task: Task, pr: PullRequest, red: bool, tlog: TaskLog) -> None:
         """An open PR's draft state follows this run's verdict: green → ready for review, red → draft.
