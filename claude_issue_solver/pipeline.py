@@ -338,7 +338,7 @@ class Pipeline:
         if exit_.cancelled:
             tlog.write("cancelled by an operator")
             self._cleanup(task, tlog)
-            self._comment(task, messages.cancelled_comment(task))
+            self._comment(task, messages.cancelled_comment(task, self._label, phrase=self._phrase))
             return Outcome(TaskState.CANCELLED, error="cancelled by an operator")
         if exit_.timed_out:
             reason = (
@@ -443,7 +443,9 @@ class Pipeline:
             pushed = publish(self.backend, workspace, request, repo=task.repo, log=tlog)
             if red and self.config.on_red_tests == "comment":
                 return self._red_without_pr(task, spec.branch, tests, figures, tlog)
-            body = messages.pr_body(task, description, figures, messages.tests_report(tests) if tests else "")
+            body = messages.pr_body(
+                task, description, figures, messages.tests_report(tests, self.agent) if tests else ""
+            )
             runs = followup.history(self.queue, task, figures, self.agent)
             if runs:
                 body = f"{body}\n{runs}\n"
@@ -466,7 +468,15 @@ class Pipeline:
                 tlog.write(reason)
                 self._comment(
                     task,
-                    messages.pr_fallback_comment(task, spec.branch, changes.diffstat, reason, self._label),
+                    messages.pr_fallback_comment(
+                        task,
+                        spec.branch,
+                        changes.diffstat,
+                        reason,
+                        self._label,
+                        phrase=self._phrase,
+                        agent=self.agent,
+                    ),
                 )
                 self._cleanup(task, tlog)
                 return Outcome(TaskState.FAILED, error=f"changes pushed to {spec.branch}, but {reason}")
@@ -522,18 +532,21 @@ class Pipeline:
         return TestReport.from_dict(data) if isinstance(data, dict) and data.get("plan") else None
 
     def _working(self, task: Task, done: int, *, turns: int | None = None) -> str:
-        """The progress comment: with the tests' steps when the repository has tests."""
+        """The progress comment: with the tests' steps when the repository has tests (a follow-up's
+        too), else the plain checklist of an issue's run or a follow-up's."""
         report = self._tests(task)
-        if report is None or not report.plan.test:
-            return messages.working_comment(task, done, turns=turns)
-        items = checklist(report, agent_done=False, current="agent" if done else None)
-        return messages.checklist_comment(task, items, turns=turns)
+        if report is not None and report.plan.test:
+            items = checklist(report, agent_done=False, current="agent" if done else None)
+            return messages.checklist_comment(task, items, turns=turns, agent=self.agent)
+        if task.kind == FOLLOWUP:
+            return messages.followup_working_comment(task, min(done, 2), turns=turns, agent=self.agent)
+        return messages.working_comment(task, done, turns=turns, agent=self.agent)
 
     def _test_progress(self, task: Task, report: TestReport, agent_done: bool, current: str | None) -> None:
         task.meta["tests"] = report.to_dict()
         try:
             items = checklist(report, agent_done=agent_done, current=current)
-            self._comment(task, messages.checklist_comment(task, items))
+            self._comment(task, messages.checklist_comment(task, items, agent=self.agent))
         except GitHubError as exc:
             log.warning("could not update the progress comment of %s: %s", task.ref, exc)
 
@@ -542,7 +555,7 @@ class Pipeline:
             return None  # detached: the step runs on, and the next daemon resumes the task
         tlog.write("cancelled by an operator")
         self._cleanup(task, tlog)
-        self._comment(task, messages.cancelled_comment(task))
+        self._comment(task, messages.cancelled_comment(task, self._label, phrase=self._phrase))
         return Outcome(TaskState.CANCELLED, error="cancelled by an operator")
 
     def _red_without_pr(
@@ -600,7 +613,12 @@ class Pipeline:
         tlog.write(f"failed: {reason}")
         self._cleanup(task, tlog)
         try:
-            self._comment(task, messages.failed_comment(task, reason, self._label, tail))
+            self._comment(
+                task,
+                messages.failed_comment(
+                    task, reason, self._label, tail, phrase=self._phrase, agent=self.agent
+                ),
+            )
         except GitHubError as exc:
             tlog.write(f"could not post the failure comment: {exc}")
         return Outcome(TaskState.FAILED, error=reason)
@@ -630,6 +648,10 @@ class Pipeline:
     def _label(self) -> str:
         return self.config.trigger_label
 
+    @property
+    def _phrase(self) -> str:
+        return self.config.trigger_phrase
+
     def _log(self, task: Task) -> TaskLog:
         return TaskLog(task_log_path(self.config.log_dir, task.id), clock=self.clock)
 
@@ -651,7 +673,7 @@ class Pipeline:
     def announce(self, task: Task) -> None:
         """Say on the issue that the task is queued (the comment every later state edits)."""
         try:
-            self._comment(task, messages.queued_comment(task))
+            self._comment(task, messages.queued_comment(task, agent=self.agent))
         except GitHubError as exc:
             log.warning("could not post the queued comment for %s: %s", task.ref, exc)
 
@@ -660,12 +682,6 @@ class Pipeline:
             followup.answer(self.publisher, self.queue, task, body)  # where the request was made
         else:
             task_comment(self.publisher, self.queue, task, body)
-
-    @staticmethod
-    def _working(task: Task, done: int, *, turns: int | None = None) -> str:
-        if task.kind == FOLLOWUP:
-            return messages.followup_working_comment(task, min(done, 2), turns=turns)
-        return messages.working_comment(task, done, turns=turns)
 
     def _publish_followup(
         self,
