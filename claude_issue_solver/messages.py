@@ -394,6 +394,15 @@ def followup_no_changes_comment(task: Task, answer: str | None, figures: RunFigu
     return _answer_comment(task, f"made no change to the code for {_asked_by(task)}", answer, figures)
 
 
+def followup_closed_comment(task: Task, *, phrase: str = "@claude") -> str:
+    """A request the issue was closed after (while it waited): not run, and how to ask again."""
+    return (
+        f"⏹️ This issue was closed after {_asked_by(task)} asked, so the request was not run "
+        f"(task `{task.id}`). To have it done, reopen the issue, or write a new comment that mentions "
+        f"`{phrase}`: a request made on a closed issue runs.\n\n{marker(task.id)}"
+    )
+
+
 @dataclass(frozen=True)
 class RunRow:
     """One run of an issue, as the PR's run history lists it."""

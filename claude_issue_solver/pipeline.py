@@ -174,10 +174,11 @@ class Pipeline:
         try:
             issue = self.client.issue(task.repo, task.issue_number)
             if issue.get("state") != "open":
-                if self.backend.forget_kept(followup.session_key(task.repo, task.issue_number)):
-                    tlog.write("removed the issue's kept Claude sessions (the issue is closed)")
-                tlog.write("the issue was closed before the work started; nothing to do")
-                return Outcome(TaskState.CANCELLED, error="the issue was closed")
+                if not followup.asked_after_closing(task, issue):
+                    return self._closed(task, tlog)
+                tlog.write(
+                    f"the issue is closed ({issue.get('closed_at')}), but this request came after: running it"
+                )
             if task.kind == "issue" and self.config.trigger_label.lower() not in _labels(issue):
                 tlog.write(f"the {self.config.trigger_label!r} label was removed; nothing to do")
                 return Outcome(TaskState.CANCELLED, error="the trigger label was removed")
@@ -549,6 +550,18 @@ class Pipeline:
             self._comment(task, messages.checklist_comment(task, items, agent=self.agent))
         except GitHubError as exc:
             log.warning("could not update the progress comment of %s: %s", task.ref, exc)
+
+    def _closed(self, task: Task, tlog: TaskLog) -> Outcome:
+        """The issue was closed before the work started: nothing to do (a follow-up's asker is told)."""
+        if self.backend.forget_kept(followup.session_key(task.repo, task.issue_number)):
+            tlog.write("removed the issue's kept Claude sessions (the issue is closed)")
+        tlog.write("the issue was closed before the work started; nothing to do")
+        if task.kind == FOLLOWUP:
+            try:
+                self._comment(task, messages.followup_closed_comment(task, phrase=self._phrase))
+            except GitHubError as exc:
+                tlog.write(f"could not answer the request: {exc}")
+        return Outcome(TaskState.CANCELLED, error="the issue was closed")
 
     def _interrupted(self, task: Task, exc: Interrupted, tlog: TaskLog) -> Outcome | None:
         if not exc.cancelled:

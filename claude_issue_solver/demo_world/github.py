@@ -472,6 +472,9 @@ def _validation_failed(*errors: dict[str, Any]) -> _HttpError:
     return _HttpError(422, "Validation Failed", errors=list(errors))
 
 
+# GitHub's closing keywords: a merged pull request's description closes the issues they name.
+_CLOSING_KEYWORD = re.compile(r"\b(?:close[sd]?|fix(?:e[sd])?|resolve[sd]?)\s*:?\s+#(?P<number>\d+)\b", re.I)
+
 # The GraphQL mutations the fake answers, each with the draft flag it leaves on the pull request.
 _DRAFT_MUTATIONS = {"markPullRequestReadyForReview": False, "convertPullRequestToDraft": True}
 _MUTATION_RE = re.compile(
@@ -941,7 +944,11 @@ class FakeGitHub(LoopbackFake[RecordedRequest]):
             return [self._reaction_json(r) for r in st.reactions.get((kind, comment_id), [])]
 
     def merge_pull(self, full_name: str, number: int, *, actor: str = "alice") -> None:
-        """Merge pull request ``number`` (its head fast-forwards the base, like a merge without conflict)."""
+        """Merge pull request ``number`` (its head fast-forwards the base, like a merge without conflict).
+
+        As on GitHub, a merge into the default branch closes the open issues its description names
+        with a closing keyword (``Fixes #1``, ``closes #2``, ``Resolved #3``).
+        """
         with self._lock:
             st = self._state(full_name)
             issue = self._issue(st, number)
@@ -951,6 +958,11 @@ class FakeGitHub(LoopbackFake[RecordedRequest]):
             st.repo.git("update-ref", f"refs/heads/{issue.pull.base_ref}", head)
             self._edit(issue, actor, state="closed")
             issue.pull.merged_at = self._now()
+            if issue.pull.base_ref == st.repo.default_branch:
+                for found in _CLOSING_KEYWORD.finditer(issue.body or ""):
+                    closed = st.issues.get(int(found["number"]))
+                    if closed is not None and closed.pull is None and closed.state == "open":
+                        self._edit(closed, actor, state="closed")
             self._changed.notify_all()
 
     def issue(self, full_name: str, number: int) -> dict[str, Any]:
