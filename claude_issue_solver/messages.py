@@ -139,9 +139,19 @@ def queued_comment(task: Task, *, agent: Agent = CLAUDE) -> str:
     return f"🤖 Queued: {agent.name} will pick this issue up shortly (task `{task.id}`).\n\n{marker(task.id)}"
 
 
-def pr_opened_comment(task: Task, pr_url: str, figures: RunFigures, *, updated: bool = False) -> str:
+RED_PR_LINE = (
+    "⚠️ The repository's tests do not pass with this change, so the pull request is a draft: its "
+    "Tests section shows the failure."
+)
+
+
+def pr_opened_comment(
+    task: Task, pr_url: str, figures: RunFigures, *, updated: bool = False, red: bool = False
+) -> str:
     verb = "updated" if updated else "opened"
     lines = [f"✅ {figures.agent.name} {verb} a pull request for this issue: {pr_url}"]
+    if red:
+        lines += ["", RED_PR_LINE]
     if figures.line():
         lines += ["", f"Run: {figures.line()} (task `{task.id}`)"]
     return "\n".join(lines) + "\n\n" + marker(task.id)
@@ -371,7 +381,14 @@ def followup_working_comment(
 
 
 def followup_pushed_comment(
-    task: Task, branch: str, sha: str, pr_url: str | None, figures: RunFigures, *, pr_closed: bool = False
+    task: Task,
+    branch: str,
+    sha: str,
+    pr_url: str | None,
+    figures: RunFigures,
+    *,
+    pr_closed: bool = False,
+    red: bool = False,
 ) -> str:
     where = f"to `{branch}`"
     if pr_url and not pr_closed:
@@ -383,6 +400,8 @@ def followup_pushed_comment(
             f"The pull request {pr_url} is closed, so none was opened or reopened: reopen it to review "
             "the new commits, or open one from the branch.",
         ]
+    elif red and pr_url:
+        lines += ["", RED_PR_LINE]
     if task.result and task.result.strip():
         lines += ["", "\n".join("> " + line for line in task.result.strip().splitlines())]
     if figures.line():

@@ -442,7 +442,7 @@ class Pipeline:
                 exclude=NEVER_COMMITTED,
             )
             pushed = publish(self.backend, workspace, request, repo=task.repo, log=tlog)
-            if red and self.config.on_red_tests == "comment":
+            if red and self._red_opens_no_pr(task, spec.branch, tlog):
                 return self._red_without_pr(task, spec.branch, tests, figures, tlog)
             body = messages.pr_body(
                 task, description, figures, messages.tests_report(tests, self.agent) if tests else ""
@@ -487,10 +487,13 @@ class Pipeline:
             self.queue.update(task.id, pr_url=pr.url, meta={"phase": "published", "pr_number": pr.number})
             if task.kind == FOLLOWUP:
                 self._comment(
-                    task, messages.followup_pushed_comment(task, spec.branch, pushed.sha, pr.url, figures)
+                    task,
+                    messages.followup_pushed_comment(task, spec.branch, pushed.sha, pr.url, figures, red=red),
                 )
             else:
-                self._comment(task, messages.pr_opened_comment(task, pr.url, figures, updated=not pr.created))
+                self._comment(
+                    task, messages.pr_opened_comment(task, pr.url, figures, updated=not pr.created, red=red)
+                )
         except PushRejected as exc:
             reason = f"the push of branch {spec.branch} was rejected: {exc}"
             if task.kind == FOLLOWUP:
@@ -592,6 +595,21 @@ class Pipeline:
             tlog.write(f"could not post the test report comment: {exc}")
         self._cleanup(task, tlog)
         return Outcome(TaskState.FAILED, error=reason)
+
+    def _red_opens_no_pr(self, task: Task, branch: str, tlog: TaskLog) -> bool:
+        """ON_RED_TESTS=comment: red work gets no pull request — unless the branch has an open one (a
+        follow-up's, a retry's): the push has put the commits there already, so that one is updated
+        and made a draft, as ON_RED_TESTS=draft would, rather than left saying nothing of them."""
+        if self.config.on_red_tests != "comment":
+            return False
+        open_pr = self.publisher.find_open_pr(task.repo, branch)
+        if open_pr is None:
+            return True
+        tlog.write(
+            f"the tests are red, but pull request #{open_pr.number} is open on {branch} and has the new "
+            "commits: updating it as a draft (ON_RED_TESTS=comment opens no new one)"
+        )
+        return False
 
     def _figures(self, task: Task, duration_s: float | None) -> messages.RunFigures:
         figures = messages.RunFigures.of(task, duration_s, self.agent)

@@ -101,3 +101,40 @@ def test_without_a_test_verdict_the_draft_state_is_left_alone(world: World) -> N
     done = followup_leaving(world, first, "good\n")  # no test command now: nothing was verified
     assert world.github.pulls(REPO)[0]["draft"] is True and graphql_calls(world) == []
     assert "ready for review" not in world.log_text(done)
+
+
+def test_the_answers_say_when_the_pr_is_a_draft_for_red_tests(world: World) -> None:
+    first = red_first_run(world)
+    [opened] = world.comments(first)
+    assert (
+        opened.startswith("✅")
+        and "tests do not pass with this change, so the pull request is a draft" in opened
+    )
+    green = followup_leaving(world, first, "good\n")
+    red = followup_leaving(world, green, "bad\n")
+    answers = [c["body"] for c in world.github.comments(REPO, 2) if "claude-issue-solver:task=" in c["body"]]
+    assert [("is a draft" in a) for a in answers] == [False, True]  # green's answer, then red's
+    assert red.id in answers[1]
+
+
+def test_on_red_tests_comment_updates_an_open_pr_instead_of_leaving_it_silent(
+    world: World, gh_config: Callable[..., Config]
+) -> None:
+    world.backend.agents["agent"] = edits({"calc.txt": "good\n"}, SUMMARY)
+    first = world.task()
+    first = world.record(first, world.pipeline().run(first, TaskControl()))
+    assert world.github.pulls(REPO)[0]["draft"] is False  # green: a normal PR
+    world.config = gh_config(GITHUB_REPOS=REPO, TEST_FIX_ROUNDS="0", ON_RED_TESTS="comment")
+    red = followup_leaving(world, first, "bad\n")  # its commits are on the PR's branch, so in the PR
+    pull = world.github.pulls(REPO)[0]
+    assert len(world.github.pulls(REPO)) == 1 and pull["draft"] is True
+    assert (
+        pull["title"].startswith("[tests failing] ")
+        and "| round 1: after Claude's change | 🔴" in pull["body"]
+    )
+    assert red.state is TaskState.COMPLETED and red.pr_url == pull["html_url"]
+    assert "pull request #2 is open on claude/issue-1 and has the new commits: updating it as a draft" in (
+        world.log_text(red)
+    )
+    [answer] = [c["body"] for c in world.github.comments(REPO, 2) if red.id in c["body"]]
+    assert answer.startswith("✅") and "is a draft" in answer
