@@ -139,19 +139,26 @@ def queued_comment(task: Task, *, agent: Agent = CLAUDE) -> str:
     return f"🤖 Queued: {agent.name} will pick this issue up shortly (task `{task.id}`).\n\n{marker(task.id)}"
 
 
-RED_PR_LINE = (
-    "⚠️ The repository's tests do not pass with this change, so the pull request is a draft: its "
-    "Tests section shows the failure."
-)
+def _red_pr_line(draft: bool) -> str:
+    state = "so the pull request is a draft: its" if draft else "see the pull request's"
+    return f"⚠️ The repository's tests do not pass with this change, {state} Tests section shows the failure."
 
 
 def pr_opened_comment(
-    task: Task, pr_url: str, figures: RunFigures, *, updated: bool = False, red: bool = False
+    task: Task,
+    pr_url: str,
+    figures: RunFigures,
+    *,
+    updated: bool = False,
+    red: bool = False,
+    draft: bool = True,
 ) -> str:
+    """``red``: the tests do not pass; ``draft``: whether the PR is a draft now (turning it into one
+    can fail)."""
     verb = "updated" if updated else "opened"
     lines = [f"✅ {figures.agent.name} {verb} a pull request for this issue: {pr_url}"]
     if red:
-        lines += ["", RED_PR_LINE]
+        lines += ["", _red_pr_line(draft)]
     if figures.line():
         lines += ["", f"Run: {figures.line()} (task `{task.id}`)"]
     return "\n".join(lines) + "\n\n" + marker(task.id)
@@ -389,6 +396,7 @@ def followup_pushed_comment(
     *,
     pr_closed: bool = False,
     red: bool = False,
+    draft: bool = True,
 ) -> str:
     where = f"to `{branch}`"
     if pr_url and not pr_closed:
@@ -401,7 +409,7 @@ def followup_pushed_comment(
             "the new commits, or open one from the branch.",
         ]
     elif red and pr_url:
-        lines += ["", RED_PR_LINE]
+        lines += ["", _red_pr_line(draft)]
     if task.result and task.result.strip():
         lines += ["", "\n".join("> " + line for line in task.result.strip().splitlines())]
     if figures.line():

@@ -482,17 +482,23 @@ class Pipeline:
                 self._cleanup(task, tlog)
                 return Outcome(TaskState.FAILED, error=f"changes pushed to {spec.branch}, but {reason}")
             tlog.write(f"pull request {'opened' if pr.created else 'updated'}: {pr.url}")
+            draft = pr.draft
             if not pr.created and tests and tests.get("verdict") in ("green", "red") and pr.draft != red:
-                self._draft_follows_tests(task, pr, red, tlog)
+                draft = self._draft_follows_tests(task, pr, red, tlog)
             self.queue.update(task.id, pr_url=pr.url, meta={"phase": "published", "pr_number": pr.number})
             if task.kind == FOLLOWUP:
                 self._comment(
                     task,
-                    messages.followup_pushed_comment(task, spec.branch, pushed.sha, pr.url, figures, red=red),
+                    messages.followup_pushed_comment(
+                        task, spec.branch, pushed.sha, pr.url, figures, red=red, draft=draft
+                    ),
                 )
             else:
                 self._comment(
-                    task, messages.pr_opened_comment(task, pr.url, figures, updated=not pr.created, red=red)
+                    task,
+                    messages.pr_opened_comment(
+                        task, pr.url, figures, updated=not pr.created, red=red, draft=draft
+                    ),
                 )
         except PushRejected as exc:
             reason = f"the push of branch {spec.branch} was rejected: {exc}"
@@ -617,8 +623,9 @@ class Pipeline:
             figures = replace(figures, issue_total_usd=self._issue_total(task))
         return figures
 
-    def _draft_follows_tests(self, task: Task, pr: PullRequest, red: bool, tlog: TaskLog) -> None:
+    def _draft_follows_tests(self, task: Task, pr: PullRequest, red: bool, tlog: TaskLog) -> bool:
         """An open PR's draft state follows this run's verdict: green → ready for review, red → draft.
+        Whether it is a draft afterwards.
 
         Best effort: its title and description already say how the tests went, so a GraphQL failure
         (a token without that right, GitHub down) is told in the task log and the task goes on.
@@ -626,11 +633,12 @@ class Pipeline:
         change = "turned into a draft" if red else "marked ready for review"
         why = "the tests are red after this run" if red else "the tests pass now"
         try:
-            self.publisher.set_draft(task.repo, pr, red)
+            draft = self.publisher.set_draft(task.repo, pr, red)
         except GitHubError as exc:
             tlog.write(f"pull request #{pr.number} could not be {change} ({why}): {exc}")
-            return
+            return pr.draft
         tlog.write(f"pull request #{pr.number} {change}: {why}")
+        return draft
 
     def _changed(self, workspace: Workspace) -> bool:
         return has_changes(self.backend.changes(workspace, NEVER_COMMITTED))

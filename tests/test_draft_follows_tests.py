@@ -138,3 +138,19 @@ def test_on_red_tests_comment_updates_an_open_pr_instead_of_leaving_it_silent(
     )
     [answer] = [c["body"] for c in world.github.comments(REPO, 2) if red.id in c["body"]]
     assert answer.startswith("✅") and "is a draft" in answer
+
+
+def test_a_red_run_whose_pr_could_not_become_a_draft_does_not_claim_it_is(world: World) -> None:
+    world.backend.agents["agent"] = edits({"calc.txt": "good\n"}, SUMMARY)
+    first = world.task()
+    first = world.record(first, world.pipeline().run(first, TaskControl()))
+    forbidden = {"type": "FORBIDDEN", "message": "Resource not accessible by integration"}
+    world.github.fail_next(
+        GRAPHQL_PATH, 200, body={"data": {"convertPullRequestToDraft": None}, "errors": [forbidden]}
+    )
+    red = followup_leaving(world, first, "bad\n")
+    assert world.github.pulls(REPO)[0]["draft"] is False
+    assert "could not be turned into a draft (the tests are red after this run)" in world.log_text(red)
+    [answer] = [c["body"] for c in world.github.comments(REPO, 2) if red.id in c["body"]]
+    assert "tests do not pass with this change, see the pull request's Tests section" in answer
+    assert "is a draft" not in answer
