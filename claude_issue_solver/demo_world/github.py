@@ -16,6 +16,10 @@ Deliberate simplifications (documented so nobody relies on them by accident):
 * Installation tokens are limited to the repositories of their installation (404 elsewhere), as on
   GitHub, and ``GET /user`` refuses them (403 "Resource not accessible by integration").
 * Rate limits are one "core" bucket per credential; ``/rate_limit`` and ``304`` answers are free.
+* GraphQL (``POST /api/graphql``) knows only the two mutations the REST API lacks,
+  ``markPullRequestReadyForReview`` and ``convertPullRequestToDraft``; it leaves the core bucket alone.
+* Merging (:meth:`FakeGitHub.merge_pull`) into the default branch closes the issues the pull request's
+  description names with a closing keyword, as GitHub does.
 * Timestamps have one-second resolution, like GitHub's.
 
 Typical use::
