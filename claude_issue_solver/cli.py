@@ -545,7 +545,9 @@ def submit(obj: Context, issue: str) -> None:
         live = obj.queue().live_for(repo, number)
         shown = f" ({live.id}, {live.state.value})" if live else ""
         fail(f"{repo}#{number} already has a live task{shown}")
-    _comment_best_effort(obj, task, messages.queued_comment(task))
+    _comment_best_effort(
+        obj, task, messages.queued_comment(task, agent=messages.agent_for(obj.config.claude_model))
+    )
     obj.nudge()
     click.echo(f"queued {task.id} for {task.ref}")
 
@@ -569,7 +571,10 @@ def cancel(obj: Context, task_ref: str, wait_seconds: float) -> None:
     queue = obj.queue()
     task = queue.request_cancel(queue.find(task_ref).id)
     if task.state is TaskState.CANCELLED:
-        _comment_best_effort(obj, task, messages.cancelled_comment(task))
+        cancelled = messages.cancelled_comment(
+            task, obj.config.trigger_label, phrase=obj.config.trigger_phrase
+        )
+        _comment_best_effort(obj, task, cancelled)
         click.echo(f"cancelled {task.id} ({task.ref}) before it started")
         return
     daemon = obj.daemon()

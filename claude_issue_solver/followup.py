@@ -13,11 +13,16 @@
   issue, the previous summary and the request, and the task log says so.
 - **The answer**: one comment where the (first) trigger was, edited in place: on the issue, on the
   pull request, or a reply in the review comment's thread.
+- **A closed issue**: a request written after the issue was closed runs all the same: the person
+  asked knowing it was closed, and merging our pull request ("Fixes #N") is what closes it, so a
+  request on the merged PR is the usual way to ask for more (the next round's branch and PR). A
+  request the issue was closed after (while it waited) is not run; the answer says how to ask again.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from claude_issue_solver import messages
@@ -148,6 +153,27 @@ def forget_closed(backend: Any, client: Any, queue: TaskQueue, live: list[Task])
         if state != "open" and backend.forget_kept(key):
             removed.append(f"{repo}#{number}")
     return removed
+
+
+def asked_after_closing(task: Task, issue: dict[str, Any]) -> bool:
+    """Whether the newest request of a follow-up was written after its (closed) issue was closed.
+
+    Both times are GitHub's (one-second resolution): a request in the same second as the closing
+    (GitHub's "Close with comment") is not after it.
+    """
+    closed = _github_time(issue.get("closed_at"))
+    asked = [_github_time(t.get("created_at")) for t in task.meta.get("triggers", [])]
+    newest = max((a for a in asked if a is not None), default=None)
+    return task.kind == FOLLOWUP and closed is not None and newest is not None and newest > closed
+
+
+def _github_time(value: object) -> datetime | None:
+    if not isinstance(value, str) or not value:
+        return None
+    try:
+        return datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
 
 
 def resume_args(session_id: str | None) -> list[str]:

@@ -304,16 +304,41 @@ class GitHubClient:
             )
         except GitHubError:
             raise
-        except GithubException as exc:  # an answer GithubRetry gave up on: classify it like any other
-            body = exc.data if isinstance(exc.data, str) else json.dumps(exc.data or {})
-            raise classify(exc.status, exc.headers or {}, body, what, self.clock()) from None
-        except Exception as exc:  # requests' and urllib3's connection errors, timeouts
-            reason = REDACTOR(describe_unreachable(exc, self.config.github_api_url))
-            raise Transient(f"{what}: {reason}", reason=reason) from None
+        except Exception as exc:
+            raise self._classified(exc, what) from None
         if status == 304 or 200 <= status < 300:
             data = json.loads(text) if text else None
             return Response(status, response_headers, data)
         raise classify(status, response_headers, text, what, self.clock())
+
+    def _classified(self, exc: Exception, what: str) -> GitHubError:
+        if isinstance(exc, GithubException):  # an answer GithubRetry gave up on: classify it like any other
+            body = exc.data if isinstance(exc.data, str) else json.dumps(exc.data or {})
+            return classify(exc.status, exc.headers or {}, body, what, self.clock())
+        # requests' and urllib3's connection errors, timeouts
+        reason = REDACTOR(describe_unreachable(exc, self.config.github_api_url))
+        return Transient(f"{what}: {reason}", reason=reason)
+
+    def set_draft(self, repo: str, pull: Mapping[str, Any], draft: bool) -> bool:
+        """Turn an open pull request into a draft (``draft``) or mark it ready for review; its new state.
+
+        The REST API cannot change an existing pull request's draft state; GitHub's GraphQL API can
+        (``convertPullRequestToDraft``, ``markPullRequestReadyForReview``, by the PR's ``node_id``), and
+        PyGithub's own methods send those mutations. ``pull`` is the REST JSON already fetched (at least
+        ``node_id`` and ``number``), so no request reads the PR again.
+        """
+        from github.PullRequest import PullRequest
+
+        mutation = "convertPullRequestToDraft" if draft else "markPullRequestReadyForReview"
+        what = f"GraphQL {mutation} of {repo}#{pull.get('number')}"
+        try:
+            pr = self.api(repo).create_from_raw_data(PullRequest, dict(pull))
+            answer = pr.convert_to_draft() if draft else pr.mark_ready_for_review()
+        except Exception as exc:
+            self._observe("error")
+            raise self._classified(exc, what) from None
+        self._observe("counted")
+        return bool((answer.get("pullRequest") or {}).get("isDraft"))
 
     def paginate(self, repo: str, url: str, params: Mapping[str, Any] | None = None) -> Iterator[Response]:
         """Follow ``Link: rel="next"`` pages of a list endpoint."""

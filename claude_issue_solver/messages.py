@@ -2,8 +2,9 @@
 
 Kept in one module so the voice is consistent and easy to change. Each comment carries a hidden marker
 naming its task, which is how the publisher finds its own comment again instead of posting a second.
-The texts about a finished run name the agent that did it (:class:`Agent`): Claude, or the demo's
-scripted stand-in, which must never pass for Claude.
+Every text that names who works names the agent that does (:class:`Agent`): Claude, or the demo's
+scripted stand-in, which must never pass for Claude. A follow-up's texts speak of "this follow-up" and
+tell how to ask again (the trigger phrase), an issue's of "this issue" and its label.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from claude_issue_solver.conventions import LOG_TAIL_LINES, format_usd
-from claude_issue_solver.queue import Task
+from claude_issue_solver.queue import FOLLOWUP, Task
 
 MARKER_PREFIX = "<!-- claude-issue-solver:task="
 _MARKER_RE = re.compile(r"<!-- claude-issue-solver:task=([A-Za-z0-9._-]+) -->")
@@ -40,15 +41,22 @@ class Agent:
     name: str  # the subject of a sentence
     credit: str  # the pull request's closing note
     spends_money: bool  # whether the cost it reports is money spent, worth showing
+    possessive: str  # inside a sentence: "after Claude's change"
 
 
-CLAUDE = Agent(name="Claude", credit="Written by Claude Code via claude-issue-solver", spends_money=True)
+CLAUDE = Agent(
+    name="Claude",
+    credit="Written by Claude Code via claude-issue-solver",
+    spends_money=True,
+    possessive="Claude's",
+)
 STAND_IN = Agent(
     name="A scripted stand-in agent (not Claude)",
     credit=(
         "Written by the demo's scripted stand-in agent (a shell script, not Claude) via claude-issue-solver"
     ),
     spends_money=False,
+    possessive="the stand-in agent's",
 )
 
 
@@ -86,11 +94,22 @@ class RunFigures:
         return " · ".join(parts)
 
 
-def _retry_hint(task: Task, label: str) -> str:
+def _retry_hint(task: Task, label: str, phrase: str) -> str:
+    """How to ask again: an issue's label again; a follow-up's trigger phrase in a new comment."""
+    if task.kind == FOLLOWUP:
+        return (
+            f"To ask again, write a new comment that mentions `{phrase}` with the request, or run "
+            f"`claude-issue-solver retry {task.id}` on the host to retry this follow-up."
+        )
     return (
         f"To try again, remove and re-apply the `{label}` label, or run "
         f"`claude-issue-solver retry {task.id}` on the host."
     )
+
+
+def _subject(task: Task) -> str:
+    """What the work is, as a sentence names it."""
+    return "this follow-up" if task.kind == FOLLOWUP else "this issue"
 
 
 def _fence(text: str) -> str:
@@ -107,9 +126,9 @@ def _collapsed(summary: str, text: str) -> str:
 WORK_STEPS = ("workspace ready", "agent running", "changes committed and pushed", "pull request opened")
 
 
-def working_comment(task: Task, done: int, *, turns: int | None = None) -> str:
+def working_comment(task: Task, done: int, *, turns: int | None = None, agent: Agent = CLAUDE) -> str:
     """The progress checklist: the first ``done`` steps are ticked."""
-    lines = [f"🤖 Claude is working on this issue (task `{task.id}`).", ""]
+    lines = [f"🤖 {agent.name} is working on this issue (task `{task.id}`).", ""]
     for n, step in enumerate(WORK_STEPS):
         if step == "agent running" and turns:
             step = f"agent running ({turns} turn{'s' if turns != 1 else ''} so far)"
@@ -117,13 +136,30 @@ def working_comment(task: Task, done: int, *, turns: int | None = None) -> str:
     return "\n".join(lines) + "\n\n" + marker(task.id)
 
 
-def queued_comment(task: Task) -> str:
-    return f"🤖 Queued: Claude will pick this issue up shortly (task `{task.id}`).\n\n{marker(task.id)}"
+def queued_comment(task: Task, *, agent: Agent = CLAUDE) -> str:
+    return f"🤖 Queued: {agent.name} will pick this issue up shortly (task `{task.id}`).\n\n{marker(task.id)}"
 
 
-def pr_opened_comment(task: Task, pr_url: str, figures: RunFigures, *, updated: bool = False) -> str:
+def _red_pr_line(draft: bool) -> str:
+    state = "so the pull request is a draft: its" if draft else "see the pull request's"
+    return f"⚠️ The repository's tests do not pass with this change, {state} Tests section shows the failure."
+
+
+def pr_opened_comment(
+    task: Task,
+    pr_url: str,
+    figures: RunFigures,
+    *,
+    updated: bool = False,
+    red: bool = False,
+    draft: bool = True,
+) -> str:
+    """``red``: the tests do not pass; ``draft``: whether the PR is a draft now (turning it into one
+    can fail)."""
     verb = "updated" if updated else "opened"
     lines = [f"✅ {figures.agent.name} {verb} a pull request for this issue: {pr_url}"]
+    if red:
+        lines += ["", _red_pr_line(draft)]
     if figures.line():
         lines += ["", f"Run: {figures.line()} (task `{task.id}`)"]
     return "\n".join(lines) + "\n\n" + marker(task.id)
@@ -144,8 +180,12 @@ def _answer_comment(task: Task, did: str, answer: str | None, figures: RunFigure
     return "\n".join(lines) + "\n\n" + marker(task.id)
 
 
-def failed_comment(task: Task, reason: str, label: str, log_tail: str = "") -> str:
-    lines = [f"❌ Claude could not finish this issue: {reason.rstrip('.')}.", "", _retry_hint(task, label)]
+def failed_comment(
+    task: Task, reason: str, label: str, log_tail: str = "", *, phrase: str = "@claude", agent: Agent = CLAUDE
+) -> str:
+    what = f"the follow-up {_asked_by(task)} asked for" if task.kind == FOLLOWUP else "this issue"
+    lines = [f"❌ {agent.name} could not finish {what}: {reason.rstrip('.')}.", ""]
+    lines.append(_retry_hint(task, label, phrase))
     if log_tail.strip():
         tail = "\n".join(log_tail.rstrip().splitlines()[-LOG_TAIL_LINES:])
         lines += ["", _collapsed("Last lines of the log", tail)]
@@ -185,8 +225,8 @@ def waiting_comment(task: Task, why: str, until: str, *, known_reset: bool) -> s
         else f"at {until} (Claude did not say when the limit resets; the queue checks then)"
     )
     return (
-        f"⏳ {why}, so the work on this issue is paused (task `{task.id}`). Nothing failed: the task is "
-        f"back in the queue and starts again {when}. This run does not count as an attempt.\n\n"
+        f"⏳ {why}, so the work on {_subject(task)} is paused (task `{task.id}`). Nothing failed: the task "
+        f"is back in the queue and starts again {when}. This run does not count as an attempt.\n\n"
         f"{marker(task.id)}"
     )
 
@@ -198,19 +238,28 @@ def budget_stopped_reason(spent: float | None, cap: float | None) -> str:
     return f"Claude Code stopped at its spending limit{limit} after spending {shown}"
 
 
-def cancelled_comment(task: Task) -> str:
+def cancelled_comment(task: Task, label: str = "Claude", *, phrase: str = "@claude") -> str:
     return (
-        f"⏹️ The work on this issue was cancelled by an operator (task `{task.id}`).\n\n"
-        f"{_retry_hint(task, 'Claude')}\n\n{marker(task.id)}"
+        f"⏹️ The work on {_subject(task)} was cancelled by an operator (task `{task.id}`).\n\n"
+        f"{_retry_hint(task, label, phrase)}\n\n{marker(task.id)}"
     )
 
 
-def pr_fallback_comment(task: Task, branch: str, diffstat: str, reason: str, label: str) -> str:
+def pr_fallback_comment(
+    task: Task,
+    branch: str,
+    diffstat: str,
+    reason: str,
+    label: str,
+    *,
+    phrase: str = "@claude",
+    agent: Agent = CLAUDE,
+) -> str:
     lines = [
-        f"⚠️ Claude's changes are on branch `{branch}`, but the pull request could not be opened: "
-        f"{reason.rstrip('.')}.",
+        f"⚠️ {agent.name} pushed the changes to branch `{branch}`, but the pull request could not be "
+        f"opened: {reason.rstrip('.')}.",
         "",
-        "Open one from that branch by hand, or fix the cause and retry. " + _retry_hint(task, label),
+        "Open one from that branch by hand, or fix the cause and retry. " + _retry_hint(task, label, phrase),
     ]
     if diffstat.strip():
         lines += ["", _collapsed("Changed files", diffstat)]
@@ -244,9 +293,18 @@ def default_pr_title(task: Task) -> str:
 RED_TITLE_PREFIX = "[tests failing] "
 
 
-def checklist_comment(task: Task, items: list[tuple[bool, str]], *, turns: int | None = None) -> str:
-    """The progress checklist when the repository's tests run too: setup / baseline / agent / rounds."""
-    lines = [f"🤖 Claude is working on this issue (task `{task.id}`).", ""]
+def checklist_comment(
+    task: Task, items: list[tuple[bool, str]], *, turns: int | None = None, agent: Agent = CLAUDE
+) -> str:
+    """The progress checklist when the repository's tests run too: setup / baseline / agent / rounds.
+
+    A follow-up's says whose request it works on, as :func:`followup_working_comment` does.
+    """
+    if task.kind == FOLLOWUP:
+        head = f"🤖 {agent.name} is working on the request of {_asked_by(task)} (task `{task.id}`)."
+    else:
+        head = f"🤖 {agent.name} is working on this issue (task `{task.id}`)."
+    lines = [head, ""]
     for done, label in items:
         if label == "agent running" and turns:
             label = f"agent running ({turns} turn{'s' if turns != 1 else ''} so far)"
@@ -279,7 +337,7 @@ def _step(step: dict | None) -> str:
     return state
 
 
-def tests_report(report: dict) -> str:
+def tests_report(report: dict, agent: Agent = CLAUDE) -> str:
     """The PR's (or the comment's) "what was verified" section, from ``task.meta["tests"]``."""
     plan = report.get("plan") or {}
     if not plan.get("test"):
@@ -305,7 +363,7 @@ def tests_report(report: dict) -> str:
     lines.append(f"| before the change (baseline) | {_step(baseline)}{note} |")
     rounds = report.get("rounds") or []
     for n, step in enumerate(rounds, start=1):
-        after = "after Claude's change" if n == 1 else f"after fix round {n - 1}"
+        after = f"after {agent.possessive} change" if n == 1 else f"after fix round {n - 1}"
         lines.append(f"| round {n}: {after} | {_step(step)} |")
     if report.get("note"):
         lines += ["", f"Stopped early: {report['note']}."]
@@ -330,10 +388,10 @@ def red_pr_note(report: dict) -> str:
 def red_tests_comment(task: Task, branch: str, report: dict, figures: RunFigures) -> str:
     """ON_RED_TESTS=comment: the branch is pushed, no pull request, and this says why."""
     lines = [
-        f"⚠️ {figures.agent.name}'s changes are on branch `{branch}`, but the repository's tests do not "
-        "pass, so no pull request was opened (`ON_RED_TESTS=comment`).",
+        f"⚠️ {figures.agent.name} pushed the changes to branch `{branch}`, but the repository's tests do "
+        "not pass, so no pull request was opened (`ON_RED_TESTS=comment`).",
         "",
-        tests_report(report),
+        tests_report(report, figures.agent),
     ]
     if figures.line():
         lines += ["", f"Run: {figures.line()} (task `{task.id}`)"]
@@ -364,8 +422,10 @@ def followup_commit_subject(task: Task, phrase: str) -> str:
     return subject if len(subject) <= 72 else subject[:71].rstrip() + "…"
 
 
-def followup_working_comment(task: Task, done: int, *, turns: int | None = None) -> str:
-    lines = [f"🤖 Claude is working on the request of {_asked_by(task)} (task `{task.id}`).", ""]
+def followup_working_comment(
+    task: Task, done: int, *, turns: int | None = None, agent: Agent = CLAUDE
+) -> str:
+    lines = [f"🤖 {agent.name} is working on the request of {_asked_by(task)} (task `{task.id}`).", ""]
     for n, step in enumerate(FOLLOWUP_STEPS):
         if step == "agent running" and turns:
             step = f"agent running ({turns} turn{'s' if turns != 1 else ''} so far)"
@@ -374,7 +434,15 @@ def followup_working_comment(task: Task, done: int, *, turns: int | None = None)
 
 
 def followup_pushed_comment(
-    task: Task, branch: str, sha: str, pr_url: str | None, figures: RunFigures, *, pr_closed: bool = False
+    task: Task,
+    branch: str,
+    sha: str,
+    pr_url: str | None,
+    figures: RunFigures,
+    *,
+    pr_closed: bool = False,
+    red: bool = False,
+    draft: bool = True,
 ) -> str:
     where = f"to `{branch}`"
     if pr_url and not pr_closed:
@@ -386,6 +454,8 @@ def followup_pushed_comment(
             f"The pull request {pr_url} is closed, so none was opened or reopened: reopen it to review "
             "the new commits, or open one from the branch.",
         ]
+    elif red and pr_url:
+        lines += ["", _red_pr_line(draft)]
     if task.result and task.result.strip():
         lines += ["", "\n".join("> " + line for line in task.result.strip().splitlines())]
     if figures.line():
@@ -395,6 +465,15 @@ def followup_pushed_comment(
 
 def followup_no_changes_comment(task: Task, answer: str | None, figures: RunFigures) -> str:
     return _answer_comment(task, f"made no change to the code for {_asked_by(task)}", answer, figures)
+
+
+def followup_closed_comment(task: Task, *, phrase: str = "@claude") -> str:
+    """A request the issue was closed after (while it waited): not run, and how to ask again."""
+    return (
+        f"⏹️ This issue was closed after {_asked_by(task)} asked, so the request was not run "
+        f"(task `{task.id}`). To have it done, reopen the issue, or write a new comment that mentions "
+        f"`{phrase}`: a request made on a closed issue runs.\n\n{marker(task.id)}"
+    )
 
 
 @dataclass(frozen=True)

@@ -58,7 +58,7 @@ from claude_issue_solver.prompt import (
     followup_context,
     parse_summary,
 )
-from claude_issue_solver.publisher import Publisher
+from claude_issue_solver.publisher import Publisher, PullRequest
 from claude_issue_solver.queue import FOLLOWUP, QueueError, Task, TaskQueue, TaskState
 from claude_issue_solver.repo_settings import RepoSettingsError, load_plan
 from claude_issue_solver.run_limits import RunLimits
@@ -90,6 +90,7 @@ QUIET_AGENT_ENV = {
     "CLAUDE_CODE_MAX_RETRIES": "2",  # a 429 ends the run in seconds, and the queue holds instead
 }
 AGENT = "agent"  # the agent's process name in its workspace
+RED_WITHOUT_PR = "red_without_pr"  # meta: ON_RED_TESTS=comment ended the run (its reason and figures)
 
 
 @dataclass(frozen=True)
@@ -173,13 +174,18 @@ class Pipeline:
     def run(self, task: Task, control: TaskControl) -> Outcome | None:
         tlog = self._log(task)
         tlog.write(f"task {task.id}: {task.ref} ({task.title!r}), attempt {task.attempts}")
+        if task.meta.get("phase") is not None or task.meta.get(RED_WITHOUT_PR) is not None:
+            # A retried task still holds its last run's ending: a crash before this run records its
+            # own phase must not resume as that one (a red-tests ending would fail it again).
+            task = self.queue.update(task.id, meta={"phase": None, RED_WITHOUT_PR: None})
         try:
             issue = self.client.issue(task.repo, task.issue_number)
             if issue.get("state") != "open":
-                if self.backend.forget_kept(followup.session_key(task.repo, task.issue_number)):
-                    tlog.write("removed the issue's kept Claude sessions (the issue is closed)")
-                tlog.write("the issue was closed before the work started; nothing to do")
-                return Outcome(TaskState.CANCELLED, error="the issue was closed")
+                if not followup.asked_after_closing(task, issue):
+                    return self._closed(task, tlog)
+                tlog.write(
+                    f"the issue is closed ({issue.get('closed_at')}), but this request came after: running it"
+                )
             if task.kind == "issue" and self.config.trigger_label.lower() not in _labels(issue):
                 tlog.write(f"the {self.config.trigger_label!r} label was removed; nothing to do")
                 return Outcome(TaskState.CANCELLED, error="the trigger label was removed")
@@ -241,6 +247,10 @@ class Pipeline:
         tlog.write(f"daemon restarted: resuming task {task.id} in phase {phase!r}")
         workspace = self.backend.attach(task)
         if phase == "published":
+            red = task.meta.get(RED_WITHOUT_PR)
+            if isinstance(red, dict) and task.branch:  # the red-tests comment ends a task FAILED
+                figures = self._figures(task, red.get("duration_s"))
+                return self._red_without_pr(task, task.branch, task.meta.get("tests") or {}, figures, tlog)
             self._cleanup(task, tlog)
             return Outcome(TaskState.COMPLETED)
         if workspace is None or phase in (None, "preparing"):
@@ -348,7 +358,7 @@ class Pipeline:
         if exit_.cancelled:
             tlog.write("cancelled by an operator")
             self._cleanup(task, tlog)
-            self._comment(task, messages.cancelled_comment(task))
+            self._comment(task, messages.cancelled_comment(task, self._label, phrase=self._phrase))
             return Outcome(TaskState.CANCELLED, error="cancelled by an operator")
         if exit_.timed_out:
             reason = (
@@ -425,9 +435,7 @@ class Pipeline:
             # Recorded before anything is pushed: the file is gone now, a crash must not lose it.
             task = self.queue.update(task.id, meta={"phase": "publishing", "summary": summary})
             answer = result.result if result else task.result
-            figures = messages.RunFigures.of(task, self._duration(task), self.agent)
-            if task.kind == FOLLOWUP and figures.cost_usd is not None:
-                figures = replace(figures, issue_total_usd=self._issue_total(task))
+            figures = self._figures(task, self._duration(task))
             if not has_changes(changes):
                 tlog.write("the agent changed nothing")
                 if task.kind == FOLLOWUP:
@@ -466,9 +474,11 @@ class Pipeline:
                 on_rebased=lambda rebased: self._record_rebase(task.id, rebased),
             )
             note = self._moved_note(task.id, spec.branch, tlog)
-            if red and self.config.on_red_tests == "comment":
-                return self._red_without_pr(task, spec, tests, figures, tlog, note)
-            body = messages.pr_body(task, description, figures, messages.tests_report(tests) if tests else "")
+            if red and self._red_opens_no_pr(task, spec.branch, tlog):
+                return self._red_without_pr(task, spec.branch, tests, figures, tlog, note)
+            body = messages.pr_body(
+                task, description, figures, messages.tests_report(tests, self.agent) if tests else ""
+            )
             runs = followup.history(self.queue, task, figures, self.agent)
             if runs:
                 body = f"{body}\n{runs}\n"
@@ -490,17 +500,30 @@ class Pipeline:
                 reason = f"GitHub refused the pull request ({exc})"
                 tlog.write(reason)
                 fallback = messages.pr_fallback_comment(
-                    task, spec.branch, changes.diffstat, reason, self._label
+                    task,
+                    spec.branch,
+                    changes.diffstat,
+                    reason,
+                    self._label,
+                    phrase=self._phrase,
+                    agent=self.agent,
                 )
                 self._comment(task, _noted(task, fallback, note))
                 self._cleanup(task, tlog)
                 return Outcome(TaskState.FAILED, error=f"changes pushed to {spec.branch}, but {reason}")
             tlog.write(f"pull request {'opened' if pr.created else 'updated'}: {pr.url}")
+            draft = pr.draft
+            if not pr.created and tests and tests.get("verdict") in ("green", "red") and pr.draft != red:
+                draft = self._draft_follows_tests(task, pr, red, tlog)
             self.queue.update(task.id, pr_url=pr.url, meta={"phase": "published", "pr_number": pr.number})
             if task.kind == FOLLOWUP:
-                done_body = messages.followup_pushed_comment(task, spec.branch, pushed.sha, pr.url, figures)
+                done_body = messages.followup_pushed_comment(
+                    task, spec.branch, pushed.sha, pr.url, figures, red=red, draft=draft
+                )
             else:
-                done_body = messages.pr_opened_comment(task, pr.url, figures, updated=not pr.created)
+                done_body = messages.pr_opened_comment(
+                    task, pr.url, figures, updated=not pr.created, red=red, draft=draft
+                )
             self._comment(task, _noted(task, done_body, note))
         except RebaseConflict as exc:
             return self._conflicted(task, workspace, spec, request, exc, tlog)
@@ -603,48 +626,109 @@ class Pipeline:
         return TestReport.from_dict(data) if isinstance(data, dict) and data.get("plan") else None
 
     def _working(self, task: Task, done: int, *, turns: int | None = None) -> str:
-        """The progress comment: with the tests' steps when the repository has tests."""
+        """The progress comment: with the tests' steps when the repository has tests (a follow-up's
+        too), else the plain checklist of an issue's run or a follow-up's."""
         report = self._tests(task)
-        if report is None or not report.plan.test:
-            return messages.working_comment(task, done, turns=turns)
-        items = checklist(report, agent_done=False, current="agent" if done else None)
-        return messages.checklist_comment(task, items, turns=turns)
+        if report is not None and report.plan.test:
+            items = checklist(report, agent_done=False, current="agent" if done else None)
+            return messages.checklist_comment(task, items, turns=turns, agent=self.agent)
+        if task.kind == FOLLOWUP:
+            return messages.followup_working_comment(task, min(done, 2), turns=turns, agent=self.agent)
+        return messages.working_comment(task, done, turns=turns, agent=self.agent)
 
     def _test_progress(self, task: Task, report: TestReport, agent_done: bool, current: str | None) -> None:
         task.meta["tests"] = report.to_dict()
         try:
             items = checklist(report, agent_done=agent_done, current=current)
-            self._comment(task, messages.checklist_comment(task, items))
+            self._comment(task, messages.checklist_comment(task, items, agent=self.agent))
         except GitHubError as exc:
             log.warning("could not update the progress comment of %s: %s", task.ref, exc)
+
+    def _closed(self, task: Task, tlog: TaskLog) -> Outcome:
+        """The issue was closed before the work started: nothing to do (a follow-up's asker is told)."""
+        if self.backend.forget_kept(followup.session_key(task.repo, task.issue_number)):
+            tlog.write("removed the issue's kept Claude sessions (the issue is closed)")
+        tlog.write("the issue was closed before the work started; nothing to do")
+        if task.kind == FOLLOWUP:
+            try:
+                self._comment(task, messages.followup_closed_comment(task, phrase=self._phrase))
+            except GitHubError as exc:
+                tlog.write(f"could not answer the request: {exc}")
+        return Outcome(TaskState.CANCELLED, error="the issue was closed")
 
     def _interrupted(self, task: Task, exc: Interrupted, tlog: TaskLog) -> Outcome | None:
         if not exc.cancelled:
             return None  # detached: the step runs on, and the next daemon resumes the task
         tlog.write("cancelled by an operator")
         self._cleanup(task, tlog)
-        self._comment(task, messages.cancelled_comment(task))
+        self._comment(task, messages.cancelled_comment(task, self._label, phrase=self._phrase))
         return Outcome(TaskState.CANCELLED, error="cancelled by an operator")
 
     def _red_without_pr(
         self,
         task: Task,
-        spec: RunSpec,
+        branch: str,
         tests: dict[str, Any],
         figures: messages.RunFigures,
         tlog: TaskLog,
         note: str = "",
     ) -> Outcome:
-        """ON_RED_TESTS=comment: the branch is pushed, the issue gets the report, no pull request."""
+        """ON_RED_TESTS=comment: the branch is pushed, the issue gets the report, no pull request.
+
+        The ending is recorded before the comment (with the figures it shows), so a daemon that dies
+        after it ends the resumed task FAILED too, with the same comment (:meth:`resume`).
+        """
         reason = (
             f"the tests are still red after {tests.get('fixes', 0)} fix round(s); "
-            f"branch {spec.branch} pushed, no pull request (ON_RED_TESTS=comment)"
+            f"branch {branch} pushed, no pull request (ON_RED_TESTS=comment)"
         )
         tlog.write(reason)
-        self.queue.update(task.id, meta={"phase": "published"})
-        self._comment(task, _noted(task, messages.red_tests_comment(task, spec.branch, tests, figures), note))
+        ending = {"error": reason, "duration_s": figures.duration_s}
+        self.queue.update(task.id, meta={"phase": "published", RED_WITHOUT_PR: ending})
+        try:
+            self._comment(task, _noted(task, messages.red_tests_comment(task, branch, tests, figures), note))
+        except GitHubError as exc:  # the branch is pushed: failing is right, running again is not
+            tlog.write(f"could not post the test report comment: {exc}")
         self._cleanup(task, tlog)
         return Outcome(TaskState.FAILED, error=reason)
+
+    def _red_opens_no_pr(self, task: Task, branch: str, tlog: TaskLog) -> bool:
+        """ON_RED_TESTS=comment: red work gets no pull request — unless the branch has an open one (a
+        follow-up's, a retry's): the push has put the commits there already, so that one is updated
+        and made a draft, as ON_RED_TESTS=draft would, rather than left saying nothing of them."""
+        if self.config.on_red_tests != "comment":
+            return False
+        open_pr = self.publisher.find_open_pr(task.repo, branch)
+        if open_pr is None:
+            return True
+        tlog.write(
+            f"the tests are red, but pull request #{open_pr.number} is open on {branch} and has the new "
+            "commits: updating it as a draft (ON_RED_TESTS=comment opens no new one)"
+        )
+        return False
+
+    def _figures(self, task: Task, duration_s: float | None) -> messages.RunFigures:
+        figures = messages.RunFigures.of(task, duration_s, self.agent)
+        if task.kind == FOLLOWUP and figures.cost_usd is not None:
+            figures = replace(figures, issue_total_usd=self._issue_total(task))
+        return figures
+
+    def _draft_follows_tests(self, task: Task, pr: PullRequest, red: bool, tlog: TaskLog) -> bool:
+        """An open PR's draft state follows this run's verdict: green → ready for review, red → draft.
+        Whether it is a draft afterwards.
+
+        Best effort: its title and description already say how the tests went, so a GraphQL failure
+        (a token without that right, GitHub down) is told in the task log and the task goes on.
+        """
+        change = "turned into a draft" if red else "marked ready for review"
+        why = "the tests are red after this run" if red else "the tests pass now"
+        try:
+            draft = self.publisher.set_draft(task.repo, pr, red)
+        except GitHubError as exc:
+            tlog.write(f"pull request #{pr.number} could not be {change} ({why}): {exc}")
+            return pr.draft
+        tlog.write(f"pull request #{pr.number} {change}: {why}")
+        return draft
 
     def _changed(self, workspace: Workspace) -> bool:
         return has_changes(self.backend.changes(workspace, NEVER_COMMITTED))
@@ -661,7 +745,12 @@ class Pipeline:
         tlog.write(f"failed: {reason}")
         self._cleanup(task, tlog)
         try:
-            self._comment(task, messages.failed_comment(task, shown or reason, self._label, tail))
+            self._comment(
+                task,
+                messages.failed_comment(
+                    task, shown or reason, self._label, tail, phrase=self._phrase, agent=self.agent
+                ),
+            )
         except GitHubError as exc:
             tlog.write(f"could not post the failure comment: {exc}")
         return Outcome(TaskState.FAILED, error=reason)
@@ -691,6 +780,10 @@ class Pipeline:
     def _label(self) -> str:
         return self.config.trigger_label
 
+    @property
+    def _phrase(self) -> str:
+        return self.config.trigger_phrase
+
     def _log(self, task: Task) -> TaskLog:
         return TaskLog(task_log_path(self.config.log_dir, task.id), clock=self.clock)
 
@@ -712,7 +805,7 @@ class Pipeline:
     def announce(self, task: Task) -> None:
         """Say on the issue that the task is queued (the comment every later state edits)."""
         try:
-            self._comment(task, messages.queued_comment(task), only_while_pending=True)
+            self._comment(task, messages.queued_comment(task, agent=self.agent), only_while_pending=True)
         except GitHubError as exc:
             log.warning("could not post the queued comment for %s: %s", task.ref, exc)
 
@@ -736,12 +829,6 @@ class Pipeline:
                 followup.answer(self.publisher, self.queue, task, body)  # where the request was made
             else:
                 task_comment(self.publisher, self.queue, task, body)
-
-    @staticmethod
-    def _working(task: Task, done: int, *, turns: int | None = None) -> str:
-        if task.kind == FOLLOWUP:
-            return messages.followup_working_comment(task, min(done, 2), turns=turns)
-        return messages.working_comment(task, done, turns=turns)
 
     def _publish_followup(
         self,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import Any
 
 from claude_issue_solver.github import GitHubClient, GitHubError
 from claude_issue_solver.messages import marker
@@ -21,6 +22,8 @@ class PullRequest:
     url: str
     number: int
     created: bool  # False when an open PR from the branch existed and was updated
+    draft: bool = False  # as it was found (or created)
+    node_id: str = ""  # what GraphQL knows it by (its draft state changes only there)
 
 
 @dataclass(frozen=True)
@@ -84,7 +87,7 @@ class Publisher:
         ).data
         for pull in pulls or []:
             if (pull.get("head") or {}).get("ref") == branch:
-                return PullRequest(pull["html_url"], int(pull["number"]), created=False)
+                return _pull_request(pull, created=False)
         return None
 
     def open_or_update_pr(
@@ -92,8 +95,8 @@ class Publisher:
     ) -> PullRequest:
         """Open a PR from ``branch``, or update the open one from it: never a second PR for a branch.
 
-        ``draft`` applies to a new PR (red tests); an open one keeps its state (the REST API cannot
-        turn a PR into a draft), its title and body say how the tests went.
+        ``draft`` applies to a new PR (red tests); an open one keeps its state here (the REST API
+        cannot change it: :meth:`set_draft` does), its title and body say how the tests went.
         """
         existing = self.find_open_pr(repo, branch)
         if existing is None:
@@ -105,7 +108,7 @@ class Publisher:
                     body={"title": title, "body": body, "head": branch, "base": base, "draft": draft},
                     retry=True,
                 ).data
-                return PullRequest(data["html_url"], int(data["number"]), created=True)
+                return _pull_request(data, created=True)
             except GitHubError as exc:
                 # Someone (or our previous life) opened it between our look and our create.
                 if exc.status != 422 or "already exists" not in str(exc).lower():
@@ -121,6 +124,12 @@ class Publisher:
             retry=True,
         )
         return existing
+
+    def set_draft(self, repo: str, pr: PullRequest, draft: bool) -> bool:
+        """Make an open pull request a draft, or ready for review (GitHub's GraphQL API); its new state."""
+        return self.client.set_draft(
+            repo, {"node_id": pr.node_id, "number": pr.number, "html_url": pr.url}, draft
+        )
 
     def find_pr(self, repo: str, branch: str) -> PullState | None:
         """The newest pull request from ``branch`` in any state (a follow-up must know if it was merged)."""
@@ -172,3 +181,13 @@ class Publisher:
             retry=True,
         ).data
         return int(created["id"])
+
+
+def _pull_request(pull: dict[str, Any], *, created: bool) -> PullRequest:
+    return PullRequest(
+        pull["html_url"],
+        int(pull["number"]),
+        created=created,
+        draft=bool(pull.get("draft")),
+        node_id=str(pull.get("node_id") or ""),
+    )

@@ -16,6 +16,10 @@ Deliberate simplifications (documented so nobody relies on them by accident):
 * Installation tokens are limited to the repositories of their installation (404 elsewhere), as on
   GitHub, and ``GET /user`` refuses them (403 "Resource not accessible by integration").
 * Rate limits are one "core" bucket per credential; ``/rate_limit`` and ``304`` answers are free.
+* GraphQL (``POST /api/graphql``) knows only the two mutations the REST API lacks,
+  ``markPullRequestReadyForReview`` and ``convertPullRequestToDraft``; it leaves the core bucket alone.
+* Merging (:meth:`FakeGitHub.merge_pull`) into the default branch closes the issues the pull request's
+  description names with a closing keyword, as GitHub does.
 * Timestamps have one-second resolution, like GitHub's.
 
 Typical use::
@@ -55,6 +59,7 @@ __all__ = [
     "API_PREFIX",
     "DEFAULT_LABELS",
     "DEFAULT_LOGIN",
+    "GRAPHQL_PATH",
     "PERMISSIONS",
     "FakeGitHub",
     "FakeRepo",
@@ -65,6 +70,8 @@ _log = logging.getLogger(__name__)
 
 #: Path prefix of the REST API, as on GitHub Enterprise Server (PyGithub's ``base_url`` ends with it).
 API_PREFIX = "/api/v3"
+#: The GraphQL endpoint beside it, as on GitHub Enterprise Server (PyGithub derives it from ``base_url``).
+GRAPHQL_PATH = "/api/graphql"
 #: Login owning the tokens passed to :class:`FakeGitHub` unless told otherwise.
 DEFAULT_LOGIN = "claude-bot"
 #: Repository roles, strongest first (the values :meth:`FakeGitHub.set_permission` accepts).
@@ -467,6 +474,65 @@ def _split_full_name(full_name: str) -> tuple[str, str]:
 
 def _validation_failed(*errors: dict[str, Any]) -> _HttpError:
     return _HttpError(422, "Validation Failed", errors=list(errors))
+
+
+# GitHub's closing keywords: a merged pull request's description closes the issues they name.
+_CLOSING_KEYWORD = re.compile(r"\b(?:close[sd]?|fix(?:e[sd])?|resolve[sd]?)\s*:?\s+#(?P<number>\d+)\b", re.I)
+
+# The GraphQL mutations the fake answers, each with the draft flag it leaves on the pull request.
+_DRAFT_MUTATIONS = {"markPullRequestReadyForReview": False, "convertPullRequestToDraft": True}
+_MUTATION_RE = re.compile(
+    r"\s*mutation\b[^{]*\{\s*(?P<name>[A-Za-z_]\w*)\s*\(\s*input\s*:\s*\$(?P<var>[A-Za-z_]\w*)\s*\)"
+    r"\s*\{(?P<selection>.*)\}\s*\}\s*",
+    re.DOTALL,
+)
+
+
+def _parse_selection(text: str) -> dict[str, Any]:
+    """A GraphQL selection set (``a b { c }``, no arguments, aliases or fragments) as nested dicts."""
+    tokens = re.findall(r"[A-Za-z_]\w*|[{}]|\S", text)
+    position = 0
+
+    def fields() -> dict[str, Any]:
+        nonlocal position
+        out: dict[str, Any] = {}
+        while position < len(tokens) and tokens[position] != "}":
+            token = tokens[position]
+            if not re.fullmatch(r"[A-Za-z_]\w*", token):
+                raise ValueError(f'Parse error on "{token}"')
+            position += 1
+            if position < len(tokens) and tokens[position] == "{":
+                position += 1
+                out[token] = fields()
+                if position >= len(tokens):
+                    raise ValueError('Parse error on end of input (expected "}")')
+                position += 1
+            else:
+                out[token] = None
+        return out
+
+    selected = fields()
+    if position != len(tokens):
+        raise ValueError(f'Parse error on "{tokens[position]}"')
+    return selected
+
+
+def _select(values: dict[str, Any], selection: dict[str, Any], type_name: str = "Payload") -> dict[str, Any]:
+    """The fields of ``values`` that ``selection`` asks for, as GraphQL answers only what was asked."""
+    out: dict[str, Any] = {}
+    for name, sub in selection.items():
+        if name not in values:
+            raise ValueError(f"Field '{name}' doesn't exist on type '{type_name}'")
+        value = values[name]
+        if isinstance(value, dict):
+            if sub is None:
+                raise ValueError(f"Field must have selections (field '{name}' returns an object)")
+            out[name] = _select(value, sub, name[:1].upper() + name[1:])
+        elif sub is not None:
+            raise ValueError(f"Selections can't be made on scalars (field '{name}')")
+        else:
+            out[name] = value
+    return out
 
 
 def _node_id(prefix: str, number: int) -> str:
@@ -882,7 +948,11 @@ class FakeGitHub(LoopbackFake[RecordedRequest]):
             return [self._reaction_json(r) for r in st.reactions.get((kind, comment_id), [])]
 
     def merge_pull(self, full_name: str, number: int, *, actor: str = "alice") -> None:
-        """Merge pull request ``number`` (its head fast-forwards the base, like a merge without conflict)."""
+        """Merge pull request ``number`` (its head fast-forwards the base, like a merge without conflict).
+
+        As on GitHub, a merge into the default branch closes the open issues its description names
+        with a closing keyword (``Fixes #1``, ``closes #2``, ``Resolved #3``).
+        """
         with self._lock:
             st = self._state(full_name)
             issue = self._issue(st, number)
@@ -892,6 +962,11 @@ class FakeGitHub(LoopbackFake[RecordedRequest]):
             st.repo.git("update-ref", f"refs/heads/{issue.pull.base_ref}", head)
             self._edit(issue, actor, state="closed")
             issue.pull.merged_at = self._now()
+            if issue.pull.base_ref == st.repo.default_branch:
+                for found in _CLOSING_KEYWORD.finditer(issue.body or ""):
+                    closed = st.issues.get(int(found["number"]))
+                    if closed is not None and closed.pull is None and closed.state == "open":
+                        self._edit(closed, actor, state="closed")
             self._changed.notify_all()
 
     def issue(self, full_name: str, number: int) -> dict[str, Any]:
@@ -1511,6 +1586,9 @@ class FakeGitHub(LoopbackFake[RecordedRequest]):
             elif req.path == API_PREFIX or req.path.startswith(API_PREFIX + "/"):
                 ctx.kind = "api"
                 response = self._handle_api(req, ctx)
+            elif req.path == GRAPHQL_PATH:
+                ctx.kind = "graphql"
+                response = self._handle_graphql(req, ctx)
             elif (m := _GIT_ROUTE.fullmatch(req.path)) is not None:
                 ctx.kind = "git"
                 response = self._handle_git(req, ctx, m["owner"], m["name"], m["rest"])
@@ -1781,6 +1859,105 @@ class FakeGitHub(LoopbackFake[RecordedRequest]):
             response.headers.extend(self._rate_headers(bucket))
             self._changed.notify_all()
             return response
+
+    # ---- GraphQL API: the two draft mutations the REST API lacks ----------------------------------
+
+    def _handle_graphql(self, req: _Request, ctx: _Context) -> _Response:
+        """``POST /api/graphql``: ``markPullRequestReadyForReview`` and ``convertPullRequestToDraft``.
+
+        Authenticated like the REST routes; answered as GitHub does: HTTP 200 with ``{"data": …}``, or
+        ``{"errors": […]}`` (with ``"data"`` when the query was valid but failed, e.g. ``NOT_FOUND``).
+        Only the named-mutation form with an ``$input`` variable is understood (the one PyGithub, ``gh``
+        and octokit send); the selection set is honoured for the pull request's scalar fields.
+        GraphQL has a rate limit of its own on GitHub, so these calls leave the core bucket alone.
+        """
+        if req.method != "POST":
+            return self._error(_HttpError(404, "Not Found"))
+        scheme, secret = self._credential(req)
+        identity = self._identify(secret)
+        ctx.auth = "jwt" if identity is not None and identity.kind == "app" else scheme
+        if identity is None or identity.kind == "app":
+            return self._error(_HttpError(401, "Bad credentials"))
+        ctx.login = identity.login
+        try:
+            payload = json.loads(req.body or b"{}")
+        except ValueError:
+            return self._error(_HttpError(400, "Problems parsing JSON"))
+        if not isinstance(payload, dict) or not isinstance(payload.get("query"), str):
+            return self._json(
+                {"errors": [{"message": "A query attribute must be specified and must be a string."}]}
+            )
+        match = _MUTATION_RE.fullmatch(payload["query"])
+        if match is None:
+            message = (
+                "FakeGitHub answers only `mutation …($input: …Input!) { name(input: $input) { … } }` "
+                f"for {', '.join(sorted(_DRAFT_MUTATIONS))}"
+            )
+            return self._json({"errors": [{"message": message}]})
+        name = match["name"]
+        if name not in _DRAFT_MUTATIONS:
+            message = f"Field '{name}' doesn't exist on type 'Mutation'"
+            return self._json({"errors": [{"message": message, "extensions": {"code": "undefinedField"}}]})
+        try:
+            selection = _parse_selection(match["selection"])
+        except ValueError as exc:
+            return self._json({"errors": [{"message": str(exc)}]})
+        variables = payload.get("variables") or {}
+        given = variables.get(match["var"]) if isinstance(variables, dict) else None
+        node_id = given.get("pullRequestId") if isinstance(given, dict) else None
+        if not isinstance(node_id, str):
+            message = (
+                f"Variable ${match['var']} of type {name[:1].upper()}{name[1:]}Input! was provided invalid "
+                "value for pullRequestId (Expected value to not be null)"
+            )
+            return self._json({"errors": [{"message": message, "extensions": {"problems": []}}]})
+        with self._lock:
+            found = next(
+                (
+                    (st, issue)
+                    for st in self._repos.values()
+                    for issue in st.issues.values()
+                    if issue.pull is not None
+                    and _node_id("PR_", issue.pull.id) == node_id
+                    and (
+                        identity.kind != "installation"
+                        or self._installation_covers(
+                            self._installations.get(identity.installation_id or -1), st
+                        )
+                    )
+                ),
+                None,
+            )
+            if found is None:
+                error = {
+                    "type": "NOT_FOUND",
+                    "path": [name],
+                    "locations": [{"line": 1, "column": 1}],
+                    "message": f"Could not resolve to a node with the global id of '{node_id}'",
+                }
+                return self._json({"data": {name: None}, "errors": [error]})
+            st, issue = found
+            assert issue.pull is not None
+            draft = _DRAFT_MUTATIONS[name]
+            fields = {
+                "id": node_id,
+                "number": issue.number,
+                "isDraft": draft,
+                "url": f"{self.web_url}/{st.repo.full_name}/pull/{issue.number}",
+                "title": issue.title,
+                "state": "MERGED" if issue.pull.merged_at else issue.state.upper(),
+            }
+            try:  # a query that asks for an unknown field is refused before anything changes
+                result = _select(
+                    {"clientMutationId": given.get("clientMutationId"), "pullRequest": fields}, selection
+                )
+            except ValueError as exc:
+                return self._json({"errors": [{"message": str(exc)}]})
+            if issue.pull.draft != draft:
+                issue.pull.draft = draft
+                self._touch(issue)
+            self._changed.notify_all()
+        return self._json({"data": {name: result}})
 
     @staticmethod
     def _etag_matches(header: str, etag: str) -> bool:
