@@ -243,7 +243,7 @@ def checklist(report: TestReport, *, agent_done: bool, current: str | None) -> l
         items.append((True, f"tests (round {n}){outcome(step)}"))
     if current in ("tests", "fixing"):
         n = len(report.rounds) + (0 if current == "fixing" else 1)
-        label = f"Claude fixing the failures (round {n})" if current == "fixing" else f"tests (round {n})"
+        label = f"agent fixing the failures (round {n})" if current == "fixing" else f"tests (round {n})"
         items.append((False, label))
     return items
 
@@ -437,7 +437,7 @@ class TestGate:
                 )
                 return report
             if self.clock() >= deadline:
-                report.note = "TASK_TIMEOUT was reached before Claude could be asked for a fix"
+                report.note = "TASK_TIMEOUT was reached before the agent could be asked for a fix"
                 self._record(task, report)
                 tlog.write(report.note)
                 return report
