@@ -97,6 +97,16 @@ def drive(
     return parts.queue
 
 
+def real_cli(image: str, api_url: str) -> dict[str, str]:
+    """Settings for the real Claude Code CLI in ``image`` against the loopback Messages API at ``api_url``."""
+    return {
+        "DOCKER_IMAGE": image,
+        "DOCKER_NETWORK": "host",  # the loopback API is on the host's 127.0.0.1
+        "ANTHROPIC_BASE_URL": api_url,
+        "CLAUDE_CODE_MAX_RETRIES": "0",  # a refused request is the test's answer, not a reason to wait
+    }
+
+
 def all_finished(queue: TaskQueue) -> bool:
     tasks = queue.list()
     return bool(tasks) and all(not t.state.live for t in tasks)

@@ -20,7 +20,7 @@ from claude_issue_solver.config import Config
 from claude_issue_solver.demo_world.github import FakeGitHub
 from claude_issue_solver.logs import task_log_path
 from claude_issue_solver.queue import FOLLOWUP, TaskQueue, TaskState
-from tests.e2e import CLAUDE_KEY, all_finished, drive, needs_docker
+from tests.e2e import CLAUDE_KEY, all_finished, drive, needs_docker, real_cli
 from tests.fakes.fake_anthropic import FakeAnthropic, Round
 
 pytestmark = needs_docker
@@ -70,10 +70,7 @@ def test_a_commit_pushed_while_the_follow_up_runs_is_kept_and_claudes_goes_on_to
         during=person_pushes,
     ) as api:
         config = e2e_config(
-            DOCKER_IMAGE=claude_image,
-            DOCKER_NETWORK="host",  # the loopback API is on the host's 127.0.0.1
-            ANTHROPIC_BASE_URL=api.url,
-            CLAUDE_CODE_MAX_RETRIES="0",
+            **real_cli(claude_image, api.url),
             POLL_INTERVAL="1",
         )
         parts = build(config)

@@ -32,6 +32,7 @@ from tests.e2e import (
     needs_docker,
     our_comments,
     our_containers,
+    real_cli,
     start_daemon,
     tasks_of,
 )
@@ -270,10 +271,7 @@ def test_real_cli_through_the_daemon(
     )
     with FakeAnthropic(api_key=CLAUDE_KEY, files={"HELLO.md": "Hello from the real CLI\n"}) as api:
         config = e2e_config(
-            DOCKER_IMAGE=claude_image,
-            DOCKER_NETWORK="host",  # the loopback API is on the host's 127.0.0.1
-            ANTHROPIC_BASE_URL=api.url,
-            CLAUDE_CODE_MAX_RETRIES="0",
+            **real_cli(claude_image, api.url),
         )
         assert ("CLAUDE_CODE_MAX_RETRIES", "0") in config.agent_env
         queue = drive(config, all_finished, timeout=300)

@@ -21,7 +21,7 @@ from claude_issue_solver.app import build
 from claude_issue_solver.config import Config
 from claude_issue_solver.demo_world.github import FakeGitHub
 from claude_issue_solver.queue import TaskQueue, TaskState
-from tests.e2e import CLAUDE_KEY, all_finished, assert_clean, drive, needs_docker, our_comments
+from tests.e2e import CLAUDE_KEY, all_finished, assert_clean, drive, needs_docker, our_comments, real_cli
 from tests.fakes.fake_anthropic import FakeAnthropic
 
 pytest.importorskip("claude_issue_solver.outcome", reason="needs the run-policy pipeline and its hook")
@@ -39,10 +39,7 @@ def test_five_issues_meet_the_rate_limit_none_fails_all_five_open_prs(
     ]  # fmt: skip
     with FakeAnthropic(api_key=CLAUDE_KEY, files={"HELLO.md": "Hello from the real CLI\n"}) as api:
         config = e2e_config(
-            DOCKER_IMAGE=claude_image,
-            DOCKER_NETWORK="host",  # the loopback API is on the host's 127.0.0.1
-            ANTHROPIC_BASE_URL=api.url,
-            CLAUDE_CODE_MAX_RETRIES="0",
+            **real_cli(claude_image, api.url),
             MAX_CONCURRENT="1",
         )
         api.limits.rate_limit(retry_after=8)

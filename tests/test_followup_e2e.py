@@ -18,7 +18,7 @@ from claude_issue_solver.config import Config
 from claude_issue_solver.demo_world.github import FakeGitHub
 from claude_issue_solver.logs import task_log_path
 from claude_issue_solver.queue import FOLLOWUP, TaskQueue, TaskState
-from tests.e2e import CLAUDE_KEY, all_finished, drive, needs_docker
+from tests.e2e import CLAUDE_KEY, all_finished, drive, needs_docker, real_cli
 from tests.fakes.fake_anthropic import FakeAnthropic, Round
 
 pytestmark = needs_docker
@@ -75,10 +75,7 @@ def test_a_maintainers_at_claude_on_the_pr_continues_the_session_branch_and_pr(
         api_key=CLAUDE_KEY, files={"HELLO.md": "Hello from the real CLI\n"}, followups=(later,)
     ) as api:
         config = e2e_config(
-            DOCKER_IMAGE=claude_image,
-            DOCKER_NETWORK="host",  # the loopback API is on the host's 127.0.0.1
-            ANTHROPIC_BASE_URL=api.url,
-            CLAUDE_CODE_MAX_RETRIES="0",
+            **real_cli(claude_image, api.url),
             POLL_INTERVAL="1",
         )
         parts = build(config)
@@ -138,10 +135,7 @@ def test_a_review_line_comment_is_answered_in_its_thread_by_the_same_session(
     later = Round(files={"HELLO.md": "Hello, guarded\n"}, final_text="Done: HELLO.md reworded.")
     with FakeAnthropic(api_key=CLAUDE_KEY, files={"HELLO.md": "Hello\n"}, followups=(later,)) as api:
         config = e2e_config(
-            DOCKER_IMAGE=claude_image,
-            DOCKER_NETWORK="host",
-            ANTHROPIC_BASE_URL=api.url,
-            CLAUDE_CODE_MAX_RETRIES="0",
+            **real_cli(claude_image, api.url),
             POLL_INTERVAL="1",
         )
         parts = build(config)

@@ -14,7 +14,16 @@ from claude_issue_solver.demo_world.github import FakeGitHub
 from claude_issue_solver.logs import task_log_path
 from claude_issue_solver.queue import TaskState
 from claude_issue_solver.render import queue_payload
-from tests.e2e import CLAUDE_KEY, all_finished, assert_clean, drive, labelled, needs_docker, our_comments
+from tests.e2e import (
+    CLAUDE_KEY,
+    all_finished,
+    assert_clean,
+    drive,
+    labelled,
+    needs_docker,
+    our_comments,
+    real_cli,
+)
 from tests.github_fixtures import TOKEN
 
 pytestmark = needs_docker
@@ -136,10 +145,7 @@ def test_real_cli_red_then_green_with_the_failure_fed_back(
         read_first=True,
     ) as api:
         config = e2e_config(
-            DOCKER_IMAGE=claude_image,
-            DOCKER_NETWORK="host",  # the loopback API is on the host's 127.0.0.1
-            ANTHROPIC_BASE_URL=api.url,
-            CLAUDE_CODE_MAX_RETRIES="0",
+            **real_cli(claude_image, api.url),
         )
         queue = drive(config, all_finished, timeout=300)
         fed_back = [
