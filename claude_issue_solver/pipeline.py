@@ -91,6 +91,7 @@ QUIET_AGENT_ENV = {
 }
 AGENT = "agent"  # the agent's process name in its workspace
 RED_WITHOUT_PR = "red_without_pr"  # meta: ON_RED_TESTS=comment ended the run (its reason and figures)
+FINAL_COMMENT = "final_comment"  # meta: the comment a published task ends with (written again on resume)
 
 
 @dataclass(frozen=True)
@@ -174,10 +175,10 @@ class Pipeline:
     def run(self, task: Task, control: TaskControl) -> Outcome | None:
         tlog = self._log(task)
         tlog.write(f"task {task.id}: {task.ref} ({task.title!r}), attempt {task.attempts}")
-        if task.meta.get("phase") is not None or task.meta.get(RED_WITHOUT_PR) is not None:
+        if any(task.meta.get(key) is not None for key in ("phase", RED_WITHOUT_PR, FINAL_COMMENT)):
             # A retried task still holds its last run's ending: a crash before this run records its
             # own phase must not resume as that one (a red-tests ending would fail it again).
-            task = self.queue.update(task.id, meta={"phase": None, RED_WITHOUT_PR: None})
+            task = self.queue.update(task.id, meta={"phase": None, RED_WITHOUT_PR: None, FINAL_COMMENT: None})
         try:
             issue = self.client.issue(task.repo, task.issue_number)
             if issue.get("state") != "open":
@@ -251,6 +252,12 @@ class Pipeline:
             if isinstance(red, dict) and task.branch:  # the red-tests comment ends a task FAILED
                 figures = self._figures(task, red.get("duration_s"))
                 return self._red_without_pr(task, task.branch, task.meta.get("tests") or {}, figures, tlog)
+            final = task.meta.get(FINAL_COMMENT)
+            if isinstance(final, str):
+                try:
+                    self._comment(task, final)  # found by its marker: edited, never posted twice
+                except GitHubError as exc:
+                    tlog.write(f"could not write the final comment: {exc}")
             self._cleanup(task, tlog)
             return Outcome(TaskState.COMPLETED)
         if workspace is None or phase in (None, "preparing"):
@@ -515,7 +522,6 @@ class Pipeline:
             draft = pr.draft
             if not pr.created and tests and tests.get("verdict") in ("green", "red") and pr.draft != red:
                 draft = self._draft_follows_tests(task, pr, red, tlog)
-            self.queue.update(task.id, pr_url=pr.url, meta={"phase": "published", "pr_number": pr.number})
             if task.kind == FOLLOWUP:
                 done_body = messages.followup_pushed_comment(
                     task, spec.branch, pushed.sha, pr.url, figures, red=red, draft=draft
@@ -524,7 +530,15 @@ class Pipeline:
                 done_body = messages.pr_opened_comment(
                     task, pr.url, figures, updated=not pr.created, red=red, draft=draft
                 )
-            self._comment(task, _noted(task, done_body, note))
+            done_body = _noted(task, done_body, note)
+            # The final comment is recorded with the phase: a daemon that dies before writing it
+            # writes it when it resumes, instead of leaving "working…" on the issue for good.
+            self.queue.update(
+                task.id,
+                pr_url=pr.url,
+                meta={"phase": "published", "pr_number": pr.number, FINAL_COMMENT: done_body},
+            )
+            self._comment(task, done_body)
         except RebaseConflict as exc:
             return self._conflicted(task, workspace, spec, request, exc, tlog)
         except (PushRejected, CannotRebase) as exc:

@@ -282,6 +282,29 @@ def test_crash_after_publishing_only_cleans_up(world: World) -> None:
     assert world.backend.calls.count("commit_and_push") == 1
 
 
+def test_a_crash_before_the_final_comment_writes_it_on_resume(world: World) -> None:
+    """Killed after "published" was recorded but before the comment said so: not "working…" for good."""
+    agent_edits(world)
+    task = world.task()
+    pipeline = world.pipeline()
+    comment = pipeline._comment
+
+    def dies_at_the_final_comment(t: Task, body: str, **kwargs: object) -> None:
+        if body.startswith("✅"):
+            raise Crash("killed before the final comment")
+        comment(t, body, **kwargs)  # type: ignore[arg-type]
+
+    pipeline._comment = dies_at_the_final_comment  # type: ignore[method-assign]
+    with pytest.raises(Crash):
+        pipeline.run(task, TaskControl())
+    assert not any(c.startswith("✅") for c in world.comments(task))
+    outcome = world.pipeline().resume(world.queue.get(task.id), TaskControl())
+    assert outcome is not None and outcome.state is TaskState.COMPLETED
+    [final] = world.comments(task)  # the one comment, edited: never a second one
+    assert final.startswith("✅") and world.queue.get(task.id).pr_url in final
+    assert world.backend.calls.count("commit_and_push") == 1
+
+
 def test_a_lost_workspace_requeues_then_gives_up(world: World) -> None:
     agent_edits(world, finish=False)
     world.backend.on_poll(lambda: world.backend.places.clear())  # removed by hand while running
