@@ -784,6 +784,15 @@ class _Doctor:
             return _failed(f"{path} --version failed: {exc}", fix)
         if proc.returncode != 0:
             return _failed(f"{path} --version exited {proc.returncode}: {proc.stderr.strip()}", fix)
+        from claude_issue_solver.gitops import can_replay
+
+        too_old = can_replay()
+        if too_old is not None:
+            return _failed(
+                too_old,
+                "upgrade git (Ubuntu: `sudo add-apt-repository ppa:git-core/ppa && sudo apt-get install "
+                "git`), or run the daemon's container image (INSTALL.md)",
+            )
         return _passed(f"{proc.stdout.strip()} at {path}")
 
     # --- Daytona -------------------------------------------------------------------------------------

@@ -13,6 +13,7 @@ own (``core.fsmonitor`` runs a command), which host-side git, perhaps running as
 from __future__ import annotations
 
 import atexit
+import functools
 import os
 import re
 import shutil
@@ -517,6 +518,34 @@ def fetch_branch(mirror_dir: Path, branch: str, credential: GitCredential | None
     return sha
 
 
+# `git merge-tree --write-tree`, which replay_onto needs, came with git 2.38.
+REPLAY_GIT = (2, 38)
+
+
+@functools.cache
+def git_version() -> tuple[int, ...] | None:
+    """This host's git version, e.g. (2, 39, 5); None when it cannot be read."""
+    try:
+        out = subprocess.run(["git", "--version"], capture_output=True, text=True, timeout=30).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    found = re.search(r"(\d+)\.(\d+)(?:\.(\d+))?", out)
+    return tuple(int(n) for n in found.groups() if n is not None) if found else None
+
+
+def can_replay() -> str | None:
+    """Why this host's git cannot replay commits (:func:`replay_onto`); None when it can."""
+    version = git_version()
+    if version is None or version[:2] >= REPLAY_GIT:
+        return None
+    have = ".".join(map(str, version))
+    need = ".".join(map(str, REPLAY_GIT))
+    return (
+        f"git {have} on this host cannot put commits on top of a moved branch "
+        f"(`git merge-tree --write-tree` needs git {need} or later)"
+    )
+
+
 def replay_onto(mirror_dir: Path, base: str, head: str, onto: str) -> Moved:
     """Put the commits of ``base..head`` that ``onto`` lacks on top of ``onto``, object by object.
 
@@ -529,6 +558,9 @@ def replay_onto(mirror_dir: Path, base: str, head: str, onto: str) -> Moved:
     2.40; a throw-away commit with the new base's tree and the replayed commit's parent gives the same
     merge base on 2.38 and later.
     """
+    too_old = can_replay()
+    if too_old is not None:
+        raise GitError(too_old)
     # ^onto as well as ^base: after an earlier replay (a crash before the new base was recorded) the
     # remote's commits are between base and head, and onto has them.
     span = [head, f"^{base}", f"^{onto}"]

@@ -6,6 +6,7 @@ import functools
 import http.server
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -17,6 +18,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from claude_issue_solver import gitops
 from claude_issue_solver.config import Config
 from claude_issue_solver.demo_world.github import DEFAULT_LOGIN, FakeGitHub
 from claude_issue_solver.doctor import Check, diagnose, render, run_checks, to_json
@@ -487,3 +489,33 @@ def test_doctor_on_a_filled_in_env_example(
     assert str(state) in found["state directory"].detail  # STATE_DIR= left blank: the XDG default
     assert found["Claude credential"].ok and anthropic.url in found["Claude credential"].detail
     assert "Dockerfile.claude will be built" in found["agent image"].detail  # DOCKER_IMAGE= left blank
+
+
+@pytest.mark.docker
+def test_a_git_too_old_to_replay_commits_is_a_failed_check(
+    good: Callable[..., Config], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ubuntu 22.04's git 2.34: everything works but putting Claude's commits on top of a moved branch."""
+    real = shutil.which("git")
+    assert real is not None
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "git").write_text(
+        f'#!/bin/sh\n[ "$1" = --version ] && {{ echo "git version 2.34.1"; exit 0; }}\nexec {real} "$@"\n'
+    )
+    (fake / "git").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake}:{os.environ['PATH']}")
+    gitops.git_version.cache_clear()
+    try:
+        checks = run_checks(good())
+        expect_failed(checks, {"git"})
+        git = by_name(checks)["git"]
+        assert git.detail == (
+            "git 2.34.1 on this host cannot put commits on top of a moved branch "
+            "(`git merge-tree --write-tree` needs git 2.38 or later)"
+        )
+        assert "upgrade git" in (git.fix or "")
+        with pytest.raises(gitops.GitError, match=r"git 2\.34\.1 on this host cannot put commits on top"):
+            gitops.replay_onto(tmp_path, "a" * 40, "b" * 40, "c" * 40)
+    finally:
+        gitops.git_version.cache_clear()
