@@ -22,6 +22,7 @@ from claude_issue_solver.backends.base import (
     LABEL_OWNER,
     LABEL_PROCESS,
     LABEL_REPO,
+    BackendError,
     ProcessSpec,
     WorkspaceSpec,
     owner_of,
@@ -266,3 +267,23 @@ def test_a_restarted_backend_restores_into_another_workspace_and_prunes_only_its
         for task_id in (first_id, second_id, third_id):
             backend.remove(task_id, log)
         CLIENT.images.remove(foreign.id, force=True)
+
+
+def test_a_saved_setup_removed_by_hand_is_named_as_such(
+    tmp_path: Path, fake_image: str, state_dir: Path, owner: str
+) -> None:
+    settings = DockerSettings(state_dir=state_dir, network="none", memory="256m", cpus=1.0, pids_limit=64)
+    backend = DockerBackend(settings, client=CLIENT, image=fake_image)
+    task_id = f"widgets-1-{secrets.token_hex(3)}"
+    log = TaskLog(tmp_path / "t.log")
+    try:
+        workspace = backend.prepare(_spec(task_id, str(_bare_remote(tmp_path)), 1), log)
+        _run(backend, workspace, "setup", "mkdir -p .deps && echo tree >.deps/t", log)
+        saved = backend.save_setup(workspace, "setup", "key-1", log)
+        assert saved is not None
+        CLIENT.images.remove(saved, force=True)  # an operator's `docker image rm`
+        with pytest.raises(BackendError, match=r"the saved setup image .* is gone") as gone:
+            backend.start_process(workspace, ProcessSpec(name="baseline", argv=("true",), env={}), log)
+        assert "a retry of the task runs setup again" in str(gone.value)
+    finally:
+        backend.remove(task_id, log)

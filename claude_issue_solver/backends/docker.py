@@ -70,6 +70,7 @@ from claude_issue_solver.backends.base import (
 )
 from claude_issue_solver.backends.docker_images import AgentImages, unreachable
 from claude_issue_solver.backends.docker_setup_cache import (
+    SETUP_IMAGE_REPOSITORY,
     TREE_DIR,
     SetupImages,
     image_id,
@@ -606,7 +607,13 @@ class DockerBackend:
                 privileged=False,
             )
         except docker.errors.ImageNotFound:
-            msg = f"the agent image {image} is not on this host (images are never pulled for the agent)"
+            if image.startswith(f"{SETUP_IMAGE_REPOSITORY}:"):
+                msg = (
+                    f"the saved setup image {image} this task's processes start from is gone (removed by "
+                    "hand?); a retry of the task runs setup again"
+                )
+            else:
+                msg = f"the agent image {image} is not on this host (images are never pulled for the agent)"
             raise BackendError(msg) from None
         except docker.errors.APIError as exc:
             if exc.status_code == 409:  # another thread or process created it just now
