@@ -38,7 +38,7 @@ __all__ = [
 ]
 
 SETTINGS_PATH = ".github/claude-issue-solver.yml"
-KEYS = ("setup", "test", "test_timeout")
+KEYS = ("setup", "test", "test_timeout", "setup_inputs")
 _FILE_LIMIT = 64 * 1024  # a settings file, a package.json or a Makefile larger than this is not read
 # npm init's placeholder test script: not a test suite.
 _NPM_PLACEHOLDER = re.compile(r"no test specified")
@@ -91,14 +91,26 @@ class TestPlan:
     test: str | None
     timeout: int
     source: str  # e.g. "the repository's .github/claude-issue-solver.yml", "detected: go.mod"
+    # More files whose contents key the setup cache (``setup_inputs:``), beyond SETUP_INPUTS at the root.
+    setup_inputs: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
-        return {"setup": self.setup, "test": self.test, "timeout": self.timeout, "source": self.source}
+        return {
+            "setup": self.setup,
+            "test": self.test,
+            "timeout": self.timeout,
+            "source": self.source,
+            "setup_inputs": list(self.setup_inputs),
+        }
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TestPlan:
         return cls(
-            data.get("setup"), data.get("test"), int(data.get("timeout") or 600), data.get("source", "")
+            data.get("setup"),
+            data.get("test"),
+            int(data.get("timeout") or 600),
+            data.get("source", ""),
+            tuple(data.get("setup_inputs") or ()),
         )
 
 
@@ -125,10 +137,23 @@ def parse_settings(text: str) -> dict[str, Any]:
     timeout = data.get("test_timeout")
     if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, int) or timeout < 1):
         problems.append(f"test_timeout: must be a whole number of seconds >= 1, not {timeout!r}")
+    inputs = data.get("setup_inputs")
+    if inputs is not None and not (
+        isinstance(inputs, list) and all(isinstance(i, str) and _relative_path(i) for i in inputs)
+    ):
+        problems.append(
+            "setup_inputs: must be a list of file paths relative to the repository's root "
+            f"(e.g. [frontend/package-lock.json]), not {inputs!r}"
+        )
     if problems:
         msg = f"{SETTINGS_PATH}: " + "; ".join(problems)
         raise RepoSettingsError(msg)
     return {k: (v.strip() if isinstance(v, str) else v) for k, v in data.items() if v is not None}
+
+
+def _relative_path(path: str) -> bool:
+    parts = path.split("/")
+    return bool(path.strip()) and not path.startswith("/") and all(p not in ("", ".", "..") for p in parts)
 
 
 def load_plan(client: GitHubClient, repo: str, ref: str, config: Config) -> TestPlan:
@@ -136,16 +161,17 @@ def load_plan(client: GitHubClient, repo: str, ref: str, config: Config) -> Test
     text = _file(client, repo, SETTINGS_PATH, ref)
     own = parse_settings(text) if text is not None else {}
     timeout = int(own.get("test_timeout") or config.test_timeout)
+    inputs = tuple(own.get("setup_inputs") or ())
     if own.get("test"):
-        return TestPlan(own.get("setup"), own["test"], timeout, f"the repository's {SETTINGS_PATH}")
+        return TestPlan(own.get("setup"), own["test"], timeout, f"the repository's {SETTINGS_PATH}", inputs)
     setup = own.get("setup") or config.setup_command
     if config.test_command:
-        return TestPlan(setup, config.test_command, timeout, "the daemon's TEST_COMMAND")
+        return TestPlan(setup, config.test_command, timeout, "the daemon's TEST_COMMAND", inputs)
     found = detect(client, repo, ref)
     if found is None:
-        return TestPlan(setup, None, timeout, "no test command found")
+        return TestPlan(setup, None, timeout, "no test command found", inputs)
     command, why = found
-    return TestPlan(setup, command, timeout, f"detected ({why})")
+    return TestPlan(setup, command, timeout, f"detected ({why})", inputs)
 
 
 def detect(client: GitHubClient, repo: str, ref: str) -> tuple[str, str] | None:

@@ -152,14 +152,15 @@ class SetupCache:
         return cls(data.get("key"), data.get("state"), data.get("detail"))
 
 
-def setup_key(backend: Backend[Any], workspace: Workspace, command: str) -> str:
+def setup_key(backend: Backend[Any], workspace: Workspace, command: str, extra: tuple[str, ...] = ()) -> str:
     """sha256 over the setup command and, for each dependency file present, its path and content's sha256.
 
     Read through the backend (so the same on every place), before anything ran in the workspace. A path
     that passes through a link counts as its own value: the key still changes when that changes.
+    ``extra``: the repository's own ``setup_inputs:`` (a lock file in a subdirectory, say).
     """
     inputs: list[list[str]] = []
-    for path in SETUP_INPUTS:
+    for path in dict.fromkeys((*SETUP_INPUTS, *extra)):
         try:
             data = backend.read_file(workspace, path, SETUP_INPUT_LIMIT)
         except WorkspaceLost:
@@ -344,7 +345,7 @@ class TestGate:
             if cache.state in (None, RESTORING):
                 started = self.clock()
                 if cache.key is None:
-                    cache.key = setup_key(self.backend, workspace, command)
+                    cache.key = setup_key(self.backend, workspace, command, plan.setup_inputs)
                 cache.state = RESTORING
                 self._record(task, report)
                 restored = self._restore(workspace, cache.key, tlog)

@@ -6,12 +6,13 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import pytest
+import yaml
 
 from claude_issue_solver.backends.base import BackendError
 from claude_issue_solver.config import Config
 from claude_issue_solver.outcome import TaskControl
 from claude_issue_solver.queue import Task, TaskState
-from claude_issue_solver.repo_settings import SETTINGS_PATH, SETUP_INPUTS
+from claude_issue_solver.repo_settings import SETTINGS_PATH, SETUP_INPUTS, RepoSettingsError, parse_settings
 from claude_issue_solver.test_gate import setup_key
 from tests.fakes.memory_backend import Crash, MemoryBackend, MemoryWorkspace, Place, Process, edits
 from tests.test_pipeline import REPO, SUMMARY, World
@@ -110,6 +111,29 @@ def test_a_changed_lock_file_misses_and_saves_anew(world: World) -> None:
     old, new = first.meta["tests"]["cache"], second.meta["tests"]["cache"]
     assert new["state"] == "saved" and new["key"] != old["key"]
     assert not second.meta["tests"]["setup"].get("cached")
+
+
+def test_setup_inputs_add_a_lock_file_in_a_subdirectory_to_the_key(world: World) -> None:
+    """A monorepo's frontend/package-lock.json is not at the root: the repository names it."""
+    settings(world, SETTINGS + "setup_inputs: [frontend/package-lock.json]\n")
+    repository(world, **{LOCK: "lib==1\n", "frontend/package-lock.json": "{}\n"})
+    setups = install(world)
+    first = run(world)
+    assert first.meta["tests"]["plan"]["setup_inputs"] == ["frontend/package-lock.json"]
+    run(world)
+    assert len(setups) == 1  # unchanged: restored
+    repository(world, **{LOCK: "lib==1\n", "frontend/package-lock.json": '{"left-pad": "1"}\n'})
+    third = run(world)
+    assert len(setups) == 2 and third.meta["tests"]["cache"]["key"] != first.meta["tests"]["cache"]["key"]
+
+
+@pytest.mark.parametrize(
+    "value", ["frontend/package-lock.json", ["/etc/passwd"], ["../x"], ["a//b"], [3], ["ok", ""]]
+)
+def test_setup_inputs_must_be_relative_file_paths(value: object) -> None:
+    text = yaml.safe_dump({"test": "make test", "setup_inputs": value})
+    with pytest.raises(RepoSettingsError, match="setup_inputs: must be a list of file paths relative"):
+        parse_settings(text)
 
 
 def test_a_red_setup_is_not_saved(world: World) -> None:
