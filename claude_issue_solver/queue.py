@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from claude_issue_solver.config import Config
 
 HISTORY_LIMIT = 100
+ROUTES_LIMIT = 5000  # issues and pull requests of ours kept per repository after their tasks left
 ISSUE = "issue"  # a task's kind: the first run on a labelled issue
 FOLLOWUP = "followup"  # a later run asked for by a trusted `@claude` comment (see triggers.py)
 
@@ -304,7 +305,7 @@ class TaskQueue:
             task = _require(data, task_id)
             task.update(changes)
             task.update(state=state.value, error=error, finished_at=self.clock(), cancel_requested=False)
-            _prune_history(data["tasks"], self.history_limit)
+            _prune_history(data, self.history_limit)
             return Task.from_dict(task)
 
     def requeue(self, task_id: str, reason: str) -> Task:
@@ -393,10 +394,28 @@ def _require(data: dict[str, Any], task_id: str) -> dict[str, Any]:
     return task
 
 
-def _prune_history(tasks: dict[str, dict[str, Any]], limit: int) -> None:
+def _prune_history(data: dict[str, Any], limit: int) -> None:
+    tasks: dict[str, dict[str, Any]] = data["tasks"]
     finished = [t for t in tasks.values() if not TaskState(t["state"]).live]
     if len(finished) <= limit:
         return
     finished.sort(key=lambda t: (t.get("finished_at") or 0, t["seq"]))
     for task in finished[: len(finished) - limit]:
+        _keep_routes(data, task)
         del tasks[task["id"]]
+
+
+def _keep_routes(data: dict[str, Any], task: dict[str, Any]) -> None:
+    """A task leaving the history leaves its issue and pull requests behind (``followups.repos[repo]
+    .routes``): an ``@claude`` on a pull request from long ago still finds its issue (triggers)."""
+    entry = data.setdefault("followups", {}).setdefault("repos", {}).setdefault(task["repo"], {})
+    routes = entry.setdefault("routes", {"issues": [], "pulls": {}})
+    number = int(task["issue_number"])
+    meta = task.get("meta") or {}
+    issues = {*routes["issues"], number}
+    pulls = {**routes["pulls"]}
+    for pr in [*(meta.get("pr_numbers") or []), meta.get("pr_number")]:
+        if pr:
+            pulls[str(int(pr))] = number
+    routes["issues"] = sorted(issues)[-ROUTES_LIMIT:]
+    routes["pulls"] = {k: pulls[k] for k in sorted(pulls, key=int)[-ROUTES_LIMIT:]}

@@ -36,7 +36,6 @@ from claude_issue_solver.queue import Task, TaskQueue
 log = logging.getLogger(__name__)
 
 SEEN_LIMIT = 2000  # comment ids remembered per repository: far more than arrive between two polls
-ROUTES_LIMIT = 5000  # issues and pull requests of ours remembered per repository (newest numbers)
 LISTINGS = {"issues": "/issues/comments", "pulls": "/pulls/comments"}
 
 
@@ -76,7 +75,6 @@ class TriggerWatcher:
 
     def poll(self, repo: str) -> None:
         """Read both listings (conditionally), record new triggers, hand waiting ones to the queue."""
-        self.remember_routes(repo)
         for kind in LISTINGS:
             self._read_listing(repo, kind)
         self._read_reviews(repo)
@@ -325,7 +323,7 @@ class TriggerWatcher:
     @staticmethod
     def _routes_in(data: dict[str, Any], repo: str) -> dict[str, dict[int, int]]:
         """Which issues we worked on, and which pull request belongs to which issue: what the tasks say,
-        and what :meth:`remember_routes` kept of tasks that have left the history since."""
+        and what the queue kept of tasks that have left the history since (``routes``)."""
         kept = data.get("followups", {}).get("repos", {}).get(repo, {}).get("routes", {})
         issues = {int(n): int(n) for n in kept.get("issues", [])}
         pulls = {int(k): int(v) for k, v in kept.get("pulls", {}).items()}
@@ -339,27 +337,9 @@ class TriggerWatcher:
                     pulls[int(number)] = task["issue_number"]
         return {"issues": issues, "pulls": pulls}
 
-    def remember_routes(self, repo: str) -> None:
-        """Keep the routes the tasks give now: the history holds only the last finished tasks, and an
-        ``@claude`` on a pull request from long ago should still find its issue. One write, only when
-        something is new; bounded to the newest :data:`ROUTES_LIMIT` of each."""
-        data = self.queue.store.read()
-        routes = self._routes_in(data, repo)
-        kept = data.get("followups", {}).get("repos", {}).get(repo, {}).get("routes", {})
-        if set(routes["issues"]) == {int(n) for n in kept.get("issues", [])} and routes["pulls"] == {
-            int(k): int(v) for k, v in kept.get("pulls", {}).items()
-        }:
-            return
-        with self.queue.store.transaction() as data:
-            routes = self._routes_in(data, repo)
-            entry = data.setdefault("followups", {}).setdefault("repos", {}).setdefault(repo, {})
-            entry["routes"] = {
-                "issues": sorted(routes["issues"])[-ROUTES_LIMIT:],
-                "pulls": {str(k): routes["pulls"][k] for k in sorted(routes["pulls"])[-ROUTES_LIMIT:]},
-            }
-
-    def worked_on(self, repo: str, number: int) -> bool:
-        return number in self._routes(repo)["issues"]
+    def worked_on(self, repo: str) -> set[int]:
+        """The issues of ``repo`` we worked on."""
+        return set(self._routes(repo)["issues"])
 
     def _title(self, repo: str, number: int) -> str:
         tasks = [

@@ -302,9 +302,11 @@ class Watcher:
             book.setdefault("high_water", {})[etag_key] = newest
             self.triggers.note_pulls(data, repo, pulls)
         self._record_success(repo, response or first)
-        for number in closed:
-            if self.on_closed is not None and self.triggers.worked_on(repo, number):
-                self.on_closed(repo, number)
+        if closed and self.on_closed is not None:
+            ours = self.triggers.worked_on(repo)
+            for number in closed:
+                if number in ours:
+                    self.on_closed(repo, number)
         if first_look:
             # The listing every later poll asks for, once now, so that the next poll gets its 304.
             self._poll(repo, self.queue.store.read().get("watcher", {}))

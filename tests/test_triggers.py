@@ -245,8 +245,12 @@ def test_a_pull_request_whose_task_left_the_history_still_finds_its_issue(
 ) -> None:
     issue, pr = worked
     watcher = started(watcher_for)
-    with queue.store.transaction() as data:  # the history keeps only the newest finished tasks
-        data["tasks"] = {}
+    # The history keeps only the newest finished tasks: one more finished task pushes #1's out.
+    queue.history_limit = 0
+    other = queue.submit(REPO, 99, "Elsewhere")
+    assert other is not None
+    queue.finish(other.id, TaskState.CANCELLED)
+    assert queue.list() == []
     github.add_comment(REPO, pr, "@claude one more thing", user="maintainer")
     watcher()
     [task] = followups(queue)
