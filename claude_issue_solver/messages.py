@@ -212,7 +212,9 @@ def branch_conflict_reason(branch: str, paths: Sequence[str], side: str, agent: 
 
 
 def with_note(task: Task, body: str, note: str) -> str:
-    """``body`` (a comment ending with the task's marker) with ``note`` as its last paragraph."""
+    """``body`` (a comment ending with the task's marker) with ``note`` as its last paragraph, if any."""
+    if not note:
+        return body
     end = "\n\n" + marker(task.id)
     return (body.removesuffix(end) if body.endswith(end) else body) + "\n\n" + note + end
 

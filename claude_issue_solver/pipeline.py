@@ -515,7 +515,7 @@ class Pipeline:
                     phrase=self._phrase,
                     agent=self.agent,
                 )
-                self._comment(task, _noted(task, fallback, note))
+                self._comment(task, messages.with_note(task, fallback, note))
                 self._cleanup(task, tlog)
                 return Outcome(TaskState.FAILED, error=f"changes pushed to {spec.branch}, but {reason}")
             tlog.write(f"pull request {'opened' if pr.created else 'updated'}: {pr.url}")
@@ -530,7 +530,7 @@ class Pipeline:
                 done_body = messages.pr_opened_comment(
                     task, pr.url, figures, updated=not pr.created, red=red, draft=draft
                 )
-            done_body = _noted(task, done_body, note)
+            done_body = messages.with_note(task, done_body, note)
             # The final comment is recorded with the phase: a daemon that dies before writing it
             # writes it when it resumes, instead of leaving "working…" on the issue for good.
             self.queue.update(
@@ -700,7 +700,8 @@ class Pipeline:
         ending = {"error": reason, "duration_s": figures.duration_s}
         self.queue.update(task.id, meta={"phase": "published", RED_WITHOUT_PR: ending})
         try:
-            self._comment(task, _noted(task, messages.red_tests_comment(task, branch, tests, figures), note))
+            report = messages.red_tests_comment(task, branch, tests, figures)
+            self._comment(task, messages.with_note(task, report, note))
         except GitHubError as exc:  # the branch is pushed: failing is right, running again is not
             tlog.write(f"could not post the test report comment: {exc}")
         self._cleanup(task, tlog)
@@ -865,7 +866,7 @@ class Pipeline:
             task.id, pr_url=found.pr.url, meta={"phase": "published", "pr_number": found.pr.number}
         )
         body = messages.followup_pushed_comment(task, spec.branch, sha, found.pr.url, figures, pr_closed=True)
-        self._comment(task, _noted(task, body, note))
+        self._comment(task, messages.with_note(task, body, note))
         return Outcome(TaskState.COMPLETED, fields={"pr_url": found.pr.url})
 
     def _spec(self, task: Task, issue: dict[str, Any]) -> RunSpec:
@@ -972,10 +973,6 @@ class _ProgressEdits:
         self.interval = min(self.interval * 2, MAX_PROGRESS_INTERVAL)
         self.next_at = now + self.interval
         return True
-
-
-def _noted(task: Task, body: str, note: str) -> str:
-    return messages.with_note(task, body, note) if note else body
 
 
 def _labels_cased(issue: dict[str, Any]) -> list[str]:
