@@ -205,6 +205,12 @@ class ProcessSpec:
     env: Mapping[str, str]  # everything the process gets beyond the place's defaults
     stdin: bytes = b""  # e.g. the prompt: it never appears in argv
     keep: KeptDir | None = None  # a directory kept between workspaces (where the place supports it)
+    # AGENT_EGRESS=relay-only: the process reaches nothing over the network but the relay (when given).
+    offline: bool = False
+    # The task's Claude relay (where the place ``relays``): a host directory holding the relay's socket.
+    # The place makes it reachable from the process and points ANTHROPIC_BASE_URL at it; the process's
+    # env carries only the task's token (see :mod:`claude_issue_solver.relay`).
+    relay: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -263,6 +269,7 @@ class Backend(Protocol[W]):
     poll_interval: float  # how often asking about a process here is sensible (seconds)
     keeps_dirs: bool  # whether ProcessSpec.keep is honoured (a directory kept between workspaces)
     caches_setup: bool  # whether save_setup / restore_setup keep anything (else they answer None)
+    relays: bool  # whether ProcessSpec.relay is honoured (the place can reach a socket on this host)
 
     def check(self) -> None:
         """Fail fast at start-up with a clear BackendError (Docker down, Daytona key rejected)."""

@@ -166,6 +166,7 @@ class DaytonaBackend:
     # its clone at an old commit, brought to the task's branch), the sandbox is offline while it is
     # snapshotted, and snapshots count against the organization's quota: not built in this version.
     caches_setup = False
+    relays = False  # a cloud sandbox cannot reach a socket on this host: it gets the credential itself
 
     def __init__(
         self, settings: DaytonaSettings, *, client: Daytona | None = None, poll_interval: float | None = None

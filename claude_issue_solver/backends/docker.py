@@ -118,6 +118,7 @@ class DockerBackend:
     poll_interval = POLL_SECONDS
     keeps_dirs = True
     caches_setup = True  # a green setup container committed as an image (docker_setup_cache)
+    relays = True  # the task's relay socket is mounted into its containers (see _create_container)
 
     def __init__(
         self, settings: DockerSettings, *, client: docker.DockerClient | None = None, image: str | None = None

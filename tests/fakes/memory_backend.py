@@ -114,6 +114,7 @@ class MemoryBackend:
     poll_interval = 0.0
     keeps_dirs = True
     caches_setup = True
+    relays = False
 
     def __init__(self, remote: dict[str, dict[str, str]] | None = None) -> None:
         # The remote: branch -> (sha, files). "main" holds a README to start with.
