@@ -19,6 +19,7 @@ from typing import Any, NamedTuple
 
 ENV_FILE_VARIABLE = "CLAUDE_ISSUE_SOLVER_ENV"
 BACKENDS = ("docker", "daytona")
+AGENT_EGRESS = ("relay-only", "open")  # the agent's network: the Claude relay only, or DOCKER_NETWORK
 ON_RED_TESTS = ("draft", "comment")  # what a still-red run publishes: a draft PR, or only a comment
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 MASK = "***"
@@ -297,6 +298,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("CLAUDE_MAX_BUDGET_USD", _optional_usd, None),
     Setting("CLAUDE_EXTRA_ARGS", _text, ""),
     Setting("CLAUDE_APPEND_SYSTEM_PROMPT", _optional_text, None),
+    Setting("AGENT_EGRESS", _choice(AGENT_EGRESS), "relay-only"),
     Setting("PROMPT_TEMPLATE_DIR", _optional_path, None),
     Setting("GIT_AUTHOR_NAME", _text, "Claude Issue Solver"),
     Setting("GIT_AUTHOR_EMAIL", _text, "claude-issue-solver@users.noreply.github.com"),
@@ -367,6 +369,7 @@ class Config:
     claude_max_budget_usd: float | None = None
     claude_extra_args: str = ""
     claude_append_system_prompt: str | None = None
+    agent_egress: str = "relay-only"  # relay-only: agent, test and fix processes reach only the relay
     prompt_template_dir: Path | None = None
     git_author_name: str = "Claude Issue Solver"
     git_author_email: str = "claude-issue-solver@users.noreply.github.com"

@@ -275,6 +275,10 @@ class GitHubClient:
     ) -> Response:
         """One request; 304 and 2xx come back, everything else is raised as a classified error."""
         what = f"{verb} {url.split('?')[0]}"
+        if body is not None:
+            # Everything we write to GitHub (comments, pull requests, reviews) may carry words the agent
+            # wrote: no configured secret, minted token or token-shaped string leaves unredacted.
+            body = redacted(body)
         try:
             response = self._request(repo, verb, url, what, params, headers, body, retry)
         except GitHubError:
@@ -381,3 +385,14 @@ class GitHubClient:
     def permission(self, repo: str, login: str) -> str:
         data = self.request(repo, "GET", f"/repos/{repo}/collaborators/{login}/permission", retry=True).data
         return str(data.get("permission", "none"))
+
+
+def redacted(value: Any) -> Any:
+    """``value`` with every string in it passed through the secret redactor (JSON-shaped data)."""
+    if isinstance(value, str):
+        return REDACTOR(value)
+    if isinstance(value, dict):
+        return {key: redacted(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [redacted(item) for item in value]
+    return value

@@ -31,6 +31,7 @@ from claude_issue_solver.agent import (
     parse_extra_args,
     parse_result,
 )
+from claude_issue_solver.agent_access import AgentAccess, make_relay
 from claude_issue_solver.backends.base import (
     Backend,
     BackendError,
@@ -47,7 +48,7 @@ from claude_issue_solver.backends.base import (
 from claude_issue_solver.config import Config
 from claude_issue_solver.conventions import branch_for
 from claude_issue_solver.github import GitHubClient, GitHubError, Transient
-from claude_issue_solver.logs import TaskLog, task_log_path
+from claude_issue_solver.logs import REDACTOR, TaskLog, task_log_path
 from claude_issue_solver.outcome import Outcome, TaskControl
 from claude_issue_solver.prompt import (
     IssueComment,
@@ -83,12 +84,6 @@ log = logging.getLogger(__name__)
 # so that a half-hour run costs about six comment edits, not one per turn.
 FIRST_PROGRESS_EDIT = 30.0
 MAX_PROGRESS_INTERVAL = 600.0
-QUIET_AGENT_ENV = {
-    "DISABLE_AUTOUPDATER": "1",
-    "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
-    "DISABLE_TELEMETRY": "1",
-    "CLAUDE_CODE_MAX_RETRIES": "2",  # a 429 ends the run in seconds, and the queue holds instead
-}
 AGENT = "agent"  # the agent's process name in its workspace
 RED_WITHOUT_PR = "red_without_pr"  # meta: ON_RED_TESTS=comment ended the run (its reason and figures)
 FINAL_COMMENT = "final_comment"  # meta: the comment a published task ends with (written again on resume)
@@ -121,19 +116,6 @@ def agent_settings(config: Config) -> AgentSettings:
     )
 
 
-def agent_env(config: Config) -> dict[str, str]:
-    """The agent's environment: the Claude credential and CLI settings, and no other secret."""
-    env = dict(QUIET_AGENT_ENV)
-    env.update(dict(config.agent_env))
-    if config.anthropic_api_key:
-        env["ANTHROPIC_API_KEY"] = config.anthropic_api_key
-    if config.claude_code_oauth_token:
-        env["CLAUDE_CODE_OAUTH_TOKEN"] = config.claude_code_oauth_token
-    if config.anthropic_base_url:
-        env["ANTHROPIC_BASE_URL"] = config.anthropic_base_url
-    return env
-
-
 class Pipeline:
     def __init__(
         self,
@@ -145,6 +127,7 @@ class Pipeline:
         *,
         clock: Callable[[], float] = time.time,
         sleep: Callable[[float], None] = time.sleep,
+        access: AgentAccess | None = None,
     ) -> None:
         self.config = config
         self.queue = queue
@@ -154,7 +137,9 @@ class Pipeline:
         self.clock = clock
         self.sleep = sleep
         self.command = build_command(agent_settings(config))
-        self.env = agent_env(config)
+        # Whatever the agent writes may end up on GitHub: every secret in force is redacted there.
+        REDACTOR.add(*config.secrets())
+        self.access = access or AgentAccess(config, backend, make_relay(config, backend))
         self.agent = messages.agent_for(config.claude_model)  # who the PR and the comment name
         self._comment_locks = tuple(threading.Lock() for _ in range(64))  # striped by task id
         self.run_limits = RunLimits(queue, config, clock=clock)
@@ -163,7 +148,7 @@ class Pipeline:
             queue,
             fix_rounds=config.test_fix_rounds,
             agent_command=self.command,
-            agent_env=self.env,
+            access=self.access,
             clock=clock,
             progress=self._test_progress,
             after_run=self.run_limits.after_run,
@@ -804,6 +789,7 @@ class Pipeline:
 
     def _cleanup(self, task: Task, tlog: TaskLog) -> None:
         remove_workspace(self.backend, task.id, tlog, sleep=self.sleep)
+        self.access.close(task.id)  # the task's relay token dies with it
 
     def _issue_total(self, task: Task) -> float:
         """What every recorded run of the task's issue cost, this one included (the queue keeps the last
@@ -907,10 +893,10 @@ class Pipeline:
                 branch=branch,
                 credential=lambda: self.client.git_credential(repo),
             ),
-            agent=ProcessSpec(
+            agent=self.access.agent(
+                task.id,
                 name=task.meta.get("agent_process") or AGENT,
-                argv=tuple(argv),
-                env=self.env,
+                argv=argv,
                 stdin=prompt.encode(),
                 keep=followup.keep_for(task),  # every run keeps the issue's sessions for the next
             ),

@@ -32,11 +32,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from claude_issue_solver.agent import AgentResult, parse_result
+from claude_issue_solver.agent_access import AgentAccess
 from claude_issue_solver.backends.base import (
     Backend,
     BackendError,
     KeptDir,
-    ProcessSpec,
     Workspace,
     WorkspaceLost,
 )
@@ -282,7 +282,7 @@ class TestGate:
         *,
         fix_rounds: int,
         agent_command: Sequence[str],
-        agent_env: dict[str, str],
+        access: AgentAccess,
         clock: Callable[[], float],
         progress: Callable[[Task, TestReport, bool, str | None], None],
         after_run: Callable[..., RunEnd] | None = None,
@@ -292,7 +292,7 @@ class TestGate:
         self.queue = queue
         self.fix_rounds = fix_rounds
         self.agent_command = tuple(agent_command)
-        self.agent_env = agent_env
+        self.access = access  # what each process may reach: the relay, the credential, the network
         self.clock = clock
         self.progress = progress  # (task, report, agent_done, current step): the checklist comment
         # The budget and Claude limits (run_limits.RunLimits.after_run): a fix round is an agent run too.
@@ -467,10 +467,10 @@ class TestGate:
             f"asking Claude for a fix (round {round_} of {self.fix_rounds})"
             + (f", continuing session {session}" if session else ", in a new session (none was recorded)")
         )
-        spec = ProcessSpec(
+        spec = self.access.agent(
+            task.id,
             name=_fix_name(round_),
             argv=argv,
-            env=self.agent_env,
             stdin=fix_prompt(failing, str(report.plan.test), round_, self.fix_rounds).encode(),
             keep=keep,  # the issue's Claude sessions, as the agent had them: --resume finds its own
         )
@@ -480,10 +480,10 @@ class TestGate:
             # The place kept no Claude config between the runs: the same request in a new session,
             # with the issue's prompt first so that Claude knows what the change was for.
             tlog.write(f"session {session} cannot be continued here; asking in a new session")
-            spec = ProcessSpec(
+            spec = self.access.agent(
+                task.id,
                 name=f"{_fix_name(round_)}-new",
                 argv=self.agent_command,
-                env=self.agent_env,
                 stdin=first_prompt + b"\n\n---\n\n" + spec.stdin,
                 keep=keep,
             )
@@ -541,7 +541,7 @@ class TestGate:
     ) -> StepResult:
         started = self.clock()
         # No GitHub credential and no Claude credential: the tests get the place's defaults only.
-        spec = ProcessSpec(name=name, argv=("sh", "-c", command), env={})
+        spec = self.access.command(name, command, setup=name == SETUP)
         if not self.backend.start_process(workspace, spec, tlog):
             tlog.write(f"{name} already runs (started before a restart)")
         exit_ = self._wait(workspace, name, control, tlog, min(started + timeout, deadline))

@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 
 from claude_issue_solver.agent import build_command
+from claude_issue_solver.agent_access import agent_env
 from claude_issue_solver.app import daytona_settings
 from claude_issue_solver.backends.base import (
     LABEL_ISSUE,
@@ -42,7 +43,7 @@ from claude_issue_solver.credentials import GitCredential
 from claude_issue_solver.demo_world.github import FakeGitHub
 from claude_issue_solver.logs import TaskLog
 from claude_issue_solver.outcome import TaskControl
-from claude_issue_solver.pipeline import agent_env, agent_settings
+from claude_issue_solver.pipeline import agent_settings
 from claude_issue_solver.queue import Task
 from claude_issue_solver.run_policy import (
     ProcessExit,

@@ -277,6 +277,9 @@ class Backend(Protocol[W]):
     def handle_for(self, task_id: str) -> str:
         """The deterministic name the task's container or sandbox carries."""
 
+    def process_owner(self) -> tuple[int, int] | None:
+        """The uid:gid that this host's files a process uses must belong to (None: the daemon's own)."""
+
     # --- lifecycle ---
 
     def prepare(self, spec: WorkspaceSpec, log: TaskLog) -> W:

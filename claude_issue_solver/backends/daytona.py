@@ -222,6 +222,9 @@ class DaytonaBackend:
     def handle_for(self, task_id: str) -> str:
         return f"{SANDBOX_PREFIX}{checked_id(task_id)}"
 
+    def process_owner(self) -> tuple[int, int] | None:
+        return None  # no file of this host is handed to its processes
+
     # --- lifecycle -------------------------------------------------------------------------------------
 
     def prepare(self, spec: WorkspaceSpec, log: TaskLog) -> DaytonaWorkspace:

@@ -90,6 +90,10 @@ AGENT_PROCESS = "agent"  # its container carries the workspace's handle: the nam
 WORKSPACE_MOUNT = "/workspace"
 TASK_MOUNT = "/task"
 KEPT_MOUNT = "/kept"
+RELAY_MOUNT = "/relay"  # the task's relay socket directory (claude_issue_solver.relay)
+RELAY_SOCKET = "relay.sock"
+RELAY_FORWARDER = "relay-forward.js"  # written into the task directory, mounted read-only at /task
+RELAY_PORT = 47800  # the forwarder's address on the container's own loopback: ANTHROPIC_BASE_URL
 BASE_SHA_FILE = "base_sha"  # the commit the work started from, for a daemon that restarts mid-task
 DEFAULT_BRANCH_FILE = "default_branch"  # which branch's Dockerfile the image is built on, after a restart
 SETUP_IMAGE_FILE = "setup_image"  # the saved setup this task's later processes start from (a restart too)
@@ -160,6 +164,10 @@ class DockerBackend:
 
     def handle_for(self, task_id: str) -> str:
         return _container_name(task_id, AGENT_PROCESS)
+
+    def process_owner(self) -> tuple[int, int] | None:
+        """Whom the relay's sockets must belong to: the agent's uid when the daemon runs as root."""
+        return agent_ids() if os.getuid() == 0 else None
 
     def mirror_dir(self, repo: str) -> Path:
         owner, _, name = repo.lower().partition("/")
@@ -586,10 +594,28 @@ class DockerBackend:
             inside = f"{KEPT_MOUNT}/{process.keep.key}"
             volumes[str(kept)] = {"bind": inside, "mode": "rw"}
             environment[process.keep.env] = inside
+        run = f'exec "$@" < {TASK_MOUNT}/{stdin_name}'
+        if process.relay is not None:
+            # The relay's socket directory (not the socket: a restarted daemon makes a new one there), and
+            # the forwarder that gives the CLI a TCP address for it inside the container's own loopback.
+            volumes[str(process.relay)] = {"bind": RELAY_MOUNT, "mode": "ro"}
+            _write_private(task_dir / RELAY_FORWARDER, _forwarder_script())
+            self._hand_over_file(task_dir / RELAY_FORWARDER)
+            environment["ANTHROPIC_BASE_URL"] = f"http://127.0.0.1:{RELAY_PORT}"
+            # Node is in every agent image (Dockerfile.claude needs it); an image without it (the demo's
+            # stand-in) calls no API, so the command runs as it is.
+            run = (
+                f"if command -v node >/dev/null 2>&1; then exec node {TASK_MOUNT}/{RELAY_FORWARDER} "
+                f"--port {RELAY_PORT} --socket {RELAY_MOUNT}/{RELAY_SOCKET} "
+                f'-- "$@" < {TASK_MOUNT}/{stdin_name}; else {run}; fi'
+            )
+        # AGENT_EGRESS=relay-only: no network at all (the relay comes as a socket), whatever the Docker
+        # daemon's bridge or iptables settings are.
+        network = "none" if process.offline else self.settings.network
         try:
             return self.client.containers.create(
                 image,
-                ["sh", "-c", f'exec "$@" < {TASK_MOUNT}/{stdin_name}', "claude-run", *process.argv],
+                ["sh", "-c", run, "claude-run", *process.argv],
                 name=name,
                 labels={
                     **resource_labels(self.owner, ws.task_id, ws.repo, ws.issue_number),
@@ -604,7 +630,7 @@ class DockerBackend:
                 pids_limit=self.settings.pids_limit,
                 cap_drop=["ALL"],
                 security_opt=["no-new-privileges"],
-                network_mode=self.settings.network,
+                network_mode=network,
                 privileged=False,
             )
         except docker.errors.ImageNotFound:
@@ -799,6 +825,11 @@ def _logs(container: Container, **kwargs: Any) -> str:
     except _DOCKER_ERRORS as exc:
         return f"(the output of {container.name} is unavailable: {exc})"
     return data.decode("utf-8", "replace") if isinstance(data, bytes) else str(data)
+
+
+def _forwarder_script() -> bytes:
+    """The relay's in-container forwarder, shipped as package data (see claude_issue_solver.relay)."""
+    return (Path(__file__).resolve().parent.parent / "data" / RELAY_FORWARDER).read_bytes()
 
 
 def _read_text(path: Path) -> str | None:

@@ -187,6 +187,9 @@ class MemoryBackend:
     def handle_for(self, task_id: str) -> str:
         return f"memory-{checked_id(task_id)}"
 
+    def process_owner(self) -> tuple[int, int] | None:
+        return None  # no file of this host is handed to its processes
+
     def prepare(self, spec: WorkspaceSpec, log: TaskLog) -> MemoryWorkspace:
         self._enter("prepare")
         place = self.places.get(spec.task_id)

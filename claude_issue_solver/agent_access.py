@@ -1,0 +1,137 @@
+"""What each process of a task may reach: the Claude credential (or only a relay to it) and the network.
+
+Policy once, for every backend and every process the pipeline starts (issue #18):
+
+- **The agent's processes** (the first run and each test-fix round) reach Claude. Where the backend
+  ``relays`` (Docker), they get the task's relay (:mod:`claude_issue_solver.relay`): a socket on this
+  host and a per-task token that works only while the task is open; the real credential (an API key or
+  an OAuth token) never enters the container, its environment or its config. Elsewhere (Daytona: a cloud
+  sandbox cannot reach a socket on this host) they get the credential itself.
+- **The network** (``AGENT_EGRESS``): with ``relay-only`` (the default) the agent, test and fix
+  processes are ``offline``: nothing but the relay. ``setup`` keeps ``DOCKER_NETWORK``: it installs
+  dependencies. With ``open`` every process has the backend's network (the credential still stays out).
+- Nothing else: no GitHub token reaches any process, ever.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from claude_issue_solver.backends.base import Backend, KeptDir, ProcessSpec
+from claude_issue_solver.config import Config
+
+if TYPE_CHECKING:
+    from claude_issue_solver.relay import Relay, TaskUsage
+
+__all__ = ["EGRESS_OPEN", "EGRESS_RELAY_ONLY", "QUIET_AGENT_ENV", "AgentAccess", "agent_env"]
+
+log = logging.getLogger(__name__)
+
+EGRESS_RELAY_ONLY = "relay-only"
+EGRESS_OPEN = "open"
+QUIET_AGENT_ENV = {
+    "DISABLE_AUTOUPDATER": "1",
+    "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
+    "DISABLE_TELEMETRY": "1",
+    "CLAUDE_CODE_MAX_RETRIES": "2",  # a 429 ends the run in seconds, and the queue holds instead
+}
+
+
+def agent_env(config: Config) -> dict[str, str]:
+    """The agent's environment where there is no relay: the Claude credential and CLI settings, no other
+    secret."""
+    env = _settings_env(config)
+    if config.anthropic_api_key:
+        env["ANTHROPIC_API_KEY"] = config.anthropic_api_key
+    if config.claude_code_oauth_token:
+        env["CLAUDE_CODE_OAUTH_TOKEN"] = config.claude_code_oauth_token
+    if config.anthropic_base_url:
+        env["ANTHROPIC_BASE_URL"] = config.anthropic_base_url
+    return env
+
+
+def _settings_env(config: Config) -> dict[str, str]:
+    env = dict(QUIET_AGENT_ENV)
+    env.update(dict(config.agent_env))
+    return env
+
+
+def make_relay(config: Config, backend: Backend[Any]) -> Relay | None:
+    """The daemon's Claude relay, when the backend can use one and there is a credential to guard."""
+    if not getattr(backend, "relays", False):
+        return None
+    if not (config.anthropic_api_key or config.claude_code_oauth_token):
+        return None  # nothing to keep out (the demo's stand-in agent calls no API)
+    from claude_issue_solver.relay import ClaudeCredential, Relay
+
+    credential = ClaudeCredential(
+        api_key=config.anthropic_api_key, oauth_token=config.claude_code_oauth_token
+    )
+    return Relay(
+        config.state_dir.expanduser().resolve() / "relay",
+        config.anthropic_base_url or ANTHROPIC_API_URL,
+        credential,
+        # The uid:gid the backend's processes run as must be able to connect to the socket.
+        socket_owner=backend.process_owner(),
+    )
+
+
+ANTHROPIC_API_URL = "https://api.anthropic.com"
+
+
+class AgentAccess:
+    """Builds every ProcessSpec the pipeline starts, with what that kind of process may reach."""
+
+    def __init__(self, config: Config, backend: Backend[Any], relay: Relay | None) -> None:
+        self.config = config
+        self.backend = backend
+        self.relay = relay
+        self.offline = config.agent_egress == EGRESS_RELAY_ONLY
+        self._direct_env = agent_env(config)  # where there is no relay
+
+    def agent(
+        self, task_id: str, *, name: str, argv: Sequence[str], stdin: bytes, keep: KeptDir | None
+    ) -> ProcessSpec:
+        """A Claude Code process of the task (the first run, a fix round): Claude, and nothing else."""
+        env, relay_dir = self._claude(task_id)
+        return ProcessSpec(
+            name=name,
+            argv=tuple(argv),
+            env=env,
+            stdin=stdin,
+            keep=keep,
+            offline=self.offline,
+            relay=relay_dir,
+        )
+
+    def command(self, name: str, command: str, *, setup: bool = False) -> ProcessSpec:
+        """The repository's own command (setup, a test run): no credential; setup keeps the network."""
+        return ProcessSpec(name=name, argv=("sh", "-c", command), env={}, offline=self.offline and not setup)
+
+    def _claude(self, task_id: str) -> tuple[Mapping[str, str], Path | None]:
+        if self.relay is None:
+            return self._direct_env, None
+        grant = self.relay.open(task_id)
+        env = _settings_env(self.config)
+        env.update(grant.env)  # the task's token in place of the credential; the backend adds the URL
+        return env, grant.directory
+
+    def close(self, task_id: str) -> None:
+        """The task ended: its token dies. Never raises (it runs on every ending)."""
+        if self.relay is None:
+            return
+        try:
+            self.relay.close(task_id)
+        except Exception as exc:  # cleanup runs on every path out of a task
+            log.warning("could not close the relay of task %s: %s", task_id, exc)
+
+    def usage(self, task_id: str) -> TaskUsage | None:
+        """What the relay metered for the task so far (None without a relay)."""
+        return None if self.relay is None else self.relay.usage(task_id)
+
+    def stop(self) -> None:
+        if self.relay is not None:
+            self.relay.stop()
