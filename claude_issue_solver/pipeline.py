@@ -447,11 +447,14 @@ class Pipeline:
             request = PushRequest(
                 branch=spec.branch,
                 clone_url=spec.workspace.clone_url,
-                message=messages.commit_message(
-                    messages.followup_commit_subject(task, self.config.trigger_phrase)
-                    if task.kind == FOLLOWUP and taken is None  # no new title: say what was asked
-                    else title,
-                    task,
+                # The agent's title goes to GitHub in the commit too: redacted like every other word of it.
+                message=REDACTOR(
+                    messages.commit_message(
+                        messages.followup_commit_subject(task, self.config.trigger_phrase)
+                        if task.kind == FOLLOWUP and taken is None  # no new title: say what was asked
+                        else title,
+                        task,
+                    )
                 ),
                 author=(self.config.git_author_name, self.config.git_author_email),
                 credential=spec.workspace.credential(),
