@@ -67,6 +67,8 @@ def daytona_settings(config: Config) -> DaytonaSettings:
         auto_delete_minutes=config.daytona_auto_delete_minutes,
         poll_interval=config.daytona_poll_interval,
         task_timeout=config.task_timeout,
+        anthropic_base_url=config.anthropic_base_url,
+        network_allow_list=config.daytona_network_allow_list,
     )
 
 

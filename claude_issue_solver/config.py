@@ -9,6 +9,7 @@ must give the defaults, computed ones (``STATE_DIR``) included. Every bad key is
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import os
 import re
@@ -171,6 +172,16 @@ def _optional_url(raw: str) -> str | None:
     return _url(raw) if raw.strip() else None
 
 
+def _optional_cidrs(raw: str) -> str | None:
+    """IPv4 networks, comma-separated (what Daytona's network allow list takes), normalised."""
+    parts = [p.strip() for p in raw.split(",") if p.strip()]
+    try:
+        networks = [ipaddress.IPv4Network(p, strict=False) for p in parts]
+    except ValueError:
+        raise ValueError("IPv4 networks separated by commas, e.g. 140.82.112.0/20,10.1.0.0/16") from None
+    return ",".join(str(n) for n in networks) or None
+
+
 def _choice(options: tuple[str, ...], *, upper: bool = False) -> Callable[[str], str]:
     def parse(raw: str) -> str:
         value = raw.strip().upper() if upper else raw.strip().lower()
@@ -326,6 +337,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("DAYTONA_DISK_GB", _int_at_least(1), 10),
     Setting("DAYTONA_AUTO_DELETE_MINUTES", _int_at_least(-1), 1440),
     Setting("DAYTONA_POLL_INTERVAL", _float_above_zero, 2.0),
+    Setting("DAYTONA_NETWORK_ALLOW_LIST", _optional_cidrs, None),
 )
 
 _BY_KEY = {s.key: s for s in SETTINGS}
@@ -394,6 +406,7 @@ class Config:
     daytona_disk_gb: int = 10
     daytona_auto_delete_minutes: int = 1440
     daytona_poll_interval: float = 2.0
+    daytona_network_allow_list: str | None = None  # IPv4 CIDRs, normalised, comma-separated
     # Extra CLAUDE_CODE_* / DISABLE_* variables found in the environment, passed to the agent as-is.
     agent_env: tuple[tuple[str, str], ...] = ()
     # The .env file these settings were read from (absolute), or None: the environment only.

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from daytona import DaytonaError
 
 from claude_issue_solver.agent import build_command
 from claude_issue_solver.agent_access import agent_env
@@ -37,7 +38,7 @@ from claude_issue_solver.backends.base import (
     agent_dockerfile,
 )
 from claude_issue_solver.backends.daytona import DaytonaBackend, DaytonaWorkspace, create_snapshot
-from claude_issue_solver.config import Config
+from claude_issue_solver.config import Config, ConfigError
 from claude_issue_solver.conventions import SUMMARY_FILE
 from claude_issue_solver.credentials import GitCredential
 from claude_issue_solver.demo_world.github import FakeGitHub
@@ -54,7 +55,7 @@ from claude_issue_solver.run_policy import (
 )
 from tests import backend_steps as steps
 from tests.backend_steps import Job
-from tests.fakes.fake_daytona import FakeDaytona
+from tests.fakes.fake_daytona import Egress, FakeDaytona
 from tests.github_fixtures import TOKEN
 from tests.waiting import wait_until
 
@@ -602,6 +603,147 @@ def test_removal_never_raises(harness: Harness) -> None:
     harness.fake.fail_next("/api/sandbox", 401, count=10)
     assert remove_workspace(backend, job.task_id, harness.log(job), sleep=lambda _: None) == []
     assert "could not remove the workspace" in harness.log(job).path.read_text()
+
+
+# --- egress: the sandbox's firewall around offline processes ----------------------------------------------
+
+NARROWED = Egress(domains="api.anthropic.com")  # the Claude API's host and nothing else
+
+
+def quick(name: str, *, offline: bool, script: str = "true") -> ProcessSpec:
+    return ProcessSpec(name=name, argv=("sh", "-c", script), env={}, offline=offline)
+
+
+def run_process(
+    harness: Harness, backend: DaytonaBackend, workspace: DaytonaWorkspace, job: Job, process: ProcessSpec
+) -> ProcessExit:
+    assert backend.start_process(workspace, process, harness.log(job))
+    result = steps.wait(backend, workspace, harness.log(job), seconds=30, name=process.name)
+    assert result is not None and result.exit_code == 0, result
+    return result
+
+
+def network_steps(harness: Harness, workspace: DaytonaWorkspace) -> list[tuple[str, Egress]]:
+    """The sandbox's network changes, clones, pushes and processes (not its plain commands), in order."""
+    prefix = f"session:claude-issue-solver-{workspace.task_id}-"
+    return [
+        (what.replace(prefix, "process:"), egress)
+        for what, egress in harness.fake.egress_log(workspace.sandbox_id)
+        if what != "exec"
+    ]
+
+
+def test_offline_processes_run_narrowed_setup_and_the_push_open(harness: Harness) -> None:
+    backend = harness.backend()
+    job = harness.job("edit")
+    job = replace(job, agent=replace(job.agent, offline=True))
+    workspace = backend.prepare(job.workspace, harness.log(job))
+    run_process(harness, backend, workspace, job, quick("setup", offline=False))
+    run_process(harness, backend, workspace, job, job.agent)
+    run_process(harness, backend, workspace, job, quick("test-1", offline=True))
+    harness.collect(backend, workspace)
+    pushed = harness.push(backend, workspace, job)
+    assert harness.github.repo(REPO).branch_sha(BRANCH) == pushed.sha
+
+    assert network_steps(harness, workspace) == [
+        ("create", Egress()),
+        ("git-clone", Egress()),
+        ("process:setup", Egress()),
+        ("network-settings", NARROWED),
+        ("process:agent", NARROWED),
+        ("process:test-1", NARROWED),  # already narrowed: no second request
+        ("network-settings", Egress()),
+        ("git-push", Egress()),
+    ]
+    log_text = harness.log(job).path.read_text()
+    assert "egress only api.anthropic.com, before agent" in log_text
+    assert "egress open, before the push" in log_text
+
+
+def test_a_restart_mid_agent_still_opens_the_sandbox_before_the_push(harness: Harness) -> None:
+    backend = harness.backend()
+    job = harness.job("wait")
+    job = replace(job, agent=replace(job.agent, offline=True))
+    workspace = harness.start(backend, job)
+    assert harness.wait(backend, workspace, job, stop=steps.control(detach=True)) is None
+    assert harness.fake.egress(workspace.sandbox_id) == NARROWED
+
+    restarted = harness.backend()  # knows nothing of the egress it left
+    again = restarted.attach(harness.task(job, workspace))
+    assert again is not None
+    (harness.repo_dir(again) / ".fake-claude-release").write_text("go")
+    result = harness.wait(restarted, again, job)
+    assert result is not None and result.exit_code == 0, result
+    harness.collect(restarted, again)
+    # Still narrowed, and the fake means it: the toolbox's git cannot reach GitHub from here.
+    assert harness.fake.egress(again.sandbox_id) == NARROWED
+    credential = job.workspace.credential()
+    with pytest.raises(DaytonaError, match="Could not resolve host"):
+        restarted.client.get(again.sandbox_id).git.push(
+            str(harness.repo_dir(again)), username=credential.username, password=credential.password
+        )
+
+    pushed = harness.push(restarted, again, job)
+    assert harness.github.repo(REPO).branch_sha(BRANCH) == pushed.sha
+    assert network_steps(harness, again)[-2:] == [("network-settings", Egress()), ("git-push", Egress())]
+
+
+@pytest.mark.parametrize(
+    ("base_url", "narrowed"),
+    [
+        ("https://llm-gateway.example.com/anthropic", Egress(domains="llm-gateway.example.com")),
+        ("http://203.0.113.7:8080", Egress(allow_list="203.0.113.7/32")),
+    ],
+)
+def test_the_api_host_is_that_of_anthropic_base_url(
+    harness: Harness, base_url: str, narrowed: Egress
+) -> None:
+    backend = harness.backend(ANTHROPIC_BASE_URL=base_url)
+    job = harness.job("noop")
+    workspace = backend.prepare(job.workspace, harness.log(job))
+    run_process(harness, backend, workspace, job, quick("agent", offline=True))
+    assert harness.fake.egress(workspace.sandbox_id) == narrowed
+
+
+def test_an_ipv6_api_host_is_refused_at_start_up(harness: Harness) -> None:
+    with pytest.raises(BackendError, match=r"IPv6 address.*allow lists take IPv4"):
+        harness.backend(ANTHROPIC_BASE_URL="http://[2001:db8::7]:8080").check()
+    assert harness.fake.requests == []
+
+
+def test_network_allow_list_limits_the_sandbox_from_its_creation(harness: Harness) -> None:
+    # The loopback GitHub is at 127.0.0.1: an operator's list must name where GitHub is.
+    backend = harness.backend(DAYTONA_NETWORK_ALLOW_LIST=" 127.0.0.1/32, 10.1.2.3/16 ")
+    limited = Egress(allow_list="127.0.0.1/32,10.1.0.0/16")
+    job = harness.job("edit")
+    job = replace(job, agent=replace(job.agent, offline=True))
+    workspace, result = harness.run(backend, job)
+    assert result.exit_code == 0, result.tail
+    harness.collect(backend, workspace)
+    pushed = harness.push(backend, workspace, job)
+    assert harness.github.repo(REPO).branch_sha(BRANCH) == pushed.sha
+    steps_seen = network_steps(harness, workspace)
+    assert steps_seen[:2] == [("create", limited), ("git-clone", limited)]
+    assert steps_seen[-2:] == [
+        ("network-settings", replace(limited, domains=NARROWED.domains)),
+        ("git-push", replace(limited, domains=NARROWED.domains)),
+    ]
+    assert (
+        "egress limited to DAYTONA_NETWORK_ALLOW_LIST (127.0.0.1/32,10.1.0.0/16)"
+        in harness.log(job).path.read_text()
+    )
+
+    # A list without GitHub: the clone cannot get out (and says why).
+    other = harness.job("edit", task_id="widgets-7-bbbbbb")
+    with pytest.raises(BackendError, match=r"Could not resolve host: 127\.0\.0\.1"):
+        harness.backend(DAYTONA_NETWORK_ALLOW_LIST="10.1.0.0/16").prepare(other.workspace, harness.log(other))
+
+
+def test_network_allow_list_takes_ipv4_networks_only(harness: Harness) -> None:
+    with pytest.raises(ConfigError, match="DAYTONA_NETWORK_ALLOW_LIST"):
+        harness.config(DAYTONA_NETWORK_ALLOW_LIST="github.com")
+    with pytest.raises(ConfigError, match="DAYTONA_NETWORK_ALLOW_LIST"):
+        harness.config(DAYTONA_NETWORK_ALLOW_LIST="2001:db8::/32")
 
 
 # --- reconcile -------------------------------------------------------------------------------------------

@@ -107,11 +107,22 @@ def test_issue_to_pull_request(
     assert task.cost_usd == pytest.approx(0.0123) and task.num_turns == 3
     assert fake.sandboxes == {} and len(fake.deleted) == 1
 
+    # Cloning and pushing need the network: they ran with the sandbox open, whatever ran narrowed between.
+    git_calls = [
+        (what, egress) for what, egress in fake.egress_log(fake.deleted[0]) if what.startswith("git-")
+    ]
+    assert [what for what, _ in git_calls] == ["git-clone", "git-push"]
+    assert all(egress.open for _, egress in git_calls), git_calls
+
     sandbox_requests = fake.requests_for(fake.deleted[0])
     print_counts("one task, issue to pull request", sandbox_requests)
-    polls = request_counts(sandbox_requests)["GET toolbox/process/session/{sid}/command/{id}"]
-    # Everything but the polls is a fixed handful: creating, cloning, starting, collecting, pushing.
-    assert len(sandbox_requests) - polls <= 20, request_counts(sandbox_requests)
+    counts = request_counts(sandbox_requests)
+    polls = counts["GET toolbox/process/session/{sid}/command/{id}"]
+    # At most two egress changes: narrowed before the agent (AGENT_EGRESS=relay-only), opened before the push.
+    egress_changes = counts["POST /api/sandbox/{id}/network-settings"]
+    assert egress_changes <= 2, counts
+    # Everything else but the polls is a fixed handful: creating, cloning, starting, collecting, pushing.
+    assert len(sandbox_requests) - polls - egress_changes <= 20, counts
 
 
 @pytest.mark.parametrize(

@@ -19,6 +19,18 @@ through the API): it is uploaded as a file in the 0700 task directory, which the
 sources and deletes before it starts, so it exists on the sandbox's disk only between two requests and
 never in the command text (which the daemon keeps on disk and reports through the API).
 
+Egress. A cloud sandbox cannot reach a relay on this host (``relays`` is False), so the agent's Claude
+credential is in its environment, and an offline process (``ProcessSpec.offline``: the agent, a test
+run, a fix) needs the Claude API. Before one starts, the sandbox's outbound network is narrowed with
+Daytona's own firewall (``update_network_settings``) to the host of ANTHROPIC_BASE_URL (a domain allow
+list; an IPv4 address as a /32) -- the API, nothing else (Daytona's organization policy may add its
+"essential services"). Before anything that needs the network again (cloning, a process that is not
+offline such as setup, the push) it is opened again: to everything, or to DAYTONA_NETWORK_ALLOW_LIST,
+which the sandbox also gets when it is created. Each change is idempotent and made before the step
+that needs it, never after the step before; Daytona keeps the setting with the sandbox, and a
+restarted daemon (which does not know it) sets it again: a sandbox narrowed when the daemon died is
+opened before the push.
+
 This is the only module that imports ``daytona``; the daemon imports it only when the Daytona backend
 runs. Mechanics only: when to stop, what to take and what to publish is
 :mod:`claude_issue_solver.run_policy`.
@@ -29,6 +41,7 @@ from __future__ import annotations
 import base64
 import binascii
 import io
+import ipaddress
 import logging
 import math
 import re
@@ -128,6 +141,24 @@ _MOVED_RE = re.compile(r"non-fast-forward|fetch first", re.IGNORECASE)
 _DELETED_STATES = ("destroyed", "destroying")
 _GONE_STATES = (*_DELETED_STATES, "error", "build_failed")  # nothing of the run can be recovered
 _RESTARTABLE_STATES = ("stopped", "archived", "paused")
+DEFAULT_API_HOST = "api.anthropic.com"  # where the Claude CLI goes without ANTHROPIC_BASE_URL
+
+
+@dataclass(frozen=True)
+class _Egress:
+    """A sandbox's outbound network, as ``Sandbox.update_network_settings`` takes it (None: not sent)."""
+
+    shown: str  # for the task log
+    block_all: bool | None = None  # False: open to everything (and clears the allow lists)
+    allow_list: str | None = None  # IPv4 CIDRs, comma-separated
+    domains: str | None = None  # domain names, comma-separated
+
+    def apply(self, sandbox: Sandbox) -> None:
+        sandbox.update_network_settings(
+            network_block_all=self.block_all,
+            network_allow_list=self.allow_list,
+            domain_allow_list=self.domains,
+        )
 
 
 @dataclass(frozen=True)
@@ -185,6 +216,9 @@ class DaytonaBackend:
         self._commands: dict[tuple[str, str], str] = {}
         self._killed: set[tuple[str, str]] = set()
         self._outputs: dict[tuple[str, str], ProcessOutput] = {}
+        # The egress this daemon last set (or created) per task: skips repeating it. A restarted daemon
+        # knows none and sets it again before each step that needs one.
+        self._egress: dict[str, _Egress] = {}
 
     # --- the daemon ------------------------------------------------------------------------------------
 
@@ -197,6 +231,7 @@ class DaytonaBackend:
 
     def check(self) -> None:
         """One listing (is the key accepted?) and one snapshot lookup (can a task start at all?)."""
+        self._narrowed()  # an ANTHROPIC_BASE_URL no allow list can name fails here, not mid-task
         client = self.client
         url = self.settings.api_url
         try:
@@ -382,6 +417,7 @@ class DaytonaBackend:
                 return False
         except DaytonaError as exc:
             raise _backend_error(exc, f"creating session {session} in {workspace.handle}") from None
+        self._set_egress(workspace, sandbox, offline=process.offline, log=log, why=f"before {name}")
         kept, kept_uploads = self._carry_in(workspace.task_id, paths, process)
         extra = {process.keep.env: kept} if process.keep is not None and kept else {}
         lines = []
@@ -516,6 +552,7 @@ class DaytonaBackend:
                 if "empty commit" not in str(exc) and "nothing to commit" not in str(exc):
                     raise _backend_error(exc, f"committing in {workspace.handle}") from None
         head = self._prepare_push(sandbox, paths, request, workspace)
+        self._set_egress(workspace, sandbox, offline=False, log=log, why="before the push")
         credential = request.credential
         try:
             sandbox.git.push(
@@ -647,10 +684,14 @@ class DaytonaBackend:
             # No env_vars: Daytona reports them back to anyone holding the API key.
             auto_stop_interval=math.ceil(self.settings.task_timeout / 60) + AUTO_STOP_MARGIN_MINUTES,
             auto_delete_interval=self.settings.auto_delete_minutes,
+            # Made open (or limited to DAYTONA_NETWORK_ALLOW_LIST): cloning and setup need the network.
+            network_allow_list=self.settings.network_allow_list or None,
         )
         started = time.monotonic()
         try:
             sandbox = self.client.create(params, timeout=CREATE_TIMEOUT_SECONDS)
+            with self._lock:
+                self._egress[spec.task_id] = self._open()
         except DaytonaConflictError:
             # The name is taken: another thread or process created this task's sandbox just now.
             sandbox = _sdk(f"getting sandbox {name}", lambda: self.client.get(name))
@@ -682,6 +723,7 @@ class DaytonaBackend:
         with self._lock:
             self._sandboxes.pop(task_id, None)
             self._work_dirs.pop(task_id, None)
+            self._egress.pop(task_id, None)
             for cache in (self._commands, self._outputs):
                 for key in [k for k in cache if k[0] == task_id]:
                     cache.pop(key, None)
@@ -721,6 +763,53 @@ class DaytonaBackend:
             known = known or self._work_dirs.get(workspace.task_id)
         return sandbox, _Paths(known) if known else self._ask_paths(workspace.task_id, sandbox)
 
+    # --- helpers: egress -------------------------------------------------------------------------------
+
+    def _open(self) -> _Egress:
+        """What a sandbox reaches when nothing offline runs: everything, or DAYTONA_NETWORK_ALLOW_LIST."""
+        cidrs = self.settings.network_allow_list
+        if cidrs:
+            return _Egress(f"limited to DAYTONA_NETWORK_ALLOW_LIST ({cidrs})", allow_list=cidrs)
+        return _Egress("open", block_all=False)
+
+    def _narrowed(self) -> _Egress:
+        """What an offline process's sandbox reaches: the Claude API's host alone."""
+        url = self.settings.anthropic_base_url
+        host = (urlsplit(url).hostname if url else None) or DEFAULT_API_HOST
+        try:
+            address = ipaddress.ip_address(host)
+        except ValueError:
+            return _Egress(f"only {host}", domains=host)
+        if address.version != 4:
+            msg = (
+                f"ANTHROPIC_BASE_URL's host {host} is an IPv6 address: Daytona's network allow lists take "
+                "IPv4 networks and domain names, so an offline process's sandbox cannot be limited to it"
+            )
+            raise BackendError(msg)
+        return _Egress(f"only {host}", allow_list=f"{address}/32")
+
+    def _set_egress(
+        self,
+        workspace: Workspace | WorkspaceSpec,
+        sandbox: Sandbox,
+        *,
+        offline: bool,
+        log: TaskLog,
+        why: str,
+    ) -> None:
+        """Narrow the sandbox's egress to the Claude API (offline) or open it, unless this daemon did
+        so last. Idempotent: Daytona answers a repeat with the same setting."""
+        wanted = self._narrowed() if offline else self._open()
+        task_id = workspace.task_id
+        with self._lock:
+            if self._egress.get(task_id) == wanted:
+                return
+            self._egress.pop(task_id, None)  # unknown until Daytona confirms the change
+        _sdk(f"setting the egress of {sandbox.name} ({wanted.shown})", lambda: wanted.apply(sandbox))
+        with self._lock:
+            self._egress[task_id] = wanted
+        log.write(f"sandbox {sandbox.name}: egress {wanted.shown}, {why}")
+
     # --- helpers: git in the sandbox -------------------------------------------------------------------
 
     def _existing_clone(self, sandbox: Sandbox, paths: _Paths) -> str | None:
@@ -740,6 +829,7 @@ class DaytonaBackend:
         on_remote = self._remote_has_branch(spec, credential)
         branch = spec.branch if on_remote else spec.default_branch
         clean_url = _clean_url(spec.clone_url)
+        self._set_egress(spec, sandbox, offline=False, log=log, why="before cloning")
         started = time.monotonic()
         try:
             sandbox.git.clone(

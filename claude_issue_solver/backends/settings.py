@@ -36,3 +36,7 @@ class DaytonaSettings:
     auto_delete_minutes: int = 1440
     poll_interval: float = 2.0
     task_timeout: int = 3600  # a sandbox's auto-stop must outlast the longest run
+    # ANTHROPIC_BASE_URL: its host is all an offline process (the agent) may reach from its sandbox.
+    anthropic_base_url: str | None = None
+    # DAYTONA_NETWORK_ALLOW_LIST: IPv4 CIDRs (comma-separated) the whole sandbox is limited to; None: open.
+    network_allow_list: str | None = None

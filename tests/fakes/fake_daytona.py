@@ -18,6 +18,7 @@ What it answers (paths as the SDK's generated clients send them):
 * Control plane under ``/api``: ``POST /sandbox`` (from a snapshot), ``GET /sandbox`` (``labels``
   filter, one page), ``GET|DELETE /sandbox/{idOrName}``, ``POST /sandbox/{id}/start|stop``,
   ``GET /sandbox/{id}/toolbox-proxy-url``, ``PUT /sandbox/{id}/labels``,
+  ``POST /sandbox/{id}/network-settings``,
   ``POST /sandbox/{id}/autostop|autodelete|autoarchive/{minutes}``, ``POST /snapshots``,
   ``GET /snapshots``, ``GET|DELETE /snapshots/{idOrName}``. No Socket.IO, no object storage (so no
   snapshot whose Dockerfile ``COPY``s local files).
@@ -50,6 +51,14 @@ How a sandbox maps onto the host (deliberately explicit, so nobody relies on it 
   and that process's environment, as the real daemon does: never a URL or ``.git/config``. Hooks are
   disabled for clone and push (``core.hooksPath=/dev/null``), also like the daemon.
 
+Egress (the sandbox firewall): ``networkBlockAll``, ``networkAllowList`` (IPv4 CIDRs) and
+``domainAllowList`` are taken at creation and changed by ``POST /sandbox/{id}/network-settings`` as the
+SDK documents it: a list given replaces that list and unblocks, ``networkBlockAll: false`` opens
+everything (clearing both lists), ``true`` blocks everything. The fake cannot hold a process's sockets
+to it, but it enforces it where it does the network work itself -- the toolbox's git clone and push
+fail ("Could not resolve host") when the remote's host is not allowed -- and it records which egress
+the sandbox had when each command, session command, clone or push ran (:meth:`FakeDaytona.egress_log`).
+
 Faults for tests: :meth:`FakeDaytona.fail_next` (the next requests under a path prefix answer with a
 status), :meth:`FakeDaytona.vanish` (a sandbox disappears: 404 from then on). Every request is recorded
 in :attr:`FakeDaytona.requests` (with the sandbox it concerned) so tests can count them.
@@ -60,6 +69,7 @@ from __future__ import annotations
 import contextlib
 import email.parser
 import email.policy
+import ipaddress
 import json
 import logging
 import os
@@ -83,7 +93,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 from claude_issue_solver.demo_world.images import FAKE_CLAUDE_SCRIPT
 from claude_issue_solver.demo_world.loopback import LoopbackFake, LoopbackHandler, LoopbackServer
 
-__all__ = ["FAKE_CLAUDE", "FakeDaytona", "RecordedRequest"]
+__all__ = ["FAKE_CLAUDE", "Egress", "EgressEvent", "FakeDaytona", "RecordedRequest"]
 
 _log = logging.getLogger(__name__)
 
@@ -130,6 +140,57 @@ class RecordedRequest:
     @property
     def toolbox(self) -> bool:
         return self.path.startswith(TOOLBOX_PREFIX + "/")
+
+
+@dataclass(frozen=True)
+class Egress:
+    """A sandbox's outbound network policy, as Daytona stores it."""
+
+    block_all: bool = False
+    allow_list: str | None = None  # IPv4 CIDRs, comma-separated
+    domains: str | None = None  # domain names (``*.example.com`` wildcards), comma-separated
+
+    @property
+    def open(self) -> bool:
+        return not self.block_all and not self.allow_list and not self.domains
+
+    def reaches(self, host: str) -> bool:
+        """Whether a connection to ``host`` (a name or an IPv4 address) gets out."""
+        if self.open:
+            return True
+        if self.block_all:
+            return False
+        try:
+            address = ipaddress.ip_address(host)
+        except ValueError:
+            names = [d.strip().lower() for d in (self.domains or "").split(",") if d.strip()]
+            host = host.lower()
+            return any(host == n or (n.startswith("*.") and host.endswith(n[1:])) for n in names)
+        cidrs = [c.strip() for c in (self.allow_list or "").split(",") if c.strip()]
+        return any(address in ipaddress.ip_network(c, strict=False) for c in cidrs)
+
+    def changed(self, body: Mapping[str, Any]) -> Egress:
+        """This policy after an update with ``body`` (the SDK's documented semantics)."""
+        block_all, allow_list, domains = self.block_all, self.allow_list, self.domains
+        if body.get("networkBlockAll") is True:
+            block_all = True
+        elif body.get("networkBlockAll") is False:
+            block_all, allow_list, domains = False, None, None
+        if body.get("networkAllowList") is not None:
+            block_all, allow_list = False, str(body["networkAllowList"]) or None
+        if body.get("domainAllowList") is not None:
+            block_all, domains = False, str(body["domainAllowList"]) or None
+        return Egress(block_all, allow_list, domains)
+
+
+@dataclass(frozen=True)
+class EgressEvent:
+    """What happened under which egress: ``what`` is ``create``, ``network-settings``, ``exec`` (a
+    command), ``session:<sessionId>`` (a session command started), ``git-clone`` or ``git-push``."""
+
+    sandbox_id: str
+    what: str
+    egress: Egress
 
 
 class _Failure(Exception):
@@ -216,6 +277,7 @@ class _Sandbox:
     auto_stop_interval: int = 15
     auto_archive_interval: int = 10080
     auto_delete_interval: int = -1
+    egress: Egress = field(default_factory=Egress)
     sessions: dict[str, _Session] = field(default_factory=dict)
 
     @property
@@ -310,6 +372,7 @@ class FakeDaytona(LoopbackFake[RecordedRequest]):
         self._faults: list[_Fault] = []
         self._requests: list[RecordedRequest] = []
         self._deleted: list[str] = []
+        self._egress_log: list[EgressEvent] = []
         self._known: set[str] = set()  # every sandbox id ever made, to attribute requests after it is gone
         self._private = self.root / ".fake-daytona"  # outside every sandbox: the askpass helper
         self._private.mkdir(parents=True, exist_ok=True)
@@ -369,6 +432,21 @@ class FakeDaytona(LoopbackFake[RecordedRequest]):
                 s.name: {"id": s.id, "state": s.state, "image_name": s.image_name, "dockerfile": s.dockerfile}
                 for s in self._snapshots.values()
             }
+
+    def egress(self, sandbox_id: str) -> Egress:
+        """The sandbox's outbound network policy now."""
+        with self._lock:
+            return self._sandboxes[sandbox_id].egress
+
+    def egress_log(self, sandbox_id: str) -> list[tuple[str, Egress]]:
+        """Every network change of the sandbox and every command and git call it ran, with the egress
+        it had then, oldest first (see :class:`EgressEvent`)."""
+        with self._lock:
+            return [(e.what, e.egress) for e in self._egress_log if e.sandbox_id == sandbox_id]
+
+    def _note_egress(self, sandbox: _Sandbox, what: str) -> None:
+        with self._lock:
+            self._egress_log.append(EgressEvent(sandbox.id, what, sandbox.egress))
 
     def requests_for(self, sandbox_id: str) -> list[RecordedRequest]:
         """Recorded requests about one sandbox (its creation, its API calls and its toolbox calls)."""
@@ -514,6 +592,7 @@ class FakeDaytona(LoopbackFake[RecordedRequest]):
             ("POST", re.compile(sandbox + r"/stop"), self._stop_sandbox),
             ("GET", re.compile(sandbox + r"/toolbox-proxy-url"), self._toolbox_proxy_url),
             ("PUT", re.compile(sandbox + r"/labels"), self._replace_labels),
+            ("POST", re.compile(sandbox + r"/network-settings"), self._update_network),
             (
                 "POST",
                 re.compile(sandbox + r"/(?P<what>autostop|autodelete|autoarchive)/(?P<minutes>-?\d+)"),
@@ -547,7 +626,7 @@ class FakeDaytona(LoopbackFake[RecordedRequest]):
             "user": SANDBOX_USER,
             "labels": dict(sandbox.labels),
             "public": False,
-            "networkBlockAll": False,
+            "networkBlockAll": sandbox.egress.block_all,
             "target": "us",
             "cpu": 2,
             "gpu": 0,
@@ -566,6 +645,8 @@ class FakeDaytona(LoopbackFake[RecordedRequest]):
         if not listed:  # as on Daytona, the list leaves out env, volumes and network details
             data["env"] = dict(sandbox.env)
             data["kvm"] = False
+            data["networkAllowList"] = sandbox.egress.allow_list
+            data["domainAllowList"] = sandbox.egress.domains
             data["volumes"] = []
         return data
 
@@ -599,6 +680,7 @@ class FakeDaytona(LoopbackFake[RecordedRequest]):
             ):
                 if body.get(key) is not None:
                     setattr(sandbox, attr, int(body[key]))
+            sandbox.egress = Egress().changed(body)
             for directory in (sandbox.home, sandbox.bin, sandbox.tmp):
                 directory.mkdir(parents=True, exist_ok=True)
             if self._claude is not None:
@@ -606,6 +688,7 @@ class FakeDaytona(LoopbackFake[RecordedRequest]):
                 (sandbox.bin / "claude").chmod(0o755)
             self._sandboxes[sandbox_id] = sandbox
             self._known.add(sandbox_id)
+            self._note_egress(sandbox, "create")
         return _json(200, self._sandbox_json(sandbox))
 
     def _list_sandboxes(self, request: _Request) -> _Response:
@@ -663,6 +746,24 @@ class FakeDaytona(LoopbackFake[RecordedRequest]):
         with self._lock:
             sandbox.labels = {str(k): str(v) for k, v in labels.items()}
         return _json(200, {"labels": dict(sandbox.labels)})
+
+    def _update_network(self, request: _Request, key: str) -> _Response:
+        sandbox = self._sandbox(key)
+        body = request.json()
+        if all(body.get(k) is None for k in ("networkBlockAll", "networkAllowList", "domainAllowList")):
+            raise _Failure(
+                400, "at least one of networkBlockAll, networkAllowList, domainAllowList is required"
+            )
+        for cidr in str(body.get("networkAllowList") or "").split(","):
+            if cidr.strip():
+                try:
+                    ipaddress.IPv4Network(cidr.strip(), strict=False)
+                except ValueError:
+                    raise _Failure(400, f"invalid CIDR in networkAllowList: {cidr.strip()}") from None
+        with self._lock:
+            sandbox.egress = sandbox.egress.changed(body)
+            self._note_egress(sandbox, "network-settings")
+        return _json(200, self._sandbox_json(sandbox))
 
     def _set_interval(self, request: _Request, key: str, what: str, minutes: str) -> _Response:
         sandbox = self._sandbox(key)
@@ -843,6 +944,7 @@ class FakeDaytona(LoopbackFake[RecordedRequest]):
         cwd = self._path(sandbox, body["cwd"]) if body.get("cwd") else sandbox.home
         timeout = body.get("timeout") or None
         envs = {str(k): str(v) for k, v in (body.get("envs") or {}).items()}
+        self._note_egress(sandbox, "exec")
         try:
             proc = subprocess.run(
                 ["bash", "-c", command],
@@ -919,6 +1021,7 @@ class FakeDaytona(LoopbackFake[RecordedRequest]):
         script.write_text(command)
         script.chmod(0o600)
         entry = _Command(cid, command, directory)
+        self._note_egress(sandbox, f"session:{sid}")
         with open(directory / "stdout", "wb") as out, open(directory / "stderr", "wb") as err:
             try:
                 entry.process = subprocess.Popen(
@@ -1030,6 +1133,13 @@ class FakeDaytona(LoopbackFake[RecordedRequest]):
             raise _Failure(status, f"git {operation} failed: {output.strip()}", code=code)
         return proc.stdout
 
+    def _reach(self, sandbox: _Sandbox, url: str) -> None:
+        """Fail as git does when the sandbox's firewall keeps it from the remote's host."""
+        host = urlsplit(url).hostname
+        if host and not sandbox.egress.reaches(host):
+            message = f"fatal: unable to access '{url}': Could not resolve host: {host}"
+            raise _Failure(502, f"git failed: {message}", code="GIT_TRANSPORT_FAILED")
+
     def _credential(self, body: Mapping[str, Any]) -> tuple[str, str] | None:
         username, password = body.get("username"), body.get("password")
         return (str(username), str(password)) if username is not None and password is not None else None
@@ -1043,6 +1153,8 @@ class FakeDaytona(LoopbackFake[RecordedRequest]):
             raise _Failure(
                 409, f"{body.get('path')} already exists and is not empty", code="GIT_BRANCH_EXISTS"
             )
+        self._note_egress(sandbox, "git-clone")
+        self._reach(sandbox, str(url))
         target.parent.mkdir(parents=True, exist_ok=True)
         args = ["-c", "core.hooksPath=/dev/null", "-c", "credential.helper=", "clone", "--single-branch"]
         if body.get("branch"):
@@ -1158,7 +1270,10 @@ class FakeDaytona(LoopbackFake[RecordedRequest]):
         args = ["-c", "core.hooksPath=/dev/null", "-c", "credential.helper=", "push"]
         if body.get("set_upstream"):
             args.append("--set-upstream")
-        args += [str(body.get("remote") or "origin"), f"{ref}:{ref}"]
+        remote = str(body.get("remote") or "origin")
+        args += [remote, f"{ref}:{ref}"]
+        self._note_egress(sandbox, "git-push")
+        self._reach(sandbox, self._git(sandbox, ["remote", "get-url", "--push", remote], repo).stdout.strip())
         self._git_or_fail(sandbox, args, repo, self._credential(body))
         return _Response(200)
 
