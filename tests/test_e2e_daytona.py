@@ -23,7 +23,7 @@ from claude_issue_solver.config import Config
 from claude_issue_solver.demo_world.github import FakeGitHub
 from claude_issue_solver.queue import TaskState
 from tests.e2e import all_finished, drive, labelled, our_comments, tasks_of
-from tests.fakes.fake_daytona import FakeDaytona, RecordedRequest
+from tests.fakes.fake_daytona import Egress, FakeDaytona, RecordedRequest
 from tests.github_fixtures import TOKEN
 from tests.waiting import wait_until
 
@@ -113,6 +113,9 @@ def test_issue_to_pull_request(
     ]
     assert [what for what, _ in git_calls] == ["git-clone", "git-push"]
     assert all(egress.open for _, egress in git_calls), git_calls
+    # AGENT_EGRESS=relay-only (the default): the agent ran with the sandbox narrowed to the Claude API.
+    agent = f"session:claude-issue-solver-{task.id}-agent"
+    assert (agent, Egress(domains="api.anthropic.com")) in fake.egress_log(fake.deleted[0])
 
     sandbox_requests = fake.requests_for(fake.deleted[0])
     print_counts("one task, issue to pull request", sandbox_requests)
@@ -120,7 +123,7 @@ def test_issue_to_pull_request(
     polls = counts["GET toolbox/process/session/{sid}/command/{id}"]
     # At most two egress changes: narrowed before the agent (AGENT_EGRESS=relay-only), opened before the push.
     egress_changes = counts["POST /api/sandbox/{id}/network-settings"]
-    assert egress_changes <= 2, counts
+    assert egress_changes == 2, counts
     # Everything else but the polls is a fixed handful: creating, cloning, starting, collecting, pushing.
     assert len(sandbox_requests) - polls - egress_changes <= 20, counts
 
