@@ -8,6 +8,15 @@ terminal prompts switched off. A GitHub credential reaches exactly one git proce
 Commands in a worktree name its git directory explicitly (``--git-dir``/``--work-tree``) instead of
 letting git discover ``.git``: the agent owns the worktree and could point ``.git`` at a config of its
 own (``core.fsmonitor`` runs a command), which host-side git, perhaps running as root, would obey.
+
+Nor does host git interpret anything else the agent wrote (issue #18). Only the mirror's config and
+our ``-c`` options apply: no system, global or XDG config or attributes of the daemon's user, no
+``GIT_CONFIG_*`` of its environment. Submodules are never recursed into: a ``git status`` that looks
+into a gitlink's directory runs ``git status`` there, under the config (filters, fsmonitor) the agent
+put in that directory's ``.git``. The mirror's ``info/attributes`` switches filters off whatever the
+tree's ``.gitattributes`` says. And nested repositories the agent made, and submodule paths, are fenced
+off (:func:`find_fence`): never looked into, staged or committed -- a nested repository would become a
+gitlink, which the next run's status would look into -- and named in :attr:`Fence.left_out`.
 """
 
 from __future__ import annotations
@@ -31,9 +40,13 @@ from claude_issue_solver.credentials import GitCredential
 from claude_issue_solver.logs import REDACTOR
 
 __all__ = [
+    "NESTED_REPOSITORY",
+    "SUBMODULE",
+    "Fence",
     "GitConflict",
     "GitError",
     "GitPushRejected",
+    "LeftOut",
     "Moved",
     "add_worktree",
     "ahead_of_remote",
@@ -44,6 +57,7 @@ __all__ = [
     "ensure_mirror",
     "fetch_branch",
     "fetch_bundle",
+    "find_fence",
     "mirror_lock",
     "push",
     "remote_branch_exists",
@@ -54,6 +68,7 @@ __all__ = [
     "run_git",
     "start_point",
     "status_changes",
+    "tree_options",
     "worktree_git_dir",
     "worktree_holding",
 ]
@@ -73,7 +88,31 @@ _BASE_OPTIONS = (
     "core.hooksPath=/dev/null",  # no hook of any kind runs in our mirrors
     "-c",
     "commit.gpgSign=false",  # a user-level signing setting would prompt or fail headless
+    "-c",
+    "core.attributesFile=/dev/null",  # read from $XDG_CONFIG_HOME even without a global config
+    "-c",
+    "core.excludesFile=/dev/null",  # likewise: the daemon user's ignores do not decide what is committed
+    "-c",
+    "submodule.recurse=false",  # reset, checkout: never into a gitlink's directory
+    "-c",
+    "diff.ignoreSubmodules=all",  # status, diff: a gitlink's directory is never looked into
+    "-c",
+    "status.submoduleSummary=false",
 )
+# Only the mirror's config and the options above: the daemon user's config could define a filter that a
+# tree's .gitattributes names, and its environment could add any setting.
+_CONFIG_ENV = {
+    "GIT_CONFIG_NOSYSTEM": "1",
+    "GIT_CONFIG_GLOBAL": os.devnull,
+    "GIT_ATTR_NOSYSTEM": "1",  # $(prefix)/etc/gitattributes
+}
+# Added to the commands that read or write the agent's tree (not to fetch and push, whose remote may be
+# a local path, nor to the bundles the Daytona replay fetches): no transport of any kind from there.
+_TREE_OPTIONS = ("-c", "protocol.file.allow=never")
+# What the mirror's info/attributes says for every path, over any .gitattributes in the tree: no filter
+# (the bytes committed are the bytes in the tree), no re-encoding. Diff and merge attributes stay: their
+# drivers could only come from config, which is ours.
+MIRROR_ATTRIBUTES = "* -filter -working-tree-encoding\n"
 # Variables that would redirect git to another repository than the one each call names.
 _REPO_ENV = (
     "GIT_DIR",
@@ -85,6 +124,10 @@ _REPO_ENV = (
     "GIT_NAMESPACE",
     "GIT_ASKPASS",
     "SSH_ASKPASS",
+    "GIT_EXTERNAL_DIFF",  # runs a command for every diff
+    "GIT_DIFF_OPTS",
+    "GIT_TEMPLATE_DIR",
+    "GIT_ATTR_SOURCE",
 )
 _USERINFO_RE = re.compile(r"(://)[^/@\s]+@")
 # git's own refusals when the remote's branch is not an ancestor of what is pushed ("[remote rejected]"
@@ -173,7 +216,8 @@ def run_git(
     input: str | None = None,
 ) -> subprocess.CompletedProcess[str]:
     """Run ``git <args>`` in ``cwd``; raise :class:`GitError` on failure when ``check``."""
-    full_env = {k: v for k, v in os.environ.items() if k not in _REPO_ENV}
+    full_env = {k: v for k, v in os.environ.items() if k not in _REPO_ENV and not k.startswith("GIT_CONFIG")}
+    full_env.update(_CONFIG_ENV)
     full_env["GIT_TERMINAL_PROMPT"] = "0"
     full_env.update(env or {})
     if credential is not None:
@@ -228,6 +272,7 @@ def ensure_mirror(mirror_dir: Path, clone_url: str, credential: GitCredential | 
     if not (mirror_dir / "HEAD").is_file():
         mirror_dir.mkdir(parents=True, exist_ok=True)
         run_git(["init", "--bare", "--quiet", str(mirror_dir)], cwd=mirror_dir.parent)
+    _write_mirror_attributes(mirror_dir)
     current = run_git(["config", "--get", "remote.origin.url"], cwd=mirror_dir, check=False).stdout.strip()
     if not current:
         run_git(["remote", "add", "origin", clone_url], cwd=mirror_dir)
@@ -293,6 +338,91 @@ def worktree_git_dir(mirror_dir: Path, path: Path) -> Path | None:
 
 def _worktree_options(repo: Path, git_dir: Path | None) -> list[str]:
     return [] if git_dir is None else [f"--git-dir={git_dir}", f"--work-tree={repo}"]
+
+
+def tree_options(worktree: Path, git_dir: Path) -> list[str]:
+    """The options of a command that reads or writes the agent's tree (status, add, ls-files, reset)."""
+    return [*_TREE_OPTIONS, *_worktree_options(worktree, git_dir)]
+
+
+def _write_mirror_attributes(mirror_dir: Path) -> None:
+    """The mirror's ``info/attributes``, which every worktree of it reads over its own .gitattributes."""
+    info = mirror_dir / "info"
+    info.mkdir(exist_ok=True)
+    path = info / "attributes"
+    try:
+        if path.read_text() == MIRROR_ATTRIBUTES:
+            return
+    except OSError:
+        pass
+    tmp = info / ".attributes.tmp"
+    tmp.write_text(MIRROR_ATTRIBUTES)
+    os.replace(tmp, path)
+
+
+# --- what host git keeps out of a tree ----------------------------------------------------------------
+
+NESTED_REPOSITORY = "a git repository of its own"
+SUBMODULE = "a submodule's directory"
+
+
+@dataclass(frozen=True)
+class LeftOut:
+    """A path of the tree that was not committed, and why."""
+
+    path: str
+    why: str
+
+
+@dataclass(frozen=True)
+class Fence:
+    """The paths of a worktree host git never looks into, stages or commits.
+
+    ``gitlinks``: the submodule paths the index or HEAD records (mode 160000); ``nested``: directories
+    holding a ``.git`` of their own that git would otherwise stage as gitlinks. ``left_out`` names those
+    that hold anything (an empty submodule directory is how every checkout has it), sorted.
+    """
+
+    gitlinks: frozenset[str] = frozenset()
+    nested: frozenset[str] = frozenset()
+    left_out: tuple[LeftOut, ...] = ()
+
+    @property
+    def paths(self) -> tuple[str, ...]:
+        return tuple(sorted(self.gitlinks | self.nested))
+
+
+def find_fence(worktree: Path, *, git_dir: Path) -> Fence:
+    """Find the submodule paths and nested repositories of the worktree (see :class:`Fence`).
+
+    Nested repositories as git itself reports them among the untracked, not ignored, paths (what
+    ``git add -A`` would stage): a directory with a ``.git`` (directory or ``gitdir:`` file) comes out as
+    ``dir/``, and git never descends into it or reads its config. Gitlinks come from the index and HEAD,
+    never from the tree.
+    """
+    options = tree_options(worktree, git_dir)
+    staged = run_git([*options, "ls-files", "--stage", "-z"], cwd=worktree).stdout
+    gitlinks = {e.partition("\t")[2] for e in staged.split("\0") if e.startswith("160000 ")}
+    head = run_git([*options, "ls-tree", "-r", "-z", "HEAD"], cwd=worktree, check=False)
+    if head.returncode == 0:
+        gitlinks |= {e.partition("\t")[2] for e in head.stdout.split("\0") if e.startswith("160000 ")}
+    others = run_git([*options, "ls-files", "--others", "--exclude-standard", "-z"], cwd=worktree).stdout
+    nested = {e.rstrip("/") for e in others.split("\0") if e.endswith("/") and e.strip("/")}
+    left_out = [LeftOut(path, NESTED_REPOSITORY) for path in nested - gitlinks]
+    left_out += [LeftOut(path, SUBMODULE) for path in gitlinks if _holds_anything(worktree / path)]
+    return Fence(frozenset(gitlinks), frozenset(nested), tuple(sorted(left_out, key=lambda e: e.path)))
+
+
+def _holds_anything(path: Path) -> bool:
+    """Whether ``path`` is a directory (not a link) with an entry, or anything but a directory."""
+    try:
+        info = os.lstat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return False
+    if not stat.S_ISDIR(info.st_mode):
+        return True
+    with os.scandir(path) as entries:
+        return next(entries, None) is not None
 
 
 def worktree_holding(mirror_dir: Path, branch: str) -> Path | None:
@@ -362,10 +492,24 @@ def current_branch(worktree: Path, *, git_dir: Path) -> str | None:
     return proc.stdout.strip() or None
 
 
-def status_changes(worktree: Path, *, git_dir: Path, exclude: Sequence[str] = ()) -> list[str]:
-    """Paths changed in the worktree (untracked included), as ``git status --porcelain`` sees them."""
+def status_changes(
+    worktree: Path, *, git_dir: Path, exclude: Sequence[str] = (), fence: Fence | None = None
+) -> list[str]:
+    """Paths changed in the worktree (untracked included), as ``git status --porcelain`` sees them.
+
+    Nothing of ``fence`` (found now when not given) is looked into or listed.
+    """
+    fenced = _fence_of(worktree, git_dir, fence)
     proc = run_git(
-        [*_worktree_options(worktree, git_dir), "status", "--porcelain=v1", "-z", "--untracked-files=all"],
+        [
+            *tree_options(worktree, git_dir),
+            "status",
+            "--porcelain=v1",
+            "-z",
+            "--untracked-files=all",
+            "--ignore-submodules=all",
+            *_pathspec([*exclude, *fenced.paths]),
+        ],
         cwd=worktree,
     )
     entries = proc.stdout.split("\0")
@@ -379,26 +523,78 @@ def status_changes(worktree: Path, *, git_dir: Path, exclude: Sequence[str] = ()
         code, name = entry[:2], entry[3:]
         if code[0] in "RC":
             index += 1  # the next entry is the rename's source
-        if name not in exclude and not any(name.startswith(f"{e}/") for e in exclude):
+        skipped = (*exclude, *fenced.paths)
+        if name not in skipped and not any(name.startswith(f"{e}/") for e in skipped):
             files.append(name)
     return files
 
 
+def _fence_of(worktree: Path, git_dir: Path, given: Fence | None) -> Fence:
+    return given if given is not None else find_fence(worktree, git_dir=git_dir)
+
+
 def _pathspec(exclude: Sequence[str]) -> list[str]:
-    return ["--", ".", *(f":(exclude){e}" for e in exclude)]
+    # literal: a path the agent named "*" must exclude only itself.
+    return ["--", ".", *(f":(exclude,literal){e}" for e in exclude)]
 
 
-def diffstat(worktree: Path, base: str, *, git_dir: Path, exclude: Sequence[str] = ()) -> str:
-    """``git diff --stat`` from ``base`` to the worktree as it is, new files included, index untouched."""
-    options = _worktree_options(worktree, git_dir)
+def _stage(
+    worktree: Path,
+    git_dir: Path,
+    exclude: Sequence[str],
+    fenced: Fence,
+    env: Mapping[str, str] | None = None,
+) -> None:
+    """``git add -A`` of all but ``exclude`` and the fenced paths; then unstage any gitlink that is new.
+
+    A nested repository made after ``fenced`` was taken would otherwise be staged as a gitlink.
+    """
+    options = tree_options(worktree, git_dir)
+    run_git([*options, "add", "-A", *_pathspec([*exclude, *fenced.paths])], cwd=worktree, env=env)
+    staged = run_git([*options, "ls-files", "--stage", "-z"], cwd=worktree, env=env).stdout
+    new = [
+        path
+        for meta, _, path in (e.partition("\t") for e in staged.split("\0"))
+        if meta.startswith("160000 ") and path not in fenced.gitlinks
+    ]
+    if new:
+        run_git(
+            [*options, "update-index", "--force-remove", "-z", "--stdin"],
+            cwd=worktree,
+            env=env,
+            input="".join(f"{p}\0" for p in new),
+        )
+
+
+def diffstat(
+    worktree: Path, base: str, *, git_dir: Path, exclude: Sequence[str] = (), fence: Fence | None = None
+) -> str:
+    """``git diff --stat`` from ``base`` to the worktree as it is, new files included, index untouched.
+
+    The fenced paths (found now when not given) are neither looked into nor counted.
+    """
+    fenced = _fence_of(worktree, git_dir, fence)
+    options = tree_options(worktree, git_dir)
     with tempfile.TemporaryDirectory(prefix="cis-index-") as tmp:
         # A copy of the index keeps its stat cache (fast) while staging leaves the real one alone.
         index = Path(tmp) / "index"
         if (git_dir / "index").exists():
             shutil.copyfile(git_dir / "index", index)
         env = {"GIT_INDEX_FILE": str(index)}
-        run_git([*options, "add", "-A", *_pathspec(exclude)], cwd=worktree, env=env)
-        proc = run_git([*options, "diff", "--cached", "--stat=100", base], cwd=worktree, env=env)
+        _stage(worktree, git_dir, exclude, fenced, env)
+        proc = run_git(
+            [
+                *options,
+                "diff",
+                "--cached",
+                "--ignore-submodules=all",
+                "--stat=100",
+                base,
+                *_pathspec(fenced.paths),
+            ],
+            cwd=worktree,
+            env=env,
+        )
     return proc.stdout.rstrip()
 
 
@@ -410,13 +606,15 @@ def commit_all(
     *,
     git_dir: Path,
     exclude: Sequence[str] = (),
+    fence: Fence | None = None,
 ) -> str:
-    """Stage everything but ``exclude`` and commit as the given author and committer; returns HEAD.
+    """Stage everything but ``exclude`` and the fenced paths (found now when not given) and commit as
+    the given author and committer; returns HEAD. No gitlink that HEAD lacks is ever committed.
 
     Nothing to commit is not an error (a re-run after a crash): no empty commit is made.
     """
-    options = _worktree_options(worktree, git_dir)
-    run_git([*options, "add", "-A", *_pathspec(exclude)], cwd=worktree)
+    options = tree_options(worktree, git_dir)
+    _stage(worktree, git_dir, exclude, _fence_of(worktree, git_dir, fence))
     staged = run_git([*options, "diff", "--cached", "--quiet"], cwd=worktree, check=False)
     if staged.returncode != 0:
         env = {
@@ -660,9 +858,10 @@ def reset_worktree(worktree: Path, sha: str, *, git_dir: Path) -> None:
     """Move the worktree's branch, index and tracked files to ``sha`` through the mirror's git directory.
 
     Untracked files stay; every change was committed before. Git never writes through a link in the
-    tree, and with the explicit git directory nothing of the worktree's ``.git`` is read.
+    tree, and with the explicit git directory nothing of the worktree's ``.git`` is read; nor is a
+    submodule's directory (``submodule.recurse=false``), whatever the agent put there.
     """
-    run_git([*_worktree_options(worktree, git_dir), "reset", "--quiet", "--hard", sha], cwd=worktree)
+    run_git([*tree_options(worktree, git_dir), "reset", "--quiet", "--hard", sha], cwd=worktree)
 
 
 def _transfer_error(

@@ -268,11 +268,16 @@ def pr_fallback_comment(
     return "\n".join(lines) + "\n\n" + marker(task.id)
 
 
-def pr_body(task: Task, description: str, figures: RunFigures, tests: str = "") -> str:
-    """The agent's description, what was verified, the run's figures, and the closing keyword."""
+def pr_body(
+    task: Task, description: str, figures: RunFigures, tests: str = "", left_out: Sequence[str] = ()
+) -> str:
+    """The agent's description, what was verified, what was left out, the run's figures, and the
+    closing keyword."""
     parts = [description.strip() or f"_{figures.agent.name} left no description._"]
     if tests:
         parts.append(tests)
+    if left_out:
+        parts.append(left_out_note(left_out))
     parts.append("---")
     note = f"{figures.agent.credit} (task `{task.id}`)."
     if figures.line():
@@ -280,6 +285,34 @@ def pr_body(task: Task, description: str, figures: RunFigures, tests: str = "") 
     parts.append(note)
     parts.append(f"Fixes #{task.issue_number}")
     return "\n\n".join(parts) + "\n"
+
+
+LEFT_OUT_SHOWN = 5
+
+
+def left_out_note(left_out: Sequence[str]) -> str:
+    """One paragraph naming what is in the tree but was not committed (``Changes.left_out`` entries,
+    "path/ (why)"); "" when nothing was."""
+    if not left_out:
+        return ""
+    shown = []
+    for entry in left_out[:LEFT_OUT_SHOWN]:
+        path, sep, why = entry.rpartition(" (")
+        shown.append(f"{_inline_code(path)} ({why}" if sep else _inline_code(entry))
+    more = len(left_out) - LEFT_OUT_SHOWN
+    listed = ", ".join(shown) + (f" and {more} more" if more > 0 else "")
+    return (
+        f"⚠️ Not committed: {listed}. A git repository inside the tree would be committed as a "
+        "submodule link, and submodules are never changed by a run."
+    )
+
+
+def _inline_code(text: str) -> str:
+    """``text`` as inline code whatever it holds (an agent names its directories)."""
+    text = re.sub(r"[\x00-\x1f\x7f]", "?", text)
+    longest = max((len(m) for m in re.findall(r"`+", text)), default=0)
+    ticks = "`" * (longest + 1)
+    return f"{ticks} {text} {ticks}" if longest else f"`{text}`"
 
 
 def commit_message(title: str, task: Task) -> str:

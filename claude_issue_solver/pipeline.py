@@ -428,12 +428,16 @@ class Pipeline:
             task = self.queue.update(task.id, meta={"phase": "publishing", "summary": summary})
             answer = result.result if result else task.result
             figures = self._figures(task, self._duration(task))
+            left_out = messages.left_out_note(changes.left_out)
+            if left_out:
+                tlog.write(f"not committed: {', '.join(changes.left_out)}")
             if not has_changes(changes):
                 tlog.write("the agent changed nothing")
                 if task.kind == FOLLOWUP:
-                    self._comment(task, messages.followup_no_changes_comment(task, answer, figures))
+                    nothing = messages.followup_no_changes_comment(task, answer, figures)
                 else:
-                    self._comment(task, messages.no_changes_comment(task, answer, figures))
+                    nothing = messages.no_changes_comment(task, answer, figures)
+                self._comment(task, messages.with_note(task, nothing, left_out))
                 self._cleanup(task, tlog)
                 return Outcome(TaskState.COMPLETED)
             title, description = self._summary(task, summary, tlog)
@@ -468,11 +472,15 @@ class Pipeline:
                 log=tlog,
                 on_rebased=lambda rebased: self._record_rebase(task.id, rebased),
             )
-            note = self._moved_note(task.id, spec.branch, tlog)
+            note = "\n\n".join(n for n in (self._moved_note(task.id, spec.branch, tlog), left_out) if n)
             if red and self._red_opens_no_pr(task, spec.branch, tlog):
                 return self._red_without_pr(task, spec.branch, tests, figures, tlog, note)
             body = messages.pr_body(
-                task, description, figures, messages.tests_report(tests, self.agent) if tests else ""
+                task,
+                description,
+                figures,
+                messages.tests_report(tests, self.agent) if tests else "",
+                left_out=changes.left_out,
             )
             runs = followup.history(self.queue, task, figures, self.agent)
             if runs:

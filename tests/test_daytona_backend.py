@@ -388,8 +388,9 @@ def test_noop_changes_nothing(harness: Harness) -> None:
     before = len(harness.fake.requests)
     changes, summary = harness.collect(backend, workspace)
     assert changes == Changes() and summary is None
-    # The summary: one read (nothing there) and one removal; git status; diffstat and ahead in one.
-    assert len(harness.fake.requests) - before == 4
+    # The summary: one read (nothing there) and one removal; the nested repositories (#18); git status;
+    # diffstat and ahead in one.
+    assert len(harness.fake.requests) - before == 5
 
 
 def test_prepare_is_idempotent(harness: Harness) -> None:
@@ -785,3 +786,25 @@ def test_create_snapshot_from_the_agent_dockerfile(harness: Harness) -> None:
         create_snapshot(daytona_settings(config), agent_dockerfile(), name="cis-test-snapshot")
     # And a task can start from it.
     harness.backend(DAYTONA_SNAPSHOT=name).check()
+
+
+def test_a_nested_repository_in_the_sandbox_is_never_committed_as_a_gitlink(harness: Harness) -> None:
+    """#18: the sandbox's own git stages what its status lists; a repository the agent made inside the
+    tree is left out of the status, the diffstat and the commit, and named in ``left_out``."""
+    backend = harness.backend()
+    plant = (
+        "git init -q vendor/evil && echo x > vendor/evil/inner.txt && "
+        "git -C vendor/evil add -A && "
+        "git -C vendor/evil -c user.name=a -c user.email=a@example.invalid commit -qm inner && "
+        "echo kept > vendor/kept.txt"
+    )
+    job = harness.job("noop", command=("sh", "-c", plant))
+    workspace, result = harness.run(backend, job)
+    assert result.exit_code == 0, result.tail
+    changes, _ = harness.collect(backend, workspace)
+    assert changes.files == ("vendor/kept.txt",)
+    assert changes.left_out == ("vendor/evil/ (a git repository of its own)",)
+    assert "vendor/evil" not in changes.diffstat
+    harness.push(backend, workspace, job)
+    tree = harness.github.repo(REPO).git("ls-tree", "-r", BRANCH)
+    assert "160000" not in tree and "vendor/evil" not in tree and "vendor/kept.txt" in tree

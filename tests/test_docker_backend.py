@@ -7,6 +7,7 @@ inspect data, the state dir).
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import os
@@ -14,7 +15,7 @@ import secrets
 import subprocess
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +50,7 @@ from claude_issue_solver.run_policy import (  # noqa: E402
     take_summary,
 )
 from tests import backend_steps as steps  # noqa: E402
+from tests import hostile_tree  # noqa: E402
 from tests.backend_steps import Job, control  # noqa: E402
 
 pytestmark = pytest.mark.docker
@@ -730,3 +732,50 @@ def test_git_errors_never_show_the_credential(tmp_path: Path) -> None:
     assert caught.value.retryable  # nothing listening may be a blip; a refused credential is not
     assert TOKEN not in str(caught.value)
     assert TOKEN not in (tmp_path / "mirror.git" / "config").read_text()
+
+
+def test_a_nested_repository_the_agent_plants_is_never_interpreted_nor_committed(
+    harness: Harness, remote: Path, tmp_path: Path
+) -> None:
+    """#18: the agent plants repositories whose own config runs a command (a clean filter, an
+    fsmonitor) at a submodule's path and elsewhere; host git runs none of it, in the first run and in
+    a re-run over what it pushed, commits neither as a gitlink, and says what it left out."""
+    seed = tmp_path / "seed"
+    git("-C", str(seed), "update-index", "--add", "--cacheinfo", f"160000,{'1' * 40},vendor/lib")
+    git("-C", str(seed), "-c", "user.name=Seed", "-c", "user.email=seed@example.com", "commit", "-qm", "Sub")
+    git("-C", str(seed), "push", "-q", str(remote), "main")
+    marker = hostile_tree.marker_for(tmp_path)  # a host path: the container cannot create it
+    planted = base64.b64encode(hostile_tree.nested_repo_tar(marker))
+    # The stdin file is read twice: once per planted copy.
+    plant = (
+        "for d in vendor/lib vendor/evil; do "
+        "mkdir -p $d && base64 -d </task/agent.stdin | tar -xC $d; done"
+    )
+    backend = harness.backend()
+    for run in ("first1", "second"):
+        base = harness.job("noop", task_id=f"widgets-7-{run}")
+        job = replace(
+            base,
+            agent=replace(
+                base.agent, argv=("sh", "-c", f"{plant} && echo {run} > vendor/{run}.txt"), stdin=planted
+            ),
+        )
+        workspace, result = harness.run(backend, job)
+        assert result.exit_code == 0, result.tail
+        assert (workspace.worktree / "vendor" / "evil" / ".git" / "config").is_file()  # planted
+        changes, _ = harness.collect(backend, workspace)
+        assert changes.files == (f"vendor/{run}.txt",)
+        assert changes.left_out == (
+            f"vendor/evil/ ({gitops.NESTED_REPOSITORY})",
+            f"vendor/lib/ ({gitops.SUBMODULE})",
+        )
+        assert "vendor/evil" not in changes.diffstat and "vendor/lib" not in changes.diffstat
+        harness.push(backend, workspace, job, f"Run {run}")
+        assert hostile_tree.ran(marker) == []
+        tree = git(f"--git-dir={remote}", "ls-tree", "-r", BRANCH).splitlines()
+        assert [line for line in tree if line.startswith("160000 ")] == [
+            f"160000 commit {'1' * 40}\tvendor/lib"
+        ]
+        assert not [line for line in tree if "vendor/evil" in line]
+        backend.remove(job.task_id, harness.log(job))
+    assert hostile_tree.ran(marker) == []

@@ -185,3 +185,15 @@ def test_the_progress_comment_shows_the_test_checklist_for_either_kind(
     assert any("- [ ] agent running" in s or "- [x] agent" in s for s in working)
     if kind == FOLLOWUP:
         assert all("the request of @maintainer" in s for s in working)
+
+
+def test_left_out_note_names_the_paths_as_code_whatever_they_hold() -> None:
+    """#18: what was not committed, each path as inline code even when the agent put backticks or a
+    newline in a directory's name; a long list is cut."""
+    assert messages.left_out_note(()) == ""
+    note = messages.left_out_note(
+        ("vendor/evil/ (a git repository of its own)", "a`b\n/ (a submodule's directory)")
+    )
+    assert note.startswith("⚠️ Not committed: `vendor/evil/` (a git repository of its own), `` a`b?/ `` (a ")
+    many = messages.left_out_note(tuple(f"d{n}/ (a git repository of its own)" for n in range(8)))
+    assert "`d4/`" in many and "`d5/`" not in many and "and 3 more" in many

@@ -226,6 +226,9 @@ class Changes:
     files: tuple[str, ...] = ()
     diffstat: str = ""
     ahead: bool = False  # commits on the branch that the remote has nowhere (a publish cut short)
+    # What is in the tree but is never committed, each "path (why)": a git repository the agent made
+    # inside the tree (it would become a gitlink), a submodule's directory.
+    left_out: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

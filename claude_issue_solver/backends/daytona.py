@@ -530,17 +530,22 @@ class DaytonaBackend:
 
     def changes(self, workspace: Workspace, exclude: tuple[str, ...]) -> Changes:
         sandbox, paths = self._located(workspace)
-        files = [n for n in self._changed_paths(sandbox, paths, workspace) if not _excluded(n, exclude)]
-        stat_text, ahead = self._diffstat(sandbox, paths, workspace, exclude)
-        return Changes(files=tuple(files), diffstat=stat_text, ahead=ahead)
+        fenced, left_out = self._fence(sandbox, paths, workspace)
+        skipped = (*exclude, *fenced)
+        files = [n for n in self._changed_paths(sandbox, paths, workspace) if not _excluded(n, skipped)]
+        stat_text, ahead = self._diffstat(sandbox, paths, workspace, skipped)
+        left_out = tuple(e for e in left_out if not _excluded(e.partition("/ (")[0], exclude))
+        return Changes(files=tuple(files), diffstat=stat_text, ahead=ahead, left_out=left_out)
 
     def commit_and_push(self, workspace: Workspace, request: PushRequest, log: TaskLog) -> Pushed:
         sandbox, paths = self._located(workspace)
         name, email = request.author
+        # A nested repository would be staged as a gitlink, a submodule's directory as a new commit of it.
+        skipped = (*request.exclude, *self._fence(sandbox, paths, workspace)[0])
         pending = [
             n
             for n in self._changed_paths(sandbox, paths, workspace, with_sources=True)
-            if not _excluded(n, request.exclude)
+            if not _excluded(n, skipped)
         ]
         committed = False
         if pending:
@@ -899,13 +904,42 @@ class DaytonaBackend:
                 names.append(entry.extra)  # a rename stages its source's removal too
         return list(dict.fromkeys(names))
 
+    def _fence(
+        self, sandbox: Sandbox, paths: _Paths, workspace: Workspace
+    ) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        """The paths never staged (nested repositories, gitlinks) and ``Changes.left_out`` for them.
+
+        As :func:`gitops.find_fence` does on the host: git lists a directory with a ``.git`` of its own
+        among the untracked as ``dir/``; gitlinks come from the index (mode 160000).
+        """
+        script = "; ".join(
+            [
+                f"cd {_q(paths.repo)} || exit 1",
+                "git ls-files -z --others --exclude-standard || exit 1",
+                "printf '\\0@@gitlinks\\0'",
+                "git ls-files -z --stage || exit 1",
+            ]
+        )
+        response = _sdk(
+            f"listing nested repositories in {workspace.handle}", lambda: sandbox.process.exec(script)
+        )
+        output = response.result or ""
+        if response.exit_code != 0 or "\0@@gitlinks\0" not in output:
+            msg = f"listing the nested repositories in {workspace.handle} failed: {REDACTOR(output[-2000:])}"
+            raise BackendError(msg)
+        others, _, staged = output.partition("\0@@gitlinks\0")
+        nested = {e.rstrip("/") for e in others.split("\0") if e.endswith("/") and e.strip("/")}
+        gitlinks = {e.partition("\t")[2] for e in staged.split("\0") if e.startswith("160000 ")}
+        left_out = [f"{p}/ ({gitops.NESTED_REPOSITORY})" for p in sorted(nested - gitlinks)]
+        return tuple(sorted(nested | gitlinks)), tuple(left_out)
+
     def _diffstat(
         self, sandbox: Sandbox, paths: _Paths, workspace: Workspace, exclude: tuple[str, ...]
     ) -> tuple[str, bool]:
         """``git diff --stat`` from the base to the tree as it is (new files too, index untouched), and
         whether HEAD has commits that no branch of the remote has -- in one request."""
         base = workspace.base_sha or "HEAD"
-        pathspec = " ".join(_q(f":(exclude){e}") for e in exclude)
+        pathspec = " ".join(_q(f":(exclude,literal){e}") for e in exclude)
         script = "; ".join(
             [
                 f"cd {_q(paths.repo)} || exit 1",

@@ -416,13 +416,17 @@ class DockerBackend:
     def changes(self, workspace: Workspace, exclude: tuple[str, ...]) -> Changes:
         ws, git_dir = self._located(workspace)
         try:
-            files = gitops.status_changes(ws.worktree, git_dir=git_dir, exclude=exclude)
-            stat_text = gitops.diffstat(ws.worktree, ws.base_sha or "HEAD", git_dir=git_dir, exclude=exclude)
+            fence = gitops.find_fence(ws.worktree, git_dir=git_dir)
+            files = gitops.status_changes(ws.worktree, git_dir=git_dir, exclude=exclude, fence=fence)
+            stat_text = gitops.diffstat(
+                ws.worktree, ws.base_sha or "HEAD", git_dir=git_dir, exclude=exclude, fence=fence
+            )
             ahead = gitops.ahead_of_remote(ws.worktree, git_dir=git_dir)
         except gitops.GitError as exc:
             msg = f"reading the changes of task {ws.task_id} in {ws.worktree} failed: {exc}"
             raise BackendError(msg) from None
-        return Changes(files=tuple(files), diffstat=stat_text, ahead=ahead)
+        left_out = tuple(f"{e.path}/ ({e.why})" for e in fence.left_out if e.path not in exclude)
+        return Changes(files=tuple(files), diffstat=stat_text, ahead=ahead, left_out=left_out)
 
     def commit_and_push(self, workspace: Workspace, request: PushRequest, log: TaskLog) -> Pushed:
         ws, git_dir = self._located(workspace)
@@ -432,9 +436,16 @@ class DockerBackend:
             # Under the mirror lock: a fetch of another task may be rewriting the same refs. The push
             # goes to the mirror's origin, which the agent cannot change (the mirror is mounted read-only).
             with self._mirror_locked(ws.mirror):
-                if gitops.status_changes(ws.worktree, git_dir=git_dir, exclude=request.exclude):
+                fence = gitops.find_fence(ws.worktree, git_dir=git_dir)
+                if gitops.status_changes(ws.worktree, git_dir=git_dir, exclude=request.exclude, fence=fence):
                     gitops.commit_all(
-                        ws.worktree, request.message, name, email, git_dir=git_dir, exclude=request.exclude
+                        ws.worktree,
+                        request.message,
+                        name,
+                        email,
+                        git_dir=git_dir,
+                        exclude=request.exclude,
+                        fence=fence,
                     )
                     committed = True
                 sha = gitops.push(ws.worktree, request.branch, request.credential, git_dir=git_dir)

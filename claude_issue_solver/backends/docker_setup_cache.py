@@ -59,8 +59,7 @@ def untracked_paths(worktree: Path, git_dir: Path) -> list[str]:
     """The untracked and ignored paths of the worktree (a directory holding only such files: its name/)."""
     proc = gitops.run_git(
         [
-            f"--git-dir={git_dir}",
-            f"--work-tree={worktree}",
+            *gitops.tree_options(worktree, git_dir),
             "ls-files",
             "-z",
             "--others",

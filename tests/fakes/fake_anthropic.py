@@ -3,6 +3,7 @@
 Point the CLI at it with ``ANTHROPIC_BASE_URL=<fake.url>`` and ``ANTHROPIC_API_KEY=<api_key>``. For each
 conversation (a model call that offers tools), the fake answers turn by turn:
 
+0. one ``Bash`` tool_use per entry of ``commands`` (``{"command": ...}``), when any are given,
 1. one ``Write`` tool_use per entry of ``files`` (paths relative to the primary working directory the
    CLI states in its system prompt),
 2. a ``Write`` of ``.claude-pr-summary.md`` with ``summary`` (skipped when ``summary`` is None),
@@ -61,6 +62,7 @@ class Round:
     files: dict[str, str]
     summary: str | None = None
     final_text: str = "Done: I made the follow-up change."
+    commands: tuple[str, ...] = ()  # Bash tool calls made before the files are written
 
 
 @dataclass(frozen=True)
@@ -95,11 +97,12 @@ class _Script:
     followup_marker: str | None = None
     # Read each file before writing it: the real CLI's Write refuses to overwrite a file it has not read.
     read_first: bool = False
+    commands: tuple[str, ...] = ()  # Bash tool calls, first
 
     def actions(self, followup: bool = False) -> list[tuple[str, str, str]]:
-        """(tool, path, content) per step."""
+        """(tool, path, content) per step; a Bash step's "path" is its command."""
         files = list(self.files.items()) + (list(self.followup_files.items()) if followup else [])
-        steps: list[tuple[str, str, str]] = []
+        steps: list[tuple[str, str, str]] = [("Bash", command, "") for command in self.commands]
         for n, (path, content) in enumerate(files):
             if self.read_first:
                 steps.append(("Read", path, ""))
@@ -136,6 +139,7 @@ class FakeAnthropic:
         followup_marker: str | None = None,
         read_first: bool = False,
         followups: tuple[Round, ...] = (),
+        commands: tuple[str, ...] = (),
     ) -> None:
         self.api_key = api_key
         self.models = models
@@ -147,9 +151,16 @@ class FakeAnthropic:
             followup_files=dict(followup_files or {}),
             followup_marker=followup_marker,
             read_first=read_first,
+            commands=commands,
         )
         self._rounds = [self._script] + [
-            _Script(files=dict(r.files), summary=r.summary, final_text=r.final_text, model=model)
+            _Script(
+                files=dict(r.files),
+                summary=r.summary,
+                final_text=r.final_text,
+                model=model,
+                commands=r.commands,
+            )
             for r in followups
         ]
         finals = [r.final_text for r in self._rounds]
@@ -282,13 +293,23 @@ class FakeAnthropic:
         tool, rel_path, content = actions[step]
         cwd = primary_working_directory(body) or FALLBACK_CWD
         path = f"{cwd.rstrip('/')}/{rel_path}"
+        tool_input: dict[str, str]
+        if tool == "Bash":
+            tool_input = {"command": rel_path, "description": "Run a command"}
+        elif tool == "Read":
+            tool_input = {"file_path": path}
+        else:
+            tool_input = {"file_path": path, "content": content}
         tool_use = {
             "type": "tool_use",
             "id": f"{_TOOL_ID_PREFIX}{step + 1:04d}_{self._next_id():04d}",
             "name": tool,
-            "input": {"file_path": path} if tool == "Read" else {"file_path": path, "content": content},
+            "input": tool_input,
         }
-        text = {"type": "text", "text": f"I'll {tool.lower()} {rel_path}."}
+        text = {
+            "type": "text",
+            "text": "I'll run a command." if tool == "Bash" else f"I'll {tool.lower()} {rel_path}.",
+        }
         return "conversation", step, [text, tool_use], "tool_use"
 
 
