@@ -17,6 +17,7 @@ from claude_issue_solver.credentials import GitCredential
 from claude_issue_solver.demo_world.github import FakeGitHub
 from claude_issue_solver.followup import SESSION_FILES, session_key
 from claude_issue_solver.logs import TaskLog
+from claude_issue_solver.queue import Task
 from tests import backend_steps as steps
 from tests.fakes.fake_daytona import FakeDaytona
 from tests.github_fixtures import TOKEN
@@ -137,3 +138,31 @@ def test_the_next_sandbox_gets_back_the_sessions_only(
         "./projects/-repo/s1.jsonl",
         '{"type":"user"}',
     ]
+
+
+def test_a_sandbox_says_whether_it_started_at_the_default_branchs_head(
+    fake: FakeDaytona, github: FakeGitHub, make_config: Callable[..., Config], tmp_path: Path
+) -> None:
+    """Only such a workspace may feed the setup cache; a restarted daemon reads the same answer."""
+    backend = backend_for(fake, github, make_config)
+    log = TaskLog(tmp_path / "scope.log")
+    github.commit_files(REPO, "claude/issue-8", {"agent.txt": "an earlier run\n"}, message="earlier run")
+    started = {}
+    for number in (7, 8):
+        spec = WorkspaceSpec(
+            task_id=f"widgets-{number}-aaaaaa",
+            repo=REPO,
+            issue_number=number,
+            clone_url=github.repo(REPO).clone_url,
+            default_branch="main",
+            branch=f"claude/issue-{number}",
+            credential=lambda: GitCredential("x-access-token", TOKEN),
+        )
+        try:
+            started[number] = backend.prepare(spec, log).from_default
+            task = Task(id=spec.task_id, repo=REPO, issue_number=number, title="t", branch=spec.branch)
+            again = backend_for(fake, github, make_config).attach(task)
+            assert again is not None and again.from_default is started[number]
+        finally:
+            backend.remove(spec.task_id, log)
+    assert started == {7: True, 8: False}

@@ -116,6 +116,7 @@ ENV_SUFFIX = "env"
 KEPT_SUFFIX = "kept.tar"  # a kept directory, carried in before a process and out after it
 KEPT_KEY_SUFFIX = "kept-key"
 KEPT_DIR = ".claude-kept"  # under the work directory, beside (never inside) the repository
+FROM_DEFAULT_FILE = "from_default"  # STATE_DIR/tasks/<id>/: Workspace.from_default, for a restart
 # The sandbox is there for the task alone, so root there is no escalation; without this the CLI
 # refuses --dangerously-skip-permissions in an image whose user is root.
 SANDBOX_ENV = {"IS_SANDBOX": "1"}
@@ -237,10 +238,11 @@ class DaytonaBackend:
         self._remember(spec.task_id, sandbox)
         paths = self._ask_paths(spec.task_id, sandbox)
         base_sha = self._existing_clone(sandbox, paths) if found is not None else None
-        from_default = False  # a clone made before a restart: not known any more, so not claimed
         if base_sha is None:
             base_sha, from_default = self._clone(sandbox, paths, spec, log)
+            self._record_start(spec.task_id, from_default)
         else:
+            from_default = self._started_from_default(spec.task_id)
             log.write(f"reusing the clone in {paths.repo} at {base_sha[:12]}")
         log.write(f"sandbox {name} ready in {time.monotonic() - started:.1f}s")
         return DaytonaWorkspace(
@@ -259,7 +261,7 @@ class DaytonaBackend:
         name = self.handle_for(task.id)
         branch = task.branch or f"claude/issue-{task.issue_number}"
         base_sha = task.meta.get("base_sha") if isinstance(task.meta.get("base_sha"), str) else None
-        from_default = task.meta.get("from_default") is True  # recorded by the pipeline after prepare
+        from_default = self._started_from_default(task.id)
         try:
             found = self._list({LABEL_TASK: task.id})
         except BackendError as exc:
@@ -312,7 +314,7 @@ class DaytonaBackend:
                     removed.append(f"sandbox {sandbox.name}")
         finally:
             self._forget(task_id)
-        local = self.state_dir / "tasks" / checked_id(task_id)  # the kept directories' keys
+        local = self.state_dir / "tasks" / checked_id(task_id)  # the kept directories' keys, from_default
         if local.exists():
             gitops.force_rmtree(local)
         return removed
@@ -364,6 +366,19 @@ class DaytonaBackend:
         key_file.write_text(process.keep.key)
         uploads = [FileUpload(buffer.getvalue(), paths.process_file(process.name, KEPT_SUFFIX))]
         return f"{paths.work_dir}/{KEPT_DIR}", uploads
+
+    def _record_start(self, task_id: str, from_default: bool) -> None:
+        """Whether the clone started at the default branch's head, on this host (never in the sandbox,
+        where the agent could rewrite it): a restarted daemon must not recompute it from a moved branch."""
+        local = self.state_dir / "tasks" / checked_id(task_id)
+        local.mkdir(parents=True, exist_ok=True, mode=0o700)
+        (local / FROM_DEFAULT_FILE).write_text("1" if from_default else "0")
+
+    def _started_from_default(self, task_id: str) -> bool:
+        try:
+            return (self.state_dir / "tasks" / checked_id(task_id) / FROM_DEFAULT_FILE).read_text() == "1"
+        except OSError:
+            return False  # not known: not claimed
 
     def _kept_key_file(self, task_id: str, name: str) -> Path:
         # On this host, never in the sandbox: the agent must not choose which issue's sessions it writes.
