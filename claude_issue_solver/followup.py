@@ -166,6 +166,8 @@ def forget_closed(backend: Any, client: Any, queue: TaskQueue, live: list[Task])
     state: no run finds them any more, and they may hold what an earlier run planted.
     """
     busy = {session_key(t.repo, t.issue_number) for t in live}
+    # A container started by the older version may still have its directory mounted: left for now.
+    busy |= {f"{t.repo.replace('/', '-').lower()}-{t.issue_number}" for t in live}
     issues = {session_key(t.repo, t.issue_number): (t.repo, t.issue_number) for t in queue.list()}
     removed = []
     for key in sorted(backend.kept_keys() - busy):

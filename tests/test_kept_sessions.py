@@ -120,10 +120,14 @@ def test_every_run_keeps_the_sessions_only(world: World) -> None:
 
 
 def test_at_start_up_the_directories_of_older_keys_are_removed(world: World) -> None:
-    task = world.task()
-    current = session_key(REPO, task.issue_number)
-    world.backend.kept.update({current: {}, "acme-widgets-1": {}, "acme-corp-widgets-5": {}, "x.new": {}})
+    done = world.task()
+    world.queue.finish(done.id, TaskState.CANCELLED)  # its issue stays open
+    running = world.task()  # a live task: a container of the older version may still mount its directory
+    current = session_key(REPO, done.issue_number)
+    old_done, old_live = f"acme-widgets-{done.issue_number}", f"acme-widgets-{running.issue_number}"
+    for key in (current, old_done, old_live, "acme-corp-widgets-5", "x.new"):
+        world.backend.kept[key] = {}
     world.pipeline().reconcile(world.queue.list([TaskState.PENDING, TaskState.RUNNING]))
-    # The open issue's sessions stay; the old-style ones go whatever their issue (no run reads them);
-    # a name of neither kind is left alone.
-    assert set(world.backend.kept) == {current, "x.new"}
+    # The open issue's sessions stay; the old-style ones go whatever their issue (no run reads them)
+    # unless a live task's container may use one; a name of neither kind is left alone.
+    assert set(world.backend.kept) == {current, old_live, "x.new"}
