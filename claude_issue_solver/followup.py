@@ -7,7 +7,8 @@
   without merging is not reopened: the branch gets the commits and the answer says so.
 - **The same session**: every run of an issue keeps its Claude Code configuration directory
   (``KeptDir``, ``CLAUDE_CONFIG_DIR``: Docker mounts it, Daytona carries it in and out of the sandbox;
-  the working directory path is the same each run), and a
+  the working directory path is the same each run; the next run gets back the session transcripts
+  only, never the settings, hooks or instructions a run left there: :data:`SESSION_FILES`), and a
   follow-up passes ``--resume <the previous run's session id>``. When the CLI cannot resume ("No
   conversation found", or no result at all), a fresh session is started in the same workspace with the
   issue, the previous summary and the request, and the task log says so.
