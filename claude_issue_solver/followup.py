@@ -7,7 +7,8 @@
   without merging is not reopened: the branch gets the commits and the answer says so.
 - **The same session**: every run of an issue keeps its Claude Code configuration directory
   (``KeptDir``, ``CLAUDE_CONFIG_DIR``: Docker mounts it, Daytona carries it in and out of the sandbox;
-  the working directory path is the same each run), and a
+  the working directory path is the same each run; the next run gets back the session transcripts
+  only, never the settings, hooks or instructions a run left there: :data:`SESSION_FILES`), and a
   follow-up passes ``--resume <the previous run's session id>``. When the CLI cannot resume ("No
   conversation found", or no result at all), a fresh session is started in the same workspace with the
   issue, the previous summary and the request, and the task log says so.
@@ -21,6 +22,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import re
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -37,15 +40,37 @@ from claude_issue_solver.run_policy import ProcessExit
 SESSION_ENV = "CLAUDE_CONFIG_DIR"
 FRESH_AGENT = "agent-fresh"  # the process of a fresh session after a resume failed (same workspace)
 NO_CONVERSATION = "No conversation found"
+# What of the kept configuration directory the next run gets back: the session transcripts, which is
+# all `--resume <id>` reads (checked with the real CLI). Never settings.json (hooks), CLAUDE.md, agents/,
+# commands/, plugins/, projects/*/memory/ or links an earlier (possibly injected) run left there.
+SESSION_FILES = ("projects/*/*.jsonl",)
+_READABLE = re.compile(r"[^a-z0-9]+")
+_KEY_HASH = 16  # hex digits of sha256 in a key
+# The keys of versions before the hash: "<owner>-<name>-<n>", ambiguous (acme-corp/widgets#5 and
+# acme/corp-widgets#5 shared one). Never used again; removed at start-up (forget_closed).
+_LEGACY_KEY = re.compile(r"^[a-z0-9][a-z0-9_.-]*-[0-9]{1,9}$")
 
 
 def session_key(repo: str, number: int) -> str:
-    """The kept directory of an issue's Claude sessions (the same for every run of the issue)."""
-    return f"{repo.replace('/', '-').lower()}-{number}"
+    """The kept directory of an issue's Claude sessions (the same for every run of the issue).
+
+    A readable part for operators and a hash of the exact repository (its full name, lower-cased as
+    GitHub compares them) and issue: ``acme-corp/widgets#5`` and ``acme/corp-widgets#5`` read alike
+    but never share a directory. A renamed repository starts with no sessions.
+    """
+    name = repo.lower()
+    digest = hashlib.sha256(f"{name}#{number}".encode()).hexdigest()[:_KEY_HASH]
+    readable = _READABLE.sub("-", name).strip("-")[:60].strip("-") or "repo"
+    return f"{readable}-{number}-{digest}"
+
+
+def is_legacy_key(key: str) -> bool:
+    """A kept directory named the way versions before the hash named it."""
+    return bool(_LEGACY_KEY.match(key))
 
 
 def keep_for(task: Task) -> KeptDir:
-    return KeptDir(session_key(task.repo, task.issue_number), SESSION_ENV)
+    return KeptDir(session_key(task.repo, task.issue_number), SESSION_ENV, only=SESSION_FILES)
 
 
 def earlier_runs(queue: TaskQueue, task: Task) -> list[Task]:
@@ -138,11 +163,19 @@ def forget_closed(backend: Any, client: Any, queue: TaskQueue, live: list[Task])
     """Remove the kept sessions of closed issues (at start-up: one request per issue with sessions).
 
     A run that finds its issue closed removes them too; this catches issues closed with no run after.
+    Directories under an older version's key (:func:`is_legacy_key`) are removed whatever their issue's
+    state: no run finds them any more, and they may hold what an earlier run planted.
     """
     busy = {session_key(t.repo, t.issue_number) for t in live}
+    # A container started by the older version may still have its directory mounted: left for now.
+    busy |= {f"{t.repo.replace('/', '-').lower()}-{t.issue_number}" for t in live}
     issues = {session_key(t.repo, t.issue_number): (t.repo, t.issue_number) for t in queue.list()}
     removed = []
     for key in sorted(backend.kept_keys() - busy):
+        if is_legacy_key(key):
+            if backend.forget_kept(key):
+                removed.append(f"{key} (a key of an older version: no run reads it)")
+            continue
         if key not in issues:
             continue  # no task of ours names it any more: keep it rather than guess
         repo, number = issues[key]
@@ -151,7 +184,7 @@ def forget_closed(backend: Any, client: Any, queue: TaskQueue, live: list[Task])
         except GitHubError:
             continue  # GitHub is not answering: the next start-up looks again
         if state != "open" and backend.forget_kept(key):
-            removed.append(f"{repo}#{number}")
+            removed.append(f"{repo}#{number} (the issue is closed)")
     return removed
 
 

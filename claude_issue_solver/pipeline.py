@@ -192,7 +192,10 @@ class Pipeline:
                 meta={"phase": "preparing", "branch_moved": None},
             )
             workspace = self.backend.prepare(spec.workspace, tlog)
-            self.queue.update(task.id, meta={"base_sha": workspace.base_sha})
+            # Both for a backend that finds the workspace again from the task (Daytona's attach).
+            self.queue.update(
+                task.id, meta={"base_sha": workspace.base_sha, "from_default": workspace.from_default}
+            )
         except RepoSettingsError as exc:
             return self._fail(task, str(exc), tlog)
         except (GitHubError, BackendError) as exc:
@@ -267,7 +270,7 @@ class Pipeline:
             log.info("removed leftover %s that no task owns", item)
         try:
             for ref in followup.forget_closed(self.backend, self.client, self.queue, live):
-                log.info("removed the kept Claude sessions of %s (the issue is closed)", ref)
+                log.info("removed the kept Claude sessions of %s", ref)
         except BackendError as exc:
             log.warning("could not look for the sessions of closed issues: %s", exc)
 

@@ -12,11 +12,17 @@ finished steps are read back, the running one is found again by its process name
 starts nothing when one of that name exists) and waited for.
 
 Setup is cached where the backend can (``Backend.caches_setup``, and ``SETUP_CACHE`` on): the key is
-:func:`setup_key` -- the setup command and the content of the repository's dependency files
-(:data:`repo_settings.SETUP_INPUTS`), read in the workspace before anything ran there. A saved setup
-under that key is restored instead of running ``setup``; a green setup that ran is saved. What the
-cache did is recorded (``TestReport.cache``) before each act, so a resumed task neither runs setup
-after a restore nor loses a save.
+:func:`setup_key` -- the repository, the setup command and the content of the repository's dependency
+files (:data:`repo_settings.SETUP_INPUTS`), read in the workspace before anything ran there. A saved
+setup under that key is restored instead of running ``setup``; a green setup that ran is saved, but
+only from a workspace that started at the default branch's head (``Workspace.from_default``): a retry
+or a follow-up works on ``claude/issue-N``, which holds an earlier run's commits (an agent's, perhaps
+an injected one's), and what setup made from that tree must not become what the default branch's
+later tasks start from. Such a workspace may still *restore*: a saved setup was made from the default
+branch's tree with the same key, so the same repository, command and dependency files -- what it
+holds came from trusted inputs, however the branch differs elsewhere. What the cache did is recorded
+(``TestReport.cache``) before each act, so a resumed task neither runs setup after a restore nor
+loses a save.
 
 When the tests are red after the agent, the same Claude session is continued (``--resume``) with the
 failing output (its tail, size-capped, through the secret redactor) up to ``TEST_FIX_ROUNDS`` times.
@@ -66,6 +72,11 @@ CONVERSATION_GONE = "No conversation found"
 FAILING_OUTPUT_LIMIT = 8 * 1024  # how much of a red run's output Claude is shown (its end)
 TAIL_LINES = 40  # and how many lines of it, at most
 SETUP_INPUT_LIMIT = 64 * 1024 * 1024  # bytes of one dependency file that go into the setup cache's key
+# In the key: a new format never finds a setup saved under an older one (those keys lacked the
+# repository, so two repositories with the same command and lock files shared one).
+SETUP_KEY_VERSION = 2
+# Why a green setup was not saved (TestReport.cache.detail) in a workspace not at the default branch's head.
+NOT_FROM_DEFAULT = "the workspace did not start at the default branch's head (its branch has earlier commits)"
 
 # TestReport.cache states, each recorded before the act it names (a resumed task reads where it was).
 RESTORING, HIT, MISS, SAVING, SAVED, NOT_SAVED, OFF = (
@@ -153,7 +164,8 @@ class SetupCache:
 
 
 def setup_key(backend: Backend[Any], workspace: Workspace, command: str, extra: tuple[str, ...] = ()) -> str:
-    """sha256 over the setup command and, for each dependency file present, its path and content's sha256.
+    """sha256 over the repository (its full name, lower-cased), the setup command and, for each
+    dependency file present, its path and content's sha256.
 
     Read through the backend (so the same on every place), before anything ran in the workspace. A path
     that passes through a link counts as its own value: the key still changes when that changes.
@@ -170,7 +182,10 @@ def setup_key(backend: Backend[Any], workspace: Workspace, command: str, extra: 
             continue
         if data is not None:
             inputs.append([path, hashlib.sha256(data).hexdigest()])
-    text = json.dumps({"setup": command, "files": inputs}, sort_keys=True)
+    text = json.dumps(
+        {"version": SETUP_KEY_VERSION, "repo": workspace.repo.lower(), "setup": command, "files": inputs},
+        sort_keys=True,
+    )
     return hashlib.sha256(text.encode()).hexdigest()
 
 
@@ -363,8 +378,11 @@ class TestGate:
             tlog.write(f"setup: {command}")
             report.setup = self._run(workspace, SETUP, command, plan.timeout, control, tlog, deadline)
             if cache.state == MISS:
-                cache.state = SAVING if report.setup.green else NOT_SAVED
-                cache.detail = None if report.setup.green else "setup was red"
+                saves = report.setup.green and workspace.from_default
+                cache.state = SAVING if saves else NOT_SAVED
+                cache.detail = None if saves else NOT_FROM_DEFAULT if report.setup.green else "setup was red"
+                if report.setup.green and not saves:
+                    tlog.write(f"setup cache: not saved: {NOT_FROM_DEFAULT}")
             self._record(task, report)
             if not report.setup.green:
                 tlog.write("setup failed; the tests will show what that breaks")

@@ -13,7 +13,7 @@ from claude_issue_solver.config import Config
 from claude_issue_solver.outcome import TaskControl
 from claude_issue_solver.queue import Task, TaskState
 from claude_issue_solver.repo_settings import SETTINGS_PATH, SETUP_INPUTS, RepoSettingsError, parse_settings
-from claude_issue_solver.test_gate import setup_key
+from claude_issue_solver.test_gate import NOT_FROM_DEFAULT, setup_key
 from tests.fakes.memory_backend import Crash, MemoryBackend, MemoryWorkspace, Place, Process, edits
 from tests.test_pipeline import REPO, SUMMARY, World
 from tests.test_pipeline import world as world  # the fixture
@@ -75,6 +75,78 @@ def test_the_key_is_the_command_and_the_dependency_files_present() -> None:
     assert key("pip install -r requirements.txt", **{LOCK: b"click==9\n"}) != first
     assert key("pip install -r requirements.txt", **{"uv.lock": b"v\n"}) != first  # one more input
     assert key("pip install .") != first
+
+
+def test_the_key_includes_the_repository() -> None:
+    """Two repositories with the same setup command and lock files never share a saved setup."""
+    backend = MemoryBackend()
+    tree = {"README.md": b"# r\n", LOCK: b"click==8\n"}
+    backend.places["t"] = Place(None, "sha", tree, dict(tree), "sha")  # type: ignore[arg-type]
+
+    def key(repo: str) -> str:
+        return setup_key(backend, MemoryWorkspace("t", "memory-t", repo, 1, "claude/issue-1", "sha"), "make")
+
+    assert key("acme/widgets") != key("other/widgets")
+    assert key("acme-corp/widgets") != key("acme/corp-widgets")
+    assert key("Acme/Widgets") == key("acme/widgets")  # GitHub's names are case-insensitive
+
+
+def on_earlier_commits(world: World, task: Task) -> None:
+    """The task's branch exists with an earlier run's commit on top of main (a retry, a follow-up)."""
+    _, files = world.backend.remote["main"]
+    branch = f"claude/issue-{task.issue_number}"
+    world.backend.remote[branch] = ("sha-agent-commit", {**files, "planted.txt": b"by an earlier run\n"})
+
+
+def test_a_setup_on_a_branch_with_earlier_commits_is_not_saved(world: World) -> None:
+    settings(world, SETTINGS)
+    repository(world, **{LOCK: "lib==1\n"})
+    setups = install(world)
+    task = world.task()
+    on_earlier_commits(world, task)
+    outcome = world.pipeline().run(task, TaskControl())
+    done = world.record(task, outcome)
+    assert done.state is TaskState.COMPLETED, done.error
+    cache = done.meta["tests"]["cache"]
+    assert cache["state"] == "not saved" and cache["detail"] == NOT_FROM_DEFAULT
+    assert world.backend.setups == {} and "save_setup" not in world.backend.calls and len(setups) == 1
+    assert done.meta["from_default"] is False
+    assert f"setup cache: not saved: {NOT_FROM_DEFAULT}" in world.log_text(done)
+
+    # A task of the default branch saves; a later one on earlier commits restores it (same key: the
+    # same repository, command and dependency files, and what it holds came from the default branch).
+    first = run(world)
+    assert first.meta["tests"]["cache"]["state"] == "saved" and first.meta["from_default"] is True
+    again = world.task()
+    on_earlier_commits(world, again)
+    restored = world.record(again, world.pipeline().run(again, TaskControl()))
+    assert restored.meta["tests"]["cache"]["state"] == "hit" and len(setups) == 2
+
+
+def test_a_crash_during_setup_on_earlier_commits_still_does_not_save(world: World) -> None:
+    """The workspace found again after a restart says where it started, as the first one did."""
+    settings(world, SETTINGS)
+    setups = install(world)
+    hanging = world.backend.agents["setup"]
+
+    def slow(place: Place, process: Process) -> None:
+        hanging(place, process)
+        process.exit_code = None
+
+    world.backend.agents["setup"] = slow
+    world.backend.crash_at("poll_process")
+    task = world.task()
+    on_earlier_commits(world, task)
+    with pytest.raises(Crash):
+        world.pipeline().run(task, TaskControl())
+    world.backend.finish(task.id, "setup", stdout="installed\n")
+    done = resume(world, task)
+    assert len(setups) == 1 and world.backend.setups == {}
+    assert done.meta["tests"]["cache"] == {
+        "key": done.meta["tests"]["cache"]["key"],
+        "state": "not saved",
+        "detail": NOT_FROM_DEFAULT,
+    }
 
 
 def test_a_miss_runs_and_saves_setup_and_the_next_task_restores_it(world: World) -> None:

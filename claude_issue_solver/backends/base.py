@@ -31,7 +31,7 @@ from __future__ import annotations
 import hashlib
 import re
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol, TypeVar
 
@@ -184,16 +184,27 @@ class Workspace:
     issue_number: int
     branch: str
     base_sha: str | None  # the commit the work started from
+    # Whether that commit is the default branch's head as the remote had it when the workspace was
+    # prepared (no earlier run's commits in it): only such a tree may feed a cache other tasks read.
+    # False when the place cannot tell (a conservative default).
+    from_default: bool = field(default=False, kw_only=True)
 
 
 @dataclass(frozen=True)
 class KeptDir:
-    """A directory that outlives the workspace: the next process given the same ``key`` finds it as it
-    was left (the Claude Code configuration directory of an issue, where its sessions are). The backend
-    chooses where it is and tells the process through the environment variable ``env``."""
+    """A directory that outlives the workspace: the next process given the same ``key`` finds what the
+    last one left there (the Claude Code configuration directory of an issue, where its sessions are).
+    The backend chooses where it is and tells the process through the environment variable ``env``.
 
-    key: str  # e.g. "acme-widgets-7": safe as a path component
+    ``only``: what of it the next process gets back -- ``/``-separated patterns (``fnmatch`` per
+    component, the same number of components) of the regular files to keep; everything else an earlier
+    process left (other files, directories holding none of those, links of any kind) is gone before
+    the next process starts. None keeps everything. See :mod:`claude_issue_solver.backends.kept`.
+    """
+
+    key: str  # e.g. "acme-widgets-7-<hash>": safe as a path component
     env: str  # e.g. "CLAUDE_CONFIG_DIR"
+    only: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True)

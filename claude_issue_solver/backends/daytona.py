@@ -85,6 +85,7 @@ from daytona import (
 )
 
 from claude_issue_solver import gitops
+from claude_issue_solver.backends import kept as kept_mechanics
 from claude_issue_solver.backends.base import (
     LABEL_OWNER,
     LABEL_TASK,
@@ -128,6 +129,7 @@ ENV_SUFFIX = "env"
 KEPT_SUFFIX = "kept.tar"  # a kept directory, carried in before a process and out after it
 KEPT_KEY_SUFFIX = "kept-key"
 KEPT_DIR = ".claude-kept"  # under the work directory, beside (never inside) the repository
+FROM_DEFAULT_FILE = "from_default"  # STATE_DIR/tasks/<id>/: Workspace.from_default, for a restart
 # The sandbox is there for the task alone, so root there is no escalation; without this the CLI
 # refuses --dangerously-skip-permissions in an image whose user is root.
 SANDBOX_ENV = {"IS_SANDBOX": "1"}
@@ -276,8 +278,10 @@ class DaytonaBackend:
         paths = self._ask_paths(spec.task_id, sandbox)
         base_sha = self._existing_clone(sandbox, paths) if found is not None else None
         if base_sha is None:
-            base_sha = self._clone(sandbox, paths, spec, log)
+            base_sha, from_default = self._clone(sandbox, paths, spec, log)
+            self._record_start(spec.task_id, from_default)
         else:
+            from_default = self._started_from_default(spec.task_id)
             log.write(f"reusing the clone in {paths.repo} at {base_sha[:12]}")
         log.write(f"sandbox {name} ready in {time.monotonic() - started:.1f}s")
         return DaytonaWorkspace(
@@ -289,12 +293,14 @@ class DaytonaBackend:
             base_sha=base_sha,
             sandbox_id=sandbox.id,
             work_dir=paths.work_dir,
+            from_default=from_default,
         )
 
     def attach(self, task: Task) -> DaytonaWorkspace | None:
         name = self.handle_for(task.id)
         branch = task.branch or f"claude/issue-{task.issue_number}"
         base_sha = task.meta.get("base_sha") if isinstance(task.meta.get("base_sha"), str) else None
+        from_default = self._started_from_default(task.id)
         try:
             found = self._list({LABEL_TASK: task.id})
         except BackendError as exc:
@@ -303,7 +309,17 @@ class DaytonaBackend:
             # Daytona is briefly unavailable: the deterministic name finds the sandbox later, and a poll
             # reports a lasting failure itself (retryable, so the task is not lost for good).
             logger.warning("could not list the sandboxes of task %s: %s", task.id, exc)
-            return DaytonaWorkspace(task.id, name, task.repo, task.issue_number, branch, base_sha, name, None)
+            return DaytonaWorkspace(
+                task.id,
+                name,
+                task.repo,
+                task.issue_number,
+                branch,
+                base_sha,
+                name,
+                None,
+                from_default=from_default,
+            )
         live = [s for s in found if _state(s) not in _GONE_STATES]
         if not live:
             return None
@@ -317,7 +333,15 @@ class DaytonaBackend:
         self._remember(task.id, sandbox)
         paths = self._ask_paths(task.id, sandbox)
         return DaytonaWorkspace(
-            task.id, name, task.repo, task.issue_number, branch, base_sha, sandbox.id, paths.work_dir
+            task.id,
+            name,
+            task.repo,
+            task.issue_number,
+            branch,
+            base_sha,
+            sandbox.id,
+            paths.work_dir,
+            from_default=from_default,
         )
 
     def remove(self, task_id: str, log: TaskLog | None = None) -> list[str]:
@@ -329,7 +353,7 @@ class DaytonaBackend:
                     removed.append(f"sandbox {sandbox.name}")
         finally:
             self._forget(task_id)
-        local = self.state_dir / "tasks" / checked_id(task_id)  # the kept directories' keys
+        local = self.state_dir / "tasks" / checked_id(task_id)  # the kept directories' keys, from_default
         if local.exists():
             gitops.force_rmtree(local)
         return removed
@@ -364,21 +388,36 @@ class DaytonaBackend:
     def _carry_in(
         self, task_id: str, paths: _Paths, process: ProcessSpec
     ) -> tuple[str | None, list[FileUpload]]:
-        """The kept directory as uploads (a tar archive the process's command unpacks), and its path."""
+        """The kept directory as uploads (a tar archive the process's command unpacks), and its path.
+
+        Only the files ``KeptDir.only`` keeps go in (the sessions, not the settings or hooks an earlier
+        process left); the command empties the directory in the sandbox before unpacking.
+        """
         if process.keep is None:
             return None, []
         local = self.kept_dir(process.keep.key)
         buffer = io.BytesIO()
         with tarfile.open(fileobj=buffer, mode="w") as archive:
-            if local.is_dir():
-                for item in sorted(local.rglob("*")):
-                    if item.is_file() and not item.is_symlink():
-                        archive.add(item, arcname=str(item.relative_to(local)), recursive=False)
+            for path in kept_mechanics.kept_files(local, process.keep.only):
+                archive.add(local / path, arcname=path, recursive=False)
         key_file = self._kept_key_file(task_id, process.name)
         key_file.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         key_file.write_text(process.keep.key)
         uploads = [FileUpload(buffer.getvalue(), paths.process_file(process.name, KEPT_SUFFIX))]
         return f"{paths.work_dir}/{KEPT_DIR}", uploads
+
+    def _record_start(self, task_id: str, from_default: bool) -> None:
+        """Whether the clone started at the default branch's head, on this host (never in the sandbox,
+        where the agent could rewrite it): a restarted daemon must not recompute it from a moved branch."""
+        local = self.state_dir / "tasks" / checked_id(task_id)
+        local.mkdir(parents=True, exist_ok=True, mode=0o700)
+        (local / FROM_DEFAULT_FILE).write_text("1" if from_default else "0")
+
+    def _started_from_default(self, task_id: str) -> bool:
+        try:
+            return (self.state_dir / "tasks" / checked_id(task_id) / FROM_DEFAULT_FILE).read_text() == "1"
+        except OSError:
+            return False  # not known: not claimed
 
     def _kept_key_file(self, task_id: str, name: str) -> Path:
         # On this host, never in the sandbox: the agent must not choose which issue's sessions it writes.
@@ -829,9 +868,12 @@ class DaytonaBackend:
         sha = (response.result or "").strip()
         return sha if response.exit_code == 0 and re.fullmatch(r"[0-9a-f]{40,64}", sha) else None
 
-    def _clone(self, sandbox: Sandbox, paths: _Paths, spec: WorkspaceSpec, log: TaskLog) -> str:
+    def _clone(self, sandbox: Sandbox, paths: _Paths, spec: WorkspaceSpec, log: TaskLog) -> tuple[str, bool]:
+        """Clone the task's branch (else the default branch); its HEAD, and whether that is the default
+        branch's head as the remote had it just before (see ``Workspace.from_default``)."""
         credential = spec.credential()
-        on_remote = self._remote_has_branch(spec, credential)
+        heads = self._remote_heads(spec, credential)
+        on_remote = spec.branch in heads
         branch = spec.branch if on_remote else spec.default_branch
         clean_url = _clean_url(spec.clone_url)
         self._set_egress(spec, sandbox, offline=False, log=log, why="before cloning")
@@ -872,14 +914,21 @@ class DaytonaBackend:
             + ("" if on_remote else f", new branch {spec.branch}")
             + f" at {base_sha[:12]} ({time.monotonic() - started:.1f}s)"
         )
-        return base_sha
+        return base_sha, base_sha == heads.get(spec.default_branch)
 
-    def _remote_has_branch(self, spec: WorkspaceSpec, credential: GitCredential) -> bool:
-        """Asked from this host (askpass, nothing written): the sandbox must not need the token for it."""
+    def _remote_heads(self, spec: WorkspaceSpec, credential: GitCredential) -> dict[str, str]:
+        """The task's branch and the default branch on the remote (those that exist): name -> sha.
+
+        Asked from this host (askpass, nothing written): the sandbox must not need the token for it.
+        """
         self.state_dir.mkdir(parents=True, exist_ok=True)
+        wanted = {
+            f"refs/heads/{spec.branch}": spec.branch,
+            f"refs/heads/{spec.default_branch}": spec.default_branch,
+        }
         try:
             proc = gitops.run_git(
-                ["ls-remote", "--heads", spec.clone_url, f"refs/heads/{spec.branch}"],
+                ["ls-remote", "--heads", spec.clone_url, *wanted],
                 cwd=self.state_dir,
                 credential=credential,
                 timeout=120,
@@ -887,7 +936,12 @@ class DaytonaBackend:
         except gitops.GitError as exc:
             msg = f"asking {spec.repo} whether branch {spec.branch} exists failed: {exc}"
             raise BackendError(msg, retryable=exc.retryable) from None
-        return bool(proc.stdout.strip())
+        heads: dict[str, str] = {}
+        for line in proc.stdout.splitlines():
+            sha, _, ref = line.strip().partition("\t")
+            if ref in wanted:
+                heads[wanted[ref]] = sha
+        return heads
 
     def _changed_paths(
         self, sandbox: Sandbox, paths: _Paths, workspace: Workspace, *, with_sources: bool = False

@@ -4,10 +4,12 @@ Layout under ``STATE_DIR``::
 
     mirrors/<owner>/<name>.git   one bare mirror per repository, fetched before each task
     worktrees/<task_id>/         the task's worktree, mounted read-write at /workspace
-    tasks/<task_id>/             0700: base_sha, default_branch, <process>.stdin (mounted read-only at /task),
-                                 setup_image (the saved setup the task's later processes start from)
+    tasks/<task_id>/             0700: base_sha, default_branch, from_default, <process>.stdin (mounted
+                                 read-only at /task), setup_image (the saved setup the task's later
+                                 processes start from)
     kept/<key>/                  0700: a directory kept between tasks (an issue's Claude configuration,
-                                 its sessions), mounted read-write at /kept/<key> for the processes given it
+                                 its sessions), mounted read-write at /kept/<key> for the processes given
+                                 it; pruned to ``KeptDir.only`` on this host before each such process
 
 Each process of a task is a container of its own -- the agent's is ``claude-issue-solver-<task_id>``,
 another process's ``claude-issue-solver-<task_id>-<name>`` -- from the same image, as the same user,
@@ -45,6 +47,7 @@ from docker.models.containers import Container
 from filelock import Timeout
 
 from claude_issue_solver import gitops
+from claude_issue_solver.backends import kept as kept_mechanics
 from claude_issue_solver.backends.base import (
     LABEL_OWNER,
     LABEL_PROCESS,
@@ -96,6 +99,7 @@ RELAY_FORWARDER = "relay-forward.js"  # written into the task directory, mounted
 RELAY_PORT = 47800  # the forwarder's address on the container's own loopback: ANTHROPIC_BASE_URL
 BASE_SHA_FILE = "base_sha"  # the commit the work started from, for a daemon that restarts mid-task
 DEFAULT_BRANCH_FILE = "default_branch"  # which branch's Dockerfile the image is built on, after a restart
+FROM_DEFAULT_FILE = "from_default"  # "1" when the worktree started at the default branch's head
 SETUP_IMAGE_FILE = "setup_image"  # the saved setup this task's later processes start from (a restart too)
 RESTORE_PROCESS = "setup-restore"  # the container that puts a saved setup's files into the tree
 RESTORE_TIMEOUT = 600.0  # seconds for copying a saved setup's files into the worktree
@@ -138,6 +142,7 @@ class DockerBackend:
             self.state_dir,
             base_image=settings.base_image,
             configured=image or settings.image,
+            network=settings.network,
         )
         self.setups = SetupImages(lambda: self.client, self.owner)
 
@@ -205,6 +210,8 @@ class DockerBackend:
                     base_sha = _read_text(task_dir / BASE_SHA_FILE) or gitops.rev_parse(
                         worktree, "HEAD", git_dir=git_dir
                     )
+                    # As recorded when it was made: the default branch may have moved since.
+                    from_default = _read_text(task_dir / FROM_DEFAULT_FILE) == "1"
                     log.write(f"reusing worktree {worktree} (prepared before a restart)")
                 else:
                     started = time.monotonic()
@@ -220,6 +227,10 @@ class DockerBackend:
                     start = gitops.start_point(mirror, spec.branch, spec.default_branch)
                     git_dir = gitops.add_worktree(mirror, worktree, spec.branch, start)
                     base_sha = gitops.rev_parse(worktree, "HEAD", git_dir=git_dir)
+                    # The tree is the default branch's as just fetched (a branch that exists but holds
+                    # no commits of its own counts too): only then may it feed the setup cache.
+                    default_head = gitops.rev_parse(mirror, f"refs/remotes/origin/{spec.default_branch}")
+                    from_default = base_sha is not None and base_sha == default_head
                     log.write(
                         f"worktree {worktree} on {spec.branch} from {start.removeprefix('refs/remotes/')} "
                         f"at {(base_sha or '?')[:12]} ({time.monotonic() - started:.1f}s incl. fetch)"
@@ -232,6 +243,7 @@ class DockerBackend:
         os.chmod(task_dir, 0o700)
         _write_private(task_dir / BASE_SHA_FILE, (base_sha or "").encode())
         _write_private(task_dir / DEFAULT_BRANCH_FILE, spec.default_branch.encode())
+        _write_private(task_dir / FROM_DEFAULT_FILE, b"1" if from_default else b"0")
         self._hand_over(worktree, task_dir)
         return DockerWorkspace(
             task_id=spec.task_id,
@@ -243,6 +255,7 @@ class DockerBackend:
             default_branch=spec.default_branch,
             worktree=worktree,
             mirror=mirror,
+            from_default=from_default,
         )
 
     def attach(self, task: Task) -> DockerWorkspace | None:
@@ -262,6 +275,7 @@ class DockerBackend:
             default_branch=_read_text(task_dir / DEFAULT_BRANCH_FILE) or "main",
             worktree=worktree,
             mirror=mirror,
+            from_default=_read_text(task_dir / FROM_DEFAULT_FILE) == "1",
         )
 
     def remove(self, task_id: str, log: TaskLog | None = None) -> list[str]:
@@ -600,6 +614,16 @@ class DockerBackend:
             kept = self.kept_dir(process.keep.key)
             kept.mkdir(parents=True, exist_ok=True)
             os.chmod(kept, 0o700)
+            # Only what the pipeline keeps (the sessions) reaches this process: not the settings, hooks
+            # or links an earlier process left. No container uses the directory now (one live task per
+            # issue, its processes one after another), so nothing changes it during the walk.
+            try:
+                pruned = kept_mechanics.prune(kept, process.keep.only)
+            except OSError as exc:
+                msg = f"clearing the kept directory {kept} for {name} failed: {exc}"
+                raise BackendError(msg) from None
+            if pruned:
+                logger.info("%s starts without %s of %s (not kept)", name, ", ".join(pruned[:10]), kept)
             if os.getuid() == 0:
                 os.chown(kept, uid, gid, follow_symlinks=False)
             inside = f"{KEPT_MOUNT}/{process.keep.key}"

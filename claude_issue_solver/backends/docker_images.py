@@ -3,6 +3,13 @@
 The base is the repository's own image when its default branch has a ``Dockerfile`` at the root (built
 from the mirror, never from a checkout), else ``DOCKER_BASE_IMAGE``. Built images are tagged by a hash
 of their inputs and reused; ``DOCKER_IMAGE`` skips all of it.
+
+The network of a build: the repository's ``Dockerfile`` is the repository's code running on this host,
+and so is ``Dockerfile.claude`` built on the image it made (its ``ONBUILD`` triggers, ``SHELL`` and
+``ENV PATH`` decide what our ``RUN`` lines execute). Those builds get ``DOCKER_NETWORK`` -- the network
+setup has -- and never the host's (:func:`build_network`: ``host`` becomes Docker's default bridge): on
+the host network a ``RUN`` reaches whatever listens on the host's 127.0.0.1. ``Dockerfile.claude`` on
+``DOCKER_BASE_IMAGE`` (the operator's choice) keeps the host network, as before.
 """
 
 from __future__ import annotations
@@ -27,12 +34,14 @@ from claude_issue_solver import gitops
 from claude_issue_solver.backends.base import BackendError, agent_dockerfile
 from claude_issue_solver.logs import TaskLog
 
-__all__ = ["AGENT_IMAGE_REPOSITORY", "BASE_IMAGE_PREFIX", "AgentImages", "unreachable"]
+__all__ = ["AGENT_IMAGE_REPOSITORY", "BASE_IMAGE_PREFIX", "AgentImages", "build_network", "unreachable"]
 
 logger = logging.getLogger(__name__)
 
 AGENT_IMAGE_REPOSITORY = "claude-issue-solver-agent"
 BASE_IMAGE_PREFIX = "claude-issue-solver-base-"
+HOST_NETWORK = "host"
+TRUSTED_BUILD_NETWORK = HOST_NETWORK  # Dockerfile.claude on the operator's DOCKER_BASE_IMAGE
 _BUILD_TAIL_LINES = 40
 _DOCKER_ERRORS = (docker.errors.DockerException, requests.exceptions.RequestException)
 
@@ -47,11 +56,13 @@ class AgentImages:
         *,
         base_image: str,
         configured: str | None,
+        network: str = "bridge",
     ) -> None:
         self.client = client
         self.state_dir = state_dir
         self.base_image = base_image
         self.configured = configured
+        self.network = network  # DOCKER_NETWORK: what a build of the repository's instructions gets
         self._lock = threading.Lock()
 
     def ensure(self, mirror: Path, repo: str, default_branch: str, log: TaskLog | None = None) -> str:
@@ -94,7 +105,10 @@ class AgentImages:
             return tag
         _note(log, f"building the agent image {tag} from Dockerfile.claude on {base}")
         dockerfile = agent_dockerfile().read_bytes()
-        self._build(_single_file_tar("Dockerfile.claude", dockerfile), "Dockerfile.claude", tag, base)
+        # On the repository's image, the repository's instructions run too (ONBUILD, SHELL, ENV).
+        network = build_network(self.network) if base.startswith(BASE_IMAGE_PREFIX) else TRUSTED_BUILD_NETWORK
+        context = _single_file_tar("Dockerfile.claude", dockerfile)
+        self._build(context, "Dockerfile.claude", tag, base, network)
         _note(log, f"built {tag}")
         return tag
 
@@ -115,10 +129,10 @@ class AgentImages:
         with tempfile.TemporaryDirectory(prefix="cis-archive-") as tmp:
             archive = Path(tmp) / "context.tar"
             gitops.run_git(["archive", "--format=tar", f"--output={archive}", ref], cwd=mirror)
-            self._build(archive.read_bytes(), "Dockerfile", tag, None)
+            self._build(archive.read_bytes(), "Dockerfile", tag, None, build_network(self.network))
         return tag
 
-    def _build(self, context: bytes, dockerfile: str, tag: str, base: str | None) -> None:
+    def _build(self, context: bytes, dockerfile: str, tag: str, base: str | None, network: str) -> None:
         try:
             self.client().images.build(
                 fileobj=io.BytesIO(context),
@@ -126,13 +140,15 @@ class AgentImages:
                 dockerfile=dockerfile,
                 buildargs={"BASE_IMAGE": base} if base else None,
                 tag=tag,
-                network_mode="host",
+                network_mode=network,
                 rm=True,
                 forcerm=True,
             )
         except docker.errors.BuildError as exc:
             tail = _build_tail(exc.build_log)
             msg = f"building {tag} from {dockerfile}" + (f" on {base}" if base else "")
+            if network != HOST_NETWORK:  # a build that needs the network may fail for the lack of it
+                msg += f" (its RUN steps had the network {network!r} from DOCKER_NETWORK, never the host's)"
             raise BackendError(f"{msg} failed: {exc.msg}\n{tail}") from None
         except _DOCKER_ERRORS as exc:
             msg = f"building {tag} from {dockerfile} failed: {exc}"
@@ -151,6 +167,13 @@ class AgentImages:
         except _DOCKER_ERRORS as exc:
             msg = f"the base image {ref} is not on this host and pulling it failed: {exc}"
             raise BackendError(msg, retryable=True) from None
+
+
+def build_network(network: str) -> str:
+    """The network a build running the repository's instructions gets: ``DOCKER_NETWORK``, but never the
+    host's (``host`` becomes Docker's default bridge, its own network namespace; on a dockerd started
+    with ``--bridge=none`` that namespace has only loopback, so such a build has no network at all)."""
+    return "default" if network == HOST_NETWORK else network
 
 
 def unreachable(exc: Exception) -> str:

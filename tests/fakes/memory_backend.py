@@ -67,6 +67,7 @@ class Place:
     lineage: set[str] = field(default_factory=set)
     base_files: dict[str, bytes] = field(default_factory=dict)  # the tree at base_sha
     setup_from: str | None = None  # the saved setup (its key) the later processes start from
+    from_default: bool = False  # started at the default branch's head (Workspace.from_default)
 
 
 Agent = Callable[[Place, Process], None]
@@ -198,6 +199,7 @@ class MemoryBackend:
             sha, files = self.remote[start]
             spec.credential()  # a real place fetches with it
             place = Place(spec, sha, dict(files), dict(files), sha, lineage={sha}, base_files=dict(files))
+            place.from_default = sha == self.remote[spec.default_branch][0]
             self.places[spec.task_id] = place
             log.write(f"memory workspace for {spec.task_id} on {spec.branch} from {start}")
         return self._workspace(place)
@@ -211,6 +213,7 @@ class MemoryBackend:
             spec.issue_number,
             spec.branch,
             place.base_sha,
+            from_default=place.from_default,
         )
 
     def attach(self, task: Task) -> MemoryWorkspace | None:
