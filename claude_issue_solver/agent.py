@@ -244,7 +244,27 @@ def _find_result(stdout: str) -> tuple[dict[str, Any] | None, str | None]:
             messages.extend(parsed)
         else:
             messages.append(parsed)
-    return scan(messages), session_id
+    found = scan(messages)
+    if found is None:
+        # The daemon keeps only the end of a long output: a `--verbose` JSON array (one line) whose
+        # start was left out no longer parses, but its last element, the result, still does.
+        found = scan(_trailing_result(text))
+    return found, session_id
+
+
+_RESULT_START = re.compile(r'\{\s*"type"\s*:\s*"result"')
+
+
+def _trailing_result(text: str) -> list[object]:
+    """The last ``{"type": "result", ...}`` object in ``text`` that parses on its own, if any."""
+    decoder = json.JSONDecoder()
+    for match in reversed(list(_RESULT_START.finditer(text))):
+        try:
+            value, _end = decoder.raw_decode(text, match.start())
+        except ValueError:
+            continue
+        return [value]
+    return []
 
 
 def _tail(text: str) -> str:
