@@ -155,9 +155,15 @@ def take_summary(backend: Backend[Any], workspace: Workspace) -> str | None:
 
     Anything but a regular file (a link the agent pointed at a secret, a directory) is only removed.
     """
-    data = backend.read_file(workspace, SUMMARY_FILE, SUMMARY_LIMIT)
+    # One byte over the limit tells a summary that was cut from one that fits exactly.
+    data = backend.read_file(workspace, SUMMARY_FILE, SUMMARY_LIMIT + 1)
     backend.delete_file(workspace, SUMMARY_FILE)
-    return None if data is None else data.decode("utf-8", "replace")
+    if data is None:
+        return None
+    if len(data) <= SUMMARY_LIMIT:
+        return data.decode("utf-8", "replace")
+    kept = data[:SUMMARY_LIMIT].decode("utf-8", "ignore").rstrip()
+    return f"{kept}\n\n_(The summary was cut here: the agent wrote more than {SUMMARY_LIMIT // 1024} KiB.)_"
 
 
 def what_changed(backend: Backend[Any], workspace: Workspace, log: TaskLog, summary_found: bool) -> Changes:

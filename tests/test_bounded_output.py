@@ -3,9 +3,27 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 from claude_issue_solver.agent import parse_result
-from claude_issue_solver.backends.base import OutputBounds, OutputKeeper, kept_text
+from claude_issue_solver.backends.base import OutputBounds, OutputKeeper, WorkspaceSpec, kept_text
+from claude_issue_solver.conventions import PR_BODY_LIMIT, RESULT_LIMIT, SUMMARY_FILE, SUMMARY_LIMIT
+from claude_issue_solver.credentials import GitCredential
+from claude_issue_solver.logs import TaskLog
+from claude_issue_solver.messages import CLAUDE, RunFigures, pr_body
+from claude_issue_solver.queue import Task
+from claude_issue_solver.run_policy import take_summary
+from tests.fakes.memory_backend import MemoryBackend
+
+SPEC = WorkspaceSpec(
+    task_id="widgets-1-abc",
+    repo="acme/widgets",
+    issue_number=1,
+    clone_url="http://127.0.0.1:9/acme/widgets.git",
+    default_branch="main",
+    branch="claude/issue-1",
+    credential=lambda: GitCredential("x-access-token", "t"),
+)
 
 
 def test_the_keeper_holds_the_start_and_the_end_and_counts_the_rest() -> None:
@@ -37,3 +55,27 @@ def test_a_result_is_found_at_the_end_of_a_json_array_whose_start_was_left_out()
     cut = kept_text(whole[:100].encode(), whole[-300:].encode(), len(whole) - 400)
     result = parse_result(cut, exit_code=0)
     assert result.ok and result.result == "Done."
+
+
+def test_a_long_answer_is_cut_with_a_note() -> None:
+    line = json.dumps({"type": "result", "subtype": "success", "is_error": False, "result": "y" * 100_000})
+    result = parse_result(line, exit_code=0)
+    assert result.ok and result.result is not None
+    assert len(result.result) < RESULT_LIMIT + 200 and "Claude's answer was cut here" in result.result
+
+
+def test_a_long_summary_is_cut_with_a_note(tmp_path: Path) -> None:
+    backend = MemoryBackend()
+    workspace = backend.prepare(SPEC, TaskLog(tmp_path / "log"))
+    backend.write_file(workspace, SUMMARY_FILE, b"Title\n\n" + b"z" * (SUMMARY_LIMIT + 10))
+    summary = take_summary(backend, workspace)
+    assert summary is not None and summary.endswith("more than 64 KiB.)_")
+    assert len(summary) < SUMMARY_LIMIT + 200
+    assert backend.read_file(workspace, SUMMARY_FILE, 10) is None
+
+
+def test_a_pr_body_never_exceeds_what_github_takes() -> None:
+    task = Task(id="w-1-abc", repo="acme/widgets", issue_number=1, title="t")
+    body = pr_body(task, "d" * 70_000, RunFigures.of(task, 1.0, CLAUDE), tests="### Tests\n\nfine")
+    assert len(body) <= PR_BODY_LIMIT and "The description was cut here" in body
+    assert body.rstrip().endswith("Fixes #1") and "### Tests" in body
