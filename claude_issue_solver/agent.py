@@ -14,7 +14,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from claude_issue_solver.conventions import format_usd
+from claude_issue_solver.conventions import RESULT_LIMIT, cut_with_note, format_usd
 from claude_issue_solver.stream_events import as_float, as_int, as_str
 
 __all__ = [
@@ -244,7 +244,27 @@ def _find_result(stdout: str) -> tuple[dict[str, Any] | None, str | None]:
             messages.extend(parsed)
         else:
             messages.append(parsed)
-    return scan(messages), session_id
+    found = scan(messages)
+    if found is None:
+        # The daemon keeps only the end of a long output: a `--verbose` JSON array (one line) whose
+        # start was left out no longer parses, but its last element, the result, still does.
+        found = scan(_trailing_result(text))
+    return found, session_id
+
+
+_RESULT_START = re.compile(r'\{\s*"type"\s*:\s*"result"')
+
+
+def _trailing_result(text: str) -> list[object]:
+    """The last ``{"type": "result", ...}`` object in ``text`` that parses on its own, if any."""
+    decoder = json.JSONDecoder()
+    for match in reversed(list(_RESULT_START.finditer(text))):
+        try:
+            value, _end = decoder.raw_decode(text, match.start())
+        except ValueError:
+            continue
+        return [value]
+    return []
 
 
 def _tail(text: str) -> str:
@@ -273,8 +293,8 @@ def _joined_errors(errors: object) -> str:
 
 
 def _failure_message(message: dict[str, Any], subtype: str | None, exit_code: int | None) -> str:
-    result_text = (as_str(message.get("result")) or "").strip()
-    errors = _joined_errors(message.get("errors"))
+    result_text = _kept_result((as_str(message.get("result")) or "").strip()) or ""
+    errors = cut_with_note(_joined_errors(message.get("errors")), RESULT_LIMIT, "The errors")
     api_status = as_int(message.get("api_error_status"))
     if api_status is not None:
         detail = result_text or errors or "no details"
@@ -300,6 +320,11 @@ def _failure_message(message: dict[str, Any], subtype: str | None, exit_code: in
         return f"Claude Code reported an error: {detail}"
     code = "" if exit_code is None else f" (exit code {exit_code})"
     return f"Claude Code reported an error without details{code}"
+
+
+def _kept_result(text: str | None) -> str | None:
+    # The answer is kept on the task (the state file) and quoted in comments: never megabytes of it.
+    return None if text is None else cut_with_note(text, RESULT_LIMIT, "Claude's answer")
 
 
 def parse_result(stdout: str, *, exit_code: int | None = None, log_tail: str = "") -> AgentResult:
@@ -340,7 +365,7 @@ def parse_result(stdout: str, *, exit_code: int | None = None, log_tail: str = "
     return AgentResult(
         ok=ok,
         subtype=subtype,
-        result=as_str(message.get("result")),
+        result=_kept_result(as_str(message.get("result"))),
         error=None if ok else _failure_message(message, subtype, exit_code),
         cost_usd=cost,
         num_turns=as_int(message.get("num_turns")),

@@ -13,7 +13,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from claude_issue_solver.conventions import LOG_TAIL_LINES, format_usd
+from claude_issue_solver.conventions import LOG_TAIL_LINES, PR_BODY_LIMIT, cut_with_note, format_usd
 from claude_issue_solver.queue import FOLLOWUP, Task
 
 MARKER_PREFIX = "<!-- claude-issue-solver:task="
@@ -284,7 +284,12 @@ def pr_body(
         note += f" Run: {figures.line()}."
     parts.append(note)
     parts.append(f"Fixes #{task.issue_number}")
-    return "\n\n".join(parts) + "\n"
+    body = "\n\n".join(parts) + "\n"
+    if len(body) > PR_BODY_LIMIT:  # GitHub refuses a longer body: the agent's description gives way
+        room = max(0, len(parts[0]) - (len(body) - PR_BODY_LIMIT) - 200)
+        parts[0] = cut_with_note(parts[0], room, "The description")
+        body = "\n\n".join(parts) + "\n"
+    return body
 
 
 LEFT_OUT_SHOWN = 5

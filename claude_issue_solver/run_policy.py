@@ -18,6 +18,7 @@ from claude_issue_solver.backends.base import (
     Backend,
     BackendError,
     Changes,
+    OutputBounds,
     Pushed,
     PushRejected,
     PushRequest,
@@ -33,6 +34,7 @@ __all__ = [
     "MAX_POLL_BACKOFF",
     "MOVED_ATTEMPTS",
     "NEVER_COMMITTED",
+    "OUTPUT_BOUNDS",
     "ProcessExit",
     "has_changes",
     "publish",
@@ -51,6 +53,10 @@ REMOVE_ATTEMPTS = 3
 # may push again meanwhile, but a branch that keeps moving fails rather than racing forever.
 MOVED_ATTEMPTS = 2
 NEVER_COMMITTED = (SUMMARY_FILE,)
+# How much of each stream of a process the daemon keeps once it ended (the task log got all of it,
+# streamed): the start (the CLI's init line) and the end (its result line, a test run's verdict), never
+# the middle of 100 MB of test output. The end is generous: one result line holds the agent's answer.
+OUTPUT_BOUNDS = OutputBounds(head=64 * 1024, tail=2 * 1024 * 1024)
 
 
 @dataclass(frozen=True)
@@ -134,8 +140,13 @@ def wait_for_process(
         stream.close(finished=False)
         raise
     stream.close(finished=True)
-    output = backend.output(workspace, name)
+    output = backend.output(workspace, name, OUTPUT_BOUNDS)
     log.write(f"{name} in {workspace.handle} exited with code {exit_code}")
+    if output.left_out:
+        log.write(
+            f"{name} printed more than the daemon keeps: {output.left_out} bytes of its output left out "
+            f"(kept: the first {OUTPUT_BOUNDS.head} and last {OUTPUT_BOUNDS.tail} bytes of each stream)"
+        )
     return ProcessExit(exit_code, output.stdout, output.stderr, timed_out=timed_out, cancelled=cancelled)
 
 
@@ -144,9 +155,15 @@ def take_summary(backend: Backend[Any], workspace: Workspace) -> str | None:
 
     Anything but a regular file (a link the agent pointed at a secret, a directory) is only removed.
     """
-    data = backend.read_file(workspace, SUMMARY_FILE, SUMMARY_LIMIT)
+    # One byte over the limit tells a summary that was cut from one that fits exactly.
+    data = backend.read_file(workspace, SUMMARY_FILE, SUMMARY_LIMIT + 1)
     backend.delete_file(workspace, SUMMARY_FILE)
-    return None if data is None else data.decode("utf-8", "replace")
+    if data is None:
+        return None
+    if len(data) <= SUMMARY_LIMIT:
+        return data.decode("utf-8", "replace")
+    kept = data[:SUMMARY_LIMIT].decode("utf-8", "ignore").rstrip()
+    return f"{kept}\n\n_(The summary was cut here: the agent wrote more than {SUMMARY_LIMIT // 1024} KiB.)_"
 
 
 def what_changed(backend: Backend[Any], workspace: Workspace, log: TaskLog, summary_found: bool) -> Changes:

@@ -808,3 +808,24 @@ def test_a_nested_repository_in_the_sandbox_is_never_committed_as_a_gitlink(harn
     harness.push(backend, workspace, job)
     tree = harness.github.repo(REPO).git("ls-tree", "-r", BRANCH)
     assert "160000" not in tree and "vendor/evil" not in tree and "vendor/kept.txt" in tree
+
+
+def test_far_more_output_than_the_bounds_comes_back_cut_with_its_end_and_a_note(harness: Harness) -> None:
+    """20 MB on one line: the sandbox cuts the files, only the start and the end are downloaded, and the
+    session's logs (which the SDK returns whole) are never asked for."""
+    from claude_issue_solver.run_policy import OUTPUT_BOUNDS
+
+    backend = harness.backend()
+    loud = "echo FIRST; head -c 20000000 /dev/zero | tr '\\0' a; echo; echo LAST; echo ERR >&2"
+    job = harness.job("edit", command=("sh", "-c", loud))
+    workspace, result = harness.run(backend, job)
+    assert result.exit_code == 0
+    assert result.stdout.startswith("FIRST\naaaa") and result.stdout.endswith("aaaa\nLAST\n")
+    assert "of this output left out here" in result.stdout
+    assert len(result.stdout) < OUTPUT_BOUNDS.head + OUTPUT_BOUNDS.tail + 1000
+    assert result.stderr == "ERR\n"
+    assert not [r for r in harness.fake.requests if r.path.endswith("/logs")]
+    log = harness.log(job).path.read_text()
+    assert "LAST" in log[-10_000:] and "left out" in log[-10_000:]
+    again = backend.output(workspace, "agent", OUTPUT_BOUNDS)  # after a restart: read again, as bounded
+    assert again.stdout == result.stdout and again.left_out > 17_000_000

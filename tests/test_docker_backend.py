@@ -748,8 +748,7 @@ def test_a_nested_repository_the_agent_plants_is_never_interpreted_nor_committed
     planted = base64.b64encode(hostile_tree.nested_repo_tar(marker))
     # The stdin file is read twice: once per planted copy.
     plant = (
-        "for d in vendor/lib vendor/evil; do "
-        "mkdir -p $d && base64 -d </task/agent.stdin | tar -xC $d; done"
+        "for d in vendor/lib vendor/evil; do mkdir -p $d && base64 -d </task/agent.stdin | tar -xC $d; done"
     )
     backend = harness.backend()
     for run in ("first1", "second"):
@@ -779,3 +778,33 @@ def test_a_nested_repository_the_agent_plants_is_never_interpreted_nor_committed
         assert not [line for line in tree if "vendor/evil" in line]
         backend.remove(job.task_id, harness.log(job))
     assert hostile_tree.ran(marker) == []
+
+
+# --- bounded output ---------------------------------------------------------------------------------
+
+
+def test_100_mb_on_one_line_comes_back_bounded_with_its_end_and_a_note(harness: Harness) -> None:
+    """A process that prints 100 MB without a newline: the daemon keeps the start and the end of it, notes
+    what it left out, Docker's log of the container is capped, and the task log still gets the end."""
+    from claude_issue_solver.run_policy import OUTPUT_BOUNDS
+
+    options = docker_backend.LOG_CONFIG["config"]
+    backend = harness.backend()
+    loud = "echo FIRST; head -c 100000000 /dev/zero | tr '\\0' a; echo; echo LAST; echo ERR >&2"
+    job = harness.job("edit", command=("sh", "-c", loud))
+    workspace, result = harness.run(backend, job, seconds=120)
+    assert result.exit_code == 0
+    # The start is what Docker's capped log still holds (FIRST rotated out); the end is intact.
+    assert result.stdout.startswith("aaaa") and result.stdout.endswith("aaaa\nLAST\n")
+    assert "of this output left out here" in result.stdout
+    assert len(result.stdout) < OUTPUT_BOUNDS.head + OUTPUT_BOUNDS.tail + 1000
+    assert result.stderr == "ERR\n"
+    assert "LAST" in result.tail
+    (container,) = harness.containers(**{LABEL_PROCESS: "agent"})
+    assert container.attrs["HostConfig"]["LogConfig"] == {"Type": "json-file", "Config": options}
+    log = harness.log(job).path.read_text()
+    assert "FIRST" in log[:10_000]
+    assert "LAST" in log[-10_000:] and "left out" in log[-10_000:]  # the live copy got the end too
+    # After a restart the ended process is read again, as bounded.
+    again = backend.output(workspace, "agent", OUTPUT_BOUNDS)
+    assert again.stdout == result.stdout and again.left_out > 10_000_000

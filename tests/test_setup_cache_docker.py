@@ -35,6 +35,7 @@ from claude_issue_solver.credentials import GitCredential
 from claude_issue_solver.demo_world.github import FakeGitHub
 from claude_issue_solver.logs import TaskLog, task_log_path
 from claude_issue_solver.queue import Task, TaskQueue, TaskState
+from claude_issue_solver.run_policy import OUTPUT_BOUNDS
 from tests.e2e import CLAUDE_KEY, CLIENT, all_finished, assert_clean, drive, labelled, needs_docker
 from tests.github_fixtures import TOKEN
 from tests.waiting import wait_until
@@ -205,8 +206,8 @@ def _spec(task_id: str, clone_url: str, issue: int) -> WorkspaceSpec:
 def _run(backend: DockerBackend, workspace: DockerWorkspace, name: str, script: str, log: TaskLog) -> str:
     backend.start_process(workspace, ProcessSpec(name=name, argv=("sh", "-c", script), env={}), log)
     wait_until(lambda: backend.poll_process(workspace, name) is not None, 60, f"{name} to end")
-    assert backend.poll_process(workspace, name) == 0, backend.output(workspace, name)
-    return backend.output(workspace, name).stdout
+    assert backend.poll_process(workspace, name) == 0, backend.output(workspace, name, OUTPUT_BOUNDS)
+    return backend.output(workspace, name, OUTPUT_BOUNDS).stdout
 
 
 def test_a_restarted_backend_restores_into_another_workspace_and_prunes_only_its_own(

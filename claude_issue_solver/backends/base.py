@@ -11,7 +11,8 @@ What a backend offers, in the spirit of SWE-ReX's deployment/runtime split:
   ``attach`` (find it again after a restart), ``remove``, ``list_ours``;
 - processes, named within a workspace (``"agent"``; a later test run is another name): ``start_process``
   with argv, env and stdin, ``poll_process``, ``kill_process``, ``follow_output`` into the task log,
-  ``output`` once it ended;
+  ``output`` once it ended -- never all of it, only the start and the end within the pipeline's
+  :class:`OutputBounds` (a process may print gigabytes; the daemon's memory must not follow);
 - files relative to the repository's root, never following a link: ``read_file``, ``write_file``,
   ``delete_file``;
 - git: ``changes`` (what changed since the base), ``commit_and_push`` (commit what changed, push
@@ -52,6 +53,8 @@ __all__ = [
     "Changes",
     "GitCredential",
     "KeptDir",
+    "OutputBounds",
+    "OutputKeeper",
     "OutputStream",
     "ProcessOutput",
     "ProcessSpec",
@@ -65,6 +68,7 @@ __all__ = [
     "WorkspaceSpec",
     "agent_dockerfile",
     "checked_id",
+    "kept_text",
     "owner_of",
     "resource_labels",
 ]
@@ -225,9 +229,84 @@ class ProcessSpec:
 
 
 @dataclass(frozen=True)
+class OutputBounds:
+    """How much of each of a process's streams the daemon keeps: its first ``head`` bytes and its last
+    ``tail`` bytes. The pipeline's policy (:mod:`claude_issue_solver.run_policy`); a backend only reads
+    no more than this into memory, however much the process printed."""
+
+    head: int
+    tail: int
+
+
+@dataclass(frozen=True)
 class ProcessOutput:
+    """What a process printed, bounded: each stream is its start and its end, with a note line between
+    them where something was left out (see :func:`kept_text`)."""
+
     stdout: str
     stderr: str
+    left_out: int = 0  # bytes of the output (both streams) that were not kept
+
+
+def _size(count: int) -> str:
+    for unit, factor in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if count >= factor:
+            return f"{count / factor:.1f} {unit}"
+    return f"{count} bytes"
+
+
+def kept_text(head: bytes, tail: bytes, left_out: int) -> str:
+    """One stream as the daemon keeps it: its start, a note line saying how much is missing, its end.
+
+    The note is a line of its own and no JSON, so readers of the output (a result line, a limit text)
+    skip it; the tail's first line may be cut. Nothing is missing: just the text.
+    """
+    if left_out <= 0:
+        return (head + tail).decode("utf-8", "replace")
+    # A character cut at the tail's start is dropped rather than shown as garbage.
+    start = 0
+    while start < min(len(tail), 3) and 0x80 <= tail[start] < 0xC0:
+        start += 1
+    note = (
+        f"[... {_size(left_out)} of this output left out here: the daemon keeps its first "
+        f"{_size(len(head))} and its last {_size(len(tail))} ...]"
+    )
+    return f"{head.decode('utf-8', 'replace')}\n{note}\n{tail[start:].decode('utf-8', 'replace')}"
+
+
+class OutputKeeper:
+    """Keeps the start and the end of a stream fed in chunks, never more than ``bounds`` (plus one
+    chunk) in memory; counts what it drops."""
+
+    def __init__(self, bounds: OutputBounds) -> None:
+        self.bounds = bounds
+        self.total = 0
+        self._head = bytearray()
+        self._tail = bytearray()
+
+    def feed(self, chunk: bytes) -> None:
+        self.total += len(chunk)
+        room = self.bounds.head - len(self._head)
+        if room > 0:
+            self._head += chunk[:room]
+            chunk = chunk[room:]
+        if not chunk or self.bounds.tail <= 0:
+            return
+        self._tail += chunk
+        # Trimmed once it holds twice the tail: each byte is moved at most once more (amortised).
+        if len(self._tail) >= 2 * self.bounds.tail:
+            del self._tail[: len(self._tail) - self.bounds.tail]
+
+    @property
+    def tail(self) -> bytes:
+        return bytes(self._tail[-self.bounds.tail :]) if self.bounds.tail > 0 else b""
+
+    @property
+    def left_out(self) -> int:
+        return self.total - len(self._head) - len(self.tail)
+
+    def text(self) -> str:
+        return kept_text(bytes(self._head), self.tail, self.left_out)
 
 
 @dataclass(frozen=True)
@@ -325,8 +404,10 @@ class Backend(Protocol[W]):
     def follow_output(self, workspace: W, name: str, log: TaskLog) -> OutputStream:
         """Copy the process's output into ``log`` (live where the place allows it, else when it ends)."""
 
-    def output(self, workspace: W, name: str) -> ProcessOutput:
-        """Everything the process printed, once it ended."""
+    def output(self, workspace: W, name: str, bounds: OutputBounds) -> ProcessOutput:
+        """What the process printed, once it ended: of each stream its first ``bounds.head`` and last
+        ``bounds.tail`` bytes at most, the rest counted in ``left_out`` and noted between them (where
+        the place keeps less, such as Docker's capped log, the start is what it still keeps)."""
 
     # --- files (relative to the repository's root; links are never followed) ---
 

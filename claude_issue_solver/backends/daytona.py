@@ -3,7 +3,8 @@
 Layout inside a sandbox (``<work>`` is the sandbox's work directory, asked of the toolbox)::
 
     <work>/repo/                   the clone, on the task's branch; processes run here
-    <work>/.claude-issue-solver/   0700: per process <name>.stdin, .out, .err, .exit (and .env briefly)
+    <work>/.claude-issue-solver/   0700: per process <name>.stdin, .out, .err, .log (what its command
+                                   printed itself), .exit (and .env briefly)
 
 Sandboxes are named ``claude-issue-solver-<task_id>`` and labelled with the task, the repository, the
 issue and the owning state directory, so a restarted daemon finds its own sandboxes (and only its own)
@@ -92,6 +93,7 @@ from claude_issue_solver.backends.base import (
     NAME_PREFIX,
     BackendError,
     Changes,
+    OutputBounds,
     ProcessOutput,
     ProcessSpec,
     Pushed,
@@ -104,6 +106,7 @@ from claude_issue_solver.backends.base import (
     WorkspaceSpec,
     checked_id,
     checked_process,
+    kept_text,
     owner_of,
     resource_labels,
 )
@@ -124,6 +127,8 @@ TASK_DIR = ".claude-issue-solver"
 STDIN_SUFFIX = "stdin"
 STDOUT_SUFFIX = "out"
 STDERR_SUFFIX = "err"
+LOG_SUFFIX = "log"  # what the process's command printed itself (a failed cd): never the session's logs
+KEPT_OUTPUT_SUFFIX = "kept"  # the bounded copy of an output file that is downloaded
 EXIT_SUFFIX = "exit"
 ENV_SUFFIX = "env"
 KEPT_SUFFIX = "kept.tar"  # a kept directory, carried in before a process and out after it
@@ -138,6 +143,12 @@ CREATE_TIMEOUT_SECONDS = 180.0  # a cold snapshot on a busy runner takes a while
 # deleted a day after stopping: long enough for a daemon that was down to come back and publish.
 AUTO_STOP_MARGIN_MINUTES = 30
 _ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+# Downloads are capped: only the start and the end of an output file are copied out of the sandbox
+# (``_download_output``), and a kept directory's archive larger than this is not carried out.
+KEPT_ARCHIVE_LIMIT = 256 * 1024 * 1024
+# What the task log gets of a process here (no live stream: copied when it ended); output() asked for
+# the same bounds reuses that download.
+_LOG_BOUNDS = OutputBounds(head=64 * 1024, tail=2 * 1024 * 1024)
 # How the toolbox's git says the branch moved on the remote (not a protected branch or a hook).
 _MOVED_RE = re.compile(r"non-fast-forward|fetch first", re.IGNORECASE)
 _DELETED_STATES = ("destroyed", "destroying")
@@ -216,8 +227,7 @@ class DaytonaBackend:
         self._sandboxes: dict[str, Sandbox] = {}  # the SDK object carries the toolbox client
         self._work_dirs: dict[str, str] = {}
         self._commands: dict[tuple[str, str], str] = {}
-        self._killed: set[tuple[str, str]] = set()
-        self._outputs: dict[tuple[str, str], ProcessOutput] = {}
+        self._outputs: dict[tuple[str, str], tuple[OutputBounds, ProcessOutput]] = {}
         # The egress this daemon last set (or created) per task: skips repeating it. A restarted daemon
         # knows none and sets it again before each step that needs one.
         self._egress: dict[str, _Egress] = {}
@@ -508,7 +518,6 @@ class DaytonaBackend:
         # Deleting the session terminates its process group (SIGTERM, then SIGKILL).
         sandbox, _ = self._located(workspace)
         session = _session_id(workspace.task_id, name)
-        self._killed.add((workspace.task_id, name))
         try:
             sandbox.process.delete_session(session)
         except DaytonaNotFoundError:
@@ -522,13 +531,13 @@ class DaytonaBackend:
     def follow_output(self, workspace: Workspace, name: str, log: TaskLog) -> _CopyAtEnd:
         return _CopyAtEnd(self, workspace, name, log)
 
-    def output(self, workspace: Workspace, name: str) -> ProcessOutput:
+    def output(self, workspace: Workspace, name: str, bounds: OutputBounds) -> ProcessOutput:
         key = (workspace.task_id, name)
         cached = self._outputs.pop(key, None)
-        if cached is not None:
-            return cached
+        if cached is not None and cached[0] == bounds:
+            return cached[1]
         sandbox, paths = self._located(workspace)
-        return self._download_output(sandbox, paths, name, workspace.task_id)
+        return self._download_output(sandbox, paths, name, workspace.task_id, bounds)[0]
 
     # --- files -----------------------------------------------------------------------------------------
 
@@ -771,7 +780,6 @@ class DaytonaBackend:
             for cache in (self._commands, self._outputs):
                 for key in [k for k in cache if k[0] == task_id]:
                     cache.pop(key, None)
-            self._killed = {k for k in self._killed if k[0] != task_id}
 
     def _sandbox(self, workspace: Workspace) -> Sandbox:
         with self._lock:
@@ -1079,34 +1087,66 @@ class DaytonaBackend:
         msg = f"the session of {name} in sandbox {workspace.handle} is gone and it left no exit code{reason}"
         raise WorkspaceLost(msg)
 
-    def _download_output(self, sandbox: Sandbox, paths: _Paths, name: str, task_id: str) -> ProcessOutput:
-        """The process's stdout and stderr files, in one request; what is missing is empty. A kept
-        directory the process left comes back in the same request (see ``_carry_out``)."""
+    def _download_output(
+        self, sandbox: Sandbox, paths: _Paths, name: str, task_id: str, bounds: OutputBounds
+    ) -> tuple[ProcessOutput, str]:
+        """The process's stdout and stderr, and what its command printed itself, each bounded: one exec
+        cuts every file to its first ``bounds.head`` and last ``bounds.tail`` bytes in the sandbox, one
+        request downloads the cut copies -- never a whole file of any size. A kept directory the
+        process left comes back in the same request when it is not larger than KEPT_ARCHIVE_LIMIT (see
+        ``_carry_out``). What is missing is empty."""
+        suffixes = (STDOUT_SUFFIX, STDERR_SUFFIX, LOG_SUFFIX)
+        keep = bounds.head + bounds.tail
+        cut = " ".join(
+            [
+                f"cd {_q(paths.task_dir)} || exit 3;",
+                f"for f in {' '.join(_q(f'{checked_process(name)}.{x}') for x in suffixes)}; do",
+                's=$(wc -c 2>/dev/null < "$f") || s=0; s=$((s + 0));',
+                f'if [ "$s" -gt {keep} ]; then {{ head -c {bounds.head} "$f"; tail -c {bounds.tail} "$f"; }}',
+                f'> "$f.{KEPT_OUTPUT_SUFFIX}"; else cat "$f" > "$f.{KEPT_OUTPUT_SUFFIX}" 2>/dev/null; fi;',
+                'printf "%s " "$s"; done;',
+                f"wc -c 2>/dev/null < {_q(f'{checked_process(name)}.{KEPT_SUFFIX}')} || echo -1",
+            ]
+        )
         try:
-            responses = sandbox.fs.download_files(
-                [
-                    FileDownloadRequest(source=paths.process_file(name, STDOUT_SUFFIX)),
-                    FileDownloadRequest(source=paths.process_file(name, STDERR_SUFFIX)),
-                    FileDownloadRequest(source=paths.process_file(name, KEPT_SUFFIX)),
-                ]
-            )
-        except DaytonaError as exc:
-            return ProcessOutput("", f"(the output of {name} is unavailable: {_describe(exc)})")
-        try:
-            self._carry_out(task_id, name, responses[2])
-        except (OSError, tarfile.TarError) as exc:
-            logger.warning("could not carry the kept directory of %s out: %s", name, exc)
-        texts = [
-            r.result.decode("utf-8", "replace") if isinstance(r.result, bytes) else "" for r in responses[:2]
-        ]
-        return ProcessOutput(texts[0], texts[1])
-
-    def _command_logs(self, sandbox: Sandbox, session: str, command_id: str) -> str:
-        """Whatever the command printed outside its redirected output (a failed cd, say)."""
-        try:
-            return sandbox.process.get_session_command_logs(session, command_id).output or ""
-        except DaytonaError as exc:
-            return f"(the logs of the command are unavailable: {_describe(exc)})\n"
+            response = sandbox.process.exec(cut)
+            sizes = [int(word) for word in (response.result or "").split()]
+            if response.exit_code != 0 or len(sizes) != len(suffixes) + 1:
+                msg = f"cutting the output files failed (exit {response.exit_code}): {response.result!r:.200}"
+                raise BackendError(msg)
+            requests = [
+                FileDownloadRequest(source=f"{paths.process_file(name, x)}.{KEPT_OUTPUT_SUFFIX}")
+                for x in suffixes
+            ]
+            archive_size = sizes[-1]
+            if 0 <= archive_size <= KEPT_ARCHIVE_LIMIT:
+                requests.append(FileDownloadRequest(source=paths.process_file(name, KEPT_SUFFIX)))
+            elif archive_size > KEPT_ARCHIVE_LIMIT:
+                logger.warning(
+                    "the kept directory %s left in %s is %d bytes, over %d: not carried out",
+                    name,
+                    sandbox.name,
+                    archive_size,
+                    KEPT_ARCHIVE_LIMIT,
+                )
+            responses = sandbox.fs.download_files(requests)
+        except (DaytonaError, BackendError, ValueError) as exc:
+            text = f"(the output of {name} is unavailable: {_describe(exc)})"
+            return ProcessOutput("", text), ""
+        if len(responses) > len(suffixes):
+            try:
+                self._carry_out(task_id, name, responses[len(suffixes)])
+            except (OSError, tarfile.TarError) as exc:
+                logger.warning("could not carry the kept directory of %s out: %s", name, exc)
+        texts: list[str] = []
+        left_out = 0
+        for size, response in zip(sizes[: len(suffixes)], responses[: len(suffixes)], strict=True):
+            data = response.result if isinstance(response.result, bytes) else b""
+            missing = max(0, size - len(data)) if size > keep else 0
+            head, tail = (data[: bounds.head], data[bounds.head :]) if missing else (data, b"")
+            texts.append(kept_text(head, tail, missing))
+            left_out += missing
+        return ProcessOutput(texts[0], texts[1], left_out), texts[2]
 
 
 class _CopyAtEnd:
@@ -1124,13 +1164,12 @@ class _CopyAtEnd:
         except BackendError as exc:
             self.log.write(f"the output of {self.name} is unavailable: {exc}")
             return
-        command_id = backend._commands.get(key)
-        if command_id is not None and key not in backend._killed:
-            logs = backend._command_logs(sandbox, _session_id(self.workspace.task_id, self.name), command_id)
-            if logs.strip():
-                self.log.write_raw(logs if logs.endswith("\n") else logs + "\n")
-        output = backend._download_output(sandbox, paths, self.name, self.workspace.task_id)
-        backend._outputs[key] = output  # output() needs it next: one download, not two
+        output, logs = backend._download_output(
+            sandbox, paths, self.name, self.workspace.task_id, _LOG_BOUNDS
+        )
+        if logs.strip():
+            self.log.write_raw(logs if logs.endswith("\n") else logs + "\n")
+        backend._outputs[key] = (_LOG_BOUNDS, output)  # output() needs it next: one download, not two
         for text in (output.stderr, output.stdout):
             if text:
                 self.log.write_raw(text if text.endswith("\n") else text + "\n")
@@ -1284,7 +1323,10 @@ def _process_command_line(paths: _Paths, name: str, argv: Sequence[str], kept: s
         archive = _q(paths.process_file(name, KEPT_SUFFIX))
         unpack = f"rm -rf {_q(kept)}; mkdir -p {_q(kept)} && tar -xf {archive} -C {_q(kept)} && "
         pack = f"tar -cf {archive} -C {_q(kept)} . ; "
+    # Everything the command prints itself goes to a file too: the session's logs are never read
+    # (the SDK returns them whole, however large).
     script = (
+        f"exec > {_q(paths.process_file(name, LOG_SUFFIX))} 2>&1; "
         f". {env_file}; loaded=$?; rm -f {env_file}; "
         f'if [ "$loaded" -eq 0 ] && {unpack}cd {_q(paths.repo)}; then '
         f"{shlex.join(argv)} < {_q(paths.process_file(name, STDIN_SUFFIX))} "

@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from claude_issue_solver.backends.base import (
     BackendError,
     Changes,
+    OutputBounds,
+    OutputKeeper,
     ProcessOutput,
     ProcessSpec,
     Pushed,
@@ -290,10 +292,13 @@ class MemoryBackend:
         self._enter("follow_output")
         return _Stream(self, workspace, name, log)
 
-    def output(self, workspace: Workspace, name: str) -> ProcessOutput:
+    def output(self, workspace: Workspace, name: str, bounds: OutputBounds) -> ProcessOutput:
         self._enter("output")
         process = self._place(workspace).processes[name]
-        return ProcessOutput(process.stdout, process.stderr)
+        kept = [OutputKeeper(bounds), OutputKeeper(bounds)]
+        for keeper, text in zip(kept, (process.stdout, process.stderr), strict=True):
+            keeper.feed(text.encode())
+        return ProcessOutput(kept[0].text(), kept[1].text(), kept[0].left_out + kept[1].left_out)
 
     def read_file(self, workspace: Workspace, path: str, limit: int) -> bytes | None:
         self._enter("read_file")
