@@ -834,6 +834,17 @@ class Relay:
             capture = _CAPTURE_JSON_BYTES
         elif limited:
             capture = _CAPTURE_ERROR_BYTES
+        accounted = False
+
+        def account() -> None:
+            nonlocal accounted
+            if not accounted:
+                accounted = True
+                self._account(task, request, upstream, metered, ok, limited, sse, bytes(captured), body)
+
+        # Recorded before the client can hold the whole answer (before its last byte): a caller that
+        # reads ``usage`` once the CLI has exited sees every request the CLI saw answered.
+        expected, sent = upstream.content_length, 0
         try:
             async with asyncio.timeout(self.bounds.write_timeout_s):
                 await response.prepare(request)
@@ -842,13 +853,16 @@ class Relay:
                     sse.feed(chunk)
                 elif capture and len(captured) < capture:
                     captured += chunk[: capture - len(captured)]
+                sent += len(chunk)
+                if expected is not None and sent >= expected:
+                    account()
                 async with asyncio.timeout(self.bounds.write_timeout_s):
                     await response.write(chunk)
+            account()
             async with asyncio.timeout(self.bounds.write_timeout_s):
                 await response.write_eof()
         finally:
-            # What the API answered is recorded even when the client went away mid-stream.
-            self._account(task, request, upstream, metered, ok, limited, sse, bytes(captured), body)
+            account()  # what the API answered counts even when the client went away mid-stream
         return response
 
     def _account(
