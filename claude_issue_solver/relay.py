@@ -533,6 +533,7 @@ class Relay:
             ),
             auto_decompress=False,  # bytes pass through as the API sent them
             cookie_jar=aiohttp.DummyCookieJar(),
+            trust_env=True,  # HTTPS_PROXY/NO_PROXY as the daemon's other HTTP clients (requests) honour them
         )
 
     async def _shutdown(self) -> None:
