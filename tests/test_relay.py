@@ -663,6 +663,57 @@ def test_the_forwarder_pipes_to_the_socket_and_returns_the_commands_exit_code(
     assert relay.usage("task-1").requests == 1
 
 
+TWICE = """
+import os, sys, urllib.error, urllib.request
+def ask():
+    request = urllib.request.Request(
+        os.environ["ANTHROPIC_BASE_URL"] + "/v1/messages",
+        data=b'{"model": "claude-haiku-4-5", "max_tokens": 5, "messages": []}',
+        headers={"x-api-key": os.environ["ANTHROPIC_API_KEY"], "content-type": "application/json"},
+    )
+    try:
+        with urllib.request.urlopen(request) as answer:
+            return answer.status
+    except urllib.error.HTTPError as error:
+        return error.code
+for _ in range(3):
+    print(ask(), flush=True)
+    sys.stdin.readline()
+"""
+
+
+@needs_node
+def test_a_container_outlives_a_daemon_restart(api: FakeAnthropic, make_relay: Callable[..., Relay]) -> None:
+    first = make_relay(api.url)
+    grant = first.open("task-1")
+    port = _free_port()
+    process = subprocess.Popen(
+        _forwarder(grant.socket, port, ["python3", "-c", TWICE]),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        env={**os.environ, **grant.env, "ANTHROPIC_BASE_URL": f"http://127.0.0.1:{port}"},
+        text=True,
+    )
+    assert process.stdin is not None and process.stdout is not None
+    try:
+        assert process.stdout.readline().strip() == "200"
+        first.stop()  # the daemon goes away; the container keeps running
+        process.stdin.write("\n")
+        process.stdin.flush()
+        assert process.stdout.readline().strip() == "503"  # the CLI would retry this
+        second = make_relay(api.url)
+        assert second.open("task-1") == grant  # the new daemon finds its tasks and opens them again
+        process.stdin.write("\n")
+        process.stdin.flush()
+        assert process.stdout.readline().strip() == "200"
+        process.stdin.close()
+        assert process.wait(timeout=10) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert second.usage("task-1").requests == 1
+
+
 @needs_node
 def test_the_forwarder_answers_503_while_the_relay_is_away(short_dir: Path) -> None:
     port = _free_port()
@@ -832,7 +883,7 @@ def test_the_real_cli_in_the_agent_image_with_no_network(
             volumes={
                 str(workspace): {"bind": "/workspace", "mode": "rw"},
                 str(task): {"bind": "/task", "mode": "ro"},
-                str(grant.directory): {"bind": "/relay", "mode": "rw"},
+                str(grant.directory): {"bind": "/relay", "mode": "ro"},  # connect() needs no write
             },
             environment={**CLI_ENV, **grant.env, "ANTHROPIC_BASE_URL": "http://127.0.0.1:47800"},
             labels={"claude-issue-solver.test": "test_relay"},
