@@ -21,6 +21,11 @@ the agent's conversation (title generation, a ``max_tokens: 1`` quota probe, any
 get a short text. A wrong key gets the API's 401. ``GET /v1/models`` lists ``models`` as the real
 Models API does (what ``doctor`` uses to check a key without spending tokens).
 
+For the credential relay's tests: ``usage`` replaces the token counts every answer reports (cache
+fields included: ``{"input_tokens": 30, "cache_creation_input_tokens": 1000, ...}``; ``output_tokens`` is
+what ``message_delta`` reports), and ``stream_gate`` (a ``threading.Event``) makes a streamed answer
+arrive in two parts: ``message_start`` at once (chunked encoding), the rest once the gate is set.
+
     with FakeAnthropic(api_key="sk-test", files={"HELLO.md": "hi\\n"}) as api:
         run_cli(env={"ANTHROPIC_BASE_URL": api.url, "ANTHROPIC_API_KEY": "sk-test"})
         assert api.conversation_requests
@@ -140,6 +145,8 @@ class FakeAnthropic:
         read_first: bool = False,
         followups: tuple[Round, ...] = (),
         commands: tuple[str, ...] = (),
+        usage: dict[str, Any] | None = None,
+        stream_gate: threading.Event | None = None,
     ) -> None:
         self.api_key = api_key
         self.models = models
@@ -168,6 +175,8 @@ class FakeAnthropic:
             msg = "each round needs a final text of its own: it is how a resumed conversation is told apart"
             raise ValueError(msg)
         self._host = host
+        self.usage = dict(usage) if usage is not None else None
+        self.stream_gate = stream_gate
         self._state = _State()
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
@@ -461,8 +470,17 @@ def _sse(event: str, data: dict[str, Any]) -> str:
     return f"event: {event}\ndata: {json.dumps(data)}\n\n"
 
 
-def sse_body(message_id: str, model: str, blocks: list[dict[str, Any]], stop_reason: str) -> bytes:
-    """The event stream the Messages API sends for a reply made of ``blocks``."""
+def sse_body(
+    message_id: str,
+    model: str,
+    blocks: list[dict[str, Any]],
+    stop_reason: str,
+    usage: dict[str, Any] | None = None,
+) -> bytes:
+    """The event stream the Messages API sends for a reply made of ``blocks`` (``usage``: the counts to
+    report instead of the defaults; ``output_tokens`` goes to ``message_delta``)."""
+    start_usage = {**_usage(25, 1), **{k: v for k, v in (usage or {}).items() if k != "output_tokens"}}
+    output_tokens = (usage or {}).get("output_tokens", 20)
     parts = [
         _sse(
             "message_start",
@@ -476,7 +494,7 @@ def sse_body(message_id: str, model: str, blocks: list[dict[str, Any]], stop_rea
                     "content": [],
                     "stop_reason": None,
                     "stop_sequence": None,
-                    "usage": _usage(25, 1),
+                    "usage": start_usage,
                 },
             },
         )
@@ -510,7 +528,7 @@ def sse_body(message_id: str, model: str, blocks: list[dict[str, Any]], stop_rea
             {
                 "type": "message_delta",
                 "delta": {"stop_reason": stop_reason, "stop_sequence": None},
-                "usage": {"output_tokens": 20},
+                "usage": {"output_tokens": output_tokens},
             },
         )
     )
@@ -613,7 +631,10 @@ class _Handler(BaseHTTPRequestHandler):
         model = str(body.get("model") or self.fake._script.model)
         message_id = f"msg_fake_{self.fake._next_id():06d}"
         if body.get("stream"):
-            payload = sse_body(message_id, model, blocks, stop_reason)
+            payload = sse_body(message_id, model, blocks, stop_reason, self.fake.usage)
+            if self.fake.stream_gate is not None:
+                self._send_in_two_parts(payload, self.fake.stream_gate)
+                return
             self._send(HTTPStatus.OK, payload, "text/event-stream; charset=utf-8")
         else:
             message = {
@@ -624,7 +645,7 @@ class _Handler(BaseHTTPRequestHandler):
                 "content": blocks,
                 "stop_reason": stop_reason,
                 "stop_sequence": None,
-                "usage": _usage(25, 20),
+                "usage": {**_usage(25, 20), **(self.fake.usage or {})},
             }
             self._send_json(HTTPStatus.OK, message)
 
@@ -676,6 +697,22 @@ class _Handler(BaseHTTPRequestHandler):
         self.fake._record(
             RecordedRequest(self.command, self.path, headers, body, kind, step, round_, resumed)
         )
+
+    def _send_in_two_parts(self, payload: bytes, gate: threading.Event) -> None:
+        """The first event now, the rest once ``gate`` is set (chunked, as the real API streams)."""
+        cut = payload.index(b"\n\n") + 2
+        self.send_response(HTTPStatus.OK)
+        self.send_header("Content-Type", "text/event-stream; charset=utf-8")
+        self.send_header("Transfer-Encoding", "chunked")
+        self.send_header("Cache-Control", "no-cache")
+        self.end_headers()
+        for n, part in enumerate((payload[:cut], payload[cut:])):
+            if n == 1:
+                gate.wait(timeout=30)
+            self.wfile.write(f"{len(part):x}\r\n".encode() + part + b"\r\n")
+            self.wfile.flush()
+        self.wfile.write(b"0\r\n\r\n")
+        self.wfile.flush()
 
     def _send_json(self, status: HTTPStatus, payload: dict[str, Any]) -> None:
         self._send(status, json.dumps(payload).encode(), "application/json")
