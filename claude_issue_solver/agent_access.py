@@ -114,6 +114,7 @@ class AgentAccess:
     def _claude(self, task_id: str) -> tuple[Mapping[str, str], Path | None]:
         if self.relay is None:
             return self._direct_env, None
+        self.relay.start()  # once, at the first task: idempotent
         grant = self.relay.open(task_id)
         env = _settings_env(self.config)
         env.update(grant.env)  # the task's token in place of the credential; the backend adds the URL
@@ -128,9 +129,20 @@ class AgentAccess:
         except Exception as exc:  # cleanup runs on every path out of a task
             log.warning("could not close the relay of task %s: %s", task_id, exc)
 
+    def reconcile(self, live: set[str]) -> None:
+        """Remove the relay directories an earlier daemon left for tasks that no longer run."""
+        if self.relay is None or not self.relay.directory.is_dir():
+            return
+        for path in self.relay.sweep(live):
+            log.info("removed the relay directory %s, which no running task uses", path.name)
+
     def usage(self, task_id: str) -> TaskUsage | None:
         """What the relay metered for the task so far (None without a relay)."""
         return None if self.relay is None else self.relay.usage(task_id)
+
+    # A daemon service (started first, stopped last): the relay starts with the first task that needs it.
+    def start(self) -> None:
+        pass
 
     def stop(self) -> None:
         if self.relay is not None:

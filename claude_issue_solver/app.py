@@ -122,9 +122,12 @@ def build(config: Config, *, backend: Backend[Any] | None = None) -> Parts:
         queue, pipeline, watcher=watcher, poll_interval=config.poll_interval, poll_one=watcher.poll_now
     )
     parts = Parts(queue=queue, daemon=daemon, backend=backend, watcher=watcher)
+    # The Claude relay goes last (stopped first is fine: a running container's requests wait for the
+    # next daemon in its forwarder).
+    daemon.services = (pipeline.access,)
     if config.listen_address is not None:
         parts.listener = _listener(config, parts, client, watcher)
-        daemon.services = (parts.listener,)
+        daemon.services = (parts.listener, pipeline.access)
     return parts
 
 

@@ -266,6 +266,7 @@ class Pipeline:
 
     def reconcile(self, live: list[Task]) -> None:
         removed = reconcile(self.backend, {t.id for t in live}, sleep=self.sleep)
+        self.access.reconcile({t.id for t in live})
         for item in removed:
             log.info("removed leftover %s that no task owns", item)
         try:

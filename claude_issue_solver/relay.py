@@ -42,6 +42,7 @@ import socket
 import stat
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from importlib import resources
@@ -72,6 +73,7 @@ __all__ = [
     "cost_usd",
     "forwarded_command",
     "price_for",
+    "stop_all",
 ]
 
 log = logging.getLogger(__name__)
@@ -423,6 +425,15 @@ class _Open:
     inflight: set[asyncio.Task[Any]] = field(default_factory=set)
 
 
+_RUNNING: weakref.WeakSet[Relay] = weakref.WeakSet()  # started and not stopped, for stop_all()
+
+
+def stop_all() -> None:
+    """Stop every relay of this process (a test's end, an embedding program's exit); never raises."""
+    for relay in list(_RUNNING):
+        relay.stop()
+
+
 class Relay:
     """One relay per daemon; tasks are opened and closed as their containers come and go."""
 
@@ -476,6 +487,7 @@ class Relay:
             except BaseException:
                 self._teardown()
                 raise
+            _RUNNING.add(self)
             log.info("credential relay started in %s (upstream %s)", self.directory, self.upstream)
 
     def stop(self) -> None:
@@ -489,6 +501,7 @@ class Relay:
             except Exception as exc:  # stop must not raise: it runs on the way out
                 log.warning("credential relay did not stop cleanly: %s", exc)
             self._teardown()
+            _RUNNING.discard(self)
             log.info("credential relay stopped")
 
     def _teardown(self) -> None:

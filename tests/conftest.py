@@ -7,7 +7,7 @@ import os
 import shutil
 import sys
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -99,6 +99,14 @@ def pytest_unconfigure(config: pytest.Config) -> None:
 def isolated(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory) -> Isolation:
     """Every test: its own empty cwd, HOME and XDG_* dirs; no credential or daemon setting in os.environ."""
     return _isolate(tmp_path_factory.mktemp("isolated"), monkeypatch)
+
+
+@pytest.fixture(autouse=True)
+def no_running_relay() -> Iterator[None]:
+    """A daemon a test built (and drove with run_once) started its Claude relay: stop it with the test."""
+    yield
+    if "claude_issue_solver.relay" in sys.modules:
+        sys.modules["claude_issue_solver.relay"].stop_all()
 
 
 @pytest.fixture

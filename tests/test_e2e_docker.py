@@ -207,7 +207,11 @@ def test_no_github_token_anywhere(
     inspected = json.dumps(container.attrs)
     assert TOKEN not in inspected
     env = container.attrs["Config"]["Env"]
-    assert f"ANTHROPIC_API_KEY={CLAUDE_KEY}" in env
+    # The Claude key stays with the daemon's relay (#18): the container holds a task token and no network.
+    assert CLAUDE_KEY not in inspected
+    assert any(v.startswith("ANTHROPIC_API_KEY=cis-relay-") for v in env), env
+    assert "ANTHROPIC_BASE_URL=http://127.0.0.1:47800" in env
+    assert container.attrs["HostConfig"]["NetworkMode"] == "none"
     assert container.attrs["Config"]["User"] not in ("", "0", "root", "0:0")
     assert container.attrs["HostConfig"]["CapDrop"] == ["ALL"]
     assert not container.attrs["HostConfig"]["Privileged"]

@@ -32,6 +32,7 @@ import calendar
 import codecs
 import logging
 import os
+import shlex
 import stat
 import threading
 import time
@@ -86,6 +87,7 @@ from claude_issue_solver.backends.docker_setup_cache import (
 from claude_issue_solver.backends.settings import DockerSettings
 from claude_issue_solver.logs import TaskLog
 from claude_issue_solver.queue import Task
+from claude_issue_solver.relay import CONTAINER_DIR, FORWARDER_PORT, forwarded_command
 
 __all__ = ["CONTAINER_PREFIX", "DockerBackend", "DockerWorkspace", "agent_dockerfile"]
 
@@ -96,10 +98,7 @@ AGENT_PROCESS = "agent"  # its container carries the workspace's handle: the nam
 WORKSPACE_MOUNT = "/workspace"
 TASK_MOUNT = "/task"
 KEPT_MOUNT = "/kept"
-RELAY_MOUNT = "/relay"  # the task's relay socket directory (claude_issue_solver.relay)
-RELAY_SOCKET = "relay.sock"
-RELAY_FORWARDER = "relay-forward.js"  # written into the task directory, mounted read-only at /task
-RELAY_PORT = 47800  # the forwarder's address on the container's own loopback: ANTHROPIC_BASE_URL
+RELAY_MOUNT = CONTAINER_DIR  # the task's relay directory: its socket and the forwarder
 BASE_SHA_FILE = "base_sha"  # the commit the work started from, for a daemon that restarts mid-task
 DEFAULT_BRANCH_FILE = "default_branch"  # which branch's Dockerfile the image is built on, after a restart
 FROM_DEFAULT_FILE = "from_default"  # "1" when the worktree started at the default branch's head
@@ -640,19 +639,16 @@ class DockerBackend:
             environment[process.keep.env] = inside
         run = f'exec "$@" < {TASK_MOUNT}/{stdin_name}'
         if process.relay is not None:
-            # The relay's socket directory (not the socket: a restarted daemon makes a new one there), and
-            # the forwarder that gives the CLI a TCP address for it inside the container's own loopback.
+            # The relay's task directory (not its socket: a restarted daemon binds a new one there) holds
+            # the socket and the forwarder that gives the CLI a TCP address on the container's own loopback.
             volumes[str(process.relay)] = {"bind": RELAY_MOUNT, "mode": "ro"}
-            _write_private(task_dir / RELAY_FORWARDER, _forwarder_script())
-            self._hand_over_file(task_dir / RELAY_FORWARDER)
-            environment["ANTHROPIC_BASE_URL"] = f"http://127.0.0.1:{RELAY_PORT}"
+            environment["ANTHROPIC_BASE_URL"] = f"http://127.0.0.1:{FORWARDER_PORT}"
             # Node is in every agent image (Dockerfile.claude needs it); an image without it (the demo's
-            # stand-in) calls no API, so the command runs as it is.
-            run = (
-                f"if command -v node >/dev/null 2>&1; then exec node {TASK_MOUNT}/{RELAY_FORWARDER} "
-                f"--port {RELAY_PORT} --socket {RELAY_MOUNT}/{RELAY_SOCKET} "
-                f'-- "$@" < {TASK_MOUNT}/{stdin_name}; else {run}; fi'
-            )
+            # stand-in) calls no API, so its command runs as it is.
+            forwarder = shlex.join(forwarded_command([], port=FORWARDER_PORT, mount=RELAY_MOUNT))
+            stdin_file = f"{TASK_MOUNT}/{stdin_name}"
+            with_node = f'exec {forwarder} "$@" < {stdin_file}'
+            run = f"if command -v node >/dev/null 2>&1; then {with_node}; else {run}; fi"
         # AGENT_EGRESS=relay-only: no network at all (the relay comes as a socket), whatever the Docker
         # daemon's bridge or iptables settings are.
         network = "none" if process.offline else self.settings.network
@@ -940,11 +936,6 @@ def _logs(container: Container, bounds: OutputBounds, *, stdout: bool, stderr: b
     except _DOCKER_ERRORS as exc:
         keeper.feed(f"\n(the output of {container.name} is unavailable: {exc})\n".encode())
     return keeper
-
-
-def _forwarder_script() -> bytes:
-    """The relay's in-container forwarder, shipped as package data (see claude_issue_solver.relay)."""
-    return (Path(__file__).resolve().parent.parent / "data" / RELAY_FORWARDER).read_bytes()
 
 
 def _read_text(path: Path) -> str | None:

@@ -7,8 +7,8 @@
 // daemon's Unix socket as raw bytes (HTTP, keep-alive and event streams pass through untouched), and only
 // once it listens starts the command with the container's stdin/stdout/stderr. SIGTERM/SIGINT/SIGHUP go
 // to the command; the forwarder exits with the command's exit code (128 + signal number when a signal
-// ended it). While the socket is missing (the daemon restarting) a connection is answered with a 503 in
-// the Messages API's error shape, which the CLI retries.
+// ended it). While the socket is missing (the daemon restarting) a connection waits for it, up to three
+// minutes, then is answered with a 503 in the Messages API's error shape.
 //
 // Exit codes of its own: 2 bad arguments, 71 the port cannot be listened on, 126/127 the command cannot
 // be run. Plain node (>= 18), no packages.
@@ -64,26 +64,43 @@ function unavailable(client, reason) {
   );
 }
 
+// A daemon restart takes the socket away for seconds: a connection waits for it to come back (the CLI
+// would otherwise spend its few retries, CLAUDE_CODE_MAX_RETRIES, on the gap and fail the run).
+const RECONNECT_EVERY_MS = 250;
+const RECONNECT_FOR_MS = Number(process.env.CIS_RELAY_WAIT_MS || 180000);
+
 function relay(client, socketPath) {
   client.setNoDelay(true); // event-stream chunks must not wait for Nagle
-  const upstream = net.connect(socketPath);
-  let connected = false;
   client.pause(); // hold the request's bytes until the socket is there
-  upstream.once("connect", () => {
-    connected = true;
-    client.pipe(upstream);
-    upstream.pipe(client);
-    client.resume();
+  const deadline = Date.now() + RECONNECT_FOR_MS;
+  let upstream = null;
+  let closed = false;
+  client.on("error", () => upstream && upstream.destroy());
+  client.on("close", () => {
+    closed = true;
+    if (upstream) upstream.destroy();
   });
-  upstream.on("error", (err) => {
-    if (!connected) unavailable(client, err.code || String(err));
-    else client.destroy();
-  });
-  client.on("error", () => upstream.destroy());
-  client.on("close", () => upstream.destroy());
-  upstream.on("close", () => {
-    if (connected) client.destroy();
-  });
+  const attempt = () => {
+    if (closed) return;
+    let connected = false;
+    upstream = net.connect(socketPath);
+    upstream.once("connect", () => {
+      connected = true;
+      client.pipe(upstream);
+      upstream.pipe(client);
+      client.resume();
+    });
+    upstream.on("error", (err) => {
+      if (connected) client.destroy();
+      else if (Date.now() < deadline && (err.code === "ENOENT" || err.code === "ECONNREFUSED")) {
+        setTimeout(attempt, RECONNECT_EVERY_MS);
+      } else unavailable(client, err.code || String(err));
+    });
+    upstream.on("close", () => {
+      if (connected) client.destroy();
+    });
+  };
+  attempt();
 }
 
 function main() {
