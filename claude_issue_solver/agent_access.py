@@ -140,9 +140,34 @@ class AgentAccess:
         """What the relay metered for the task so far (None without a relay)."""
         return None if self.relay is None else self.relay.usage(task_id)
 
+    def metered(self, task_id: str) -> dict[str, Any] | None:
+        """The relay's figures for the task as the state file keeps them (``queue --json`` shows them):
+        what the API itself said each request used, whatever the CLI reported or whether it ended."""
+        usage = self.usage(task_id)
+        if usage is None or not (usage.requests or usage.refused):
+            return None
+        return {
+            "requests": usage.requests,
+            "refused": usage.refused,
+            "input_tokens": usage.input_tokens,
+            "output_tokens": usage.output_tokens,
+            "cache_creation_input_tokens": usage.cache_creation_input_tokens,
+            "cache_read_input_tokens": usage.cache_read_input_tokens,
+            "cost_usd": round(usage.cost_usd, 6),
+            "models": sorted(usage.models),
+        }
+
     # A daemon service (started first, stopped last): the relay starts with the first task that needs it.
     def start(self) -> None:
         pass
+
+    def reset_seen(self, task_id: str) -> float | None:
+        """When the limit the API refused this task's request with lifts, as its headers said; None when
+        the relay saw no such refusal for it (or there is no relay)."""
+        seen = None if self.relay is None else self.relay.last_limit()
+        if seen is None or seen.task_id != task_id or seen.transient:
+            return None
+        return seen.reset_at
 
     def stop(self) -> None:
         if self.relay is not None:

@@ -140,9 +140,9 @@ class Pipeline:
         # Whatever the agent writes may end up on GitHub: every secret in force is redacted there.
         REDACTOR.add(*config.secrets())
         self.access = access or AgentAccess(config, backend, make_relay(config, backend))
+        self.run_limits = RunLimits(queue, config, clock=clock, reset_seen=self.access.reset_seen)
         self.agent = messages.agent_for(config.claude_model)  # who the PR and the comment name
         self._comment_locks = tuple(threading.Lock() for _ in range(64))  # striped by task id
-        self.run_limits = RunLimits(queue, config, clock=clock)
         self.gate = TestGate(
             backend,
             queue,
@@ -356,13 +356,18 @@ class Pipeline:
             self._cleanup(task, tlog)
             self._comment(task, messages.cancelled_comment(task, self._label, phrase=self._phrase))
             return Outcome(TaskState.CANCELLED, error="cancelled by an operator")
+        unbooked = self._meter(task, tlog)
         if exit_.timed_out:
             reason = (
                 f"it ran out of time: the agent was stopped after {self.config.task_timeout}s (TASK_TIMEOUT)"
             )
+            if unbooked:  # a killed CLI reports no cost: the relay's figure goes into the budget instead
+                self.run_limits.after_run(task, stdout="", exit_code=None, cost_usd=unbooked)
             return self._fail(task, reason, tlog, exit_.tail)
         result = parse_result(exit_.stdout, exit_code=exit_.exit_code, log_tail=exit_.tail)
         fields = result.to_task_fields()
+        if result.cost_usd is None and unbooked:
+            fields["cost_usd"] = unbooked  # the CLI said nothing of its spend; the API's answers did
         task = self.queue.update(task.id, **_task_fields(fields))
         tlog.write(f"agent finished: exit code {exit_.exit_code}, ok={result.ok}, {fields}")
         end = self.run_limits.after_run(
@@ -370,7 +375,7 @@ class Pipeline:
             stdout=exit_.stdout,
             exit_code=exit_.exit_code,
             stderr=exit_.stderr,
-            cost_usd=result.cost_usd,
+            cost_usd=result.cost_usd if result.cost_usd is not None else unbooked,
         )
         if end.waits:
             tlog.write(end.wait_reason or "waiting for a Claude limit")
@@ -416,6 +421,7 @@ class Pipeline:
                 return self._setback(task, exc, tlog)
             task = self.queue.get(task.id)
             if report.fixes:
+                self._meter(task, tlog)  # the fix rounds' model calls too (each round booked its own cost)
                 result = None  # the task holds the figures and the answer of all rounds
         return self._publish(task, workspace, spec, result, tlog)
 
@@ -801,6 +807,22 @@ class Pipeline:
 
     def _log(self, task: Task) -> TaskLog:
         return TaskLog(task_log_path(self.config.log_dir, task.id), clock=self.clock)
+
+    def _meter(self, task: Task, tlog: TaskLog) -> float | None:
+        """Record the relay's figures for the task; returns what they add since the last record (the
+        cost of the run that just ended, when the CLI cannot say it)."""
+        metered = self.access.metered(task.id)
+        if metered is None:
+            return None
+        before = task.meta.get("metered") or {}
+        added = max(0.0, metered["cost_usd"] - float(before.get("cost_usd") or 0.0))
+        self.queue.update(task.id, meta={"metered": metered})
+        task.meta["metered"] = metered
+        tlog.write(
+            f"relay: {metered['requests']} model call(s), {metered['input_tokens']} input and "
+            f"{metered['output_tokens']} output tokens, ${metered['cost_usd']:.4f} metered"
+        )
+        return added
 
     def _cleanup(self, task: Task, tlog: TaskLog) -> None:
         remove_workspace(self.backend, task.id, tlog, sleep=self.sleep)

@@ -9,7 +9,8 @@ hands the probe to a second task while the first one's verdict is still unwritte
 A run that met Claude's usage or rate limit, or an overloaded API (:class:`limits.LimitHit`,
 :class:`limits.Transient`), is no failure: the answer says so (:attr:`RunEnd.waits`), its attempt is
 given back in the same transaction, and the comment to write tells the issue until when the task waits.
-When the CLI stated no reset time and an API key is configured, one cheap request asks the API itself
+When the CLI stated no reset time, the one the API named in the refusal's headers is taken from the
+Claude relay (Docker); failing that, with an API key, one cheap request asks the API itself
 (:func:`limits.probe_reset`) — only by the first task to meet the limit, not by every task that was
 running alongside it. A run stopped at ``--max-budget-usd`` is a failure of its own, told with what it
 spent (:attr:`RunEnd.failure`).
@@ -70,11 +71,14 @@ class RunLimits:
         *,
         clock: Callable[[], float] = time.time,
         prober: Prober = limits.probe_reset,
+        reset_seen: Callable[[str], float | None] = lambda _task_id: None,
     ) -> None:
         self.queue = queue
         self.config = config
         self.clock = clock
         self.prober = prober
+        # When the relay saw the API refuse this task's request, the reset time the API named then.
+        self.reset_seen = reset_seen
         # Runs ending together must not each ask the API: deciding who asks, asking and recording the
         # hold happen under one lock (one daemon per state file, its monitors are threads).
         self._ending = threading.Lock()
@@ -106,6 +110,12 @@ class RunLimits:
     ) -> RunEnd:
         now = self.clock()
         verdict = limits.classify(stdout, exit_code=exit_code, stderr=stderr, now=now)
+        if isinstance(verdict, limits.LimitHit) and verdict.resets_at is None:
+            # The relay read the refusal's own headers (retry-after, anthropic-ratelimit-*-reset): exact,
+            # and no request is spent asking again.
+            seen = self.reset_seen(task.id)
+            if seen is not None and seen > now:  # one in the past is an earlier run's, long lifted
+                verdict = replace(verdict, resets_at=seen)
         if (
             isinstance(verdict, limits.LimitHit)
             and verdict.resets_at is None

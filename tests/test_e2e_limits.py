@@ -4,10 +4,11 @@ Messages API, through the daemon on the Docker backend.
 Five labelled issues, and the API refuses every request (429 with ``retry-after`` and the
 ``anthropic-ratelimit-*`` headers) when the first task runs. What Claude Code 2.1.197 makes of it, with an
 API key and ``CLAUDE_CODE_MAX_RETRIES=0``: exit 1, a ``result`` with ``is_error: true`` and
-``api_error_status: 429``, no reset time anywhere (``tests/test_limits_real_cli.py``). The daemon asks the
-API once itself (``limits.probe_reset``), holds the queue until the stated reset, and after it the
-tasks run: none of the five gets a ❌, and the API sees one refused request from the CLI and one probe
-— not one per queued task. Skipped on a tree without the run-policy pipeline (it needs the hook).
+``api_error_status: 429``, no reset time anywhere (``tests/test_limits_real_cli.py``). The daemon's
+Claude relay read the refusal's own headers, so the queue holds until exactly the reset the API named,
+with no request of the daemon's own (no probe); after it the tasks run: none of the five gets a ❌, and
+the API sees one refused request from the CLI — not one per queued task. Skipped on a tree without
+the run-policy pipeline (it needs the hook).
 """
 
 from __future__ import annotations
@@ -54,7 +55,10 @@ def test_five_issues_meet_the_rate_limit_none_fails_all_five_open_prs(
         waiting = [t for t in parts.queue.list() if t.error and t.error.startswith("waiting for")]
         assert len(waiting) == 1 and waiting[0].state is TaskState.PENDING and waiting[0].attempts == 0
         hold = parts.queue.store.read()["hold"]
-        assert hold["reason"] == "rate_limit" and hold["known_reset"] is True  # the probe's retry-after
+        assert hold["reason"] == "rate_limit" and hold["known_reset"] is True
+        seen = parts.daemon.runner.access.relay.last_limit()  # what the relay read off the 429
+        assert seen is not None and seen.status == 429 and seen.reset_at is not None
+        assert hold["until"] == pytest.approx(seen.reset_at)  # the hold ends when the API said it would
         (comment,) = our_comments(github, waiting[0].issue_number)
         assert comment["body"].startswith("⏳") and "when the limit resets" in comment["body"]
 
@@ -64,8 +68,8 @@ def test_five_issues_meet_the_rate_limit_none_fails_all_five_open_prs(
 
     assert [t.state for t in queue.list()] == [TaskState.COMPLETED] * 5
     probes = [r for r in refused if "python-requests" in r.headers.get("user-agent", "")]
-    # One refused call of the first task's CLI and the daemon's one probe; no other task met the limit.
-    assert len(probes) == 1 and len(refused) == 2, agents
+    # One refused call of the first task's CLI and no probe (the relay knew); no other task met the limit.
+    assert probes == [] and len(refused) == 1, agents
     for issue in issues:
         (comment,) = our_comments(github, issue["number"])
         assert "❌" not in comment["body"] and "pull request" in comment["body"]
