@@ -30,6 +30,21 @@ log = logging.getLogger(__name__)
 TIMEOUT = 15
 TOKEN_REFRESH_MARGIN = 300  # seconds before an App installation token expires that we mint a new one
 _LINK_NEXT = re.compile(r'<([^>]+)>;\s*rel="next"')
+_ISSUE_EDITS = """
+query($owner: String!, $name: String!, $number: Int!) {
+  repository(owner: $owner, name: $name) {
+    issue(number: $number) {
+      createdAt
+      lastEditedAt
+      editor { login }
+      userContentEdits(first: 100) {
+        totalCount
+        nodes { editedAt deletedAt editor { login } diff }
+      }
+    }
+  }
+}
+"""
 
 
 class GitHubError(Exception):
@@ -381,6 +396,35 @@ class GitHubClient:
         for page in self.paginate(repo, f"/repos/{repo}/issues/{number}/events"):
             out.extend(page.data or [])
         return out
+
+    def graphql(self, repo: str, query: str, variables: Mapping[str, Any], what: str) -> dict[str, Any]:
+        """One GraphQL query as ``repo``'s credential; its ``data``. An answer with ``errors`` (a node
+        not found, a field the server does not know) raises :class:`GitHubError` like a REST failure."""
+        url = self.api(repo).requester.graphql_url
+        response = self.request(repo, "POST", url, body={"query": query, "variables": dict(variables)})
+        answer = response.data if isinstance(response.data, dict) else {}
+        errors = answer.get("errors") or []
+        if errors or not isinstance(answer.get("data"), dict):
+            first = errors[0] if errors and isinstance(errors[0], dict) else {}
+            message = str(first.get("message") or "no data in the answer")
+            reason = f"GraphQL: {message}"
+            if first.get("type") == "NOT_FOUND":
+                raise Refused(f"{what}: {reason}", 404, reason=reason)
+            raise GitHubError(f"{what}: {reason}", response.status, reason=reason)
+        return answer["data"]
+
+    def issue_edits(self, repo: str, number: int) -> dict[str, Any]:
+        """An issue's body edit history (GraphQL; REST has none): ``lastEditedAt``, ``editor``, and
+        ``userContentEdits`` (newest first, at most 100; each node's ``diff`` is that revision's whole
+        text, ``None`` when someone deleted the revision from the history)."""
+        owner, name = repo.split("/", 1)
+        data = self.graphql(
+            repo,
+            _ISSUE_EDITS,
+            {"owner": owner, "name": name, "number": number},
+            f"the edits of {repo}#{number}",
+        )
+        return ((data.get("repository") or {}).get("issue")) or {}
 
     def permission(self, repo: str, login: str) -> str:
         data = self.request(repo, "GET", f"/repos/{repo}/collaborators/{login}/permission", retry=True).data

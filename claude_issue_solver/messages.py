@@ -219,6 +219,32 @@ def with_note(task: Task, body: str, note: str) -> str:
     return (body.removesuffix(end) if body.endswith(end) else body) + "\n\n" + note + end
 
 
+def approval_note(approved: dict, label: str, agent: Agent = CLAUDE) -> str:
+    """The issue's text changed after a writer approved it: the run works on the approved version."""
+    when = str(approved.get("at") or "").replace("T", " ").replace("Z", " UTC")
+    return (
+        f"⚠️ This issue's title or description was changed after it was approved (by @{approved.get('by')}, "
+        f"{when}). Changes by people without write access to the repository are never given to "
+        f"{agent.name}, so {agent.name} works on the approved version. To have the current text worked "
+        f"on, a person with write access can remove and re-apply the `{label}` label."
+    )
+
+
+def approval_marker(number: int, label_at: str) -> str:
+    """The id in the hidden marker of the comment that asks for the label again (one per labelling)."""
+    return f"approve-{number}-" + re.sub(r"[^0-9]", "", label_at)
+
+
+def relabel_comment(labeler: str, why: str, label: str, marker_id: str) -> str:
+    """A label whose approved text cannot be told: nothing runs until a writer applies it again."""
+    return (
+        f"🤖 Not started: @{labeler} applied the `{label}` label, but {why}, so the text that label "
+        "approved cannot be told apart from later changes by people without write access. A person with "
+        f"write access can remove and re-apply the `{label}` label to approve the issue as it reads now."
+        f"\n\n{marker(marker_id)}"
+    )
+
+
 def waiting_comment(task: Task, why: str, until: str, *, known_reset: bool) -> str:
     """A run met a Claude limit: no failure, the task waits (``until``: "13:00 UTC (in 42 min)")."""
     when = (

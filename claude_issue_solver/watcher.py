@@ -11,13 +11,17 @@ submitted) and which issues we worked on were closed (their kept Claude sessions
 
 Safe: a task is created only for the *labelling* (the newest ``labeled`` event of the trigger label)
 and only when the person who applied the label may write to the repository; an issue already handled
-for that labelling is not run again until someone applies the label again. Pull requests and locked
-issues are skipped. A failing repository backs off on its own and never holds up the others.
+for that labelling is not run again until someone applies the label again. The task carries the text
+that label approved (:mod:`claude_issue_solver.trust`): an edit by someone without write access after
+it never reaches the agent; a pending task takes a writer's edit, never anyone else's. Where the
+approved text cannot be told, the issue asks a writer to apply the label again. Pull requests and
+locked issues are skipped. A failing repository backs off on its own and never holds up the others;
+within a repository, a failure on one issue (a permission lookup GitHub answers 404 or 5xx for) is
+that issue's alone: it is tried again a few minutes later, and the poll goes on with the others.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import random
 import threading
@@ -28,30 +32,33 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+from claude_issue_solver import messages
 from claude_issue_solver.config import Config
 from claude_issue_solver.github import GitHubClient, GitHubError, RateLimited, Refused, Response, Transient
-from claude_issue_solver.queue import Task, TaskQueue, TaskState
+from claude_issue_solver.publisher import Publisher
+from claude_issue_solver.queue import ISSUE, Task, TaskQueue, TaskState
 from claude_issue_solver.triggers import TriggerWatcher
+from claude_issue_solver.trust import (
+    FAILED_PERMISSION_TTL,
+    PERMISSION_TTL,
+    UNKNOWN,
+    WRITE_PERMISSIONS,
+    Approved,
+    Permissions,
+    approve,
+    content_hash,
+)
 
 log = logging.getLogger(__name__)
 
-WRITE_PERMISSIONS = ("admin", "maintain", "write")
-TRUSTED_ASSOCIATIONS = ("OWNER", "MEMBER", "COLLABORATOR")
-PERMISSION_TTL = 3600.0
+__all__ = ["PERMISSION_TTL", "WRITE_PERMISSIONS", "RepoCheck", "Watcher", "content_hash"]
+
+ISSUE_RETRY = FAILED_PERMISSION_TTL  # an issue whose look failed is looked at again after this long
 APP_REPOS_REFRESH = 600.0  # App-wide: list the installations' repositories again this often
 ALL_REPOS = "*"  # poll_now's name for "the App's installations changed"
 MAX_BACKOFF = 900.0
 SINCE_MARGIN = 300  # seconds the listing looks back before the newest change seen (see _since)
 EPOCH = "1970-01-01T00:00:00Z"  # the newest change of a repository that has no issue yet
-
-
-def content_hash(title: str, body: str | None) -> str:
-    return hashlib.sha256(f"{title}\0{body or ''}".encode()).hexdigest()[:16]
-
-
-def is_trusted_comment(comment: dict[str, Any], trusted_users: tuple[str, ...]) -> bool:
-    author = (comment.get("user") or {}).get("login", "").lower()
-    return comment.get("author_association") in TRUSTED_ASSOCIATIONS or author in trusted_users
 
 
 @dataclass(frozen=True)
@@ -94,6 +101,7 @@ class Watcher:
         self.clock = clock
         self.jitter = jitter
         self.label = config.trigger_label.lower()
+        self.permissions = Permissions(config, client, queue.store, clock=clock)
         self._warned: set[str] = set()
         self._lock = threading.Lock()
         self._fresh = {repo.lower() for repo in config.github_repos}  # not polled by this watcher yet
@@ -219,6 +227,7 @@ class Watcher:
         try:
             self._poll(repo, book)
             self.triggers.poll(repo)
+            self._retry_issues(repo)
         except Exception as exc:
             self._record_poll_error(repo, exc)
 
@@ -287,7 +296,7 @@ class Watcher:
                         pulls[int(issue["number"])] = issue.get("updated_at") or ""
                 elif issue.get("state", "open") != "open":
                     closed.append(int(issue["number"]))
-                self._consider(repo, issue, book, changes)
+                self._consider_safely(repo, issue, book, changes)
             self._update_issue_book(changes)
             oldest_on_page = min((i.get("updated_at") or "" for i in issues), default="")
             if not issues or (high_water and oldest_on_page <= high_water):
@@ -323,6 +332,56 @@ class Watcher:
 
     # --- one issue ----------------------------------------------------------------------------------
 
+    def _consider_safely(
+        self, repo: str, issue: dict[str, Any], watcher_book: dict[str, Any], out: dict[str, dict[str, Any]]
+    ) -> None:
+        """:meth:`_consider`, with whatever goes wrong contained to that issue: it is looked at again
+        after :data:`ISSUE_RETRY` (:meth:`_retry_issues`) and the poll goes on. A rate limit is the
+        repository's, not the issue's: the whole poll backs off."""
+        key = f"{repo}#{issue.get('number')}"
+        try:
+            self._consider(repo, issue, watcher_book, out)
+        except RateLimited:
+            raise
+        except Exception as exc:
+            reason = _reason(exc)
+            change = out.setdefault(key, {})
+            # What was done before the failure stays recorded; the fingerprint goes, so it is looked at again.
+            change.update(fingerprint=None, retry_at=self.clock() + ISSUE_RETRY, last_error=reason)
+            with self._lock:
+                first = f"{key}:error:{reason}" not in self._warned
+                self._warned.add(f"{key}:error:{reason}")
+            if first:
+                log.warning(
+                    "%s: %s; the repository's other issues go on, this one is looked at again in %d s",
+                    key,
+                    reason,
+                    ISSUE_RETRY,
+                    exc_info=None if isinstance(exc, GitHubError) else exc,
+                )
+
+    def _retry_issues(self, repo: str) -> None:
+        """Look again at the issues of ``repo`` whose last look failed and whose wait is over."""
+        book: dict[str, Any] = self.queue.store.read().get("watcher", {})
+        now = self.clock()
+        due = sorted(
+            key
+            for key, entry in book.get("issues", {}).items()
+            if key.rpartition("#")[0].lower() == repo.lower() and (entry.get("retry_at") or now + 1) <= now
+        )
+        changes: dict[str, dict[str, Any]] = {}
+        for key in due:
+            try:
+                issue = self.client.issue(repo, int(key.rpartition("#")[2]))
+            except RateLimited:
+                raise
+            except GitHubError as exc:
+                changes[key] = {"retry_at": now + ISSUE_RETRY, "last_error": exc.reason}
+                continue
+            self._consider_safely(repo, issue, book, changes)
+            changes.setdefault(key, {}).setdefault("retry_at", None)  # nothing to do for it any more
+        self._update_issue_book(changes)
+
     def _consider(
         self, repo: str, issue: dict[str, Any], watcher_book: dict[str, Any], out: dict[str, dict[str, Any]]
     ) -> None:
@@ -354,37 +413,37 @@ class Watcher:
             "labels": labels,
             "author": (issue.get("user") or {}).get("login", ""),
             "url": issue.get("html_url", ""),
-            "body_hash": digest,
         }
         changes: dict[str, Any] = {
             "updated_at": issue.get("updated_at"),
             "hash": digest,
             "fingerprint": fingerprint,
+            "retry_at": None,
+            "last_error": None,
         }
+        out[key] = changes  # recorded even when a later step fails (see _consider_safely)
+        permissions = watcher_book.setdefault("permissions", {})
         live = self.queue.live_for(repo, number)
         if live is not None:
-            if live.state is TaskState.PENDING and book.get("hash") != digest:
-                self.queue.update(live.id, title=title, meta=meta)
-                log.info("%s was edited; refreshed pending task %s", key, live.id)
+            if live.state is TaskState.PENDING and live.kind == ISSUE and book.get("hash") != digest:
+                self._refresh_pending(repo, issue, live, meta, permissions)
         else:
-            labeled = self._latest_labeling(repo, number)
+            events = self.client.events(repo, number)
+            labeled = self._latest_labeling(events)
             if labeled is None:
                 self._note_once(
                     key + ":nolabel", "%s carries the label but has no labeled event; skipping", key
                 )
             elif labeled["at"] > (book.get("handled_label_at") or ""):
-                trusted, why = self._trusted(
-                    repo, labeled["actor"], watcher_book.setdefault("permissions", {})
-                )
+                trusted, why = self._trusted(repo, labeled["actor"], permissions)
                 if trusted:
-                    task = self.queue.submit(repo, number, title, meta={**meta, "labeler": labeled["actor"]})
-                    changes["handled_label_at"] = labeled["at"]
-                    if task is not None:
-                        log.info("%s: queued task %s (label by %s, %s)", key, task.id, labeled["actor"], why)
-                        if self.on_queued is not None:
-                            self.on_queued(task)
+                    self._queue_approved(repo, issue, labeled, events, meta, changes, permissions, why)
                 else:
                     changes["untrusted_label"] = {"actor": labeled["actor"], "at": labeled["at"], "why": why}
+                    actor = labeled["actor"]
+                    if actor and self.permissions.get(repo, actor, permissions) == UNKNOWN:
+                        # Untrusted for now only: looked at again once the failed lookup may be retried.
+                        changes.update(fingerprint=None, retry_at=self.clock() + ISSUE_RETRY)
                     self._note_once(
                         f"{key}:untrusted:{labeled['at']}",
                         "%s: ignoring the label applied by %s (%s)",
@@ -394,12 +453,110 @@ class Watcher:
                     )
         if int(issue.get("comments") or 0) != book.get("comments", 0):
             changes["comments"] = int(issue.get("comments") or 0)
-            changes["new_comments"] = self._new_trusted_comments(repo, number, book)
-        out[key] = changes
+            changes["new_comments"] = self._new_trusted_comments(repo, number, book, permissions)
 
-    def _latest_labeling(self, repo: str, number: int) -> dict[str, str] | None:
+    def _writer(self, repo: str, permissions: dict[str, Any]) -> Callable[[str], bool]:
+        return lambda login: self.permissions.writer(repo, login, permissions)[0]
+
+    def _queue_approved(
+        self,
+        repo: str,
+        issue: dict[str, Any],
+        labeled: dict[str, str],
+        events: list[dict[str, Any]],
+        meta: dict[str, Any],
+        changes: dict[str, Any],
+        permissions: dict[str, Any],
+        why: str,
+    ) -> None:
+        """A writer's label: queue the text it approved, or ask for the label again when that cannot be
+        told (the issue changed since and its edit history does not say how)."""
+        number = int(issue["number"])
+        key = f"{repo}#{number}"
+        approval = approve(
+            self.client,
+            self._writer(repo, permissions),
+            repo,
+            issue,
+            labeled,
+            events,
+            everyone=self.config.allow_untrusted_labelers,
+        )
+        if approval.approved is None:
+            marker_id = messages.approval_marker(number, labeled["at"])
+            text = messages.relabel_comment(
+                labeled["actor"], approval.why, self.config.trigger_label, marker_id
+            )
+            Publisher(self.client).upsert_comment(repo, number, marker_id, text)  # found again by its marker
+            changes["handled_label_at"] = labeled["at"]
+            changes["unapproved"] = {"at": labeled["at"], "why": approval.why}
+            log.warning("%s: not queued: %s; asked for the label to be applied again", key, approval.why)
+            return
+        approved = approval.approved
+        task = self.queue.submit(
+            repo,
+            number,
+            approved.title,
+            meta={
+                **meta,
+                "labeler": labeled["actor"],
+                "approved": approved.to_meta(),
+                "body_hash": approved.hash,
+            },
+        )
+        changes["handled_label_at"] = labeled["at"]
+        if task is not None:
+            edited = " (an older version: the issue was changed since by people without write access)"
+            log.info(
+                "%s: queued task %s (label by %s, %s)%s",
+                key,
+                task.id,
+                labeled["actor"],
+                why,
+                edited if approved.differs(issue) else "",
+            )
+            if self.on_queued is not None:
+                self.on_queued(task)
+
+    def _refresh_pending(
+        self, repo: str, issue: dict[str, Any], live: Task, meta: dict[str, Any], permissions: dict[str, Any]
+    ) -> None:
+        """A pending task's issue was edited: a writer's edit is the new approved text; anyone else's is
+        never given to the agent (the task keeps the text approved before)."""
+        key = f"{repo}#{issue['number']}"
+        before = Approved.from_meta(live.meta.get("approved"))
+        if before is None:  # queued by an older version: the run finds the approved text itself
+            self.queue.update(live.id, meta=meta)
+            return
+        approval = approve(
+            self.client,
+            self._writer(repo, permissions),
+            repo,
+            issue,
+            {"actor": before.labeler, "at": before.label_at},
+            self.client.events(repo, int(issue["number"])),
+            everyone=self.config.allow_untrusted_labelers,
+        )
+        now = approval.approved
+        if now is not None and now.hash != before.hash:
+            self.queue.update(
+                live.id, title=now.title, meta={**meta, "approved": now.to_meta(), "body_hash": now.hash}
+            )
+            log.info("%s was edited by %s; refreshed pending task %s", key, now.by, live.id)
+            return
+        self.queue.update(live.id, meta=meta)
+        if (now or before).differs(issue):
+            log.info(
+                "%s was edited, not by a person with write access: pending task %s keeps the text approved "
+                "by %s",
+                key,
+                live.id,
+                before.by,
+            )
+
+    def _latest_labeling(self, events: list[dict[str, Any]]) -> dict[str, str] | None:
         latest = None
-        for event in self.client.events(repo, number):
+        for event in events:
             if event.get("event") != "labeled":
                 continue
             if (event.get("label") or {}).get("name", "").lower() != self.label:
@@ -413,41 +570,28 @@ class Watcher:
         """Whether the labeler may start work; ``permissions`` is this poll's view of the cache."""
         if self.config.allow_untrusted_labelers:
             return True, "ALLOW_UNTRUSTED_LABELERS=true"
-        if login.lower() in self.config.trusted_users:
-            return True, "listed in TRUSTED_USERS"
         if not login:
             return False, "the labeler is unknown"
-        permission = self.cached_permission(repo, login, permissions)
-        if permission in WRITE_PERMISSIONS:
-            return True, f"{permission} permission"
-        return False, f"{login} has {permission} permission; write, maintain or admin is needed"
+        return self.permissions.writer(repo, login, permissions)
 
     def cached_permission(self, repo: str, login: str, permissions: dict[str, Any] | None = None) -> str:
         """``login``'s permission on ``repo``, asked of GitHub at most once an hour (cached in the state);
-        ``permissions`` is a poll's own view of the cache, when it has one."""
-        if permissions is None:
-            permissions = self.queue.store.read().get("watcher", {}).get("permissions", {})
-        cache_key = f"{repo}:{login}".lower()
-        cached = permissions.get(cache_key)
-        now = self.clock()
-        if cached and now - cached.get("checked_at", 0) < PERMISSION_TTL:
-            return str(cached["permission"])
-        permission = self.client.permission(repo, login)
-        entry = {"permission": permission, "checked_at": now}
-        permissions[cache_key] = entry  # later issues of this poll by the same labeler ask no more
-        with self.queue.store.transaction() as data:
-            data.setdefault("watcher", {}).setdefault("permissions", {})[cache_key] = entry
-        return permission
+        ``permissions`` is a poll's own view of the cache, when it has one. A lookup that failed is
+        ``unknown`` (untrusted) for a few minutes, then asked again; never raises."""
+        return self.permissions.get(repo, login, permissions)
 
-    def _new_trusted_comments(self, repo: str, number: int, book: dict[str, Any]) -> list[dict[str, Any]]:
-        """Comments since the last look, trusted authors only (kept for follow-up work)."""
+    def _new_trusted_comments(
+        self, repo: str, number: int, book: dict[str, Any], permissions: dict[str, Any]
+    ) -> list[dict[str, Any]]:
+        """Comments since the last look, by authors with write access only (kept for follow-up work)."""
         known = list(book.get("new_comments") or [])
         seen = {c["id"] for c in known}
         for comment in self.client.comments(repo, number, since=book.get("comments_since")):
-            if comment.get("id") in seen or not is_trusted_comment(comment, self.config.trusted_users):
+            if comment.get("id") in seen or "claude-issue-solver:" in (comment.get("body") or ""):
+                continue  # already kept, or our own progress comments
+            author = (comment.get("user") or {}).get("login", "")
+            if not self.permissions.writer(repo, author, permissions)[0]:
                 continue
-            if "claude-issue-solver:" in (comment.get("body") or ""):
-                continue  # our own progress comments
             known.append(
                 {
                     "id": comment["id"],

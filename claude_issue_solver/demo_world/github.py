@@ -16,8 +16,11 @@ Deliberate simplifications (documented so nobody relies on them by accident):
 * Installation tokens are limited to the repositories of their installation (404 elsewhere), as on
   GitHub, and ``GET /user`` refuses them (403 "Resource not accessible by integration").
 * Rate limits are one "core" bucket per credential; ``/rate_limit`` and ``304`` answers are free.
-* GraphQL (``POST /api/graphql``) knows only the two mutations the REST API lacks,
-  ``markPullRequestReadyForReview`` and ``convertPullRequestToDraft``; it leaves the core bucket alone.
+* GraphQL (``POST /api/graphql``) knows the two mutations the REST API lacks,
+  ``markPullRequestReadyForReview`` and ``convertPullRequestToDraft``, and one query: an issue's text
+  and edit history (``repository { issue { lastEditedAt editor userContentEdits … } }``); it leaves
+  the core bucket alone. Every body edit is recorded with its editor (the first one also records the
+  text as created, as GitHub does); a title edit is a ``renamed`` event with ``rename.from``/``to``.
 * Merging (:meth:`FakeGitHub.merge_pull`) into the default branch closes the issues the pull request's
   description names with a closing keyword, as GitHub does.
 * Timestamps have one-second resolution, like GitHub's.
@@ -275,6 +278,19 @@ class _Event:
     actor: str
     created_at: datetime
     label: tuple[str, str] | None = None  # (name, color) as they were when the event happened
+    rename: tuple[str, str] | None = None  # a ``renamed`` event's (from, to) titles
+
+
+@dataclass
+class _Edit:
+    """One revision of an issue's body, as GraphQL's ``userContentEdits`` lists it (the whole text)."""
+
+    id: int
+    edited_at: datetime
+    editor: str
+    body: str | None
+    deleted_at: datetime | None = None
+    deleted_by: str | None = None
 
 
 @dataclass
@@ -305,6 +321,7 @@ class _Issue:
     state_reason: str | None = None
     pull: _Pull | None = None
     events: list[_Event] = field(default_factory=list)
+    edits: list[_Edit] = field(default_factory=list)  # oldest first; empty until the body is edited
 
 
 @dataclass
@@ -533,6 +550,155 @@ def _select(values: dict[str, Any], selection: dict[str, Any], type_name: str = 
         else:
             out[name] = value
     return out
+
+
+@dataclass(frozen=True)
+class _Field:
+    """One field of a GraphQL query: ``alias: name(args) { selection }``."""
+
+    name: str
+    alias: str | None
+    args: dict[str, Any]
+    selection: tuple[_Field, ...] | None
+
+
+class _GraphQLError(Exception):
+    """A query GitHub refuses as a whole (an unknown field, a missing argument): no ``data``."""
+
+
+class _GraphQLNotFound(Exception):
+    """A node the query names does not exist: its field is ``null`` and ``errors`` says why."""
+
+
+@dataclass(frozen=True)
+class _Variable:
+    name: str
+
+
+_QUERY_TOKEN = re.compile(r'"(?:[^"\\]|\\.)*"|\$?[A-Za-z_]\w*|-?\d+|\.\.\.|[{}():!\[\],=@]|\S')
+
+
+def _parse_query(text: str) -> tuple[_Field, ...]:
+    """A GraphQL query document (``query Name($v: T!) { … }`` or ``{ … }``): fields with arguments,
+    aliases and variables; no fragments or directives."""
+    tokens = [t for t in _QUERY_TOKEN.findall(text) if t != ","]
+    position = 0
+
+    def peek() -> str | None:
+        return tokens[position] if position < len(tokens) else None
+
+    def take(expected: str | None = None) -> str:
+        nonlocal position
+        token = peek()
+        if token is None:
+            raise _GraphQLError("Parse error on end of input")
+        if expected is not None and token != expected:
+            raise _GraphQLError(f'Parse error on "{token}" (expected "{expected}")')
+        position += 1
+        return token
+
+    def value() -> Any:
+        token = take()
+        if token.startswith('"'):
+            return json.loads(token)
+        if token.startswith("$"):
+            return _Variable(token[1:])
+        if re.fullmatch(r"-?\d+", token):
+            return int(token)
+        return {"true": True, "false": False, "null": None}.get(token, token)
+
+    def selection() -> tuple[_Field, ...]:
+        take("{")
+        fields: list[_Field] = []
+        while peek() != "}":
+            name = take()
+            if not re.fullmatch(r"[A-Za-z_]\w*", name):
+                raise _GraphQLError(f'Parse error on "{name}"')
+            alias = None
+            if peek() == ":":
+                take(":")
+                alias, name = name, take()
+            args: dict[str, Any] = {}
+            if peek() == "(":
+                take("(")
+                while peek() != ")":
+                    key = take()
+                    take(":")
+                    args[key] = value()
+                take(")")
+            sub = selection() if peek() == "{" else None
+            fields.append(_Field(name, alias, args, sub))
+        take("}")
+        return tuple(fields)
+
+    if peek() == "query":
+        take("query")
+        if peek() not in ("(", "{"):
+            take()  # the operation's name
+        if peek() == "(":  # variable definitions: their types are not checked here
+            depth = 0
+            while True:
+                token = take()
+                depth += token == "("
+                depth -= token == ")"
+                if depth == 0:
+                    break
+    fields = selection()
+    if peek() is not None:
+        raise _GraphQLError(f'Parse error on "{peek()}"')
+    return fields
+
+
+def _resolve(
+    values: dict[str, Any],
+    fields: tuple[_Field, ...],
+    variables: dict[str, Any],
+    path: list[str | int],
+    errors: list[dict[str, Any]],
+) -> dict[str, Any]:
+    """Answer ``fields`` from ``values`` (an object: its ``__typename`` and fields, each a value or a
+    function of the field's arguments), as GitHub's GraphQL does: only what was asked."""
+    type_name = values.get("__typename", "Object")
+    out: dict[str, Any] = {}
+    for f in fields:
+        key = f.alias or f.name
+        if f.name not in values:
+            raise _GraphQLError(f"Field '{f.name}' doesn't exist on type '{type_name}'")
+        args = {k: variables.get(v.name) if isinstance(v, _Variable) else v for k, v in f.args.items()}
+        found = values[f.name]
+        try:
+            found = found(args) if callable(found) else found
+        except _GraphQLNotFound as exc:
+            errors.append(
+                {
+                    "type": "NOT_FOUND",
+                    "path": [*path, key],
+                    "locations": [{"line": 1, "column": 1}],
+                    "message": str(exc),
+                }
+            )
+            out[key] = None
+            continue
+        out[key] = _resolved_value(found, f, variables, [*path, key], errors)
+    return out
+
+
+def _resolved_value(
+    found: Any, f: _Field, variables: dict[str, Any], path: list[str | int], errors: list[dict[str, Any]]
+) -> Any:
+    if found is None:
+        return None
+    if isinstance(found, list):
+        return [_resolved_value(item, f, variables, [*path, n], errors) for n, item in enumerate(found)]
+    if isinstance(found, dict):
+        if f.selection is None:
+            raise _GraphQLError(
+                f"Field must have selections (field '{f.name}' returns {found['__typename']})"
+            )
+        return _resolve(found, f.selection, variables, path, errors)
+    if f.selection is not None:
+        raise _GraphQLError(f"Selections can't be made on scalars (field '{f.name}')")
+    return found
 
 
 def _node_id(prefix: str, number: int) -> str:
@@ -1166,8 +1332,14 @@ class FakeGitHub(LoopbackFake[RecordedRequest]):
     ) -> None:
         changed = False
         if title is not None and title != issue.title:
+            now = self._touch(issue)
+            issue.events.append(_Event(next(self._ids), "renamed", actor, now, rename=(issue.title, title)))
             issue.title, changed = title, True
         if (body is not None or set_body) and body != issue.body:
+            now = self._touch(issue)
+            if not issue.edits:  # as on GitHub, the first edit also records the text as it was created
+                issue.edits.append(_Edit(next(self._ids), issue.created_at, issue.user, issue.body or ""))
+            issue.edits.append(_Edit(next(self._ids), now, actor, body or ""))
             issue.body, changed = body, True
         if state is not None and state != issue.state:
             if state not in ("open", "closed"):
@@ -1458,6 +1630,8 @@ class FakeGitHub(LoopbackFake[RecordedRequest]):
         }
         if event.label:
             data["label"] = {"name": event.label[0], "color": event.label[1]}
+        if event.rename:
+            data["rename"] = {"from": event.rename[0], "to": event.rename[1]}
         return data
 
     def _pull_json(self, st: _RepoState, issue: _Issue) -> dict[str, Any]:
@@ -1863,7 +2037,8 @@ class FakeGitHub(LoopbackFake[RecordedRequest]):
     # ---- GraphQL API: the two draft mutations the REST API lacks ----------------------------------
 
     def _handle_graphql(self, req: _Request, ctx: _Context) -> _Response:
-        """``POST /api/graphql``: ``markPullRequestReadyForReview`` and ``convertPullRequestToDraft``.
+        """``POST /api/graphql``: ``markPullRequestReadyForReview`` and ``convertPullRequestToDraft``, and
+        queries of an issue's edit history (:meth:`_graphql_query`).
 
         Authenticated like the REST routes; answered as GitHub does: HTTP 200 with ``{"data": …}``, or
         ``{"errors": […]}`` (with ``"data"`` when the query was valid but failed, e.g. ``NOT_FOUND``).
@@ -1886,6 +2061,11 @@ class FakeGitHub(LoopbackFake[RecordedRequest]):
         if not isinstance(payload, dict) or not isinstance(payload.get("query"), str):
             return self._json(
                 {"errors": [{"message": "A query attribute must be specified and must be a string."}]}
+            )
+        if not payload["query"].lstrip().startswith("mutation"):
+            variables = payload.get("variables") or {}
+            return self._graphql_query(
+                payload["query"], variables if isinstance(variables, dict) else {}, identity
             )
         match = _MUTATION_RE.fullmatch(payload["query"])
         if match is None:
@@ -1958,6 +2138,115 @@ class FakeGitHub(LoopbackFake[RecordedRequest]):
                 self._touch(issue)
             self._changed.notify_all()
         return self._json({"data": {name: result}})
+
+    def _graphql_query(self, query: str, variables: dict[str, Any], identity: _Identity) -> _Response:
+        """A query of ``repository(owner, name) { issue(number) { … } }``: the issue's text, its edit
+        history (``userContentEdits``, newest first, each node holding the whole body of that revision in
+        ``diff``, the created text included once it was edited), ``lastEditedAt`` and ``editor``."""
+        try:
+            fields = _parse_query(query)
+        except _GraphQLError as exc:
+            return self._json({"errors": [{"message": str(exc)}]})
+        errors: list[dict[str, Any]] = []
+        with self._lock:
+            root = {
+                "__typename": "Query",
+                "repository": lambda args: self._graphql_repository(args, identity),
+            }
+            try:
+                data = _resolve(root, fields, variables, [], errors)
+            except _GraphQLError as exc:
+                return self._json({"errors": [{"message": str(exc)}]})
+        return self._json({"data": data, "errors": errors} if errors else {"data": data})
+
+    def _graphql_repository(self, args: dict[str, Any], identity: _Identity) -> dict[str, Any]:
+        full = f"{args.get('owner')}/{args.get('name')}"
+        st = self._repos.get(full.lower())
+        if st is None or (
+            identity.kind == "installation"
+            and not self._installation_covers(self._installations.get(identity.installation_id or -1), st)
+        ):
+            raise _GraphQLNotFound(f"Could not resolve to a Repository with the name '{full}'.")
+
+        def issue(args: dict[str, Any]) -> dict[str, Any]:
+            found = st.issues.get(int(args.get("number") or 0))
+            if found is None or found.pull is not None:
+                raise _GraphQLNotFound(
+                    f"Could not resolve to an Issue with the number of {args.get('number')}."
+                )
+            return self._graphql_issue(found)
+
+        return {
+            "__typename": "Repository",
+            "name": st.repo.name,
+            "nameWithOwner": st.repo.full_name,
+            "owner": {"__typename": "RepositoryOwner", "login": st.repo.owner},
+            "issue": issue,
+        }
+
+    def _graphql_issue(self, issue: _Issue) -> dict[str, Any]:
+        def actor(login: str | None) -> dict[str, Any] | None:
+            return {"__typename": "Actor", "login": login} if login else None
+
+        def edits(args: dict[str, Any]) -> dict[str, Any]:
+            first, last = args.get("first"), args.get("last")
+            if first is None and last is None:
+                msg = (
+                    "You must provide a `first` or `last` value to properly paginate the "
+                    "`userContentEdits` connection."
+                )
+                raise _GraphQLError(msg)
+            for name, count in (("first", first), ("last", last)):
+                if count is not None and not 0 <= int(count) <= 100:
+                    msg = (
+                        f"Requesting {count} records on the `userContentEdits` connection exceeds the "
+                        f"`{name}` limit of 100 records."
+                    )
+                    raise _GraphQLError(msg)
+            newest_first = list(reversed(issue.edits))
+            shown = newest_first[: int(first)] if first is not None else newest_first[-int(last or 0) :]
+            nodes = [
+                {
+                    "__typename": "UserContentEdit",
+                    "id": _node_id("UCE_", e.id),
+                    "createdAt": _iso(e.edited_at),
+                    "updatedAt": _iso(e.deleted_at or e.edited_at),
+                    "editedAt": _iso(e.edited_at),
+                    "deletedAt": _iso(e.deleted_at),
+                    "deletedBy": actor(e.deleted_by),
+                    "editor": actor(e.editor),
+                    "diff": None if e.deleted_at else e.body,
+                }
+                for e in shown
+            ]
+            return {
+                "__typename": "UserContentEditConnection",
+                "totalCount": len(issue.edits),
+                "nodes": nodes,
+                "pageInfo": {
+                    "__typename": "PageInfo",
+                    "hasNextPage": len(shown) < len(newest_first) and first is not None,
+                    "hasPreviousPage": len(shown) < len(newest_first) and last is not None,
+                    "startCursor": None,
+                    "endCursor": None,
+                },
+            }
+
+        last_edit = issue.edits[-1] if issue.edits else None
+        return {
+            "__typename": "Issue",
+            "id": _node_id("I_", issue.id),
+            "number": issue.number,
+            "title": issue.title,
+            "body": issue.body or "",
+            "createdAt": _iso(issue.created_at),
+            "updatedAt": _iso(issue.updated_at),
+            "lastEditedAt": _iso(last_edit.edited_at) if last_edit else None,
+            "editor": actor(last_edit.editor) if last_edit else None,
+            "author": actor(issue.user),
+            "includesCreatedEdit": bool(issue.edits),
+            "userContentEdits": edits,
+        }
 
     @staticmethod
     def _etag_matches(header: str, etag: str) -> bool:
