@@ -124,7 +124,7 @@ class Plan:
                 f"Its pull request #{self.pr.number} ({self.pr.url}) was closed without merging; the new "
                 "commits go to the branch all the same."
             )
-        return f"Its pull request is #{self.pr.number} ({self.pr.url}), {self.pr.state}: «{self.pr.title}»."
+        return f"Its pull request is #{self.pr.number} ({self.pr.url}), {self.pr.state}."
 
 
 def plan(publisher: Publisher, task: Task) -> Plan:

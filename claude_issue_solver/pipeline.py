@@ -60,7 +60,7 @@ from claude_issue_solver.prompt import (
     parse_summary,
 )
 from claude_issue_solver.publisher import Publisher, PullRequest
-from claude_issue_solver.queue import FOLLOWUP, QueueError, Task, TaskQueue, TaskState
+from claude_issue_solver.queue import FOLLOWUP, ISSUE, QueueError, Task, TaskQueue, TaskState
 from claude_issue_solver.repo_settings import RepoSettingsError, load_plan
 from claude_issue_solver.run_limits import RunLimits
 from claude_issue_solver.run_policy import (
@@ -76,7 +76,7 @@ from claude_issue_solver.run_policy import (
 )
 from claude_issue_solver.test_gate import PHASES as TEST_PHASES
 from claude_issue_solver.test_gate import Interrupted, TestGate, TestReport, checklist
-from claude_issue_solver.watcher import is_trusted_comment
+from claude_issue_solver.trust import Approved, Permissions, approve, iso, latest_labeling, writers_comments
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +87,8 @@ MAX_PROGRESS_INTERVAL = 600.0
 AGENT = "agent"  # the agent's process name in its workspace
 RED_WITHOUT_PR = "red_without_pr"  # meta: ON_RED_TESTS=comment ended the run (its reason and figures)
 FINAL_COMMENT = "final_comment"  # meta: the comment a published task ends with (written again on resume)
+APPROVAL_NOTE = "approval_note"  # meta: the issue changed after its text was approved (every comment says so)
+NOT_SHOWN = "(not shown: no version of the issue's text approved by a person with write access is on record)"
 
 
 @dataclass(frozen=True)
@@ -142,6 +144,8 @@ class Pipeline:
         self.access = access or AgentAccess(config, backend, make_relay(config, backend))
         self.run_limits = RunLimits(queue, config, clock=clock, reset_seen=self.access.reset_seen)
         self.agent = messages.agent_for(config.claude_model)  # who the PR and the comment name
+        # Whose words reach the prompt: the watcher's cached permission checks, shared through the state.
+        self.permissions = Permissions(config, client, queue.store, clock=clock)
         self._comment_locks = tuple(threading.Lock() for _ in range(64))  # striped by task id
         self.gate = TestGate(
             backend,
@@ -179,6 +183,11 @@ class Pipeline:
                 # A new run (a retry, a lost workspace) starts over: resume again, choose the branch again.
                 reset = {"agent_process": None, "fresh_session": None, "followup_branch": None}
                 task = self.queue.update(task.id, meta=reset)
+            else:
+                approved = self._approved(task, issue, tlog)
+                if isinstance(approved, Outcome):
+                    return approved
+                task = approved
             spec = self._spec(task, issue)
             tests = self._test_plan(task, spec, tlog)
             if task.kind == FOLLOWUP:
@@ -201,6 +210,58 @@ class Pipeline:
         except (GitHubError, BackendError) as exc:
             return self._setback(task, exc, tlog)
         return self._before_agent(task, workspace, spec, tests, control, tlog)
+
+    def _approved(self, task: Task, issue: dict[str, Any], tlog: TaskLog) -> Task | Outcome:
+        """The text this run works on: the one a writer approved (kept with the task by the watcher).
+
+        When the issue reads differently now, the task's comments say so (:data:`APPROVAL_NOTE`). A task
+        queued by a version that kept no approved text looks for it in the issue's history; when it
+        cannot be told, a writer is asked to apply the label again and the task is cancelled.
+        """
+        approved = Approved.from_meta(task.meta.get("approved"))
+        if approved is None:
+            events = self.client.events(task.repo, task.issue_number)
+            labeled = latest_labeling(events, self._label)
+            approval = (
+                approve(
+                    self.client,
+                    lambda login: self.permissions.writer(task.repo, login)[0],
+                    task.repo,
+                    issue,
+                    labeled,
+                    events,
+                    everyone=self.config.allow_untrusted_labelers,
+                )
+                if labeled is not None
+                else None
+            )
+            if approval is None or approval.approved is None:
+                why = approval.why if approval is not None else "the label's event cannot be found"
+                tlog.write(f"no approved text: {why}; asking for the label to be applied again")
+                labeler, at = (labeled or {}).get("actor", "?"), (labeled or {}).get("at", "")
+                marker_id = messages.approval_marker(task.issue_number, at or task.id)
+                text = messages.relabel_comment(labeler, why, self._label, marker_id)
+                self.publisher.upsert_comment(task.repo, task.issue_number, marker_id, text)
+                return Outcome(TaskState.CANCELLED, error=f"no approved text: {why}")
+            approved = approval.approved
+            task = self.queue.update(
+                task.id,
+                title=approved.title,
+                meta={"approved": approved.to_meta(), "body_hash": approved.hash},
+            )
+        note = (
+            messages.approval_note(approved.to_meta(), self._label, self.agent)
+            if approved.differs(issue)
+            else None
+        )
+        if note:
+            tlog.write(
+                f"the issue reads differently from the text approved by {approved.by} at {approved.at}: "
+                "working on the approved text"
+            )
+        if task.meta.get(APPROVAL_NOTE) != note:
+            task = self.queue.update(task.id, meta={APPROVAL_NOTE: note})
+        return task
 
     def _before_agent(
         self,
@@ -858,11 +919,13 @@ class Pipeline:
             except QueueError:
                 recorded = None
             if recorded is not None:
-                for key in ("comment_id", "answer_id"):
+                for key in ("comment_id", "answer_id", APPROVAL_NOTE):
                     if recorded.meta.get(key) is not None:
                         task.meta[key] = recorded.meta[key]
                 if only_while_pending and recorded.state is not TaskState.PENDING:
                     return
+            if task.meta.get(APPROVAL_NOTE):
+                body = messages.with_note(task, body, str(task.meta[APPROVAL_NOTE]))
             if task.kind == FOLLOWUP:
                 followup.answer(self.publisher, self.queue, task, body)  # where the request was made
             else:
@@ -893,21 +956,30 @@ class Pipeline:
         return Outcome(TaskState.COMPLETED, fields={"pr_url": found.pr.url})
 
     def _spec(self, task: Task, issue: dict[str, Any]) -> RunSpec:
+        """What the run needs. The prompt holds the text a writer approved (never the live issue's, which
+        anyone who can edit it may have changed since) and the comments of writers written before the
+        task started."""
         info = self.client.repo_info(task.repo)
+        started = iso(task.started_at if task.started_at is not None else self.clock())
         comments = [
             IssueComment(
                 author=(c.get("user") or {}).get("login", ""),
                 body=c.get("body") or "",
                 created_at=c.get("created_at", ""),
             )
-            for c in self.client.comments(task.repo, task.issue_number)
-            if is_trusted_comment(c, self.config.trusted_users) and not messages.marked_task(c.get("body"))
+            for c in writers_comments(
+                self.permissions,
+                task.repo,
+                self.client.comments(task.repo, task.issue_number),
+                before=started,
+            )
         ]
+        approved = self._approved_text(task)
         context = IssueContext(
             repo=task.repo,
             number=task.issue_number,
-            title=issue.get("title") or task.title,
-            body=issue.get("body") or "",
+            title=approved.title if approved else NOT_SHOWN,
+            body=approved.body if approved else NOT_SHOWN,
             labels=tuple(_labels_cased(issue)),
             author=(issue.get("user") or {}).get("login", ""),
             comments=tuple(comments),
@@ -939,6 +1011,18 @@ class Pipeline:
             ),
         )
 
+    def _approved_text(self, task: Task) -> Approved | None:
+        """The approved text of the task's issue: the task's own; for a follow-up, the newest an earlier
+        run of the issue kept (none: the prompt shows no issue text)."""
+        own = Approved.from_meta(task.meta.get("approved"))
+        if own is not None or task.kind == ISSUE:
+            return own
+        for earlier in reversed(followup.earlier_runs(self.queue, task)):
+            found = Approved.from_meta(earlier.meta.get("approved"))
+            if found is not None:
+                return found
+        return None
+
     def _followup_run(
         self, task: Task, context: IssueContext, default_branch: str
     ) -> tuple[str, str, list[str]]:
@@ -958,6 +1042,7 @@ class Pipeline:
             branch=found.branch,
             default_branch=default_branch,
             pull_request=found.describe(),
+            pr_title=found.pr.title if found.pr is not None else "",
             context="" if session else followup_context(context, followup.previous_summary(self.queue, task)),
             template_dir=self.config.prompt_template_dir,
         )

@@ -32,6 +32,7 @@ __all__ = [
     "load_template",
     "parse_summary",
     "select_template",
+    "untrusted_names",
 ]
 
 TEMPLATE_NAMES = ("bug", "enhancement", "documentation", "default")  # chosen by an issue's labels
@@ -124,14 +125,27 @@ def format_comments(comments: tuple[IssueComment, ...]) -> str:
     return "\n\n".join(blocks)
 
 
+def _digest(*parts: str) -> str:
+    digest = hashlib.sha256()
+    for part in parts:
+        digest.update(part.encode("utf-8", "surrogatepass"))
+        digest.update(b"\0")
+    return digest.hexdigest()[:16]
+
+
 def _boundary(issue: IssueContext, comments: str) -> str:
     # The marker around the untrusted text carries a digest of that text, so the text cannot contain
     # the marker that closes it and pretend that its remainder comes from us.
-    digest = hashlib.sha256()
-    for part in (issue.title, issue.body, comments, *issue.labels):
-        digest.update(part.encode("utf-8", "surrogatepass"))
-        digest.update(b"\0")
-    return f"UNTRUSTED ISSUE CONTENT {digest.hexdigest()[:16]}"
+    return f"UNTRUSTED ISSUE CONTENT {_digest(issue.title, issue.body, comments, *issue.labels)}"
+
+
+def untrusted_names(issue_title: str, pr_title: str) -> tuple[str, str]:
+    """The issue's title and its pull request's (written by the issue's author and by the agent) as one
+    untrusted block for a follow-up's prompt: (its text, its boundary)."""
+    text = (
+        f"Issue title: {issue_title or '(none)'}\nPull request title: {pr_title or '(no pull request yet)'}"
+    )
+    return text, f"UNTRUSTED TITLES {_digest(issue_title, pr_title)}"
 
 
 def build_prompt(issue: IssueContext, *, template_dir: pathlib.Path | None = None) -> str:
@@ -213,18 +227,24 @@ def build_followup_prompt(
     branch: str,
     default_branch: str,
     pull_request: str,
+    pr_title: str = "",
     context: str = "",
     template_dir: pathlib.Path | None = None,
 ) -> str:
     """The prompt of a follow-up run: the request texts byte for byte, who asked and where, the PR's state.
 
     ``context`` is what a fresh session needs and a resumed one already has (the issue, the previous
-    summary); empty when the previous session is resumed.
+    summary); empty when the previous session is resumed. ``pull_request`` is our own sentence about the
+    pull request; its title (``pr_title``, which an earlier run wrote) and the issue's title go inside an
+    untrusted block of their own (``$names``).
     """
     template = string.Template(load_template(FOLLOWUP_TEMPLATE, template_dir))
     text = format_requests(requests)
     digest = hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:16]
+    names, names_boundary = untrusted_names(issue.title, pr_title)
     values = {
+        "names": names,
+        "names_boundary": names_boundary,
         "repo": issue.repo,
         "number": str(issue.number),
         "title": issue.title,

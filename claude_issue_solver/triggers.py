@@ -11,8 +11,10 @@ watcher's own listing (every issue and pull request updated since its last look)
 
 Safe: only comments written after the repository was first watched count, each at most once (its id
 is recorded as seen in the same transaction that records the trigger, before anything is done about
-it), so an edit, a restart or a crash never triggers twice. The daemon's own comments (its login, or
-the hidden task marker every comment of ours carries) never trigger. The commenter needs write,
+it), so a restart or a crash never triggers twice; a comment whose ``updated_at`` is after its
+``created_at`` was edited and is never a trigger, however long ago its id left the seen list. The
+daemon's own comments (its login, or the hidden task marker every comment of ours carries) never
+trigger. The commenter needs write,
 maintain or admin permission (the watcher's cached check) or a place in ``TRUSTED_USERS``.
 
 A recorded trigger waits in ``state["followups"]["pending"]`` until :meth:`TaskQueue.take_triggers`
@@ -43,6 +45,13 @@ def mentions(body: str | None, phrase: str) -> bool:
     """Whether ``body`` names ``phrase`` as a word (case-insensitive): "@claude," yes, "@claudette" no."""
     pattern = rf"(?<![\w@./-]){re.escape(phrase)}(?![\w-])"
     return re.search(pattern, body or "", re.IGNORECASE) is not None
+
+
+def edited(comment: dict[str, Any]) -> bool:
+    """Whether the comment was changed after it was written: an edit is never a new request, whatever
+    the seen list (which forgets the oldest ids) still holds."""
+    created, updated = comment.get("created_at") or "", comment.get("updated_at") or ""
+    return bool(created) and updated > created
 
 
 def _number_at_end(url: str | None) -> int | None:
@@ -132,8 +141,8 @@ class TriggerWatcher:
             for comment in response.data or []:
                 newest = max(newest, comment.get("updated_at") or "")
                 key = f"{kind}:{comment['id']}"
-                if key in seen or (comment.get("created_at") or "") < baseline:
-                    continue  # an edit of a comment already read, or of one older than the watch
+                if key in seen or (comment.get("created_at") or "") < baseline or edited(comment):
+                    continue  # an edit (of a comment read already, or not), or a comment older than the watch
                 seen.add(key)
                 new_seen.append(key)
                 found = self._trigger(repo, kind, comment, routes)

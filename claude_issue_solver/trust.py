@@ -275,6 +275,20 @@ def _approved_body(
     return body, at, by, source
 
 
+def latest_labeling(events: Iterable[dict[str, Any]], label: str) -> dict[str, str] | None:
+    """The newest ``labeled`` event of ``label`` (case-insensitive): its ``actor`` and ``at``."""
+    latest = None
+    for event in events:
+        if event.get("event") != "labeled":
+            continue
+        if (event.get("label") or {}).get("name", "").lower() != label.lower():
+            continue
+        at = event.get("created_at") or ""
+        if latest is None or at >= latest["at"]:
+            latest = {"actor": (event.get("actor") or {}).get("login", ""), "at": at}
+    return latest
+
+
 # --- comments -------------------------------------------------------------------------------------
 
 

@@ -47,6 +47,7 @@ from claude_issue_solver.trust import (
     Permissions,
     approve,
     content_hash,
+    latest_labeling,
 )
 
 log = logging.getLogger(__name__)
@@ -429,7 +430,7 @@ class Watcher:
                 self._refresh_pending(repo, issue, live, meta, permissions)
         else:
             events = self.client.events(repo, number)
-            labeled = self._latest_labeling(events)
+            labeled = latest_labeling(events, self.label)
             if labeled is None:
                 self._note_once(
                     key + ":nolabel", "%s carries the label but has no labeled event; skipping", key
@@ -553,18 +554,6 @@ class Watcher:
                 live.id,
                 before.by,
             )
-
-    def _latest_labeling(self, events: list[dict[str, Any]]) -> dict[str, str] | None:
-        latest = None
-        for event in events:
-            if event.get("event") != "labeled":
-                continue
-            if (event.get("label") or {}).get("name", "").lower() != self.label:
-                continue
-            at = event.get("created_at") or ""
-            if latest is None or at >= latest["at"]:
-                latest = {"actor": (event.get("actor") or {}).get("login", ""), "at": at}
-        return latest
 
     def _trusted(self, repo: str, login: str, permissions: dict[str, Any]) -> tuple[bool, str]:
         """Whether the labeler may start work; ``permissions`` is this poll's view of the cache."""

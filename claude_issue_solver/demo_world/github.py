@@ -2480,6 +2480,8 @@ class FakeGitHub(LoopbackFake[RecordedRequest]):
 
     def _api_permission(self, call: _Call, owner: str, name: str, login: str) -> _Response:
         st = self._repo_for(call, owner, name)
+        if login.lower().endswith("[bot]") and login.lower() not in st.permissions:
+            raise _HttpError(404, "Not Found")  # a bot or an App is no collaborator: GitHub answers 404
         role = self._role(st, login)
         user = self._user_json(login)
         user["permissions"] = {
