@@ -518,6 +518,7 @@ def submit(obj: Context, issue: str) -> None:
     """Queue an issue by hand, without the label (one live task per issue still holds)."""
     from claude_issue_solver import messages
     from claude_issue_solver.github import GitHubError
+    from claude_issue_solver.trust import Approved, iso
 
     repo, number = _parse_issue_ref(issue)
     client, _ = _github(obj)
@@ -530,15 +531,19 @@ def submit(obj: Context, issue: str) -> None:
     if data.get("state") != "open":
         fail(f"{repo}#{number} is closed")
     labels = [label["name"] for label in data.get("labels", []) if isinstance(label, dict)]
+    # The operator approves the text as it reads now: a later edit by anyone is not what runs.
+    approved = Approved.as_read(data, iso(time.time()))
     task = obj.queue().submit(
         repo,
         number,
-        data.get("title") or "",
+        approved.title,
         kind="manual",
         meta={
             "labels": labels,
             "author": (data.get("user") or {}).get("login", ""),
             "url": data.get("html_url"),
+            "approved": approved.to_meta(),
+            "body_hash": approved.hash,
         },
     )
     if task is None:

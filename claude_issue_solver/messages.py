@@ -222,9 +222,10 @@ def with_note(task: Task, body: str, note: str) -> str:
 def approval_note(approved: dict, label: str, agent: Agent = CLAUDE) -> str:
     """The issue's text changed after a writer approved it: the run works on the approved version."""
     when = str(approved.get("at") or "").replace("T", " ").replace("Z", " UTC")
+    who = f"by @{approved['by']}" if approved.get("by") else "queued by an operator on the host"
     return (
-        f"⚠️ This issue's title or description was changed after it was approved (by @{approved.get('by')}, "
-        f"{when}). Changes by people without write access to the repository are never given to "
+        f"⚠️ This issue's title or description was changed after it was approved ({who}, {when}). "
+        "Changes by people without write access to the repository are never given to "
         f"{agent.name}, so {agent.name} works on the approved version. To have the current text worked "
         f"on, a person with write access can remove and re-apply the `{label}` label."
     )

@@ -219,6 +219,11 @@ class Pipeline:
         cannot be told, a writer is asked to apply the label again and the task is cancelled.
         """
         approved = Approved.from_meta(task.meta.get("approved"))
+        if approved is None and task.kind != ISSUE:  # queued by hand by an older version: the operator's
+            approved = Approved.as_read(issue, iso(self.clock()))
+            task = self.queue.update(
+                task.id, meta={"approved": approved.to_meta(), "body_hash": approved.hash}
+            )
         if approved is None:
             events = self.client.events(task.repo, task.issue_number)
             labeled = latest_labeling(events, self._label)
@@ -1015,7 +1020,7 @@ class Pipeline:
         """The approved text of the task's issue: the task's own; for a follow-up, the newest an earlier
         run of the issue kept (none: the prompt shows no issue text)."""
         own = Approved.from_meta(task.meta.get("approved"))
-        if own is not None or task.kind == ISSUE:
+        if own is not None or task.kind != FOLLOWUP:
             return own
         for earlier in reversed(followup.earlier_runs(self.queue, task)):
             found = Approved.from_meta(earlier.meta.get("approved"))

@@ -157,6 +157,13 @@ class Approved:
         except KeyError:
             return None
 
+    @classmethod
+    def as_read(cls, issue: dict[str, Any], at: str, *, by: str = "", source: str = "operator") -> Approved:
+        """The issue's text as read now, approved by whoever queues it (an operator on the host: ``by``
+        empty, no label)."""
+        title, body = issue.get("title") or "", capped(issue.get("body"))
+        return cls(title, body, content_hash(title, body), at, by, at, by, source)
+
     def differs(self, issue: dict[str, Any]) -> bool:
         """Whether the issue's live text is not the approved one."""
         return content_hash(issue.get("title") or "", capped(issue.get("body"))) != self.hash

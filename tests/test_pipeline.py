@@ -23,6 +23,7 @@ from claude_issue_solver.publisher import Publisher
 from claude_issue_solver.queue import Task, TaskQueue, TaskState
 from claude_issue_solver.run_policy import MAX_POLL_BACKOFF
 from claude_issue_solver.state import StateStore
+from claude_issue_solver.trust import Approved
 from tests.fakes.memory_backend import Crash, MemoryBackend, edits
 from tests.github_fixtures import Clock
 
@@ -54,7 +55,9 @@ class World:
 
     def task(self, title: str = "Fix the widget") -> Task:
         issue = self.github.create_issue(REPO, title, "It is broken.", labels=["Claude"], user="maintainer")
-        submitted = self.queue.submit(REPO, issue["number"], title)
+        # As the watcher queues it: with the text the maintainer's label approved.
+        approved = Approved.as_read(issue, issue["updated_at"], by="maintainer", source="label")
+        submitted = self.queue.submit(REPO, issue["number"], title, meta={"approved": approved.to_meta()})
         assert submitted is not None
         claimed = self.queue.claim()
         assert claimed is not None and claimed.id == submitted.id
