@@ -134,3 +134,45 @@ def test_pygithub_raises_its_own_exceptions(fake: FakeGitHub, gh: Github) -> Non
     with pytest.raises(GithubException) as failing:
         pr.convert_to_draft()
     assert failing.value.status == 502
+
+
+EDITS = """query($owner: String!, $name: String!, $number: Int!) {
+  repository(owner: $owner, name: $name) {
+    issue(number: $number) {
+      lastEditedAt editor { login }
+      userContentEdits(first: 10) { totalCount nodes { editedAt editor { login } diff deletedAt } }
+    }
+  }
+}"""
+
+
+def test_an_issues_edit_history_as_github_shapes_it(fake: FakeGitHub) -> None:
+    fake.create_issue(REPO, "Title", "as created", user="outsider")
+    where = {"owner": "octo", "name": "demo", "number": 1}
+    never = graphql(fake, EDITS, where).json()["data"]["repository"]["issue"]
+    assert never == {"lastEditedAt": None, "editor": None, "userContentEdits": {"totalCount": 0, "nodes": []}}
+    fake.edit_issue(REPO, 1, body="second", actor="outsider")
+    fake.edit_issue(REPO, 1, body="third", actor="octo")
+    fake.edit_issue(REPO, 1, title="Renamed", actor="octo")  # a title is no body edit: a renamed event
+    issue = graphql(fake, EDITS, where).json()["data"]["repository"]["issue"]
+    nodes = issue["userContentEdits"]["nodes"]
+    # Newest first, each the whole text of its revision; the first edit also recorded the created text.
+    assert [(n["editor"]["login"], n["diff"]) for n in nodes] == [
+        ("octo", "third"),
+        ("outsider", "second"),
+        ("outsider", "as created"),
+    ]
+    assert issue["userContentEdits"]["totalCount"] == 3 and issue["editor"] == {"login": "octo"}
+    assert issue["lastEditedAt"] == nodes[0]["editedAt"]
+    [renamed] = [e for e in fake.events(REPO, 1) if e["event"] == "renamed"]
+    assert renamed["rename"] == {"from": "Title", "to": "Renamed"} and renamed["actor"]["login"] == "octo"
+    missing = graphql(fake, EDITS, {**where, "number": 9}).json()
+    assert missing["data"] == {"repository": {"issue": None}}
+    assert missing["errors"][0]["type"] == "NOT_FOUND" and missing["errors"][0]["path"] == [
+        "repository",
+        "issue",
+    ]
+    unpaged = graphql(fake, EDITS.replace("(first: 10)", ""), where).json()
+    assert "data" not in unpaged and "`first` or `last`" in unpaged["errors"][0]["message"]
+    unknown = graphql(fake, EDITS.replace("diff", "patch"), where).json()
+    assert unknown["errors"][0]["message"] == "Field 'patch' doesn't exist on type 'UserContentEdit'"

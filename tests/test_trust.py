@@ -300,3 +300,19 @@ def test_an_old_comment_edited_after_2000_newer_ones_is_no_trigger(world: World,
     github.add_comment(REPO, first.issue_number, "@claude add the docs", user="maintainer")
     look()
     assert len([t for t in world.queue.list() if t.kind == FOLLOWUP]) == 1  # a new comment still is
+
+
+def test_a_failure_on_one_issue_is_that_issues_alone(world: World) -> None:
+    look = watcher(world)
+    look()
+    numbers = [
+        world.github.create_issue(REPO, f"issue {n}", labels=["Claude"], user="maintainer")["number"]
+        for n in range(3)
+    ]
+    world.github.fail_next(f"/api/v3/repos/{REPO}/issues/{numbers[0]}/events", 500, count=1)
+    look()
+    assert sorted(t.issue_number for t in world.queue.list()) == numbers[1:]  # the same poll went on
+    assert world.queue.store.read()["watcher"]["repos"][REPO]["failures"] == 0
+    world.clock.advance(FAILED_PERMISSION_TTL + 1)
+    look()
+    assert sorted(t.issue_number for t in world.queue.list()) == numbers
