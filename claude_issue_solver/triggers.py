@@ -324,6 +324,8 @@ class TriggerWatcher:
             return False, f"its author's permission could not be read ({exc})"
         if permission in ("admin", "maintain", "write"):
             return True, f"{permission} permission"
+        if permission == "unknown":  # the lookup failed (the watcher logged it): untrusted for now
+            return False, f"the permission of {login} could not be read"
         return False, f"{login} has {permission} permission; write, maintain or admin is needed"
 
     def _routes(self, repo: str) -> dict[str, dict[int, int]]:
