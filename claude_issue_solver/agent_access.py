@@ -16,12 +16,13 @@ Policy once, for every backend and every process the pipeline starts (issue #18)
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from claude_issue_solver.backends.base import Backend, KeptDir, ProcessSpec
-from claude_issue_solver.config import Config
+from claude_issue_solver.backends.base import Backend, BackendError, KeptDir, ProcessSpec
+from claude_issue_solver.config import Config, ConfigError
 
 if TYPE_CHECKING:
     from claude_issue_solver.relay import Relay, TaskUsage
@@ -114,8 +115,14 @@ class AgentAccess:
     def _claude(self, task_id: str) -> tuple[Mapping[str, str], Path | None]:
         if self.relay is None:
             return self._direct_env, None
-        self.relay.start()  # once, at the first task: idempotent
-        grant = self.relay.open(task_id)
+        from claude_issue_solver.relay import RelayError
+
+        try:
+            self.relay.start()  # once, at the first task: idempotent
+            grant = self.relay.open(task_id)
+        except RelayError as exc:
+            msg = f"the Claude relay cannot serve task {task_id}: {exc}"
+            raise BackendError(msg, retryable=True) from None
         env = _settings_env(self.config)
         env.update(grant.env)  # the task's token in place of the credential; the backend adds the URL
         return env, grant.directory
@@ -128,6 +135,20 @@ class AgentAccess:
             self.relay.close(task_id)
         except Exception as exc:  # cleanup runs on every path out of a task
             log.warning("could not close the relay of task %s: %s", task_id, exc)
+
+    def check(self) -> None:
+        """What a restart cannot fix, said at ``start``: the relay's sockets must fit a Unix socket path."""
+        if self.relay is None:
+            return
+        from claude_issue_solver.relay import SOCKET_NAME, UNIX_PATH_MAX
+
+        path = self.relay.task_directory("probe") / SOCKET_NAME
+        if len(os.fsencode(path)) > UNIX_PATH_MAX:
+            msg = (
+                f"STATE_DIR {self.config.state_dir} is too long for the Claude relay's sockets "
+                f"({path} is over {UNIX_PATH_MAX} bytes): choose a shorter STATE_DIR"
+            )
+            raise ConfigError(msg)
 
     def reconcile(self, live: set[str]) -> None:
         """Remove the relay directories an earlier daemon left for tasks that no longer run."""

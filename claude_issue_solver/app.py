@@ -22,6 +22,7 @@ from claude_issue_solver.state import StateError, StateStore, UnusableStateDir
 from claude_issue_solver.supervise import Readiness
 
 if TYPE_CHECKING:
+    from claude_issue_solver.agent_access import AgentAccess
     from claude_issue_solver.github import GitHubClient
     from claude_issue_solver.listener import Listener
     from claude_issue_solver.watcher import Watcher
@@ -93,6 +94,7 @@ class Parts:
     backend: Backend[Any]
     watcher: Watcher
     listener: Listener | None = None
+    access: AgentAccess | None = None  # what the agent's processes reach (the Claude relay)
 
 
 def build(config: Config, *, backend: Backend[Any] | None = None) -> Parts:
@@ -121,7 +123,7 @@ def build(config: Config, *, backend: Backend[Any] | None = None) -> Parts:
     daemon = Daemon(
         queue, pipeline, watcher=watcher, poll_interval=config.poll_interval, poll_one=watcher.poll_now
     )
-    parts = Parts(queue=queue, daemon=daemon, backend=backend, watcher=watcher)
+    parts = Parts(queue=queue, daemon=daemon, backend=backend, watcher=watcher, access=pipeline.access)
     # The Claude relay goes last (stopped first is fine: a running container's requests wait for the
     # next daemon in its forwarder).
     daemon.services = (pipeline.access,)
@@ -200,6 +202,8 @@ def run_daemon(config: Config, *, to_stderr: bool = True, readiness: Readiness |
         try:
             parts = build(config)
             parts.backend.check()
+            if parts.access is not None:
+                parts.access.check()  # the relay's socket paths: a STATE_DIR too long is for the operator
             parts.queue.store.read()  # surfaces (and quarantines) a corrupt state file now, loudly
         except (ConfigError, UnusableStateDir) as exc:
             _refuse(f"cannot start: {exc}", EXIT_CONFIG)
