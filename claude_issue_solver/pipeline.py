@@ -31,7 +31,7 @@ from claude_issue_solver.agent import (
     parse_extra_args,
     parse_result,
 )
-from claude_issue_solver.agent_access import AgentAccess, make_relay
+from claude_issue_solver.agent_access import AgentAccess, add_metered, make_relay
 from claude_issue_solver.backends.base import (
     Backend,
     BackendError,
@@ -809,20 +809,19 @@ class Pipeline:
         return TaskLog(task_log_path(self.config.log_dir, task.id), clock=self.clock)
 
     def _meter(self, task: Task, tlog: TaskLog) -> float | None:
-        """Record the relay's figures for the task; returns what they add since the last record (the
-        cost of the run that just ended, when the CLI cannot say it)."""
-        metered = self.access.metered(task.id)
-        if metered is None:
+        """Add what the relay metered since the last look to the task's figures (``meta["metered"]``,
+        over all its runs); returns the cost of it (the run that just ended, when the CLI cannot say)."""
+        added = self.access.take_metered(task.id)
+        if added is None:
             return None
-        before = task.meta.get("metered") or {}
-        added = max(0.0, metered["cost_usd"] - float(before.get("cost_usd") or 0.0))
+        metered = add_metered(task.meta.get("metered"), added)
         self.queue.update(task.id, meta={"metered": metered})
         task.meta["metered"] = metered
         tlog.write(
-            f"relay: {metered['requests']} model call(s), {metered['input_tokens']} input and "
-            f"{metered['output_tokens']} output tokens, ${metered['cost_usd']:.4f} metered"
+            f"relay: {added['requests']} model call(s), {added['input_tokens']} input and "
+            f"{added['output_tokens']} output tokens, ${added['cost_usd']:.4f} metered"
         )
-        return added
+        return float(added["cost_usd"])
 
     def _cleanup(self, task: Task, tlog: TaskLog) -> None:
         remove_workspace(self.backend, task.id, tlog, sleep=self.sleep)
