@@ -194,9 +194,14 @@ def _our_pull(client: GitHubClient, repo: str, number: int, label_at: str) -> di
 
 
 def _ours(comment: dict[str, Any], own: str | None) -> bool:
-    """Written by us: the daemon's login when known; else (an App's token has none) a bot's. A person
-    who copies our marker into a comment does not make an issue look handled."""
+    """Written by us: the daemon's login when known; else (an App's token has none, or ``GET /user``
+    failed) a bot, or an author GitHub calls a collaborator, member or owner of the repository — as the
+    daemon's token user is. An outsider who copies our marker into a comment does not make an issue look
+    handled (a collaborator could simply remove the label)."""
     user = comment.get("user") or {}
     if own:
         return str(user.get("login") or "").lower() == own.lower()
-    return user.get("type") == "Bot"
+    return user.get("type") == "Bot" or comment.get("author_association") in TRUSTED_AUTHORS
+
+
+TRUSTED_AUTHORS = ("OWNER", "MEMBER", "COLLABORATOR")

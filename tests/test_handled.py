@@ -322,3 +322,17 @@ def test_the_state_vouches_only_when_it_saw_every_comment() -> None:
     assert handled.vouches({"handled_label_at": "x", "comments": 2}, {"comments": 2})
     assert handled.vouches({"handled_label_at": "x"}, {"comments": 0})
     assert not handled.vouches({"handled_label_at": "x", "comments": 1}, {"comments": 3})
+
+
+def test_whose_marked_comments_count() -> None:
+    body = messages.failed_comment(Task(id="w-1-abcdef", repo=REPO, issue_number=1, title="t"), "x", "Claude")
+
+    def comment(login: str, kind: str = "User", association: str = "NONE") -> dict[str, Any]:
+        return {"body": body, "user": {"login": login, "type": kind}, "author_association": association}
+
+    assert handled._ours(comment("solver-bot"), "Solver-Bot")
+    assert not handled._ours(comment("mallory", association="COLLABORATOR"), "solver-bot")
+    # The daemon's login unknown (an App's token; `GET /user` failed): a bot, or a writer's association.
+    assert handled._ours(comment("my-app[bot]", "Bot"), None)
+    assert handled._ours(comment("solver-bot", association="OWNER"), None)
+    assert not handled._ours(comment("drive-by"), None)
