@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+from claude_issue_solver import handled
 from claude_issue_solver.config import Config
 from claude_issue_solver.github import GitHubClient, GitHubError, RateLimited, Refused, Response, Transient
 from claude_issue_solver.queue import Task, TaskQueue, TaskState
@@ -376,7 +377,11 @@ class Watcher:
                 trusted, why = self._trusted(
                     repo, labeled["actor"], watcher_book.setdefault("permissions", {})
                 )
-                if trusted:
+                # GitHub is the record: a labelling an earlier daemon already answered is not run again.
+                done = self._handled(repo, issue, book, labeled["at"]) if trusted else None
+                if done is not None:
+                    changes.update(done.book())
+                elif trusted:
                     task = self.queue.submit(repo, number, title, meta={**meta, "labeler": labeled["actor"]})
                     changes["handled_label_at"] = labeled["at"]
                     if task is not None:
@@ -396,6 +401,13 @@ class Watcher:
             changes["comments"] = int(issue.get("comments") or 0)
             changes["new_comments"] = self._new_trusted_comments(repo, number, book)
         out[key] = changes
+
+    def _handled(
+        self, repo: str, issue: dict[str, Any], book: dict[str, Any], label_at: str
+    ) -> handled.Handled | None:
+        return handled.already_done(
+            self.client, self.queue.store, repo, issue, book, label_at, own_login=self.triggers.own_login
+        )
 
     def _latest_labeling(self, repo: str, number: int) -> dict[str, str] | None:
         latest = None
