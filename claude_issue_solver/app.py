@@ -15,6 +15,7 @@ from claude_issue_solver.backends.base import Backend, BackendError
 from claude_issue_solver.backends.settings import DaytonaSettings, DockerSettings
 from claude_issue_solver.config import Config, ConfigError
 from claude_issue_solver.daemon import Daemon
+from claude_issue_solver.housekeeping import Housekeeper
 from claude_issue_solver.logs import setup_logging
 from claude_issue_solver.pidfile import AlreadyRunning, PidFile
 from claude_issue_solver.queue import Task, TaskQueue
@@ -126,10 +127,11 @@ def build(config: Config, *, backend: Backend[Any] | None = None) -> Parts:
     parts = Parts(queue=queue, daemon=daemon, backend=backend, watcher=watcher, access=pipeline.access)
     # The Claude relay goes last (stopped first is fine: a running container's requests wait for the
     # next daemon in its forwarder).
-    daemon.services = (pipeline.access,)
+    housekeeper = Housekeeper(store, config.state_dir, config.log_dir)
+    daemon.services = (housekeeper, pipeline.access)
     if config.listen_address is not None:
         parts.listener = _listener(config, parts, client, watcher)
-        daemon.services = (parts.listener, pipeline.access)
+        daemon.services = (parts.listener, housekeeper, pipeline.access)
     return parts
 
 

@@ -425,9 +425,20 @@ class Pipeline:
                 result = None  # the task holds the figures and the answer of all rounds
         return self._publish(task, workspace, spec, result, tlog)
 
+    def _pushed_before(self, task: Task, branch: str, tlog: TaskLog) -> bool:
+        """Whether the branch has an open PR already: pushed by the attempt a crash cut short."""
+        pr = self.publisher.find_open_pr(task.repo, branch)
+        if pr is not None:
+            tlog.write(f"nothing left to push: {branch} was pushed before the interruption ({pr.url})")
+        return pr is not None
+
     def _publish(
         self, task: Task, workspace: Workspace, spec: RunSpec, result: AgentResult | None, tlog: TaskLog
     ) -> Outcome:
+        # Resumed in "publishing": an earlier attempt may have pushed and opened the PR before a crash
+        # (or a full disk) kept "published" from being recorded. Nothing is left to push then, and the
+        # run must still end with its PR, not with "the agent changed nothing".
+        again = task.meta.get("phase") == "publishing"
         try:
             taken = take_summary(self.backend, workspace)
             changes = what_changed(self.backend, workspace, tlog, summary_found=taken is not None)
@@ -441,7 +452,7 @@ class Pipeline:
             left_out = messages.left_out_note(changes.left_out)
             if left_out:
                 tlog.write(f"not committed: {', '.join(changes.left_out)}")
-            if not has_changes(changes):
+            if not has_changes(changes) and not (again and self._pushed_before(task, spec.branch, tlog)):
                 tlog.write("the agent changed nothing")
                 if task.kind == FOLLOWUP:
                     nothing = messages.followup_no_changes_comment(task, answer, figures)
