@@ -9,14 +9,19 @@ webhook can make it look at the repository within the benchmark's time.
 2. Load: ``--deliveries`` deliveries (a quarter forged: a wrong signature) at up to ``--rate`` a second
    from this process, while labelled issues keep arriving. Checks: every valid delivery recorded once,
    no forged one recorded, every refusal counted; and the pickup while under load, beside the idle one.
+   Each valid delivery has a body of its own, as GitHub's do (the same body again is a replay).
+3. Slow clients: ``--slow`` connections that each send a byte of a request every second and never
+   finish, while pickups are timed again (the listener's pool is 4 threads).
 
-Usage: python benchmarks/bench_webhooks.py [--runs 20] [--deliveries 1000] [--rate 100]
+Usage: python benchmarks/bench_webhooks.py [--runs 20] [--deliveries 1000] [--rate 100] [--slow 200]
 Bounded: every loop has a count and a deadline; only 127.0.0.1 is contacted.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import itertools
 import json
 import os
 import signal
@@ -51,11 +56,16 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+_EDITS = itertools.count()
+
+
 def labeled_delivery(number: int, *, forged: bool = False) -> tuple[dict[str, str], bytes, str]:
+    # A distinct updated_at per delivery, as GitHub's payloads have: an identical body is a replay.
+    updated = f"2025-01-01T00:00:00.{next(_EDITS):06d}Z"
     body = json.dumps(
         {
             "action": "labeled",
-            "issue": {"number": number},
+            "issue": {"number": number, "updated_at": updated},
             "label": {"name": "Claude"},
             "repository": {"full_name": REPO},
             "sender": {"login": "maintainer"},
@@ -85,6 +95,7 @@ class Bench:
         self.queue = TaskQueue(StateStore(root / "state" / "state.json"))
         self.session = requests.Session()
         self.lock = threading.Lock()
+        self.answered = 0.0  # seconds until the last pickup's delivery was answered
 
     def post(self, headers: dict[str, str], body: bytes) -> int:
         return self.session.post(self.url + "/webhook", data=body, headers=headers, timeout=10).status_code
@@ -99,6 +110,7 @@ class Bench:
         started = time.monotonic()
         status = (session or self.session).post(self.url + "/webhook", data=body, headers=headers, timeout=10)
         assert status.status_code == 202, status.text
+        self.answered = time.monotonic() - started
         deadline = started + 30
         while time.monotonic() < deadline:
             task = self.queue.store.read()
@@ -121,6 +133,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=20)
     parser.add_argument("--deliveries", type=int, default=1000)
     parser.add_argument("--rate", type=float, default=100.0)
+    parser.add_argument("--slow", type=int, default=200)
     args = parser.parse_args()
     image = fake_agent_image(docker.from_env())
     with tempfile.TemporaryDirectory() as tmp:
@@ -170,6 +183,8 @@ def main() -> None:
                 bench.settle()
             report("pickup, idle", idle)
             load(bench, args, root)
+            bench.settle()
+            slow_clients(bench, port, args)
         finally:
             daemon.send_signal(signal.SIGTERM)
             daemon.wait(60)
@@ -226,6 +241,44 @@ def load(bench: Bench, args: argparse.Namespace, root: Path) -> None:
     report("pickup, under load", under_load)
     if lost or acted or refused != len(forged):
         raise SystemExit("FAILED: a valid delivery was lost or a forged one acted on")
+
+
+def slow_clients(bench: Bench, port: int, args: argparse.Namespace) -> None:
+    """``--slow`` clients trickling a byte a second each (at most 60 s), pickups timed meanwhile."""
+    line = b"POST /webhook HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Pad: " + b"a" * 4096
+    socks = [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(args.slow)]
+    stop = threading.Event()
+
+    def trickle() -> None:
+        deadline = time.monotonic() + 60
+        for position in itertools.count():
+            if stop.is_set() or time.monotonic() > deadline:
+                return
+            for sock in socks:
+                with contextlib.suppress(OSError):
+                    sock.send(line[position % len(line) : position % len(line) + 1])
+            stop.wait(1.0)
+
+    trickler = threading.Thread(target=trickle, daemon=True)
+    began = time.monotonic()
+    trickler.start()
+    try:
+        time.sleep(2)  # the clients have begun their requests
+        times: list[float] = []
+        answers: list[float] = []
+        while len(times) < args.runs and time.monotonic() - began < 8:  # inside the 10 s deadline
+            times.append(bench.pickup())
+            answers.append(bench.answered)
+            bench.settle()
+        report(f"answer, {args.slow} slow clients open", answers)
+        report(f"pickup, {args.slow} slow clients open", times)
+        if max(answers) > 1.0:
+            raise SystemExit("FAILED: a signed delivery behind slow clients was answered after 1 s")
+    finally:
+        stop.set()
+        trickler.join(5)
+        for sock in socks:
+            sock.close()
 
 
 def report(what: str, values: list[float]) -> None:

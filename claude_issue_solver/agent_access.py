@@ -16,12 +16,13 @@ Policy once, for every backend and every process the pipeline starts (issue #18)
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from claude_issue_solver.backends.base import Backend, KeptDir, ProcessSpec
-from claude_issue_solver.config import Config
+from claude_issue_solver.backends.base import Backend, BackendError, KeptDir, ProcessSpec
+from claude_issue_solver.config import Config, ConfigError
 
 if TYPE_CHECKING:
     from claude_issue_solver.relay import Relay, TaskUsage
@@ -91,6 +92,7 @@ class AgentAccess:
         self.relay = relay
         self.offline = config.agent_egress == EGRESS_RELAY_ONLY
         self._direct_env = agent_env(config)  # where there is no relay
+        self._taken: dict[str, dict[str, Any]] = {}  # per task: the relay's figures already booked
 
     def agent(
         self, task_id: str, *, name: str, argv: Sequence[str], stdin: bytes, keep: KeptDir | None
@@ -114,8 +116,16 @@ class AgentAccess:
     def _claude(self, task_id: str) -> tuple[Mapping[str, str], Path | None]:
         if self.relay is None:
             return self._direct_env, None
-        self.relay.start()  # once, at the first task: idempotent
-        grant = self.relay.open(task_id)
+        from claude_issue_solver.relay import RelayError
+
+        try:
+            self.relay.start()  # once, at the first task: idempotent
+            if task_id not in self.relay.open_tasks():
+                self._taken.pop(task_id, None)  # opened anew: its meter starts from zero
+            grant = self.relay.open(task_id)
+        except RelayError as exc:
+            msg = f"the Claude relay cannot serve task {task_id}: {exc}"
+            raise BackendError(msg, retryable=True) from None
         env = _settings_env(self.config)
         env.update(grant.env)  # the task's token in place of the credential; the backend adds the URL
         return env, grant.directory
@@ -124,10 +134,25 @@ class AgentAccess:
         """The task ended: its token dies. Never raises (it runs on every ending)."""
         if self.relay is None:
             return
+        self._taken.pop(task_id, None)
         try:
             self.relay.close(task_id)
         except Exception as exc:  # cleanup runs on every path out of a task
             log.warning("could not close the relay of task %s: %s", task_id, exc)
+
+    def check(self) -> None:
+        """What a restart cannot fix, said at ``start``: the relay's sockets must fit a Unix socket path."""
+        if self.relay is None:
+            return
+        from claude_issue_solver.relay import SOCKET_NAME, UNIX_PATH_MAX
+
+        path = self.relay.task_directory("probe") / SOCKET_NAME
+        if len(os.fsencode(path)) > UNIX_PATH_MAX:
+            msg = (
+                f"STATE_DIR {self.config.state_dir} is too long for the Claude relay's sockets "
+                f"({path} is over {UNIX_PATH_MAX} bytes): choose a shorter STATE_DIR"
+            )
+            raise ConfigError(msg)
 
     def reconcile(self, live: set[str]) -> None:
         """Remove the relay directories an earlier daemon left for tasks that no longer run."""
@@ -140,22 +165,19 @@ class AgentAccess:
         """What the relay metered for the task so far (None without a relay)."""
         return None if self.relay is None else self.relay.usage(task_id)
 
-    def metered(self, task_id: str) -> dict[str, Any] | None:
-        """The relay's figures for the task as the state file keeps them (``queue --json`` shows them):
-        what the API itself said each request used, whatever the CLI reported or whether it ended."""
+    def take_metered(self, task_id: str) -> dict[str, Any] | None:
+        """What the relay metered for the task since the last call: the calls, tokens and cost of the run
+        that just ended (its fix rounds included). The relay's meter starts from zero whenever it opens
+        the task anew (a retry, a restarted daemon); what was taken from the current meter is remembered
+        here, as long as the meter itself lives."""
         usage = self.usage(task_id)
-        if usage is None or not (usage.requests or usage.refused):
+        if usage is None:
             return None
-        return {
-            "requests": usage.requests,
-            "refused": usage.refused,
-            "input_tokens": usage.input_tokens,
-            "output_tokens": usage.output_tokens,
-            "cache_creation_input_tokens": usage.cache_creation_input_tokens,
-            "cache_read_input_tokens": usage.cache_read_input_tokens,
-            "cost_usd": round(usage.cost_usd, 6),
-            "models": sorted(usage.models),
-        }
+        current = _figures(usage)
+        taken = self._taken.get(task_id) or dict.fromkeys(current, 0)
+        self._taken[task_id] = current
+        added = {key: current[key] - taken.get(key, 0) for key in current}
+        return added if added["requests"] or added["refused"] else None
 
     # A daemon service (started first, stopped last): the relay starts with the first task that needs it.
     def start(self) -> None:
@@ -172,3 +194,25 @@ class AgentAccess:
     def stop(self) -> None:
         if self.relay is not None:
             self.relay.stop()
+
+
+_METERED = (
+    "requests",
+    "refused",
+    "input_tokens",
+    "output_tokens",
+    "cache_creation_input_tokens",
+    "cache_read_input_tokens",
+    "cost_usd",
+)
+
+
+def _figures(usage: TaskUsage) -> dict[str, Any]:
+    return {key: getattr(usage, key) for key in _METERED}
+
+
+def add_metered(total: dict[str, Any] | None, added: dict[str, Any]) -> dict[str, Any]:
+    """A task's metered figures over all its runs (``task.meta["metered"]``), with one run's added."""
+    merged = {key: (total or {}).get(key, 0) + added.get(key, 0) for key in _METERED}
+    merged["cost_usd"] = round(merged["cost_usd"], 6)
+    return merged

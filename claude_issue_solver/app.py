@@ -15,6 +15,7 @@ from claude_issue_solver.backends.base import Backend, BackendError
 from claude_issue_solver.backends.settings import DaytonaSettings, DockerSettings
 from claude_issue_solver.config import Config, ConfigError
 from claude_issue_solver.daemon import Daemon
+from claude_issue_solver.housekeeping import Housekeeper
 from claude_issue_solver.logs import setup_logging
 from claude_issue_solver.pidfile import AlreadyRunning, PidFile
 from claude_issue_solver.queue import Task, TaskQueue
@@ -22,6 +23,7 @@ from claude_issue_solver.state import StateError, StateStore, UnusableStateDir
 from claude_issue_solver.supervise import Readiness
 
 if TYPE_CHECKING:
+    from claude_issue_solver.agent_access import AgentAccess
     from claude_issue_solver.github import GitHubClient
     from claude_issue_solver.listener import Listener
     from claude_issue_solver.watcher import Watcher
@@ -93,6 +95,7 @@ class Parts:
     backend: Backend[Any]
     watcher: Watcher
     listener: Listener | None = None
+    access: AgentAccess | None = None  # what the agent's processes reach (the Claude relay)
 
 
 def build(config: Config, *, backend: Backend[Any] | None = None) -> Parts:
@@ -121,13 +124,14 @@ def build(config: Config, *, backend: Backend[Any] | None = None) -> Parts:
     daemon = Daemon(
         queue, pipeline, watcher=watcher, poll_interval=config.poll_interval, poll_one=watcher.poll_now
     )
-    parts = Parts(queue=queue, daemon=daemon, backend=backend, watcher=watcher)
+    parts = Parts(queue=queue, daemon=daemon, backend=backend, watcher=watcher, access=pipeline.access)
     # The Claude relay goes last (stopped first is fine: a running container's requests wait for the
     # next daemon in its forwarder).
-    daemon.services = (pipeline.access,)
+    housekeeper = Housekeeper(store, config.state_dir, config.log_dir)
+    daemon.services = (housekeeper, pipeline.access)
     if config.listen_address is not None:
         parts.listener = _listener(config, parts, client, watcher)
-        daemon.services = (parts.listener, pipeline.access)
+        daemon.services = (parts.listener, housekeeper, pipeline.access)
     return parts
 
 
@@ -200,6 +204,8 @@ def run_daemon(config: Config, *, to_stderr: bool = True, readiness: Readiness |
         try:
             parts = build(config)
             parts.backend.check()
+            if parts.access is not None:
+                parts.access.check()  # the relay's socket paths: a STATE_DIR too long is for the operator
             parts.queue.store.read()  # surfaces (and quarantines) a corrupt state file now, loudly
         except (ConfigError, UnusableStateDir) as exc:
             _refuse(f"cannot start: {exc}", EXIT_CONFIG)

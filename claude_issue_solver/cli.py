@@ -26,6 +26,7 @@ import click
 
 from claude_issue_solver import __version__
 from claude_issue_solver.config import Config, ConfigError, load_config
+from claude_issue_solver.logs import DAEMON_OUT
 from claude_issue_solver.pidfile import DaemonStatus, daemon_status
 from claude_issue_solver.queue import QueueError, TaskQueue, TaskState
 from claude_issue_solver.state import StateError, StateStore, UnusableStateDir, prepare_state_dir
@@ -201,7 +202,7 @@ def _start_background(obj: Context, config: Config, wait_seconds: float) -> None
         stop,
     )
 
-    out_path = config.log_dir / "daemon.out"
+    out_path = config.log_dir / DAEMON_OUT
     command = [sys.executable, "-m", "claude_issue_solver"]
     if obj.env_file:
         command += ["--env-file", str(obj.env_file.resolve())]

@@ -13,21 +13,29 @@ Threading model:
 - listener thread (optional, ``LISTEN_ADDRESS``): the HTTP server for webhooks, ``/metrics`` and
   ``/healthz`` (see :mod:`claude_issue_solver.listener`); started before the loop, stopped after it.
 - monitor threads (one per running task): call the runner, then record the outcome in the queue.
+
+No task stays ``running`` without a monitor (issue #19). An end that cannot be written (the disk is
+full) is kept in memory and written again each cycle until it is; a run the disk stopped half-way
+(``ENOSPC`` while the runner wrote its log or the state) is resumed, with back-off, once it can go on;
+and a ``running`` task that no monitor watches and no pending end covers (its monitor died) is found
+every ``ORPHAN_CHECK_INTERVAL`` and resumed as a restarted daemon resumes it.
 All shared state lives in the state file behind the store's lock; the daemon's own dicts are guarded by
 ``self._lock``.
 """
 
 from __future__ import annotations
 
+import errno
 import logging
 import signal
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Protocol
 
 from claude_issue_solver.outcome import Outcome, TaskControl
-from claude_issue_solver.queue import Task, TaskQueue, TaskState
+from claude_issue_solver.queue import QueueError, Task, TaskQueue, TaskState
 
 __all__ = ["Daemon", "Outcome", "Runner", "TaskControl"]  # the two shared types re-exported for callers
 
@@ -35,6 +43,32 @@ log = logging.getLogger(__name__)
 
 DISPATCH_INTERVAL = 1.0
 SHUTDOWN_GRACE = 5.0
+ORPHAN_CHECK_INTERVAL = 10.0  # how often running tasks are checked for a monitor
+RESUME_BACKOFF = (10.0, 600.0)  # a run the full disk stopped: first and longest wait before resuming it
+UNRECORDED_LOG_INTERVAL = 300.0  # an end that still cannot be written is logged again this often
+_NO_SPACE = frozenset({errno.ENOSPC, errno.EDQUOT})
+
+
+@dataclass
+class _Unrecorded:
+    """The end of a task that could not be written yet (kept in memory, written again each cycle)."""
+
+    task: Task
+    outcome: Outcome
+    tries: int = 1
+    logged_at: float = 0.0
+
+
+def no_space(exc: BaseException) -> bool:
+    """Whether ``exc`` (or what caused it) is the disk or the quota being full."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if getattr(current, "errno", None) in _NO_SPACE:
+            return True
+        current = current.__cause__ or current.__context__
+    return False
 
 
 class Runner(Protocol):
@@ -86,6 +120,9 @@ class Daemon:
         self._poke = threading.Event()
         self._lock = threading.Lock()
         self._monitors: dict[str, tuple[threading.Thread, TaskControl]] = {}
+        self._unrecorded: dict[str, _Unrecorded] = {}  # ends to write again (guarded by _lock)
+        self._stalled: dict[str, tuple[float, int]] = {}  # runs the full disk stopped: (resume at, times)
+        self._next_orphan_check: float | None = None
         self._signals: list[int] = []
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -122,7 +159,10 @@ class Daemon:
         self._relay_cancels()
         self._reap()
         if not self._stop.is_set():
-            self.dispatch()
+            try:
+                self.dispatch()
+            except Exception:  # a full disk refuses the claim's write: nothing was claimed
+                log.exception("dispatching failed; trying again at the next cycle")
 
     def poll(self) -> None:
         """Call the watcher once; a failing watcher is logged, never fatal."""
@@ -186,29 +226,125 @@ class Daemon:
 
     def _monitor(self, task: Task, control: TaskControl, resume: bool) -> None:
         try:
-            outcome = (self.runner.resume if resume else self.runner.run)(task, control)
-        except Exception as exc:
-            log.exception("task %s crashed inside the daemon", task.id)
-            outcome = Outcome(TaskState.FAILED, error=f"internal error: {type(exc).__name__}: {exc}")
-        try:
+            try:
+                outcome = (self.runner.resume if resume else self.runner.run)(task, control)
+            except Exception as exc:
+                if no_space(exc):
+                    self._stall(task, exc)
+                    return
+                log.exception("task %s crashed inside the daemon", task.id)
+                outcome = Outcome(TaskState.FAILED, error=f"internal error: {type(exc).__name__}: {exc}")
             if outcome is None:
                 log.info("task %s left running (daemon stopping); it resumes at the next start", task.id)
-            elif outcome.state is TaskState.PENDING:
-                self.queue.requeue(task.id, outcome.error or "requeued")
-                log.info("task %s requeued: %s", task.id, outcome.error)
-            else:
-                finished = self.queue.finish(task.id, outcome.state, error=outcome.error, **outcome.fields)
-                self._observe(finished)
-                log.info(
-                    "task %s %s%s",
-                    task.id,
-                    outcome.state.value,
-                    f": {outcome.error}" if outcome.error else "",
-                )
-        except Exception:
-            log.exception("could not record the end of task %s", task.id)
+                return
+            with self._lock:
+                self._stalled.pop(task.id, None)
+            try:
+                self._record(task, outcome)
+            except Exception as exc:
+                self._keep_unrecorded(task, outcome, exc)
         finally:
             self._wake.set()
+
+    def _record(self, task: Task, outcome: Outcome) -> None:
+        """Write the end of a task to the queue (raises when the state cannot be written)."""
+        if outcome.state is TaskState.PENDING:
+            self.queue.requeue(task.id, outcome.error or "requeued")
+            log.info("task %s requeued: %s", task.id, outcome.error)
+            return
+        finished = self.queue.finish(task.id, outcome.state, error=outcome.error, **outcome.fields)
+        self._observe(finished)
+        log.info("task %s %s%s", task.id, outcome.state.value, f": {outcome.error}" if outcome.error else "")
+
+    def _keep_unrecorded(self, task: Task, outcome: Outcome, exc: Exception) -> None:
+        if isinstance(exc, QueueError):  # the task is gone from the state: nothing to write it to
+            log.error("could not record the end of task %s: %s", task.id, exc)
+            return
+        with self._lock:
+            self._unrecorded[task.id] = _Unrecorded(task, outcome, logged_at=self.clock())
+        log.error(
+            "could not record the end of task %s (%s): %s; it is kept in memory and written as soon as "
+            "the state can be written (the task holds its slot until then)",
+            task.id,
+            outcome.state.value,
+            exc,
+        )
+
+    def _stall(self, task: Task, exc: BaseException) -> None:
+        """The run stopped on a full disk: leave it running, resume it later (see _resume_orphans)."""
+        now = self.clock()
+        with self._lock:
+            _, times = self._stalled.get(task.id, (0.0, 0))
+            wait = min(RESUME_BACKOFF[0] * 2**times, RESUME_BACKOFF[1])
+            self._stalled[task.id] = (now + wait, times + 1)
+        log.error(
+            "task %s stopped: %s; it stays running and resumes in %.0fs, once the disk has room",
+            task.id,
+            exc,
+            wait,
+        )
+
+    def _write_unrecorded(self) -> None:
+        """Try again to write each end that could not be written; loud, but not every second."""
+        with self._lock:
+            pending = list(self._unrecorded.values())
+        for item in pending:
+            try:
+                self._record(item.task, item.outcome)
+            except QueueError as exc:
+                log.error("could not record the end of task %s: %s; giving up on it", item.task.id, exc)
+            except Exception as exc:
+                item.tries += 1
+                now = self.clock()
+                if now - item.logged_at >= UNRECORDED_LOG_INTERVAL:
+                    item.logged_at = now
+                    log.error(
+                        "the end of task %s (%s) is still not written after %d tries: %s",
+                        item.task.id,
+                        item.outcome.state.value,
+                        item.tries,
+                        exc,
+                    )
+                continue
+            else:
+                log.warning("recorded the end of task %s after %d tries", item.task.id, item.tries + 1)
+            with self._lock:
+                self._unrecorded.pop(item.task.id, None)
+
+    def _resume_orphans(self) -> None:
+        """Resume each running task that no monitor watches and no pending end covers."""
+        now = self.clock()
+        if self._next_orphan_check is not None and now < self._next_orphan_check:
+            return
+        self._next_orphan_check = now + ORPHAN_CHECK_INTERVAL
+        try:
+            running = self.queue.list([TaskState.RUNNING])
+        except Exception:
+            log.exception("could not read the running tasks")
+            return
+        for task in running:
+            with self._lock:
+                if task.id in self._monitors or task.id in self._unrecorded:
+                    continue
+                stalled = self._stalled.get(task.id)
+            if stalled is not None:
+                if now < stalled[0]:
+                    continue
+                log.info("resuming task %s (%s), stopped earlier by a full disk", task.id, task.ref)
+            else:
+                log.warning(
+                    "task %s (%s) is running but no monitor watches it (its monitor ended without recording "
+                    "an end); resuming it",
+                    task.id,
+                    task.ref,
+                )
+            self._start_monitor(task, resume=True)
+
+    @property
+    def unrecorded(self) -> list[str]:
+        """Tasks whose end is known but not yet written to the state."""
+        with self._lock:
+            return sorted(self._unrecorded)
 
     def _observe(self, task: Task) -> None:
         if self.on_finished is None:
@@ -235,6 +371,9 @@ class Daemon:
                 if not thread.is_alive():
                     thread.join()
                     del self._monitors[task_id]
+        self._write_unrecorded()
+        if not self._stop.is_set():
+            self._resume_orphans()
 
     @property
     def active(self) -> list[str]:
@@ -336,5 +475,12 @@ class Daemon:
                 thread.join(0.1)
         if any(t.is_alive() for t, _ in monitors):
             log.warning("some monitors did not detach within %.0fs; exiting anyway", SHUTDOWN_GRACE)
+        self._write_unrecorded()
+        for task_id in self.unrecorded:
+            log.critical(
+                "the end of task %s could not be written before exiting; it stays running in the state "
+                "and is resumed at the next start",
+                task_id,
+            )
         log.info("daemon stopped")
         return 0

@@ -1,21 +1,35 @@
 """The daemon's HTTP listener: ``POST`` webhooks, ``GET /metrics``, ``GET /healthz``.
 
-Served by werkzeug's threaded WSGI server (``werkzeug.serving.make_server``) in a thread of its own:
-a well-kept, pure-Python server that binds at construction (so a port in use is an error at ``start``),
-answers each request in its own thread (a slow client never blocks another, nor the dispatcher), and
-stops with ``shutdown()``. The traffic is a few requests a second at most; no extra process is needed.
+Served by waitress (Pylons' pure-Python WSGI server) in a thread of its own. waitress reads every
+connection in one selector loop (the ``listener`` thread) and hands only a *complete* request to a
+bounded pool of ``WORKERS`` threads, so a client that trickles its request a byte at a time holds a
+socket, never a thread, and a signed delivery behind a crowd of such clients is read and answered at
+once. On top of waitress's own limits (connections, header and body sizes, idle connections) the
+listener closes a connection whose request is not whole ``REQUEST_DEADLINE`` seconds after it began,
+however steadily it trickles: waitress's ``channel_timeout`` counts only silence.
+
+Nothing the server does is written to stderr (``daemon.out``): waitress's own records go through the
+daemon's logger (the rotated ``daemon.log``), each message at most once a minute; a refused request and
+each request served are logged at DEBUG only.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import resource
 import socket
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
+from waitress import wasyncore
+from waitress.adjustments import Adjustments
+from waitress.channel import HTTPChannel
+from waitress.server import TcpWSGIServer
+from waitress.task import ErrorTask, ThreadedTaskDispatcher
 from werkzeug.exceptions import RequestEntityTooLarge
-from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
 from werkzeug.wrappers import Request, Response
 
 from claude_issue_solver.metrics import Metrics
@@ -26,23 +40,123 @@ log = logging.getLogger(__name__)
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 Health = Callable[[], tuple[bool, str]]
 
+# GitHub gives up on a delivery it could not hand over in 10 s: a request (headers and body) must be
+# whole within as long from the connection (or from its first byte, on a kept-alive connection).
+REQUEST_DEADLINE = 10
+WORKERS = 4  # threads that answer complete requests; reading them costs no thread
+MAX_CONNECTIONS = 1000  # open at once, and at most half the process's file limit
+MAX_HEADER_BYTES = 32 * 1024  # GitHub's headers are under 2 kB
+MAX_BODY_BYTES = 64 * 1024  # for the routes that take no body (/metrics, /healthz)
+LOG_REPEAT_INTERVAL = 60.0  # the same message of the server's at most once a minute
+
 
 class ListenerError(Exception):
     """The listener cannot bind its address (in use, not ours, not a valid host)."""
 
 
-class _Quiet(logging.Filter):
-    # werkzeug logs every request at INFO; a webhook flood must not flood the daemon's log.
-    def filter(self, record: logging.LogRecord) -> bool:
-        return record.levelno >= logging.WARNING
+class _ToDaemonLog(logging.Handler):
+    """waitress's own records (a connection limit reached, a worker's exception) into our logger.
+
+    Each message at most once a ``LOG_REPEAT_INTERVAL``: a flood never floods the daemon's log.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self._last: dict[str, float] = {}
+        self._guard = threading.Lock()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        key = str(record.msg)[:200]
+        now = time.monotonic()
+        with self._guard:
+            if now - self._last.get(key, -LOG_REPEAT_INTERVAL) < LOG_REPEAT_INTERVAL:
+                return
+            if len(self._last) > 256:
+                self._last.clear()
+            self._last[key] = now
+        record.name = f"{log.name}.server"
+        log.handle(record)
 
 
-_QUIET = _Quiet()
+def _route_server_log() -> None:
+    """Once per process, however many listeners: waitress logs to the daemon's log, never stderr."""
+    server_log = logging.getLogger("waitress")
+    if not any(isinstance(handler, _ToDaemonLog) for handler in server_log.handlers):
+        server_log.addHandler(_ToDaemonLog())
+    server_log.setLevel(logging.INFO)
+    server_log.propagate = False  # without a handler, Python's last resort would print to stderr
 
 
-class _Handler(WSGIRequestHandler):
-    # A client that opens a connection and sends nothing must not hold a thread for ever.
-    timeout = 10
+class _Refusal(ErrorTask):
+    """waitress's answer to a request its parser refused (400, 413, 431...), reported to the listener."""
+
+    def execute(self) -> None:
+        server = self.channel.server
+        if isinstance(server, _Server):
+            server.on_refused(self.request)
+        super().execute()
+
+
+class _Channel(HTTPChannel):
+    """One connection; remembers when its unfinished request began (``None`` between requests)."""
+
+    error_task_class = _Refusal
+
+    def __init__(self, server: Any, sock: socket.socket, addr: Any, adj: Adjustments, map: Any = None):
+        super().__init__(server, sock, addr, adj, map)
+        self.request_began: float | None = time.monotonic()  # a client that sends nothing counts too
+
+    def received(self, data: bytes) -> bool:
+        if self.request_began is None and data:
+            self.request_began = time.monotonic()
+        result = bool(super().received(data))
+        if self.request is None:  # whole (and handed to a worker), or nothing begun: no clock running
+            self.request_began = None
+        return result
+
+
+class _Server(TcpWSGIServer):
+    """waitress's TCP server on a socket we bound, with the whole-request deadline."""
+
+    channel_class = _Channel
+
+    def __init__(
+        self,
+        app: Callable[..., Any],
+        sock: socket.socket,
+        *,
+        adj: Adjustments,
+        dispatcher: ThreadedTaskDispatcher,
+        socket_map: dict[int, Any],
+        deadline: float,
+        on_refused: Callable[[Any], None],
+        on_late: Callable[[Any], None],
+    ) -> None:
+        self.deadline = deadline
+        self.on_refused = on_refused
+        self.on_late = on_late
+        sockinfo = (sock.family, sock.type, sock.proto, sock.getsockname())
+        super().__init__(
+            app, socket_map, _sock=sock, dispatcher=dispatcher, adj=adj, bind_socket=False, sockinfo=sockinfo
+        )
+
+    def maintenance(self, now: float) -> None:
+        """Close what waited too long (the loop thread calls it every ``cleanup_interval``).
+
+        A request not whole ``deadline`` seconds after it began (however steadily it trickles), and a
+        kept-alive connection silent for ``channel_timeout``; never one whose response is being made.
+        """
+        cutoff = time.monotonic() - self.deadline
+        idle = now - self.adj.channel_timeout
+        for channel in list(self.active_channels.values()):
+            if channel.requests or channel.will_close:
+                continue
+            began = getattr(channel, "request_began", None)
+            if began is not None and began < cutoff:
+                channel.will_close = True  # closed by the loop at its next turn
+                self.on_late(channel.addr)
+            elif began is None and channel.last_activity < idle:
+                channel.will_close = True
 
 
 class Listener:
@@ -55,27 +169,50 @@ class Listener:
         health: Health,
         webhooks: WebhookReceiver | None = None,
         webhook_path: str = "/webhook",
+        request_deadline: int = REQUEST_DEADLINE,
+        workers: int = WORKERS,
     ) -> None:
         self.metrics = metrics
         self.health = health
         self.webhooks = webhooks
         self.webhook_path = webhook_path
-        logging.getLogger("werkzeug").addFilter(_QUIET)  # the same filter once, however many listeners
-        # Bound here, and handed to werkzeug as a file descriptor: werkzeug's own bind prints to stderr
-        # and exits on a port in use, and a refusal at ``start`` must be one line and exit code 2.
+        self.workers = workers
+        _route_server_log()
+        # Bound here, so that a port in use is one readable line at ``start`` (exit code 2).
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         try:
-            bound = socket.create_server((host, port), family=family)
+            bound = socket.create_server((host, port), family=family, backlog=1024)
         except OSError as exc:
             reason = (exc.strerror or str(exc)).split(" (while attempting")[0]
             msg = f"LISTEN_ADDRESS={host}:{port} cannot be bound: {reason}"
             raise ListenerError(msg) from None
-        with bound:
-            self._server: BaseWSGIServer = make_server(
-                host, port, self._app, threaded=True, request_handler=_Handler, fd=bound.fileno()
-            )
-        self._server.daemon_threads = True
+        body_limit = webhooks.max_bytes if webhooks is not None else MAX_BODY_BYTES
+        adj = Adjustments(
+            threads=workers,
+            connection_limit=_connection_limit(),
+            channel_timeout=request_deadline,  # a kept-alive connection that sends nothing
+            cleanup_interval=1,  # look for connections past their deadline every second
+            asyncore_use_poll=True,  # select() stops at 1024 descriptors
+            max_request_header_size=MAX_HEADER_BYTES,
+            max_request_body_size=max(body_limit, MAX_BODY_BYTES),
+            ident="claude-issue-solver",
+        )
+        self._map: dict[int, Any] = {}
+        self._dispatcher = ThreadedTaskDispatcher()
+        self._server = _Server(
+            self._app,
+            bound,
+            adj=adj,
+            dispatcher=self._dispatcher,
+            socket_map=self._map,
+            deadline=request_deadline,
+            on_refused=self._refused,
+            on_late=self._late,
+        )
+        self._sockname = bound.getsockname()
+        self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
+        metrics.listener_connections.set_function(self.connections)
         if host not in LOOPBACK_HOSTS:
             log.warning(
                 "the listener binds %s:%s, reachable from other machines: put it behind a reverse proxy "
@@ -87,32 +224,78 @@ class Listener:
 
     @property
     def port(self) -> int:
-        return int(self._server.socket.getsockname()[1])
+        return int(self._sockname[1])
 
     @property
     def address(self) -> str:
-        host = self._server.socket.getsockname()[0]
+        host = self._sockname[0]
         return f"[{host}]:{self.port}" if ":" in host else f"{host}:{self.port}"
 
+    def connections(self) -> int:
+        """Connections open now (read, being answered or kept alive)."""
+        return len(self._server.active_channels)
+
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._server.serve_forever, name="listener", daemon=True)
+        self._dispatcher.set_thread_count(self.workers)
+        self._thread = threading.Thread(target=self._serve, name="listener", daemon=True)
         self._thread.start()
         log.info("listening on http://%s (%s)", self.address, ", ".join(self._routes()))
 
     def stop(self) -> None:
-        """Stop serving and close the socket; safe to call twice."""
+        """Stop serving, close every connection and the socket; safe to call twice, never raises."""
+        self._stopping.set()
         if self._thread is not None and self._thread.is_alive():
-            self._server.shutdown()
+            with contextlib.suppress(OSError):
+                self._server.pull_trigger()  # the loop wakes, sees the flag and closes everything
             self._thread.join(5)
-        self._server.server_close()
+        if self._thread is None or not self._thread.is_alive():
+            self._close_all()  # never started (a refused start), or already done by the loop
+        self._dispatcher.shutdown(timeout=5)
         if self.webhooks is not None:
             self.webhooks.flush()
+
+    def _serve(self) -> None:
+        try:
+            while not self._stopping.is_set():
+                try:
+                    wasyncore.loop(timeout=1, map=self._map, use_poll=True, count=1)
+                except Exception:  # the listener must outlive one bad turn
+                    log.exception("the listener's loop failed; it goes on")
+                    self._stopping.wait(1)
+        finally:
+            self._close_all()
+
+    def _close_all(self) -> None:
+        for dispatcher in list(self._map.values()):
+            with contextlib.suppress(Exception):
+                if isinstance(dispatcher, HTTPChannel):
+                    dispatcher.handle_close()
+                else:
+                    dispatcher.close()
+        self._map.clear()
 
     def _routes(self) -> list[str]:
         routes = ["/metrics", "/healthz"]
         if self.webhooks is not None:
             routes.insert(0, f"POST {self.webhook_path}")
         return routes
+
+    # --- what the server reports --------------------------------------------------------------------
+
+    def _refused(self, request: Any) -> None:
+        """A request waitress's parser refused (a worker thread); nothing of the client's text is logged."""
+        error = request.error
+        path = getattr(request, "path", "") or ""
+        if error.code == 413 and self.webhooks is not None and path == self.webhook_path:
+            self.webhooks.too_large()  # counted with the deliveries it would have been
+        else:
+            self.metrics.listener_refused.labels("bad_request").inc()
+        log.debug("refused a request: %s %s", error.code, error.reason)
+
+    def _late(self, addr: Any) -> None:
+        """A connection whose request was not whole in time (the loop thread)."""
+        self.metrics.listener_refused.labels("deadline").inc()
+        log.debug("closed a connection from %s: its request was not whole in time", addr)
 
     # --- the WSGI application ----------------------------------------------------------------------
 
@@ -121,8 +304,9 @@ class Listener:
         try:
             response = self._route(request)
         except Exception:  # one bad request must not take the listener down
-            log.exception("the listener failed on %s %s", request.method, request.path)
+            log.exception("the listener failed on %s %r", request.method, request.path[:200])
             response = Response("internal error\n", 500, mimetype="text/plain")
+        log.debug("%s %r -> %d", request.method, request.path[:200], response.status_code)
         return response(environ, start_response)
 
     def _route(self, request: Request) -> Response:
@@ -144,15 +328,22 @@ class Listener:
 
     def _webhook(self, request: Request) -> Response:
         assert self.webhooks is not None
-        limit = self.webhooks.max_bytes
-        request.max_content_length = limit
+        request.max_content_length = self.webhooks.max_bytes
         try:
-            body = request.get_data(cache=False)  # refuses a declared or streamed body over the limit
+            body = request.get_data(cache=False)  # whole already: waitress read it before calling us
         except RequestEntityTooLarge:
             answer = self.webhooks.too_large()
         else:
             answer = self.webhooks.handle(request.headers, body)
         return _text(answer.status, answer.message + "\n")
+
+
+def _connection_limit() -> int:
+    """At most ``MAX_CONNECTIONS``, and half the descriptors the process may open (systemd: 1024)."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return MAX_CONNECTIONS
+    return max(64, min(MAX_CONNECTIONS, soft // 2))
 
 
 def _text(status: int, text: str) -> Response:

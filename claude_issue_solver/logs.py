@@ -6,6 +6,7 @@ import logging
 import logging.handlers
 import os
 import re
+import shutil
 import sys
 import threading
 import time
@@ -16,6 +17,9 @@ from claude_issue_solver.stream_events import StreamProgress
 
 LOGGER_NAME = "claude_issue_solver"
 DAEMON_LOG = "daemon.log"
+DAEMON_OUT = "daemon.out"  # stdout and stderr of a daemon `start` put in the background
+DAEMON_OUT_MAX_BYTES = 10 * 1024 * 1024
+DAEMON_OUT_BACKUPS = 2
 _FORMAT = "%(asctime)s %(levelname)-7s %(threadName)s %(name)s: %(message)s"
 # Shapes of GitHub and Anthropic credentials, masked even when we were never told the value.
 _TOKEN_SHAPES = re.compile(
@@ -92,6 +96,30 @@ def setup_logging(
         handler.addFilter(RedactingFilter())
         logger.addHandler(handler)
     return logger
+
+
+def rotate_output(
+    path: Path, *, max_bytes: int = DAEMON_OUT_MAX_BYTES, backups: int = DAEMON_OUT_BACKUPS
+) -> bool:
+    """Rotate ``path`` when it is over ``max_bytes``: copy to ``path.1`` (``.1`` to ``.2``, ...) and
+    truncate it in place, so a process appending to it (``O_APPEND``) goes on at its new start. Returns
+    whether it rotated. Never raises: a log that cannot be rotated is not worth stopping for."""
+    try:
+        if path.stat().st_size <= max_bytes:
+            return False
+        for n in range(backups - 1, 0, -1):
+            older = path.with_name(f"{path.name}.{n}")
+            if older.exists():
+                os.replace(older, path.with_name(f"{path.name}.{n + 1}"))
+        if backups > 0:
+            shutil.copyfile(path, path.with_name(f"{path.name}.1"))
+        os.truncate(path, 0)
+    except FileNotFoundError:
+        return False
+    except OSError as exc:
+        logging.getLogger(LOGGER_NAME).warning("could not rotate %s: %s", path, exc.strerror or exc)
+        return False
+    return True
 
 
 def task_log_path(log_dir: Path, task_id: str) -> Path:

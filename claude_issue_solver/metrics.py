@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
@@ -133,6 +133,18 @@ class Metrics:
         )
         for result in ("accepted", "ignored", "duplicate", "bad_signature", "malformed", "too_large"):
             self.deliveries.labels(result)
+        self.listener_refused = Counter(
+            f"{PREFIX}_listener_refused",
+            "Requests the listener refused before any route saw them: bad_request (malformed, headers "
+            "too large), deadline (not whole within the request deadline; the connection is closed)",
+            ["reason"],
+            registry=self.registry,
+        )
+        for reason in ("bad_request", "deadline"):
+            self.listener_refused.labels(reason)
+        self.listener_connections = Gauge(
+            f"{PREFIX}_listener_connections", "Connections open to the listener now", registry=self.registry
+        )
         self.github_requests = Counter(
             f"{PREFIX}_github_requests",
             "GitHub API requests by outcome: 304 (free), counted (2xx), error",

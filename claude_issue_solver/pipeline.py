@@ -31,7 +31,7 @@ from claude_issue_solver.agent import (
     parse_extra_args,
     parse_result,
 )
-from claude_issue_solver.agent_access import AgentAccess, make_relay
+from claude_issue_solver.agent_access import AgentAccess, add_metered, make_relay
 from claude_issue_solver.backends.base import (
     Backend,
     BackendError,
@@ -491,9 +491,20 @@ class Pipeline:
                 result = None  # the task holds the figures and the answer of all rounds
         return self._publish(task, workspace, spec, result, tlog)
 
+    def _pushed_before(self, task: Task, branch: str, tlog: TaskLog) -> bool:
+        """Whether the branch has an open PR already: pushed by the attempt a crash cut short."""
+        pr = self.publisher.find_open_pr(task.repo, branch)
+        if pr is not None:
+            tlog.write(f"nothing left to push: {branch} was pushed before the interruption ({pr.url})")
+        return pr is not None
+
     def _publish(
         self, task: Task, workspace: Workspace, spec: RunSpec, result: AgentResult | None, tlog: TaskLog
     ) -> Outcome:
+        # Resumed in "publishing": an earlier attempt may have pushed and opened the PR before a crash
+        # (or a full disk) kept "published" from being recorded. Nothing is left to push then, and the
+        # run must still end with its PR, not with "the agent changed nothing".
+        again = task.meta.get("phase") == "publishing"
         try:
             taken = take_summary(self.backend, workspace)
             changes = what_changed(self.backend, workspace, tlog, summary_found=taken is not None)
@@ -507,7 +518,7 @@ class Pipeline:
             left_out = messages.left_out_note(changes.left_out)
             if left_out:
                 tlog.write(f"not committed: {', '.join(changes.left_out)}")
-            if not has_changes(changes):
+            if not has_changes(changes) and not (again and self._pushed_before(task, spec.branch, tlog)):
                 tlog.write("the agent changed nothing")
                 if task.kind == FOLLOWUP:
                     nothing = messages.followup_no_changes_comment(task, answer, figures)
@@ -875,20 +886,19 @@ class Pipeline:
         return TaskLog(task_log_path(self.config.log_dir, task.id), clock=self.clock)
 
     def _meter(self, task: Task, tlog: TaskLog) -> float | None:
-        """Record the relay's figures for the task; returns what they add since the last record (the
-        cost of the run that just ended, when the CLI cannot say it)."""
-        metered = self.access.metered(task.id)
-        if metered is None:
+        """Add what the relay metered since the last look to the task's figures (``meta["metered"]``,
+        over all its runs); returns the cost of it (the run that just ended, when the CLI cannot say)."""
+        added = self.access.take_metered(task.id)
+        if added is None:
             return None
-        before = task.meta.get("metered") or {}
-        added = max(0.0, metered["cost_usd"] - float(before.get("cost_usd") or 0.0))
+        metered = add_metered(task.meta.get("metered"), added)
         self.queue.update(task.id, meta={"metered": metered})
         task.meta["metered"] = metered
         tlog.write(
-            f"relay: {metered['requests']} model call(s), {metered['input_tokens']} input and "
-            f"{metered['output_tokens']} output tokens, ${metered['cost_usd']:.4f} metered"
+            f"relay: {added['requests']} model call(s), {added['input_tokens']} input and "
+            f"{added['output_tokens']} output tokens, ${added['cost_usd']:.4f} metered"
         )
-        return added
+        return float(added["cost_usd"])
 
     def _cleanup(self, task: Task, tlog: TaskLog) -> None:
         remove_workspace(self.backend, task.id, tlog, sleep=self.sleep)

@@ -408,14 +408,19 @@ def _prune_history(data: dict[str, Any], limit: int) -> None:
 def _keep_routes(data: dict[str, Any], task: dict[str, Any]) -> None:
     """A task leaving the history leaves its issue and pull requests behind (``followups.repos[repo]
     .routes``): an ``@claude`` on a pull request from long ago still finds its issue (triggers)."""
-    entry = data.setdefault("followups", {}).setdefault("repos", {}).setdefault(task["repo"], {})
-    routes = entry.setdefault("routes", {"issues": [], "pulls": {}})
-    number = int(task["issue_number"])
     meta = task.get("meta") or {}
+    pulls = [int(pr) for pr in [*(meta.get("pr_numbers") or []), meta.get("pr_number")] if pr]
+    keep_route(data, task["repo"], int(task["issue_number"]), pulls)
+
+
+def keep_route(data: dict[str, Any], repo: str, number: int, pulls: Iterable[int] = ()) -> None:
+    """Remember (inside the caller's transaction) that issue ``number`` and pull requests ``pulls`` of
+    ``repo`` are ours, without a task: a task that left the history, or a run GitHub shows (handled)."""
+    entry = data.setdefault("followups", {}).setdefault("repos", {}).setdefault(repo, {})
+    routes = entry.setdefault("routes", {"issues": [], "pulls": {}})
     issues = {*routes["issues"], number}
-    pulls = {**routes["pulls"]}
-    for pr in [*(meta.get("pr_numbers") or []), meta.get("pr_number")]:
-        if pr:
-            pulls[str(int(pr))] = number
+    kept = {**routes["pulls"]}
+    for pr in pulls:
+        kept[str(int(pr))] = number
     routes["issues"] = sorted(issues)[-ROUTES_LIMIT:]
-    routes["pulls"] = {k: pulls[k] for k in sorted(pulls, key=int)[-ROUTES_LIMIT:]}
+    routes["pulls"] = {k: kept[k] for k in sorted(kept, key=int)[-ROUTES_LIMIT:]}

@@ -61,6 +61,7 @@ __all__ = [
     "FORWARDER_NAME",
     "FORWARDER_PORT",
     "SOCKET_NAME",
+    "UNIX_PATH_MAX",
     "ClaudeCredential",
     "LimitSeen",
     "ModelUsage",
@@ -86,7 +87,7 @@ SECRET_NAME = "secret"
 TOKEN_PREFIX = "cis-relay-"  # an opaque token, recognisable in a log or a leaked file
 OAUTH_BETA = "oauth-2025-04-20"  # what the Messages API asks of OAuth callers (the CLI sends it too)
 _TASK_ID = re.compile(r"^[A-Za-z0-9_.-]{1,200}$")
-_UNIX_PATH_MAX = 107  # sun_path is 108 bytes with the NUL
+UNIX_PATH_MAX = 107  # sun_path is 108 bytes with the NUL
 # How many closed tasks' figures are kept for a late ``usage()`` call (oldest dropped first).
 _KEPT_CLOSED = 1000
 # RFC 9110 hop-by-hop headers, plus what the relay sets itself on each leg.
@@ -687,8 +688,8 @@ class Relay:
 
     def _bind(self, directory: Path) -> socket.socket:
         path = directory / SOCKET_NAME
-        if len(os.fsencode(path)) > _UNIX_PATH_MAX:
-            msg = f"the relay socket path {path} is over {_UNIX_PATH_MAX} bytes: use a shorter STATE_DIR"
+        if len(os.fsencode(path)) > UNIX_PATH_MAX:
+            msg = f"the relay socket path {path} is over {UNIX_PATH_MAX} bytes: use a shorter STATE_DIR"
             raise RelayError(msg)
         # 0711: the container's user passes through to the socket; it can neither list nor write here.
         _private_dir(directory, 0o711)

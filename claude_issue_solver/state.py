@@ -82,7 +82,14 @@ WATCHER_SECTIONS: dict[str, type] = {
 
 
 class StateError(Exception):
-    """The state file cannot be used (locked for too long, unwritable, or from a newer version)."""
+    """The state file cannot be used (locked for too long, unwritable, or from a newer version).
+
+    ``errno`` is the operating system's error when one caused it (``ENOSPC``: the disk is full).
+    """
+
+    def __init__(self, message: str, *, errno: int | None = None) -> None:
+        super().__init__(message)
+        self.errno = errno
 
 
 class UnusableStateDir(StateError):
@@ -227,7 +234,7 @@ class StateStore:
                 os.close(dir_fd)
         except OSError as exc:
             msg = f"cannot write the state file {self.path}: {exc.strerror or exc}"
-            raise StateError(msg) from None
+            raise StateError(msg, errno=exc.errno) from None
 
 
 def encode(data: dict[str, Any]) -> bytes:

@@ -23,6 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from claude_issue_solver.logs import rotate_output
+
 READY_FD_ENV = "CLAUDE_ISSUE_SOLVER_READY_FD"
 POLL = 0.05
 OUTPUT_TAIL_BYTES = 4000
@@ -82,6 +84,7 @@ def start_background(
     """Run ``command`` in a session of its own, its output appended to ``output``; return once it
     reports ``ready``. Raises :class:`StartFailed` when it reports failure, exits, or times out."""
     output.parent.mkdir(parents=True, exist_ok=True)
+    rotate_output(output)  # a long history of starts and stray output never grows without bound
     start_offset = output.stat().st_size if output.exists() else 0
     read_fd, write_fd = os.pipe()
     child_env = dict(os.environ if env is None else env)

@@ -360,6 +360,10 @@ class TriggerWatcher:
         ]
         return max(tasks, key=lambda t: t["seq"])["title"] if tasks else f"{repo}#{number}"
 
+    def own_login(self, repo: str) -> str | None:
+        """The daemon's own login on GitHub (None for an App's installation token)."""
+        return self._own(repo)
+
     def _own(self, repo: str) -> str | None:
         """The daemon's own login (one request per daemon; an App's installation token has none)."""
         if not self._own_login_known:

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from claude_issue_solver import messages
+from claude_issue_solver import handled, messages
 from claude_issue_solver.config import Config
 from claude_issue_solver.github import GitHubClient, GitHubError, RateLimited, Refused, Response, Transient
 from claude_issue_solver.publisher import Publisher
@@ -437,7 +437,11 @@ class Watcher:
                 )
             elif labeled["at"] > (book.get("handled_label_at") or ""):
                 trusted, why = self._trusted(repo, labeled["actor"], permissions)
-                if trusted:
+                # GitHub is the record: a labelling an earlier daemon already answered is not run again.
+                done = self._handled(repo, issue, book, labeled["at"]) if trusted else None
+                if done is not None:
+                    changes.update(done.book())
+                elif trusted:
                     self._queue_approved(repo, issue, labeled, events, meta, changes, permissions, why)
                 else:
                     changes["untrusted_label"] = {"actor": labeled["actor"], "at": labeled["at"], "why": why}
@@ -455,6 +459,13 @@ class Watcher:
         if int(issue.get("comments") or 0) != book.get("comments", 0):
             changes["comments"] = int(issue.get("comments") or 0)
             changes["new_comments"] = self._new_trusted_comments(repo, number, book, permissions)
+
+    def _handled(
+        self, repo: str, issue: dict[str, Any], book: dict[str, Any], label_at: str
+    ) -> handled.Handled | None:
+        return handled.already_done(
+            self.client, self.queue.store, repo, issue, book, label_at, own_login=self.triggers.own_login
+        )
 
     def _writer(self, repo: str, permissions: dict[str, Any]) -> Callable[[str], bool]:
         return lambda login: self.permissions.writer(repo, login, permissions)[0]

@@ -5,9 +5,16 @@ at once, through the same trust checks and the same state as the regular poll. S
 lost, forged (and refused), replayed or out of order changes nothing the next poll would not.
 
 What is checked, in order: the body's size (413), the ``X-Hub-Signature-256`` HMAC-SHA256 of the raw
-body with ``WEBHOOK_SECRET`` in constant time (401), the JSON (400), the ``X-GitHub-Delivery`` id (a
-replay is answered 200 and ignored). Each delivery id is remembered in the state file (the last
-``SEEN_LIMIT``), so a replay after a restart is a no-op too.
+body with ``WEBHOOK_SECRET`` in constant time (401), the ``X-GitHub-Delivery`` id (a GUID at GitHub;
+missing, over ``MAX_DELIVERY_ID`` characters or not a token: 400), the JSON (400), then whether it was
+seen before (200 and ignored): by its delivery id (GitHub's "redeliver") *or* by the digest of its body.
+A captured signed delivery replayed under fresh ids is the same body, so it pokes once, however many
+ids it comes with; two real events never have the same body (it carries the issue's ``updated_at``).
+
+The last ``SEEN_LIMIT`` ids and digests are kept in the state file, so a replay after a restart is a
+no-op too; they are written in batches, at most once every ``FLUSH_INTERVAL`` (and at stop), never in
+the request's path more than once a second: a flood of valid deliveries cannot turn into a flood of
+state writes, and a crash loses at most the last second's history (a replay of those pokes once more).
 """
 
 from __future__ import annotations
@@ -16,6 +23,7 @@ import hashlib
 import hmac
 import json
 import logging
+import re
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -28,7 +36,10 @@ from claude_issue_solver.state import StateStore
 log = logging.getLogger(__name__)
 
 SEEN_LIMIT = 2000
-FAILURE_FLUSH_INTERVAL = 1.0  # a flood of forged deliveries writes the state file at most once a second
+FLUSH_INTERVAL = 1.0  # a flood of deliveries, forged or replayed, writes the state file at most once a second
+RETRY_INTERVAL = 30.0  # after a failed write (a full disk): what was noted is kept, and tried again
+MAX_DELIVERY_ID = 64  # GitHub's are GUIDs (36 characters)
+_DELIVERY_ID = re.compile(r"[A-Za-z0-9._:-]+")
 
 # The events (and actions) that can change what the watcher would find; anything else is acknowledged
 # and ignored. Installation events refresh the list of repositories an App watches.
@@ -89,6 +100,14 @@ class WebhookReceiver:
         self.on_result = on_result
         self.clock = clock
         self._lock = threading.Lock()
+        # What was seen (ids and body digests, oldest first), read from the state file at first use.
+        self._seen: dict[str, None] | None = None
+        self._bodies: dict[str, None] = {}
+        # What is not written yet.
+        self._new_seen: list[str] = []
+        self._new_bodies: list[str] = []
+        self._unflushed_deliveries = 0
+        self._last_delivery: dict[str, Any] | None = None
         self._unflushed_failures = 0
         self._last_failure: dict[str, Any] | None = None
         self._last_flush = 0.0
@@ -115,6 +134,12 @@ class WebhookReceiver:
         if not signature_ok(self.secret, body, headers.get("X-Hub-Signature-256")):
             self._note_signature_failure(event, delivery)
             return Answer(401, "bad_signature", "missing or wrong X-Hub-Signature-256")
+        if not delivery:
+            return Answer(400, "malformed", "no X-GitHub-Delivery header")
+        if len(delivery) > MAX_DELIVERY_ID or not _DELIVERY_ID.fullmatch(delivery):
+            return Answer(
+                400, "malformed", f"X-GitHub-Delivery is not an id of at most {MAX_DELIVERY_ID} characters"
+            )
         try:
             if headers.get("Content-Type", "").startswith("application/x-www-form-urlencoded"):
                 # A hook set up with that content type sends the JSON as the form field ``payload``.
@@ -124,11 +149,12 @@ class WebhookReceiver:
             return Answer(400, "malformed", "the body is not JSON (nor a form with a payload field)")
         if not isinstance(payload, dict):
             return Answer(400, "malformed", "the body is not a JSON object")
-        if not delivery:
-            return Answer(400, "malformed", "no X-GitHub-Delivery header")
         repo = ((payload.get("repository") or {}).get("full_name")) or ""
         action = str(payload.get("action") or "")
-        if not self._first_time(delivery, event, action, repo):
+        # The event is a header the signature does not cover: the same body under another event is
+        # another delivery (a handful at most: one per event name).
+        digest = hashlib.sha256(event.encode() + b"\n" + body).hexdigest()[:32]
+        if not self._first_time(delivery, digest, event, action, repo):
             return Answer(200, "duplicate", "already handled")
         if event not in RELEVANT:
             return Answer(202, "ignored", f"event {event!r} is not one we act on")
@@ -145,52 +171,104 @@ class WebhookReceiver:
         self.on_repository(repo)
         return Answer(202, "accepted", f"{repo} will be polled now")
 
-    def _first_time(self, delivery: str, event: str, action: str, repo: str) -> bool:
-        """Record the delivery; False when its id was handled before (a redelivery or a replay)."""
-        with self.store.transaction() as data:
-            book = _section(data)
-            seen = book.get("seen")
-            if not isinstance(seen, list):  # absent, or damaged by hand: start the history again
-                seen = book["seen"] = []
-            if delivery in seen:
+    def _first_time(self, delivery: str, digest: str, event: str, action: str, repo: str) -> bool:
+        """Note the delivery; False when its id or its body was seen before (a redelivery or a replay)."""
+        with self._lock:
+            if self._seen is None:
+                self._load()
+            assert self._seen is not None
+            if delivery in self._seen or digest in self._bodies:
                 return False
-            seen.append(delivery)
-            del seen[:-SEEN_LIMIT]
-            book["last_delivery"] = {
+            for book, new, key in (
+                (self._seen, self._new_seen, delivery),
+                (self._bodies, self._new_bodies, digest),
+            ):
+                book[key] = None
+                new.append(key)
+                while len(book) > SEEN_LIMIT:
+                    del book[next(iter(book))]
+                del new[:-SEEN_LIMIT]
+            self._unflushed_deliveries += 1
+            self._last_delivery = {
                 "id": delivery,
                 "event": f"{event}.{action}" if action else event,
                 "repo": repo,
                 "at": self.clock(),
             }
-            book["deliveries"] = int(book.get("deliveries") or 0) + 1
+        self._flush_soon()
         return True
 
+    def _load(self) -> None:
+        book = _section(self.store.read())
+        self._seen = dict.fromkeys(_strings(book.get("seen"))[-SEEN_LIMIT:])
+        self._bodies = dict.fromkeys(_strings(book.get("bodies"))[-SEEN_LIMIT:])
+
     def _note_signature_failure(self, event: str, delivery: str) -> None:
-        now = self.clock()
         with self._lock:
             self._unflushed_failures += 1
-            self._last_failure = {"at": now, "event": event, "id": delivery[:64]}
-            if now - self._last_flush < FAILURE_FLUSH_INTERVAL:
-                if self._timer is None:  # the last of a burst is written a moment later
-                    self._timer = threading.Timer(FAILURE_FLUSH_INTERVAL, self.flush)
-                    self._timer.daemon = True
-                    self._timer.start()
+            self._last_failure = {"at": self.clock(), "event": event, "id": delivery[:MAX_DELIVERY_ID]}
+        self._flush_soon()
+
+    def _flush_soon(self) -> None:
+        """Write now if the last write is a ``FLUSH_INTERVAL`` old, else when it will be (one timer)."""
+        with self._lock:
+            if self._timer is not None:  # a write is due already: it takes this along
+                return
+            wait = self._last_flush + FLUSH_INTERVAL - self.clock()
+            if wait > 0:
+                self._start_timer(wait)
                 return
         self.flush()
 
+    def _start_timer(self, wait: float) -> None:
+        self._timer = threading.Timer(wait, self.flush)
+        self._timer.daemon = True
+        self._timer.start()
+
     def flush(self) -> None:
-        """Write the signature failures counted since the last write (the daemon calls it at stop)."""
+        """Write what was noted since the last write (the listener calls it at stop); never raises."""
         with self._lock:
-            count, last = self._unflushed_failures, self._last_failure
-            self._unflushed_failures, self._last_flush = 0, self.clock()
-            self._timer = None
-        if not count:
+            seen, bodies, self._new_seen, self._new_bodies = self._new_seen, self._new_bodies, [], []
+            deliveries, last = self._unflushed_deliveries, self._last_delivery
+            failures, last_failure = self._unflushed_failures, self._last_failure
+            self._unflushed_deliveries, self._last_delivery = 0, None
+            self._unflushed_failures, self._last_failure = 0, None
+            self._last_flush = self.clock()
+            if self._timer is not None:
+                self._timer.cancel()  # this write takes what it was due for (a no-op from the timer itself)
+                self._timer = None
+        if not (seen or deliveries or failures):
             return
-        with self.store.transaction() as data:
-            book = _section(data)
-            book["signature_failures"] = int(book.get("signature_failures") or 0) + count
-            book["last_signature_failure"] = last
-        log.warning("%d webhook deliveries with a missing or wrong signature were refused", count)
+        try:
+            with self.store.transaction() as data:
+                book = _section(data)
+                for key, new in (("seen", seen), ("bodies", bodies)):
+                    kept = _strings(book.get(key))  # absent, or damaged by hand: start the history again
+                    known = set(kept)
+                    book[key] = [*kept, *(item for item in new if item not in known)][-SEEN_LIMIT:]
+                if deliveries:
+                    book["last_delivery"] = last
+                    book["deliveries"] = int(book.get("deliveries") or 0) + deliveries
+                if failures:
+                    book["signature_failures"] = int(book.get("signature_failures") or 0) + failures
+                    book["last_signature_failure"] = last_failure
+        except Exception as exc:  # a full disk, a lock held too long: keep it all for the next write
+            log.warning("the webhook history could not be written (tried again later): %s", exc)
+            with self._lock:
+                self._new_seen[:0], self._new_bodies[:0] = seen, bodies
+                self._unflushed_deliveries += deliveries
+                self._last_delivery = self._last_delivery or last
+                self._unflushed_failures += failures
+                self._last_failure = self._last_failure or last_failure
+                if self._timer is None:
+                    self._start_timer(RETRY_INTERVAL)
+            return
+        if failures:
+            log.warning("%d webhook deliveries with a missing or wrong signature were refused", failures)
+
+
+def _strings(value: Any) -> list[str]:
+    return [item for item in value if isinstance(item, str)] if isinstance(value, list) else []
 
 
 def _section(data: dict[str, Any]) -> dict[str, Any]:

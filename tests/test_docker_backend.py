@@ -480,6 +480,29 @@ def test_remove_takes_container_worktree_and_task_dir(harness: Harness) -> None:
     assert backend.remove(job.task_id) == []  # twice: nothing left, no error
 
 
+def test_a_chmod_000_tree_the_agent_left_is_removed_and_the_next_task_prepares(harness: Harness) -> None:
+    """Issue #19: an unreadable directory made the removal raise, and the next task failed in prepare."""
+    backend = harness.backend()
+    first = harness.job("edit", task_id="widgets-7-first1")
+    workspace, result = harness.run(backend, first)
+    assert result.exit_code == 0
+    owner = os.stat(workspace.worktree / "README.md")  # whoever the agent is: its files, its modes
+    nested = workspace.worktree / "cache" / "a" / "b"
+    nested.mkdir(parents=True)
+    (nested / "blob").write_text("x")
+    for path in (nested / "blob", nested, nested.parent, nested.parent.parent):
+        os.chown(path, owner.st_uid, owner.st_gid)
+        os.chmod(path, 0)
+
+    backend.remove(first.task_id, harness.log(first))
+
+    assert not workspace.worktree.exists()
+    second = harness.job("edit", task_id="widgets-7-second")
+    fresh, result = harness.run(backend, second)
+    assert result.exit_code == 0
+    assert mirror_worktrees(backend) == [str(backend.mirror_dir(REPO)), str(fresh.worktree)]
+
+
 def test_reconcile_keeps_only_live_tasks(harness: Harness) -> None:
     backend = harness.backend()
     live, orphan, stray = (

@@ -412,3 +412,29 @@ def test_a_late_announcement_neither_posts_a_second_comment_nor_undoes_working(w
     assert len(world.github.comments(REPO, task.issue_number)) == 1
     pipeline._comment(Task.from_dict(stale.to_dict()), "done")  # the id the other thread recorded is used
     assert [c.split("\n")[0] for c in world.comments(task)] == ["done"]
+
+
+def test_a_crash_after_the_pr_opened_but_before_it_was_recorded_ends_with_that_pr(world: World) -> None:
+    """Issue #19: the push and the PR happened, "published" was never written (a crash, a full disk):
+    the resumed run has nothing left to push and must not say "the agent changed nothing"."""
+    agent_edits(world)
+    task = world.task()
+    pipeline = world.pipeline()
+    opened = pipeline.publisher.open_or_update_pr
+
+    def opens_then_dies(*args: object, **kwargs: object) -> object:
+        opened(*args, **kwargs)  # type: ignore[arg-type]
+        raise Crash("killed before the PR was recorded")
+
+    pipeline.publisher.open_or_update_pr = opens_then_dies  # type: ignore[method-assign]
+    with pytest.raises(Crash):
+        pipeline.run(task, TaskControl())
+    recorded = world.queue.get(task.id)
+    assert recorded.meta["phase"] == "publishing" and recorded.pr_url is None
+    outcome = world.pipeline().resume(recorded, TaskControl())
+    assert outcome is not None and outcome.state is TaskState.COMPLETED, outcome
+    done = world.record(task, outcome)
+    assert_published(world, task)
+    assert done.pr_url == world.github.pulls(REPO)[0]["html_url"]
+    assert "the agent changed nothing" not in world.log_text(task)
+    assert "was pushed before the interruption" in world.log_text(task)

@@ -910,3 +910,47 @@ def test_the_real_cli_in_the_agent_image_with_no_network(
         assert (workspace / "HELLO.md").read_text() == "hello\n"
         assert {r.headers.get("x-api-key") for r in api.model_calls} == {REAL_KEY}
         assert REAL_KEY not in stdout + stderr
+
+
+def test_each_run_is_metered_once_across_a_retry_and_a_restart(
+    api: FakeAnthropic, make_relay: Callable[..., Relay], tmp_path: Path
+) -> None:
+    """AgentAccess.take_metered: what a run added, never twice, and not less when the meter restarts
+    (a retried task is opened anew; a restarted daemon has a new relay)."""
+    from claude_issue_solver.agent_access import AgentAccess, add_metered
+    from claude_issue_solver.config import load_config
+
+    config = load_config(environ={"HOME": str(tmp_path), "STATE_DIR": str(tmp_path / "s")}, cwd=tmp_path)
+
+    def access_with(relay: Relay) -> AgentAccess:
+        return AgentAccess(config, None, relay)  # type: ignore[arg-type]
+
+    def one_call(access: AgentAccess) -> None:
+        env, directory = access._claude("task-1")
+        assert directory is not None
+        post(directory / "relay.sock", env["ANTHROPIC_API_KEY"], message_body())
+
+    access = access_with(make_relay(api.url))
+    total: dict[str, Any] | None = None
+    one_call(access)
+    one_call(access)
+    first = access.take_metered("task-1")
+    assert first is not None and first["requests"] == 2
+    assert access.take_metered("task-1") is None  # nothing new: nothing booked twice
+    total = add_metered(total, first)
+    access.close("task-1")  # the run ended; the task is retried: a new meter from zero
+    one_call(access)
+    retry = access.take_metered("task-1")
+    assert (
+        retry is not None
+        and retry["requests"] == 1
+        and retry["cost_usd"] == pytest.approx(first["cost_usd"] / 2)
+    )
+    total = add_metered(total, retry)
+    access.relay.stop()  # type: ignore[union-attr]
+    restarted = access_with(make_relay(api.url))  # a new daemon: a new relay, a new AgentAccess
+    one_call(restarted)
+    after = restarted.take_metered("task-1")
+    assert after is not None and after["requests"] == 1
+    total = add_metered(total, after)
+    assert total["requests"] == 4 and total["cost_usd"] == pytest.approx(2 * first["cost_usd"])

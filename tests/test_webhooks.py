@@ -21,7 +21,7 @@ from claude_issue_solver.config import Config, ConfigError
 from claude_issue_solver.daemon import Daemon, Outcome
 from claude_issue_solver.demo_world.github import FakeGitHub
 from claude_issue_solver.queue import Task, TaskQueue, TaskState
-from claude_issue_solver.state import StateStore
+from claude_issue_solver.state import StateError, StateStore
 from claude_issue_solver.watcher import Watcher
 from claude_issue_solver.webhooks import SEEN_LIMIT, WebhookReceiver, signature, signature_ok
 
@@ -323,3 +323,51 @@ def test_a_form_encoded_delivery_is_read_too(store: StateStore) -> None:
     empty = b"other=1"
     headers = {**headers, "X-GitHub-Delivery": "x", "X-Hub-Signature-256": signature(SECRET, empty)}
     assert r.receiver.handle(headers, empty).status == 400
+
+
+def test_a_replay_under_a_fresh_id_is_a_no_op_even_after_a_restart(store: StateStore) -> None:
+    headers, body = delivery()
+    first = Receiver(store)
+    assert first.receiver.handle(headers, body).status == 202
+    replay = {**headers, "X-GitHub-Delivery": str(uuid.uuid4())}
+    assert first.receiver.handle(replay, body).result == "duplicate"
+    first.receiver.flush()
+    restarted = Receiver(StateStore(store.path))
+    again = {**headers, "X-GitHub-Delivery": str(uuid.uuid4())}
+    assert restarted.receiver.handle(again, body).result == "duplicate"
+    assert first.poked == ["acme/widgets"] and restarted.poked == []
+    # The same body under another event is another delivery (the signature does not cover the event).
+    other = {**headers, "X-GitHub-Event": "issue_comment", "X-GitHub-Delivery": str(uuid.uuid4())}
+    assert restarted.receiver.handle(other, body).result == "ignored"  # issue_comment.labeled
+
+
+@pytest.mark.parametrize("bad", ["a" * 65, "x y", "id\nInjected: header", "../../state.json"])
+def test_a_delivery_id_that_is_not_a_short_token_is_refused(store: StateStore, bad: str) -> None:
+    r = Receiver(store)
+    headers, body = delivery()
+    answer = r.receiver.handle({**headers, "X-GitHub-Delivery": bad}, body)
+    assert (answer.status, answer.result) == (400, "malformed")
+    r.receiver.flush()
+    assert r.poked == [] and "webhooks" not in store.read()
+    assert r.receiver.handle(headers, body).status == 202  # its real id
+
+
+def test_a_history_that_cannot_be_written_is_kept_and_written_later(store: StateStore) -> None:
+    class FullDisk(StateStore):
+        full = True
+
+        def _write(self, payload: bytes) -> None:
+            if self.full:
+                raise StateError(f"cannot write the state file {self.path}: No space left on device")
+            super()._write(payload)
+
+    disk = FullDisk(store.path)
+    r = Receiver(disk)
+    headers, body = delivery()
+    assert r.receiver.handle(headers, body).status == 202  # answered, and poked, though not written
+    assert r.poked == ["acme/widgets"]
+    assert r.receiver.handle(headers, body).result == "duplicate"  # remembered meanwhile
+    disk.full = False
+    r.receiver.flush()
+    book = store.read()["webhooks"]
+    assert book["seen"] == [headers["X-GitHub-Delivery"]] and book["deliveries"] == 1
