@@ -1,4 +1,5 @@
-"""The follow-up run (#11), the policy the pipeline calls for a task of kind ``followup``.
+"""The follow-up run (#11): the policy of the ``followup`` kind (:mod:`claude_issue_solver.followup_kind`),
+and the Claude sessions every run of an issue keeps.
 
 - **Which branch**: the issue's branch ``claude/issue-N`` as it is on GitHub now (a human's commits
   kept; the push is fast-forward only). Once that branch's pull request was merged, the next follow-up
@@ -32,9 +33,10 @@ from claude_issue_solver import messages
 from claude_issue_solver.backends.base import KeptDir
 from claude_issue_solver.conventions import branch_for
 from claude_issue_solver.github import GitHubError
+from claude_issue_solver.kind import kind_of
 from claude_issue_solver.prompt import FollowUpRequest
 from claude_issue_solver.publisher import Publisher, PullState
-from claude_issue_solver.queue import FINISHED, FOLLOWUP, Task, TaskQueue, TaskState
+from claude_issue_solver.queue import FINISHED, Task, TaskQueue, TaskState
 from claude_issue_solver.run_policy import ProcessExit
 
 SESSION_ENV = "CLAUDE_CONFIG_DIR"
@@ -189,6 +191,12 @@ def forget_closed(backend: Any, client: Any, queue: TaskQueue, live: list[Task])
 
 
 def asked_after_closing(task: Task, issue: dict[str, Any]) -> bool:
+    """Whether the task runs on its closed issue: for a follow-up, whether its newest request was
+    written after the issue was closed (see :func:`asked_after`); never for an issue's run."""
+    return kind_of(task).runs_on_closed(task, issue)
+
+
+def asked_after(task: Task, issue: dict[str, Any]) -> bool:
     """Whether the newest request of a follow-up was written after its (closed) issue was closed.
 
     Both times are GitHub's (one-second resolution): a request in the same second as the closing
@@ -197,7 +205,7 @@ def asked_after_closing(task: Task, issue: dict[str, Any]) -> bool:
     closed = _github_time(issue.get("closed_at"))
     asked = [_github_time(t.get("created_at")) for t in task.meta.get("triggers", [])]
     newest = max((a for a in asked if a is not None), default=None)
-    return task.kind == FOLLOWUP and closed is not None and newest is not None and newest > closed
+    return closed is not None and newest is not None and newest > closed
 
 
 def _github_time(value: object) -> datetime | None:
@@ -215,7 +223,7 @@ def resume_args(session_id: str | None) -> list[str]:
 
 def could_not_resume(task: Task, exit_: ProcessExit) -> bool:
     """A follow-up that asked to resume and got no conversation (the CLI's own words, or no result)."""
-    if task.kind != FOLLOWUP or not task.meta.get("resumed_session") or task.meta.get("fresh_session"):
+    if not task.meta.get("resumed_session") or task.meta.get("fresh_session"):
         return False
     if exit_.cancelled or exit_.timed_out or exit_.exit_code == 0:
         return False
@@ -241,9 +249,8 @@ def answer(publisher: Publisher, queue: TaskQueue, task: Task, body: str) -> Non
         queue.update(task.id, meta={"answer_id": new_id})
 
 
-def _trigger_text(task: Task) -> str:
-    if task.kind != FOLLOWUP:
-        return "label"
+def trigger_text(task: Task) -> str:
+    """A follow-up's trigger in a pull request's run history: who asked, and where."""
     where = {"issue": "the issue", "pr": "the PR", "review": "a review", "review_comment": "a review line"}
     parts = [
         f"@{t.get('author', '?')} on [{where.get(t.get('where', ''), 'GitHub')}]({t.get('url', '')})"
@@ -260,7 +267,7 @@ def history(queue: TaskQueue, task: Task, now: messages.RunFigures, agent: messa
         return ""
     rows = [
         messages.RunRow(
-            _trigger_text(t),
+            kind_of(t).history_trigger(t),
             messages.RunFigures.of(
                 t,
                 (t.finished_at - t.started_at) if t.finished_at and t.started_at else None,
@@ -270,5 +277,5 @@ def history(queue: TaskQueue, task: Task, now: messages.RunFigures, agent: messa
         )
         for t in earlier
     ]
-    rows.append(messages.RunRow(_trigger_text(task), now, task.id))
+    rows.append(messages.RunRow(kind_of(task).history_trigger(task), now, task.id))
     return messages.run_history(rows)

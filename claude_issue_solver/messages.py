@@ -3,8 +3,9 @@
 Kept in one module so the voice is consistent and easy to change. Each comment carries a hidden marker
 naming its task, which is how the publisher finds its own comment again instead of posting a second.
 Every text that names who works names the agent that does (:class:`Agent`): Claude, or the demo's
-scripted stand-in, which must never pass for Claude. A follow-up's texts speak of "this follow-up" and
-tell how to ask again (the trigger phrase), an issue's of "this issue" and its label.
+scripted stand-in, which must never pass for Claude. What a text calls the work and how it tells to ask
+again is the task's kind's (:meth:`claude_issue_solver.kind.TaskKind.words`): a follow-up's speak of
+"this follow-up" and the trigger phrase, an issue's of "this issue" and its label.
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from claude_issue_solver.conventions import LOG_TAIL_LINES, PR_BODY_LIMIT, cut_with_note, format_usd
-from claude_issue_solver.queue import FOLLOWUP, Task
+from claude_issue_solver.kind import Words, kind_of
+from claude_issue_solver.queue import Task
 
 MARKER_PREFIX = "<!-- claude-issue-solver:task="
 _MARKER_RE = re.compile(r"<!-- claude-issue-solver:task=([A-Za-z0-9._-]+) -->")
@@ -94,22 +96,9 @@ class RunFigures:
         return " · ".join(parts)
 
 
-def _retry_hint(task: Task, label: str, phrase: str) -> str:
-    """How to ask again: an issue's label again; a follow-up's trigger phrase in a new comment."""
-    if task.kind == FOLLOWUP:
-        return (
-            f"To ask again, write a new comment that mentions `{phrase}` with the request, or run "
-            f"`claude-issue-solver retry {task.id}` on the host to retry this follow-up."
-        )
-    return (
-        f"To try again, remove and re-apply the `{label}` label, or run "
-        f"`claude-issue-solver retry {task.id}` on the host."
-    )
-
-
-def _subject(task: Task) -> str:
-    """What the work is, as a sentence names it."""
-    return "this follow-up" if task.kind == FOLLOWUP else "this issue"
+def _words(task: Task, label: str = "Claude", phrase: str = "@claude") -> Words:
+    """What the task's kind calls its work and how to ask again (an issue's label; a follow-up's phrase)."""
+    return kind_of(task).words(task, label, phrase)
 
 
 def _fence(text: str) -> str:
@@ -183,9 +172,9 @@ def _answer_comment(task: Task, did: str, answer: str | None, figures: RunFigure
 def failed_comment(
     task: Task, reason: str, label: str, log_tail: str = "", *, phrase: str = "@claude", agent: Agent = CLAUDE
 ) -> str:
-    what = f"the follow-up {_asked_by(task)} asked for" if task.kind == FOLLOWUP else "this issue"
-    lines = [f"❌ {agent.name} could not finish {what}: {reason.rstrip('.')}.", ""]
-    lines.append(_retry_hint(task, label, phrase))
+    words = _words(task, label, phrase)
+    lines = [f"❌ {agent.name} could not finish {words.finish}: {reason.rstrip('.')}.", ""]
+    lines.append(words.retry)
     if log_tail.strip():
         tail = "\n".join(log_tail.rstrip().splitlines()[-LOG_TAIL_LINES:])
         lines += ["", _collapsed("Last lines of the log", tail)]
@@ -254,8 +243,8 @@ def waiting_comment(task: Task, why: str, until: str, *, known_reset: bool) -> s
         else f"at {until} (Claude did not say when the limit resets; the queue checks then)"
     )
     return (
-        f"⏳ {why}, so the work on {_subject(task)} is paused (task `{task.id}`). Nothing failed: the task "
-        f"is back in the queue and starts again {when}. This run does not count as an attempt.\n\n"
+        f"⏳ {why}, so the work on {_words(task).subject} is paused (task `{task.id}`). Nothing failed: "
+        f"the task is back in the queue and starts again {when}. This run does not count as an attempt.\n\n"
         f"{marker(task.id)}"
     )
 
@@ -268,9 +257,10 @@ def budget_stopped_reason(spent: float | None, cap: float | None) -> str:
 
 
 def cancelled_comment(task: Task, label: str = "Claude", *, phrase: str = "@claude") -> str:
+    words = _words(task, label, phrase)
     return (
-        f"⏹️ The work on {_subject(task)} was cancelled by an operator (task `{task.id}`).\n\n"
-        f"{_retry_hint(task, label, phrase)}\n\n{marker(task.id)}"
+        f"⏹️ The work on {words.subject} was cancelled by an operator (task `{task.id}`).\n\n"
+        f"{words.retry}\n\n{marker(task.id)}"
     )
 
 
@@ -288,7 +278,7 @@ def pr_fallback_comment(
         f"⚠️ {agent.name} pushed the changes to branch `{branch}`, but the pull request could not be "
         f"opened: {reason.rstrip('.')}.",
         "",
-        "Open one from that branch by hand, or fix the cause and retry. " + _retry_hint(task, label, phrase),
+        "Open one from that branch by hand, or fix the cause and retry. " + _words(task, label, phrase).retry,
     ]
     if diffstat.strip():
         lines += ["", _collapsed("Changed files", diffstat)]
@@ -367,11 +357,7 @@ def checklist_comment(
 
     A follow-up's says whose request it works on, as :func:`followup_working_comment` does.
     """
-    if task.kind == FOLLOWUP:
-        head = f"🤖 {agent.name} is working on the request of {_asked_by(task)} (task `{task.id}`)."
-    else:
-        head = f"🤖 {agent.name} is working on this issue (task `{task.id}`)."
-    lines = [head, ""]
+    lines = [f"🤖 {agent.name} is working on {_words(task).working} (task `{task.id}`).", ""]
     for done, label in items:
         if label == "agent running" and turns:
             label = f"agent running ({turns} turn{'s' if turns != 1 else ''} so far)"
@@ -468,7 +454,7 @@ def red_tests_comment(task: Task, branch: str, report: dict, figures: RunFigures
 # --- follow-ups (#11): the answer where the request was made, and the PR's run history --------------
 
 
-def _asked_by(task: Task) -> str:
+def asked_by(task: Task) -> str:
     authors = sorted({t.get("author", "") for t in task.meta.get("triggers", []) if t.get("author")})
     return ", ".join(f"@{a}" for a in authors) or "a maintainer"
 
@@ -492,7 +478,7 @@ def followup_commit_subject(task: Task, phrase: str) -> str:
 def followup_working_comment(
     task: Task, done: int, *, turns: int | None = None, agent: Agent = CLAUDE
 ) -> str:
-    lines = [f"🤖 {agent.name} is working on the request of {_asked_by(task)} (task `{task.id}`).", ""]
+    lines = [f"🤖 {agent.name} is working on the request of {asked_by(task)} (task `{task.id}`).", ""]
     for n, step in enumerate(FOLLOWUP_STEPS):
         if step == "agent running" and turns:
             step = f"agent running ({turns} turn{'s' if turns != 1 else ''} so far)"
@@ -514,7 +500,7 @@ def followup_pushed_comment(
     where = f"to `{branch}`"
     if pr_url and not pr_closed:
         where += f", the branch of {pr_url}"
-    lines = [f"✅ {figures.agent.name} pushed `{sha[:12]}` {where}, for {_asked_by(task)}."]
+    lines = [f"✅ {figures.agent.name} pushed `{sha[:12]}` {where}, for {asked_by(task)}."]
     if pr_closed and pr_url:
         lines += [
             "",
@@ -531,13 +517,13 @@ def followup_pushed_comment(
 
 
 def followup_no_changes_comment(task: Task, answer: str | None, figures: RunFigures) -> str:
-    return _answer_comment(task, f"made no change to the code for {_asked_by(task)}", answer, figures)
+    return _answer_comment(task, f"made no change to the code for {asked_by(task)}", answer, figures)
 
 
 def followup_closed_comment(task: Task, *, phrase: str = "@claude") -> str:
     """A request the issue was closed after (while it waited): not run, and how to ask again."""
     return (
-        f"⏹️ This issue was closed after {_asked_by(task)} asked, so the request was not run "
+        f"⏹️ This issue was closed after {asked_by(task)} asked, so the request was not run "
         f"(task `{task.id}`). To have it done, reopen the issue, or write a new comment that mentions "
         f"`{phrase}`: a request made on a closed issue runs.\n\n{marker(task.id)}"
     )

@@ -16,6 +16,7 @@ from claude_issue_solver.config import Config, settings_source
 from claude_issue_solver.conventions import format_usd
 from claude_issue_solver.fairness import FairnessLimits, next_start_at, prune_starts
 from claude_issue_solver.holds import format_wait
+from claude_issue_solver.kind import kind_of
 from claude_issue_solver.pidfile import DaemonStatus
 from claude_issue_solver.queue import Task, TaskState
 
@@ -44,13 +45,9 @@ def _elapsed(task: Task, now: float) -> float | None:
 
 
 def trigger_of(task: Task) -> str:
-    """What started a task: the label (and who applied it), or the follow-up's comment link(s)."""
-    triggers = task.meta.get("triggers") or []
-    if task.kind == "followup" and triggers:
-        more = f" (+{len(triggers) - 1})" if len(triggers) > 1 else ""
-        return f"@{triggers[0].get('author', '?')} {triggers[0].get('url', '')}{more}"
-    labeler = task.meta.get("labeler")
-    return f"label by @{labeler}" if labeler else "label"
+    """What started a task, as its kind tells: the label (and who applied it), the follow-up's comment
+    link(s)."""
+    return kind_of(task).trigger(task)
 
 
 def task_row(task: Task, now: float) -> dict[str, Any]:

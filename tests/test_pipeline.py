@@ -249,8 +249,8 @@ def test_crash_while_the_agent_runs_reattaches(world: World) -> None:
 def test_crash_between_start_and_record_starts_no_second_agent(world: World) -> None:
     agent_edits(world, finish=False)
     task = world.task()
-    workspace = world.backend.prepare(world.pipeline()._spec(task, {}).workspace, _null_log(world, task))
-    started = world.pipeline()._spec(task, {}).agent
+    workspace = world.backend.prepare(world.pipeline().spec(task, {}).workspace, _null_log(world, task))
+    started = world.pipeline().spec(task, {}).agent
     assert world.backend.start_process(workspace, started, _null_log(world, task))
     world.backend.on_poll(lambda: world.backend.finish(task.id))
     outcome = world.pipeline().run(task, TaskControl())  # prepare and start find what exists
@@ -290,14 +290,14 @@ def test_a_crash_before_the_final_comment_writes_it_on_resume(world: World) -> N
     agent_edits(world)
     task = world.task()
     pipeline = world.pipeline()
-    comment = pipeline._comment
+    comment = pipeline.comment
 
     def dies_at_the_final_comment(t: Task, body: str, **kwargs: object) -> None:
         if body.startswith("✅"):
             raise Crash("killed before the final comment")
         comment(t, body, **kwargs)  # type: ignore[arg-type]
 
-    pipeline._comment = dies_at_the_final_comment  # type: ignore[method-assign]
+    pipeline.comment = dies_at_the_final_comment  # type: ignore[method-assign]
     with pytest.raises(Crash):
         pipeline.run(task, TaskControl())
     assert not any(c.startswith("✅") for c in world.comments(task))
@@ -406,11 +406,11 @@ def test_a_late_announcement_neither_posts_a_second_comment_nor_undoes_working(w
     task = world.task()  # claimed: it runs
     stale = Task.from_dict(task.to_dict())
     pipeline = world.pipeline()
-    pipeline._comment(task, "working on it")
+    pipeline.comment(task, "working on it")
     pipeline.announce(stale)
     assert [c.split("\n")[0] for c in world.comments(task)] == ["working on it"]
     assert len(world.github.comments(REPO, task.issue_number)) == 1
-    pipeline._comment(Task.from_dict(stale.to_dict()), "done")  # the id the other thread recorded is used
+    pipeline.comment(Task.from_dict(stale.to_dict()), "done")  # the id the other thread recorded is used
     assert [c.split("\n")[0] for c in world.comments(task)] == ["done"]
 
 

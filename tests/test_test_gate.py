@@ -220,13 +220,13 @@ def test_the_checklist_shows_each_step(world: World) -> None:
     world.backend.agents["agent"] = edits({"calc.txt": "good\n"}, SUMMARY)
     task = world.task()
     pipeline = world.pipeline()
-    original = pipeline._comment
+    original = pipeline.comment
 
     def spy(t, body: str) -> None:  # type: ignore[no-untyped-def]
         bodies.append(body)
         original(t, body)
 
-    pipeline._comment = spy  # type: ignore[method-assign]
+    pipeline.comment = spy  # type: ignore[method-assign]
     assert pipeline.run(task, TaskControl()).state is TaskState.COMPLETED  # type: ignore[union-attr]
     seen = "\n".join(bodies)
     assert "- [ ] setup" in seen and "- [x] setup — green" in seen
