@@ -16,14 +16,15 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
-
-from github import Auth, Github, GithubException, GithubIntegration, GithubRetry
 
 from claude_issue_solver.config import Config
 from claude_issue_solver.credentials import GitCredential
 from claude_issue_solver.logs import REDACTOR
+
+if TYPE_CHECKING:  # PyGithub is imported when a client is made: `status` and `--help` never load it
+    from github import Auth, Github, GithubIntegration
 
 log = logging.getLogger(__name__)
 
@@ -183,6 +184,8 @@ class GitHubClient:
         # Told the outcome of every raw request ("304", "counted", "error"): the metrics count them.
         self.on_response: Callable[[str], None] | None = None
         if config.github_app_id and config.github_app_private_key_path:
+            from github import Auth, GithubIntegration
+
             key = config.github_app_private_key_path.read_text()
             self._app = Auth.AppAuth(int(config.github_app_id), key)
             self._integration = GithubIntegration(
@@ -199,6 +202,8 @@ class GitHubClient:
         with self._lock:
             client = self._clients.get(key)
             if client is None:
+                from github import Github, GithubRetry
+
                 client = Github(
                     auth=self._auth_for(repo),
                     base_url=self.config.github_api_url,
@@ -212,6 +217,8 @@ class GitHubClient:
             return client
 
     def _auth_for(self, repo: str) -> Auth.Auth:
+        from github import Auth
+
         if self._app is None:
             assert self.config.github_token
             return Auth.Token(self.config.github_token)
@@ -241,6 +248,8 @@ class GitHubClient:
         if self._integration is None:
             msg = "listing the App's repositories needs GITHUB_APP_ID and GITHUB_APP_PRIVATE_KEY_PATH"
             raise Refused(msg)
+        from github import GithubException
+
         found: dict[str, tuple[str, int]] = {}
         try:
             for installation in self._integration.get_installations():
@@ -331,6 +340,8 @@ class GitHubClient:
         raise classify(status, response_headers, text, what, self.clock())
 
     def _classified(self, exc: Exception, what: str) -> GitHubError:
+        from github import GithubException
+
         if isinstance(exc, GithubException):  # an answer GithubRetry gave up on: classify it like any other
             body = exc.data if isinstance(exc.data, str) else json.dumps(exc.data or {})
             return classify(exc.status, exc.headers or {}, body, what, self.clock())
