@@ -29,8 +29,8 @@ import docker
 from claude_issue_solver.demo_world.github import FakeGitHub
 from claude_issue_solver.demo_world.images import fake_agent_image
 from claude_issue_solver.logs import task_log_path
-from claude_issue_solver.queue import FOLLOWUP, TaskQueue
-from claude_issue_solver.state import StateStore
+from claude_issue_solver.store.queue import FOLLOWUP, TaskQueue
+from claude_issue_solver.store.state import StateStore
 
 TOKEN = "ghp_benchmarktoken0123456789abcdefABCD"
 CLAUDE_IMAGE = "claude-issue-solver-test-claude:latest"

@@ -24,8 +24,8 @@ from claude_issue_solver.backends.base import LABEL_OWNER, owner_of
 from claude_issue_solver.config import load_config
 from claude_issue_solver.demo_world.github import FakeGitHub
 from claude_issue_solver.demo_world.images import fake_agent_image
-from claude_issue_solver.pipeline import Pipeline
-from claude_issue_solver.queue import TaskState
+from claude_issue_solver.run.pipeline import Pipeline
+from claude_issue_solver.store.queue import TaskState
 
 TOKEN = "ghp_benchmarktoken0123456789abcdefABCD"
 SETUP_SH = """\

@@ -26,8 +26,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from claude_issue_solver.queue import Task, TaskQueue, TaskState
-from claude_issue_solver.state import StateStore
+from claude_issue_solver.store.queue import Task, TaskQueue, TaskState
+from claude_issue_solver.store.state import StateStore
 
 REPO = "bench/widgets"
 RESULT = "Fixed the off-by-one in the pager and added a regression test. " * 12  # ~750 characters

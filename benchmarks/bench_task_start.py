@@ -24,8 +24,8 @@ from claude_issue_solver.credentials import GitCredential
 from claude_issue_solver.demo_world.github import FakeGitHub
 from claude_issue_solver.demo_world.images import fake_agent_image
 from claude_issue_solver.logs import TaskLog
-from claude_issue_solver.queue import TaskQueue
-from claude_issue_solver.state import StateStore
+from claude_issue_solver.store.queue import TaskQueue
+from claude_issue_solver.store.state import StateStore
 
 TOKEN = "ghp_benchmarktoken0123456789abcdefABCD"
 

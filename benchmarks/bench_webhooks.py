@@ -41,9 +41,9 @@ import requests
 
 from claude_issue_solver.demo_world.github import FakeGitHub
 from claude_issue_solver.demo_world.images import fake_agent_image
-from claude_issue_solver.queue import TaskQueue, TaskState
-from claude_issue_solver.state import StateStore
-from claude_issue_solver.webhooks import signature
+from claude_issue_solver.github.webhooks import signature
+from claude_issue_solver.store.queue import TaskQueue, TaskState
+from claude_issue_solver.store.state import StateStore
 
 TOKEN = "ghp_benchmarktoken0123456789abcdefABCD"
 SECRET = "bench-webhook-secret-0123456789"

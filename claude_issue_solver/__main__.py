@@ -1,4 +1,4 @@
-from claude_issue_solver.cli import main
+from claude_issue_solver.cli.main import main
 
 if __name__ == "__main__":
     main()

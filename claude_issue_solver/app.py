@@ -14,19 +14,19 @@ from typing import TYPE_CHECKING, Any, NoReturn
 from claude_issue_solver.backends.base import Backend, BackendError
 from claude_issue_solver.backends.settings import DaytonaSettings, DockerSettings
 from claude_issue_solver.config import Config, ConfigError
-from claude_issue_solver.daemon import Daemon
-from claude_issue_solver.housekeeping import Housekeeper
+from claude_issue_solver.daemon.housekeeping import Housekeeper
+from claude_issue_solver.daemon.loop import Daemon
+from claude_issue_solver.daemon.pidfile import AlreadyRunning, PidFile
+from claude_issue_solver.daemon.supervise import Readiness
 from claude_issue_solver.logs import setup_logging
-from claude_issue_solver.pidfile import AlreadyRunning, PidFile
-from claude_issue_solver.queue import Task, TaskQueue
-from claude_issue_solver.state import StateError, StateStore, UnusableStateDir
-from claude_issue_solver.supervise import Readiness
+from claude_issue_solver.store.queue import Task, TaskQueue
+from claude_issue_solver.store.state import StateError, StateStore, UnusableStateDir
 
 if TYPE_CHECKING:
-    from claude_issue_solver.agent_access import AgentAccess
-    from claude_issue_solver.github import GitHubClient
-    from claude_issue_solver.listener import Listener
-    from claude_issue_solver.watcher import Watcher
+    from claude_issue_solver.daemon.listener import Listener
+    from claude_issue_solver.github.client import GitHubClient
+    from claude_issue_solver.github.watcher import Watcher
+    from claude_issue_solver.run.agent_access import AgentAccess
 
 log = logging.getLogger(__name__)
 
@@ -100,11 +100,11 @@ class Parts:
 
 def build(config: Config, *, backend: Backend[Any] | None = None) -> Parts:
     """Every part of a running daemon, wired together (tests pass their own backend)."""
-    from claude_issue_solver.agent import AgentError
-    from claude_issue_solver.github import GitHubClient
-    from claude_issue_solver.pipeline import Pipeline
-    from claude_issue_solver.publisher import Publisher
-    from claude_issue_solver.watcher import Watcher
+    from claude_issue_solver.github.client import GitHubClient
+    from claude_issue_solver.github.publisher import Publisher
+    from claude_issue_solver.github.watcher import Watcher
+    from claude_issue_solver.run.agent import AgentError
+    from claude_issue_solver.run.pipeline import Pipeline
 
     store = StateStore(config.state_file)
     queue = TaskQueue.for_config(store, config)
@@ -137,11 +137,11 @@ def build(config: Config, *, backend: Backend[Any] | None = None) -> Parts:
 
 def _listener(config: Config, parts: Parts, client: GitHubClient, watcher: Watcher) -> Listener:
     """The HTTP listener and what it shows; binds its port now, so a port in use stops ``start``."""
-    from claude_issue_solver.health import HealthCheck
-    from claude_issue_solver.listener import Listener, ListenerError
-    from claude_issue_solver.metrics import Metrics, StateCollector
-    from claude_issue_solver.watcher import ALL_REPOS
-    from claude_issue_solver.webhooks import WebhookReceiver
+    from claude_issue_solver.daemon.health import HealthCheck
+    from claude_issue_solver.daemon.listener import Listener, ListenerError
+    from claude_issue_solver.daemon.metrics import Metrics, StateCollector
+    from claude_issue_solver.github.watcher import ALL_REPOS
+    from claude_issue_solver.github.webhooks import WebhookReceiver
 
     store = parts.queue.store
 

@@ -8,9 +8,9 @@ from typing import Any
 from claude_issue_solver.backends.base import Backend, Changes, Pushed, PushRequest, Workspace
 from claude_issue_solver.credentials import GitCredential
 from claude_issue_solver.logs import TaskLog
-from claude_issue_solver.outcome import TaskControl
-from claude_issue_solver.pipeline import RunSpec as Job
-from claude_issue_solver.run_policy import NEVER_COMMITTED, ProcessExit, take_summary, wait_for_process
+from claude_issue_solver.run.pipeline import RunSpec as Job
+from claude_issue_solver.run.policy import NEVER_COMMITTED, ProcessExit, take_summary, wait_for_process
+from claude_issue_solver.store.outcome import TaskControl
 
 __all__ = ["AUTHOR", "Job", "collect", "control", "push", "wait"]
 

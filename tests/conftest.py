@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from claude_issue_solver.config import AGENT_ENV_PREFIXES, ENV_FILE_VARIABLE, SETTINGS, Config, load_config
-from claude_issue_solver.queue import TaskQueue
-from claude_issue_solver.state import StateStore
+from claude_issue_solver.store.queue import TaskQueue
+from claude_issue_solver.store.state import StateStore
 
 # Child processes started by tests import the package from this checkout even when it is not installed.
 ROOT = Path(__file__).resolve().parents[1]

@@ -17,10 +17,10 @@ import pytest
 from claude_issue_solver.app import Parts, build
 from claude_issue_solver.backends.base import LABEL_TASK
 from claude_issue_solver.config import Config
+from claude_issue_solver.daemon.pidfile import daemon_status
 from claude_issue_solver.demo_world.github import FakeGitHub
-from claude_issue_solver.pidfile import daemon_status
-from claude_issue_solver.queue import Task, TaskQueue
-from claude_issue_solver.state import StateStore
+from claude_issue_solver.store.queue import Task, TaskQueue
+from claude_issue_solver.store.state import StateStore
 from tests.github_fixtures import TOKEN
 from tests.waiting import wait_until
 

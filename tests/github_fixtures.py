@@ -11,9 +11,9 @@ import pytest
 
 from claude_issue_solver.config import Config
 from claude_issue_solver.demo_world.github import FakeGitHub
-from claude_issue_solver.github import GitHubClient
-from claude_issue_solver.queue import TaskQueue
-from claude_issue_solver.watcher import Watcher
+from claude_issue_solver.github.client import GitHubClient
+from claude_issue_solver.github.watcher import Watcher
+from claude_issue_solver.store.queue import TaskQueue
 
 TOKEN = "ghp_loopbacktoken0123456789abcdefABCDEF"
 

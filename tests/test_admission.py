@@ -1,5 +1,6 @@
-"""The hold, the daily budget and fair turns deciding together (:mod:`claude_issue_solver.admission`), over
-a real state file and the real queue's task records, on an injected clock.
+"""The hold, the daily budget and fair turns deciding together
+(:mod:`claude_issue_solver.store.admission`), over a real state file and the real queue's task records, on
+an injected clock.
 
 ``_claim`` is what ``TaskQueue.claim()`` becomes with admission wired in; ``_end`` what the pipeline does
 when a run ends. The agent's output is the stream-json the real CLI printed for each case (see
@@ -14,11 +15,11 @@ from pathlib import Path
 
 import pytest
 
-from claude_issue_solver import admission, budget
-from claude_issue_solver.fairness import FairnessLimits
 from claude_issue_solver.limits import classify
-from claude_issue_solver.queue import TaskQueue, TaskState
-from claude_issue_solver.state import StateStore
+from claude_issue_solver.store import admission, budget
+from claude_issue_solver.store.fairness import FairnessLimits
+from claude_issue_solver.store.queue import TaskQueue, TaskState
+from claude_issue_solver.store.state import StateStore
 
 NOW = 1_796_112_000.0  # 2026-12-01 08:00 UTC
 MIDNIGHT = 1_796_169_600.0  # 2026-12-02 00:00 UTC

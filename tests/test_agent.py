@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from claude_issue_solver.agent import (
+from claude_issue_solver.run.agent import (
     AgentConfigError,
     AgentResult,
     AgentSettings,

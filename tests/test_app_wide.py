@@ -10,13 +10,13 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from claude_issue_solver.cli import main
+from claude_issue_solver.cli.main import main
 from claude_issue_solver.config import Config
-from claude_issue_solver.daemon import Daemon, Outcome
+from claude_issue_solver.daemon.loop import Daemon, Outcome
 from claude_issue_solver.demo_world.github import FakeGitHub
-from claude_issue_solver.github import GitHubClient
-from claude_issue_solver.queue import Task, TaskQueue
-from claude_issue_solver.watcher import ALL_REPOS, APP_REPOS_REFRESH, Watcher
+from claude_issue_solver.github.client import GitHubClient
+from claude_issue_solver.github.watcher import ALL_REPOS, APP_REPOS_REFRESH, Watcher
+from claude_issue_solver.store.queue import Task, TaskQueue
 from tests.github_fixtures import Clock
 from tests.test_github_app import app_config
 
@@ -123,7 +123,7 @@ def test_an_app_the_listing_refuses_stops_the_start(
 
 
 def test_doctor_checks_every_repository_the_app_is_installed_on(github: FakeGitHub, app_wide: Config) -> None:
-    from claude_issue_solver.doctor import run_checks
+    from claude_issue_solver.cli.doctor import run_checks
 
     checks = {c.name: c for c in run_checks(app_wide)}
     assert checks["configuration"].ok

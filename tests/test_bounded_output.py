@@ -5,14 +5,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from claude_issue_solver.agent import parse_result
 from claude_issue_solver.backends.base import OutputBounds, OutputKeeper, WorkspaceSpec, kept_text
 from claude_issue_solver.conventions import PR_BODY_LIMIT, RESULT_LIMIT, SUMMARY_FILE, SUMMARY_LIMIT
 from claude_issue_solver.credentials import GitCredential
 from claude_issue_solver.logs import TaskLog
-from claude_issue_solver.messages import CLAUDE, RunFigures, pr_body
-from claude_issue_solver.queue import Task
-from claude_issue_solver.run_policy import take_summary
+from claude_issue_solver.run.agent import parse_result
+from claude_issue_solver.run.messages import CLAUDE, RunFigures, pr_body
+from claude_issue_solver.run.policy import take_summary
+from claude_issue_solver.store.queue import Task
 from tests.fakes.memory_backend import MemoryBackend
 
 SPEC = WorkspaceSpec(

@@ -20,7 +20,7 @@ import pytest
 
 from claude_issue_solver.demo_world.github import FakeGitHub
 from claude_issue_solver.logs import task_log_path
-from claude_issue_solver.queue import TaskState
+from claude_issue_solver.store.queue import TaskState
 from tests.e2e import labelled, needs_docker, tasks_of
 from tests.test_verified_pr_docker import CALC, REPO, TEST_SH
 from tests.waiting import wait_until

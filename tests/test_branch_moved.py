@@ -12,9 +12,9 @@ tests/test_followup_e2e.py.)
 from __future__ import annotations
 
 from claude_issue_solver.backends.base import CannotRebase
-from claude_issue_solver.outcome import TaskControl
-from claude_issue_solver.queue import Task, TaskState
-from claude_issue_solver.run_policy import MOVED_ATTEMPTS
+from claude_issue_solver.run.policy import MOVED_ATTEMPTS
+from claude_issue_solver.store.outcome import TaskControl
+from claude_issue_solver.store.queue import Task, TaskState
 from tests import test_followup_pipeline
 from tests.fakes.memory_backend import Crash, Place, Process, edits
 from tests.test_followup_pipeline import first_run, queue_followup, trigger

@@ -14,7 +14,7 @@ from pathlib import Path
 from claude_issue_solver.config import Config
 from claude_issue_solver.demo_world.github import FakeGitHub
 from claude_issue_solver.logs import task_log_path
-from claude_issue_solver.queue import TaskQueue, TaskState
+from claude_issue_solver.store.queue import TaskQueue, TaskState
 from tests import test_e2e_daytona
 from tests.e2e import drive, labelled, our_comments
 from tests.fakes.fake_daytona import SANDBOX_USER, FakeDaytona

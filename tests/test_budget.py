@@ -1,4 +1,4 @@
-"""The spend ledger and daily budget (:mod:`claude_issue_solver.budget`), on an injected clock, and kept
+"""The spend ledger and daily budget (:mod:`claude_issue_solver.store.budget`), on an injected clock, and kept
 in a real state file across a process killed with SIGKILL."""
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from claude_issue_solver import budget
-from claude_issue_solver.holds import QueueHold
-from claude_issue_solver.state import StateStore
+from claude_issue_solver.store import budget
+from claude_issue_solver.store.holds import QueueHold
+from claude_issue_solver.store.state import StateStore
 
 DAY1 = datetime(2026, 12, 1, 10, 0, tzinfo=UTC).timestamp()
 MIDNIGHT = datetime(2026, 12, 2, 0, 0, tzinfo=UTC).timestamp()
@@ -124,8 +124,8 @@ def test_ledger_hold_and_starts_survive_kill_9_in_the_state_file(tmp_path: Path)
         f"""
         import os, sys, time
         from pathlib import Path
-        from claude_issue_solver import budget, fairness, holds
-        from claude_issue_solver.state import StateStore
+        from claude_issue_solver.store import budget, fairness, holds
+        from claude_issue_solver.store.state import StateStore
         store = StateStore(Path({str(path)!r}))
         for run, cost in (("w-1:1", 0.75), ("w-2:1", 0.5)):
             with store.transaction() as data:

@@ -15,11 +15,11 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner, Result
 
-from claude_issue_solver.cli import main
+from claude_issue_solver.cli.main import main
+from claude_issue_solver.daemon.pidfile import daemon_status
 from claude_issue_solver.demo_world.github import FakeGitHub
-from claude_issue_solver.pidfile import daemon_status
-from claude_issue_solver.queue import TaskQueue, TaskState
-from claude_issue_solver.state import StateStore
+from claude_issue_solver.store.queue import TaskQueue, TaskState
+from claude_issue_solver.store.state import StateStore
 from tests.github_fixtures import TOKEN
 from tests.waiting import wait_until
 
@@ -525,8 +525,8 @@ def test_status_shows_health_at_a_glance(env: dict[str, str], state_dir: Path) -
 
 
 def test_health_line_of_a_running_but_degraded_daemon() -> None:
-    from claude_issue_solver.pidfile import DaemonStatus
-    from claude_issue_solver.render import health_line, health_payload
+    from claude_issue_solver.cli.render import health_line, health_payload
+    from claude_issue_solver.daemon.pidfile import DaemonStatus
 
     now = time.mktime((2026, 12, 1, 10, 30, 0, 0, 0, 0)) - time.timezone
     running = DaemonStatus(running=True, pid=42, stale=False)

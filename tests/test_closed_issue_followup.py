@@ -8,9 +8,9 @@ branch and pull request, and the issue stays closed (never reopened for a person
 
 from __future__ import annotations
 
-from claude_issue_solver.followup import asked_after_closing, session_key
-from claude_issue_solver.outcome import TaskControl
-from claude_issue_solver.queue import FOLLOWUP, Task, TaskState
+from claude_issue_solver.run.followup import asked_after_closing, session_key
+from claude_issue_solver.store.outcome import TaskControl
+from claude_issue_solver.store.queue import FOLLOWUP, Task, TaskState
 from tests.fakes.memory_backend import edits
 from tests.test_followup_pipeline import first_run, queue_followup, trigger
 from tests.test_followup_pipeline import world as world  # the fixture

@@ -10,7 +10,7 @@ import pytest
 from click.testing import CliRunner
 from dotenv import dotenv_values
 
-from claude_issue_solver.cli import main
+from claude_issue_solver.cli.main import main
 from claude_issue_solver.config import SETTINGS, Config, ConfigError, Setting, load_config
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -4,9 +4,9 @@ import signal
 import threading
 import time
 
-from claude_issue_solver.daemon import Daemon, Outcome, TaskControl
-from claude_issue_solver.queue import Task, TaskQueue, TaskState
-from claude_issue_solver.state import StateStore
+from claude_issue_solver.daemon.loop import Daemon, Outcome, TaskControl
+from claude_issue_solver.store.queue import Task, TaskQueue, TaskState
+from claude_issue_solver.store.state import StateStore
 from tests.waiting import wait_until
 
 

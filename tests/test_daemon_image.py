@@ -177,7 +177,7 @@ def test_the_build_context_is_only_what_the_dockerfile_copies() -> None:
     size = len(context.getvalue())
     with tarfile.open(fileobj=io.BytesIO(context.getvalue())) as tar:
         names = tar.getnames()
-    assert "Dockerfile" in names and "pyproject.toml" in names and "claude_issue_solver/cli.py" in names
+    assert "Dockerfile" in names and "pyproject.toml" in names and "claude_issue_solver/cli/main.py" in names
     assert "Dockerfile.claude" in names  # claude_issue_solver/data/ links to it
     for name in names:
         top = name.split("/", 1)[0]

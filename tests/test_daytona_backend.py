@@ -19,8 +19,6 @@ from typing import Any
 import pytest
 from daytona import DaytonaError
 
-from claude_issue_solver.agent import build_command
-from claude_issue_solver.agent_access import agent_env
 from claude_issue_solver.app import daytona_settings
 from claude_issue_solver.backends.base import (
     LABEL_ISSUE,
@@ -43,16 +41,18 @@ from claude_issue_solver.conventions import SUMMARY_FILE
 from claude_issue_solver.credentials import GitCredential
 from claude_issue_solver.demo_world.github import FakeGitHub
 from claude_issue_solver.logs import TaskLog
-from claude_issue_solver.outcome import TaskControl
-from claude_issue_solver.pipeline import agent_settings
-from claude_issue_solver.queue import Task
-from claude_issue_solver.run_policy import (
+from claude_issue_solver.run.agent import build_command
+from claude_issue_solver.run.agent_access import agent_env
+from claude_issue_solver.run.pipeline import agent_settings
+from claude_issue_solver.run.policy import (
     ProcessExit,
     reconcile,
     remove_workspace,
     take_summary,
     wait_for_process,
 )
+from claude_issue_solver.store.outcome import TaskControl
+from claude_issue_solver.store.queue import Task
 from tests import backend_steps as steps
 from tests.backend_steps import Job
 from tests.fakes.fake_daytona import Egress, FakeDaytona
@@ -813,7 +813,7 @@ def test_a_nested_repository_in_the_sandbox_is_never_committed_as_a_gitlink(harn
 def test_far_more_output_than_the_bounds_comes_back_cut_with_its_end_and_a_note(harness: Harness) -> None:
     """20 MB on one line: the sandbox cuts the files, only the start and the end are downloaded, and the
     session's logs (which the SDK returns whole) are never asked for."""
-    from claude_issue_solver.run_policy import OUTPUT_BOUNDS
+    from claude_issue_solver.run.policy import OUTPUT_BOUNDS
 
     backend = harness.backend()
     loud = "echo FIRST; head -c 20000000 /dev/zero | tr '\\0' a; echo; echo LAST; echo ERR >&2"

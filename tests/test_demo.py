@@ -12,9 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from claude_issue_solver import messages
 from claude_issue_solver.backends.base import LABEL_TASK
-from claude_issue_solver.demo import (
+from claude_issue_solver.cli.demo import (
     FOLLOW_UP_REQUEST,
     FORCED_STAND_IN_NOTICE,
     SAMPLE_FILES,
@@ -23,7 +22,8 @@ from claude_issue_solver.demo import (
     run_demo,
 )
 from claude_issue_solver.demo_world.images import FAKE_CLAUDE_SCRIPT
-from claude_issue_solver.queue import Task
+from claude_issue_solver.run import messages
+from claude_issue_solver.store.queue import Task
 
 # A fixed HOME and no Claude credential: the scripted stand-in, whatever the developer's shell holds.
 NO_CREDENTIAL = {"HOME": "/nonexistent", "PATH": os.environ.get("PATH", "/usr/bin:/bin")}
@@ -262,7 +262,11 @@ def test_demo_in_a_fresh_process(docker_client: object, tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if k not in ("ANTHROPIC_API_KEY", "CLAUDE_CODE_OAUTH_TOKEN")}
     env["TMPDIR"] = str(tmp_path)  # the demo's own temporary directory lands here, where we can look
     proc = subprocess.run(
-        [sys.executable, "-c", "from claude_issue_solver.demo import run_demo; raise SystemExit(run_demo())"],
+        [
+            sys.executable,
+            "-c",
+            "from claude_issue_solver.cli.demo import run_demo; raise SystemExit(run_demo())",
+        ],
         env=env,
         capture_output=True,
         text=True,

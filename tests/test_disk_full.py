@@ -18,14 +18,14 @@ from pathlib import Path
 import pytest
 
 from claude_issue_solver.config import Config
-from claude_issue_solver.daemon import ORPHAN_CHECK_INTERVAL, RESUME_BACKOFF, Daemon, no_space
+from claude_issue_solver.daemon.loop import ORPHAN_CHECK_INTERVAL, RESUME_BACKOFF, Daemon, no_space
 from claude_issue_solver.demo_world.github import FakeGitHub
-from claude_issue_solver.github import GitHubClient
-from claude_issue_solver.outcome import Outcome, TaskControl
-from claude_issue_solver.pipeline import Pipeline
-from claude_issue_solver.publisher import Publisher
-from claude_issue_solver.queue import Task, TaskQueue, TaskState
-from claude_issue_solver.state import StateError, StateStore
+from claude_issue_solver.github.client import GitHubClient
+from claude_issue_solver.github.publisher import Publisher
+from claude_issue_solver.run.pipeline import Pipeline
+from claude_issue_solver.store.outcome import Outcome, TaskControl
+from claude_issue_solver.store.queue import Task, TaskQueue, TaskState
+from claude_issue_solver.store.state import StateError, StateStore
 from tests.fakes.memory_backend import MemoryBackend, edits
 from tests.github_fixtures import Clock
 from tests.test_daemon import FakeClock, GatedRunner

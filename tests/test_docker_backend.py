@@ -43,12 +43,12 @@ from claude_issue_solver.backends.settings import DockerSettings  # noqa: E402
 from claude_issue_solver.conventions import SUMMARY_FILE  # noqa: E402
 from claude_issue_solver.credentials import GitCredential  # noqa: E402
 from claude_issue_solver.logs import TaskLog  # noqa: E402
-from claude_issue_solver.queue import Task  # noqa: E402
-from claude_issue_solver.run_policy import (  # noqa: E402
+from claude_issue_solver.run.policy import (  # noqa: E402
     ProcessExit,
     reconcile,
     take_summary,
 )
+from claude_issue_solver.store.queue import Task  # noqa: E402
 from tests import backend_steps as steps  # noqa: E402
 from tests import hostile_tree  # noqa: E402
 from tests.backend_steps import Job, control  # noqa: E402
@@ -809,7 +809,7 @@ def test_a_nested_repository_the_agent_plants_is_never_interpreted_nor_committed
 def test_100_mb_on_one_line_comes_back_bounded_with_its_end_and_a_note(harness: Harness) -> None:
     """A process that prints 100 MB without a newline: the daemon keeps the start and the end of it, notes
     what it left out, Docker's log of the container is capped, and the task log still gets the end."""
-    from claude_issue_solver.run_policy import OUTPUT_BOUNDS
+    from claude_issue_solver.run.policy import OUTPUT_BOUNDS
 
     options = docker_backend.LOG_CONFIG["config"]
     backend = harness.backend()

@@ -14,8 +14,8 @@ import pytest
 
 from claude_issue_solver.config import Config
 from claude_issue_solver.demo_world.github import GRAPHQL_PATH
-from claude_issue_solver.outcome import TaskControl
-from claude_issue_solver.queue import Task, TaskState
+from claude_issue_solver.store.outcome import TaskControl
+from claude_issue_solver.store.queue import Task, TaskState
 from tests.fakes.memory_backend import edits
 from tests.test_followup_pipeline import queue_followup, trigger
 from tests.test_pipeline import REPO, SUMMARY, World

@@ -21,7 +21,7 @@ import pytest
 from claude_issue_solver.app import build
 from claude_issue_solver.config import Config
 from claude_issue_solver.demo_world.github import FakeGitHub
-from claude_issue_solver.queue import TaskState
+from claude_issue_solver.store.queue import TaskState
 from tests.e2e import all_finished, drive, labelled, our_comments, tasks_of
 from tests.fakes.fake_daytona import Egress, FakeDaytona, RecordedRequest
 from tests.github_fixtures import TOKEN
@@ -284,7 +284,7 @@ def test_cli_snapshot_and_a_rejected_key_at_start(
 ) -> None:
     from click.testing import CliRunner
 
-    from claude_issue_solver.cli import main
+    from claude_issue_solver.cli.main import main
 
     env = {"HOME": str(tmp_path), "STATE_DIR": str(state_dir), **settings(github, fake)}
     made = CliRunner().invoke(main, ["daytona", "snapshot", "--name", "cis-cli-snapshot"], env=env)

@@ -18,11 +18,11 @@ import pytest
 
 from claude_issue_solver.app import build
 from claude_issue_solver.config import Config
+from claude_issue_solver.daemon.pidfile import daemon_status
 from claude_issue_solver.demo_world.github import FakeGitHub
-from claude_issue_solver.pidfile import daemon_status
-from claude_issue_solver.prompt import IssueContext, build_prompt
-from claude_issue_solver.queue import TaskQueue, TaskState
-from claude_issue_solver.state import StateStore
+from claude_issue_solver.run.prompt import IssueContext, build_prompt
+from claude_issue_solver.store.queue import TaskQueue, TaskState
+from claude_issue_solver.store.state import StateStore
 from tests.e2e import (
     CLAUDE_KEY,
     all_finished,
@@ -301,8 +301,8 @@ def test_git_reads_work_inside_the_agent_container(
     from claude_issue_solver.backends.base import ProcessSpec, WorkspaceSpec
     from claude_issue_solver.backends.docker import DockerBackend
     from claude_issue_solver.logs import TaskLog
-    from claude_issue_solver.outcome import TaskControl
-    from claude_issue_solver.run_policy import wait_for_process
+    from claude_issue_solver.run.policy import wait_for_process
+    from claude_issue_solver.store.outcome import TaskControl
 
     config = e2e_config(DOCKER_IMAGE=claude_image)
     backend = DockerBackend(docker_settings(config))

@@ -21,11 +21,11 @@ import pytest
 from claude_issue_solver.app import build
 from claude_issue_solver.config import Config
 from claude_issue_solver.demo_world.github import FakeGitHub
-from claude_issue_solver.queue import TaskQueue, TaskState
+from claude_issue_solver.store.queue import TaskQueue, TaskState
 from tests.e2e import CLAUDE_KEY, all_finished, assert_clean, drive, needs_docker, our_comments, real_cli
 from tests.fakes.fake_anthropic import FakeAnthropic
 
-pytest.importorskip("claude_issue_solver.outcome", reason="needs the run-policy pipeline and its hook")
+pytest.importorskip("claude_issue_solver.store.outcome", reason="needs the run-policy pipeline and its hook")
 
 pytestmark = [*needs_docker, pytest.mark.slow, pytest.mark.timeout(1500)]
 

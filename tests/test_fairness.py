@@ -1,10 +1,17 @@
-"""Fair turns between repositories (:mod:`claude_issue_solver.fairness`) on an injected clock."""
+"""Fair turns between repositories (:mod:`claude_issue_solver.store.fairness`) on an injected clock."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from claude_issue_solver.fairness import HOUR, FairnessLimits, next_start_at, note_start, pick, prune_starts
+from claude_issue_solver.store.fairness import (
+    HOUR,
+    FairnessLimits,
+    next_start_at,
+    note_start,
+    pick,
+    prune_starts,
+)
 
 NOW = 1_800_000_000.0
 

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from claude_issue_solver.logs import TaskLog, task_log_path
-from claude_issue_solver.queue import FOLLOWUP, Task, TaskQueue, TaskState
-from claude_issue_solver.state import StateStore
+from claude_issue_solver.store.queue import FOLLOWUP, Task, TaskQueue, TaskState
+from claude_issue_solver.store.state import StateStore
 from tests.test_cli import expect, invoke
 
 URL = "https://github.com/acme/widgets/pull/2#issuecomment-77"

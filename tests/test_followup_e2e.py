@@ -16,9 +16,9 @@ import pytest
 from claude_issue_solver.app import build
 from claude_issue_solver.config import Config
 from claude_issue_solver.demo_world.github import FakeGitHub
-from claude_issue_solver.followup import session_key
 from claude_issue_solver.logs import task_log_path
-from claude_issue_solver.queue import FOLLOWUP, TaskQueue, TaskState
+from claude_issue_solver.run.followup import session_key
+from claude_issue_solver.store.queue import FOLLOWUP, TaskQueue, TaskState
 from tests.e2e import CLAUDE_KEY, all_finished, drive, needs_docker, real_cli
 from tests.fakes.fake_anthropic import FakeAnthropic, Round
 

@@ -12,12 +12,12 @@ import pytest
 from claude_issue_solver.config import Config
 from claude_issue_solver.conventions import format_usd
 from claude_issue_solver.demo_world.github import FakeGitHub
-from claude_issue_solver.followup import FRESH_AGENT, session_key
-from claude_issue_solver.github import GitHubClient
-from claude_issue_solver.outcome import TaskControl
-from claude_issue_solver.queue import FOLLOWUP, Task, TaskQueue, TaskState
-from claude_issue_solver.state import StateStore
-from claude_issue_solver.watcher import Watcher
+from claude_issue_solver.github.client import GitHubClient
+from claude_issue_solver.github.watcher import Watcher
+from claude_issue_solver.run.followup import FRESH_AGENT, session_key
+from claude_issue_solver.store.outcome import TaskControl
+from claude_issue_solver.store.queue import FOLLOWUP, Task, TaskQueue, TaskState
+from claude_issue_solver.store.state import StateStore
 from tests.fakes.memory_backend import MemoryBackend, Place, Process, edits
 from tests.github_fixtures import Clock
 from tests.test_pipeline import REPO, SUMMARY, World, agent_edits

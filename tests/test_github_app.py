@@ -12,10 +12,10 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from claude_issue_solver.config import Config
 from claude_issue_solver.demo_world.github import FakeGitHub
-from claude_issue_solver.github import GitHubClient
+from claude_issue_solver.github.client import GitHubClient
+from claude_issue_solver.github.watcher import Watcher
 from claude_issue_solver.gitops import run_git
-from claude_issue_solver.queue import TaskQueue
-from claude_issue_solver.watcher import Watcher
+from claude_issue_solver.store.queue import TaskQueue
 from tests.github_fixtures import Clock
 
 

@@ -17,12 +17,13 @@ from typing import Any
 
 import pytest
 
-from claude_issue_solver import handled, messages
 from claude_issue_solver.app import Parts, build
 from claude_issue_solver.config import Config
 from claude_issue_solver.demo_world.github import FakeGitHub
-from claude_issue_solver.github import GitHubClient
-from claude_issue_solver.queue import FOLLOWUP, Task, TaskState
+from claude_issue_solver.github import handled
+from claude_issue_solver.github.client import GitHubClient
+from claude_issue_solver.run import messages
+from claude_issue_solver.store.queue import FOLLOWUP, Task, TaskState
 from tests.fakes.memory_backend import MemoryBackend, Place, Process, result_line
 from tests.github_fixtures import TOKEN
 from tests.waiting import wait_until

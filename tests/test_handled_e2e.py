@@ -17,7 +17,7 @@ from claude_issue_solver.app import build
 from claude_issue_solver.backends.base import LABEL_OWNER, owner_of
 from claude_issue_solver.config import Config
 from claude_issue_solver.demo_world.github import FakeGitHub
-from claude_issue_solver.queue import TaskState
+from claude_issue_solver.store.queue import TaskState
 from tests.e2e import CLIENT, all_finished, assert_clean, drive, labelled, needs_docker, our_comments
 
 pytestmark = needs_docker

@@ -1,14 +1,14 @@
-"""The queue hold (:mod:`claude_issue_solver.holds`): its gate, its renewal after a probe, its rendering and
-its JSON form, on an injected clock."""
+"""The queue hold (:mod:`claude_issue_solver.store.holds`): its gate, its renewal after a probe, its rendering
+and its JSON form, on an injected clock."""
 
 from __future__ import annotations
 
 import json
 from datetime import UTC, datetime
 
-from claude_issue_solver.budget import BudgetCheck
-from claude_issue_solver.holds import QueueHold, budget_hold, format_wait, on_task_end
 from claude_issue_solver.limits import BudgetExhausted, LimitHit, Transient
+from claude_issue_solver.store.budget import BudgetCheck
+from claude_issue_solver.store.holds import QueueHold, budget_hold, format_wait, on_task_end
 
 NOW = datetime(2026, 12, 1, 12, 18, tzinfo=UTC).timestamp()
 ONE_PM = datetime(2026, 12, 1, 13, 0, tzinfo=UTC).timestamp()

@@ -11,11 +11,16 @@ from pathlib import Path
 
 import pytest
 
-from claude_issue_solver.housekeeping import Housekeeper, MirrorCompactor, find_mirrors, prune_task_logs
+from claude_issue_solver.daemon.housekeeping import (
+    Housekeeper,
+    MirrorCompactor,
+    find_mirrors,
+    prune_task_logs,
+)
+from claude_issue_solver.daemon.supervise import start_background, stop
 from claude_issue_solver.logs import DAEMON_OUT, TaskLog, rotate_output, task_log_path
-from claude_issue_solver.queue import TaskQueue, TaskState
-from claude_issue_solver.state import StateStore
-from claude_issue_solver.supervise import start_background, stop
+from claude_issue_solver.store.queue import TaskQueue, TaskState
+from claude_issue_solver.store.state import StateStore
 from tests.test_daemon import FakeClock
 from tests.test_supervise import child
 from tests.waiting import wait_until

@@ -16,10 +16,10 @@ from claude_issue_solver.backends.base import KeptDir, ProcessSpec, WorkspaceSpe
 from claude_issue_solver.backends.docker import DockerBackend
 from claude_issue_solver.backends.settings import DockerSettings
 from claude_issue_solver.credentials import GitCredential
-from claude_issue_solver.followup import SESSION_FILES, session_key
 from claude_issue_solver.logs import TaskLog
-from claude_issue_solver.outcome import TaskControl
-from claude_issue_solver.run_policy import wait_for_process
+from claude_issue_solver.run.followup import SESSION_FILES, session_key
+from claude_issue_solver.run.policy import wait_for_process
+from claude_issue_solver.store.outcome import TaskControl
 from tests.e2e import needs_docker
 
 pytestmark = needs_docker

@@ -15,9 +15,9 @@ from claude_issue_solver.backends.daytona import DaytonaBackend
 from claude_issue_solver.config import Config
 from claude_issue_solver.credentials import GitCredential
 from claude_issue_solver.demo_world.github import FakeGitHub
-from claude_issue_solver.followup import SESSION_FILES, session_key
 from claude_issue_solver.logs import TaskLog
-from claude_issue_solver.queue import Task
+from claude_issue_solver.run.followup import SESSION_FILES, session_key
+from claude_issue_solver.store.queue import Task
 from tests import backend_steps as steps
 from tests.fakes.fake_daytona import FakeDaytona
 from tests.github_fixtures import TOKEN

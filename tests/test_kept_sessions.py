@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 
 from claude_issue_solver.backends.kept import kept_files, prune
-from claude_issue_solver.followup import SESSION_FILES, is_legacy_key, keep_for, session_key
-from claude_issue_solver.outcome import TaskControl
-from claude_issue_solver.queue import Task, TaskState
+from claude_issue_solver.run.followup import SESSION_FILES, is_legacy_key, keep_for, session_key
+from claude_issue_solver.store.outcome import TaskControl
+from claude_issue_solver.store.queue import Task, TaskState
 from tests.test_pipeline import REPO, World
 from tests.test_pipeline import world as world  # the fixture
 

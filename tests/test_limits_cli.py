@@ -9,12 +9,12 @@ import signal
 import time
 from pathlib import Path
 
-from claude_issue_solver import budget
+from claude_issue_solver.daemon.pidfile import daemon_status
 from claude_issue_solver.demo_world.github import FakeGitHub
-from claude_issue_solver.holds import QueueHold
-from claude_issue_solver.pidfile import daemon_status
-from claude_issue_solver.queue import TaskQueue, TaskState
-from claude_issue_solver.state import StateStore
+from claude_issue_solver.store import budget
+from claude_issue_solver.store.holds import QueueHold
+from claude_issue_solver.store.queue import TaskQueue, TaskState
+from claude_issue_solver.store.state import StateStore
 from tests.test_cli import cli, daemon_env, needs_docker
 from tests.waiting import wait_until
 

@@ -22,7 +22,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from claude_issue_solver.app import Parts, build
 from claude_issue_solver.config import Config, ConfigError
 from claude_issue_solver.demo_world.github import FakeGitHub
-from claude_issue_solver.queue import TaskState
+from claude_issue_solver.store.queue import TaskState
 from tests.e2e import CLIENT, labelled
 from tests.github_fixtures import TOKEN
 from tests.test_webhooks import SECRET, delivery

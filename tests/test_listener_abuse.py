@@ -20,10 +20,10 @@ from pathlib import Path
 import pytest
 import requests
 
-from claude_issue_solver.listener import Listener
-from claude_issue_solver.metrics import Metrics
-from claude_issue_solver.state import StateStore
-from claude_issue_solver.webhooks import WebhookReceiver
+from claude_issue_solver.daemon.listener import Listener
+from claude_issue_solver.daemon.metrics import Metrics
+from claude_issue_solver.github.webhooks import WebhookReceiver
+from claude_issue_solver.store.state import StateStore
 from tests.test_webhooks import SECRET, delivery
 from tests.waiting import wait_until
 
@@ -223,9 +223,9 @@ def test_a_burst_of_real_deliveries_writes_at_most_once_a_second(serve: Callable
 SERVE = """
 import logging, sys
 from pathlib import Path
-from claude_issue_solver.listener import Listener
+from claude_issue_solver.daemon.listener import Listener
 from claude_issue_solver.logs import setup_logging
-from claude_issue_solver.metrics import Metrics
+from claude_issue_solver.daemon.metrics import Metrics
 
 setup_logging(Path(sys.argv[1]), level="DEBUG")
 listener = Listener("127.0.0.1", 0, metrics=Metrics(), health=lambda: (True, "ok"), request_deadline=1)

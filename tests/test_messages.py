@@ -8,10 +8,10 @@ from collections.abc import Callable
 
 import pytest
 
-from claude_issue_solver import messages
 from claude_issue_solver.config import Config
-from claude_issue_solver.outcome import TaskControl
-from claude_issue_solver.queue import FOLLOWUP, Task, TaskState
+from claude_issue_solver.run import messages
+from claude_issue_solver.store.outcome import TaskControl
+from claude_issue_solver.store.queue import FOLLOWUP, Task, TaskState
 from tests.fakes.memory_backend import Place, Process, edits
 from tests.test_followup_pipeline import first_run, queue_followup, trigger
 from tests.test_pipeline import REPO, SUMMARY, World

@@ -14,8 +14,8 @@ import pytest
 from claude_issue_solver.app import build
 from claude_issue_solver.config import Config
 from claude_issue_solver.demo_world.github import FakeGitHub
-from claude_issue_solver.pipeline import MAX_PROGRESS_INTERVAL, _ProgressEdits
-from claude_issue_solver.queue import TaskState
+from claude_issue_solver.run.pipeline import MAX_PROGRESS_INTERVAL, _ProgressEdits
+from claude_issue_solver.store.queue import TaskState
 from tests.e2e import CLIENT, labelled, our_comments, our_containers, start_daemon, tasks_of
 from tests.waiting import wait_until
 

@@ -15,15 +15,15 @@ import pytest
 from claude_issue_solver.backends.base import BackendError
 from claude_issue_solver.config import Config
 from claude_issue_solver.demo_world.github import FakeGitHub
-from claude_issue_solver.github import GitHubClient
+from claude_issue_solver.github.client import GitHubClient
+from claude_issue_solver.github.publisher import Publisher
+from claude_issue_solver.github.trust import Approved
 from claude_issue_solver.logs import task_log_path
-from claude_issue_solver.outcome import Outcome, TaskControl
-from claude_issue_solver.pipeline import Pipeline
-from claude_issue_solver.publisher import Publisher
-from claude_issue_solver.queue import Task, TaskQueue, TaskState
-from claude_issue_solver.run_policy import MAX_POLL_BACKOFF
-from claude_issue_solver.state import StateStore
-from claude_issue_solver.trust import Approved
+from claude_issue_solver.run.pipeline import Pipeline
+from claude_issue_solver.run.policy import MAX_POLL_BACKOFF
+from claude_issue_solver.store.outcome import Outcome, TaskControl
+from claude_issue_solver.store.queue import Task, TaskQueue, TaskState
+from claude_issue_solver.store.state import StateStore
 from tests.fakes.memory_backend import Crash, MemoryBackend, edits
 from tests.github_fixtures import Clock
 

@@ -1,8 +1,9 @@
-"""The pipeline's hook into :mod:`claude_issue_solver.run_limits`: a Claude limit is a wait, not a failure.
+"""The pipeline's hook into :mod:`claude_issue_solver.run.run_limits`: a Claude limit is a wait, not a
+failure.
 
-Runs on the pipeline of the run-policy refactor (``claude_issue_solver.outcome``, ``tests/test_pipeline.py``
-and its in-memory backend); skipped on a tree without it. The agent's output is what the real Claude
-Code 2.1.197 prints (``tests/test_limits_real_cli.py``).
+Runs on the pipeline of the run-policy refactor (``claude_issue_solver.store.outcome``,
+``tests/test_pipeline.py`` and its in-memory backend); skipped on a tree without it. The agent's output
+is what the real Claude Code 2.1.197 prints (``tests/test_limits_real_cli.py``).
 """
 
 from __future__ import annotations
@@ -11,9 +12,9 @@ import json
 
 import pytest
 
-from claude_issue_solver.queue import TaskState
+from claude_issue_solver.store.queue import TaskState
 
-_outcome = pytest.importorskip("claude_issue_solver.outcome", reason="needs the run-policy pipeline")
+_outcome = pytest.importorskip("claude_issue_solver.store.outcome", reason="needs the run-policy pipeline")
 TaskControl = _outcome.TaskControl
 
 from tests.fakes.memory_backend import edits  # noqa: E402

@@ -6,7 +6,7 @@ import pathlib
 
 import pytest
 
-from claude_issue_solver.prompt import (
+from claude_issue_solver.run.prompt import (
     SUMMARY_FILE,
     TEMPLATE_NAMES,
     IssueComment,

@@ -6,8 +6,8 @@ from dataclasses import fields
 
 import pytest
 
-from claude_issue_solver.queue import QueueError, Task, TaskQueue, TaskState
-from claude_issue_solver.state import StateStore
+from claude_issue_solver.store.queue import QueueError, Task, TaskQueue, TaskState
+from claude_issue_solver.store.state import StateStore
 
 
 def test_one_live_task_per_issue(queue: TaskQueue) -> None:

@@ -12,11 +12,11 @@ from collections.abc import Callable
 import pytest
 
 from claude_issue_solver.config import Config
-from claude_issue_solver.github import GitHubClient
-from claude_issue_solver.outcome import TaskControl
-from claude_issue_solver.pipeline import RED_WITHOUT_PR, Pipeline
-from claude_issue_solver.publisher import Publisher
-from claude_issue_solver.queue import Task, TaskState
+from claude_issue_solver.github.client import GitHubClient
+from claude_issue_solver.github.publisher import Publisher
+from claude_issue_solver.run.pipeline import RED_WITHOUT_PR, Pipeline
+from claude_issue_solver.store.outcome import TaskControl
+from claude_issue_solver.store.queue import Task, TaskState
 from tests.fakes.memory_backend import Crash, edits
 from tests.test_pipeline import REPO, SUMMARY, World
 from tests.test_pipeline import world as world  # the fixture

@@ -7,11 +7,11 @@ from collections.abc import Callable
 
 from claude_issue_solver.config import Config
 from claude_issue_solver.demo_world.github import FakeGitHub
-from claude_issue_solver.github import GitHubClient
+from claude_issue_solver.github.client import GitHubClient
 from claude_issue_solver.logs import REDACTOR
-from claude_issue_solver.outcome import TaskControl
-from claude_issue_solver.queue import TaskQueue, TaskState
-from claude_issue_solver.state import StateStore
+from claude_issue_solver.store.outcome import TaskControl
+from claude_issue_solver.store.queue import TaskQueue, TaskState
+from claude_issue_solver.store.state import StateStore
 from tests import test_pipeline
 from tests.fakes.memory_backend import MemoryBackend, edits
 from tests.github_fixtures import Clock

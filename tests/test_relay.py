@@ -917,8 +917,8 @@ def test_each_run_is_metered_once_across_a_retry_and_a_restart(
 ) -> None:
     """AgentAccess.take_metered: what a run added, never twice, and not less when the meter restarts
     (a retried task is opened anew; a restarted daemon has a new relay)."""
-    from claude_issue_solver.agent_access import AgentAccess, add_metered
     from claude_issue_solver.config import load_config
+    from claude_issue_solver.run.agent_access import AgentAccess, add_metered
 
     config = load_config(environ={"HOME": str(tmp_path), "STATE_DIR": str(tmp_path / "s")}, cwd=tmp_path)
 

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from claude_issue_solver.agent_access import AgentAccess, make_relay
 from claude_issue_solver.config import ConfigError, load_config
+from claude_issue_solver.run.agent_access import AgentAccess, make_relay
 
 
 class _Docker:

@@ -16,13 +16,14 @@ from pathlib import Path
 
 import pytest
 
-from claude_issue_solver import admission, budget, messages
-from claude_issue_solver.agent import parse_result
 from claude_issue_solver.config import Config
-from claude_issue_solver.daemon import Daemon, Outcome, TaskControl
-from claude_issue_solver.queue import Task, TaskQueue, TaskState
-from claude_issue_solver.run_limits import RunLimits
-from claude_issue_solver.state import StateStore
+from claude_issue_solver.daemon.loop import Daemon, Outcome, TaskControl
+from claude_issue_solver.run import messages
+from claude_issue_solver.run.agent import parse_result
+from claude_issue_solver.run.run_limits import RunLimits
+from claude_issue_solver.store import admission, budget
+from claude_issue_solver.store.queue import Task, TaskQueue, TaskState
+from claude_issue_solver.store.state import StateStore
 from tests.fakes.fake_anthropic import FakeAnthropic
 from tests.waiting import wait_until
 

@@ -23,7 +23,7 @@ from claude_issue_solver.backends.docker import DockerBackend
 from claude_issue_solver.backends.settings import DockerSettings
 from claude_issue_solver.credentials import GitCredential
 from claude_issue_solver.logs import TaskLog
-from claude_issue_solver.queue import Task
+from claude_issue_solver.store.queue import Task
 from tests.e2e import needs_docker
 
 pytestmark = needs_docker

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 import claude_issue_solver
-from claude_issue_solver.service import (
+from claude_issue_solver.cli.service import (
     UNIT_NAME,
     ServiceError,
     enable_instructions,

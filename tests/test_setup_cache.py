@@ -10,10 +10,15 @@ import yaml
 
 from claude_issue_solver.backends.base import BackendError
 from claude_issue_solver.config import Config
-from claude_issue_solver.outcome import TaskControl
-from claude_issue_solver.queue import Task, TaskState
-from claude_issue_solver.repo_settings import SETTINGS_PATH, SETUP_INPUTS, RepoSettingsError, parse_settings
-from claude_issue_solver.test_gate import NOT_FROM_DEFAULT, setup_key
+from claude_issue_solver.run.repo_settings import (
+    SETTINGS_PATH,
+    SETUP_INPUTS,
+    RepoSettingsError,
+    parse_settings,
+)
+from claude_issue_solver.run.test_gate import NOT_FROM_DEFAULT, setup_key
+from claude_issue_solver.store.outcome import TaskControl
+from claude_issue_solver.store.queue import Task, TaskState
 from tests.fakes.memory_backend import Crash, MemoryBackend, MemoryWorkspace, Place, Process, edits
 from tests.test_pipeline import REPO, SUMMARY, World
 from tests.test_pipeline import world as world  # the fixture

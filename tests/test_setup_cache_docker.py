@@ -34,8 +34,8 @@ from claude_issue_solver.config import Config
 from claude_issue_solver.credentials import GitCredential
 from claude_issue_solver.demo_world.github import FakeGitHub
 from claude_issue_solver.logs import TaskLog, task_log_path
-from claude_issue_solver.queue import Task, TaskQueue, TaskState
-from claude_issue_solver.run_policy import OUTPUT_BOUNDS
+from claude_issue_solver.run.policy import OUTPUT_BOUNDS
+from claude_issue_solver.store.queue import Task, TaskQueue, TaskState
 from tests.e2e import CLAUDE_KEY, CLIENT, all_finished, assert_clean, drive, labelled, needs_docker
 from tests.github_fixtures import TOKEN
 from tests.waiting import wait_until

@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
-from claude_issue_solver.queue import Task, TaskQueue, TaskState
-from claude_issue_solver.state import (
+from claude_issue_solver.store.queue import Task, TaskQueue, TaskState
+from claude_issue_solver.store.state import (
     REQUIRED_TASK_FIELDS,
     SCHEMA_VERSION,
     TASK_FIELDS,
@@ -284,8 +284,8 @@ def test_writer_killed_mid_write_leaves_previous_state(store: StateStore, tmp_pa
     child_code = textwrap.dedent(
         f"""
         import os, pathlib, time
-        from claude_issue_solver.queue import TaskQueue
-        from claude_issue_solver.state import StateStore
+        from claude_issue_solver.store.queue import TaskQueue
+        from claude_issue_solver.store.state import StateStore
         real_fsync = os.fsync
         def stalled_fsync(fd):
             pathlib.Path({str(marker)!r}).write_text("x")
@@ -315,8 +315,8 @@ def test_fifty_processes_adding_at_once_all_survive(store: StateStore, tmp_path:
     child_code = textwrap.dedent(
         f"""
         import pathlib, sys, time
-        from claude_issue_solver.queue import TaskQueue
-        from claude_issue_solver.state import StateStore
+        from claude_issue_solver.store.queue import TaskQueue
+        from claude_issue_solver.store.state import StateStore
         queue = TaskQueue(StateStore(pathlib.Path({str(store.path)!r})))
         pathlib.Path({str(tmp_path)!r}, "ready-" + sys.argv[1]).touch()
         deadline = time.monotonic() + 60

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from claude_issue_solver.state import SCHEMA_VERSION
+from claude_issue_solver.store.state import SCHEMA_VERSION
 
 ROOT = Path(__file__).resolve().parents[1]
 NOT_RUNNING = 3  # what `status` exits with when no daemon runs

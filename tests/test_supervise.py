@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from claude_issue_solver.supervise import (
+from claude_issue_solver.daemon.supervise import (
     READY_FD_ENV,
     Readiness,
     StartFailed,
@@ -28,7 +28,7 @@ def child(body: str) -> list[str]:
     code = textwrap.dedent(
         """
         import os, signal, sys, time
-        from claude_issue_solver.supervise import READY_FD_ENV, Readiness
+        from claude_issue_solver.daemon.supervise import READY_FD_ENV, Readiness
         readiness = Readiness.from_environ()
         assert READY_FD_ENV not in os.environ  # grandchildren never see the pipe's name
         """

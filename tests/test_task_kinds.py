@@ -1,7 +1,7 @@
 """The kinds of task behind one phase machine: crash and resume in every phase, for every kind.
 
 A kind written only for the tests (:mod:`tests.fakes.note_kind`: the agent writes a note, the task
-publishes it as a comment) plugs in through :func:`claude_issue_solver.kind.register`, without
+publishes it as a comment) plugs in through :func:`claude_issue_solver.run.kinds.register`, without
 touching the pipeline, and goes through the same phases as an issue's run and a follow-up: the
 repository's setup and baseline tests, the agent, a red test round and a fix round, publishing. The
 daemon is "killed" (:class:`Crash`) in each phase in turn; a new pipeline over the same queue and
@@ -16,11 +16,11 @@ from typing import Any
 
 import pytest
 
-from claude_issue_solver import kind as kinds
-from claude_issue_solver.outcome import TaskControl
-from claude_issue_solver.phases import PHASES, RESUME, resume_step
-from claude_issue_solver.queue import FOLLOWUP, Task, TaskState
-from claude_issue_solver.test_gate import PHASES as TEST_PHASES
+from claude_issue_solver.run import kinds
+from claude_issue_solver.run.phases import PHASES, RESUME, resume_step
+from claude_issue_solver.run.test_gate import PHASES as TEST_PHASES
+from claude_issue_solver.store.outcome import TaskControl
+from claude_issue_solver.store.queue import FOLLOWUP, Task, TaskState
 from tests.fakes.memory_backend import Crash, Place, Process, result_line
 from tests.fakes.note_kind import NOTE, NoAgentNoteKind, NoteKind
 from tests.test_followup_pipeline import queue_followup, trigger

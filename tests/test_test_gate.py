@@ -11,14 +11,20 @@ from collections.abc import Callable
 
 import pytest
 
-from claude_issue_solver import budget
 from claude_issue_solver.config import Config
 from claude_issue_solver.demo_world.github import FakeGitHub
-from claude_issue_solver.github import GitHubClient
-from claude_issue_solver.outcome import TaskControl
-from claude_issue_solver.queue import TaskState
-from claude_issue_solver.repo_settings import RepoSettingsError, TestPlan, detect, load_plan, parse_settings
-from claude_issue_solver.test_gate import FAILING_OUTPUT_LIMIT, StepResult, failing_output, fix_prompt
+from claude_issue_solver.github.client import GitHubClient
+from claude_issue_solver.run.repo_settings import (
+    RepoSettingsError,
+    TestPlan,
+    detect,
+    load_plan,
+    parse_settings,
+)
+from claude_issue_solver.run.test_gate import FAILING_OUTPUT_LIMIT, StepResult, failing_output, fix_prompt
+from claude_issue_solver.store import budget
+from claude_issue_solver.store.outcome import TaskControl
+from claude_issue_solver.store.queue import TaskState
 from tests.fakes.memory_backend import Crash, Place, Process, edits, result_line
 from tests.test_pipeline import REPO, SUMMARY, World
 from tests.test_pipeline import world as world  # the fixture
@@ -441,7 +447,7 @@ def test_a_requeued_task_starts_its_tests_afresh(world: World) -> None:
 
 
 def test_the_report_quotes_a_command_with_backticks_whole() -> None:
-    from claude_issue_solver import messages
+    from claude_issue_solver.run import messages
 
     plan = TestPlan(None, "test `uname` = Linux && make test", 60, "the daemon's TEST_COMMAND")
     text = messages.tests_report({"plan": plan.to_dict(), "baseline": None, "rounds": []})

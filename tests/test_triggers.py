@@ -7,10 +7,10 @@ from collections.abc import Callable
 import pytest
 
 from claude_issue_solver.demo_world.github import DEFAULT_LOGIN, FakeGitHub
-from claude_issue_solver.messages import marker
-from claude_issue_solver.queue import FOLLOWUP, Task, TaskQueue, TaskState
-from claude_issue_solver.triggers import mentions
-from claude_issue_solver.watcher import Watcher
+from claude_issue_solver.github.triggers import mentions
+from claude_issue_solver.github.watcher import Watcher
+from claude_issue_solver.run.messages import marker
+from claude_issue_solver.store.queue import FOLLOWUP, Task, TaskQueue, TaskState
 
 REPO = "acme/widgets"
 

@@ -16,13 +16,13 @@ import pytest
 
 from claude_issue_solver.config import Config
 from claude_issue_solver.demo_world.github import GRAPHQL_PATH, FakeGitHub
-from claude_issue_solver.github import GitHubClient
-from claude_issue_solver.outcome import TaskControl
-from claude_issue_solver.prompt import IssueContext, build_followup_prompt
-from claude_issue_solver.queue import FOLLOWUP, Task, TaskQueue, TaskState
-from claude_issue_solver.state import StateStore
-from claude_issue_solver.trust import FAILED_PERMISSION_TTL
-from claude_issue_solver.watcher import Watcher
+from claude_issue_solver.github.client import GitHubClient
+from claude_issue_solver.github.trust import FAILED_PERMISSION_TTL
+from claude_issue_solver.github.watcher import Watcher
+from claude_issue_solver.run.prompt import IssueContext, build_followup_prompt
+from claude_issue_solver.store.outcome import TaskControl
+from claude_issue_solver.store.queue import FOLLOWUP, Task, TaskQueue, TaskState
+from claude_issue_solver.store.state import StateStore
 from tests.fakes.memory_backend import MemoryBackend, edits
 from tests.github_fixtures import Clock
 from tests.test_followup_pipeline import first_run, queue_followup, trigger

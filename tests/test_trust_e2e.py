@@ -12,7 +12,7 @@ import pytest
 from claude_issue_solver.app import build
 from claude_issue_solver.config import Config
 from claude_issue_solver.demo_world.github import FakeGitHub
-from claude_issue_solver.queue import TaskState
+from claude_issue_solver.store.queue import TaskState
 from tests.e2e import CLAUDE_KEY, all_finished, assert_clean, drive, needs_docker, our_comments, real_cli
 
 pytestmark = needs_docker

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from claude_issue_solver.config import Config
 from claude_issue_solver.demo_world.github import FakeGitHub
 from claude_issue_solver.logs import task_log_path
-from claude_issue_solver.queue import TaskState
+from claude_issue_solver.store.queue import TaskState
 from tests.e2e import all_finished, drive, labelled
 from tests.fakes.fake_daytona import FakeDaytona
 from tests.github_fixtures import TOKEN

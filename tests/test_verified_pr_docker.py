@@ -9,11 +9,11 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from claude_issue_solver.cli.render import queue_payload
 from claude_issue_solver.config import Config
 from claude_issue_solver.demo_world.github import FakeGitHub
 from claude_issue_solver.logs import task_log_path
-from claude_issue_solver.queue import TaskState
-from claude_issue_solver.render import queue_payload
+from claude_issue_solver.store.queue import TaskState
 from tests.e2e import (
     CLAUDE_KEY,
     all_finished,

@@ -8,12 +8,12 @@ from pathlib import Path
 import pytest
 
 from claude_issue_solver.config import Config
-from claude_issue_solver.daemon import Daemon, Outcome
+from claude_issue_solver.daemon.loop import Daemon, Outcome
 from claude_issue_solver.demo_world.github import FakeGitHub
-from claude_issue_solver.github import GitHubClient, GitHubError
-from claude_issue_solver.publisher import Publisher
-from claude_issue_solver.queue import Task, TaskQueue, TaskState
-from claude_issue_solver.watcher import Watcher
+from claude_issue_solver.github.client import GitHubClient, GitHubError
+from claude_issue_solver.github.publisher import Publisher
+from claude_issue_solver.github.watcher import Watcher
+from claude_issue_solver.store.queue import Task, TaskQueue, TaskState
 from tests.github_fixtures import TOKEN, Clock
 
 ISSUES = "/api/v3/repos/acme/widgets/issues"
@@ -423,7 +423,7 @@ def test_unreachable_github_reads_as_one_line() -> None:
     from urllib3.connection import HTTPConnection
     from urllib3.exceptions import MaxRetryError, NameResolutionError
 
-    from claude_issue_solver.github import describe_unreachable
+    from claude_issue_solver.github.client import describe_unreachable
 
     conn = HTTPConnection("github.invalid")
     resolution = NameResolutionError("github.invalid", conn, socket.gaierror(-2, "Name or service not known"))

@@ -16,14 +16,14 @@ from urllib.parse import urlencode
 import pytest
 from click.testing import CliRunner
 
-from claude_issue_solver.cli import main
+from claude_issue_solver.cli.main import main
 from claude_issue_solver.config import Config, ConfigError
-from claude_issue_solver.daemon import Daemon, Outcome
+from claude_issue_solver.daemon.loop import Daemon, Outcome
 from claude_issue_solver.demo_world.github import FakeGitHub
-from claude_issue_solver.queue import Task, TaskQueue, TaskState
-from claude_issue_solver.state import StateError, StateStore
-from claude_issue_solver.watcher import Watcher
-from claude_issue_solver.webhooks import SEEN_LIMIT, WebhookReceiver, signature, signature_ok
+from claude_issue_solver.github.watcher import Watcher
+from claude_issue_solver.github.webhooks import SEEN_LIMIT, WebhookReceiver, signature, signature_ok
+from claude_issue_solver.store.queue import Task, TaskQueue, TaskState
+from claude_issue_solver.store.state import StateError, StateStore
 
 SECRET = "whsec-loopback-0123456789abcdef"
 

@@ -1,7 +1,7 @@
 """The seam between the pipeline and where the work happens: a backend is a place, not a policy.
 
 A backend says *how* things are done in its place (a Docker container over a git worktree on this host,
-a Daytona sandbox with its own clone); the pipeline and :mod:`claude_issue_solver.run_policy` say *what*
+a Daytona sandbox with its own clone); the pipeline and :mod:`claude_issue_solver.run.policy` say *what*
 happens -- the same for every backend: what runs, how long it may run, when to give up, what counts as
 a change, what the commit says, what the issue is told.
 
@@ -20,7 +20,7 @@ What a backend offers, in the spirit of SWE-ReX's deployment/runtime split:
   this run's commits on top of its new head, never running anything of the workspace's own).
 - optionally (``caches_setup``), the setup cache: ``save_setup`` keeps what a green setup process made
   under a key the pipeline computed, ``restore_setup`` gives a later workspace of the same repository
-  what was kept (see :mod:`claude_issue_solver.test_gate` for when).
+  what was kept (see :mod:`claude_issue_solver.run.test_gate` for when).
 
 Every call that creates something is idempotent and finds its work by the task id (and process name),
 never by an id saved after the fact: a daemon that died between "started a process" and "recorded it"
@@ -38,7 +38,7 @@ from typing import Protocol, TypeVar
 
 from claude_issue_solver.credentials import GitCredential
 from claude_issue_solver.logs import TaskLog
-from claude_issue_solver.queue import Task
+from claude_issue_solver.store.queue import Task
 
 __all__ = [
     "LABEL_ISSUE",
@@ -231,7 +231,7 @@ class ProcessSpec:
 @dataclass(frozen=True)
 class OutputBounds:
     """How much of each of a process's streams the daemon keeps: its first ``head`` bytes and its last
-    ``tail`` bytes. The pipeline's policy (:mod:`claude_issue_solver.run_policy`); a backend only reads
+    ``tail`` bytes. The pipeline's policy (:mod:`claude_issue_solver.run.policy`); a backend only reads
     no more than this into memory, however much the process printed."""
 
     head: int

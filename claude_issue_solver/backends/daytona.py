@@ -34,7 +34,7 @@ opened before the push.
 
 This is the only module that imports ``daytona``; the daemon imports it only when the Daytona backend
 runs. Mechanics only: when to stop, what to take and what to publish is
-:mod:`claude_issue_solver.run_policy`.
+:mod:`claude_issue_solver.run.policy`.
 """
 
 from __future__ import annotations
@@ -113,7 +113,7 @@ from claude_issue_solver.backends.base import (
 from claude_issue_solver.backends.settings import DaytonaSettings
 from claude_issue_solver.credentials import GitCredential
 from claude_issue_solver.logs import REDACTOR, TaskLog
-from claude_issue_solver.queue import Task
+from claude_issue_solver.store.queue import Task
 
 __all__ = ["SANDBOX_PREFIX", "DaytonaBackend", "DaytonaWorkspace", "create_snapshot"]
 

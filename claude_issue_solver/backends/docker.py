@@ -23,7 +23,7 @@ Host-side git works on the worktree through the mirror (:mod:`claude_issue_solve
 through the worktree's own ``.git``, which the agent could rewrite.
 
 This is the only module that imports ``docker``; the daemon imports it only when the Docker backend runs.
-Mechanics only: when to stop, what to take and what to publish is :mod:`claude_issue_solver.run_policy`.
+Mechanics only: when to stop, what to take and what to publish is :mod:`claude_issue_solver.run.policy`.
 """
 
 from __future__ import annotations
@@ -86,8 +86,8 @@ from claude_issue_solver.backends.docker_setup_cache import (
 )
 from claude_issue_solver.backends.settings import DockerSettings
 from claude_issue_solver.logs import TaskLog
-from claude_issue_solver.queue import Task
 from claude_issue_solver.relay import CONTAINER_DIR, FORWARDER_PORT, forwarded_command
+from claude_issue_solver.store.queue import Task
 
 __all__ = ["CONTAINER_PREFIX", "DockerBackend", "DockerWorkspace", "agent_dockerfile"]
 

@@ -32,7 +32,7 @@ from claude_issue_solver.backends.base import (
     checked_id,
 )
 from claude_issue_solver.logs import TaskLog
-from claude_issue_solver.queue import Task
+from claude_issue_solver.store.queue import Task
 
 
 class Crash(BaseException):

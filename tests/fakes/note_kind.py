@@ -1,6 +1,6 @@
 """A kind of task written only for the tests: the agent writes a note, the task publishes it as a comment.
 
-It shows what a new kind must implement (:class:`claude_issue_solver.kind.TaskKind`): the run's plan
+It shows what a new kind must implement (:class:`claude_issue_solver.run.kinds.TaskKind`): the run's plan
 (branch and prompt), what publishing means (here: read a file, write the task's one comment; nothing is
 pushed), and the texts. Everything else — the phases recorded before acting, resume, the budgets, the
 Claude limits, the test gate, the comment edited in place — is the pipeline's and is not written here.
@@ -8,10 +8,10 @@ Claude limits, the test gate, the comment edited in place — is the pipeline's 
 
 from __future__ import annotations
 
-from claude_issue_solver.kind import Plan, TaskKind, Words
-from claude_issue_solver.messages import Agent, marker
-from claude_issue_solver.outcome import Outcome
-from claude_issue_solver.queue import TaskState
+from claude_issue_solver.run.kinds import Plan, TaskKind, Words
+from claude_issue_solver.run.messages import Agent, marker
+from claude_issue_solver.store.outcome import Outcome
+from claude_issue_solver.store.queue import TaskState
 
 NOTE = "NOTE.md"
 NAME = "note"

@@ -1,0 +1,2 @@
+"""The daemon: the loop that claims and runs tasks, and what runs beside it (housekeeping, health,
+the listener)."""

@@ -1,0 +1,691 @@
+"""The watcher: turns open issues carrying the trigger label into tasks, cheaply and safely.
+
+Cheap: one conditional request per repository per poll. The very first look lists the open issues
+carrying the label; every later one lists *every* issue and pull request updated since the newest
+change already seen (``since``, any state, any label), sorted by ``updated`` (newest first), so any
+change changes the first page; while its ``ETag`` still matches, GitHub answers ``304 Not Modified``,
+which does not count against the rate limit. Later pages are read only down to the newest change
+already seen. ETags and per-issue bookkeeping live in the state file, so a restart costs nothing either.
+The same listing tells the follow-up triggers which of our pull requests moved (a review was
+submitted) and which issues we worked on were closed (their kept Claude sessions are removed then).
+
+Safe: a task is created only for the *labelling* (the newest ``labeled`` event of the trigger label)
+and only when the person who applied the label may write to the repository; an issue already handled
+for that labelling is not run again until someone applies the label again. The task carries the text
+that label approved (:mod:`claude_issue_solver.github.trust`): an edit by someone without write access after
+it never reaches the agent; a pending task takes a writer's edit, never anyone else's. Where the
+approved text cannot be told, the issue asks a writer to apply the label again. Pull requests and
+locked issues are skipped. A failing repository backs off on its own and never holds up the others;
+within a repository, a failure on one issue (a permission lookup GitHub answers 404 or 5xx for) is
+that issue's alone: it is tried again a few minutes later, and the poll goes on with the others.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from claude_issue_solver.config import Config
+from claude_issue_solver.github import handled
+from claude_issue_solver.github.client import (
+    GitHubClient,
+    GitHubError,
+    RateLimited,
+    Refused,
+    Response,
+    Transient,
+)
+from claude_issue_solver.github.publisher import Publisher
+from claude_issue_solver.github.triggers import TriggerWatcher
+from claude_issue_solver.github.trust import (
+    FAILED_PERMISSION_TTL,
+    PERMISSION_TTL,
+    UNKNOWN,
+    WRITE_PERMISSIONS,
+    Approved,
+    Permissions,
+    approve,
+    content_hash,
+    latest_labeling,
+)
+from claude_issue_solver.run import messages
+from claude_issue_solver.store.queue import ISSUE, Task, TaskQueue, TaskState
+
+log = logging.getLogger(__name__)
+
+__all__ = ["PERMISSION_TTL", "WRITE_PERMISSIONS", "RepoCheck", "Watcher", "content_hash"]
+
+ISSUE_RETRY = FAILED_PERMISSION_TTL  # an issue whose look failed is looked at again after this long
+APP_REPOS_REFRESH = 600.0  # App-wide: list the installations' repositories again this often
+ALL_REPOS = "*"  # poll_now's name for "the App's installations changed"
+MAX_BACKOFF = 900.0
+SINCE_MARGIN = 300  # seconds the listing looks back before the newest change seen (see _since)
+EPOCH = "1970-01-01T00:00:00Z"  # the newest change of a repository that has no issue yet
+
+
+@dataclass(frozen=True)
+class RepoCheck:
+    """What one repository's start-up check found. ``refused``: a setting must change (401/403/404)."""
+
+    repo: str
+    error: str | None = None
+    refused: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+class Watcher:
+    """Call it (``watcher()``) once per poll; the daemon's poller thread does.
+
+    A repository's first poll by a new watcher (a started or restarted daemon) ignores the back-off an
+    earlier daemon recorded after errors: the operator may just have fixed the cause. A wait GitHub
+    asked for (a rate limit) is still honoured.
+    """
+
+    def __init__(
+        self,
+        config: Config,
+        client: GitHubClient,
+        queue: TaskQueue,
+        *,
+        clock: Callable[[], float] = time.time,
+        jitter: Callable[[], float] = random.random,
+        on_queued: Callable[[Task], None] | None = None,
+        on_closed: Callable[[str, int], None] | None = None,
+    ) -> None:
+        self.config = config
+        self.on_queued = on_queued  # e.g. post the "queued" comment on the issue
+        self.on_closed = on_closed  # an issue we worked on was closed: e.g. remove its kept sessions
+        self.client = client
+        self.queue = queue
+        self.clock = clock
+        self.jitter = jitter
+        self.label = config.trigger_label.lower()
+        self.permissions = Permissions(config, client, queue.store, clock=clock)
+        self._warned: set[str] = set()
+        self._lock = threading.Lock()
+        self._fresh = {repo.lower() for repo in config.github_repos}  # not polled by this watcher yet
+        # What is watched: GITHUB_REPOS, or (App-wide) what the App's installations list, refreshed.
+        self.repos: tuple[str, ...] = config.github_repos
+        self._listed_at: float | None = None
+        # Follow-up triggers (`@claude` comments) are read in the same poll, after the labelled issues.
+        self.triggers = TriggerWatcher(config, client, queue, permission=self.cached_permission)
+
+    def __call__(self) -> None:
+        self.poll_all()
+
+    def poll_all(self) -> None:
+        """Poll every repository, in parallel, so that a slow one delays no other."""
+        if self.config.app_wide and (
+            self._listed_at is None or self.clock() - self._listed_at >= APP_REPOS_REFRESH
+        ):
+            self._refresh_quietly()
+        self._each_repo(self.poll_repo)
+
+    def poll_now(self, repo: str) -> None:
+        """Look at one watched repository now (a webhook said it changed); ``*``: list the App's
+        repositories again and poll the new ones. Anything else is not ours and is ignored."""
+        if repo == ALL_REPOS:
+            if self.config.app_wide:
+                before = {r.lower() for r in self.repos}
+                self._refresh_quietly()
+                for added in [r for r in self.repos if r.lower() not in before]:
+                    self.poll_repo(added)
+            return
+        watched = {r.lower(): r for r in self.repos}
+        if repo.lower() in watched:
+            self.poll_repo(watched[repo.lower()])
+
+    def refresh_repositories(self) -> tuple[str, ...]:
+        """App-wide: list every repository of every installation; raises :class:`GitHubError`."""
+        listed = tuple(self.client.app_repositories())
+        known = {r.lower() for r in self.repos}
+        added = [r for r in listed if r.lower() not in known]
+        removed = sorted(set(known) - {r.lower() for r in listed})
+        with self._lock:
+            self._fresh.update(r.lower() for r in added)
+        self.repos, self._listed_at = listed, self.clock()
+        with self.queue.store.transaction() as data:
+            data.setdefault("watcher", {})["app_repos"] = {
+                "repos": list(listed),
+                "listed_at": self._listed_at,
+            }
+        if added and known:
+            log.info("the GitHub App was installed on %s: watching it now", ", ".join(added))
+        if removed:
+            log.info("the GitHub App no longer reaches %s: not watching it any more", ", ".join(removed))
+        return listed
+
+    def _refresh_quietly(self) -> None:
+        try:
+            self.refresh_repositories()
+        except GitHubError as exc:
+            self._listed_at = self.clock()  # tried: the next try is at the next refresh, not every poll
+            log.warning(
+                "listing the GitHub App's repositories failed (%s); still watching %d",
+                exc.reason,
+                len(self.repos),
+            )
+
+    def check_all(self) -> list[RepoCheck]:
+        """The start-up check of every repository, in parallel (see :meth:`check`). App-wide, the
+        installations are listed first; a listing GitHub refuses is one refused check."""
+        if self.config.app_wide:
+            try:
+                self.refresh_repositories()
+            except GitHubError as exc:
+                return [
+                    RepoCheck("the GitHub App's installations", exc.reason, refused=isinstance(exc, Refused))
+                ]
+            if not self.repos:
+                return [
+                    RepoCheck("the GitHub App's installations", "the App is installed on no repository yet")
+                ]
+        return self._each_repo(self.check)
+
+    def _each_repo(self, work: Callable[[str], Any]) -> list[Any]:
+        repos = self.repos
+        if not repos:
+            return []
+        if len(repos) == 1:
+            return [work(repos[0])]
+        with ThreadPoolExecutor(max_workers=min(4, len(repos)), thread_name_prefix="poll") as pool:
+            return list(pool.map(work, repos))
+
+    # --- one repository ---------------------------------------------------------------------------
+
+    def check(self, repo: str) -> RepoCheck:
+        """Whether ``repo`` can be polled: the poll's own first request (conditional, so usually a free
+        304), recorded in the repository's health like a poll. Never raises. The poll that follows
+        treats the result as its own: a failure here starts the back-off, a success clears old errors."""
+        book: dict[str, Any] = self.queue.store.read().get("watcher", {})
+        health = book.get("repos", {}).get(repo, {})
+        with self._lock:
+            self._fresh.discard(repo.lower())
+        if _rate_limited(health) and (health.get("backoff_until") or 0) > self.clock():
+            return RepoCheck(repo, error=health.get("last_error") or "rate limited by GitHub")
+        try:
+            response = self._first_page(repo, book)
+        except Exception as exc:
+            self._record_poll_error(repo, exc, report=False)  # the caller says it, once
+            return RepoCheck(repo, error=_reason(exc), refused=isinstance(exc, Refused))
+        self._record_success(repo, response)
+        return RepoCheck(repo)
+
+    def poll_repo(self, repo: str) -> None:
+        """Never raises: every failure is recorded in the repository's health and backed off."""
+        now = self.clock()
+        # One read of the bookkeeping per poll; what the poll changes is written back in transactions.
+        book: dict[str, Any] = self.queue.store.read().get("watcher", {})
+        health = book.get("repos", {}).get(repo, {})
+        with self._lock:
+            fresh = repo.lower() in self._fresh
+            self._fresh.discard(repo.lower())
+        waiting = (health.get("backoff_until") or 0) > now
+        if waiting and (_rate_limited(health) or not fresh):
+            return
+        try:
+            self._poll(repo, book)
+            self.triggers.poll(repo)
+            self._retry_issues(repo)
+        except Exception as exc:
+            self._record_poll_error(repo, exc)
+
+    def _record_poll_error(self, repo: str, exc: Exception, *, report: bool = True) -> None:
+        """Record the failure in the repository's health (and back off); log it unless the caller
+        reports it itself."""
+        reason = _reason(exc)
+        if isinstance(exc, RateLimited):
+            self._record_failure(repo, reason, until=exc.until, rate_limited=True)
+            until = time.strftime("%H:%M:%S", time.localtime(exc.until))
+            level, message, args = logging.WARNING, "%s: rate limited; next poll after %s", (repo, until)
+        elif isinstance(exc, Transient):
+            self._record_failure(repo, reason)
+            level, message, args = logging.WARNING, "%s: %s; backing off", (repo, exc)
+        elif isinstance(exc, GitHubError):
+            self._record_failure(repo, reason)
+            level, message, args = logging.ERROR, "%s: %s", (repo, exc)
+        else:  # a bug must not kill the poller: record it and keep going
+            self._record_failure(repo, reason)
+            log.error("%s: unexpected error while polling", repo, exc_info=exc)
+            return
+        log.log(level if report else logging.DEBUG, message, *args)
+
+    def _first_page(self, repo: str, book: dict[str, Any]) -> Response:
+        """The listing request every poll starts with, conditional on the last poll's ETag.
+
+        The first look ever reads the labelled open issues (an old repository's whole history would be
+        pages of nothing to do); from then on everything updated since the newest change seen, so a
+        closed issue and a reviewed pull request show up in the same one request.
+        """
+        high_water = book.get("high_water", {}).get(f"{repo}:{self.label}", "")
+        params: dict[str, Any] = {"sort": "updated", "direction": "desc", "per_page": 100}
+        if high_water:
+            params.update(state="all", since=_since(high_water))
+        else:
+            params.update(state="open", labels=self.config.trigger_label)
+        etag = book.get("etags", {}).get(f"{repo}:{self.label}")
+        return self.client.request(
+            repo,
+            "GET",
+            f"/repos/{repo}/issues",
+            params=params,
+            headers={"If-None-Match": etag} if etag else None,
+        )
+
+    def _poll(self, repo: str, book: dict[str, Any]) -> None:
+        etag_key = f"{repo}:{self.label}"
+        high_water = book.get("high_water", {}).get(etag_key, "")
+        first_look = not high_water
+        first = self._first_page(repo, book)
+        if first.status == 304:
+            self._record_success(repo, first)
+            return
+        newest = high_water
+        response: Response | None = first
+        pulls: dict[int, str] = {}  # open pull requests that moved: number -> updated_at
+        closed: list[int] = []
+        while response is not None:
+            issues = response.data or []
+            changes: dict[str, dict[str, Any]] = {}
+            # The page is newest-first; queue what it holds oldest issue first, as people would expect.
+            for issue in sorted(issues, key=lambda i: int(i.get("number") or 0)):
+                newest = max(newest, issue.get("updated_at") or "")
+                if "pull_request" in issue:
+                    if issue.get("state", "open") == "open":
+                        pulls[int(issue["number"])] = issue.get("updated_at") or ""
+                elif issue.get("state", "open") != "open":
+                    closed.append(int(issue["number"]))
+                self._consider_safely(repo, issue, book, changes)
+            self._update_issue_book(changes)
+            oldest_on_page = min((i.get("updated_at") or "" for i in issues), default="")
+            if not issues or (high_water and oldest_on_page <= high_water):
+                break  # everything further down is older than what we already handled
+            response = self.client.next_page(repo, response)
+        if first_look:  # from here on the listing of everything since then
+            newest = max(newest, self._newest_change(repo)) or EPOCH
+        # Saved only now: a poll that failed half-way is done again in full, never skipped by a 304.
+        with self.queue.store.transaction() as data:
+            book = data.setdefault("watcher", {})
+            book.setdefault("etags", {})[etag_key] = first.headers.get("etag", "")
+            book.setdefault("high_water", {})[etag_key] = newest
+            self.triggers.note_pulls(data, repo, pulls)
+        self._record_success(repo, response or first)
+        if closed and self.on_closed is not None:
+            ours = self.triggers.worked_on(repo)
+            for number in closed:
+                if number in ours:
+                    self.on_closed(repo, number)
+        if first_look:
+            # The listing every later poll asks for, once now, so that the next poll gets its 304.
+            self._poll(repo, self.queue.store.read().get("watcher", {}))
+
+    def _newest_change(self, repo: str) -> str:
+        """When the repository's newest issue or pull request changed (once, at the first look)."""
+        newest = self.client.request(
+            repo,
+            "GET",
+            f"/repos/{repo}/issues",
+            params={"state": "all", "sort": "updated", "direction": "desc", "per_page": 1},
+        )
+        return max((i.get("updated_at") or "" for i in newest.data or []), default="")
+
+    # --- one issue ----------------------------------------------------------------------------------
+
+    def _consider_safely(
+        self, repo: str, issue: dict[str, Any], watcher_book: dict[str, Any], out: dict[str, dict[str, Any]]
+    ) -> None:
+        """:meth:`_consider`, with whatever goes wrong contained to that issue: it is looked at again
+        after :data:`ISSUE_RETRY` (:meth:`_retry_issues`) and the poll goes on. A rate limit is the
+        repository's, not the issue's: the whole poll backs off."""
+        key = f"{repo}#{issue.get('number')}"
+        try:
+            self._consider(repo, issue, watcher_book, out)
+        except RateLimited:
+            raise
+        except Exception as exc:
+            reason = _reason(exc)
+            change = out.setdefault(key, {})
+            # What was done before the failure stays recorded; the fingerprint goes, so it is looked at again.
+            change.update(fingerprint=None, retry_at=self.clock() + ISSUE_RETRY, last_error=reason)
+            with self._lock:
+                first = f"{key}:error:{reason}" not in self._warned
+                self._warned.add(f"{key}:error:{reason}")
+            if first:
+                log.warning(
+                    "%s: %s; the repository's other issues go on, this one is looked at again in %d s",
+                    key,
+                    reason,
+                    ISSUE_RETRY,
+                    exc_info=None if isinstance(exc, GitHubError) else exc,
+                )
+
+    def _retry_issues(self, repo: str) -> None:
+        """Look again at the issues of ``repo`` whose last look failed and whose wait is over."""
+        book: dict[str, Any] = self.queue.store.read().get("watcher", {})
+        now = self.clock()
+        due = sorted(
+            key
+            for key, entry in book.get("issues", {}).items()
+            if key.rpartition("#")[0].lower() == repo.lower() and (entry.get("retry_at") or now + 1) <= now
+        )
+        changes: dict[str, dict[str, Any]] = {}
+        for key in due:
+            try:
+                issue = self.client.issue(repo, int(key.rpartition("#")[2]))
+            except RateLimited:
+                raise
+            except GitHubError as exc:
+                changes[key] = {"retry_at": now + ISSUE_RETRY, "last_error": exc.reason}
+                continue
+            self._consider_safely(repo, issue, book, changes)
+            changes.setdefault(key, {}).setdefault("retry_at", None)  # nothing to do for it any more
+        self._update_issue_book(changes)
+
+    def _consider(
+        self, repo: str, issue: dict[str, Any], watcher_book: dict[str, Any], out: dict[str, dict[str, Any]]
+    ) -> None:
+        """Decide what one listed issue means; bookkeeping changes go to ``out`` (saved per page)."""
+        number = int(issue["number"])
+        key = f"{repo}#{number}"
+        if "pull_request" in issue:
+            return
+        if issue.get("state", "open") != "open":
+            return
+        if issue.get("locked"):
+            self._note_once(key + ":locked", "%s is locked; skipping it", key)
+            return
+        labels = [
+            label["name"] if isinstance(label, dict) else str(label) for label in issue.get("labels", [])
+        ]
+        if self.label not in (name.lower() for name in labels):
+            return
+        book = watcher_book.get("issues", {}).get(key, {})
+        title, body = issue.get("title") or "", issue.get("body") or ""
+        digest = content_hash(title, body)
+        # updated_at has one-second resolution: two changes in one second must not look like none.
+        fingerprint = content_hash(
+            f"{issue.get('updated_at')}|{sorted(labels)}|{issue.get('comments')}", digest
+        )
+        if book.get("fingerprint") == fingerprint:
+            return  # nothing new since we last looked
+        meta = {
+            "labels": labels,
+            "author": (issue.get("user") or {}).get("login", ""),
+            "url": issue.get("html_url", ""),
+        }
+        changes: dict[str, Any] = {
+            "updated_at": issue.get("updated_at"),
+            "hash": digest,
+            "fingerprint": fingerprint,
+            "retry_at": None,
+            "last_error": None,
+        }
+        out[key] = changes  # recorded even when a later step fails (see _consider_safely)
+        permissions = watcher_book.setdefault("permissions", {})
+        live = self.queue.live_for(repo, number)
+        if live is not None:
+            if live.state is TaskState.PENDING and live.kind == ISSUE and book.get("hash") != digest:
+                self._refresh_pending(repo, issue, live, meta, permissions)
+        else:
+            events = self.client.events(repo, number)
+            labeled = latest_labeling(events, self.label)
+            if labeled is None:
+                self._note_once(
+                    key + ":nolabel", "%s carries the label but has no labeled event; skipping", key
+                )
+            elif labeled["at"] > (book.get("handled_label_at") or ""):
+                trusted, why = self._trusted(repo, labeled["actor"], permissions)
+                # GitHub is the record: a labelling an earlier daemon already answered is not run again.
+                done = self._handled(repo, issue, book, labeled["at"]) if trusted else None
+                if done is not None:
+                    changes.update(done.book())
+                elif trusted:
+                    self._queue_approved(repo, issue, labeled, events, meta, changes, permissions, why)
+                else:
+                    changes["untrusted_label"] = {"actor": labeled["actor"], "at": labeled["at"], "why": why}
+                    actor = labeled["actor"]
+                    if actor and self.permissions.get(repo, actor, permissions) == UNKNOWN:
+                        # Untrusted for now only: looked at again once the failed lookup may be retried.
+                        changes.update(fingerprint=None, retry_at=self.clock() + ISSUE_RETRY)
+                    self._note_once(
+                        f"{key}:untrusted:{labeled['at']}",
+                        "%s: ignoring the label applied by %s (%s)",
+                        key,
+                        labeled["actor"],
+                        why,
+                    )
+        if int(issue.get("comments") or 0) != book.get("comments", 0):
+            changes["comments"] = int(issue.get("comments") or 0)
+            changes["new_comments"] = self._new_trusted_comments(repo, number, book, permissions)
+
+    def _handled(
+        self, repo: str, issue: dict[str, Any], book: dict[str, Any], label_at: str
+    ) -> handled.Handled | None:
+        return handled.already_done(
+            self.client, self.queue.store, repo, issue, book, label_at, own_login=self.triggers.own_login
+        )
+
+    def _writer(self, repo: str, permissions: dict[str, Any]) -> Callable[[str], bool]:
+        return lambda login: self.permissions.writer(repo, login, permissions)[0]
+
+    def _queue_approved(
+        self,
+        repo: str,
+        issue: dict[str, Any],
+        labeled: dict[str, str],
+        events: list[dict[str, Any]],
+        meta: dict[str, Any],
+        changes: dict[str, Any],
+        permissions: dict[str, Any],
+        why: str,
+    ) -> None:
+        """A writer's label: queue the text it approved, or ask for the label again when that cannot be
+        told (the issue changed since and its edit history does not say how)."""
+        number = int(issue["number"])
+        key = f"{repo}#{number}"
+        approval = approve(
+            self.client,
+            self._writer(repo, permissions),
+            repo,
+            issue,
+            labeled,
+            events,
+            everyone=self.config.allow_untrusted_labelers,
+        )
+        if approval.approved is None:
+            marker_id = messages.approval_marker(number, labeled["at"])
+            text = messages.relabel_comment(
+                labeled["actor"], approval.why, self.config.trigger_label, marker_id
+            )
+            Publisher(self.client).upsert_comment(repo, number, marker_id, text)  # found again by its marker
+            changes["handled_label_at"] = labeled["at"]
+            changes["unapproved"] = {"at": labeled["at"], "why": approval.why}
+            log.warning("%s: not queued: %s; asked for the label to be applied again", key, approval.why)
+            return
+        approved = approval.approved
+        task = self.queue.submit(
+            repo,
+            number,
+            approved.title,
+            meta={
+                **meta,
+                "labeler": labeled["actor"],
+                "approved": approved.to_meta(),
+                "body_hash": approved.hash,
+            },
+        )
+        changes["handled_label_at"] = labeled["at"]
+        if task is not None:
+            edited = " (an older version: the issue was changed since by people without write access)"
+            log.info(
+                "%s: queued task %s (label by %s, %s)%s",
+                key,
+                task.id,
+                labeled["actor"],
+                why,
+                edited if approved.differs(issue) else "",
+            )
+            if self.on_queued is not None:
+                self.on_queued(task)
+
+    def _refresh_pending(
+        self, repo: str, issue: dict[str, Any], live: Task, meta: dict[str, Any], permissions: dict[str, Any]
+    ) -> None:
+        """A pending task's issue was edited: a writer's edit is the new approved text; anyone else's is
+        never given to the agent (the task keeps the text approved before)."""
+        key = f"{repo}#{issue['number']}"
+        before = Approved.from_meta(live.meta.get("approved"))
+        if before is None:  # queued by an older version: the run finds the approved text itself
+            self.queue.update(live.id, meta=meta)
+            return
+        approval = approve(
+            self.client,
+            self._writer(repo, permissions),
+            repo,
+            issue,
+            {"actor": before.labeler, "at": before.label_at},
+            self.client.events(repo, int(issue["number"])),
+            everyone=self.config.allow_untrusted_labelers,
+        )
+        now = approval.approved
+        if now is not None and now.hash != before.hash:
+            self.queue.update(
+                live.id, title=now.title, meta={**meta, "approved": now.to_meta(), "body_hash": now.hash}
+            )
+            log.info("%s was edited by %s; refreshed pending task %s", key, now.by, live.id)
+            return
+        self.queue.update(live.id, meta=meta)
+        if (now or before).differs(issue):
+            log.info(
+                "%s was edited, not by a person with write access: pending task %s keeps the text approved "
+                "by %s",
+                key,
+                live.id,
+                before.by,
+            )
+
+    def _trusted(self, repo: str, login: str, permissions: dict[str, Any]) -> tuple[bool, str]:
+        """Whether the labeler may start work; ``permissions`` is this poll's view of the cache."""
+        if self.config.allow_untrusted_labelers:
+            return True, "ALLOW_UNTRUSTED_LABELERS=true"
+        if not login:
+            return False, "the labeler is unknown"
+        return self.permissions.writer(repo, login, permissions)
+
+    def cached_permission(self, repo: str, login: str, permissions: dict[str, Any] | None = None) -> str:
+        """``login``'s permission on ``repo``, asked of GitHub at most once an hour (cached in the state);
+        ``permissions`` is a poll's own view of the cache, when it has one. A lookup that failed is
+        ``unknown`` (untrusted) for a few minutes, then asked again; never raises."""
+        return self.permissions.get(repo, login, permissions)
+
+    def _new_trusted_comments(
+        self, repo: str, number: int, book: dict[str, Any], permissions: dict[str, Any]
+    ) -> list[dict[str, Any]]:
+        """Comments since the last look, by authors with write access only (kept for follow-up work)."""
+        known = list(book.get("new_comments") or [])
+        seen = {c["id"] for c in known}
+        for comment in self.client.comments(repo, number, since=book.get("comments_since")):
+            if comment.get("id") in seen or "claude-issue-solver:" in (comment.get("body") or ""):
+                continue  # already kept, or our own progress comments
+            author = (comment.get("user") or {}).get("login", "")
+            if not self.permissions.writer(repo, author, permissions)[0]:
+                continue
+            known.append(
+                {
+                    "id": comment["id"],
+                    "author": (comment.get("user") or {}).get("login", ""),
+                    "created_at": comment.get("created_at", ""),
+                }
+            )
+        return known[-50:]
+
+    # --- bookkeeping in the state file ----------------------------------------------------------------
+
+    def _update_issue_book(self, changes: dict[str, dict[str, Any]]) -> None:
+        if not changes:
+            return
+        with self.queue.store.transaction() as data:
+            issues = data.setdefault("watcher", {}).setdefault("issues", {})
+            for key, change in changes.items():
+                entry = issues.setdefault(key, {})
+                entry.update(change)
+                if change.get("new_comments"):
+                    entry["comments_since"] = max(c["created_at"] for c in change["new_comments"])
+
+    def _record_success(self, repo: str, response: Response) -> None:
+        with self.queue.store.transaction() as data:
+            health = data.setdefault("watcher", {}).setdefault("repos", {}).setdefault(repo, {})
+            # A success ends the trouble: the old error is no longer the repository's health.
+            health.update(
+                last_success=self.clock(),
+                failures=0,
+                backoff_until=None,
+                last_error=None,
+                failing_since=None,
+                rate_limited=False,
+            )
+            if response.rate:
+                health["rate_remaining"], health["rate_limit"] = response.rate
+
+    def _record_failure(
+        self, repo: str, error: str, *, until: float | None = None, rate_limited: bool = False
+    ) -> None:
+        now = self.clock()
+        with self.queue.store.transaction() as data:
+            health = data.setdefault("watcher", {}).setdefault("repos", {}).setdefault(repo, {})
+            # Being told to wait is not a fault: it does not lengthen the next back-off.
+            failures = int(health.get("failures") or 0) + (0 if rate_limited else 1)
+            if until is None:
+                # Exponential back-off with jitter so that many daemons do not retry in step.
+                base = min(self.config.poll_interval * 2 ** (failures - 1), MAX_BACKOFF)
+                until = now + base * (0.5 + self.jitter() / 2)
+            health.update(
+                last_error=error,
+                last_error_at=now,
+                failures=failures,
+                backoff_until=until,
+                rate_limited=rate_limited,
+            )
+            if not health.get("failing_since"):
+                health["failing_since"] = now
+            if rate_limited:
+                health["rate_remaining"] = 0
+
+    def _note_once(self, key: str, message: str, *args: Any) -> None:
+        with self._lock:
+            if key in self._warned:
+                return
+            self._warned.add(key)
+        log.info(message, *args)
+
+
+def _since(high_water: str) -> str:
+    """``since`` for the listing: a little before the newest change seen, so that a change GitHub wrote
+    late with an older time is still listed (what was seen already is recognised by its fingerprint).
+    Constant while nothing changes, so the listing's ETag keeps answering 304."""
+    try:
+        at = datetime.fromisoformat(high_water.replace("Z", "+00:00"))
+    except ValueError:
+        return high_water
+    return (at - timedelta(seconds=SINCE_MARGIN)).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _rate_limited(health: dict[str, Any]) -> bool:
+    # Older state files have no flag: a rate-limit failure was recorded as zero requests left.
+    return bool(health.get("rate_limited", health.get("rate_remaining") == 0 and health.get("last_error")))
+
+
+def _reason(exc: Exception) -> str:
+    if isinstance(exc, GitHubError):
+        return exc.reason
+    return f"internal error: {type(exc).__name__}: {exc}"
