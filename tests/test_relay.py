@@ -33,6 +33,7 @@ from claude_issue_solver.relay import (
     RelayError,
     cost_usd,
     forwarded_command,
+    metering,
     price_for,
 )
 from tests.fakes.fake_anthropic import FakeAnthropic
@@ -548,9 +549,9 @@ def test_the_event_stream_meter_survives_any_chunking() -> None:
 
     blocks = [{"type": "text", "text": "x" * 5000}]
     stream = sse_body("msg_1", "claude-haiku-4-5", blocks, "end_turn", CACHE_USAGE).replace(b"\n", b"\r\n")
-    whole = relay_module._SseMeter()
+    whole = metering._SseMeter()
     whole.feed(stream)
-    bytewise = relay_module._SseMeter()
+    bytewise = metering._SseMeter()
     for n in range(len(stream)):
         bytewise.feed(stream[n : n + 1])
     for meter in (whole, bytewise):
@@ -627,7 +628,7 @@ def _free_port() -> int:
 
 def _forwarder(grant_socket: Path, port: int, command: list[str]) -> list[str]:
     assert NODE is not None
-    script = str(Path(relay_module.__file__).parent / "data" / FORWARDER_NAME)
+    script = str(Path(relay_module.__file__).parents[1] / "data" / FORWARDER_NAME)
     return [NODE, script, "--port", str(port), "--socket", str(grant_socket), "--", *command]
 
 

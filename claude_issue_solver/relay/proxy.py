@@ -1,29 +1,5 @@
-"""The Claude credential relay: a Messages-API proxy that keeps the real credential in the daemon.
-
-A task's containers never hold the operator's ``ANTHROPIC_API_KEY`` / ``CLAUDE_CODE_OAUTH_TOKEN``. They get
-a per-task token instead and reach the API through a Unix socket the daemon listens on; the relay checks
-the token, swaps it for the real credential, streams the answer back unbuffered, and meters what the
-task spent (tokens and dollars, from the answers' ``usage``) and the limits the API announced.
-
-    relay = Relay(state_dir / "relay", "https://api.anthropic.com", ClaudeCredential(api_key=key))
-    relay.start()
-    grant = relay.open(task_id)   # grant.directory -> bind-mount at /relay; grant.env -> the container
-    ...                           # the container runs: node /relay/relay-forward.js --port 47800
-    ...                           #   --socket /relay/relay.sock -- claude -p ...
-    relay.usage(task_id).cost_usd
-    relay.close(task_id)          # the token dies; the socket and its directory go
-    relay.stop()
-
-Layout under ``directory`` (0700, the daemon's): ``secret`` (0600, made once: tokens are
-HMAC-SHA256(secret, task id), so a restarted daemon accepts the token of a container still running) and
-one directory per open task, ``<key>/`` (0711: the container's user may pass through it, not list or
-write it) holding ``relay.sock`` (0600, owned by ``socket_owner`` when given: the agent's uid) and a
-copy of ``relay-forward.js``, the in-container forwarder (TCP 127.0.0.1:<port> -> the socket).
-
-Served by aiohttp (already installed with the Daytona SDK): one asyncio loop in one thread serves every
-task's socket and every connection, streams both ways, and bounds idle connections, bodies and writes
-(:class:`RelayBounds`). Requests are answered in the loop; callers use the thread-safe methods below.
-"""
+"""The relay itself: one asyncio loop serving every open task's socket, checking its token, swapping it for
+the real credential and streaming the answer back (see the package's docstring)."""
 
 from __future__ import annotations
 
@@ -32,20 +8,15 @@ import contextlib
 import copy
 import hashlib
 import hmac
-import json
 import logging
 import os
-import re
-import secrets
 import shutil
 import socket
-import stat
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -55,362 +26,33 @@ from yarl import URL
 
 from claude_issue_solver import limits
 from claude_issue_solver.logs import REDACTOR
-
-__all__ = [
-    "CONTAINER_DIR",
-    "FORWARDER_NAME",
-    "FORWARDER_PORT",
-    "SOCKET_NAME",
-    "UNIX_PATH_MAX",
-    "ClaudeCredential",
-    "LimitSeen",
-    "ModelUsage",
-    "Price",
-    "Relay",
-    "RelayBounds",
-    "RelayError",
-    "RelayGrant",
-    "TaskUsage",
-    "cost_usd",
-    "forwarded_command",
-    "price_for",
-    "stop_all",
-]
+from claude_issue_solver.relay.base import (
+    _CAPTURE_ERROR_BYTES,
+    _CAPTURE_JSON_BYTES,
+    _KEPT_CLOSED,
+    _LIMIT_STATUSES,
+    _NOT_FORWARDED_BACK,
+    _NOT_FORWARDED_OUT,
+    FORWARDER_NAME,
+    OAUTH_BETA,
+    SECRET_NAME,
+    SOCKET_NAME,
+    TOKEN_PREFIX,
+    UNIX_PATH_MAX,
+    ClaudeCredential,
+    RelayBounds,
+    RelayError,
+    RelayGrant,
+    _check_task_id,
+    _load_secret,
+    _private_dir,
+    _write_file,
+    forwarder_source,
+)
+from claude_issue_solver.relay.metering import LimitSeen, _error_message, _request_model, _SseMeter, _usage_of
+from claude_issue_solver.relay.pricing import TaskUsage
 
 log = logging.getLogger(__name__)
-
-CONTAINER_DIR = "/relay"  # where the backend mounts a task's relay directory
-SOCKET_NAME = "relay.sock"
-FORWARDER_NAME = "relay-forward.js"
-FORWARDER_PORT = 47800  # the forwarder's fixed port in the container: ANTHROPIC_BASE_URL names it
-SECRET_NAME = "secret"
-TOKEN_PREFIX = "cis-relay-"  # an opaque token, recognisable in a log or a leaked file
-OAUTH_BETA = "oauth-2025-04-20"  # what the Messages API asks of OAuth callers (the CLI sends it too)
-_TASK_ID = re.compile(r"^[A-Za-z0-9_.-]{1,200}$")
-UNIX_PATH_MAX = 107  # sun_path is 108 bytes with the NUL
-# How many closed tasks' figures are kept for a late ``usage()`` call (oldest dropped first).
-_KEPT_CLOSED = 1000
-# RFC 9110 hop-by-hop headers, plus what the relay sets itself on each leg.
-_HOP_BY_HOP = frozenset(
-    {
-        "connection",
-        "keep-alive",
-        "proxy-authenticate",
-        "proxy-authorization",
-        "proxy-connection",
-        "te",
-        "trailer",
-        "transfer-encoding",
-        "upgrade",
-    }
-)
-_NOT_FORWARDED_OUT = _HOP_BY_HOP | {"host", "content-length", "x-api-key", "authorization", "expect"}
-_NOT_FORWARDED_BACK = _HOP_BY_HOP | {"content-length"}
-_LIMIT_STATUSES = (429, 529)
-_CAPTURE_ERROR_BYTES = 64 * 1024  # an error body is read this far for its message
-_CAPTURE_JSON_BYTES = 16 * 1024 * 1024  # a non-streamed message body, for its usage
-
-
-class RelayError(Exception):
-    """The relay cannot do what was asked (not started, a bad task id, a socket path too long...)."""
-
-
-# -- what the operator configured and what a task gets ------------------------------------------------
-
-
-@dataclass(frozen=True)
-class ClaudeCredential:
-    """The operator's Claude credential: an API key, or an OAuth token from ``claude setup-token``.
-
-    With both, the API key is used (as the CLI itself does when it sees both)."""
-
-    api_key: str | None = None
-    oauth_token: str | None = None
-
-    def __post_init__(self) -> None:
-        if not (self.api_key or self.oauth_token):
-            msg = "the relay needs a Claude credential: ANTHROPIC_API_KEY or CLAUDE_CODE_OAUTH_TOKEN"
-            raise RelayError(msg)
-
-    @property
-    def is_oauth(self) -> bool:
-        return not self.api_key
-
-    @property
-    def env_name(self) -> str:
-        """The variable a container's CLI reads its (relay) credential from."""
-        return "CLAUDE_CODE_OAUTH_TOKEN" if self.is_oauth else "ANTHROPIC_API_KEY"
-
-    def __repr__(self) -> str:  # never print the values
-        return f"ClaudeCredential({'oauth' if self.is_oauth else 'api_key'})"
-
-
-@dataclass(frozen=True)
-class RelayGrant:
-    """What one task's containers get: a directory to mount at ``/relay`` and the env to set.
-
-    ``env`` holds the token only; the backend adds ``ANTHROPIC_BASE_URL=http://127.0.0.1:<port>`` (it
-    chooses the forwarder's port) and starts the command through :func:`forwarded_command`."""
-
-    task_id: str
-    directory: Path
-    token: str
-    env: dict[str, str]
-
-    @property
-    def socket(self) -> Path:
-        return self.directory / SOCKET_NAME
-
-    def __repr__(self) -> str:
-        return f"RelayGrant(task_id={self.task_id!r}, directory={str(self.directory)!r})"
-
-
-def forwarded_command(
-    argv: list[str], *, port: int = FORWARDER_PORT, node: str = "node", mount: str = CONTAINER_DIR
-) -> list[str]:
-    """``argv`` started through the forwarder copied into the task's relay directory (mounted at
-    ``mount``): the command starts once 127.0.0.1:``port`` listens, and its exit code is the result."""
-    return [
-        node,
-        f"{mount}/{FORWARDER_NAME}",
-        "--port",
-        str(port),
-        "--socket",
-        f"{mount}/{SOCKET_NAME}",
-        "--",
-        *argv,
-    ]
-
-
-@dataclass(frozen=True)
-class RelayBounds:
-    """How long and how much the relay waits for or accepts (the defaults suit the real CLI)."""
-
-    max_body_bytes: int = 32 * 1024 * 1024  # the Messages API's own request limit
-    idle_timeout_s: float = 30.0  # a connection that sends nothing (or stops mid-headers) is closed
-    body_timeout_s: float = 60.0  # the whole request body must arrive within this
-    write_timeout_s: float = 120.0  # a client that stops reading the answer is dropped
-    connect_timeout_s: float = 15.0  # to the upstream API
-    read_timeout_s: float = 600.0  # upstream silence (the CLI's own default API timeout is 600 s)
-    max_connections: int = 256  # to the upstream API, all tasks together
-
-
-# -- metering -----------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Price:
-    """Dollars per million tokens (and per web search request)."""
-
-    input: float
-    output: float
-    cache_write_5m: float
-    cache_write_1h: float
-    cache_read: float
-    web_search: float = 0.01
-
-
-# The table Claude Code 2.1.197 prices its runs with (its modelUsage/total_cost_usd), so the relay's
-# figure equals the CLI's. Matched in this order on the lower-cased model id, as the CLI matches.
-_SONNET = Price(3, 15, 3.75, 6, 0.3)
-_OPUS_4 = Price(15, 75, 18.75, 30, 1.5)
-_OPUS_45 = Price(5, 25, 6.25, 10, 0.5)
-_OPUS_FAST = Price(30, 150, 37.5, 60, 3)  # "speed": "fast" on Opus 4.6/4.7
-_TIER_10 = Price(10, 50, 12.5, 20, 1)
-_HAIKU_45 = Price(1, 5, 1.25, 2, 0.1)
-_HAIKU_35 = Price(0.8, 4, 1, 1.6, 0.08)
-_FAMILIES: tuple[tuple[str, re.Pattern[str], Price], ...] = tuple(
-    (name, re.compile(pattern), price)
-    for name, pattern, price in (
-        ("claude-fable-5", r"claude-fable-5", _TIER_10),
-        ("claude-mythos-5", r"claude-mythos-5", _TIER_10),
-        ("claude-opus-4-8", r"claude-opus-4-8", _OPUS_45),
-        ("claude-opus-4-7", r"claude-opus-4-7", _OPUS_45),
-        ("claude-opus-4-6", r"claude-opus-4-6", _OPUS_45),
-        ("claude-opus-4-5", r"claude-opus-4-5", _OPUS_45),
-        ("claude-opus-4-1", r"claude-opus-4-1", _OPUS_4),
-        ("claude-opus-4-0", r"claude-opus-4(?!-\d(?!\d))", _OPUS_4),
-        ("claude-sonnet-5", r"claude-sonnet-5", _SONNET),
-        ("claude-sonnet-4-6", r"claude-sonnet-4-6", _SONNET),
-        ("claude-sonnet-4-5", r"claude-sonnet-4-5", _SONNET),
-        ("claude-sonnet-4-0", r"claude-sonnet-4(?!-\d(?!\d))", _SONNET),
-        ("claude-haiku-4-5", r"claude-haiku-4-5", _HAIKU_45),
-        ("claude-3-7-sonnet", r"claude-3-7-sonnet", _SONNET),
-        ("claude-3-5-sonnet", r"claude-3-5-sonnet", _SONNET),
-        ("claude-3-5-haiku", r"claude-3-5-haiku", _HAIKU_35),
-    )
-)
-# A model the table does not know is priced as the CLI does without a better guess: Opus 4.5's rates.
-_FALLBACK = ("unknown", _OPUS_45)
-
-
-def price_for(model: str, *, speed: str | None = None) -> tuple[str, Price, bool]:
-    """(family, price, known) for a model id (``claude-sonnet-4-5-20250929``, ``us.anthropic.…``)."""
-    lowered = model.lower()
-    for name, pattern, price in _FAMILIES:
-        if pattern.search(lowered):
-            if speed == "fast" and name in ("claude-opus-4-6", "claude-opus-4-7"):
-                return name, _OPUS_FAST, True
-            if speed == "fast" and name == "claude-opus-4-8":
-                return name, _TIER_10, True
-            return name, price, True
-    return _FALLBACK[0], _FALLBACK[1], False
-
-
-def _num(value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return 0
-    return int(value)
-
-
-def cost_usd(model: str, usage: Mapping[str, Any]) -> float:
-    """What one answer's ``usage`` costs, the way Claude Code computes it: input, output, cache reads,
-    cache writes (the 1-hour part at its own rate when ``cache_creation`` says so) and web searches."""
-    _, price, _ = price_for(model, speed=usage.get("speed") if isinstance(usage.get("speed"), str) else None)
-    written = _num(usage.get("cache_creation_input_tokens"))
-    breakdown = usage.get("cache_creation")
-    hour = 0
-    if isinstance(breakdown, dict):
-        hour = min(_num(breakdown.get("ephemeral_1h_input_tokens")), written)
-    server = usage.get("server_tool_use")
-    searches = _num(server.get("web_search_requests")) if isinstance(server, dict) else 0
-    return (
-        _num(usage.get("input_tokens")) / 1e6 * price.input
-        + _num(usage.get("output_tokens")) / 1e6 * price.output
-        + _num(usage.get("cache_read_input_tokens")) / 1e6 * price.cache_read
-        + hour / 1e6 * price.cache_write_1h
-        + (written - hour) / 1e6 * price.cache_write_5m
-        + searches * price.web_search
-    )
-
-
-@dataclass
-class ModelUsage:
-    """What one model's answers used, summed over a task's requests."""
-
-    requests: int = 0
-    input_tokens: int = 0
-    output_tokens: int = 0
-    cache_creation_input_tokens: int = 0
-    cache_read_input_tokens: int = 0
-    web_search_requests: int = 0
-    cost_usd: float = 0.0
-    priced: bool = True  # False: the price table does not know the model (Opus 4.5 rates were used)
-
-    def add(self, usage: Mapping[str, Any], cost: float) -> None:
-        self.requests += 1
-        self.input_tokens += _num(usage.get("input_tokens"))
-        self.output_tokens += _num(usage.get("output_tokens"))
-        self.cache_creation_input_tokens += _num(usage.get("cache_creation_input_tokens"))
-        self.cache_read_input_tokens += _num(usage.get("cache_read_input_tokens"))
-        server = usage.get("server_tool_use")
-        self.web_search_requests += _num(server.get("web_search_requests")) if isinstance(server, dict) else 0
-        self.cost_usd += cost
-
-
-@dataclass
-class TaskUsage(ModelUsage):
-    """A task's metered use since it was opened: totals, and ``models`` (per model id).
-
-    ``requests`` counts metered answers (model calls that returned usage); ``refused`` the model calls the
-    API answered with an error status (429, 529, 4xx...), which cost nothing."""
-
-    refused: int = 0
-    models: dict[str, ModelUsage] = field(default_factory=dict)
-
-    def record(self, model: str, usage: Mapping[str, Any]) -> float:
-        speed = usage.get("speed")
-        cost = cost_usd(model, usage)
-        self.add(usage, cost)
-        per_model = self.models.setdefault(model, ModelUsage())
-        per_model.add(usage, cost)
-        per_model.priced = price_for(model, speed=speed if isinstance(speed, str) else None)[2]
-        self.priced = self.priced and per_model.priced
-        return cost
-
-
-@dataclass(frozen=True)
-class LimitSeen:
-    """The latest rate/usage-limit (429) or overload (529) answer the API gave, and when it lifts.
-
-    ``reset_at`` (epoch seconds) comes from ``retry-after``, ``anthropic-ratelimit-unified-reset`` (a
-    subscription's usage limit) or the latest ``anthropic-ratelimit-*-reset`` of an empty bucket; None
-    when the answer said nothing. ``transient`` marks a 529 (overloaded: retry soon, not a limit)."""
-
-    status: int
-    reset_at: float | None
-    seen_at: float
-    transient: bool = False
-    task_id: str | None = None
-    message: str = ""
-
-
-class _SseMeter:
-    """Reads ``usage`` out of a Messages API event stream as it passes, without holding the stream.
-
-    Only the current line is kept (bounded); data lines are decoded only for ``message_start`` and
-    ``message_delta`` events. ``message_delta``'s usage is cumulative: its fields replace the start's."""
-
-    _MAX_LINE = 1024 * 1024  # longer lines are skipped (content deltas; usage events are small)
-
-    def __init__(self) -> None:
-        self._partial = b""
-        self._skipping = False
-        self._event = b""
-        self._data: list[bytes] = []
-        self.model: str | None = None
-        self.usage: dict[str, Any] = {}
-        self.seen = False
-
-    def feed(self, chunk: bytes) -> None:
-        start = 0
-        while True:
-            end = chunk.find(b"\n", start)
-            if end < 0:
-                rest = chunk[start:]
-                if self._skipping or len(self._partial) + len(rest) > self._MAX_LINE:
-                    self._partial, self._skipping = b"", True
-                else:
-                    self._partial += rest
-                return
-            line = chunk[start:end]
-            start = end + 1
-            if self._skipping:
-                self._skipping = False
-                continue
-            if self._partial:
-                line, self._partial = self._partial + line, b""
-            self._line(line.rstrip(b"\r"))
-
-    def _line(self, line: bytes) -> None:
-        if not line:
-            self._dispatch()
-        elif line.startswith(b"event:"):
-            self._event = line[6:].strip()
-        elif line.startswith(b"data:") and self._event in (b"message_start", b"message_delta", b""):
-            self._data.append(line[5:].lstrip(b" "))
-
-    def _dispatch(self) -> None:
-        data, self._data, self._event = self._data, [], b""
-        if not data:
-            return
-        try:
-            event = json.loads(b"\n".join(data))
-        except ValueError:
-            return
-        if not isinstance(event, dict):
-            return
-        if event.get("type") == "message_start" and isinstance(event.get("message"), dict):
-            message = event["message"]
-            self.seen = True
-            if isinstance(message.get("model"), str):
-                self.model = message["model"]
-            if isinstance(message.get("usage"), dict):
-                self.usage.update(message["usage"])
-        elif event.get("type") == "message_delta" and isinstance(event.get("usage"), dict):
-            self.seen = True
-            # Cumulative counts; a null (unknown) field does not erase what the start said.
-            self.usage.update({k: v for k, v in event["usage"].items() if v is not None})
 
 
 # -- the relay --------------------------------------------------------------------------------------
@@ -926,41 +568,6 @@ class Relay:
             self._last_ok = now
 
 
-# -- helpers ------------------------------------------------------------------------------------------
-
-
-def _usage_of(sse: _SseMeter | None, captured: bytes) -> tuple[str | None, dict[str, Any] | None]:
-    if sse is not None:
-        return (sse.model, sse.usage) if sse.seen else (None, None)
-    try:
-        message = json.loads(captured)
-    except ValueError:
-        return None, None
-    if not isinstance(message, dict) or not isinstance(message.get("usage"), dict):
-        return None, None
-    model = message.get("model")
-    return (model if isinstance(model, str) else None), message["usage"]
-
-
-def _request_model(body: bytes) -> str:
-    try:
-        parsed = json.loads(body)
-    except ValueError:
-        return "unknown"
-    model = parsed.get("model") if isinstance(parsed, dict) else None
-    return model if isinstance(model, str) else "unknown"
-
-
-def _error_message(captured: bytes) -> str:
-    try:
-        parsed = json.loads(captured)
-    except ValueError:
-        return captured[:200].decode(errors="replace")
-    error = parsed.get("error") if isinstance(parsed, dict) else None
-    message = error.get("message") if isinstance(error, dict) else None
-    return message if isinstance(message, str) else ""
-
-
 def _error(status: int, kind: str, message: str) -> web.Response:
     """An answer shaped like the Messages API's own errors, so the CLI reports it as such."""
     payload = {"type": "error", "error": {"type": kind, "message": message}}
@@ -969,61 +576,3 @@ def _error(status: int, kind: str, message: str) -> web.Response:
 
 def _too_large(cap: int) -> web.Response:
     return _error(413, "request_too_large", f"the request body exceeds {cap} bytes (credential relay)")
-
-
-def _check_task_id(task_id: str) -> None:
-    if not _TASK_ID.match(task_id):
-        msg = f"not a task id the relay accepts (letters, digits, '_', '.', '-'): {task_id!r}"
-        raise RelayError(msg)
-
-
-def _private_dir(path: Path, mode: int) -> None:
-    try:
-        path.mkdir(parents=True, exist_ok=True, mode=mode)
-        if path.is_symlink() or not path.is_dir():
-            msg = f"{path} is not a directory"
-            raise RelayError(msg)
-        os.chmod(path, mode)  # mkdir's mode passes through the umask, and an old one may differ
-    except OSError as exc:
-        msg = f"cannot prepare the relay directory {path}: {exc.strerror or exc}"
-        raise RelayError(msg) from None
-
-
-def _write_file(path: Path, data: bytes, mode: int) -> None:
-    temporary = path.with_name(f".{path.name}.tmp")
-    with contextlib.suppress(FileNotFoundError):
-        temporary.unlink()
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(data)
-    os.chmod(temporary, mode)
-    os.replace(temporary, path)
-
-
-def _load_secret(path: Path) -> bytes:
-    """The HMAC secret: created once (0600), then read back by every later daemon."""
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        info = path.lstat()
-        if not stat.S_ISREG(info.st_mode):
-            msg = f"{path} is not a regular file"
-            raise RelayError(msg) from None
-        if info.st_mode & 0o077:
-            os.chmod(path, 0o600)
-        value = path.read_bytes().strip()
-        if len(value) < 32:
-            msg = f"the relay secret {path} is damaged (too short): remove it (running tasks' tokens change)"
-            raise RelayError(msg) from None
-        return value
-    value = secrets.token_hex(32).encode()
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(value + b"\n")
-        handle.flush()
-        os.fsync(handle.fileno())
-    return value
-
-
-def forwarder_source() -> bytes:
-    """The in-container forwarder (``data/relay-forward.js``)."""
-    return resources.files("claude_issue_solver").joinpath("data", FORWARDER_NAME).read_bytes()
