@@ -23,9 +23,9 @@ import pytest
 
 docker = pytest.importorskip("docker")
 
-from claude_issue_solver import gitops  # noqa: E402
 from claude_issue_solver.backends import docker as docker_backend  # noqa: E402
 from claude_issue_solver.backends import docker_images  # noqa: E402
+from claude_issue_solver.backends import git as gitops  # noqa: E402
 from claude_issue_solver.backends.base import (  # noqa: E402
     LABEL_OWNER,
     LABEL_PROCESS,

@@ -18,7 +18,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from claude_issue_solver import gitops
+from claude_issue_solver.backends import git as gitops
 from claude_issue_solver.cli.doctor import Check, diagnose, render, run_checks, to_json
 from claude_issue_solver.config import Config
 from claude_issue_solver.demo_world.github import DEFAULT_LOGIN, FakeGitHub

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from claude_issue_solver import gitops
+from claude_issue_solver.backends import git as gitops
 
 NOBODY = 65534
 
@@ -116,7 +116,7 @@ def as_nobody(script: str, cwd: Path) -> subprocess.CompletedProcess[str]:
         f"""
         import os, sys, shutil, subprocess
         from pathlib import Path
-        from claude_issue_solver import gitops
+        from claude_issue_solver.backends import git as gitops
         from tests.test_force_rmtree import hostile_tree
         os.setgroups([])
         os.setgid({NOBODY})

@@ -10,11 +10,11 @@ from pathlib import Path
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from claude_issue_solver.backends.git import run_git
 from claude_issue_solver.config import Config
 from claude_issue_solver.demo_world.github import FakeGitHub
 from claude_issue_solver.github.client import GitHubClient
 from claude_issue_solver.github.watcher import Watcher
-from claude_issue_solver.gitops import run_git
 from claude_issue_solver.store.queue import TaskQueue
 from tests.github_fixtures import Clock
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from claude_issue_solver import gitops
+from claude_issue_solver.backends import git as gitops
 from claude_issue_solver.backends.docker_setup_cache import untracked_paths
 from tests.hostile_tree import marker_for, plant_nested_repo, ran
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from claude_issue_solver import gitops
+from claude_issue_solver.backends import git as gitops
 from claude_issue_solver.backends.base import PushRejected, PushRequest, RebaseConflict, WorkspaceSpec
 from claude_issue_solver.backends.docker import DockerBackend, DockerWorkspace
 from claude_issue_solver.backends.settings import DockerSettings

@@ -189,7 +189,7 @@ def test_a_mirror_a_task_holds_is_compacted_later_without_waiting(mirror: Mirror
         [
             sys.executable,
             "-c",
-            "import sys; from claude_issue_solver import gitops; from pathlib import Path\n"
+            "import sys; from claude_issue_solver.backends import git as gitops; from pathlib import Path\n"
             f"lock = gitops.mirror_lock(Path({str(mirror.path)!r})); lock.acquire()\n"
             "print('held', flush=True); sys.stdin.read()",
         ],

@@ -85,7 +85,7 @@ from daytona import (
     SessionExecuteRequest,
 )
 
-from claude_issue_solver import gitops
+from claude_issue_solver.backends import git as gitops
 from claude_issue_solver.backends import kept as kept_mechanics
 from claude_issue_solver.backends.base import (
     LABEL_OWNER,

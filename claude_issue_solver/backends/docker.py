@@ -19,7 +19,7 @@ the agent finished still reads both. Containers are labelled with the task, the 
 repository, the issue and the owning state directory, so a restarted daemon finds its own (and only its
 own) without having saved anything. They are not auto-removed, for the same reason.
 
-Host-side git works on the worktree through the mirror (:mod:`claude_issue_solver.gitops`), never
+Host-side git works on the worktree through the mirror (:mod:`claude_issue_solver.backends.git`), never
 through the worktree's own ``.git``, which the agent could rewrite.
 
 This is the only module that imports ``docker``; the daemon imports it only when the Docker backend runs.
@@ -48,7 +48,7 @@ import requests
 from docker.models.containers import Container
 from filelock import Timeout
 
-from claude_issue_solver import gitops
+from claude_issue_solver.backends import git as gitops
 from claude_issue_solver.backends import kept as kept_mechanics
 from claude_issue_solver.backends.base import (
     LABEL_OWNER,

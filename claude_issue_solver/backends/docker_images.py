@@ -30,7 +30,7 @@ import docker.errors
 import requests
 from filelock import FileLock
 
-from claude_issue_solver import gitops
+from claude_issue_solver.backends import git as gitops
 from claude_issue_solver.backends.base import BackendError, agent_dockerfile
 from claude_issue_solver.logs import TaskLog
 

@@ -31,7 +31,7 @@ import requests
 from docker.models.containers import Container
 from docker.models.images import Image
 
-from claude_issue_solver import gitops
+from claude_issue_solver.backends import git as gitops
 from claude_issue_solver.backends.base import LABEL_OWNER, LABEL_REPO, LABEL_TASK, BackendError
 from claude_issue_solver.backends.docker_images import unreachable
 

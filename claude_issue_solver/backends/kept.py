@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from fnmatch import fnmatchcase
 from pathlib import Path
 
-from claude_issue_solver import gitops
+from claude_issue_solver.backends import git as gitops
 
 __all__ = ["kept_files", "prune"]
 

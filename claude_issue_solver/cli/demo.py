@@ -455,7 +455,7 @@ def _remove_leftovers(backend: DockerBackend) -> None:
 
 
 def _remove_or_show(paths: list[Path], root: Path, keep: bool, out: TextIO) -> None:
-    from claude_issue_solver import gitops
+    from claude_issue_solver.backends import git as gitops
 
     if keep:
         print(f"Kept: state in {root / 'state'}, bare repository at {root / 'github' / REPO}.git", file=out)

@@ -784,7 +784,7 @@ class _Doctor:
             return _failed(f"{path} --version failed: {exc}", fix)
         if proc.returncode != 0:
             return _failed(f"{path} --version exited {proc.returncode}: {proc.stderr.strip()}", fix)
-        from claude_issue_solver.gitops import can_replay
+        from claude_issue_solver.backends.git import can_replay
 
         too_old = can_replay()
         if too_old is not None:

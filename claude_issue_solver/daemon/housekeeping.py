@@ -31,7 +31,7 @@ from pathlib import Path
 
 from filelock import Timeout
 
-from claude_issue_solver import gitops
+from claude_issue_solver.backends import git as gitops
 from claude_issue_solver.logs import DAEMON_OUT, rotate_output
 from claude_issue_solver.store.state import StateStore
 
