@@ -361,7 +361,7 @@ def _run_daemon_until_done(
 
 
 def _report(task: Task, github: FakeGitHub, log_dir: Path, out: TextIO, timeout: float) -> int:
-    from claude_issue_solver.run.messages import marked_task
+    from claude_issue_solver.github.markers import marked_task
 
     comments = [c for c in github.comments(REPO, task.issue_number) if marked_task(c["body"]) == task.id]
     if task.state.live:
@@ -402,7 +402,7 @@ def _report_follow_up(
     timeout: float,
 ) -> int:
     """The follow-up's answer on the pull request and the commit it added to the same branch."""
-    from claude_issue_solver.run.messages import marked_task
+    from claude_issue_solver.github.markers import marked_task
 
     rule = "-" * 72
     if not later:

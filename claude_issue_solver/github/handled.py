@@ -7,7 +7,7 @@ what the earlier run did is on GitHub for all to see. So before a labelling beco
 state cannot vouch for the issue, the watcher asks GitHub (:func:`already_done`) whether a run of ours
 already *ended* for that labelling:
 
-- **our final comment**, found by its hidden marker (:func:`claude_issue_solver.run.messages.marked_task`),
+- **our final comment**, found by its hidden marker (:func:`claude_issue_solver.github.markers.marked_task`),
   written by us, created at or after the labelling. A task's one comment is created "queued" when the
   task is, and edited into its final text at the end: created after the labelling means "for this
   labelling"; a final opening (✅ 💬 ❌ ⏹️ ⚠️, not 🤖 or ⏳) means the run ended. A failure (❌) and a
@@ -45,7 +45,7 @@ from typing import Any
 
 from claude_issue_solver.conventions import branch_for
 from claude_issue_solver.github.client import GitHubClient
-from claude_issue_solver.run.messages import marked_task
+from claude_issue_solver.github.markers import marked_task
 from claude_issue_solver.store.queue import keep_route
 from claude_issue_solver.store.state import StateStore
 

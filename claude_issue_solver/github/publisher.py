@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from claude_issue_solver.github.client import GitHubClient, GitHubError
-from claude_issue_solver.run.messages import marker
+from claude_issue_solver.github.markers import marker
 
 log = logging.getLogger(__name__)
 

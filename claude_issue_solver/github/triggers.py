@@ -32,7 +32,7 @@ from typing import Any
 
 from claude_issue_solver.config import Config
 from claude_issue_solver.github.client import GitHubClient, GitHubError
-from claude_issue_solver.run.messages import MARKER_PREFIX
+from claude_issue_solver.github.markers import MARKER_PREFIX
 from claude_issue_solver.store.queue import Task, TaskQueue
 
 log = logging.getLogger(__name__)

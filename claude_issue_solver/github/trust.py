@@ -30,7 +30,7 @@ from typing import Any
 from claude_issue_solver.config import Config
 from claude_issue_solver.conventions import cut_with_note
 from claude_issue_solver.github.client import GitHubClient, GitHubError
-from claude_issue_solver.run.messages import marked_task
+from claude_issue_solver.github.markers import marked_task
 from claude_issue_solver.store.state import StateStore
 
 log = logging.getLogger(__name__)

@@ -33,7 +33,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from claude_issue_solver.config import Config
-from claude_issue_solver.github import handled
+from claude_issue_solver.github import handled, markers
 from claude_issue_solver.github.client import (
     GitHubClient,
     GitHubError,
@@ -55,7 +55,6 @@ from claude_issue_solver.github.trust import (
     content_hash,
     latest_labeling,
 )
-from claude_issue_solver.run import messages
 from claude_issue_solver.store.queue import ISSUE, Task, TaskQueue, TaskState
 
 log = logging.getLogger(__name__)
@@ -503,8 +502,8 @@ class Watcher:
             everyone=self.config.allow_untrusted_labelers,
         )
         if approval.approved is None:
-            marker_id = messages.approval_marker(number, labeled["at"])
-            text = messages.relabel_comment(
+            marker_id = markers.approval_marker(number, labeled["at"])
+            text = markers.relabel_comment(
                 labeled["actor"], approval.why, self.config.trigger_label, marker_id
             )
             Publisher(self.client).upsert_comment(repo, number, marker_id, text)  # found again by its marker

@@ -15,21 +15,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from claude_issue_solver.conventions import LOG_TAIL_LINES, PR_BODY_LIMIT, cut_with_note, format_usd
+from claude_issue_solver.github.markers import (  # the GitHub side's, kept importable from here
+    MARKER_PREFIX as MARKER_PREFIX,
+)
+from claude_issue_solver.github.markers import approval_marker as approval_marker
+from claude_issue_solver.github.markers import marked_task as marked_task
+from claude_issue_solver.github.markers import marker
+from claude_issue_solver.github.markers import relabel_comment as relabel_comment
 from claude_issue_solver.run.kinds import Words, kind_of
 from claude_issue_solver.store.queue import Task
-
-MARKER_PREFIX = "<!-- claude-issue-solver:task="
-_MARKER_RE = re.compile(r"<!-- claude-issue-solver:task=([A-Za-z0-9._-]+) -->")
-
-
-def marker(task_id: str) -> str:
-    return f"{MARKER_PREFIX}{task_id} -->"
-
-
-def marked_task(body: str | None) -> str | None:
-    match = _MARKER_RE.search(body or "")
-    return match.group(1) if match else None
-
 
 # The model name `claude-issue-solver demo` runs its scripted stand-in under (fake_claude.sh knows it too):
 # the daemon's configured model is what it knows before, during and after a run, so it decides here.
@@ -217,21 +211,6 @@ def approval_note(approved: dict, label: str, agent: Agent = CLAUDE) -> str:
         "Changes by people without write access to the repository are never given to "
         f"{agent.name}, so {agent.name} works on the approved version. To have the current text worked "
         f"on, a person with write access can remove and re-apply the `{label}` label."
-    )
-
-
-def approval_marker(number: int, label_at: str) -> str:
-    """The id in the hidden marker of the comment that asks for the label again (one per labelling)."""
-    return f"approve-{number}-" + re.sub(r"[^0-9]", "", label_at)
-
-
-def relabel_comment(labeler: str, why: str, label: str, marker_id: str) -> str:
-    """A label whose approved text cannot be told: nothing runs until a writer applies it again."""
-    return (
-        f"🤖 Not started: @{labeler} applied the `{label}` label, but {why}, so the text that label "
-        "approved cannot be told apart from later changes by people without write access. A person with "
-        f"write access can remove and re-apply the `{label}` label to approve the issue as it reads now."
-        f"\n\n{marker(marker_id)}"
     )
 
 
