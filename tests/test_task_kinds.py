@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from claude_issue_solver.github.trust import Approved
 from claude_issue_solver.run import kinds
 from claude_issue_solver.run.phases import PHASES, RESUME, resume_step
 from claude_issue_solver.run.test_gate import PHASES as TEST_PHASES
@@ -107,6 +108,19 @@ def note_task(world: World, kind: str = "note") -> Task:
     return claimed
 
 
+def manual_task(world: World) -> Task:
+    """An issue without the label, queued by hand (``claude-issue-solver submit``), its text as it reads."""
+    issue = world.github.create_issue(REPO, "Fix the widget", "It is broken.", user="maintainer")
+    approved = Approved.as_read(issue, issue["updated_at"])
+    submitted = world.queue.submit(
+        REPO, issue["number"], "Fix the widget", kind="manual", meta={"approved": approved.to_meta()}
+    )
+    assert submitted is not None
+    claimed = world.queue.claim()
+    assert claimed is not None and claimed.id == submitted.id
+    return claimed
+
+
 def followup_task(world: World) -> Task:
     """An issue's first run (published, green) and a follow-up on its pull request."""
     world.github.commit_files(REPO, "main", {"calc.txt": "good\n"}, message="calc")
@@ -126,9 +140,9 @@ def followup_task(world: World) -> Task:
 
 
 def make(world: World, kind: str) -> tuple[Task, Runs]:
-    if kind == "issue":
+    if kind in ("issue", "manual"):
         runs = red_then_fixed(world, "calc.txt", {"calc.txt": "half\n", ".claude-pr-summary.md": SUMMARY})
-        return world.task(), runs
+        return (world.task() if kind == "issue" else manual_task(world)), runs
     if kind == "followup":
         task = followup_task(world)
         return task, red_then_fixed(world, "calc.txt", {"calc.txt": "half\n", "more.txt": "more\n"})
@@ -183,7 +197,7 @@ def finish(world: World, task: Task, outcome: Any) -> None:
     pytest.fail("the task never ended")
 
 
-KINDS = ("issue", "followup", "note", "note-no-agent")
+KINDS = ("issue", "manual", "followup", "note", "note-no-agent")
 
 
 @pytest.mark.parametrize("kind", KINDS)

@@ -156,6 +156,7 @@ class TaskKind:
 KINDS: dict[str, str] = {
     "issue": "claude_issue_solver.run.kinds.issue:IssueKind",
     "followup": "claude_issue_solver.run.kinds.followup:FollowUpKind",
+    "manual": "claude_issue_solver.run.kinds.issue:ManualKind",
 }
 _loaded: dict[str, TaskKind] = {}
 
@@ -181,8 +182,8 @@ def kind_named(name: str) -> TaskKind:
         return found
     where = KINDS.get(name)
     if where is None:
-        log.warning("unknown kind of task %r (from a newer version?): treated as an issue's run", name)
-        return kind_named("issue")
+        log.warning("unknown kind of task %r (from a newer version?): run as an issue queued by hand", name)
+        return kind_named("manual")
     module, _, cls = where.partition(":")
     made: TaskKind = getattr(importlib.import_module(module), cls)()
     _loaded[name] = made

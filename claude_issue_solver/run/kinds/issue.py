@@ -1,5 +1,5 @@
 """The first run on a labelled issue (``task.kind == "issue"``): a branch ``claude/issue-N`` and a pull
-request that fixes the issue.
+request that fixes the issue; and the same for an issue queued by hand (``"manual"``, no label needed).
 
 It runs only while the issue is open and labelled, and only on the text a person with write access
 approved (kept with the task by the watcher, :mod:`claude_issue_solver.github.trust`); when the issue reads
@@ -13,7 +13,7 @@ from typing import Any
 
 from claude_issue_solver.conventions import branch_for
 from claude_issue_solver.github.publisher import PullRequest
-from claude_issue_solver.github.trust import Approved, approve, latest_labeling
+from claude_issue_solver.github.trust import Approved, approve, iso, latest_labeling
 from claude_issue_solver.logs import TaskLog
 from claude_issue_solver.run import messages
 from claude_issue_solver.run.context import APPROVAL_NOTE, RunContext, labels
@@ -62,6 +62,19 @@ class IssueKind(ChangeKind):
         draft: bool,
     ) -> str:
         return messages.pr_opened_comment(task, pr.url, figures, updated=not pr.created, red=red, draft=draft)
+
+
+class ManualKind(IssueKind):
+    """An issue queued by hand (``claude-issue-solver submit``): the operator approved its text as it read
+    then, and no label is needed; otherwise an issue's run."""
+
+    name = "manual"
+
+    def begin(self, run: RunContext, task: Task, issue: dict[str, Any], tlog: TaskLog) -> Task | Outcome:
+        if Approved.from_meta(task.meta.get("approved")) is None:  # queued by an older version: as it reads
+            found = Approved.as_read(issue, iso(run.clock()))
+            task = run.queue.update(task.id, meta={"approved": found.to_meta(), "body_hash": found.hash})
+        return approved(run, task, issue, tlog)
 
 
 def approved(run: RunContext, task: Task, issue: dict[str, Any], tlog: TaskLog) -> Task | Outcome:
