@@ -81,11 +81,24 @@ def make_backend(config: Config) -> Backend[Any]:
 
         return DockerBackend(docker_settings(config))
     if config.backend == "daytona":
-        from claude_issue_solver.backends.daytona import DaytonaBackend
-
-        return DaytonaBackend(daytona_settings(config))
+        return daytona_module().DaytonaBackend(daytona_settings(config))
     msg = f"BACKEND={config.backend!r} is not valid: expected docker or daytona"
     raise ConfigError(msg)
+
+
+DAYTONA_EXTRA = "pip install 'claude-issue-solver[daytona]'"
+
+
+def daytona_module() -> Any:
+    """``backends.daytona``, imported now; ConfigError (one line naming the extra) without its SDK."""
+    try:
+        from claude_issue_solver.backends import daytona
+    except ModuleNotFoundError as exc:
+        if (exc.name or "").split(".")[0] != "daytona":
+            raise
+        msg = f"BACKEND=daytona needs the Daytona SDK, an optional extra: {DAYTONA_EXTRA}"
+        raise ConfigError(msg) from None
+    return daytona
 
 
 @dataclass
