@@ -366,7 +366,7 @@ def status(obj: Context, as_json: bool, check: bool) -> None:
 @handles_errors
 def queue_command(obj: Context, as_json: bool, show_all: bool, states: tuple[str, ...]) -> None:
     """List tasks: live ones by default, with --all the history too."""
-    from claude_issue_solver.render import limits_payload, print_queue, queue_payload, repo_caps
+    from claude_issue_solver.render import limits_payload, print_queue, queue_payload, queue_waits, repo_caps
 
     wanted: list[TaskState] | None
     if states:
@@ -379,7 +379,8 @@ def queue_command(obj: Context, as_json: bool, show_all: bool, states: tuple[str
     now = time.time()
     state = queue.store.read()
     hold = limits_payload(obj.config, state, now)["hold"]
-    rows = queue_payload(queue.list(wanted), now, hold, repo_caps(obj.config, state, now))
+    waits = queue_waits(obj.config, state, daemon_running=obj.daemon().running)
+    rows = queue_payload(queue.list(wanted), now, hold, repo_caps(obj.config, state, now), waits)
     if as_json:
         click.echo(json.dumps(rows, indent=2))
     else:
@@ -600,12 +601,13 @@ def cancel(obj: Context, task_ref: str, wait_seconds: float) -> None:
 
 @main.command()
 @click.argument("task_ref", metavar="TASK")
+@click.option("--force", is_flag=True, help="Also run a completed task again (it spends again).")
 @click.pass_obj
 @handles_errors
-def retry(obj: Context, task_ref: str) -> None:
+def retry(obj: Context, task_ref: str, force: bool) -> None:
     """Run a failed or cancelled task (id or owner/repo#N) again, on the same branch."""
     queue = obj.queue()
-    task = queue.retry(queue.find(task_ref).id)
+    task = queue.retry(queue.find(task_ref).id, force=force)
     obj.nudge()
     click.echo(f"queued {task.id} ({task.ref}) again")
 
@@ -624,7 +626,8 @@ def doctor(obj: Context, as_json: bool, build: bool) -> None:
     """
     from claude_issue_solver.doctor import diagnose, render, to_json
 
-    checks = diagnose(obj.env_file, build=build)
+    # A build takes minutes: each step as it starts, on stderr (stdout stays the report, or its JSON).
+    checks = diagnose(obj.env_file, build=build, progress=lambda line: click.echo(line, err=True))
     click.echo(json.dumps(to_json(checks), indent=2) if as_json else render(checks))
     sys.exit(0 if all(check.ok for check in checks) else EXIT_FAILED)
 
@@ -682,10 +685,10 @@ def daytona() -> None:
 @handles_errors
 def daytona_snapshot(obj: Context, name: str | None, dockerfile: Path | None) -> None:
     """Create the snapshot sandboxes start from: git, the pinned Claude Code CLI, a non-root user."""
-    from claude_issue_solver.app import daytona_settings
+    from claude_issue_solver.app import daytona_module, daytona_settings
     from claude_issue_solver.backends.base import BackendError, agent_dockerfile
-    from claude_issue_solver.backends.daytona import create_snapshot
 
+    create_snapshot = daytona_module().create_snapshot
     config = obj.config
     if not config.daytona_api_key:
         fail("DAYTONA_API_KEY is not set: expected a Daytona API key", EXIT_USAGE)

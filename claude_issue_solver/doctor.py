@@ -85,7 +85,11 @@ def _failed(detail: str, fix: str) -> _Outcome:
 
 
 def diagnose(
-    env_file: Path | None = None, *, environ: Mapping[str, str] | None = None, build: bool = False
+    env_file: Path | None = None,
+    *,
+    environ: Mapping[str, str] | None = None,
+    build: bool = False,
+    progress: Callable[[str], None] | None = None,
 ) -> list[Check]:
     """Load the configuration as ``start`` would and run every check.
 
@@ -106,17 +110,25 @@ def diagnose(
         fix = f"correct it in {where}; every key is explained in .env.example"
         redact = Redactor(config.secrets())
         return [Check("configuration", False, REDACTOR(redact(str(p))), fix) for p in problems]
-    return run_checks(config, env_file=config.settings_file, build=build)
+    return run_checks(config, env_file=config.settings_file, build=build, progress=progress)
 
 
-def run_checks(config: Config, *, env_file: Path | None = None, build: bool = False) -> list[Check]:
+def run_checks(
+    config: Config,
+    *,
+    env_file: Path | None = None,
+    build: bool = False,
+    progress: Callable[[str], None] | None = None,
+) -> list[Check]:
     """Every check for this configuration, in report order.
 
     ``env_file`` is where the settings came from (named in the fixes; default: ``config.settings_file``).
     ``build`` builds a missing agent image instead of only reporting what would be built (that can take
-    minutes).
+    minutes: ``progress`` gets a line per build step as it starts).
     """
-    return _Doctor(config, env_file or config.settings_file, build).run()
+    doctor = _Doctor(config, env_file or config.settings_file, build)
+    doctor.progress = progress
+    return doctor.run()
 
 
 def render(checks: list[Check]) -> str:
@@ -145,8 +157,22 @@ def _indented(text: str) -> str:
     return "\n".join([first, *(f"      {line}" for line in rest)])
 
 
+class _ProgressLog:
+    """A build's step lines, as they come, to ``doctor --build``'s caller (a TaskLog's ``write``)."""
+
+    def __init__(self, progress: Callable[[str], None] | None) -> None:
+        self.progress = progress
+        self.started = time.monotonic()
+
+    def write(self, line: str) -> None:
+        if self.progress is not None:
+            self.progress(f"[{time.monotonic() - self.started:4.0f}s] {line}")
+
+
 class _Doctor:
     """The checks of one run, sharing what they learn (the GitHub client, the login, the Docker client)."""
+
+    progress: Callable[[str], None] | None = None  # doctor --build: a line per build step
 
     def __init__(self, config: Config, env_file: Path | None, build: bool) -> None:
         self.config = config
@@ -723,7 +749,7 @@ class _Doctor:
 
     def _build_default_image(self) -> str:
         # The same inputs and tag as DockerBackend.ensure_image, so the daemon reuses what this builds.
-        return self.backend().build_agent_image(self.config.docker_base_image)
+        return self.backend().build_agent_image(self.config.docker_base_image, _ProgressLog(self.progress))
 
     def _run_version(self, image: str, *, prefix: str = "") -> _Outcome:
         """``claude --version`` in ``image`` as the agent runs: the same user, no network."""
@@ -806,7 +832,11 @@ class _Doctor:
                     "Daytona backend not installed: this version has no claude_issue_solver.backends.daytona",
                     f"set BACKEND=docker in {self.where}, or upgrade claude-issue-solver",
                 )
-            return _failed(f"the Daytona backend cannot load: {exc}", "`pip install 'daytona>=0.226,<0.300'`")
+            if (exc.name or "").split(".")[0] == "daytona":
+                from claude_issue_solver.app import DAYTONA_EXTRA
+
+                return _failed("the Daytona SDK is not installed (an optional extra)", f"`{DAYTONA_EXTRA}`")
+            return _failed(f"the Daytona backend cannot load: {exc}", "reinstall claude-issue-solver")
         try:
             from claude_issue_solver.app import daytona_settings
 

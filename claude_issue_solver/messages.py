@@ -192,6 +192,20 @@ def failed_comment(
     return "\n".join(lines) + "\n\n" + marker(task.id)
 
 
+def settings_failed_comment(
+    task: Task, reason: str, label: str, *, phrase: str = "@claude", agent: Agent = CLAUDE
+) -> str:
+    """A repository's settings file that cannot be used: nothing ran, and nothing of the agent's is at
+    fault -- the file on the default branch must change (``reason`` names the file and the problem)."""
+    lines = [
+        f"⚠️ {agent.name} did not start on {_subject(task)}: the repository's settings cannot be used. "
+        f"{reason.rstrip('.')}.",
+        "",
+        "Fix the file on the default branch. " + _retry_hint(task, label, phrase),
+    ]
+    return "\n".join(lines) + "\n\n" + marker(task.id)
+
+
 def branch_moved_note(branch: str, new_commits: int, authors: Sequence[str], agent: Agent) -> str:
     """The line a publish adds when the branch moved on GitHub while the agent worked (#11)."""
     by = f" by {', '.join(authors)}" if authors else ""

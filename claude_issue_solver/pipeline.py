@@ -205,8 +205,11 @@ class Pipeline:
             self.queue.update(
                 task.id, meta={"base_sha": workspace.base_sha, "from_default": workspace.from_default}
             )
-        except RepoSettingsError as exc:
-            return self._fail(task, str(exc), tlog)
+        except RepoSettingsError as exc:  # the repository's file is at fault, not Claude: said so
+            shown = messages.settings_failed_comment(
+                task, str(exc), self._label, phrase=self._phrase, agent=self.agent
+            )
+            return self._fail(task, str(exc), tlog, comment=shown)
         except (GitHubError, BackendError) as exc:
             return self._setback(task, exc, tlog)
         return self._before_agent(task, workspace, spec, tests, control, tlog)
@@ -837,15 +840,24 @@ class Pipeline:
     # --- endings ----------------------------------------------------------------------------------
 
     def _fail(
-        self, task: Task, reason: str, tlog: TaskLog, tail: str = "", *, shown: str | None = None
+        self,
+        task: Task,
+        reason: str,
+        tlog: TaskLog,
+        tail: str = "",
+        *,
+        shown: str | None = None,
+        comment: str | None = None,
     ) -> Outcome:
-        """The task failed for ``reason``; the comment says ``shown`` when given (the reason with links)."""
+        """The task failed for ``reason``; the comment says ``shown`` when given (the reason with links),
+        or is ``comment`` (a failure that is not the agent's)."""
         tlog.write(f"failed: {reason}")
         self._cleanup(task, tlog)
         try:
             self._comment(
                 task,
-                messages.failed_comment(
+                comment
+                or messages.failed_comment(
                     task, shown or reason, self._label, tail, phrase=self._phrase, agent=self.agent
                 ),
             )

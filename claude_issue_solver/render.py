@@ -239,17 +239,42 @@ def queue_payload(
     now: float,
     hold: dict[str, Any] | None = None,
     repo_caps: dict[str, str] | None = None,
+    waits: tuple[str | None, str | None] = (None, None),
 ) -> list[dict[str, Any]]:
-    """The rows of ``queue``; a pending task's ``waiting`` says why it may not start now: the queue's
-    hold, else its repository's cap (``repo_caps``, from :func:`repo_caps`), else ``None``."""
+    """The rows of ``queue``; a pending task's ``waiting`` says why it may not start now: the pause
+    (``waits[0]``, from :func:`queue_waits`), the queue's hold, its repository's cap (``repo_caps``,
+    from :func:`repo_caps`), else what holds every task (``waits[1]``: every slot taken, no daemon), else
+    ``None`` (it starts at the daemon's next cycle)."""
     rows = [task_row(t, now) for t in tasks]
     caps = repo_caps or {}
+    paused, general = waits
     for row in rows:
         waiting = None
         if row["state"] == TaskState.PENDING:
-            waiting = hold["line"] if hold is not None else caps.get(row["repo"].lower())
+            waiting = (
+                paused
+                or (hold["line"] if hold is not None else None)
+                or caps.get(row["repo"].lower())
+                or general
+            )
         row["waiting"] = waiting
     return rows
+
+
+def queue_waits(
+    config: Config, state: dict[str, Any], *, daemon_running: bool
+) -> tuple[str | None, str | None]:
+    """What holds every pending task, for :func:`queue_payload`: (the pause, else None; every
+    ``MAX_CONCURRENT`` slot taken, or no daemon running, else None)."""
+    paused = "the queue is paused: `resume` lets tasks start again" if state.get("paused") else None
+    tasks = (state.get("tasks") or {}).values()
+    running = sum(1 for t in tasks if t.get("state") == TaskState.RUNNING)
+    general = None
+    if running >= config.max_concurrent:
+        general = f"MAX_CONCURRENT={config.max_concurrent}: {running} tasks run"
+    elif not daemon_running:
+        general = "the daemon is not running: `start` runs it"
+    return paused, general
 
 
 def repo_caps(config: Config, state: dict[str, Any], now: float) -> dict[str, str]:
@@ -360,6 +385,10 @@ def print_status(payload: dict[str, Any], out: TextIO, *, tty: bool) -> None:
     )
 
 
+def _unless_hold(waiting: str | None, hold: dict[str, Any] | None) -> str | None:
+    return None if hold is not None and waiting == hold["line"] else waiting
+
+
 def print_queue(
     rows: list[dict[str, Any]], out: TextIO, *, tty: bool, hold: dict[str, Any] | None = None
 ) -> None:
@@ -380,7 +409,7 @@ def print_queue(
             "" if r["cost_usd"] is None else format_usd(r["cost_usd"]),
             r.get("trigger") or "",
             # The hold is the line above the table; a repository's cap is said per task.
-            r["pr_url"] or (r["error"] or ("" if hold else r.get("waiting")) or "")[:60],
+            r["pr_url"] or (r["error"] or _unless_hold(r.get("waiting"), hold) or "")[:60],
         ]
         for r in rows
     ]
@@ -400,10 +429,13 @@ def print_usage(payload: dict[str, Any], out: TextIO, *, tty: bool) -> None:
         else f"spent {format_usd(payload['spent_today_usd'])} today (no DAILY_BUDGET_USD)"
     )
     out.write(budget_line + "\n")
-    rows = [[r["day"], r["repo"], str(r["runs"]), f"{format_usd(r['cost_usd'])}"] for r in payload["rows"]]
+    rows = [
+        [r["day"], r["repo"], str(r["runs"]), str(r.get("fix_rounds") or ""), f"{format_usd(r['cost_usd'])}"]
+        for r in payload["rows"]
+    ]
     if not rows:
         out.write(f"no Claude spend recorded in the last {payload['days']} days\n")
         return
     title = f"spend per repository and UTC day (last {payload['days']} days)"
-    _table(out, title, ["day", "repo", "runs", "cost"], rows, tty)
+    _table(out, title, ["day", "repo", "runs", "of them fix rounds", "cost"], rows, tty)
     out.write(f"total: {format_usd(payload['total_usd'])}\n")

@@ -190,6 +190,12 @@ def test_a_broken_settings_file_fails_the_task_quoting_the_problem(world: World)
     comment = world.comments(task)[0]
     assert ".github/claude-issue-solver.yml is not valid YAML" in comment
     assert "Traceback" not in comment and "prepare" not in world.backend.calls
+    # The file is at fault, not Claude: the comment says the settings cannot be used, and what to fix.
+    assert "could not finish" not in comment
+    assert (
+        "the repository's settings cannot be used" in comment
+        and "Fix the file on the default branch" in comment
+    )
 
 
 def test_without_tests_the_pr_says_it_is_not_verified(world: World) -> None:
