@@ -213,6 +213,7 @@ class _Doctor:
             steps.append((f"repository {repo}", partial(self.repository, repo)))
             steps.append((f"label {label!r} on {repo}", partial(self.label, repo)))
         steps.append(("Claude credential", self.claude_credential))
+        steps += self._operator_steps()
         if self.config.backend == "docker":
             steps += [("Docker", self.docker), ("agent image", self.agent_image), ("git", self.git)]
         elif self.config.backend == "daytona":
@@ -820,6 +821,54 @@ class _Doctor:
                 "git`), or run the daemon's container image (INSTALL.md)",
             )
         return _passed(f"{proc.stdout.strip()} at {path}")
+
+    # --- the operator's rules and MCP servers (operator_rules) -----------------------------------------
+
+    def _operator_steps(self) -> list[tuple[str, Callable[[], _Outcome]]]:
+        steps: list[tuple[str, Callable[[], _Outcome]]] = []
+        if self.config.append_system_prompt_file is not None:
+            steps.append(("agent rules", self.agent_rules))
+        if self.config.mcp_config is not None:
+            steps.append(("MCP servers", self.mcp_servers))
+        return steps
+
+    def agent_rules(self) -> _Outcome:
+        from claude_issue_solver.operator_rules import OperatorRulesError, read_rules
+
+        path = self.config.append_system_prompt_file
+        assert path is not None
+        try:
+            text = read_rules(path)
+        except OperatorRulesError as exc:
+            return _failed(str(exc), f"fix the file, or unset APPEND_SYSTEM_PROMPT_FILE in {self.where}")
+        lines = len(text.splitlines())
+        return _passed(
+            f"{path}: {lines} line(s), {len(text.encode())} bytes, appended to every run's system prompt"
+        )
+
+    def mcp_servers(self) -> _Outcome:
+        from claude_issue_solver.operator_rules import OperatorRulesError, load_mcp_config, reach_problems
+
+        path = self.config.mcp_config
+        assert path is not None
+        try:
+            _, servers, _ = load_mcp_config(path)
+        except OperatorRulesError as exc:
+            return _failed(
+                str(exc),
+                'fix the file (the format of `claude --mcp-config`: {"mcpServers": {"name": {"command": '
+                f'"...", "args": [...]}}}}), or unset MCP_CONFIG in {self.where}',
+            )
+        cannot, may_not = reach_problems(servers, self.config.agent_egress)
+        if cannot:
+            return _failed(
+                "; ".join(cannot),
+                "run the server as a stdio server installed in the agent's image (DOCKER_IMAGE or "
+                f"Dockerfile.claude), or set AGENT_EGRESS=open in {self.where} (the agent gets the network)",
+            )
+        names = ", ".join(s.describe() for s in servers)
+        note = ("; " + "; ".join(may_not)) if may_not else ""
+        return _passed(f"{len(servers)} server(s), the only ones the agent gets: {names}{note}")
 
     # --- Daytona -------------------------------------------------------------------------------------
 

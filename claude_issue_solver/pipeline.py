@@ -23,7 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
-from claude_issue_solver import followup, messages
+from claude_issue_solver import followup, messages, operator_rules, repo_instructions
 from claude_issue_solver.agent import (
     AgentResult,
     AgentSettings,
@@ -108,13 +108,16 @@ class RunSpec:
 
 
 def agent_settings(config: Config) -> AgentSettings:
+    added = operator_rules.load(config)  # the operator's rules and MCP servers (read now)
+    REDACTOR.add(*added.secrets)
     return AgentSettings(
         max_turns=config.claude_max_turns,
         model=config.claude_model,
-        append_system_prompt=config.claude_append_system_prompt,
+        append_system_prompt=added.system_prompt,
         max_budget_usd=config.claude_max_budget_usd,
         extra_args=parse_extra_args(config.claude_extra_args),
         output_format="stream-json",  # events as they happen: live task logs and progress
+        mcp_config=added.mcp_config,
     )
 
 
@@ -1019,6 +1022,11 @@ class Pipeline:
             branch, prompt, argv = self._followup_run(task, context, info["default_branch"])
         else:
             prompt = build_prompt(context, template_dir=self.config.prompt_template_dir)
+        if "--resume" not in argv:  # a new session: the repository's AGENTS.md when it has no CLAUDE.md
+            ref = info["default_branch"]
+            prompt = repo_instructions.with_agents_md(
+                prompt, repo_instructions.agents_md(self.client, repo, ref), ref
+            )
         return RunSpec(
             workspace=WorkspaceSpec(
                 task_id=task.id,
