@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from claude_issue_solver.agent_access import AgentAccess
     from claude_issue_solver.github import GitHubClient
     from claude_issue_solver.listener import Listener
+    from claude_issue_solver.prewarm import Prewarmer
     from claude_issue_solver.watcher import Watcher
 
 log = logging.getLogger(__name__)
@@ -141,11 +142,20 @@ def build(config: Config, *, backend: Backend[Any] | None = None) -> Parts:
     # The Claude relay goes last (stopped first is fine: a running container's requests wait for the
     # next daemon in its forwarder).
     housekeeper = Housekeeper(store, config.state_dir, config.log_dir)
-    daemon.services = (housekeeper, pipeline.access)
+    prewarmer = _prewarmer(config, parts, client, pipeline.access)
+    daemon.services = (housekeeper, prewarmer, pipeline.access)
     if config.listen_address is not None:
         parts.listener = _listener(config, parts, client, watcher)
-        daemon.services = (parts.listener, housekeeper, pipeline.access)
+        daemon.services = (parts.listener, housekeeper, prewarmer, pipeline.access)
     return parts
+
+
+def _prewarmer(config: Config, parts: Parts, client: GitHubClient, access: AgentAccess) -> Prewarmer:
+    """Pre-warming (PREWARM_INTERVAL): each watched repository's setup, cached ahead of its tasks."""
+    from claude_issue_solver.prewarm import Prewarmer
+
+    watcher = parts.watcher
+    return Prewarmer(config, parts.queue, parts.backend, client, access, lambda: list(watcher.repos))
 
 
 def _listener(config: Config, parts: Parts, client: GitHubClient, watcher: Watcher) -> Listener:

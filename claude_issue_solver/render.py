@@ -95,6 +95,7 @@ def status_payload(
         "listener": listener_payload(
             config, hooks if isinstance(hooks := state.get("webhooks"), dict) else {}
         ),
+        "prewarm": prewarm_payload(config, state, watched),
         "counts": counts,
         **limits_payload(config, state, now),
         "running": [task_row(t, now) for t in tasks if t.state is TaskState.RUNNING],
@@ -197,6 +198,25 @@ def listener_line(listener: dict[str, Any]) -> str:
             f"(last at {listener['last_signature_failure_at']})"
         )
     return "listener: " + "; ".join(parts)
+
+
+def prewarm_payload(config: Config, state: dict[str, Any], watched: Sequence[str]) -> dict[str, Any] | None:
+    """Pre-warming (``PREWARM_INTERVAL``) per watched repository: when it was last warmed, whether its
+    setup is cached, what the last round did; None when pre-warming is off."""
+    if config.prewarm_interval <= 0:
+        return None
+    section = state.get("prewarm") if isinstance(state.get("prewarm"), dict) else {}
+    repos = {}
+    for repo in watched:
+        entry = section.get(repo.lower()) or {}
+        repos[repo] = {
+            "warmed_at": _iso(entry.get("warmed_at")),
+            "cached": entry.get("cached"),
+            "result": entry.get("result"),
+            "last_round_at": _iso(entry.get("at")),
+            "detail": entry.get("detail"),
+        }
+    return {"interval": config.prewarm_interval, "repos": repos}
 
 
 def health_payload(
@@ -321,6 +341,16 @@ def _table(out: TextIO, title: str, headers: list[str], rows: list[list[str]], t
         )
 
 
+def _print_prewarm(prewarm: dict[str, Any], out: TextIO, tty: bool) -> None:
+    cached = {True: "yes", False: "no", None: "?"}
+    rows = [
+        [repo, info["warmed_at"] or "never", cached.get(info["cached"], "?"), info["result"] or "not yet"]
+        for repo, info in prewarm["repos"].items()
+    ]
+    title = f"pre-warming (every {duration(prewarm['interval'])})"
+    _table(out, title, ["repo", "last warmed", "setup cached", "last round"], rows, tty)
+
+
 def print_status(payload: dict[str, Any], out: TextIO, *, tty: bool) -> None:
     daemon = payload["daemon"]
     if daemon["running"]:
@@ -363,6 +393,8 @@ def print_status(payload: dict[str, Any], out: TextIO, *, tty: bool) -> None:
             else "repositories"
         )
         _table(out, title, ["repo", "last poll ok", "last error", "rate limit left"], rows, tty)
+    if payload.get("prewarm") and payload["prewarm"]["repos"]:
+        _print_prewarm(payload["prewarm"], out, tty)
     if payload["running"]:
         rows = [
             [t["id"], t["ref"], t["title"][:60], duration(t["elapsed_seconds"]), str(t["attempts"])]
