@@ -32,8 +32,9 @@ request. The watcher's per-issue record (``handled_label_at``) is not pruned wit
 so an issue whose tasks aged out is still vouched for. The look costs two requests (the issue's comments
 since the labelling, the branch's pull requests) once per labelling; what it found is recorded in the
 watcher's record (``handled_label_at``, ``handled_on_github``), so it is never asked again for that
-labelling. A failed look raises (:class:`~claude_issue_solver.github.GitHubError`): the poll is retried
-in full, nothing is queued on a guess.
+labelling. A failed look raises (:class:`~claude_issue_solver.github.GitHubError`): the watcher keeps
+that to the one issue (looked at again later, the rest of the poll goes on); nothing is queued on a
+guess.
 """
 
 from __future__ import annotations
