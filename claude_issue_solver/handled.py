@@ -47,6 +47,7 @@ from typing import Any
 from claude_issue_solver.conventions import branch_for
 from claude_issue_solver.github import GitHubClient
 from claude_issue_solver.messages import marked_task
+from claude_issue_solver.publisher import pulls_from
 from claude_issue_solver.queue import keep_route
 from claude_issue_solver.state import StateStore
 
@@ -175,21 +176,10 @@ def find(
 
 def _our_pull(client: GitHubClient, repo: str, number: int, label_at: str) -> dict[str, Any] | None:
     """Our newest pull request from the issue's branch, open or merged, created since the labelling."""
-    branch = branch_for(number)
-    owner = repo.split("/", 1)[0]
-    pulls = client.request(
-        repo,
-        "GET",
-        f"/repos/{repo}/pulls",
-        params={"state": "all", "head": f"{owner}:{branch}", "sort": "created", "direction": "desc"},
-        retry=True,
-    ).data
     ours = [
         p
-        for p in pulls or []
-        if (p.get("head") or {}).get("ref") == branch
-        and (p.get("state") == "open" or p.get("merged_at"))
-        and (p.get("created_at") or "") >= label_at
+        for p in pulls_from(client, repo, branch_for(number))
+        if (p.get("state") == "open" or p.get("merged_at")) and (p.get("created_at") or "") >= label_at
     ]
     return max(ours, key=lambda p: int(p["number"])) if ours else None
 
