@@ -407,8 +407,8 @@ class TestGate:
             # restored). None of it is the agent's, so none of it is committed.
             made = self.backend.untracked(workspace)
             shown = set(self.backend.untracked(workspace, ignored=False))
-            report.made = [p.rstrip("/") for p in made[:MADE_LIMIT]]
-            report.made_shown = [p.rstrip("/") for p in made[:MADE_LIMIT] if p in shown]
+            report.made = list(made[:MADE_LIMIT])
+            report.made_shown = [p for p in made[:MADE_LIMIT] if p in shown]
             self._record(task, report)
             if made:
                 tlog.write(
@@ -712,10 +712,10 @@ class TestGate:
         for path in made:
             if len(known) >= MADE_LIMIT:
                 break
-            if path.rstrip("/") not in known:
-                known.append(path.rstrip("/"))
+            if path not in known:
+                known.append(path)
                 if path in shown:
-                    report.made_shown.append(path.rstrip("/"))
+                    report.made_shown.append(path)
         report.made = known
 
     def _wait(
