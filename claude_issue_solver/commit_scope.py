@@ -4,8 +4,9 @@ The test gate records, before the agent starts, every untracked and ignored path
 setup installed there, a restored setup cache, the baseline's caches and results) and, around each test
 run, the paths that run added (``TestReport.made``). Those, the summary file and the results directory
 of the detected pytest are left out of the commit, given to the backend as ``PushRequest.exclude`` (git
-pathspecs ``:(exclude,literal)``: a directory leaves out everything under it). The PR names the ones
-git would have committed (``made_shown``: not ignored by the repository's ``.gitignore``).
+pathspecs ``:(exclude,literal)``: a directory leaves out everything under it). The PR's Tests section
+names the ones git would have committed (``made_shown``: not ignored by the repository's
+``.gitignore``; :func:`messages.made_note`).
 
 A commit that is still implausibly large -- more changed files than ``COMMIT_MAX_FILES`` or more added
 lines than ``COMMIT_MAX_LINES`` (git's diffstat, which every backend gives without reading each file)
@@ -15,7 +16,7 @@ lines than ``COMMIT_MAX_LINES`` (git's diffstat, which every backend gives witho
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 from claude_issue_solver.backends.base import Changes
@@ -23,10 +24,9 @@ from claude_issue_solver.config import Config
 from claude_issue_solver.run_policy import NEVER_COMMITTED
 from claude_issue_solver.test_gate import RESULTS_DIR
 
-__all__ = ["excluded", "made_note", "too_large"]
+__all__ = ["excluded", "too_large"]
 
 _INSERTIONS = re.compile(r"(\d+) insertions?\(\+\)")
-MADE_SHOWN = 8  # paths named in the PR
 
 
 def excluded(meta: Mapping[str, Any]) -> tuple[str, ...]:
@@ -36,21 +36,6 @@ def excluded(meta: Mapping[str, Any]) -> tuple[str, ...]:
     made = [str(p).rstrip("/") for p in (tests or {}).get("made") or [] if str(p).strip("/")]
     extra = (RESULTS_DIR, *made) if tests and (tests.get("plan") or {}).get("test") else tuple(made)
     return tuple(dict.fromkeys((*NEVER_COMMITTED, *extra)))
-
-
-def made_note(meta: Mapping[str, Any]) -> str:
-    """The PR's line naming what setup and the test runs made that git would have committed; "" when
-    nothing (everything they made is ignored by the repository, or they made nothing)."""
-    tests = meta.get("tests") if isinstance(meta.get("tests"), Mapping) else {}
-    shown: Sequence[str] = (tests or {}).get("made_shown") or []
-    if not shown:
-        return ""
-    names = ", ".join(f"`{p}`" for p in shown[:MADE_SHOWN])
-    more = f" and {len(shown) - MADE_SHOWN} more" if len(shown) > MADE_SHOWN else ""
-    return (
-        f"Not committed: {names}{more} — made in the tree by setup or the test runs, not by the change "
-        "(add them to `.gitignore` to keep them out of sight)."
-    )
 
 
 def too_large(changes: Changes, config: Config) -> str | None:

@@ -407,11 +407,12 @@ def _step(step: dict | None) -> str:
 def tests_report(report: dict, agent: Agent = CLAUDE) -> str:
     """The PR's (or the comment's) "what was verified" section, from ``task.meta["tests"]``."""
     plan = report.get("plan") or {}
+    made = made_note(report)
     if not plan.get("test"):
         return (
             "### Tests\n\nNot verified: no test command was found (add `test:` to "
             "`.github/claude-issue-solver.yml`, or set `TEST_COMMAND`)."
-        )
+        ) + (f"\n\n{made}" if made else "")
     lines = ["### Tests", "", f"- Command: {_code(plan['test'])} ({plan.get('source', '')})"]
     if plan.get("setup"):
         setup, cache = report.get("setup") or {}, report.get("cache") or {}
@@ -443,7 +444,26 @@ def tests_report(report: dict, agent: Agent = CLAUDE) -> str:
     last = rounds[-1] if rounds else baseline
     if last is not None and (last.get("tail") or "").strip():
         lines += ["", _collapsed(f"Last output ({last.get('name')})", last["tail"])]
+    if made:
+        lines += ["", made]
     return "\n".join(lines)
+
+
+MADE_SHOWN = 8  # paths named in the PR
+
+
+def made_note(report: dict) -> str:
+    """The line naming what setup and the test runs made in the tree that git would have committed
+    (``made_shown``: not ignored by the repository); "" when there is none. None of it is committed."""
+    shown = report.get("made_shown") or []
+    if not shown:
+        return ""
+    names = ", ".join(_inline_code(str(p)) for p in shown[:MADE_SHOWN])
+    more = f" and {len(shown) - MADE_SHOWN} more" if len(shown) > MADE_SHOWN else ""
+    return (
+        f"Not committed: {names}{more} — made in the tree by setup or the test runs, not by the change "
+        "(list them in `.gitignore` to keep them out of sight)."
+    )
 
 
 def _counts(step: dict | None) -> str:

@@ -517,9 +517,7 @@ class Pipeline:
             task = self.queue.update(task.id, meta={"phase": "publishing", "summary": summary})
             answer = result.result if result else task.result
             figures = self._figures(task, self._duration(task))
-            left_out = "\n\n".join(
-                n for n in (messages.left_out_note(changes.left_out), commit_scope.made_note(task.meta)) if n
-            )
+            left_out = messages.left_out_note(changes.left_out)
             if left_out:
                 tlog.write(f"not committed: {', '.join(changes.left_out)}")
             if not has_changes(changes) and not (again and self._pushed_before(task, spec.branch, tlog)):
