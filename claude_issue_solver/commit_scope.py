@@ -2,7 +2,8 @@
 
 The test gate records, before the agent starts, every untracked and ignored path of the tree (what
 setup installed there, a restored setup cache, the baseline's caches and results) and, around each test
-run, the paths that run added (``TestReport.made``). Those, the summary file and the results directory
+run, the paths that run added (``TestReport.made``). Those git would commit (``made_shown``: the ignored
+ones are left out by git itself), the summary file and the results directory
 of the detected pytest are left out of the commit, given to the backend as ``PushRequest.exclude`` (git
 pathspecs ``:(exclude,literal)``: a directory leaves out everything under it). The PR's Tests section
 names the ones git would have committed (``made_shown``: not ignored by the repository's
@@ -33,7 +34,9 @@ def excluded(meta: Mapping[str, Any]) -> tuple[str, ...]:
     """``PushRequest.exclude`` for a task (its ``meta``): the summary, the results directory, and what
     setup and the test runs made in the tree."""
     tests = meta.get("tests") if isinstance(meta.get("tests"), Mapping) else {}
-    made = [str(p).rstrip("/") for p in (tests or {}).get("made") or [] if str(p).strip("/")]
+    # Only what git would commit: the ignored ones stay out anyway, and `git add` refuses a pathspec
+    # that names an ignored path, even an excluding one.
+    made = [str(p).rstrip("/") for p in (tests or {}).get("made_shown") or [] if str(p).strip("/")]
     extra = (RESULTS_DIR, *made) if tests and (tests.get("plan") or {}).get("test") else tuple(made)
     return tuple(dict.fromkeys((*NEVER_COMMITTED, *extra)))
 

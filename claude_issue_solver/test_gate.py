@@ -684,6 +684,8 @@ class TestGate:
             results = merge(found)
             for problem in results.problems if results else ():
                 tlog.write(f"{name}: test results: {problem}")
+            if results is not None and not results.source:
+                results = None  # no file could be read: no per-test results (not "no test ran")
         # Kept in the state file and quoted in the PR: redacted, and its end only (lines can be long).
         tail = REDACTOR(exit_.tail)[-FAILING_OUTPUT_LIMIT:]
         return StepResult(name, exit_.exit_code, duration, exit_.timed_out, tail, results=results)

@@ -326,7 +326,9 @@ class MemoryBackend:
         files = sorted(
             p
             for p in set(place.tree) | set(place.committed)
-            if place.tree.get(p) != place.committed.get(p) and not _excluded(p, exclude)
+            if place.tree.get(p) != place.committed.get(p)
+            and not _excluded(p, exclude)
+            and (p in place.committed or not _excluded(p, place.ignored))  # as git status: ignored unlisted
         )
         stat = "\n".join(f" {p} | 1 +" for p in files)
         return Changes(files=tuple(files), diffstat=stat, ahead=place.unpushed)
@@ -360,7 +362,11 @@ class MemoryBackend:
     def commit_and_push(self, workspace: Workspace, request: PushRequest, log: TaskLog) -> Pushed:
         self._enter("commit_and_push")
         place = self._place(workspace)
-        tree = {p: d for p, d in place.tree.items() if not _excluded(p, request.exclude)}
+        tree = {
+            p: d
+            for p, d in place.tree.items()
+            if not _excluded(p, request.exclude) and (p in place.committed or not _excluded(p, place.ignored))
+        }
         committed = tree != place.committed
         if committed:
             place.committed = tree
