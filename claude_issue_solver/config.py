@@ -322,6 +322,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("TEST_FIX_ROUNDS", _int_at_least(0), 2),
     Setting("ON_RED_TESTS", _choice(ON_RED_TESTS), "draft"),
     Setting("SETUP_CACHE", _bool, True),
+    Setting("TEST_RESULTS", _optional_text, None),
+    Setting("TEST_STATUS", _bool, True),
+    Setting("COMMIT_MAX_FILES", _int_at_least(1), 1000),
+    Setting("COMMIT_MAX_LINES", _int_at_least(1), 100_000),
     Setting("PREWARM_INTERVAL", _int_at_least(0), 1800),  # seconds; 0: no pre-warming (prewarm)
     # the Docker backend
     Setting("DOCKER_IMAGE", _optional_text, None),
@@ -396,6 +400,10 @@ class Config:
     test_fix_rounds: int = 2
     on_red_tests: str = "draft"
     setup_cache: bool = True  # restore a saved setup instead of running it (where the backend can)
+    test_results: str | None = None  # a glob of the JUnit XML files the test command writes
+    test_status: bool = True  # a commit status (claude-issue-solver/tests) on the pushed head
+    commit_max_files: int = 1000  # a commit with more changed files is refused, not pushed
+    commit_max_lines: int = 100_000  # likewise for more added lines (git's diffstat)
     prewarm_interval: int = 1800  # run setup ahead of tasks, per repository, this often (0: never)
     docker_image: str | None = None
     docker_base_image: str = "node:20-bookworm-slim"

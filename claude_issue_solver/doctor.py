@@ -212,6 +212,7 @@ class _Doctor:
         for repo in repos:
             steps.append((f"repository {repo}", partial(self.repository, repo)))
             steps.append((f"label {label!r} on {repo}", partial(self.label, repo)))
+            steps.append((f"tests of {repo}", partial(self.tests, repo)))
         steps.append(("Claude credential", self.claude_credential))
         steps += self._operator_steps()
         if self.config.backend == "docker":
@@ -549,6 +550,98 @@ class _Doctor:
         return f"{self._fine_grained_advice()}, or a classic token with the repo scope"
 
     # --- the agent -----------------------------------------------------------------------------------
+
+    # --- the repositories' tests ------------------------------------------------------------------------
+
+    def tests(self, repo: str) -> _Outcome:
+        """The repository's settings file parsed (keys known) and, on Docker, the test command's program
+        found in the agent's image (``command -v``, as the agent's user, no network)."""
+        from claude_issue_solver.github import GitHubError
+        from claude_issue_solver.repo_settings import SETTINGS_PATH, RepoSettingsError, load_plan
+
+        if not self._credential_ok:
+            return _failed("not checked: no working GitHub credential", "fix the GitHub credential first")
+        try:
+            branch = self.github().repo_info(repo)["default_branch"]
+            plan = load_plan(self.github(), repo, branch, self.config)
+        except RepoSettingsError as exc:
+            return _failed(str(exc), f"correct {SETTINGS_PATH} on {repo}'s default branch")
+        except GitHubError as exc:
+            return self._github_failure(exc)
+        if plan.test is None:
+            return _passed(
+                f"no test command ({plan.source}): pull requests will say they are not verified; add `test:` "
+                f"to {SETTINGS_PATH} or set TEST_COMMAND to have them verified"
+            )
+        detail = f"`{plan.test}` ({plan.source})" + (f", setup `{plan.setup}`" if plan.setup else "")
+        program = _program(plan.test)
+        if self.config.backend != "docker" or program is None:
+            return _passed(detail)
+        image = self.config.docker_image
+        try:
+            backend = self.backend()
+            backend.check()
+            if image is None:
+                image = backend.agent_image_tag(self.config.docker_base_image)
+                if image is not None and not backend.image_present(image):
+                    image = None
+        except BackendError:
+            return _passed(f"{detail}; its program not looked for: Docker does not answer")
+        if image is None:
+            return _passed(
+                f"{detail}; `{program}` not looked for: the agent image is not built yet (doctor --build)"
+            )
+        found = self._command_v(image, program)
+        if found is None:
+            return _passed(f"{detail}; `{program}` not looked for: {image} could not run it")
+        if found:
+            return _passed(f"{detail}; `{program}` found in {image} ({found})")
+        fix = (
+            f"install `{program}` in the agent image (DOCKER_BASE_IMAGE, or a Dockerfile at {repo}'s root), "
+            f"or make `test:` in {SETTINGS_PATH} use a program the image has"
+        )
+        if plan.setup:
+            return _passed(
+                f"{detail}; `{program}` is not in {image}: setup must install it, or every run is red"
+            )
+        return _failed(
+            f"{detail}; `{program}` is not in {image}: every test run would fail with exit 127, so no pull "
+            "request of this repository could be verified",
+            fix,
+        )
+
+    def _command_v(self, image: str, program: str) -> str | None:
+        """Where ``program`` is in ``image`` (``command -v`` as the agent's user, no network); "" when it
+        is not there; None when the image could not run it."""
+        import docker.errors
+        import requests
+
+        from claude_issue_solver.backends.docker import agent_ids
+
+        uid, gid = agent_ids()
+        try:
+            container = self.backend().client.containers.create(
+                image,
+                ["sh", "-c", 'command -v "$1" || exit 3', "sh", program],
+                user=f"{uid}:{gid}",
+                network_mode="none",
+                cap_drop=["ALL"],
+                security_opt=["no-new-privileges"],
+            )
+        except docker.errors.DockerException:
+            return None
+        try:
+            container.start()
+            code = container.wait(timeout=VERSION_TIMEOUT).get("StatusCode")
+            output = container.logs(stdout=True, stderr=False).decode("utf-8", "replace").strip()
+        except (docker.errors.DockerException, requests.exceptions.RequestException):
+            return None
+        finally:
+            with contextlib.suppress(docker.errors.DockerException, requests.exceptions.RequestException):
+                container.remove(force=True)
+        if code == 0 and output:
+            return output.splitlines()[-1]
+        return "" if code in (1, 3, 127) else None
 
     def claude_credential(self) -> _Outcome:
         api_key = self.config.anthropic_api_key
@@ -901,6 +994,22 @@ class _Doctor:
 
 
 # --- helpers --------------------------------------------------------------------------------------------
+
+
+def _program(command: str) -> str | None:
+    """The program a shell command runs first (after ``VAR=value`` assignments); None for a path in the
+    repository (``./check.sh``) or a shell construct it cannot tell."""
+    try:
+        words = shlex.split(command)
+    except ValueError:
+        return None
+    for word in words:
+        if re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*=.*", word):
+            continue
+        if "/" in word or not re.fullmatch(r"[\w.+-]+", word):
+            return None
+        return word
+    return None
 
 
 def _web_url(api_url: str) -> str:

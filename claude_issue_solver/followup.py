@@ -25,7 +25,6 @@ from __future__ import annotations
 import hashlib
 import re
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
 from claude_issue_solver import messages
@@ -36,6 +35,7 @@ from claude_issue_solver.prompt import FollowUpRequest
 from claude_issue_solver.publisher import Publisher, PullState
 from claude_issue_solver.queue import FINISHED, FOLLOWUP, Task, TaskQueue, TaskState
 from claude_issue_solver.run_policy import ProcessExit
+from claude_issue_solver.trust import github_time
 
 SESSION_ENV = "CLAUDE_CONFIG_DIR"
 FRESH_AGENT = "agent-fresh"  # the process of a fresh session after a resume failed (same workspace)
@@ -194,19 +194,10 @@ def asked_after_closing(task: Task, issue: dict[str, Any]) -> bool:
     Both times are GitHub's (one-second resolution): a request in the same second as the closing
     (GitHub's "Close with comment") is not after it.
     """
-    closed = _github_time(issue.get("closed_at"))
-    asked = [_github_time(t.get("created_at")) for t in task.meta.get("triggers", [])]
+    closed = github_time(issue.get("closed_at"))
+    asked = [github_time(t.get("created_at")) for t in task.meta.get("triggers", [])]
     newest = max((a for a in asked if a is not None), default=None)
     return task.kind == FOLLOWUP and closed is not None and newest is not None and newest > closed
-
-
-def _github_time(value: object) -> datetime | None:
-    if not isinstance(value, str) or not value:
-        return None
-    try:
-        return datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        return None
 
 
 def resume_args(session_id: str | None) -> list[str]:

@@ -23,7 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
-from claude_issue_solver import followup, messages, operator_rules, repo_instructions
+from claude_issue_solver import commit_scope, followup, messages, operator_rules, repo_instructions, statuses
 from claude_issue_solver.agent import (
     AgentResult,
     AgentSettings,
@@ -64,7 +64,6 @@ from claude_issue_solver.queue import FOLLOWUP, ISSUE, QueueError, Task, TaskQue
 from claude_issue_solver.repo_settings import RepoSettingsError, load_plan
 from claude_issue_solver.run_limits import RunLimits
 from claude_issue_solver.run_policy import (
-    NEVER_COMMITTED,
     ProcessExit,
     has_changes,
     publish,
@@ -471,7 +470,7 @@ class Pipeline:
         report = self._tests(task)
         if report is not None and report.plan.test:
             try:
-                if not report.rounds and not self._changed(workspace):
+                if not report.rounds and not self._changed(task, workspace):
                     tlog.write("the agent changed nothing: no test rounds")
                     return self._publish(task, workspace, spec, result, tlog)
                 report = self.gate.after_agent(
@@ -513,7 +512,10 @@ class Pipeline:
         again = task.meta.get("phase") == "publishing"
         try:
             taken = take_summary(self.backend, workspace)
-            changes = what_changed(self.backend, workspace, tlog, summary_found=taken is not None)
+            exclude = commit_scope.excluded(task.meta)  # the agent's change only: not what setup made
+            changes = what_changed(
+                self.backend, workspace, tlog, summary_found=taken is not None, exclude=exclude
+            )
             summary = taken if taken is not None else task.meta.get("summary")
             if summary is None and task.kind == FOLLOWUP:
                 summary = followup.previous_summary(self.queue, task)  # the PR keeps its title and text
@@ -533,6 +535,9 @@ class Pipeline:
                 self._comment(task, messages.with_note(task, nothing, left_out))
                 self._cleanup(task, tlog)
                 return Outcome(TaskState.COMPLETED)
+            too_large = commit_scope.too_large(changes, self.config)
+            if too_large and not again:
+                return self._fail(task, f"nothing was pushed: {too_large}", tlog, changes.diffstat[-2000:])
             title, description = self._summary(task, summary, tlog)
             tests = task.meta.get("tests")
             red = bool(tests) and tests.get("verdict") == "red"
@@ -555,7 +560,7 @@ class Pipeline:
                 ),
                 author=(self.config.git_author_name, self.config.git_author_email),
                 credential=spec.workspace.credential(),
-                exclude=NEVER_COMMITTED,
+                exclude=exclude,
             )
             pushed = publish(
                 self.backend,
@@ -565,6 +570,7 @@ class Pipeline:
                 log=tlog,
                 on_rebased=lambda rebased: self._record_rebase(task.id, rebased),
             )
+            self._post_status(task, spec, pushed.sha, tests, tlog)
             note = "\n\n".join(n for n in (self._moved_note(task.id, spec.branch, tlog), left_out) if n)
             if red and self._red_opens_no_pr(task, spec.branch, tlog):
                 return self._red_without_pr(task, spec.branch, tests, figures, tlog, note)
@@ -834,8 +840,25 @@ class Pipeline:
         tlog.write(f"pull request #{pr.number} {change}: {why}")
         return draft
 
-    def _changed(self, workspace: Workspace) -> bool:
-        return has_changes(self.backend.changes(workspace, NEVER_COMMITTED))
+    def _changed(self, task: Task, workspace: Workspace) -> bool:
+        return has_changes(
+            self.backend.changes(workspace, commit_scope.excluded(self.queue.get(task.id).meta))
+        )
+
+    def _post_status(self, task: Task, spec: RunSpec, sha: str, tests: Any, tlog: TaskLog) -> None:
+        """The tests' verdict as a commit status on the pushed head (best effort: the PR says it too)."""
+        if not self.config.test_status or not isinstance(tests, dict):
+            return
+        url = f"{spec.workspace.clone_url.removesuffix('.git')}/issues/{task.issue_number}"
+        try:
+            posted = statuses.post(
+                self.client, task.repo, sha, tests, url if url.startswith("http") else None
+            )
+        except GitHubError as exc:
+            tlog.write(f"could not post the commit status {statuses.CONTEXT} on {sha[:12]}: {exc}")
+            return
+        if posted:
+            tlog.write(f"commit status {statuses.CONTEXT} on {sha[:12]}: {posted[0]} ({posted[1]})")
 
     def _deadline(self, task: Task) -> float:
         return (task.started_at or self.clock()) + self.config.task_timeout

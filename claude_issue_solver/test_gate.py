@@ -49,12 +49,25 @@ from claude_issue_solver.backends.base import (
 from claude_issue_solver.logs import REDACTOR, TaskLog
 from claude_issue_solver.outcome import TaskControl
 from claude_issue_solver.queue import Task, TaskQueue
-from claude_issue_solver.repo_settings import SETUP_INPUTS, TestPlan
+from claude_issue_solver.repo_settings import PYTEST, SETUP_INPUTS, TestPlan
 from claude_issue_solver.run_limits import RunEnd
 from claude_issue_solver.run_policy import ProcessExit, wait_for_process
+from claude_issue_solver.test_results import (
+    FILE_LIMIT,
+    MAX_FILES,
+    Judgement,
+    Results,
+    Run,
+    judge,
+    merge,
+    parse_go_json,
+    parse_junit,
+    wants_go_json,
+)
 
 __all__ = [
     "FAILING_OUTPUT_LIMIT",
+    "RESULTS_DIR",
     "Interrupted",
     "SetupCache",
     "StepResult",
@@ -77,6 +90,12 @@ SETUP_INPUT_LIMIT = 64 * 1024 * 1024  # bytes of one dependency file that go int
 SETUP_KEY_VERSION = 2
 # Why a green setup was not saved (TestReport.cache.detail) in a workspace not at the default branch's head.
 NOT_FROM_DEFAULT = "the workspace did not start at the default branch's head (its branch has earlier commits)"
+
+# Where the detected pytest writes its JUnit XML (one file per run); never committed.
+RESULTS_DIR = ".claude-issue-solver-results"
+# How many untracked paths (a directory holding only such files counts once) are kept as what setup and
+# the test runs made in the tree: never committed, named in the PR when they would have been.
+MADE_LIMIT = 500
 
 # TestReport.cache states, each recorded before the act it names (a resumed task reads where it was).
 RESTORING, HIT, MISS, SAVING, SAVED, NOT_SAVED, OFF = (
@@ -118,10 +137,14 @@ class StepResult:
     timed_out: bool
     tail: str
     cached: str | None = None  # setup only: restored from this saved setup instead of running
+    results: Results | None = None  # per-test results (JUnit XML, go test -json), when there were any
 
     @property
     def green(self) -> bool:
         return self.exit_code == 0 and not self.timed_out
+
+    def run(self) -> Run:
+        return Run(self.exit_code, self.timed_out, self.tail, self.results)
 
     def to_dict(self) -> dict[str, Any]:
         data = {
@@ -133,6 +156,8 @@ class StepResult:
         }
         if self.cached:
             data["cached"] = self.cached
+        if self.results is not None:
+            data["results"] = self.results.to_dict()
         return data
 
     @classmethod
@@ -144,6 +169,7 @@ class StepResult:
             bool(data.get("timed_out")),
             str(data.get("tail") or ""),
             data.get("cached") or None,
+            Results.from_dict(data.get("results")),
         )
 
 
@@ -202,15 +228,30 @@ class TestReport:
     fixes: int = 0  # fix rounds Claude was asked for
     note: str | None = None  # why the loop stopped early (a failed fix run, TASK_TIMEOUT)
     cache: SetupCache = field(default_factory=SetupCache)
+    judgement: Judgement | None = None  # the latest round against the baseline (test_results.judge)
+    # What setup, the baseline and the test runs made in the tree (untracked and ignored paths; a
+    # directory holding only such files once): never committed. None until taken, before the agent.
+    made: list[str] | None = None
+    made_shown: list[str] = field(default_factory=list)  # of those, what git would have committed
 
     @property
     def verdict(self) -> str:
-        """``none`` (nothing to run), ``green``, ``red``; ``pending`` before the first round."""
+        """``none`` (nothing to run), ``pending`` before the first round, else the judgement's:
+        ``green``, ``known``, ``red``, ``unchanged``, ``not-run`` (see :func:`test_results.judge`)."""
         if self.plan.test is None:
             return "none"
         if not self.rounds:
             return "pending"
+        if self.judgement is not None:
+            return self.judgement.verdict
         return "green" if self.rounds[-1].green else "red"
+
+    def judge(self) -> Judgement:
+        """The latest round against the baseline (and setup), kept in ``judgement``."""
+        setup_green = None if self.setup is None else self.setup.green
+        baseline = self.baseline.run() if self.baseline is not None else None
+        self.judgement = judge(self.rounds[-1].run(), baseline, setup_green=setup_green)
+        return self.judgement
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -222,6 +263,9 @@ class TestReport:
             "note": self.note,
             "verdict": self.verdict,
             "cache": self.cache.to_dict(),
+            "judgement": self.judgement.to_dict() if self.judgement else None,
+            "made": self.made,
+            "made_shown": self.made_shown,
         }
 
     @classmethod
@@ -234,6 +278,9 @@ class TestReport:
             fixes=int(data.get("fixes") or 0),
             note=data.get("note"),
             cache=SetupCache.from_dict(data.get("cache") or {}),
+            judgement=Judgement.from_dict(data.get("judgement")),
+            made=list(data["made"]) if isinstance(data.get("made"), list) else None,
+            made_shown=list(data.get("made_shown") or []),
         )
 
 
@@ -264,19 +311,37 @@ def checklist(report: TestReport, *, agent_done: bool, current: str | None) -> l
     return items
 
 
-def fix_prompt(step: StepResult, command: str, round_: int, rounds: int) -> str:
-    """What the continued session is told: the failing run's end, redacted and size-capped."""
+def fix_prompt(
+    step: StepResult, command: str, round_: int, rounds: int, judgement: Judgement | None = None
+) -> str:
+    """What the continued session is told: the failing run's end, redacted and size-capped; with
+    per-test results, the tests that fail because of the change (their messages) and those that were
+    failing before it, which need not be fixed."""
     why = (
         f"timed out and was killed after {step.duration_s:.0f}s"
         if step.timed_out
         else f"exited {step.exit_code}"
     )
-    return (
-        f"The repository's tests fail after your change: `{command}` {why}. The end of its output:\n\n"
-        f"```\n{failing_output(step.tail)}\n```\n\n"
+    parts = [f"The repository's tests fail after your change: `{command}` {why}."]
+    if judgement is not None and judgement.new:
+        parts.append("\nThese tests fail now and passed (or did not exist) before your change:\n")
+        for failure in judgement.new[:20]:
+            message = REDACTOR(failure.message).strip()
+            parts.append(f"- `{failure.name}`" + (f":\n```\n{message[:1500]}\n```" if message else ""))
+        if len(judgement.new) > 20:
+            parts.append(f"- … and {len(judgement.new) - 20} more")
+    if judgement is not None and judgement.known:
+        names = ", ".join(f"`{f.name}`" for f in judgement.known[:20])
+        more = f" and {len(judgement.known) - 20} more" if len(judgement.known) > 20 else ""
+        parts.append(
+            f"\nThese were already failing before your change; you need not fix them: {names}{more}."
+        )
+    parts.append(f"\nThe end of its output:\n\n```\n{failing_output(step.tail)}\n```\n")
+    parts.append(
         f"Fix the code so that the tests pass (fix round {round_} of {rounds}). Do not weaken or delete "
         "tests to make them pass. Then update .claude-pr-summary.md as before."
     )
+    return "\n".join(parts)
 
 
 def failing_output(text: str) -> str:
@@ -333,10 +398,23 @@ class TestGate:
         if report.baseline is None and plan.test:
             self._enter(task, BASELINE, report, agent_done=False)
             tlog.write(f"baseline tests: {plan.test}")
-            report.baseline = self._run(
-                workspace, BASELINE, str(plan.test), plan.timeout, control, tlog, deadline
-            )
+            report.baseline = self._run(workspace, BASELINE, plan, control, tlog, deadline)
             self._record(task, report)
+            if report.baseline.results is not None:
+                tlog.write(f"baseline: {report.baseline.results.counts()} ({report.baseline.results.source})")
+        if report.made is None:
+            # Before the agent: whatever is untracked now, setup and the baseline made (or the cache
+            # restored). None of it is the agent's, so none of it is committed.
+            made = self.backend.untracked(workspace)
+            shown = set(self.backend.untracked(workspace, ignored=False))
+            report.made = list(made[:MADE_LIMIT])
+            report.made_shown = [p for p in made[:MADE_LIMIT] if p in shown]
+            self._record(task, report)
+            if made:
+                tlog.write(
+                    f"{len(made)} untracked path(s) in the tree before the agent (setup's and the tests' "
+                    f"products, never committed): {', '.join(made[:10])}" + (" …" if len(made) > 10 else "")
+                )
         return report
 
     def _setup(
@@ -376,7 +454,7 @@ class TestGate:
             elif cache.state == OFF:
                 tlog.write(f"setup cache: {cache.detail}")
             tlog.write(f"setup: {command}")
-            report.setup = self._run(workspace, SETUP, command, plan.timeout, control, tlog, deadline)
+            report.setup = self._run(workspace, SETUP, plan, control, tlog, deadline, command=command)
             if cache.state == MISS:
                 saves = report.setup.green and workspace.from_default
                 cache.state = SAVING if saves else NOT_SAVED
@@ -442,14 +520,22 @@ class TestGate:
                 continue
             self._enter(task, "tests", report, agent_done=True)
             tlog.write(f"tests (round {round_}): {command}")
-            step = self._run(
-                workspace, _test_name(round_), command, report.plan.timeout, control, tlog, deadline
-            )
+            before = set(self.backend.untracked(workspace))
+            step = self._run(workspace, _test_name(round_), report.plan, control, tlog, deadline)
             report.rounds.append(step)
+            self._take_made(workspace, report, before)
+            judgement = report.judge()
             self._record(task, report)
-            if step.green:
-                tlog.write(f"tests green in round {round_}")
+            if step.results is not None:
+                tlog.write(f"tests (round {round_}): {step.results.counts()} ({step.results.source})")
+            if not judgement.wants_fix:
+                tlog.write(
+                    f"tests {judgement.verdict} in round {round_}"
+                    + (f": {judgement.why}" if judgement.why else "")
+                    + ("" if judgement.verdict == "green" else "; no fix round is asked for")
+                )
                 return report
+            tlog.write(f"tests red in round {round_}: {judgement.why}")
             if report.fixes >= self.fix_rounds:
                 tlog.write(
                     f"tests still red after {report.fixes} fix round(s) (TEST_FIX_ROUNDS={self.fix_rounds})"
@@ -489,7 +575,9 @@ class TestGate:
             task.id,
             name=_fix_name(round_),
             argv=argv,
-            stdin=fix_prompt(failing, str(report.plan.test), round_, self.fix_rounds).encode(),
+            stdin=fix_prompt(
+                failing, str(report.plan.test), round_, self.fix_rounds, report.judgement
+            ).encode(),
             keep=keep,  # the issue's Claude sessions, as the agent had them: --resume finds its own
         )
         self.backend.start_process(workspace, spec, tlog)
@@ -551,24 +639,86 @@ class TestGate:
         self,
         workspace: Workspace,
         name: str,
-        command: str,
-        timeout: int,
+        plan: TestPlan,
         control: TaskControl,
         tlog: TaskLog,
         deadline: float,
+        command: str | None = None,
     ) -> StepResult:
+        """One setup (``command``) or test run (the plan's test, asked for JUnit XML when detected),
+        with its per-test results read afterwards."""
         started = self.clock()
+        results_glob = plan.results
+        if command is None:
+            command = str(plan.test)
+            if plan.runner == PYTEST and not plan.results:
+                results_glob = f"{RESULTS_DIR}/{name}.xml"
+                command = f"{command} --junitxml={results_glob}"
+        else:
+            results_glob = None
+        before = {
+            p: hashlib.sha256(d).digest()
+            for p, d in (self._result_files(workspace, results_glob, tlog) if results_glob else {}).items()
+        }
         # No GitHub credential and no Claude credential: the tests get the place's defaults only.
         spec = self.access.command(name, command, setup=name == SETUP)
         if not self.backend.start_process(workspace, spec, tlog):
             tlog.write(f"{name} already runs (started before a restart)")
-        exit_ = self._wait(workspace, name, control, tlog, min(started + timeout, deadline))
+        exit_ = self._wait(workspace, name, control, tlog, min(started + plan.timeout, deadline))
         duration = self.clock() - started
         if exit_.timed_out:
-            tlog.write(f"{name} was killed at its deadline ({timeout}s test_timeout or TASK_TIMEOUT): red")
+            tlog.write(
+                f"{name} was killed at its deadline ({plan.timeout}s test_timeout or TASK_TIMEOUT): red"
+            )
+        results = None
+        if name != SETUP:
+            found: list[Results | None] = []
+            if results_glob:
+                after = self._result_files(workspace, results_glob, tlog)
+                # Only what this run wrote: a file left from an earlier run (unchanged) is not its result.
+                fresh = {p: d for p, d in after.items() if before.get(p) != hashlib.sha256(d).digest()}
+                if fresh:
+                    found.append(parse_junit(fresh))
+            if wants_go_json(command):
+                found.append(parse_go_json(exit_.stdout))
+            results = merge(found)
+            for problem in results.problems if results else ():
+                tlog.write(f"{name}: test results: {problem}")
+            if results is not None and not results.source:
+                results = None  # no file could be read: no per-test results (not "no test ran")
         # Kept in the state file and quoted in the PR: redacted, and its end only (lines can be long).
         tail = REDACTOR(exit_.tail)[-FAILING_OUTPUT_LIMIT:]
-        return StepResult(name, exit_.exit_code, duration, exit_.timed_out, tail)
+        return StepResult(name, exit_.exit_code, duration, exit_.timed_out, tail, results=results)
+
+    def _result_files(self, workspace: Workspace, glob: str, tlog: TaskLog) -> dict[str, Any]:
+        """The JUnit files matching ``glob`` (untracked or ignored, never through a link), each at most
+        FILE_LIMIT bytes; before a run their hashes only (``before``), after it their content."""
+        files: dict[str, Any] = {}
+        for path in self.backend.untracked(workspace, glob)[:MAX_FILES]:
+            data = self.backend.read_file(workspace, path, FILE_LIMIT + 1)
+            if data is None:
+                continue  # a link, a directory, gone: never followed or read
+            if len(data) > FILE_LIMIT:
+                tlog.write(f"test results: {path} is larger than {FILE_LIMIT // (1024 * 1024)} MiB: not read")
+                continue
+            files[path] = data
+        return files
+
+    def _take_made(self, workspace: Workspace, report: TestReport, before: set[str]) -> None:
+        """What a test run made in the tree (new untracked paths): never committed either."""
+        made = [p for p in self.backend.untracked(workspace) if p not in before]
+        if not made:
+            return
+        shown = set(self.backend.untracked(workspace, ignored=False))
+        known = report.made or []
+        for path in made:
+            if len(known) >= MADE_LIMIT:
+                break
+            if path not in known:
+                known.append(path)
+                if path in shown:
+                    report.made_shown.append(path)
+        report.made = known
 
     def _wait(
         self, workspace: Workspace, name: str, control: TaskControl, tlog: TaskLog, deadline: float
