@@ -6,8 +6,14 @@
 #
 # Any Debian or Ubuntu base works: Python >= 3.11 and venv come from the distribution when the base has
 # none (CI builds on a debootstrapped Debian, since no registry is reachable there).
+# Without a registry (offline, or Docker Hub blocked), name a base image you already have:
+#   docker build --build-arg BASE_IMAGE=debian:bookworm -t claude-issue-solver .
+# (`docker images` lists them). A Docker without a bridge network (dockerd --bridge=none) builds with
+# `docker build --network host ...`: apt and pip need the network during the build.
+# The Daytona backend's SDK is an optional extra: --build-arg EXTRAS=daytona.
 ARG BASE_IMAGE=python:3.12-slim-bookworm
 FROM ${BASE_IMAGE}
+ARG EXTRAS=
 
 USER root
 ENV LANG=C.UTF-8 \
@@ -36,7 +42,7 @@ RUN set -eu; \
 # on every code change.
 COPY pyproject.toml /src/
 RUN python3 -m venv /opt/claude-issue-solver \
-    && python3 -c 'import tomllib; print("\n".join(tomllib.load(open("/src/pyproject.toml", "rb"))["project"]["dependencies"]))' \
+    && EXTRAS="$EXTRAS" python3 -c 'import os, tomllib; p = tomllib.load(open("/src/pyproject.toml", "rb"))["project"]; extras = [e for e in os.environ["EXTRAS"].replace(",", " ").split() if e]; print("\n".join(p["dependencies"] + [d for e in extras for d in p["optional-dependencies"][e]]))' \
         > /tmp/requirements.txt \
     && /opt/claude-issue-solver/bin/pip install --quiet -r /tmp/requirements.txt \
     && rm /tmp/requirements.txt

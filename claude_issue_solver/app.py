@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from claude_issue_solver.github.client import GitHubClient
     from claude_issue_solver.github.watcher import Watcher
     from claude_issue_solver.run.agent_access import AgentAccess
+    from claude_issue_solver.run.prewarm import Prewarmer
 
 log = logging.getLogger(__name__)
 
@@ -81,11 +82,24 @@ def make_backend(config: Config) -> Backend[Any]:
 
         return DockerBackend(docker_settings(config))
     if config.backend == "daytona":
-        from claude_issue_solver.backends.daytona import DaytonaBackend
-
-        return DaytonaBackend(daytona_settings(config))
+        return daytona_module().DaytonaBackend(daytona_settings(config))
     msg = f"BACKEND={config.backend!r} is not valid: expected docker or daytona"
     raise ConfigError(msg)
+
+
+DAYTONA_EXTRA = "pip install 'claude-issue-solver[daytona]'"
+
+
+def daytona_module() -> Any:
+    """``backends.daytona``, imported now; ConfigError (one line naming the extra) without its SDK."""
+    try:
+        from claude_issue_solver.backends import daytona
+    except ModuleNotFoundError as exc:
+        if (exc.name or "").split(".")[0] != "daytona":
+            raise
+        msg = f"BACKEND=daytona needs the Daytona SDK, an optional extra: {DAYTONA_EXTRA}"
+        raise ConfigError(msg) from None
+    return daytona
 
 
 @dataclass
@@ -128,11 +142,20 @@ def build(config: Config, *, backend: Backend[Any] | None = None) -> Parts:
     # The Claude relay goes last (stopped first is fine: a running container's requests wait for the
     # next daemon in its forwarder).
     housekeeper = Housekeeper(store, config.state_dir, config.log_dir)
-    daemon.services = (housekeeper, pipeline.access)
+    prewarmer = _prewarmer(config, parts, client, pipeline.access)
+    daemon.services = (housekeeper, prewarmer, pipeline.access)
     if config.listen_address is not None:
         parts.listener = _listener(config, parts, client, watcher)
-        daemon.services = (parts.listener, housekeeper, pipeline.access)
+        daemon.services = (parts.listener, housekeeper, prewarmer, pipeline.access)
     return parts
+
+
+def _prewarmer(config: Config, parts: Parts, client: GitHubClient, access: AgentAccess) -> Prewarmer:
+    """Pre-warming (PREWARM_INTERVAL): each watched repository's setup, cached ahead of its tasks."""
+    from claude_issue_solver.run.prewarm import Prewarmer
+
+    watcher = parts.watcher
+    return Prewarmer(config, parts.queue, parts.backend, client, access, lambda: list(watcher.repos))
 
 
 def _listener(config: Config, parts: Parts, client: GitHubClient, watcher: Watcher) -> Listener:

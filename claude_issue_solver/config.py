@@ -309,6 +309,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("CLAUDE_MAX_BUDGET_USD", _optional_usd, None),
     Setting("CLAUDE_EXTRA_ARGS", _text, ""),
     Setting("CLAUDE_APPEND_SYSTEM_PROMPT", _optional_text, None),
+    Setting("APPEND_SYSTEM_PROMPT_FILE", _optional_path, None),  # the operator's rules (operator_rules)
+    Setting("MCP_CONFIG", _optional_path, None),  # the operator's MCP servers (operator_rules)
     Setting("AGENT_EGRESS", _choice(AGENT_EGRESS), "relay-only"),
     Setting("PROMPT_TEMPLATE_DIR", _optional_path, None),
     Setting("GIT_AUTHOR_NAME", _text, "Claude Issue Solver"),
@@ -320,6 +322,11 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("TEST_FIX_ROUNDS", _int_at_least(0), 2),
     Setting("ON_RED_TESTS", _choice(ON_RED_TESTS), "draft"),
     Setting("SETUP_CACHE", _bool, True),
+    Setting("TEST_RESULTS", _optional_text, None),
+    Setting("TEST_STATUS", _bool, True),
+    Setting("COMMIT_MAX_FILES", _int_at_least(1), 1000),
+    Setting("COMMIT_MAX_LINES", _int_at_least(1), 100_000),
+    Setting("PREWARM_INTERVAL", _int_at_least(0), 1800),  # seconds; 0: no pre-warming (prewarm)
     # the Docker backend
     Setting("DOCKER_IMAGE", _optional_text, None),
     Setting("DOCKER_BASE_IMAGE", _text, "node:20-bookworm-slim"),
@@ -381,6 +388,8 @@ class Config:
     claude_max_budget_usd: float | None = None
     claude_extra_args: str = ""
     claude_append_system_prompt: str | None = None
+    append_system_prompt_file: Path | None = None  # its text is appended to the agent's system prompt
+    mcp_config: Path | None = None  # a JSON file of MCP servers: --mcp-config, --strict-mcp-config
     agent_egress: str = "relay-only"  # relay-only: agent, test and fix processes reach only the relay
     prompt_template_dir: Path | None = None
     git_author_name: str = "Claude Issue Solver"
@@ -391,6 +400,11 @@ class Config:
     test_fix_rounds: int = 2
     on_red_tests: str = "draft"
     setup_cache: bool = True  # restore a saved setup instead of running it (where the backend can)
+    test_results: str | None = None  # a glob of the JUnit XML files the test command writes
+    test_status: bool = True  # a commit status (claude-issue-solver/tests) on the pushed head
+    commit_max_files: int = 1000  # a commit with more changed files is refused, not pushed
+    commit_max_lines: int = 100_000  # likewise for more added lines (git's diffstat)
+    prewarm_interval: int = 1800  # run setup ahead of tasks, per repository, this often (0: never)
     docker_image: str | None = None
     docker_base_image: str = "node:20-bookworm-slim"
     docker_memory: str = "4g"

@@ -39,3 +39,16 @@ def cut_with_note(text: str, limit: int, what: str) -> str:
     if len(text) <= limit:
         return text
     return f"{text[:limit].rstrip()}\n\n_({what} was cut here: it was {len(text)} characters, over {limit}.)_"
+
+
+# The setup cache's states in a task's record (test_gate's TestReport.cache; the metrics read them), each
+# recorded before the act it names (a resumed task reads where it was).
+RESTORING, HIT, MISS, SAVING, SAVED, NOT_SAVED, OFF = (
+    "restoring",
+    "hit",
+    "miss",
+    "saving",
+    "saved",
+    "not saved",
+    "off",
+)

@@ -95,7 +95,16 @@ def _summarize_system(event: dict[str, Any]) -> str | None:
     if subtype == "init":
         model = as_str(event.get("model")) or "unknown"
         cwd = as_str(event.get("cwd")) or "unknown"
-        return f"session started (model {model}, cwd {cwd})"
+        servers = event.get("mcp_servers")
+        mcp = ""
+        if isinstance(servers, list) and servers:  # MCP_CONFIG's servers: whether each one came up
+            shown = [
+                f"{as_str(s.get('name')) or '?'} ({as_str(s.get('status')) or '?'})"
+                for s in servers[:10]
+                if isinstance(s, dict)
+            ]
+            mcp = f"; MCP servers: {', '.join(shown)}"
+        return f"session started (model {model}, cwd {cwd}){mcp}"
     if subtype == "api_retry":
         parts = []
         attempt, max_retries = as_int(event.get("attempt")), as_int(event.get("max_retries"))

@@ -176,6 +176,9 @@ def test_start_status_stop(daemon_env: dict[str, str], state_dir: Path) -> None:
     assert cli(daemon_env, "stop").returncode == 3
     log = (state_dir / "logs" / "daemon.log").read_text()
     assert "received SIGTERM" in log and "daemon stopped" in log
+    # A routine stop is information: a WARNING there would teach people to ignore warnings.
+    (received,) = [line for line in log.splitlines() if "received SIGTERM" in line]
+    assert " INFO " in received, received
     assert TOKEN not in log
 
 

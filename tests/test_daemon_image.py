@@ -18,6 +18,7 @@ import tarfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import docker
 import docker.errors
@@ -46,7 +47,7 @@ TEST_LABEL = {"claude-issue-solver.test": "test_daemon_image"}
 
 @dataclass(frozen=True)
 class ComposeService:
-    build: dict[str, str]
+    build: dict[str, Any]
     environment: dict[str, str]
     volumes: list[tuple[str, str]]  # (host path, container path)
     secrets: dict[str, Path]  # file name under /run/secrets -> the host file
@@ -61,7 +62,8 @@ def compose_service(state_dir: Path | None = None) -> ComposeService:
     # for the state directory).
     pattern = r"\$\{CLAUDE_ISSUE_SOLVER_STATE_DIR:-([^}]*)\}"
     text = re.sub(pattern, lambda m: str(state_dir) if state_dir else m.group(1), text)
-    text = re.sub(r"\$\{CLAUDE_ISSUE_SOLVER_(?:WEBHOOKS|PORT):-([^}]*)\}", lambda m: m.group(1), text)
+    defaults = r"\$\{CLAUDE_ISSUE_SOLVER_(?:WEBHOOKS|PORT|BASE_IMAGE|EXTRAS):-([^}]*)\}"
+    text = re.sub(defaults, lambda m: m.group(1), text)
     assert "${" not in text, "the compose file uses a variable this test does not know"
     doc = yaml.safe_load(text)
     service = doc["services"][SERVICE]
@@ -201,6 +203,15 @@ def test_the_compose_file_keeps_state_paths_the_same_inside_and_out(tmp_path: Pa
     assert service.init
     assert (COMPOSE_FILE.parent / service.build["context"]).resolve() == ROOT
     assert (ROOT / service.build["dockerfile"]).is_file()
+    # Every build argument the compose file passes is one the Dockerfile declares (BASE_IMAGE for a
+    # machine without a registry, EXTRAS for the Daytona SDK), with the Dockerfile's own defaults.
+    declared = dict(
+        (m.group(1), m.group(2) or "")
+        for m in re.finditer(r"^ARG (\w+)(?:=(\S*))?$", (ROOT / "Dockerfile").read_text(), re.MULTILINE)
+    )
+    args = {name: value or "" for name, value in service.build["args"].items()}
+    assert args == {name: declared[name] for name in args}
+    assert set(service.build["args"]) == {"BASE_IMAGE", "EXTRAS"}
 
 
 # -- the image ---------------------------------------------------------------------------------------

@@ -38,6 +38,8 @@ GITHUB_CHECKS = {
     "label 'Claude' on acme/widgets",
     "repository acme/gadgets",
     "label 'Claude' on acme/gadgets",
+    "tests of acme/widgets",
+    "tests of acme/gadgets",
 }
 DOCKER_CHECKS = {"Docker", "agent image", "git"}
 ALL_CHECKS = {"configuration", "state directory", "Claude credential", *GITHUB_CHECKS, *DOCKER_CHECKS}
@@ -519,3 +521,42 @@ def test_a_git_too_old_to_replay_commits_is_a_failed_check(
             gitops.replay_onto(tmp_path, "a" * 40, "b" * 40, "c" * 40)
     finally:
         gitops.git_version.cache_clear()
+
+
+# --- the repositories' tests (issue #21) -------------------------------------------------------------
+
+
+@pytest.mark.docker
+def test_a_test_program_missing_from_the_agent_image_fails_with_the_fix(
+    good: Callable[..., Config], github: FakeGitHub, fake_image: str
+) -> None:
+    settings = ".github/claude-issue-solver.yml"
+    # The detected pytest on one repository (the busybox agent image has no Python) ...
+    github.commit_files(
+        "acme/widgets", "main", {"pyproject.toml": "[project]\n", "tests/test_w.py": "def test(): pass\n"}
+    )
+    # ... and a settings file whose command the image has (busybox's sh) on the other.
+    github.commit_files("acme/gadgets", "main", {settings: "test: sh check.sh\n"})
+    checks = run_checks(good())
+    expect_failed(checks, {"tests of acme/widgets"})
+    found = by_name(checks)
+    missing = found["tests of acme/widgets"]
+    assert "`python3 -m pytest` (detected" in missing.detail and "`python3` is not in" in missing.detail
+    assert "exit 127" in missing.detail and missing.fix is not None and "install `python3`" in missing.fix
+    assert "`sh` found in" in found["tests of acme/gadgets"].detail
+
+
+def test_a_broken_settings_file_fails_with_the_problem_named(
+    good: Callable[..., Config], github: FakeGitHub, no_docker: None
+) -> None:
+    github.commit_files("acme/gadgets", "main", {".github/claude-issue-solver.yml": "test: [1]\ntests: x\n"})
+    checks = run_checks(good())
+    found = by_name(checks)
+    broken = found["tests of acme/gadgets"]
+    assert (
+        not broken.ok
+        and "unknown key(s) tests" in broken.detail
+        and "test: must be a non-empty" in broken.detail
+    )
+    assert broken.fix == "correct .github/claude-issue-solver.yml on acme/gadgets's default branch"
+    assert found["tests of acme/widgets"].ok and "no test command" in found["tests of acme/widgets"].detail

@@ -75,13 +75,14 @@ class Runs:
 
 
 def red_then_fixed(world: World, path: str, first: dict[str, str], *, agent: bool = True) -> Runs:
-    """Setup and tests that are green when ``path`` reads "good"; the agent writes ``first`` (with
+    """Setup and tests that are green when ``path`` reads "good", and before the change (the baseline:
+    the agent's change breaks them, so the gate asks for a fix); the agent writes ``first`` (with
     ``path`` "half"), the first fix round makes it good."""
     world.github.commit_files(REPO, "main", {SETTINGS: "setup: make deps\ntest: sh test.sh\n"}, message="s")
     runs = Runs()
 
     def test(place: Place, process: Process) -> None:
-        ok = process.spec.name == "setup" or place.tree.get(path) == b"good\n"
+        ok = process.spec.name in ("setup", "baseline") or place.tree.get(path) == b"good\n"
         process.exit_code, process.stdout = (0, "3 passed\n") if ok else (1, "1 failed\n")
 
     def write(files: dict[str, str]) -> Callable[[Place, Process], None]:

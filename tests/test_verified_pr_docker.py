@@ -31,24 +31,38 @@ pytestmark = needs_docker
 REPO = "acme/widgets"
 # add() subtracts (the issue's bug); the tests print the environment first, so a leak would show.
 CALC = "add() { echo $(($1 - $2)); }\nsub() { echo $(($1 - $2)); }\n"
+# It writes JUnit XML (test_results: build/junit.xml), as CI test reporters read it: add() fails before
+# any change (the issue's bug), so only a test the change breaks is the change's doing.
 TEST_SH = """\
 env | sort
 . ./calc.sh
 fail=0
+mkdir -p build
+cases=""
 check() {
     got=$($1 "$2" "$3")
-    if [ "$got" = "$4" ]; then echo "ok $1 $2 $3 = $got"; return; fi
+    if [ "$got" = "$4" ]; then
+        echo "ok $1 $2 $3 = $got"
+        cases="$cases<testcase classname='calc' name='test_$1'/>"
+        return
+    fi
     echo "FAIL $1 $2 $3 = $got, expected $4"
+    f="<failure message='$1 $2 $3 = $got, expected $4'/>"
+    cases="$cases<testcase classname='calc' name='test_$1'>$f</testcase>"
     fail=1
 }
 check add 2 3 5
 check sub 5 3 2
+printf '<testsuite name="calc">%s</testsuite>\\n' "$cases" >build/junit.xml
 if [ $fail = 0 ]; then echo "2 passed, 0 failed"; else echo "some tests failed"; fi
 exit $fail
 """
+RESULTS = "test_results: build/junit.xml\n"
 
 
 def sample(github: FakeGitHub, settings: str) -> None:
+    if "test.sh" in settings:
+        settings += RESULTS
     github.commit_files(
         REPO,
         "main",
@@ -78,6 +92,18 @@ def test_red_then_green_in_the_resumed_session_opens_a_normal_pr(
     assert shown["verdict"] == "green" and shown["rounds"][0]["exit_code"] == 1
     calc = github.repo(REPO).git("show", "claude/issue-1:calc.sh")
     assert "$(($1 + $2))" in calc and "$(($1 - $2))" in calc
+    # The fix round was asked for the test the change broke, never for the one red before it.
+    fixes = [r for r in task.meta["tests"]["rounds"] if r.get("results")]
+    assert fixes[0]["results"]["failing"] == [
+        {"name": "calc::test_sub", "message": "sub 5 3 = 8, expected 2"}
+    ]
+    assert task.meta["tests"]["baseline"]["results"]["failing"][0]["name"] == "calc::test_add"
+    # Only the agent's change is committed (not the tests' results), and the head carries the status.
+    head = github.repo(REPO).branch_sha("claude/issue-1")
+    assert head is not None
+    assert "build/junit.xml" not in github.repo(REPO).git("ls-tree", "-r", "--name-only", head)
+    (status,) = github.statuses(REPO, head)
+    assert status["context"] == "claude-issue-solver/tests" and status["state"] == "success"
     log = task_log_path(config.log_dir, task.id).read_text()
     assert "FAIL sub 5 3 = 8, expected 2" in log  # the test output reaches the task log (logs -f)
     for secret in (TOKEN, CLAUDE_KEY):

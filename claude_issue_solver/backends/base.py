@@ -425,6 +425,11 @@ class Backend(Protocol[W]):
     def changes(self, workspace: W, exclude: tuple[str, ...]) -> Changes:
         """What changed since the workspace's base, leaving out ``exclude``."""
 
+    def untracked(self, workspace: W, glob: str | None = None, *, ignored: bool = True) -> tuple[str, ...]:
+        """The paths in the tree that git does not track (``git ls-files --others``), ignored ones too
+        unless ``ignored`` is False: without ``glob`` a directory holding only such files is named once
+        (``dir/``); with ``glob`` (a git ``:(glob)`` pattern, ``**`` allowed) the matching files."""
+
     def commit_and_push(self, workspace: W, request: PushRequest, log: TaskLog) -> Pushed:
         """Commit what changed (if anything), then push the branch; PushRejected when the remote refuses
         (with ``moved`` when only because the branch moved there)."""

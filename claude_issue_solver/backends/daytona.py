@@ -585,6 +585,20 @@ class DaytonaBackend:
         left_out = tuple(e for e in left_out if not _excluded(e.partition("/ (")[0], exclude))
         return Changes(files=tuple(files), diffstat=stat_text, ahead=ahead, left_out=left_out)
 
+    def untracked(
+        self, workspace: Workspace, glob: str | None = None, *, ignored: bool = True
+    ) -> tuple[str, ...]:
+        sandbox, paths = self._located(workspace)
+        options = "" if ignored else " --exclude-standard"
+        which = f"-- {_q(':(glob)' + glob)}" if glob else "--directory"
+        script = f"cd {_q(paths.repo)} || exit 1; git ls-files -z --others{options} {which}"
+        doing = f"listing untracked files in {workspace.handle}"
+        response = _sdk(doing, lambda: sandbox.process.exec(script))
+        if response.exit_code != 0:
+            msg = f"{doing} failed: {REDACTOR((response.result or '')[-2000:])}"
+            raise BackendError(msg)
+        return tuple(p for p in (response.result or "").split("\0") if p.strip("/"))
+
     def commit_and_push(self, workspace: Workspace, request: PushRequest, log: TaskLog) -> Pushed:
         sandbox, paths = self._located(workspace)
         name, email = request.author

@@ -450,6 +450,16 @@ class DockerBackend:
         left_out = tuple(f"{e.path}/ ({e.why})" for e in fence.left_out if e.path not in exclude)
         return Changes(files=tuple(files), diffstat=stat_text, ahead=ahead, left_out=left_out)
 
+    def untracked(
+        self, workspace: Workspace, glob: str | None = None, *, ignored: bool = True
+    ) -> tuple[str, ...]:
+        ws, git_dir = self._located(workspace)
+        try:
+            return tuple(gitops.untracked(ws.worktree, git_dir=git_dir, glob=glob, ignored=ignored))
+        except gitops.GitError as exc:
+            msg = f"listing the untracked files of task {ws.task_id} in {ws.worktree} failed: {exc}"
+            raise BackendError(msg) from None
+
     def commit_and_push(self, workspace: Workspace, request: PushRequest, log: TaskLog) -> Pushed:
         ws, git_dir = self._located(workspace)
         name, email = request.author

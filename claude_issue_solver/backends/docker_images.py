@@ -108,7 +108,7 @@ class AgentImages:
         # On the repository's image, the repository's instructions run too (ONBUILD, SHELL, ENV).
         network = build_network(self.network) if base.startswith(BASE_IMAGE_PREFIX) else TRUSTED_BUILD_NETWORK
         context = _single_file_tar("Dockerfile.claude", dockerfile)
-        self._build(context, "Dockerfile.claude", tag, base, network)
+        self._build(context, "Dockerfile.claude", tag, base, network, log)
         _note(log, f"built {tag}")
         return tag
 
@@ -129,12 +129,24 @@ class AgentImages:
         with tempfile.TemporaryDirectory(prefix="cis-archive-") as tmp:
             archive = Path(tmp) / "context.tar"
             gitops.run_git(["archive", "--format=tar", f"--output={archive}", ref], cwd=mirror)
-            self._build(archive.read_bytes(), "Dockerfile", tag, None, build_network(self.network))
+            self._build(archive.read_bytes(), "Dockerfile", tag, None, build_network(self.network), log)
         return tag
 
-    def _build(self, context: bytes, dockerfile: str, tag: str, base: str | None, network: str) -> None:
+    def _build(
+        self,
+        context: bytes,
+        dockerfile: str,
+        tag: str,
+        base: str | None,
+        network: str,
+        log: TaskLog | None = None,
+    ) -> None:
+        """Build, streaming: each ``Step k/n`` line reaches ``log`` as it starts (a build can take
+        minutes, and a silent one looks hung)."""
+        chunks: list[dict[str, Any]] = []
+        error: str | None = None
         try:
-            self.client().images.build(
+            stream = self.client().api.build(
                 fileobj=io.BytesIO(context),
                 custom_context=True,
                 dockerfile=dockerfile,
@@ -143,16 +155,25 @@ class AgentImages:
                 network_mode=network,
                 rm=True,
                 forcerm=True,
+                decode=True,
             )
-        except docker.errors.BuildError as exc:
-            tail = _build_tail(exc.build_log)
-            msg = f"building {tag} from {dockerfile}" + (f" on {base}" if base else "")
-            if network != HOST_NETWORK:  # a build that needs the network may fail for the lack of it
-                msg += f" (its RUN steps had the network {network!r} from DOCKER_NETWORK, never the host's)"
-            raise BackendError(f"{msg} failed: {exc.msg}\n{tail}") from None
+            for chunk in stream:
+                chunks.append(chunk)
+                del chunks[: -_BUILD_TAIL_LINES * 4]  # enough for the tail, never the whole output
+                if "error" in chunk:
+                    error = str(chunk.get("error") or "").strip() or "the build failed"
+                for line in str(chunk.get("stream") or "").splitlines():
+                    if line.startswith("Step ") and log is not None:
+                        log.write(f"build: {line.strip()[:200]}")
         except _DOCKER_ERRORS as exc:
             msg = f"building {tag} from {dockerfile} failed: {exc}"
             raise BackendError(msg, retryable=True) from None
+        if error is not None:
+            tail = _build_tail(chunks)
+            msg = f"building {tag} from {dockerfile}" + (f" on {base}" if base else "")
+            if network != HOST_NETWORK:  # a build that needs the network may fail for the lack of it
+                msg += f" (its RUN steps had the network {network!r} from DOCKER_NETWORK, never the host's)"
+            raise BackendError(f"{msg} failed: {error}\n{tail}") from None
 
     def _local_image_id(self, ref: str, *, pull: bool = False) -> str | None:
         try:

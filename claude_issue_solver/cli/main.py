@@ -366,7 +366,13 @@ def status(obj: Context, as_json: bool, check: bool) -> None:
 @handles_errors
 def queue_command(obj: Context, as_json: bool, show_all: bool, states: tuple[str, ...]) -> None:
     """List tasks: live ones by default, with --all the history too."""
-    from claude_issue_solver.cli.render import limits_payload, print_queue, queue_payload, repo_caps
+    from claude_issue_solver.cli.render import (
+        limits_payload,
+        print_queue,
+        queue_payload,
+        queue_waits,
+        repo_caps,
+    )
 
     wanted: list[TaskState] | None
     if states:
@@ -379,7 +385,8 @@ def queue_command(obj: Context, as_json: bool, show_all: bool, states: tuple[str
     now = time.time()
     state = queue.store.read()
     hold = limits_payload(obj.config, state, now)["hold"]
-    rows = queue_payload(queue.list(wanted), now, hold, repo_caps(obj.config, state, now))
+    waits = queue_waits(obj.config, state, daemon_running=obj.daemon().running)
+    rows = queue_payload(queue.list(wanted), now, hold, repo_caps(obj.config, state, now), waits)
     if as_json:
         click.echo(json.dumps(rows, indent=2))
     else:

@@ -92,6 +92,7 @@ def status_payload(
         "listener": listener_payload(
             config, hooks if isinstance(hooks := state.get("webhooks"), dict) else {}
         ),
+        "prewarm": prewarm_payload(config, state, watched),
         "counts": counts,
         **limits_payload(config, state, now),
         "running": [task_row(t, now) for t in tasks if t.state is TaskState.RUNNING],
@@ -196,6 +197,25 @@ def listener_line(listener: dict[str, Any]) -> str:
     return "listener: " + "; ".join(parts)
 
 
+def prewarm_payload(config: Config, state: dict[str, Any], watched: Sequence[str]) -> dict[str, Any] | None:
+    """Pre-warming (``PREWARM_INTERVAL``) per watched repository: when it was last warmed, whether its
+    setup is cached, what the last round did; None when pre-warming is off."""
+    if config.prewarm_interval <= 0:
+        return None
+    section = state.get("prewarm") if isinstance(state.get("prewarm"), dict) else {}
+    repos = {}
+    for repo in watched:
+        entry = section.get(repo.lower()) or {}
+        repos[repo] = {
+            "warmed_at": _iso(entry.get("warmed_at")),
+            "cached": entry.get("cached"),
+            "result": entry.get("result"),
+            "last_round_at": _iso(entry.get("at")),
+            "detail": entry.get("detail"),
+        }
+    return {"interval": config.prewarm_interval, "repos": repos}
+
+
 def health_payload(
     daemon: DaemonStatus, repos: dict[str, Any], watched: Sequence[str], now: float
 ) -> dict[str, Any]:
@@ -236,17 +256,42 @@ def queue_payload(
     now: float,
     hold: dict[str, Any] | None = None,
     repo_caps: dict[str, str] | None = None,
+    waits: tuple[str | None, str | None] = (None, None),
 ) -> list[dict[str, Any]]:
-    """The rows of ``queue``; a pending task's ``waiting`` says why it may not start now: the queue's
-    hold, else its repository's cap (``repo_caps``, from :func:`repo_caps`), else ``None``."""
+    """The rows of ``queue``; a pending task's ``waiting`` says why it may not start now: the pause
+    (``waits[0]``, from :func:`queue_waits`), the queue's hold, its repository's cap (``repo_caps``,
+    from :func:`repo_caps`), else what holds every task (``waits[1]``: every slot taken, no daemon), else
+    ``None`` (it starts at the daemon's next cycle)."""
     rows = [task_row(t, now) for t in tasks]
     caps = repo_caps or {}
+    paused, general = waits
     for row in rows:
         waiting = None
         if row["state"] == TaskState.PENDING:
-            waiting = hold["line"] if hold is not None else caps.get(row["repo"].lower())
+            waiting = (
+                paused
+                or (hold["line"] if hold is not None else None)
+                or caps.get(row["repo"].lower())
+                or general
+            )
         row["waiting"] = waiting
     return rows
+
+
+def queue_waits(
+    config: Config, state: dict[str, Any], *, daemon_running: bool
+) -> tuple[str | None, str | None]:
+    """What holds every pending task, for :func:`queue_payload`: (the pause, else None; every
+    ``MAX_CONCURRENT`` slot taken, or no daemon running, else None)."""
+    paused = "the queue is paused: `resume` lets tasks start again" if state.get("paused") else None
+    tasks = (state.get("tasks") or {}).values()
+    running = sum(1 for t in tasks if t.get("state") == TaskState.RUNNING)
+    general = None
+    if running >= config.max_concurrent:
+        general = f"MAX_CONCURRENT={config.max_concurrent}: {running} tasks run"
+    elif not daemon_running:
+        general = "the daemon is not running: `start` runs it"
+    return paused, general
 
 
 def repo_caps(config: Config, state: dict[str, Any], now: float) -> dict[str, str]:
@@ -293,6 +338,16 @@ def _table(out: TextIO, title: str, headers: list[str], rows: list[list[str]], t
         )
 
 
+def _print_prewarm(prewarm: dict[str, Any], out: TextIO, tty: bool) -> None:
+    cached = {True: "yes", False: "no", None: "?"}
+    rows = [
+        [repo, info["warmed_at"] or "never", cached.get(info["cached"], "?"), info["result"] or "not yet"]
+        for repo, info in prewarm["repos"].items()
+    ]
+    title = f"pre-warming (every {duration(prewarm['interval'])})"
+    _table(out, title, ["repo", "last warmed", "setup cached", "last round"], rows, tty)
+
+
 def print_status(payload: dict[str, Any], out: TextIO, *, tty: bool) -> None:
     daemon = payload["daemon"]
     if daemon["running"]:
@@ -335,6 +390,8 @@ def print_status(payload: dict[str, Any], out: TextIO, *, tty: bool) -> None:
             else "repositories"
         )
         _table(out, title, ["repo", "last poll ok", "last error", "rate limit left"], rows, tty)
+    if payload.get("prewarm") and payload["prewarm"]["repos"]:
+        _print_prewarm(payload["prewarm"], out, tty)
     if payload["running"]:
         rows = [
             [t["id"], t["ref"], t["title"][:60], duration(t["elapsed_seconds"]), str(t["attempts"])]
@@ -357,6 +414,10 @@ def print_status(payload: dict[str, Any], out: TextIO, *, tty: bool) -> None:
     )
 
 
+def _unless_hold(waiting: str | None, hold: dict[str, Any] | None) -> str | None:
+    return None if hold is not None and waiting == hold["line"] else waiting
+
+
 def print_queue(
     rows: list[dict[str, Any]], out: TextIO, *, tty: bool, hold: dict[str, Any] | None = None
 ) -> None:
@@ -377,7 +438,7 @@ def print_queue(
             "" if r["cost_usd"] is None else format_usd(r["cost_usd"]),
             r.get("trigger") or "",
             # The hold is the line above the table; a repository's cap is said per task.
-            r["pr_url"] or (r["error"] or ("" if hold else r.get("waiting")) or "")[:60],
+            r["pr_url"] or (r["error"] or _unless_hold(r.get("waiting"), hold) or "")[:60],
         ]
         for r in rows
     ]
@@ -397,10 +458,13 @@ def print_usage(payload: dict[str, Any], out: TextIO, *, tty: bool) -> None:
         else f"spent {format_usd(payload['spent_today_usd'])} today (no DAILY_BUDGET_USD)"
     )
     out.write(budget_line + "\n")
-    rows = [[r["day"], r["repo"], str(r["runs"]), f"{format_usd(r['cost_usd'])}"] for r in payload["rows"]]
+    rows = [
+        [r["day"], r["repo"], str(r["runs"]), str(r.get("fix_rounds") or ""), f"{format_usd(r['cost_usd'])}"]
+        for r in payload["rows"]
+    ]
     if not rows:
         out.write(f"no Claude spend recorded in the last {payload['days']} days\n")
         return
     title = f"spend per repository and UTC day (last {payload['days']} days)"
-    _table(out, title, ["day", "repo", "runs", "cost"], rows, tty)
+    _table(out, title, ["day", "repo", "runs", "of them fix rounds", "cost"], rows, tty)
     out.write(f"total: {format_usd(payload['total_usd'])}\n")

@@ -33,7 +33,8 @@ def doctor(obj: Context, as_json: bool, build: bool) -> None:
     """
     from claude_issue_solver.cli.doctor import diagnose, render, to_json
 
-    checks = diagnose(obj.env_file, build=build)
+    # A build takes minutes: each step as it starts, on stderr (stdout stays the report, or its JSON).
+    checks = diagnose(obj.env_file, build=build, progress=lambda line: click.echo(line, err=True))
     click.echo(json.dumps(to_json(checks), indent=2) if as_json else render(checks))
     sys.exit(0 if all(check.ok for check in checks) else EXIT_FAILED)
 
@@ -91,10 +92,10 @@ def daytona() -> None:
 @handles_errors
 def daytona_snapshot(obj: Context, name: str | None, dockerfile: Path | None) -> None:
     """Create the snapshot sandboxes start from: git, the pinned Claude Code CLI, a non-root user."""
-    from claude_issue_solver.app import daytona_settings
+    from claude_issue_solver.app import daytona_module, daytona_settings
     from claude_issue_solver.backends.base import BackendError, agent_dockerfile
-    from claude_issue_solver.backends.daytona import create_snapshot
 
+    create_snapshot = daytona_module().create_snapshot
     config = obj.config
     if not config.daytona_api_key:
         fail("DAYTONA_API_KEY is not set: expected a Daytona API key", EXIT_USAGE)

@@ -137,11 +137,12 @@ def cancel(obj: Context, task_ref: str, wait_seconds: float) -> None:
 
 @main.command()
 @click.argument("task_ref", metavar="TASK")
+@click.option("--force", is_flag=True, help="Also run a completed task again (it spends again).")
 @click.pass_obj
 @handles_errors
-def retry(obj: Context, task_ref: str) -> None:
+def retry(obj: Context, task_ref: str, force: bool) -> None:
     """Run a failed or cancelled task (id or owner/repo#N) again, on the same branch."""
     queue = obj.queue()
-    task = queue.retry(queue.find(task_ref).id)
+    task = queue.retry(queue.find(task_ref).id, force=force)
     obj.nudge()
     click.echo(f"queued {task.id} ({task.ref}) again")

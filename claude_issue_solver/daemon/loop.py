@@ -442,7 +442,8 @@ class Daemon:
         if not self._signals:
             return False
         signum = self._signals[0]
-        log.warning(
+        # A routine stop (`stop`, systemd, docker compose stop): information, not a warning.
+        log.info(
             "received %s: no new work will start; running tasks stay recorded and resume at the next "
             "start. Send it again to exit at once.",
             signal.Signals(signum).name,

@@ -16,6 +16,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from claude_issue_solver.conventions import HIT, MISS, NOT_SAVED, SAVED, SAVING
 from claude_issue_solver.store import admission, budget
 from claude_issue_solver.store.queue import Task, TaskState
 from claude_issue_solver.store.state import StateStore
@@ -32,6 +33,19 @@ def poll_healthy(health: dict[str, Any], *, now: float, poll_interval: float, st
         return True
     last = float(health.get("last_success") or 0)
     return now - last <= window or (not health.get("last_error") and now - started_at <= window)
+
+
+def setup_cache_lookup(task: Task) -> str | None:
+    """``hit`` or ``miss`` for a task whose setup the cache was asked about (``meta.tests.cache``);
+    None when it was not (no setup command, SETUP_CACHE off, a backend without a cache)."""
+    tests = task.meta.get("tests")
+    cache = tests.get("cache") if isinstance(tests, dict) else None
+    state = cache.get("state") if isinstance(cache, dict) else None
+    if state == HIT:
+        return "hit"
+    if state in (MISS, SAVING, SAVED, NOT_SAVED):
+        return "miss"
+    return None
 
 
 class StateCollector(Collector):
@@ -175,6 +189,15 @@ class Metrics:
             ["state"],
             registry=self.registry,
         )
+        self.setup_cache = Counter(
+            f"{PREFIX}_setup_cache_lookups",
+            "The setup cache at the tasks this daemon saw end: hit (restored, setup not run) or miss "
+            "(setup ran); the hit rate is hit / (hit + miss)",
+            ["result"],
+            registry=self.registry,
+        )
+        for result in ("hit", "miss"):
+            self.setup_cache.labels(result)
         if collector is not None:
             self.registry.register(collector)
 
@@ -187,6 +210,9 @@ class Metrics:
             self.agent_duration.observe(task.duration_ms / 1000)
         if task.cost_usd:
             self.cost.inc(task.cost_usd)
+        looked = setup_cache_lookup(task)
+        if looked is not None:
+            self.setup_cache.labels(looked).inc()
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -32,8 +32,9 @@ request. The watcher's per-issue record (``handled_label_at``) is not pruned wit
 so an issue whose tasks aged out is still vouched for. The look costs two requests (the issue's comments
 since the labelling, the branch's pull requests) once per labelling; what it found is recorded in the
 watcher's record (``handled_label_at``, ``handled_on_github``), so it is never asked again for that
-labelling. A failed look raises (:class:`~claude_issue_solver.github.client.GitHubError`): the poll is retried
-in full, nothing is queued on a guess.
+labelling. A failed look raises (:class:`~claude_issue_solver.github.client.GitHubError`): the watcher keeps
+that to the one issue (looked at again later, the rest of the poll goes on); nothing is queued on a
+guess.
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ from typing import Any
 from claude_issue_solver.conventions import branch_for
 from claude_issue_solver.github.client import GitHubClient
 from claude_issue_solver.github.markers import marked_task
+from claude_issue_solver.github.publisher import pulls_from
 from claude_issue_solver.store.queue import keep_route
 from claude_issue_solver.store.state import StateStore
 
@@ -174,21 +176,10 @@ def find(
 
 def _our_pull(client: GitHubClient, repo: str, number: int, label_at: str) -> dict[str, Any] | None:
     """Our newest pull request from the issue's branch, open or merged, created since the labelling."""
-    branch = branch_for(number)
-    owner = repo.split("/", 1)[0]
-    pulls = client.request(
-        repo,
-        "GET",
-        f"/repos/{repo}/pulls",
-        params={"state": "all", "head": f"{owner}:{branch}", "sort": "created", "direction": "desc"},
-        retry=True,
-    ).data
     ours = [
         p
-        for p in pulls or []
-        if (p.get("head") or {}).get("ref") == branch
-        and (p.get("state") == "open" or p.get("merged_at"))
-        and (p.get("created_at") or "") >= label_at
+        for p in pulls_from(client, repo, branch_for(number))
+        if (p.get("state") == "open" or p.get("merged_at")) and (p.get("created_at") or "") >= label_at
     ]
     return max(ours, key=lambda p: int(p["number"])) if ours else None
 

@@ -133,15 +133,7 @@ class Publisher:
 
     def find_pr(self, repo: str, branch: str) -> PullState | None:
         """The newest pull request from ``branch`` in any state (a follow-up must know if it was merged)."""
-        owner = repo.split("/", 1)[0]
-        pulls = self.client.request(
-            repo,
-            "GET",
-            f"/repos/{repo}/pulls",
-            params={"state": "all", "head": f"{owner}:{branch}", "sort": "created", "direction": "desc"},
-            retry=True,
-        ).data
-        ours = [p for p in pulls or [] if (p.get("head") or {}).get("ref") == branch]
+        ours = pulls_from(self.client, repo, branch)
         if not ours:
             return None
         pull = max(ours, key=lambda p: int(p["number"]))
@@ -181,6 +173,19 @@ class Publisher:
             retry=True,
         ).data
         return int(created["id"])
+
+
+def pulls_from(client: GitHubClient, repo: str, branch: str) -> list[dict[str, Any]]:
+    """Every pull request from ``branch`` of ``repo`` itself, in any state, newest first."""
+    owner = repo.split("/", 1)[0]
+    pulls = client.request(
+        repo,
+        "GET",
+        f"/repos/{repo}/pulls",
+        params={"state": "all", "head": f"{owner}:{branch}", "sort": "created", "direction": "desc"},
+        retry=True,
+    ).data
+    return [p for p in pulls or [] if (p.get("head") or {}).get("ref") == branch]
 
 
 def _pull_request(pull: dict[str, Any], *, created: bool) -> PullRequest:

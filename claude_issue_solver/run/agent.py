@@ -44,6 +44,7 @@ _SETTING_OPTIONS = {
     "--model": "model",
     "--append-system-prompt": "append_system_prompt",
     "--max-budget-usd": "max_budget_usd",
+    "--mcp-config": "mcp_config",
 }
 # Flags that take no value, so a bare word right after one of them is a positional argument (a prompt).
 _BOOLEAN_FLAGS = frozenset(
@@ -83,6 +84,8 @@ class AgentSettings:
     max_budget_usd: float | None = None  # CLAUDE_MAX_BUDGET_USD: the CLI stops the run at this spend
     extra_args: tuple[str, ...] = ()
     output_format: str = "json"
+    # MCP_CONFIG's JSON (operator_rules): given with --strict-mcp-config, so only these servers run.
+    mcp_config: str | None = None
 
 
 def _option_name(token: str) -> str:
@@ -170,6 +173,9 @@ def build_command(settings: AgentSettings, executable: str = "claude") -> list[s
             msg = f"max_budget_usd must be a positive amount of US dollars, not {budget!r}"
             raise AgentConfigError(msg)
         command += ["--max-budget-usd", f"{budget:g}"]
+    if settings.mcp_config:
+        # --mcp-config takes several values: the flag right after it ends them.
+        command += ["--mcp-config", settings.mcp_config, "--strict-mcp-config"]
     command += extra
     return command
 

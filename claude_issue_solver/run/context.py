@@ -23,11 +23,11 @@ from claude_issue_solver.github.client import GitHubClient, GitHubError, Transie
 from claude_issue_solver.github.publisher import Publisher
 from claude_issue_solver.github.trust import Permissions, iso, writers_comments
 from claude_issue_solver.logs import REDACTOR, TaskLog, task_log_path
-from claude_issue_solver.run import followup, messages
+from claude_issue_solver.run import commit_scope, followup, messages, operator_rules, repo_instructions
 from claude_issue_solver.run.agent import AgentSettings, build_command, parse_extra_args
 from claude_issue_solver.run.agent_access import AgentAccess, add_metered, make_relay
 from claude_issue_solver.run.kinds import kind_of
-from claude_issue_solver.run.policy import NEVER_COMMITTED, has_changes, remove_workspace
+from claude_issue_solver.run.policy import has_changes, remove_workspace
 from claude_issue_solver.run.prompt import IssueComment, IssueContext
 from claude_issue_solver.run.run_limits import RunLimits
 from claude_issue_solver.run.test_gate import Interrupted, TestGate, TestReport, checklist
@@ -60,13 +60,16 @@ class RunSpec:
 
 
 def agent_settings(config: Config) -> AgentSettings:
+    added = operator_rules.load(config)  # the operator's rules and MCP servers (read now)
+    REDACTOR.add(*added.secrets)
     return AgentSettings(
         max_turns=config.claude_max_turns,
         model=config.claude_model,
-        append_system_prompt=config.claude_append_system_prompt,
+        append_system_prompt=added.system_prompt,
         max_budget_usd=config.claude_max_budget_usd,
         extra_args=parse_extra_args(config.claude_extra_args),
         output_format="stream-json",  # events as they happen: live task logs and progress
+        mcp_config=added.mcp_config,
     )
 
 
@@ -173,15 +176,24 @@ class RunContext:
     # --- endings ----------------------------------------------------------------------------------
 
     def fail(
-        self, task: Task, reason: str, tlog: TaskLog, tail: str = "", *, shown: str | None = None
+        self,
+        task: Task,
+        reason: str,
+        tlog: TaskLog,
+        tail: str = "",
+        *,
+        shown: str | None = None,
+        comment: str | None = None,
     ) -> Outcome:
-        """The task failed for ``reason``; the comment says ``shown`` when given (the reason with links)."""
+        """The task failed for ``reason``; the comment says ``shown`` when given (the reason with links),
+        or is ``comment`` (a failure that is not the agent's)."""
         tlog.write(f"failed: {reason}")
         self.cleanup(task, tlog)
         try:
             self.comment(
                 task,
-                messages.failed_comment(
+                comment
+                or messages.failed_comment(
                     task, shown or reason, self.label, tail, phrase=self.phrase, agent=self.agent
                 ),
             )
@@ -261,8 +273,11 @@ class RunContext:
     def deadline(self, task: Task) -> float:
         return (task.started_at or self.clock()) + self.config.task_timeout
 
-    def changed(self, workspace: Workspace) -> bool:
-        return has_changes(self.backend.changes(workspace, NEVER_COMMITTED))
+    def changed(self, task: Task, workspace: Workspace) -> bool:
+        """Whether the agent changed anything (what setup and the test runs made does not count)."""
+        return has_changes(
+            self.backend.changes(workspace, commit_scope.excluded(self.queue.get(task.id).meta))
+        )
 
     # --- the run's spec -----------------------------------------------------------------------------
 
@@ -299,6 +314,12 @@ class RunContext:
         )
         repo = task.repo
         plan = kind.plan(self, task, context, info["default_branch"])
+        prompt = plan.prompt
+        if "--resume" not in plan.extra_args:  # a new session: the repository's AGENTS.md, if no CLAUDE.md
+            ref = info["default_branch"]
+            prompt = repo_instructions.with_agents_md(
+                prompt, repo_instructions.agents_md(self.client, repo, ref), ref
+            )
         return RunSpec(
             workspace=WorkspaceSpec(
                 task_id=task.id,
@@ -313,7 +334,7 @@ class RunContext:
                 task.id,
                 name=task.meta.get("agent_process") or AGENT,
                 argv=[*self.command, *plan.extra_args],
-                stdin=plan.prompt.encode(),
+                stdin=prompt.encode(),
                 keep=followup.keep_for(task),  # every run keeps the issue's sessions for the next
             ),
         )

@@ -26,13 +26,13 @@ from __future__ import annotations
 import hashlib
 import re
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
 from claude_issue_solver.backends.base import KeptDir
 from claude_issue_solver.conventions import branch_for
 from claude_issue_solver.github.client import GitHubError
 from claude_issue_solver.github.publisher import Publisher, PullState
+from claude_issue_solver.github.trust import github_time
 from claude_issue_solver.run import messages
 from claude_issue_solver.run.kinds import kind_of
 from claude_issue_solver.run.policy import ProcessExit
@@ -202,19 +202,10 @@ def asked_after(task: Task, issue: dict[str, Any]) -> bool:
     Both times are GitHub's (one-second resolution): a request in the same second as the closing
     (GitHub's "Close with comment") is not after it.
     """
-    closed = _github_time(issue.get("closed_at"))
-    asked = [_github_time(t.get("created_at")) for t in task.meta.get("triggers", [])]
+    closed = github_time(issue.get("closed_at"))
+    asked = [github_time(t.get("created_at")) for t in task.meta.get("triggers", [])]
     newest = max((a for a in asked if a is not None), default=None)
     return closed is not None and newest is not None and newest > closed
-
-
-def _github_time(value: object) -> datetime | None:
-    if not isinstance(value, str) or not value:
-        return None
-    try:
-        return datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        return None
 
 
 def resume_args(session_id: str | None) -> list[str]:

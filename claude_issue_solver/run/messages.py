@@ -175,6 +175,21 @@ def failed_comment(
     return "\n".join(lines) + "\n\n" + marker(task.id)
 
 
+def settings_failed_comment(
+    task: Task, reason: str, label: str, *, phrase: str = "@claude", agent: Agent = CLAUDE
+) -> str:
+    """A repository's settings file that cannot be used: nothing ran, and nothing of the agent's is at
+    fault -- the file on the default branch must change (``reason`` names the file and the problem)."""
+    words = _words(task, label, phrase)
+    lines = [
+        f"⚠️ {agent.name} did not start on {words.subject}: the repository's settings cannot be used. "
+        f"{reason.rstrip('.')}.",
+        "",
+        "Fix the file on the default branch. " + words.retry,
+    ]
+    return "\n".join(lines) + "\n\n" + marker(task.id)
+
+
 def branch_moved_note(branch: str, new_commits: int, authors: Sequence[str], agent: Agent) -> str:
     """The line a publish adds when the branch moved on GitHub while the agent worked (#11)."""
     by = f" by {', '.join(authors)}" if authors else ""
@@ -372,11 +387,12 @@ def _step(step: dict | None) -> str:
 def tests_report(report: dict, agent: Agent = CLAUDE) -> str:
     """The PR's (or the comment's) "what was verified" section, from ``task.meta["tests"]``."""
     plan = report.get("plan") or {}
+    made = made_note(report)
     if not plan.get("test"):
         return (
             "### Tests\n\nNot verified: no test command was found (add `test:` to "
             "`.github/claude-issue-solver.yml`, or set `TEST_COMMAND`)."
-        )
+        ) + (f"\n\n{made}" if made else "")
     lines = ["### Tests", "", f"- Command: {_code(plan['test'])} ({plan.get('source', '')})"]
     if plan.get("setup"):
         setup, cache = report.get("setup") or {}, report.get("cache") or {}
@@ -392,17 +408,101 @@ def tests_report(report: dict, agent: Agent = CLAUDE) -> str:
     note = ""
     if baseline is not None and not (baseline.get("exit_code") == 0 and not baseline.get("timed_out")):
         note = " — already red before the change"
-    lines.append(f"| before the change (baseline) | {_step(baseline)}{note} |")
+    lines.append(f"| before the change (baseline) | {_step(baseline)}{_counts(baseline)}{note} |")
     rounds = report.get("rounds") or []
     for n, step in enumerate(rounds, start=1):
         after = f"after {agent.possessive} change" if n == 1 else f"after fix round {n - 1}"
-        lines.append(f"| round {n}: {after} | {_step(step)} |")
+        lines.append(f"| round {n}: {after} | {_step(step)}{_counts(step)} |")
+    judgement = report.get("judgement") or {}
+    lines += _verdict_lines(report, judgement, agent)
     if report.get("note"):
         lines += ["", f"Stopped early: {report['note']}."]
+    setup = report.get("setup") or {}
+    setup_red = setup and not setup.get("cached") and setup.get("exit_code") != 0
+    if setup_red and (setup.get("tail") or "").strip():  # a red setup: its own output, not only the tests'
+        lines += ["", _collapsed("Setup's output (setup, red)", setup["tail"])]
     last = rounds[-1] if rounds else baseline
     if last is not None and (last.get("tail") or "").strip():
         lines += ["", _collapsed(f"Last output ({last.get('name')})", last["tail"])]
+    if made:
+        lines += ["", made]
     return "\n".join(lines)
+
+
+MADE_SHOWN = 8  # paths named in the PR
+
+
+def made_note(report: dict) -> str:
+    """The line naming what setup and the test runs made in the tree that git would have committed
+    (``made_shown``: not ignored by the repository); "" when there is none. None of it is committed."""
+    shown = report.get("made_shown") or []
+    if not shown:
+        return ""
+    names = ", ".join(_inline_code(str(p)) for p in shown[:MADE_SHOWN])
+    more = f" and {len(shown) - MADE_SHOWN} more" if len(shown) > MADE_SHOWN else ""
+    return (
+        f"Not committed: {names}{more} — made in the tree by setup or the test runs, not by the change "
+        "(list them in `.gitignore` to keep them out of sight)."
+    )
+
+
+def _counts(step: dict | None) -> str:
+    """ ", 38 passed, 1 failed" for a run with per-test results, else ""."""
+    results = (step or {}).get("results")
+    if not results:
+        return ""
+    text = f" · {results.get('passed', 0)} passed, {results.get('failed', 0)} failed"
+    return text + (f", {results['skipped']} skipped" if results.get("skipped") else "")
+
+
+FAILURES_SHOWN = 15  # failing tests named in a PR's report, per kind
+
+
+def _verdict_lines(report: dict, judgement: dict, agent: Agent) -> list[str]:
+    """What the runs mean against the baseline: new failures, those failing before, or why the tests
+    could not run."""
+    verdict = report.get("verdict")
+    why = judgement.get("why") or ""
+    lines: list[str] = []
+    if verdict == "not-run":
+        lines += [
+            "",
+            f"⚠️ **The tests could not run here**: {why}. This says nothing about {agent.possessive} "
+            "change, and no fix round was asked for. Make the test command work in the agent's image "
+            "(`setup:` in `.github/claude-issue-solver.yml`, or `DOCKER_BASE_IMAGE`); "
+            "`claude-issue-solver doctor` checks it.",
+        ]
+    elif verdict == "unchanged":
+        lines += [
+            "",
+            "The tests were red before the change and are red after it; without per-test results "
+            "(`test_results:` in `.github/claude-issue-solver.yml`) the runs cannot be compared, so no fix "
+            "round was asked for.",
+        ]
+    elif verdict == "known":
+        lines += [
+            "",
+            f"No new failures: every failing test was already failing before {agent.possessive} change.",
+        ]
+    new, known = judgement.get("new") or [], judgement.get("known") or []
+    if new:
+        lines += ["", f"**Failing because of the change** ({len(new)}):", ""]
+        lines += [_failure_line(f) for f in new[:FAILURES_SHOWN]]
+        if len(new) > FAILURES_SHOWN:
+            lines.append(f"- … and {len(new) - FAILURES_SHOWN} more")
+    if known:
+        lines += ["", f"**Failing before the change too** ({len(known)}, not the change's doing):", ""]
+        lines += [f"- {_code(str(f.get('name', '')))}" for f in known[:FAILURES_SHOWN]]
+        if len(known) > FAILURES_SHOWN:
+            lines.append(f"- … and {len(known) - FAILURES_SHOWN} more")
+    return lines
+
+
+def _failure_line(failure: dict) -> str:
+    message = " ".join(str(failure.get("message") or "").split())
+    if len(message) > 200:
+        message = message[:199] + "…"
+    return f"- {_code(str(failure.get('name', '')))}" + (f": {_code(message)}" if message else "")
 
 
 def red_pr_title(title: str) -> str:

@@ -24,7 +24,7 @@ import logging
 from claude_issue_solver.backends.base import BackendError, Workspace, WorkspaceLost
 from claude_issue_solver.github.client import GitHubError
 from claude_issue_solver.logs import TaskLog
-from claude_issue_solver.run import followup, phases
+from claude_issue_solver.run import followup, messages, phases
 from claude_issue_solver.run.agent import AgentResult, parse_result
 from claude_issue_solver.run.context import (
     AGENT,
@@ -105,8 +105,11 @@ class Pipeline(RunContext):
             self.queue.update(
                 task.id, meta={"base_sha": workspace.base_sha, "from_default": workspace.from_default}
             )
-        except RepoSettingsError as exc:
-            return self.fail(task, str(exc), tlog)
+        except RepoSettingsError as exc:  # the repository's file is at fault, not Claude: said so
+            shown = messages.settings_failed_comment(
+                task, str(exc), self.label, phrase=self.phrase, agent=self.agent
+            )
+            return self.fail(task, str(exc), tlog, comment=shown)
         except (GitHubError, BackendError) as exc:
             return self.setback(task, exc, tlog)
         return self._before_agent(task, workspace, spec, tests, control, tlog)
@@ -288,7 +291,7 @@ class Pipeline(RunContext):
         report = self.tests(task)
         if report is not None and report.plan.test:
             try:
-                if not report.rounds and not self.changed(workspace):
+                if not report.rounds and not self.changed(task, workspace):
                     tlog.write("the agent changed nothing: no test rounds")
                     return self._publish(task, workspace, spec, result, tlog)
                 report = self.gate.after_agent(

@@ -166,8 +166,14 @@ def take_summary(backend: Backend[Any], workspace: Workspace) -> str | None:
     return f"{kept}\n\n_(The summary was cut here: the agent wrote more than {SUMMARY_LIMIT // 1024} KiB.)_"
 
 
-def what_changed(backend: Backend[Any], workspace: Workspace, log: TaskLog, summary_found: bool) -> Changes:
-    changes = backend.changes(workspace, NEVER_COMMITTED)
+def what_changed(
+    backend: Backend[Any],
+    workspace: Workspace,
+    log: TaskLog,
+    summary_found: bool,
+    exclude: tuple[str, ...] = NEVER_COMMITTED,
+) -> Changes:
+    changes = backend.changes(workspace, exclude)
     log.write(
         f"{len(changes.files)} changed file(s); summary {'found' if summary_found else 'absent'}"
         + ("; unpushed commits" if changes.ahead else "")

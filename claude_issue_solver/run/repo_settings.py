@@ -7,6 +7,7 @@ the agent may have changed, and never executed on this host), parsed with PyYAML
 setup: pip install -e .[test]   # a shell command that installs dependencies (optional)
 test: python -m pytest -q       # a shell command; exit 0 = green
 test_timeout: 300               # seconds per setup or test run (optional)
+test_results: build/junit/*.xml # the JUnit XML file(s) the test command writes (a glob, optional)
 ```
 
 Without a file (or without ``test:`` in it) the daemon's ``SETUP_COMMAND`` / ``TEST_COMMAND`` /
@@ -38,7 +39,9 @@ __all__ = [
 ]
 
 SETTINGS_PATH = ".github/claude-issue-solver.yml"
-KEYS = ("setup", "test", "test_timeout", "setup_inputs")
+KEYS = ("setup", "test", "test_timeout", "setup_inputs", "test_results")
+# The detected pytest: the gate adds --junitxml itself (TestPlan.runner), so its results are per test.
+PYTEST = "pytest"
 _FILE_LIMIT = 64 * 1024  # a settings file, a package.json or a Makefile larger than this is not read
 # npm init's placeholder test script: not a test suite.
 _NPM_PLACEHOLDER = re.compile(r"no test specified")
@@ -93,6 +96,8 @@ class TestPlan:
     source: str  # e.g. "the repository's .github/claude-issue-solver.yml", "detected: go.mod"
     # More files whose contents key the setup cache (``setup_inputs:``), beyond SETUP_INPUTS at the root.
     setup_inputs: tuple[str, ...] = ()
+    results: str | None = None  # the JUnit XML files the test command writes (``test_results:``), a glob
+    runner: str | None = None  # "pytest" when detected: the gate asks it for JUnit XML itself
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -101,6 +106,8 @@ class TestPlan:
             "timeout": self.timeout,
             "source": self.source,
             "setup_inputs": list(self.setup_inputs),
+            "results": self.results,
+            "runner": self.runner,
         }
 
     @classmethod
@@ -111,6 +118,8 @@ class TestPlan:
             int(data.get("timeout") or 600),
             data.get("source", ""),
             tuple(data.get("setup_inputs") or ()),
+            data.get("results") or None,
+            data.get("runner") or None,
         )
 
 
@@ -145,6 +154,12 @@ def parse_settings(text: str) -> dict[str, Any]:
             "setup_inputs: must be a list of file paths relative to the repository's root "
             f"(e.g. [frontend/package-lock.json]), not {inputs!r}"
         )
+    results = data.get("test_results")
+    if results is not None and not (isinstance(results, str) and _relative_glob(results)):
+        problems.append(
+            "test_results: must be a glob of JUnit XML files relative to the repository's root "
+            f"(e.g. build/test-results/*.xml), not {results!r}"
+        )
     if problems:
         msg = f"{SETTINGS_PATH}: " + "; ".join(problems)
         raise RepoSettingsError(msg)
@@ -156,22 +171,32 @@ def _relative_path(path: str) -> bool:
     return bool(path.strip()) and not path.startswith("/") and all(p not in ("", ".", "..") for p in parts)
 
 
+def _relative_glob(pattern: str) -> bool:
+    return _relative_path(pattern.strip()) and not any(c in pattern for c in "\0\n")
+
+
 def load_plan(client: GitHubClient, repo: str, ref: str, config: Config) -> TestPlan:
     """The plan for a task on ``repo``: its file, else the daemon's settings, else a guess (``detect``)."""
     text = _file(client, repo, SETTINGS_PATH, ref)
     own = parse_settings(text) if text is not None else {}
     timeout = int(own.get("test_timeout") or config.test_timeout)
     inputs = tuple(own.get("setup_inputs") or ())
+    results = own.get("test_results") or config.test_results
     if own.get("test"):
-        return TestPlan(own.get("setup"), own["test"], timeout, f"the repository's {SETTINGS_PATH}", inputs)
+        return TestPlan(
+            own.get("setup"), own["test"], timeout, f"the repository's {SETTINGS_PATH}", inputs, results
+        )
     setup = own.get("setup") or config.setup_command
     if config.test_command:
-        return TestPlan(setup, config.test_command, timeout, "the daemon's TEST_COMMAND", inputs)
+        return TestPlan(setup, config.test_command, timeout, "the daemon's TEST_COMMAND", inputs, results)
     found = detect(client, repo, ref)
     if found is None:
         return TestPlan(setup, None, timeout, "no test command found", inputs)
     command, why = found
-    return TestPlan(setup, command, timeout, f"detected ({why})", inputs)
+    runner = PYTEST if " -m pytest" in command and results is None else None
+    if setup is None:
+        why += "; no setup command was given, so the tests run with what the image has"
+    return TestPlan(setup, command, timeout, f"detected ({why})", inputs, results, runner)
 
 
 def detect(client: GitHubClient, repo: str, ref: str) -> tuple[str, str] | None:
@@ -182,7 +207,12 @@ def detect(client: GitHubClient, repo: str, ref: str) -> tuple[str, str] | None:
     python_config = files & {"pyproject.toml", "setup.py", "setup.cfg", "pytest.ini", "tox.ini"}
     test_dirs = dirs & {"tests", "test"}
     if python_config and (test_dirs or "pytest.ini" in files):
-        return "python -m pytest", f"{sorted(python_config)[0]} and {sorted(test_dirs or {'pytest.ini'})[0]}"
+        why = f"{sorted(python_config)[0]} and {sorted(test_dirs or {'pytest.ini'})[0]}"
+        # python3: stock Debian and Ubuntu images have no `python`. A src/ layout is importable from
+        # src without installing it (an install would need the network, which test runs do not have).
+        if "src" in dirs:
+            return "PYTHONPATH=src python3 -m pytest", why + "; a src/ layout: src is put on PYTHONPATH"
+        return "python3 -m pytest", why
     if "package.json" in files:
         script = _npm_test_script(_file(client, repo, "package.json", ref))
         if script:

@@ -32,9 +32,7 @@ The pipeline decides what a red or green verdict publishes (a draft PR, a commen
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 from claude_issue_solver.backends.base import (
@@ -44,245 +42,62 @@ from claude_issue_solver.backends.base import (
     Workspace,
     WorkspaceLost,
 )
+from claude_issue_solver.conventions import HIT, MISS, NOT_SAVED, OFF, RESTORING, SAVED, SAVING
 from claude_issue_solver.logs import REDACTOR, TaskLog
 from claude_issue_solver.run.agent import AgentResult, parse_result
 from claude_issue_solver.run.agent_access import AgentAccess
 from claude_issue_solver.run.policy import ProcessExit, wait_for_process
-from claude_issue_solver.run.repo_settings import SETUP_INPUTS, TestPlan
+from claude_issue_solver.run.repo_settings import PYTEST, TestPlan
 from claude_issue_solver.run.run_limits import RunEnd
+from claude_issue_solver.run.test_report import (
+    BASELINE,
+    CONVERSATION_GONE,
+    FAILING_OUTPUT_LIMIT,
+    MADE_LIMIT,
+    NOT_FROM_DEFAULT,
+    PHASES,
+    RESULTS_DIR,
+    SETUP,
+    Interrupted,
+    SetupCache,
+    StepResult,
+    TestReport,
+    _fix_name,
+    _test_name,
+    checklist,
+    failing_output,
+    fix_prompt,
+    setup_key,
+)
+from claude_issue_solver.run.test_results import (
+    FILE_LIMIT,
+    MAX_FILES,
+    Results,
+    merge,
+    parse_go_json,
+    parse_junit,
+    wants_go_json,
+)
 from claude_issue_solver.store.outcome import TaskControl
 from claude_issue_solver.store.queue import Task, TaskQueue
 
 __all__ = [
+    "BASELINE",
     "FAILING_OUTPUT_LIMIT",
+    "NOT_FROM_DEFAULT",
+    "PHASES",
+    "RESULTS_DIR",
+    "SETUP",
     "Interrupted",
     "SetupCache",
     "StepResult",
     "TestGate",
     "TestReport",
     "checklist",
+    "failing_output",
     "fix_prompt",
     "setup_key",
 ]
-
-SETUP, BASELINE = "setup", "baseline"
-PHASES = (SETUP, BASELINE, "tests", "fixing")  # task.meta["phase"] values of this module
-# What the CLI says to `--resume <id>` when the session's files are not in its config directory.
-CONVERSATION_GONE = "No conversation found"
-FAILING_OUTPUT_LIMIT = 8 * 1024  # how much of a red run's output Claude is shown (its end)
-TAIL_LINES = 40  # and how many lines of it, at most
-SETUP_INPUT_LIMIT = 64 * 1024 * 1024  # bytes of one dependency file that go into the setup cache's key
-# In the key: a new format never finds a setup saved under an older one (those keys lacked the
-# repository, so two repositories with the same command and lock files shared one).
-SETUP_KEY_VERSION = 2
-# Why a green setup was not saved (TestReport.cache.detail) in a workspace not at the default branch's head.
-NOT_FROM_DEFAULT = "the workspace did not start at the default branch's head (its branch has earlier commits)"
-
-# TestReport.cache states, each recorded before the act it names (a resumed task reads where it was).
-RESTORING, HIT, MISS, SAVING, SAVED, NOT_SAVED, OFF = (
-    "restoring",
-    "hit",
-    "miss",
-    "saving",
-    "saved",
-    "not saved",
-    "off",
-)
-
-
-def _test_name(round_: int) -> str:
-    return f"test-{round_}"
-
-
-def _fix_name(round_: int) -> str:
-    return f"fix-{round_}"
-
-
-class Interrupted(Exception):
-    """The operator cancelled (``cancelled``) or the daemon detached (the work runs on)."""
-
-    def __init__(self, *, cancelled: bool) -> None:
-        super().__init__("cancelled by an operator" if cancelled else "detached")
-        self.cancelled = cancelled
-
-
-@dataclass(frozen=True)
-class StepResult:
-    """One setup or test run: how it ended, how long it took, the end of what it printed."""
-
-    __test__ = False
-
-    name: str  # the process name: setup, baseline, test-1, ...
-    exit_code: int | None
-    duration_s: float
-    timed_out: bool
-    tail: str
-    cached: str | None = None  # setup only: restored from this saved setup instead of running
-
-    @property
-    def green(self) -> bool:
-        return self.exit_code == 0 and not self.timed_out
-
-    def to_dict(self) -> dict[str, Any]:
-        data = {
-            "name": self.name,
-            "exit_code": self.exit_code,
-            "duration_s": round(self.duration_s, 3),
-            "timed_out": self.timed_out,
-            "tail": self.tail,
-        }
-        if self.cached:
-            data["cached"] = self.cached
-        return data
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> StepResult:
-        return cls(
-            str(data["name"]),
-            data.get("exit_code"),
-            float(data.get("duration_s") or 0.0),
-            bool(data.get("timed_out")),
-            str(data.get("tail") or ""),
-            data.get("cached") or None,
-        )
-
-
-@dataclass
-class SetupCache:
-    """What the setup cache did for a task: its key, where it is (``state``) and what it said."""
-
-    key: str | None = None
-    state: str | None = None  # restoring, hit, miss, saving, saved, not saved, off
-    detail: str | None = None  # the saved or restored setup (e.g. an image), or why there is none
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"key": self.key, "state": self.state, "detail": self.detail}
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> SetupCache:
-        return cls(data.get("key"), data.get("state"), data.get("detail"))
-
-
-def setup_key(backend: Backend[Any], workspace: Workspace, command: str, extra: tuple[str, ...] = ()) -> str:
-    """sha256 over the repository (its full name, lower-cased), the setup command and, for each
-    dependency file present, its path and content's sha256.
-
-    Read through the backend (so the same on every place), before anything ran in the workspace. A path
-    that passes through a link counts as its own value: the key still changes when that changes.
-    ``extra``: the repository's own ``setup_inputs:`` (a lock file in a subdirectory, say).
-    """
-    inputs: list[list[str]] = []
-    for path in dict.fromkeys((*SETUP_INPUTS, *extra)):
-        try:
-            data = backend.read_file(workspace, path, SETUP_INPUT_LIMIT)
-        except WorkspaceLost:
-            raise
-        except BackendError:
-            inputs.append([path, "unreadable"])
-            continue
-        if data is not None:
-            inputs.append([path, hashlib.sha256(data).hexdigest()])
-    text = json.dumps(
-        {"version": SETUP_KEY_VERSION, "repo": workspace.repo.lower(), "setup": command, "files": inputs},
-        sort_keys=True,
-    )
-    return hashlib.sha256(text.encode()).hexdigest()
-
-
-@dataclass
-class TestReport:
-    """What was verified, kept in ``task.meta["tests"]`` (so ``queue --json`` shows it) and told in the PR."""
-
-    __test__ = False
-
-    plan: TestPlan
-    setup: StepResult | None = None
-    baseline: StepResult | None = None
-    rounds: list[StepResult] = field(default_factory=list)  # test runs after the agent, one per round
-    fixes: int = 0  # fix rounds Claude was asked for
-    note: str | None = None  # why the loop stopped early (a failed fix run, TASK_TIMEOUT)
-    cache: SetupCache = field(default_factory=SetupCache)
-
-    @property
-    def verdict(self) -> str:
-        """``none`` (nothing to run), ``green``, ``red``; ``pending`` before the first round."""
-        if self.plan.test is None:
-            return "none"
-        if not self.rounds:
-            return "pending"
-        return "green" if self.rounds[-1].green else "red"
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "plan": self.plan.to_dict(),
-            "setup": self.setup.to_dict() if self.setup else None,
-            "baseline": self.baseline.to_dict() if self.baseline else None,
-            "rounds": [r.to_dict() for r in self.rounds],
-            "fixes": self.fixes,
-            "note": self.note,
-            "verdict": self.verdict,
-            "cache": self.cache.to_dict(),
-        }
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> TestReport:
-        return cls(
-            plan=TestPlan.from_dict(data.get("plan") or {}),
-            setup=StepResult.from_dict(data["setup"]) if data.get("setup") else None,
-            baseline=StepResult.from_dict(data["baseline"]) if data.get("baseline") else None,
-            rounds=[StepResult.from_dict(r) for r in data.get("rounds") or []],
-            fixes=int(data.get("fixes") or 0),
-            note=data.get("note"),
-            cache=SetupCache.from_dict(data.get("cache") or {}),
-        )
-
-
-def checklist(report: TestReport, *, agent_done: bool, current: str | None) -> list[tuple[bool, str]]:
-    """The progress comment's items: setup / baseline / agent / tests (round k), ticked when done."""
-
-    def outcome(step: StepResult | None) -> str:
-        if step is None:
-            return ""
-        if step.cached:
-            return " — restored from the cache"
-        return " — green" if step.green else (" — timed out" if step.timed_out else " — red")
-
-    items: list[tuple[bool, str]] = []
-    if report.plan.setup:
-        items.append((report.setup is not None, "setup" + outcome(report.setup)))
-    if report.plan.test:
-        items.append(
-            (report.baseline is not None, "tests before the change (baseline)" + outcome(report.baseline))
-        )
-    items.append((agent_done, "agent running" if current == "agent" else "agent"))
-    for n, step in enumerate(report.rounds, start=1):
-        items.append((True, f"tests (round {n}){outcome(step)}"))
-    if current in ("tests", "fixing"):
-        n = len(report.rounds) + (0 if current == "fixing" else 1)
-        label = f"agent fixing the failures (round {n})" if current == "fixing" else f"tests (round {n})"
-        items.append((False, label))
-    return items
-
-
-def fix_prompt(step: StepResult, command: str, round_: int, rounds: int) -> str:
-    """What the continued session is told: the failing run's end, redacted and size-capped."""
-    why = (
-        f"timed out and was killed after {step.duration_s:.0f}s"
-        if step.timed_out
-        else f"exited {step.exit_code}"
-    )
-    return (
-        f"The repository's tests fail after your change: `{command}` {why}. The end of its output:\n\n"
-        f"```\n{failing_output(step.tail)}\n```\n\n"
-        f"Fix the code so that the tests pass (fix round {round_} of {rounds}). Do not weaken or delete "
-        "tests to make them pass. Then update .claude-pr-summary.md as before."
-    )
-
-
-def failing_output(text: str) -> str:
-    lines = REDACTOR(text).splitlines()[-TAIL_LINES:]
-    tail = "\n".join(lines)
-    return tail[-FAILING_OUTPUT_LIMIT:]
 
 
 class TestGate:
@@ -333,10 +148,23 @@ class TestGate:
         if report.baseline is None and plan.test:
             self._enter(task, BASELINE, report, agent_done=False)
             tlog.write(f"baseline tests: {plan.test}")
-            report.baseline = self._run(
-                workspace, BASELINE, str(plan.test), plan.timeout, control, tlog, deadline
-            )
+            report.baseline = self._run(workspace, BASELINE, plan, control, tlog, deadline)
             self._record(task, report)
+            if report.baseline.results is not None:
+                tlog.write(f"baseline: {report.baseline.results.counts()} ({report.baseline.results.source})")
+        if report.made is None:
+            # Before the agent: whatever is untracked now, setup and the baseline made (or the cache
+            # restored). None of it is the agent's, so none of it is committed.
+            made = self.backend.untracked(workspace)
+            shown = set(self.backend.untracked(workspace, ignored=False))
+            report.made = list(made[:MADE_LIMIT])
+            report.made_shown = [p for p in made[:MADE_LIMIT] if p in shown]
+            self._record(task, report)
+            if made:
+                tlog.write(
+                    f"{len(made)} untracked path(s) in the tree before the agent (setup's and the tests' "
+                    f"products, never committed): {', '.join(made[:10])}" + (" …" if len(made) > 10 else "")
+                )
         return report
 
     def _setup(
@@ -376,7 +204,7 @@ class TestGate:
             elif cache.state == OFF:
                 tlog.write(f"setup cache: {cache.detail}")
             tlog.write(f"setup: {command}")
-            report.setup = self._run(workspace, SETUP, command, plan.timeout, control, tlog, deadline)
+            report.setup = self._run(workspace, SETUP, plan, control, tlog, deadline, command=command)
             if cache.state == MISS:
                 saves = report.setup.green and workspace.from_default
                 cache.state = SAVING if saves else NOT_SAVED
@@ -442,14 +270,22 @@ class TestGate:
                 continue
             self._enter(task, "tests", report, agent_done=True)
             tlog.write(f"tests (round {round_}): {command}")
-            step = self._run(
-                workspace, _test_name(round_), command, report.plan.timeout, control, tlog, deadline
-            )
+            before = set(self.backend.untracked(workspace))
+            step = self._run(workspace, _test_name(round_), report.plan, control, tlog, deadline)
             report.rounds.append(step)
+            self._take_made(workspace, report, before)
+            judgement = report.judge()
             self._record(task, report)
-            if step.green:
-                tlog.write(f"tests green in round {round_}")
+            if step.results is not None:
+                tlog.write(f"tests (round {round_}): {step.results.counts()} ({step.results.source})")
+            if not judgement.wants_fix:
+                tlog.write(
+                    f"tests {judgement.verdict} in round {round_}"
+                    + (f": {judgement.why}" if judgement.why else "")
+                    + ("" if judgement.verdict == "green" else "; no fix round is asked for")
+                )
                 return report
+            tlog.write(f"tests red in round {round_}: {judgement.why}")
             if report.fixes >= self.fix_rounds:
                 tlog.write(
                     f"tests still red after {report.fixes} fix round(s) (TEST_FIX_ROUNDS={self.fix_rounds})"
@@ -489,7 +325,9 @@ class TestGate:
             task.id,
             name=_fix_name(round_),
             argv=argv,
-            stdin=fix_prompt(failing, str(report.plan.test), round_, self.fix_rounds).encode(),
+            stdin=fix_prompt(
+                failing, str(report.plan.test), round_, self.fix_rounds, report.judgement
+            ).encode(),
             keep=keep,  # the issue's Claude sessions, as the agent had them: --resume finds its own
         )
         self.backend.start_process(workspace, spec, tlog)
@@ -551,24 +389,86 @@ class TestGate:
         self,
         workspace: Workspace,
         name: str,
-        command: str,
-        timeout: int,
+        plan: TestPlan,
         control: TaskControl,
         tlog: TaskLog,
         deadline: float,
+        command: str | None = None,
     ) -> StepResult:
+        """One setup (``command``) or test run (the plan's test, asked for JUnit XML when detected),
+        with its per-test results read afterwards."""
         started = self.clock()
+        results_glob = plan.results
+        if command is None:
+            command = str(plan.test)
+            if plan.runner == PYTEST and not plan.results:
+                results_glob = f"{RESULTS_DIR}/{name}.xml"
+                command = f"{command} --junitxml={results_glob}"
+        else:
+            results_glob = None
+        before = {
+            p: hashlib.sha256(d).digest()
+            for p, d in (self._result_files(workspace, results_glob, tlog) if results_glob else {}).items()
+        }
         # No GitHub credential and no Claude credential: the tests get the place's defaults only.
         spec = self.access.command(name, command, setup=name == SETUP)
         if not self.backend.start_process(workspace, spec, tlog):
             tlog.write(f"{name} already runs (started before a restart)")
-        exit_ = self._wait(workspace, name, control, tlog, min(started + timeout, deadline))
+        exit_ = self._wait(workspace, name, control, tlog, min(started + plan.timeout, deadline))
         duration = self.clock() - started
         if exit_.timed_out:
-            tlog.write(f"{name} was killed at its deadline ({timeout}s test_timeout or TASK_TIMEOUT): red")
+            tlog.write(
+                f"{name} was killed at its deadline ({plan.timeout}s test_timeout or TASK_TIMEOUT): red"
+            )
+        results = None
+        if name != SETUP:
+            found: list[Results | None] = []
+            if results_glob:
+                after = self._result_files(workspace, results_glob, tlog)
+                # Only what this run wrote: a file left from an earlier run (unchanged) is not its result.
+                fresh = {p: d for p, d in after.items() if before.get(p) != hashlib.sha256(d).digest()}
+                if fresh:
+                    found.append(parse_junit(fresh))
+            if wants_go_json(command):
+                found.append(parse_go_json(exit_.stdout))
+            results = merge(found)
+            for problem in results.problems if results else ():
+                tlog.write(f"{name}: test results: {problem}")
+            if results is not None and not results.source:
+                results = None  # no file could be read: no per-test results (not "no test ran")
         # Kept in the state file and quoted in the PR: redacted, and its end only (lines can be long).
         tail = REDACTOR(exit_.tail)[-FAILING_OUTPUT_LIMIT:]
-        return StepResult(name, exit_.exit_code, duration, exit_.timed_out, tail)
+        return StepResult(name, exit_.exit_code, duration, exit_.timed_out, tail, results=results)
+
+    def _result_files(self, workspace: Workspace, glob: str, tlog: TaskLog) -> dict[str, Any]:
+        """The JUnit files matching ``glob`` (untracked or ignored, never through a link), each at most
+        FILE_LIMIT bytes; before a run their hashes only (``before``), after it their content."""
+        files: dict[str, Any] = {}
+        for path in self.backend.untracked(workspace, glob)[:MAX_FILES]:
+            data = self.backend.read_file(workspace, path, FILE_LIMIT + 1)
+            if data is None:
+                continue  # a link, a directory, gone: never followed or read
+            if len(data) > FILE_LIMIT:
+                tlog.write(f"test results: {path} is larger than {FILE_LIMIT // (1024 * 1024)} MiB: not read")
+                continue
+            files[path] = data
+        return files
+
+    def _take_made(self, workspace: Workspace, report: TestReport, before: set[str]) -> None:
+        """What a test run made in the tree (new untracked paths): never committed either."""
+        made = [p for p in self.backend.untracked(workspace) if p not in before]
+        if not made:
+            return
+        shown = set(self.backend.untracked(workspace, ignored=False))
+        known = report.made or []
+        for path in made:
+            if len(known) >= MADE_LIMIT:
+                break
+            if path not in known:
+                known.append(path)
+                if path in shown:
+                    report.made_shown.append(path)
+        report.made = known
 
     def _wait(
         self, workspace: Workspace, name: str, control: TaskControl, tlog: TaskLog, deadline: float

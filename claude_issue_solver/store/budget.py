@@ -39,6 +39,7 @@ __all__ = [
     "next_utc_midnight",
     "prune",
     "record",
+    "run_of",
     "spent_on",
     "spent_today",
     "typical_run_cost",
@@ -171,15 +172,29 @@ def check(
     return BudgetCheck(False, spent, daily_budget, next_utc_midnight(now))
 
 
+def run_of(run_id: str) -> str:
+    """The run a ledger entry belongs to: ``task:n`` of ``task:n`` and of its fix rounds ``task:n:fix-k``
+    (a test-fix round is part of its run, booked on its own so that a crash never books it twice)."""
+    return ":".join(run_id.split(":")[:2])
+
+
+def _per_run(runs: Mapping[str, float]) -> dict[str, float]:
+    whole: dict[str, float] = {}
+    for run_id, cost in runs.items():
+        whole[run_of(run_id)] = whole.get(run_of(run_id), 0.0) + cost
+    return whole
+
+
 def typical_run_cost(ledger: Mapping[str, Any] | None, *, now: float, days: int = 7) -> float | None:
-    """The mean cost of one agent run over the last ``days`` UTC days (``None`` before any run)."""
+    """The mean cost of one run (its fix rounds included) over the last ``days`` UTC days (``None``
+    before any run)."""
     oldest = (datetime.fromtimestamp(now, UTC).date() - timedelta(days=days - 1)).isoformat()
     costs = [
         cost
         for day, repos in _clean(ledger)["days"].items()
         if day >= oldest
         for runs in repos.values()
-        for cost in runs.values()
+        for cost in _per_run(runs).values()
     ]
     return sum(costs) / len(costs) if costs else None
 
@@ -191,17 +206,24 @@ class RepoDay:
     day: str
     repo: str
     cost_usd: float
-    runs: int
+    runs: int  # runs as the README counts them: a task's attempt, its test-fix rounds included
+    fix_rounds: int = 0  # of those runs' test-fix rounds, booked that day
 
     def to_dict(self) -> dict[str, Any]:
-        return {"day": self.day, "repo": self.repo, "cost_usd": round(self.cost_usd, 6), "runs": self.runs}
+        return {
+            "day": self.day,
+            "repo": self.repo,
+            "cost_usd": round(self.cost_usd, 6),
+            "runs": self.runs,
+            "fix_rounds": self.fix_rounds,
+        }
 
 
 def usage(ledger: Mapping[str, Any] | None, *, now: float, days: int = 30) -> list[RepoDay]:
     """Spend per repository per UTC day for the last ``days`` days (today included), newest day first."""
     oldest = (datetime.fromtimestamp(now, UTC).date() - timedelta(days=days - 1)).isoformat()
     rows = [
-        RepoDay(day, repo, sum(runs.values()), len(runs))
+        RepoDay(day, repo, sum(runs.values()), len(_per_run(runs)), sum(1 for r in runs if r != run_of(r)))
         for day, repos in _clean(ledger)["days"].items()
         if day >= oldest
         for repo, runs in repos.items()

@@ -315,12 +315,20 @@ class TaskQueue:
             task.update(state=TaskState.PENDING.value, error=reason, handle=None, started_at=None)
             return Task.from_dict(task)
 
-    def retry(self, task_id: str) -> Task:
-        """Run a failed or cancelled task again, on the same issue and branch."""
+    def retry(self, task_id: str, *, force: bool = False) -> Task:
+        """Run a failed or cancelled task again, on the same issue and branch; a completed one only with
+        ``force`` (it did its work: running it again spends again)."""
         with self.store.transaction() as data:
             task = _require(data, task_id)
             if TaskState(task["state"]).live:
                 msg = f"task {task_id} is {task['state']}; only a finished task can be retried"
+                raise QueueError(msg)
+            if task["state"] == TaskState.COMPLETED.value and not force:
+                done = f" ({task['pr_url']})" if task.get("pr_url") else ""
+                msg = (
+                    f"task {task_id} completed{done}; running it again spends again: "
+                    "`retry --force` if that is what you want"
+                )
                 raise QueueError(msg)
             if _live_for(data["tasks"].values(), task["repo"], task["issue_number"]) is not None:
                 msg = f"{task['repo']}#{task['issue_number']} already has a live task"

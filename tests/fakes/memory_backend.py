@@ -9,6 +9,7 @@ raises :class:`Crash` (a ``BaseException``, like the daemon being killed) inside
 
 from __future__ import annotations
 
+import fnmatch
 import hashlib
 import threading
 from collections.abc import Callable
@@ -70,6 +71,7 @@ class Place:
     base_files: dict[str, bytes] = field(default_factory=dict)  # the tree at base_sha
     setup_from: str | None = None  # the saved setup (its key) the later processes start from
     from_default: bool = False  # started at the default branch's head (Workspace.from_default)
+    ignored: set[str] = field(default_factory=set)  # paths (or directories) the repository's .gitignore names
 
 
 Agent = Callable[[Place, Process], None]
@@ -324,15 +326,47 @@ class MemoryBackend:
         files = sorted(
             p
             for p in set(place.tree) | set(place.committed)
-            if place.tree.get(p) != place.committed.get(p) and p not in exclude
+            if place.tree.get(p) != place.committed.get(p)
+            and not _excluded(p, exclude)
+            and (p in place.committed or not _excluded(p, place.ignored))  # as git status: ignored unlisted
         )
         stat = "\n".join(f" {p} | 1 +" for p in files)
         return Changes(files=tuple(files), diffstat=stat, ahead=place.unpushed)
 
+    def untracked(
+        self, workspace: Workspace, glob: str | None = None, *, ignored: bool = True
+    ) -> tuple[str, ...]:
+        """As ``git ls-files --others [--directory]``; ``place.ignored`` names the ignored paths."""
+        self._enter("untracked")
+        place = self._place(workspace)
+        others = sorted(
+            p for p in place.tree if p not in place.committed and (ignored or not _excluded(p, place.ignored))
+        )
+        if glob:
+            return tuple(p for p in others if fnmatch.fnmatchcase(p, glob.replace("**/", "*")))
+        tracked_dirs = {
+            "/".join(p.split("/")[:n]) for p in place.committed for n in range(1, p.count("/") + 1)
+        }
+        listed: list[str] = []
+        for path in others:
+            parts = path.split("/")
+            entry = path
+            for n in range(1, len(parts)):
+                if "/".join(parts[:n]) not in tracked_dirs:
+                    entry = "/".join(parts[:n]) + "/"
+                    break
+            if entry not in listed:
+                listed.append(entry)
+        return tuple(listed)
+
     def commit_and_push(self, workspace: Workspace, request: PushRequest, log: TaskLog) -> Pushed:
         self._enter("commit_and_push")
         place = self._place(workspace)
-        tree = {p: d for p, d in place.tree.items() if p not in request.exclude}
+        tree = {
+            p: d
+            for p, d in place.tree.items()
+            if not _excluded(p, request.exclude) and (p in place.committed or not _excluded(p, place.ignored))
+        }
         committed = tree != place.committed
         if committed:
             place.committed = tree
@@ -402,3 +436,8 @@ class _Stream:
         place = self.backend.places.get(self.workspace.task_id)
         if finished and place is not None and self.name in place.processes:
             self.log.write_raw(place.processes[self.name].stdout)
+
+
+def _excluded(path: str, exclude: tuple[str, ...] | set[str]) -> bool:
+    """As a git pathspec: a path, or anything under a directory of that name."""
+    return any(path == e.rstrip("/") or path.startswith(e.rstrip("/") + "/") for e in exclude)

@@ -69,6 +69,7 @@ from claude_issue_solver.backends.git.worktree import (
     diffstat,
     push,
     status_changes,
+    untracked,
 )
 
 __all__ = [
@@ -108,6 +109,7 @@ __all__ = [
     "start_point",
     "status_changes",
     "tree_options",
+    "untracked",
     "worktree_git_dir",
     "worktree_holding",
 ]

@@ -70,6 +70,20 @@ def status_changes(
     return files
 
 
+def untracked(worktree: Path, *, git_dir: Path, glob: str | None = None, ignored: bool = True) -> list[str]:
+    """``git ls-files --others``: the untracked paths (ignored ones too unless ``ignored`` is False).
+
+    Without ``glob`` a directory holding only untracked files is one entry, ``dir/``; with it, the files
+    matching that ``:(glob)`` pattern. Nothing is looked into beyond what ls-files reads (no submodule).
+    """
+    args = [*tree_options(worktree, git_dir), "ls-files", "-z", "--others"]
+    if not ignored:
+        args.append("--exclude-standard")
+    args += ["--", f":(glob){glob}"] if glob else ["--directory"]
+    proc = run_git(args, cwd=worktree)
+    return [p for p in proc.stdout.split("\0") if p.strip("/")]
+
+
 def _fence_of(worktree: Path, git_dir: Path, given: Fence | None) -> Fence:
     return given if given is not None else find_fence(worktree, git_dir=git_dir)
 

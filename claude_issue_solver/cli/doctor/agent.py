@@ -7,6 +7,8 @@ import os
 import re
 import shutil
 import subprocess
+import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from claude_issue_solver.backends.base import BackendError
@@ -28,6 +30,18 @@ from claude_issue_solver.cli.doctor.base import (
 
 if TYPE_CHECKING:
     from claude_issue_solver.backends.docker import DockerBackend
+
+
+class _ProgressLog:
+    """A build's step lines, as they come, to ``doctor --build``'s caller (a TaskLog's ``write``)."""
+
+    def __init__(self, progress: Callable[[str], None] | None) -> None:
+        self.progress = progress
+        self.started = time.monotonic()
+
+    def write(self, line: str) -> None:
+        if self.progress is not None:
+            self.progress(f"[{time.monotonic() - self.started:4.0f}s] {line}")
 
 
 class AgentChecks:
@@ -235,7 +249,7 @@ class AgentChecks:
 
     def _build_default_image(self) -> str:
         # The same inputs and tag as DockerBackend.ensure_image, so the daemon reuses what this builds.
-        return self.backend().build_agent_image(self.config.docker_base_image)
+        return self.backend().build_agent_image(self.config.docker_base_image, _ProgressLog(self.progress))
 
     def _run_version(self, image: str, *, prefix: str = "") -> _Outcome:
         """``claude --version`` in ``image`` as the agent runs: the same user, no network."""
@@ -318,7 +332,11 @@ class AgentChecks:
                     "Daytona backend not installed: this version has no claude_issue_solver.backends.daytona",
                     f"set BACKEND=docker in {self.where}, or upgrade claude-issue-solver",
                 )
-            return _failed(f"the Daytona backend cannot load: {exc}", "`pip install 'daytona>=0.226,<0.300'`")
+            if (exc.name or "").split(".")[0] == "daytona":
+                from claude_issue_solver.app import DAYTONA_EXTRA
+
+                return _failed("the Daytona SDK is not installed (an optional extra)", f"`{DAYTONA_EXTRA}`")
+            return _failed(f"the Daytona backend cannot load: {exc}", "reinstall claude-issue-solver")
         try:
             from claude_issue_solver.app import daytona_settings
 

@@ -30,6 +30,7 @@ from claude_issue_solver.cli.doctor.base import (
     _web_url,
 )
 from claude_issue_solver.cli.doctor.github import GitHubChecks
+from claude_issue_solver.cli.doctor.runs import RunChecks
 from claude_issue_solver.config import Config, ConfigError, check_config, settings_source
 from claude_issue_solver.logs import REDACTOR, Redactor
 
@@ -44,7 +45,11 @@ __all__ = ["Check", "diagnose", "render", "run_checks", "to_json"]
 
 
 def diagnose(
-    env_file: Path | None = None, *, environ: Mapping[str, str] | None = None, build: bool = False
+    env_file: Path | None = None,
+    *,
+    environ: Mapping[str, str] | None = None,
+    build: bool = False,
+    progress: Callable[[str], None] | None = None,
 ) -> list[Check]:
     """Load the configuration as ``start`` would and run every check.
 
@@ -65,17 +70,25 @@ def diagnose(
         fix = f"correct it in {where}; every key is explained in .env.example"
         redact = Redactor(config.secrets())
         return [Check("configuration", False, REDACTOR(redact(str(p))), fix) for p in problems]
-    return run_checks(config, env_file=config.settings_file, build=build)
+    return run_checks(config, env_file=config.settings_file, build=build, progress=progress)
 
 
-def run_checks(config: Config, *, env_file: Path | None = None, build: bool = False) -> list[Check]:
+def run_checks(
+    config: Config,
+    *,
+    env_file: Path | None = None,
+    build: bool = False,
+    progress: Callable[[str], None] | None = None,
+) -> list[Check]:
     """Every check for this configuration, in report order.
 
     ``env_file`` is where the settings came from (named in the fixes; default: ``config.settings_file``).
     ``build`` builds a missing agent image instead of only reporting what would be built (that can take
-    minutes).
+    minutes: ``progress`` gets a line per build step as it starts).
     """
-    return _Doctor(config, env_file or config.settings_file, build).run()
+    doctor = _Doctor(config, env_file or config.settings_file, build)
+    doctor.progress = progress
+    return doctor.run()
 
 
 def render(checks: list[Check]) -> str:
@@ -104,8 +117,10 @@ def _indented(text: str) -> str:
     return "\n".join([first, *(f"      {line}" for line in rest)])
 
 
-class _Doctor(GitHubChecks, AgentChecks):
+class _Doctor(GitHubChecks, RunChecks, AgentChecks):
     """The checks of one run, sharing what they learn (the GitHub client, the login, the Docker client)."""
+
+    progress: Callable[[str], None] | None = None  # doctor --build: a line per build step
 
     def __init__(self, config: Config, env_file: Path | None, build: bool) -> None:
         self.config = config
@@ -145,7 +160,9 @@ class _Doctor(GitHubChecks, AgentChecks):
         for repo in repos:
             steps.append((f"repository {repo}", partial(self.repository, repo)))
             steps.append((f"label {label!r} on {repo}", partial(self.label, repo)))
+            steps.append((f"tests of {repo}", partial(self.tests, repo)))
         steps.append(("Claude credential", self.claude_credential))
+        steps += self._operator_steps()
         if self.config.backend == "docker":
             steps += [("Docker", self.docker), ("agent image", self.agent_image), ("git", self.git)]
         elif self.config.backend == "daytona":

@@ -1,7 +1,8 @@
 """Publishing a change: what an issue's run and a follow-up share (:class:`ChangeKind`).
 
-The agent's changes are committed (never the summary file, never what :data:`NEVER_COMMITTED` names),
-pushed fast-forward only (on top of a branch that moved meanwhile, never forced), and a pull request is
+The agent's changes are committed (never the summary file, never what
+:mod:`claude_issue_solver.run.commit_scope` keeps out: what setup and the test runs made), pushed
+fast-forward only (on top of a branch that moved meanwhile, never forced), and a pull request is
 opened or updated, a draft while the repository's tests are red. Every step repeats harmlessly: a
 resumed publish finds the commits pushed and the pull request by its branch. The kinds differ in a few
 answers (:meth:`ChangeKind.no_changes_comment`, :meth:`ChangeKind.commit_subject`,
@@ -22,14 +23,15 @@ from claude_issue_solver.backends.base import (
     Rebased,
     Workspace,
 )
+from claude_issue_solver.github import statuses
 from claude_issue_solver.github.client import GitHubError
 from claude_issue_solver.github.publisher import PullRequest
 from claude_issue_solver.logs import REDACTOR, TaskLog
-from claude_issue_solver.run import followup, messages
+from claude_issue_solver.run import commit_scope, followup, messages
 from claude_issue_solver.run.agent import AgentResult
 from claude_issue_solver.run.context import FINAL_COMMENT, RED_WITHOUT_PR, RunContext, RunSpec
 from claude_issue_solver.run.kinds import TaskKind
-from claude_issue_solver.run.policy import NEVER_COMMITTED, has_changes, publish, take_summary, what_changed
+from claude_issue_solver.run.policy import has_changes, publish, take_summary, what_changed
 from claude_issue_solver.run.prompt import SummaryError, parse_summary
 from claude_issue_solver.store.outcome import Outcome
 from claude_issue_solver.store.queue import Task, TaskState
@@ -101,7 +103,10 @@ class ChangeKind(TaskKind):
         again = task.meta.get("phase") == "publishing"
         try:
             taken = take_summary(run.backend, workspace)
-            changes = what_changed(run.backend, workspace, tlog, summary_found=taken is not None)
+            exclude = commit_scope.excluded(task.meta)  # the agent's change only: not what setup made
+            changes = what_changed(
+                run.backend, workspace, tlog, summary_found=taken is not None, exclude=exclude
+            )
             summary = taken if taken is not None else task.meta.get("summary")
             if summary is None:
                 summary = self.fallback_summary(run, task)
@@ -118,6 +123,9 @@ class ChangeKind(TaskKind):
                 run.comment(task, messages.with_note(task, nothing, left_out))
                 run.cleanup(task, tlog)
                 return Outcome(TaskState.COMPLETED)
+            too_large = commit_scope.too_large(changes, run.config)
+            if too_large and not again:
+                return run.fail(task, f"nothing was pushed: {too_large}", tlog, changes.diffstat[-2000:])
             title, description = _summary(task, summary, tlog)
             tests = task.meta.get("tests")
             red = bool(tests) and tests.get("verdict") == "red"
@@ -134,7 +142,7 @@ class ChangeKind(TaskKind):
                 message=REDACTOR(messages.commit_message(subject, task)),
                 author=(run.config.git_author_name, run.config.git_author_email),
                 credential=spec.workspace.credential(),
-                exclude=NEVER_COMMITTED,
+                exclude=exclude,
             )
             pushed = publish(
                 run.backend,
@@ -144,6 +152,7 @@ class ChangeKind(TaskKind):
                 log=tlog,
                 on_rebased=lambda rebased: _record_rebase(run, task.id, rebased),
             )
+            _post_status(run, task, spec, pushed.sha, tests, tlog)
             note = "\n\n".join(n for n in (_moved_note(run, task.id, spec.branch, tlog), left_out) if n)
             if red and _red_opens_no_pr(run, task, spec.branch, tlog):
                 return red_without_pr(run, task, spec.branch, tests, figures, tlog, note)
@@ -219,6 +228,20 @@ def _summary(task: Task, summary: str | None, tlog: TaskLog) -> tuple[str, str]:
         except SummaryError as exc:
             tlog.write(f"the summary file is unusable ({exc}); using a default title")
     return messages.default_pr_title(task), task.result or ""
+
+
+def _post_status(run: RunContext, task: Task, spec: RunSpec, sha: str, tests: Any, tlog: TaskLog) -> None:
+    """The tests' verdict as a commit status on the pushed head (best effort: the PR says it too)."""
+    if not run.config.test_status or not isinstance(tests, dict):
+        return
+    url = f"{spec.workspace.clone_url.removesuffix('.git')}/issues/{task.issue_number}"
+    try:
+        posted = statuses.post(run.client, task.repo, sha, tests, url if url.startswith("http") else None)
+    except GitHubError as exc:
+        tlog.write(f"could not post the commit status {statuses.CONTEXT} on {sha[:12]}: {exc}")
+        return
+    if posted:
+        tlog.write(f"commit status {statuses.CONTEXT} on {sha[:12]}: {posted[0]} ({posted[1]})")
 
 
 def _pushed_before(run: RunContext, task: Task, branch: str, tlog: TaskLog) -> bool:
