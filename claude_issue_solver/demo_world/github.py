@@ -338,6 +338,21 @@ class _RepoState:
     permissions: dict[str, str] = field(default_factory=dict)  # lower-case login -> role
     refuse_pulls: tuple[int, str, str] | None = None  # (status, message, detail)
     next_number: int = 1
+    statuses: list[_Status] = field(default_factory=list)  # commit statuses, oldest first
+
+
+@dataclass
+class _Status:
+    """A commit status (``POST /repos/{o}/{r}/statuses/{sha}``)."""
+
+    id: int
+    sha: str
+    state: str  # error | failure | pending | success
+    context: str
+    description: str | None
+    target_url: str | None
+    creator: str
+    created_at: datetime
 
 
 @dataclass
@@ -1969,6 +1984,9 @@ class FakeGitHub(LoopbackFake[RecordedRequest]):
                 self._api_create_reaction,
                 "user",
             ),
+            ("POST", repo + r"/statuses/(?P<sha>[^/]+)", self._api_create_status, "user"),
+            ("GET", repo + r"/commits/(?P<ref>.+)/status", self._api_combined_status, "user"),
+            ("GET", repo + r"/commits/(?P<ref>.+)/statuses", self._api_list_statuses, "user"),
             ("POST", repo + r"/pulls", self._api_create_pull, "user"),
             ("GET", repo + r"/pulls/(?P<number>\d+)", self._api_get_pull, "user"),
             ("PATCH", repo + r"/pulls/(?P<number>\d+)", self._api_edit_pull, "user"),
@@ -2438,6 +2456,122 @@ class FakeGitHub(LoopbackFake[RecordedRequest]):
         if sha is None:
             raise _HttpError(404, "Branch not found")
         return self._json(self._branch_json(st, branch, sha))
+
+    # ---- commit statuses ----------------------------------------------------------------------------
+
+    _STATUS_STATES = ("error", "failure", "pending", "success")
+
+    def _commit_of(self, st: _RepoState, ref: str) -> str | None:
+        """The full sha ``ref`` (a sha, a branch, a tag) names, as GitHub resolves it; None when none."""
+        if "\0" in ref or ref.startswith("-"):
+            return None
+        out = _run_git(st.repo.path, "rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}", check=False)
+        return out.strip() or None
+
+    def _status_json(self, st: _RepoState, status: _Status) -> dict[str, Any]:
+        stamp = _iso(status.created_at)
+        return {
+            "url": f"{self.api_url}/repos/{st.repo.full_name}/statuses/{status.sha}",
+            "avatar_url": None,
+            "id": status.id,
+            "node_id": _node_id("SC_", status.id),
+            "state": status.state,
+            "description": status.description,
+            "target_url": status.target_url,
+            "context": status.context,
+            "created_at": stamp,
+            "updated_at": stamp,
+            "creator": self._user_json(status.creator),
+        }
+
+    def _api_create_status(self, call: _Call, owner: str, name: str, sha: str) -> _Response:
+        """As GitHub: 422 for an unknown state, a description over 140 characters, or a sha that is no
+        commit of the repository; the status is kept, the newest of a context wins in the combined view."""
+        st = self._repo_for(call, owner, name)
+        data = call.json_object()
+        state = data.get("state")
+        if state not in self._STATUS_STATES:
+            raise _validation_failed(
+                {
+                    "resource": "Status",
+                    "field": "state",
+                    "code": "custom",
+                    "message": "state is not included in the list",
+                }
+            )
+        description = data.get("description")
+        if description is not None and (not isinstance(description, str) or len(description) > 140):
+            raise _validation_failed(
+                {
+                    "resource": "Status",
+                    "field": "description",
+                    "code": "custom",
+                    "message": "description is too long (maximum is 140 characters)",
+                }
+            )
+        full = self._commit_of(st, sha) if re.fullmatch(r"[0-9a-fA-F]{4,40}", sha) else None
+        if full is None or not full.startswith(sha.lower()):
+            raise _HttpError(422, f"No commit found for SHA: {sha}")
+        context = data.get("context") or "default"
+        target = data.get("target_url")
+        status = _Status(
+            next(self._ids),
+            full,
+            str(state),
+            str(context),
+            description,
+            target if isinstance(target, str) else None,
+            call.identity.login,
+            self._now(),
+        )
+        st.statuses.append(status)
+        return self._json(self._status_json(st, status), status=201)
+
+    def _statuses_for(
+        self, call: _Call, owner: str, name: str, ref: str
+    ) -> tuple[_RepoState, str, list[_Status]]:
+        st = self._repo_for(call, owner, name)
+        sha = self._commit_of(st, ref)
+        if sha is None:
+            raise _HttpError(422, f"No commit found for SHA: {ref}")
+        return st, sha, [s for s in reversed(st.statuses) if s.sha == sha]  # newest first
+
+    def _api_list_statuses(self, call: _Call, owner: str, name: str, ref: str) -> _Response:
+        st, _sha, found = self._statuses_for(call, owner, name, ref)
+        return self._json([self._status_json(st, s) for s in found])
+
+    def _api_combined_status(self, call: _Call, owner: str, name: str, ref: str) -> _Response:
+        """The newest status of each context and their combined state: failure when any is error or
+        failure, pending when there is none or any is pending, else success."""
+        st, sha, found = self._statuses_for(call, owner, name, ref)
+        latest: dict[str, _Status] = {}
+        for status in found:
+            latest.setdefault(status.context, status)
+        states = {s.state for s in latest.values()}
+        if states & {"error", "failure"}:
+            combined = "failure"
+        elif not states or "pending" in states:
+            combined = "pending"
+        else:
+            combined = "success"
+        api = f"{self.api_url}/repos/{st.repo.full_name}"
+        return self._json(
+            {
+                "state": combined,
+                "statuses": [self._status_json(st, s) for s in latest.values()],
+                "sha": sha,
+                "total_count": len(latest),
+                "repository": self._repo_json(st),
+                "commit_url": f"{api}/commits/{sha}",
+                "url": f"{api}/commits/{sha}/status",
+            }
+        )
+
+    def statuses(self, full_name: str, sha: str) -> list[dict[str, Any]]:
+        """Every status posted on ``sha`` (a full sha), oldest first (test inspection)."""
+        with self._lock:
+            st = self._state(full_name)
+            return [self._status_json(st, s) for s in st.statuses if s.sha == sha]
 
     def _api_get_contents(self, call: _Call, owner: str, name: str, path: str = "") -> _Response:
         """A file (base64, as GitHub sends it) or a directory listing at ``ref`` (default branch)."""
