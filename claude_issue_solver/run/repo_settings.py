@@ -7,6 +7,8 @@ the agent may have changed, and never executed on this host), parsed with PyYAML
 setup: pip install -e .[test]   # a shell command that installs dependencies (optional)
 test: python -m pytest -q       # a shell command; exit 0 = green
 test_timeout: 300               # seconds per setup or test run (optional)
+test_results: build/junit/*.xml # the JUnit XML file(s) the test command writes (a glob, optional)
+coverage: coverage.xml          # the Cobertura XML file the test command writes (optional)
 ```
 
 Without a file (or without ``test:`` in it) the daemon's ``SETUP_COMMAND`` / ``TEST_COMMAND`` /
@@ -38,7 +40,7 @@ __all__ = [
 ]
 
 SETTINGS_PATH = ".github/claude-issue-solver.yml"
-KEYS = ("setup", "test", "test_timeout", "setup_inputs")
+KEYS = ("setup", "test", "test_timeout", "setup_inputs", "test_results", "coverage")
 _FILE_LIMIT = 64 * 1024  # a settings file, a package.json or a Makefile larger than this is not read
 # npm init's placeholder test script: not a test suite.
 _NPM_PLACEHOLDER = re.compile(r"no test specified")
@@ -93,6 +95,9 @@ class TestPlan:
     source: str  # e.g. "the repository's .github/claude-issue-solver.yml", "detected: go.mod"
     # More files whose contents key the setup cache (``setup_inputs:``), beyond SETUP_INPUTS at the root.
     setup_inputs: tuple[str, ...] = ()
+    results: str | None = None  # the JUnit XML files the test command writes (``test_results:``), a glob
+    runner: str | None = None  # "pytest" when detected: the gate asks it for JUnit XML itself
+    coverage: str | None = None  # the Cobertura XML file the test command writes (``coverage:``)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -101,6 +106,9 @@ class TestPlan:
             "timeout": self.timeout,
             "source": self.source,
             "setup_inputs": list(self.setup_inputs),
+            "results": self.results,
+            "runner": self.runner,
+            "coverage": self.coverage,
         }
 
     @classmethod
@@ -111,6 +119,9 @@ class TestPlan:
             int(data.get("timeout") or 600),
             data.get("source", ""),
             tuple(data.get("setup_inputs") or ()),
+            data.get("results") or None,
+            data.get("runner") or None,
+            data.get("coverage") or None,
         )
 
 
@@ -145,6 +156,18 @@ def parse_settings(text: str) -> dict[str, Any]:
             "setup_inputs: must be a list of file paths relative to the repository's root "
             f"(e.g. [frontend/package-lock.json]), not {inputs!r}"
         )
+    results = data.get("test_results")
+    if results is not None and not (isinstance(results, str) and _relative_glob(results)):
+        problems.append(
+            "test_results: must be a glob of JUnit XML files relative to the repository's root "
+            f"(e.g. build/test-results/*.xml), not {results!r}"
+        )
+    coverage = data.get("coverage")
+    if coverage is not None and not (isinstance(coverage, str) and _relative_path(coverage.strip())):
+        problems.append(
+            "coverage: must be the path of a Cobertura XML file relative to the repository's root "
+            f"(e.g. coverage.xml), not {coverage!r}"
+        )
     if problems:
         msg = f"{SETTINGS_PATH}: " + "; ".join(problems)
         raise RepoSettingsError(msg)
@@ -156,14 +179,20 @@ def _relative_path(path: str) -> bool:
     return bool(path.strip()) and not path.startswith("/") and all(p not in ("", ".", "..") for p in parts)
 
 
+def _relative_glob(pattern: str) -> bool:
+    return _relative_path(pattern.strip()) and not any(c in pattern for c in "\0\n")
+
+
 def load_plan(client: GitHubClient, repo: str, ref: str, config: Config) -> TestPlan:
     """The plan for a task on ``repo``: its file, else the daemon's settings, else a guess (``detect``)."""
     text = _file(client, repo, SETTINGS_PATH, ref)
     own = parse_settings(text) if text is not None else {}
     timeout = int(own.get("test_timeout") or config.test_timeout)
     inputs = tuple(own.get("setup_inputs") or ())
+    results, coverage = own.get("test_results"), own.get("coverage")
     if own.get("test"):
-        return TestPlan(own.get("setup"), own["test"], timeout, f"the repository's {SETTINGS_PATH}", inputs)
+        where = f"the repository's {SETTINGS_PATH}"
+        return TestPlan(own.get("setup"), own["test"], timeout, where, inputs, results, coverage=coverage)
     setup = own.get("setup") or config.setup_command
     if config.test_command:
         return TestPlan(setup, config.test_command, timeout, "the daemon's TEST_COMMAND", inputs)
