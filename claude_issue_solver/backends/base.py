@@ -173,6 +173,9 @@ class WorkspaceSpec:
     default_branch: str
     branch: str  # claude/issue-N: reused across re-runs
     credential: Callable[[], GitCredential]  # fetched when needed so it is fresh (App tokens expire)
+    # A ref of the remote the workspace starts at instead (``refs/pull/7/head``: a pull request's head,
+    # a fork's too); ``branch`` is then only the local name. None: the branch, else the default branch.
+    start_ref: str | None = None
 
 
 @dataclass(frozen=True)

@@ -275,6 +275,9 @@ class DaytonaBackend:
     # --- lifecycle -------------------------------------------------------------------------------------
 
     def prepare(self, spec: WorkspaceSpec, log: TaskLog) -> DaytonaWorkspace:
+        if spec.start_ref is not None:
+            msg = f"a workspace at {spec.start_ref} (a test run of a pull request) needs BACKEND=docker"
+            raise BackendError(msg)
         started = time.monotonic()
         name = self.handle_for(spec.task_id)
         found = self._find(spec.task_id)

@@ -224,6 +224,9 @@ class DockerBackend:
                 else:
                     started = time.monotonic()
                     gitops.ensure_mirror(mirror, spec.clone_url, spec.credential())
+                    if spec.start_ref is not None:  # a pull request's head: fetched as the branch
+                        into = f"refs/remotes/origin/{spec.branch}"
+                        gitops.fetch_ref(mirror, spec.start_ref, into, spec.credential())
                     if worktree.exists():  # half-made by a crash: git would refuse a non-empty path
                         gitops.remove_worktree(mirror, worktree)
                     stale = gitops.worktree_holding(mirror, spec.branch)

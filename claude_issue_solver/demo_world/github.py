@@ -301,6 +301,7 @@ class _Pull:
     base_ref: str
     draft: bool
     merged_at: datetime | None = None
+    fork: str | None = None  # owner/name of the fork the head lives in (None: a branch of this repository)
 
 
 @dataclass
@@ -1106,7 +1107,7 @@ class FakeGitHub(LoopbackFake[RecordedRequest]):
             issue = self._issue(st, number)
             assert issue.pull is not None
             now = self._touch(issue)
-            head = st.repo.branch_sha(issue.pull.head_ref) or issue.pull.head_sha
+            head = self._pull_head(st.repo, issue.pull)
             review = _Review(next(self._ids), number, body, user, state, head, now, author_association)
             st.reviews[review.id] = review
             self._changed.notify_all()
@@ -1169,6 +1170,47 @@ class FakeGitHub(LoopbackFake[RecordedRequest]):
             st = self._state(full_name)
             issue = self._issue(st, number)
             return [self._event_json(st, e) for e in issue.events]
+
+    def open_fork_pull(
+        self,
+        full_name: str,
+        files: Mapping[str, str | bytes],
+        *,
+        title: str,
+        user: str,
+        head_ref: str = "patch-1",
+        base: str | None = None,
+        body: str = "",
+    ) -> dict[str, Any]:
+        """A person's pull request from their fork (``user/<name>``): its commit (``files`` on the base
+        branch) exists in this repository only as ``refs/pull/N/head``, as on GitHub."""
+        repo = self.repo(full_name)
+        base_ref = base or repo.default_branch
+        scratch = f"cis-fork-scratch-{next(self._ids)}"
+        sha = self.commit_files(full_name, scratch, files, message=title, parent=base_ref)
+        with self._lock:
+            st = self._state(full_name)
+            repo.git("update-ref", "-d", f"refs/heads/{scratch}")
+            now = self._now()
+            fork = f"{user}/{repo.name}"
+            issue = _Issue(
+                id=next(self._ids),
+                number=st.next_number,
+                title=title,
+                body=body,
+                user=user,
+                state="open",
+                locked=False,
+                labels=[],
+                created_at=now,
+                updated_at=now,
+                author_association="CONTRIBUTOR",
+                pull=_Pull(next(self._ids), head_ref, sha, base_ref, False, fork=fork),
+            )
+            st.next_number += 1
+            st.issues[issue.number] = issue
+            self._sync_pull_refs(st)
+            return self._pull_json(st, issue)
 
     def pulls(self, full_name: str) -> list[dict[str, Any]]:
         """All pull requests (any state), oldest first."""
@@ -1398,7 +1440,7 @@ class FakeGitHub(LoopbackFake[RecordedRequest]):
     ) -> _ReviewComment:
         assert issue.pull is not None
         now = self._touch(issue)
-        head = st.repo.branch_sha(issue.pull.head_ref) or issue.pull.head_sha
+        head = self._pull_head(st.repo, issue.pull)
         hunk = diff_hunk if diff_hunk is not None else f"@@ -{line},1 +{line},1 @@"
         comment = _ReviewComment(
             next(self._ids),
@@ -1669,8 +1711,16 @@ class FakeGitHub(LoopbackFake[RecordedRequest]):
                 "repo": repo_json,
             }
 
-        head_sha = repo.branch_sha(pull.head_ref) or pull.head_sha
+        head_sha = self._pull_head(repo, pull)
         base_sha = repo.branch_sha(pull.base_ref) or ""
+        head = part(pull.head_ref, head_sha)
+        if pull.fork is not None:  # a person's fork: GitHub names the fork's owner and repository there
+            fork_owner, _, fork_name = pull.fork.partition("/")
+            head.update(
+                label=f"{fork_owner}:{pull.head_ref}",
+                user=self._user_json(fork_owner),
+                repo={**repo_json, "name": fork_name, "full_name": pull.fork, "fork": True},
+            )
         return {
             "url": api,
             "id": pull.id,
@@ -1702,7 +1752,7 @@ class FakeGitHub(LoopbackFake[RecordedRequest]):
             "assignees": [],
             "requested_reviewers": [],
             "requested_teams": [],
-            "head": part(pull.head_ref, head_sha),
+            "head": head,
             "base": part(pull.base_ref, base_sha),
             "_links": {
                 "self": {"href": api},
@@ -2925,6 +2975,7 @@ class FakeGitHub(LoopbackFake[RecordedRequest]):
         )
         st.next_number += 1
         st.issues[issue.number] = issue
+        self._sync_pull_refs(st)
         return self._json(self._pull_json(st, issue), status=201)
 
     def _pull_for(self, st: _RepoState, number: str) -> _Issue:
@@ -3091,7 +3142,31 @@ class FakeGitHub(LoopbackFake[RecordedRequest]):
         if is_push and identity is not None and explicit_role in ("read", "triage", "none"):
             message = f"Permission to {st.repo.full_name}.git denied to {identity.login}.\n"
             return _Response(403, message.encode(), content_type="text/plain")
+        if not is_push:
+            with self._lock:
+                self._sync_pull_refs(st)
         return self._run_http_backend(req, st.repo, rest, identity)
+
+    @staticmethod
+    def _pull_head(repo: FakeRepo, pull: _Pull) -> str:
+        """A pull request's head commit: its branch's (of this repository), or the fork's as pushed."""
+        if pull.fork is not None:
+            return pull.head_sha
+        return repo.branch_sha(pull.head_ref) or pull.head_sha
+
+    def _sync_pull_refs(self, st: _RepoState) -> None:
+        """``refs/pull/N/head`` of every pull request at its head, as GitHub keeps them (read-only refs a
+        clone can fetch, a fork's pull request too)."""
+        wanted = {
+            f"refs/pull/{issue.number}/head": self._pull_head(st.repo, issue.pull)
+            for issue in st.issues.values()
+            if issue.pull is not None
+        }
+        out = _run_git(st.repo.path, "for-each-ref", "--format=%(refname) %(objectname)", "refs/pull")
+        have = dict(line.split(" ", 1) for line in out.splitlines() if line)
+        for ref, sha in wanted.items():
+            if sha and have.get(ref) != sha:
+                _run_git(st.repo.path, "update-ref", ref, sha)
 
     def _run_http_backend(
         self, req: _Request, repo: FakeRepo, rest: str, identity: _Identity | None

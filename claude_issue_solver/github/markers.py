@@ -15,6 +15,13 @@ MARKER_PREFIX = "<!-- claude-issue-solver:task="
 _MARKER_RE = re.compile(r"<!-- claude-issue-solver:task=([A-Za-z0-9._-]+) -->")
 
 
+def is_test_request(body: str | None, phrase: str) -> bool:
+    """Whether a comment asks for a test run: ``@claude test`` and nothing else (any case, an optional
+    full stop). "@claude test the parser too" is a follow-up, not a test run."""
+    pattern = rf"\s*{re.escape(phrase)}\s+tests?\s*[.!]?\s*"
+    return re.fullmatch(pattern, body or "", re.IGNORECASE) is not None
+
+
 def marker(task_id: str) -> str:
     return f"{MARKER_PREFIX}{task_id} -->"
 

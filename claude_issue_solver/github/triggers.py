@@ -32,12 +32,13 @@ from typing import Any
 
 from claude_issue_solver.config import Config
 from claude_issue_solver.github.client import GitHubClient, GitHubError
-from claude_issue_solver.github.markers import MARKER_PREFIX
+from claude_issue_solver.github.markers import MARKER_PREFIX, is_test_request
 from claude_issue_solver.store.queue import Task, TaskQueue
 
 log = logging.getLogger(__name__)
 
 SEEN_LIMIT = 2000  # comment ids remembered per repository: far more than arrive between two polls
+TEST_KIND = "test"  # the kind of task `@claude test` queues (run/kinds/testrun.py)
 LISTINGS = {"issues": "/issues/comments", "pulls": "/pulls/comments"}
 
 
@@ -135,6 +136,7 @@ class TriggerWatcher:
         newest = since
         new_seen: list[str] = []
         triggers: list[tuple[str, dict[str, Any]]] = []
+        tests: list[tuple[int, dict[str, Any]]] = []  # `@claude test` on a pull request: (number, meta)
         routes = self._routes(repo)
         response = first
         while response is not None:
@@ -145,12 +147,28 @@ class TriggerWatcher:
                     continue  # an edit (of a comment read already, or not), or a comment older than the watch
                 seen.add(key)
                 new_seen.append(key)
+                test = self._test_request(repo, kind, comment)
+                if test is not None:
+                    tests.append(test)
+                    continue
                 found = self._trigger(repo, kind, comment, routes)
                 if found is not None:
                     triggers.append(found)
             response = self.client.next_page(repo, response)
         # Recorded before anything is done about them: seen and waiting in one transaction.
-        self._save(repo, kind, since=newest, etag=first.headers.get("etag"), seen=new_seen, triggers=triggers)
+        queued = self._save(
+            repo,
+            kind,
+            since=newest,
+            etag=first.headers.get("etag"),
+            seen=new_seen,
+            triggers=triggers,
+            tests=tests,
+        )
+        for task in queued:
+            log.info("%s: test run %s asked for by @%s", task.ref, task.id, task.meta.get("requester"))
+            if self.on_queued is not None:
+                self.on_queued(task, [])
         for _, trigger in triggers:
             self._react(repo, trigger)
 
@@ -398,8 +416,19 @@ class TriggerWatcher:
         etag: str | None,
         seen: list[str],
         triggers: list[tuple[str, dict[str, Any]]] | None = None,
-    ) -> None:
+        tests: list[tuple[int, dict[str, Any]]] | None = None,
+    ) -> list[Task]:
+        titles = {number: self._title(repo, number) for number, _ in tests or []}
+        queued: list[Task] = []
         with self.queue.store.transaction() as data:
+            for number, meta in tests or []:  # queued with the comment recorded as seen: never twice
+                task = self.queue.submit_in(data, repo, number, titles[number], TEST_KIND, meta)
+                if task is None:
+                    log.info(
+                        "%s#%s: a task of it is live already; `%s test` not queued", repo, number, self.phrase
+                    )
+                else:
+                    queued.append(task)
             section = data.setdefault("followups", {})
             book = section.setdefault("repos", {}).setdefault(repo, {})
             book.setdefault("since", {})[kind] = since
@@ -412,6 +441,41 @@ class TriggerWatcher:
                 waiting = pending.setdefault(key, [])
                 if trigger["id"] not in {t["id"] for t in waiting}:
                     waiting.append(trigger)
+        return queued
+
+    def _test_request(
+        self, repo: str, kind: str, comment: dict[str, Any]
+    ) -> tuple[int, dict[str, Any]] | None:
+        """``@claude test`` by a writer on any pull request (ours, a person's, a fork's): (number, meta)."""
+        body = comment.get("body") or ""
+        if kind != "issues" or MARKER_PREFIX in body or not is_test_request(body, self.phrase):
+            return None
+        if "/pull/" not in (comment.get("html_url") or ""):
+            return None  # an issue's comment: a follow-up or nothing, as before
+        author = (comment.get("user") or {}).get("login", "")
+        if author and author.lower() == (self._own(repo) or "").lower():
+            return None
+        number = _number_at_end(comment.get("issue_url"))
+        if number is None:
+            return None
+        trusted, why = self._trusted(repo, author)
+        if not trusted:
+            self._note(
+                f"{repo}:{comment['id']}:untrusted",
+                "%s#%s: ignoring `%s test` by %s (%s)",
+                repo,
+                number,
+                self.phrase,
+                author,
+                why,
+            )
+            return None
+        meta = {
+            "requester": author,
+            "request_url": comment.get("html_url", ""),
+            "request_id": comment.get("id"),
+        }
+        return number, meta
 
     def _note(self, key: str, message: str, *args: Any) -> None:
         with self._lock:

@@ -157,13 +157,14 @@ class RunContext:
         report = self.tests(task)
         if report is not None and report.plan.test:
             items = checklist(report, agent_done=False, current="agent" if done else None)
+            items = kind_of(task).checklist(task, items)
             return messages.checklist_comment(task, items, turns=turns, agent=self.agent)
         return kind_of(task).working_comment(task, done, turns=turns, agent=self.agent)
 
     def test_progress(self, task: Task, report: TestReport, agent_done: bool, current: str | None) -> None:
         task.meta["tests"] = report.to_dict()
         try:
-            items = checklist(report, agent_done=agent_done, current=current)
+            items = kind_of(task).checklist(task, checklist(report, agent_done=agent_done, current=current))
             self.comment(task, messages.checklist_comment(task, items, agent=self.agent))
         except GitHubError as exc:
             log.warning("could not update the progress comment of %s: %s", task.ref, exc)
@@ -329,6 +330,7 @@ class RunContext:
                 default_branch=info["default_branch"],
                 branch=plan.branch,
                 credential=lambda: self.client.git_credential(repo),
+                start_ref=plan.start,
             ),
             agent=self.access.agent(
                 task.id,

@@ -8,6 +8,7 @@ setup: pip install -e .[test]   # a shell command that installs dependencies (op
 test: python -m pytest -q       # a shell command; exit 0 = green
 test_timeout: 300               # seconds per setup or test run (optional)
 test_results: build/junit/*.xml # the JUnit XML file(s) the test command writes (a glob, optional)
+coverage: coverage.xml          # the Cobertura XML file the test command writes (optional)
 ```
 
 Without a file (or without ``test:`` in it) the daemon's ``SETUP_COMMAND`` / ``TEST_COMMAND`` /
@@ -39,7 +40,7 @@ __all__ = [
 ]
 
 SETTINGS_PATH = ".github/claude-issue-solver.yml"
-KEYS = ("setup", "test", "test_timeout", "setup_inputs", "test_results")
+KEYS = ("setup", "test", "test_timeout", "setup_inputs", "test_results", "coverage")
 # The detected pytest: the gate adds --junitxml itself (TestPlan.runner), so its results are per test.
 PYTEST = "pytest"
 _FILE_LIMIT = 64 * 1024  # a settings file, a package.json or a Makefile larger than this is not read
@@ -98,6 +99,7 @@ class TestPlan:
     setup_inputs: tuple[str, ...] = ()
     results: str | None = None  # the JUnit XML files the test command writes (``test_results:``), a glob
     runner: str | None = None  # "pytest" when detected: the gate asks it for JUnit XML itself
+    coverage: str | None = None  # the Cobertura XML file the test command writes (``coverage:``)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -108,6 +110,7 @@ class TestPlan:
             "setup_inputs": list(self.setup_inputs),
             "results": self.results,
             "runner": self.runner,
+            "coverage": self.coverage,
         }
 
     @classmethod
@@ -120,6 +123,7 @@ class TestPlan:
             tuple(data.get("setup_inputs") or ()),
             data.get("results") or None,
             data.get("runner") or None,
+            data.get("coverage") or None,
         )
 
 
@@ -160,6 +164,12 @@ def parse_settings(text: str) -> dict[str, Any]:
             "test_results: must be a glob of JUnit XML files relative to the repository's root "
             f"(e.g. build/test-results/*.xml), not {results!r}"
         )
+    coverage = data.get("coverage")
+    if coverage is not None and not (isinstance(coverage, str) and _relative_path(coverage.strip())):
+        problems.append(
+            "coverage: must be the path of a Cobertura XML file relative to the repository's root "
+            f"(e.g. coverage.xml), not {coverage!r}"
+        )
     if problems:
         msg = f"{SETTINGS_PATH}: " + "; ".join(problems)
         raise RepoSettingsError(msg)
@@ -181,11 +191,10 @@ def load_plan(client: GitHubClient, repo: str, ref: str, config: Config) -> Test
     own = parse_settings(text) if text is not None else {}
     timeout = int(own.get("test_timeout") or config.test_timeout)
     inputs = tuple(own.get("setup_inputs") or ())
-    results = own.get("test_results") or config.test_results
+    results, coverage = own.get("test_results") or config.test_results, own.get("coverage")
     if own.get("test"):
-        return TestPlan(
-            own.get("setup"), own["test"], timeout, f"the repository's {SETTINGS_PATH}", inputs, results
-        )
+        where = f"the repository's {SETTINGS_PATH}"
+        return TestPlan(own.get("setup"), own["test"], timeout, where, inputs, results, coverage=coverage)
     setup = own.get("setup") or config.setup_command
     if config.test_command:
         return TestPlan(setup, config.test_command, timeout, "the daemon's TEST_COMMAND", inputs, results)

@@ -170,6 +170,17 @@ class TaskQueue:
             tasks[task.id] = task.to_dict()
             return task
 
+    def submit_in(
+        self, data: dict[str, Any], repo: str, issue_number: int, title: str, kind: str, meta: dict[str, Any]
+    ) -> Task | None:
+        """:meth:`submit` inside the caller's transaction (recorded with what made it, atomically)."""
+        tasks = data.setdefault("tasks", {})
+        if _live_for(tasks.values(), repo, issue_number) is not None:
+            return None
+        task = self._new_task(data, repo, issue_number, title, kind, dict(meta))
+        tasks[task.id] = task.to_dict()
+        return task
+
     def _new_task(
         self, data: dict[str, Any], repo: str, issue_number: int, title: str, kind: str, meta: dict[str, Any]
     ) -> Task:

@@ -200,6 +200,10 @@ class MemoryBackend:
         place = self.places.get(spec.task_id)
         if place is None:
             start = spec.branch if spec.branch in self.remote else spec.default_branch
+            if spec.start_ref is not None:
+                if spec.start_ref not in self.remote:
+                    raise BackendError(f"the remote has no {spec.start_ref}")
+                start = spec.start_ref
             sha, files = self.remote[start]
             spec.credential()  # a real place fetches with it
             place = Place(spec, sha, dict(files), dict(files), sha, lineage={sha}, base_files=dict(files))

@@ -42,6 +42,7 @@ from claude_issue_solver.backends.git.hardening import (
 from claude_issue_solver.backends.git.mirror import (
     add_worktree,
     ensure_mirror,
+    fetch_ref,
     mirror_lock,
     remote_branch_exists,
     remove_worktree,
@@ -95,6 +96,7 @@ __all__ = [
     "ensure_mirror",
     "fetch_branch",
     "fetch_bundle",
+    "fetch_ref",
     "find_fence",
     "force_rmtree",
     "git_version",

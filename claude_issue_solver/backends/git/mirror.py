@@ -51,6 +51,22 @@ def ensure_mirror(mirror_dir: Path, clone_url: str, credential: GitCredential | 
         raise _transfer_error(f"`git fetch origin` in {mirror_dir}", proc, credential)
 
 
+def fetch_ref(mirror_dir: Path, ref: str, into: str, credential: GitCredential | None) -> None:
+    """Fetch one ref of origin (``refs/pull/7/head``) into ``into`` (``refs/remotes/origin/<branch>``),
+    forced: a pull request's head may have been force-pushed. Hold :func:`mirror_lock`."""
+    if not ref.startswith("refs/") or any(c in ref for c in " ~^:?*[\\") or ".." in ref:
+        msg = f"not a ref to fetch: {ref!r}"
+        raise GitError(msg)
+    proc = run_git(
+        ["fetch", "--quiet", "--no-tags", "origin", f"+{ref}:{into}"],
+        cwd=mirror_dir,
+        credential=credential,
+        check=False,
+    )
+    if proc.returncode != 0:
+        raise _transfer_error(f"`git fetch origin {ref}` in {mirror_dir}", proc, credential)
+
+
 def rev_parse(repo: Path, rev: str, *, git_dir: Path | None = None) -> str | None:
     """The commit ``rev`` names, or None when it names none."""
     args = [*_worktree_options(repo, git_dir), "rev-parse", "--verify", "--quiet", f"{rev}^{{commit}}"]

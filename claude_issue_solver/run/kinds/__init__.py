@@ -62,6 +62,7 @@ class Plan:
     branch: str
     prompt: str
     extra_args: tuple[str, ...] = ()
+    start: str | None = None  # a ref of the remote the workspace starts at (``refs/pull/7/head``)
 
 
 class TaskKind:
@@ -132,6 +133,10 @@ class TaskKind:
         """The progress comment when the repository has no tests (``done`` steps ticked)."""
         raise NotImplementedError
 
+    def checklist(self, task: Task, items: list[tuple[bool, str]]) -> list[tuple[bool, str]]:
+        """The progress comment's items when the repository has tests (setup, baseline, agent, rounds)."""
+        return items
+
     def figures(self, run: RunContext, task: Task, figures: RunFigures) -> RunFigures:
         """The figures its texts show (a follow-up adds what the issue cost so far)."""
         return figures
@@ -157,6 +162,7 @@ KINDS: dict[str, str] = {
     "issue": "claude_issue_solver.run.kinds.issue:IssueKind",
     "followup": "claude_issue_solver.run.kinds.followup:FollowUpKind",
     "manual": "claude_issue_solver.run.kinds.issue:ManualKind",
+    "test": "claude_issue_solver.run.kinds.testrun:TestRunKind",
 }
 _loaded: dict[str, TaskKind] = {}
 
