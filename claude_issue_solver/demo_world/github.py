@@ -56,6 +56,7 @@ from urllib.parse import parse_qs, parse_qsl, quote, unquote, urlencode, urlspli
 
 import jwt
 
+from claude_issue_solver.demo_world.github_reviews import ReviewsApi
 from claude_issue_solver.demo_world.loopback import LoopbackFake, LoopbackHandler, LoopbackServer
 
 __all__ = [
@@ -249,6 +250,8 @@ class _ReviewComment:
     author_association: str
     in_reply_to: int | None = None
     review_id: int | None = None
+    side: str = "RIGHT"
+    start_line: int | None = None
 
 
 @dataclass
@@ -301,6 +304,7 @@ class _Pull:
     base_ref: str
     draft: bool
     merged_at: datetime | None = None
+    fork_owner: str | None = None  # a person's fork: the head lives only as refs/pull/N/head
 
 
 @dataclass
@@ -748,7 +752,7 @@ class _Handler(LoopbackHandler):
 _HandlerFn = Callable[..., _Response]
 
 
-class FakeGitHub(LoopbackFake[RecordedRequest]):
+class FakeGitHub(ReviewsApi, LoopbackFake[RecordedRequest]):
     """In-memory GitHub served over loopback HTTP; see the module docstring for scope and caveats.
 
     The socket is bound in the constructor so :attr:`api_url` and clone URLs are known before
@@ -1578,7 +1582,8 @@ class FakeGitHub(LoopbackFake[RecordedRequest]):
             "original_position": comment.line,
             "line": comment.line,
             "original_line": comment.line,
-            "side": "RIGHT",
+            "side": comment.side,
+            "start_line": comment.start_line,
             "commit_id": comment.commit_id,
             "original_commit_id": comment.commit_id,
             "body": comment.body,
@@ -1654,8 +1659,11 @@ class FakeGitHub(LoopbackFake[RecordedRequest]):
                 "repo": repo_json,
             }
 
-        head_sha = repo.branch_sha(pull.head_ref) or pull.head_sha
+        head_sha = self._head_sha(st, issue)
         base_sha = repo.branch_sha(pull.base_ref) or ""
+        head = part(pull.head_ref, head_sha)
+        if pull.fork_owner:
+            head.update(label=f"{pull.fork_owner}:{pull.head_ref}", user=self._user_json(pull.fork_owner))
         return {
             "url": api,
             "id": pull.id,
@@ -1687,7 +1695,7 @@ class FakeGitHub(LoopbackFake[RecordedRequest]):
             "assignees": [],
             "requested_reviewers": [],
             "requested_teams": [],
-            "head": part(pull.head_ref, head_sha),
+            "head": head,
             "base": part(pull.base_ref, base_sha),
             "_links": {
                 "self": {"href": api},
@@ -1973,6 +1981,7 @@ class FakeGitHub(LoopbackFake[RecordedRequest]):
             ("GET", repo + r"/pulls/(?P<number>\d+)", self._api_get_pull, "user"),
             ("PATCH", repo + r"/pulls/(?P<number>\d+)", self._api_edit_pull, "user"),
         ]
+        table += self.review_routes(repo)  # the Reviews API, pull request diffs (github_reviews.py)
         return [(method, re.compile(pattern), handler, auth) for method, pattern, handler, auth in table]
 
     def _handle_api(self, req: _Request, ctx: _Context) -> _Response:
@@ -2801,7 +2810,8 @@ class FakeGitHub(LoopbackFake[RecordedRequest]):
 
     def _api_get_pull(self, call: _Call, owner: str, name: str, number: str) -> _Response:
         st = self._repo_for(call, owner, name)
-        return self._json(self._pull_json(st, self._pull_for(st, number)))
+        issue = self._pull_for(st, number)
+        return self.diff_response(call, st, issue) or self._json(self._pull_json(st, issue))
 
     def _api_edit_pull(self, call: _Call, owner: str, name: str, number: str) -> _Response:
         st = self._repo_for(call, owner, name)
@@ -2944,6 +2954,8 @@ class FakeGitHub(LoopbackFake[RecordedRequest]):
                 if not self._installation_covers(inst, st):
                     st = None
             needs_auth = st is None or st.repo.private or is_push
+            if st is not None and not is_push:
+                self._sync_pull_refs(st)  # refs/pull/N/head, as GitHub keeps them
             explicit_role = st.permissions.get(identity.login.lower()) if st and identity else None
         if identity is None and needs_auth:
             return _Response(
