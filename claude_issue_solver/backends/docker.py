@@ -223,7 +223,7 @@ class DockerBackend:
                     log.write(f"reusing worktree {worktree} (prepared before a restart)")
                 else:
                     started = time.monotonic()
-                    gitops.ensure_mirror(mirror, spec.clone_url, spec.credential())
+                    gitops.ensure_mirror(mirror, spec.clone_url, spec.credential(), branch=spec.branch)
                     if worktree.exists():  # half-made by a crash: git would refuse a non-empty path
                         gitops.remove_worktree(mirror, worktree)
                     stale = gitops.worktree_holding(mirror, spec.branch)
