@@ -69,6 +69,7 @@ class TaskKind:
 
     name: str = ""
     agent: bool = True  # whether an agent runs (False: prepare, then publish straight away)
+    tests: bool = True  # whether the repository's tests run around the agent (False: a review)
 
     # --- before the work -------------------------------------------------------------------------
 
@@ -157,6 +158,7 @@ KINDS: dict[str, str] = {
     "issue": "claude_issue_solver.run.kinds.issue:IssueKind",
     "followup": "claude_issue_solver.run.kinds.followup:FollowUpKind",
     "manual": "claude_issue_solver.run.kinds.issue:ManualKind",
+    "review": "claude_issue_solver.run.kinds.review:ReviewKind",
 }
 _loaded: dict[str, TaskKind] = {}
 
