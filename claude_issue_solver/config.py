@@ -282,6 +282,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("TRUSTED_USERS", _users, ()),
     Setting("TRIGGER_PHRASE", _phrase, "@claude"),
     Setting("ALLOW_UNTRUSTED_LABELERS", _bool, False),
+    # pull-request reviews (#22)
+    Setting("REVIEW_LABEL", _label, "claude-review"),
+    Setting("REVIEW_ON_OPEN", _bool, False),
+    Setting("REVIEW_PROMPT", _optional_path, None),
     # the daemon
     Setting("POLL_INTERVAL", _int_at_least(1), 60),
     Setting("MAX_CONCURRENT", _int_at_least(1), 3),
@@ -365,6 +369,9 @@ class Config:
     trusted_users: tuple[str, ...] = ()
     trigger_phrase: str = "@claude"
     allow_untrusted_labelers: bool = False
+    review_label: str = "claude-review"
+    review_on_open: bool = False
+    review_prompt: Path | None = None
     poll_interval: int = 60
     max_concurrent: int = 3
     max_attempts: int = 2

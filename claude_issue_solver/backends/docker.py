@@ -223,8 +223,9 @@ class DockerBackend:
                     log.write(f"reusing worktree {worktree} (prepared before a restart)")
                 else:
                     started = time.monotonic()
-                    gitops.ensure_mirror(mirror, spec.clone_url, spec.credential())
-                    if spec.start_ref is not None:  # a pull request's head: fetched as the branch
+                    # A review's branch (pull/N/head) is fetched with the mirror, into refs/remotes/pulls/.
+                    gitops.ensure_mirror(mirror, spec.clone_url, spec.credential(), branch=spec.branch)
+                    if spec.start_ref is not None:  # a test run's pull request head: fetched as the branch
                         into = f"refs/remotes/origin/{spec.branch}"
                         gitops.fetch_ref(mirror, spec.start_ref, into, spec.credential())
                     if worktree.exists():  # half-made by a crash: git would refuse a non-empty path

@@ -56,6 +56,7 @@ from urllib.parse import parse_qs, parse_qsl, quote, unquote, urlencode, urlspli
 
 import jwt
 
+from claude_issue_solver.demo_world.github_reviews import ReviewsApi
 from claude_issue_solver.demo_world.loopback import LoopbackFake, LoopbackHandler, LoopbackServer
 
 __all__ = [
@@ -249,6 +250,8 @@ class _ReviewComment:
     author_association: str
     in_reply_to: int | None = None
     review_id: int | None = None
+    side: str = "RIGHT"
+    start_line: int | None = None
 
 
 @dataclass
@@ -302,6 +305,11 @@ class _Pull:
     draft: bool
     merged_at: datetime | None = None
     fork: str | None = None  # owner/name of the fork the head lives in (None: a branch of this repository)
+
+    @property
+    def fork_owner(self) -> str | None:
+        """Who the fork belongs to (None: a branch of this repository)."""
+        return None if self.fork is None else self.fork.partition("/")[0]
 
 
 @dataclass
@@ -764,7 +772,7 @@ class _Handler(LoopbackHandler):
 _HandlerFn = Callable[..., _Response]
 
 
-class FakeGitHub(LoopbackFake[RecordedRequest]):
+class FakeGitHub(ReviewsApi, LoopbackFake[RecordedRequest]):
     """In-memory GitHub served over loopback HTTP; see the module docstring for scope and caveats.
 
     The socket is bound in the constructor so :attr:`api_url` and clone URLs are known before
@@ -1181,13 +1189,16 @@ class FakeGitHub(LoopbackFake[RecordedRequest]):
         head_ref: str = "patch-1",
         base: str | None = None,
         body: str = "",
+        fork_branch: str | None = None,  # the same as head_ref
+        message: str | None = None,
     ) -> dict[str, Any]:
         """A person's pull request from their fork (``user/<name>``): its commit (``files`` on the base
         branch) exists in this repository only as ``refs/pull/N/head``, as on GitHub."""
+        head_ref = fork_branch or head_ref
         repo = self.repo(full_name)
         base_ref = base or repo.default_branch
         scratch = f"cis-fork-scratch-{next(self._ids)}"
-        sha = self.commit_files(full_name, scratch, files, message=title, parent=base_ref)
+        sha = self.commit_files(full_name, scratch, files, message=message or title, parent=base_ref)
         with self._lock:
             st = self._state(full_name)
             repo.git("update-ref", "-d", f"refs/heads/{scratch}")
@@ -1635,7 +1646,8 @@ class FakeGitHub(LoopbackFake[RecordedRequest]):
             "original_position": comment.line,
             "line": comment.line,
             "original_line": comment.line,
-            "side": "RIGHT",
+            "side": comment.side,
+            "start_line": comment.start_line,
             "commit_id": comment.commit_id,
             "original_commit_id": comment.commit_id,
             "body": comment.body,
@@ -2041,6 +2053,7 @@ class FakeGitHub(LoopbackFake[RecordedRequest]):
             ("GET", repo + r"/pulls/(?P<number>\d+)", self._api_get_pull, "user"),
             ("PATCH", repo + r"/pulls/(?P<number>\d+)", self._api_edit_pull, "user"),
         ]
+        table += self.review_routes(repo)  # the Reviews API, pull request diffs (github_reviews.py)
         return [(method, re.compile(pattern), handler, auth) for method, pattern, handler, auth in table]
 
     def _handle_api(self, req: _Request, ctx: _Context) -> _Response:
@@ -2986,7 +2999,8 @@ class FakeGitHub(LoopbackFake[RecordedRequest]):
 
     def _api_get_pull(self, call: _Call, owner: str, name: str, number: str) -> _Response:
         st = self._repo_for(call, owner, name)
-        return self._json(self._pull_json(st, self._pull_for(st, number)))
+        issue = self._pull_for(st, number)
+        return self.diff_response(call, st, issue) or self._json(self._pull_json(st, issue))
 
     def _api_edit_pull(self, call: _Call, owner: str, name: str, number: str) -> _Response:
         st = self._repo_for(call, owner, name)
@@ -3129,6 +3143,8 @@ class FakeGitHub(LoopbackFake[RecordedRequest]):
                 if not self._installation_covers(inst, st):
                     st = None
             needs_auth = st is None or st.repo.private or is_push
+            if st is not None and not is_push:
+                self._sync_pull_refs(st)  # refs/pull/N/head, as GitHub keeps them
             explicit_role = st.permissions.get(identity.login.lower()) if st and identity else None
         if identity is None and needs_auth:
             return _Response(

@@ -31,6 +31,7 @@ from collections.abc import Callable
 from typing import Any
 
 from claude_issue_solver.config import Config
+from claude_issue_solver.github import review_triggers
 from claude_issue_solver.github.client import GitHubClient, GitHubError
 from claude_issue_solver.github.markers import MARKER_PREFIX, is_test_request
 from claude_issue_solver.store.queue import Task, TaskQueue
@@ -82,6 +83,8 @@ class TriggerWatcher:
         self._own_login_known = False
         self._noted: set[str] = set()
         self._lock = threading.Lock()
+        # "@claude review" on any pull request, the review label, REVIEW_ON_OPEN (#22)
+        self.reviews = review_triggers.ReviewTriggers(config, client, queue, trusted=self._trusted)
 
     def poll(self, repo: str) -> None:
         """Read both listings (conditionally), record new triggers, hand waiting ones to the queue."""
@@ -105,6 +108,7 @@ class TriggerWatcher:
             log.info("%s: follow-up task %s for %s (%d trigger(s))", key, task.id, who, len(added))
             if self.on_queued is not None:
                 self.on_queued(task, added)
+        review_triggers.deliver(self.queue, repo, self.reviews.on_queued)
 
     # --- one listing ----------------------------------------------------------------------------------
 
@@ -274,6 +278,12 @@ class TriggerWatcher:
             return None  # ours: never a trigger, or the daemon would talk to itself
         if not mentions(body, self.phrase):
             return None
+        if (
+            kind == "issues"
+            and review_triggers.on_pull(comment)
+            and review_triggers.asks_review(body, self.phrase)
+        ):
+            return self.reviews.from_comment(repo, comment)  # on any pull request: a review task
         if kind == "issues":
             number = _number_at_end(comment.get("issue_url"))
             if number in routes["pulls"]:

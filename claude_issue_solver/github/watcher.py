@@ -118,6 +118,7 @@ class Watcher:
         self._listed_at: float | None = None
         # Follow-up triggers (`@claude` comments) are read in the same poll, after the labelled issues.
         self.triggers = TriggerWatcher(config, client, queue, permission=self.cached_permission)
+        self.triggers.reviews.on_queued = on_queued
 
     def __call__(self) -> None:
         self.poll_all()
@@ -397,6 +398,7 @@ class Watcher:
         number = int(issue["number"])
         key = f"{repo}#{number}"
         if "pull_request" in issue:
+            self.triggers.reviews.consider_pull(repo, issue)  # the review label, REVIEW_ON_OPEN (#22)
             return
         if issue.get("state", "open") != "open":
             return

@@ -90,7 +90,7 @@ class Pipeline(RunContext):
                 return begun
             task = begun
             spec = self.spec(task, issue)
-            tests = self._test_plan(task, spec, tlog)
+            tests = self._test_plan(task, spec, tlog) if kind.tests else None
             kind.started(self, task, tlog)
             self.comment(task, self.working(task, 0))
             task = self.queue.update(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 from filelock import FileLock
@@ -27,8 +28,23 @@ def mirror_lock(mirror_dir: Path, timeout: float = LOCK_TIMEOUT) -> FileLock:
     return FileLock(f"{mirror_dir}.lock", timeout=timeout)
 
 
-def ensure_mirror(mirror_dir: Path, clone_url: str, credential: GitCredential | None) -> None:
-    """Create the bare mirror if needed, point ``origin`` at ``clone_url``, and fetch every branch.
+def pull_ref(branch: str | None) -> str | None:
+    """Where the mirror keeps a pull request's head (``pull/N/head``, a review's workspace) as GitHub
+    keeps it, forks' too: outside ``refs/remotes/origin/*``, so that no other task's fetch prunes it."""
+    found = re.fullmatch(r"pull/(\d+)/head", branch or "")
+    return f"refs/remotes/pulls/{found[1]}/head" if found else None
+
+
+def pull_refspecs(branch: str | None) -> list[str]:
+    ref = pull_ref(branch)
+    return [f"+refs/{branch}:{ref}"] if ref else []
+
+
+def ensure_mirror(
+    mirror_dir: Path, clone_url: str, credential: GitCredential | None, *, branch: str | None = None
+) -> None:
+    """Create the bare mirror if needed, point ``origin`` at ``clone_url``, and fetch every branch
+    (and ``branch`` when it names a pull request's head, :func:`pull_refspecs`).
 
     Hold :func:`mirror_lock` around this and the worktree change that follows.
     """
@@ -42,7 +58,14 @@ def ensure_mirror(mirror_dir: Path, clone_url: str, credential: GitCredential | 
     elif current != clone_url:  # the repository moved (a rename, another host)
         run_git(["remote", "set-url", "origin", clone_url], cwd=mirror_dir)
     proc = run_git(
-        ["fetch", "--quiet", "--prune", "origin", "+refs/heads/*:refs/remotes/origin/*"],
+        [
+            "fetch",
+            "--quiet",
+            "--prune",
+            "origin",
+            "+refs/heads/*:refs/remotes/origin/*",
+            *pull_refspecs(branch),
+        ],
         cwd=mirror_dir,
         credential=credential,
         check=False,
@@ -82,6 +105,9 @@ def remote_branch_exists(mirror_dir: Path, branch: str) -> bool:
 
 def start_point(mirror_dir: Path, branch: str, default_branch: str) -> str:
     """Where a task's branch starts: the remote's branch when a previous run pushed it, else the default."""
+    pulled = pull_ref(branch)
+    if pulled is not None and rev_parse(mirror_dir, pulled) is not None:
+        return pulled
     if remote_branch_exists(mirror_dir, branch):
         return f"refs/remotes/origin/{branch}"
     if remote_branch_exists(mirror_dir, default_branch):

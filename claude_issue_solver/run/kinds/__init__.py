@@ -70,6 +70,7 @@ class TaskKind:
 
     name: str = ""
     agent: bool = True  # whether an agent runs (False: prepare, then publish straight away)
+    tests: bool = True  # whether the repository's tests run around the agent (False: a review)
 
     # --- before the work -------------------------------------------------------------------------
 
@@ -163,6 +164,7 @@ KINDS: dict[str, str] = {
     "followup": "claude_issue_solver.run.kinds.followup:FollowUpKind",
     "manual": "claude_issue_solver.run.kinds.issue:ManualKind",
     "test": "claude_issue_solver.run.kinds.testrun:TestRunKind",
+    "review": "claude_issue_solver.run.kinds.review:ReviewKind",
 }
 _loaded: dict[str, TaskKind] = {}
 
