@@ -9,7 +9,9 @@ Threading model:
   concurrency bound, starts monitors, relays cancel requests; wakes at least once a second so ``pause``
   and ``resume`` from the CLI take effect within a second.
 - poller thread: calls the watcher every ``poll_interval`` seconds (a slow GitHub never delays dispatch),
-  and polls one repository at once when :meth:`Daemon.poke` asks for it (a webhook delivery).
+  and polls one repository at once when :meth:`Daemon.poke` asks for it (a webhook delivery). With a
+  schedule (``next_poll_in``), the watcher is called whenever the schedule says something is due
+  (:class:`~claude_issue_solver.poll_schedule.PollSchedule` spreads the repositories evenly over time).
 - listener thread (optional, ``LISTEN_ADDRESS``): the HTTP server for webhooks, ``/metrics`` and
   ``/healthz`` (see :mod:`claude_issue_solver.listener`); started before the loop, stopped after it.
 - monitor threads (one per running task): call the runner, then record the outcome in the queue.
@@ -106,6 +108,7 @@ class Daemon:
         poll_one: Callable[[str], object] | None = None,
         on_finished: Callable[[Task], None] | None = None,
         services: tuple[Service, ...] = (),
+        next_poll_in: Callable[[], float] | None = None,
     ) -> None:
         self.queue = queue
         self.runner = runner
@@ -116,6 +119,8 @@ class Daemon:
         self.poll_one = poll_one  # poll one repository now (a webhook said it changed)
         self.on_finished = on_finished  # e.g. the metrics' observation of a finished task
         self.services = services
+        # Seconds until the watcher has something due (a schedule); None: poll every poll_interval.
+        self.next_poll_in = next_poll_in
         self._poked: set[str] = set()
         self._poke = threading.Event()
         self._lock = threading.Lock()
@@ -150,7 +155,12 @@ class Daemon:
         self.startup()
         if self.watcher is not None and not self._stop.is_set():
             now = self.clock()
-            if self._next_poll is None or now >= self._next_poll:
+            if self.next_poll_in is not None:
+                self.poll_poked()  # a scheduled poll covers some repositories only: pokes go first
+                if self._next_poll is None or now >= self._next_poll:
+                    self.poll()
+                    self._next_poll = now + self._scheduled_wait()
+            elif self._next_poll is None or now >= self._next_poll:
                 self._next_poll = now + self.poll_interval
                 self._take_poked()  # the full poll covers them
                 self.poll()
@@ -449,7 +459,18 @@ class Daemon:
         )
         return True
 
+    def _scheduled_wait(self) -> float:
+        assert self.next_poll_in is not None
+        try:
+            return max(0.0, min(self.poll_interval, self.next_poll_in()))
+        except Exception:
+            log.exception("the poll schedule failed; polling again in %ss", self.poll_interval)
+            return self.poll_interval
+
     def _poll_loop(self) -> None:
+        if self.next_poll_in is not None:
+            self._scheduled_poll_loop()
+            return
         next_poll = 0.0
         while not self._stop.is_set():
             self._poke.clear()  # before taking the set: a poke that lands after is seen next time round
@@ -460,6 +481,15 @@ class Daemon:
             else:
                 self.poll_poked()
             self._poke.wait(max(0.0, next_poll - time.monotonic()))
+
+    def _scheduled_poll_loop(self) -> None:
+        """Pokes at once; the watcher whenever its schedule has something due (it returns at once and
+        its own threads poll)."""
+        while not self._stop.is_set():
+            self._poke.clear()
+            self.poll_poked()
+            self.poll()
+            self._poke.wait(self._scheduled_wait())
 
     def _shutdown(self, poller: threading.Thread | None) -> int:
         with self._lock:

@@ -35,8 +35,10 @@ from typing import Any
 from claude_issue_solver import handled, messages
 from claude_issue_solver.config import Config
 from claude_issue_solver.github import GitHubClient, GitHubError, RateLimited, Refused, Response, Transient
+from claude_issue_solver.poll_schedule import PollSchedule
 from claude_issue_solver.publisher import Publisher
 from claude_issue_solver.queue import ISSUE, Task, TaskQueue, TaskState
+from claude_issue_solver.request_budget import Priority
 from claude_issue_solver.triggers import TriggerWatcher
 from claude_issue_solver.trust import (
     FAILED_PERMISSION_TTL,
@@ -60,6 +62,9 @@ ALL_REPOS = "*"  # poll_now's name for "the App's installations changed"
 MAX_BACKOFF = 900.0
 SINCE_MARGIN = 300  # seconds the listing looks back before the newest change seen (see _since)
 EPOCH = "1970-01-01T00:00:00Z"  # the newest change of a repository that has no issue yet
+POLL_WORKERS = 4  # scheduled polls run in this many threads, so a slow repository delays no other
+HEALTH_FLUSH = 60.0  # a poll that succeeds after a success is written with the others this often
+TRIGGER_RECHECK = 1800.0  # the comment listings are read at least this often even when nothing moved
 
 
 @dataclass(frozen=True)
@@ -111,17 +116,88 @@ class Watcher:
         self._listed_at: float | None = None
         # Follow-up triggers (`@claude` comments) are read in the same poll, after the labelled issues.
         self.triggers = TriggerWatcher(config, client, queue, permission=self.cached_permission)
+        # When each repository is polled (poll_due): spread evenly, within the request budget.
+        self.schedule = PollSchedule(
+            interval=config.poll_interval,
+            webhook_interval=config.webhook_poll_interval,
+            per_minute=config.github_requests_per_minute,
+            app=client.is_app,
+            clock=clock,
+        )
+        self.schedule.set_repos(self.repos)
+        client.on_poll_interval = self.schedule.hint
+        self._pool: ThreadPoolExecutor | None = None
+        self._in_flight: set[str] = set()  # scheduled polls handed to the pool and not finished
+        # Successes after successes, not written yet: repo -> (when, rate limit seen); see _record_success.
+        self._unwritten: dict[str, tuple[float, tuple[int, int] | None]] = {}
+        self._health_written_at = clock()
+        self._schedule_written: dict[str, Any] = {}
+        self._triggers_read: dict[str, float] = {}  # repo -> when its comment listings were read last
 
     def __call__(self) -> None:
         self.poll_all()
 
     def poll_all(self) -> None:
-        """Poll every repository, in parallel, so that a slow one delays no other."""
+        """Poll every repository, in parallel, so that a slow one delays no other (the start-up sweep
+        and the tests; the daemon polls with :meth:`poll_due`)."""
+        self._refresh_if_due()
+        self._each_repo(self.poll_repo)
+        self.flush_health()
+
+    def _refresh_if_due(self) -> None:
         if self.config.app_wide and (
             self._listed_at is None or self.clock() - self._listed_at >= APP_REPOS_REFRESH
         ):
             self._refresh_quietly()
-        self._each_repo(self.poll_repo)
+
+    def poll_due(self) -> None:
+        """Hand the repositories whose turn has come (:class:`PollSchedule`) to the poll threads; returns
+        at once. Nothing is polled while GitHub has asked the whole client to wait."""
+        self._refresh_if_due()
+        self._write_schedule()
+        if self.client.budget.paused_until is not None:
+            return
+        with self._lock:
+            busy = len(self._in_flight)
+        if busy >= 2 * POLL_WORKERS:
+            return  # GitHub is slow: the rings wait rather than pile polls up
+        for repo in self.schedule.due():
+            with self._lock:
+                if repo.lower() in self._in_flight:
+                    continue
+                self._in_flight.add(repo.lower())
+                if self._pool is None:
+                    self._pool = ThreadPoolExecutor(max_workers=POLL_WORKERS, thread_name_prefix="poll")
+                pool = self._pool
+            pool.submit(self._scheduled_poll, repo)
+        if self.clock() - self._health_written_at >= min(HEALTH_FLUSH, self.config.poll_interval):
+            self.flush_health()
+
+    def _scheduled_poll(self, repo: str) -> None:
+        try:
+            self.poll_repo(repo)
+        finally:
+            with self._lock:
+                self._in_flight.discard(repo.lower())
+
+    def next_poll_in(self) -> float:
+        """Seconds until :meth:`poll_due` has something to do."""
+        paused = self.client.budget.paused_until
+        if paused is not None:
+            return max(0.0, min(60.0, paused - self.clock()))
+        return self.schedule.next_in()
+
+    def close(self) -> None:
+        """Stop the poll threads (the daemon stops); what was polled is written."""
+        self.client.budget.close()
+        with self._lock:
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
+        try:
+            self.flush_health()
+        except Exception as exc:  # a full disk at stop: the next daemon polls again anyway
+            log.warning("could not write the last polls' health: %s", exc)
 
     def poll_now(self, repo: str) -> None:
         """Look at one watched repository now (a webhook said it changed); ``*``: list the App's
@@ -131,11 +207,11 @@ class Watcher:
                 before = {r.lower() for r in self.repos}
                 self._refresh_quietly()
                 for added in [r for r in self.repos if r.lower() not in before]:
-                    self.poll_repo(added)
+                    self.poll_repo(added, priority=Priority.POKE)
             return
         watched = {r.lower(): r for r in self.repos}
         if repo.lower() in watched:
-            self.poll_repo(watched[repo.lower()])
+            self.poll_repo(watched[repo.lower()], priority=Priority.POKE)
 
     def refresh_repositories(self) -> tuple[str, ...]:
         """App-wide: list every repository of every installation; raises :class:`GitHubError`."""
@@ -146,6 +222,7 @@ class Watcher:
         with self._lock:
             self._fresh.update(r.lower() for r in added)
         self.repos, self._listed_at = listed, self.clock()
+        self.schedule.set_repos(listed)
         with self.queue.store.transaction() as data:
             data.setdefault("watcher", {})["app_repos"] = {
                 "repos": list(listed),
@@ -199,25 +276,35 @@ class Watcher:
         """Whether ``repo`` can be polled: the poll's own first request (conditional, so usually a free
         304), recorded in the repository's health like a poll. Never raises. The poll that follows
         treats the result as its own: a failure here starts the back-off, a success clears old errors."""
-        book: dict[str, Any] = self.queue.store.read().get("watcher", {})
+        book: dict[str, Any] = self.queue.store.snapshot().get("watcher", {})
         health = book.get("repos", {}).get(repo, {})
         with self._lock:
             self._fresh.discard(repo.lower())
         if _rate_limited(health) and (health.get("backoff_until") or 0) > self.clock():
             return RepoCheck(repo, error=health.get("last_error") or "rate limited by GitHub")
         try:
-            response = self._first_page(repo, book)
+            with self.client.priority(Priority.POLL):
+                response = self._first_page(repo, book)
         except Exception as exc:
             self._record_poll_error(repo, exc, report=False)  # the caller says it, once
             return RepoCheck(repo, error=_reason(exc), refused=isinstance(exc, Refused))
-        self._record_success(repo, response)
+        self._record_success(repo, response, health)
         return RepoCheck(repo)
 
-    def poll_repo(self, repo: str) -> None:
+    def poll_repo(self, repo: str, *, priority: Priority = Priority.POLL) -> None:
         """Never raises: every failure is recorded in the repository's health and backed off."""
+        sent = self.client.sent
+        try:
+            with self.client.priority(priority):
+                self._poll_repo(repo)
+        finally:
+            self.schedule.polled(repo, self.client.sent - sent)
+
+    def _poll_repo(self, repo: str) -> None:
         now = self.clock()
-        # One read of the bookkeeping per poll; what the poll changes is written back in transactions.
-        book: dict[str, Any] = self.queue.store.read().get("watcher", {})
+        # The bookkeeping as last read (parsed again only when the state file changed): an idle poll
+        # reads nothing and writes nothing but its one request.
+        book: dict[str, Any] = self.queue.store.snapshot().get("watcher", {})
         health = book.get("repos", {}).get(repo, {})
         with self._lock:
             fresh = repo.lower() in self._fresh
@@ -226,8 +313,14 @@ class Watcher:
         if waiting and (_rate_limited(health) or not fresh):
             return
         try:
-            self._poll(repo, book)
-            self.triggers.poll(repo)
+            moved = self._poll(repo, book, health)
+            # Every new comment moves its issue's (or pull request's) updated_at, so the listing above
+            # answers 304 only when the comment listings would too; they are read anyway now and then.
+            if moved or now - self._triggers_read.get(repo.lower(), -TRIGGER_RECHECK) >= TRIGGER_RECHECK:
+                self.triggers.poll(repo)
+                self._triggers_read[repo.lower()] = now
+            else:
+                self.triggers.deliver(repo)
             self._retry_issues(repo)
         except Exception as exc:
             self._record_poll_error(repo, exc)
@@ -236,6 +329,10 @@ class Watcher:
         """Record the failure in the repository's health (and back off); log it unless the caller
         reports it itself."""
         reason = _reason(exc)
+        if isinstance(exc, RateLimited) and exc.status is None:
+            # Not sent: the whole client waits for GitHub (status says so); not this repository's fault.
+            log.debug("%s: not polled: %s", repo, exc)
+            return
         if isinstance(exc, RateLimited):
             self._record_failure(repo, reason, until=exc.until, rate_limited=True)
             until = time.strftime("%H:%M:%S", time.localtime(exc.until))
@@ -274,14 +371,16 @@ class Watcher:
             headers={"If-None-Match": etag} if etag else None,
         )
 
-    def _poll(self, repo: str, book: dict[str, Any]) -> None:
+    def _poll(self, repo: str, book: dict[str, Any], health: dict[str, Any] | None = None) -> bool:
+        """One look at the repository's listing; whether anything moved (not a 304)."""
         etag_key = f"{repo}:{self.label}"
         high_water = book.get("high_water", {}).get(etag_key, "")
         first_look = not high_water
         first = self._first_page(repo, book)
         if first.status == 304:
-            self._record_success(repo, first)
-            return
+            self._record_success(repo, first, health)
+            return False
+        book = self.queue.store.read().get("watcher", {})  # a copy of its own: the issues change it
         newest = high_water
         response: Response | None = first
         pulls: dict[int, str] = {}  # open pull requests that moved: number -> updated_at
@@ -320,6 +419,7 @@ class Watcher:
         if first_look:
             # The listing every later poll asks for, once now, so that the next poll gets its 304.
             self._poll(repo, self.queue.store.read().get("watcher", {}))
+        return True
 
     def _newest_change(self, repo: str) -> str:
         """When the repository's newest issue or pull request changed (once, at the first look)."""
@@ -363,8 +463,11 @@ class Watcher:
 
     def _retry_issues(self, repo: str) -> None:
         """Look again at the issues of ``repo`` whose last look failed and whose wait is over."""
-        book: dict[str, Any] = self.queue.store.read().get("watcher", {})
         now = self.clock()
+        waiting = self.queue.store.snapshot().get("watcher", {}).get("issues", {})
+        if not any((entry.get("retry_at") or now + 1) <= now for entry in waiting.values()):
+            return  # the usual case: nothing to look at again, and nothing parsed for it
+        book: dict[str, Any] = self.queue.store.read().get("watcher", {})
         due = sorted(
             key
             for key, entry in book.get("issues", {}).items()
@@ -614,25 +717,80 @@ class Watcher:
                 if change.get("new_comments"):
                     entry["comments_since"] = max(c["created_at"] for c in change["new_comments"])
 
-    def _record_success(self, repo: str, response: Response) -> None:
+    def _record_success(self, repo: str, response: Response, health: dict[str, Any] | None = None) -> None:
+        """A success ends the trouble. After a success (``health``, as last read, says so) it changes
+        only when: kept in memory and written with the others (:meth:`flush_health`), not per poll."""
+        now = self.clock()
+        calm = (
+            health is not None
+            and health.get("last_success") is not None
+            and not health.get("last_error")
+            and not health.get("failures")
+            and not health.get("backoff_until")
+            and not health.get("rate_limited")
+        )
+        if calm:
+            with self._lock:
+                self._unwritten[repo] = (now, response.rate)
+            return
+        with self._lock:
+            self._unwritten.pop(repo, None)
         with self.queue.store.transaction() as data:
-            health = data.setdefault("watcher", {}).setdefault("repos", {}).setdefault(repo, {})
-            # A success ends the trouble: the old error is no longer the repository's health.
-            health.update(
-                last_success=self.clock(),
-                failures=0,
-                backoff_until=None,
-                last_error=None,
-                failing_since=None,
-                rate_limited=False,
-            )
-            if response.rate:
-                health["rate_remaining"], health["rate_limit"] = response.rate
+            self._write_success(data, repo, now, response.rate)
+
+    @staticmethod
+    def _write_success(data: dict[str, Any], repo: str, now: float, rate: tuple[int, int] | None) -> None:
+        health = data.setdefault("watcher", {}).setdefault("repos", {}).setdefault(repo, {})
+        # A success ends the trouble: the old error is no longer the repository's health.
+        health.update(
+            last_success=now,
+            failures=0,
+            backoff_until=None,
+            last_error=None,
+            failing_since=None,
+            rate_limited=False,
+        )
+        if rate:
+            health["rate_remaining"], health["rate_limit"] = rate
+
+    def flush_health(self) -> None:
+        """Write the polls that succeeded since the last write, and the schedule, in one transaction."""
+        with self._lock:
+            unwritten, self._unwritten = self._unwritten, {}
+            self._health_written_at = self.clock()
+        schedule = self._schedule_now()
+        if not unwritten and schedule == self._schedule_written:
+            return
+        with self.queue.store.transaction() as data:
+            repos = data.setdefault("watcher", {}).setdefault("repos", {})
+            for repo, (at, rate) in unwritten.items():
+                if repos.get(repo, {}).get("last_error"):
+                    continue  # failed since (written at once): that is its health now
+                self._write_success(data, repo, at, rate)
+            data["watcher"]["schedule"] = schedule
+        self._schedule_written = schedule
+
+    def _schedule_now(self) -> dict[str, Any]:
+        described = self.schedule.describe()
+        described.pop("at", None)
+        described["requests_per_poll"] = round(described["requests_per_poll"])  # not every wobble
+        paused = self.client.budget.paused_until
+        described["paused_until"] = paused
+        described["paused_why"] = self.client.budget.pause_reason if paused else None
+        return described
+
+    def _write_schedule(self) -> None:
+        """Write the schedule when what status would say about it changed."""
+        now = self._schedule_now()
+        if now != self._schedule_written:
+            self.flush_health()
 
     def _record_failure(
         self, repo: str, error: str, *, until: float | None = None, rate_limited: bool = False
     ) -> None:
         now = self.clock()
+        with self._lock:
+            self._unwritten.pop(repo, None)
         with self.queue.store.transaction() as data:
             health = data.setdefault("watcher", {}).setdefault("repos", {}).setdefault(repo, {})
             # Being told to wait is not a fault: it does not lengthen the next back-off.
