@@ -23,6 +23,7 @@ skipped until that long has passed since its last poll. All times come from the 
 
 from __future__ import annotations
 
+import bisect
 import logging
 import math
 import threading
@@ -141,7 +142,7 @@ class PollSchedule:
     def _intervals(self, members: dict[bool, list[str]]) -> dict[bool, float]:
         """Each ring's interval: the safety net's as set (stretched only if it alone needs more than the
         share), the polling ring's stretched to fit what the safety net leaves of the polls' share."""
-        per_second = max(self.per_minute, 1) * POLL_SHARE / 60.0 if self.per_minute > 0 else math.inf
+        per_second = self.per_minute * POLL_SHARE / 60.0 if self.per_minute > 0 else math.inf
         cost = max(self.cost, 1.0)
         net = len(members[True])
         net_interval = max(self.webhook_interval, net * cost / per_second) if net else self.webhook_interval
@@ -178,15 +179,15 @@ class PollSchedule:
             return out
 
     def _next_member(self, ring: _Ring, keys: list[str], now: float) -> str | None:
-        start = next((i for i, k in enumerate(keys) if k > ring.last), 0)
-        for step in range(len(keys)):
-            key = keys[(start + step) % len(keys)]
-            hint = self._hints.get(key)
-            ring.last = key
-            if hint and now - self._last_polled.get(key, -math.inf) < hint:
-                continue  # GitHub asked for no more than one poll in that long
-            return key
-        return None
+        """The repository after the last one; None (the slot stays empty, so no other repository is
+        polled more often) when GitHub asked for fewer polls of it than its turns come."""
+        at = bisect.bisect_right(keys, ring.last)
+        key = keys[at] if at < len(keys) else keys[0]
+        ring.last = key
+        hint = self._hints.get(key)
+        if hint and now - self._last_polled.get(key, -math.inf) < hint:
+            return None
+        return key
 
     def next_in(self, now: float | None = None) -> float:
         """Seconds until :meth:`due` has something (never more than a minute: deliveries change rings)."""

@@ -294,13 +294,16 @@ class Watcher:
     def poll_repo(self, repo: str, *, priority: Priority = Priority.POLL) -> None:
         """Never raises: every failure is recorded in the repository's health and backed off."""
         sent = self.client.sent
+        moved = True
         try:
             with self.client.priority(priority):
-                self._poll_repo(repo)
+                moved = self._poll_repo(repo)
         finally:
-            self.schedule.polled(repo, self.client.sent - sent)
+            # What an idle poll costs is what the schedule plans with; a poll that found work is work.
+            self.schedule.polled(repo, 0 if moved else self.client.sent - sent)
 
-    def _poll_repo(self, repo: str) -> None:
+    def _poll_repo(self, repo: str) -> bool:
+        """One poll; whether it found something moved (a first look, a change, a failure)."""
         now = self.clock()
         # The bookkeeping as last read (parsed again only when the state file changed): an idle poll
         # reads nothing and writes nothing but its one request.
@@ -311,7 +314,7 @@ class Watcher:
             self._fresh.discard(repo.lower())
         waiting = (health.get("backoff_until") or 0) > now
         if waiting and (_rate_limited(health) or not fresh):
-            return
+            return False
         try:
             moved = self._poll(repo, book, health)
             # Every new comment moves its issue's (or pull request's) updated_at, so the listing above
@@ -324,6 +327,8 @@ class Watcher:
             self._retry_issues(repo)
         except Exception as exc:
             self._record_poll_error(repo, exc)
+            return True
+        return moved
 
     def _record_poll_error(self, repo: str, exc: Exception, *, report: bool = True) -> None:
         """Record the failure in the repository's health (and back off); log it unless the caller
