@@ -44,6 +44,7 @@ __all__ = ["Daemon", "Outcome", "Runner", "TaskControl"]  # the two shared types
 log = logging.getLogger(__name__)
 
 DISPATCH_INTERVAL = 1.0
+SCHEDULE_FLOOR = 0.01  # the poller waits at least this long between two looks at a schedule
 SHUTDOWN_GRACE = 5.0
 ORPHAN_CHECK_INTERVAL = 10.0  # how often running tasks are checked for a monitor
 RESUME_BACKOFF = (10.0, 600.0)  # a run the full disk stopped: first and longest wait before resuming it
@@ -462,7 +463,8 @@ class Daemon:
     def _scheduled_wait(self) -> float:
         assert self.next_poll_in is not None
         try:
-            return max(0.0, min(self.poll_interval, self.next_poll_in()))
+            # A floor, so that a schedule that keeps saying "now" cannot spin the poller.
+            return max(SCHEDULE_FLOOR, min(self.poll_interval, self.next_poll_in()))
         except Exception:
             log.exception("the poll schedule failed; polling again in %ss", self.poll_interval)
             return self.poll_interval

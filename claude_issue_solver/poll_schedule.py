@@ -38,6 +38,8 @@ log = logging.getLogger(__name__)
 
 APP = "app"  # the source of a GitHub App's webhook deliveries: every repository the App watches
 MAX_DUE = 16  # at most this many polls are handed out per look (a ring far behind starts again instead)
+PLAN_MARGIN = 0.97  # the rings plan with this much of the polls' share: the budget itself rarely holds one
+STRETCH_SHOWN = 1.02  # an interval this much over POLL_INTERVAL is said to be stretched
 COST_WEIGHT = 0.1  # how fast the estimate of requests per poll follows what polls cost
 
 
@@ -53,6 +55,7 @@ def owner_source(owner: str) -> str:
 class _Ring:
     next_at: float | None = None
     last: str = ""  # the repository (lowercased) polled last: the next one follows it in name order
+    handed: int = 0  # polls handed out: the first round goes as fast as the budget allows
 
 
 class PollSchedule:
@@ -142,7 +145,7 @@ class PollSchedule:
     def _intervals(self, members: dict[bool, list[str]]) -> dict[bool, float]:
         """Each ring's interval: the safety net's as set (stretched only if it alone needs more than the
         share), the polling ring's stretched to fit what the safety net leaves of the polls' share."""
-        per_second = self.per_minute * POLL_SHARE / 60.0 if self.per_minute > 0 else math.inf
+        per_second = self.per_minute * POLL_SHARE * PLAN_MARGIN / 60.0 if self.per_minute > 0 else math.inf
         cost = max(self.cost, 1.0)
         net = len(members[True])
         net_interval = max(self.webhook_interval, net * cost / per_second) if net else self.webhook_interval
@@ -167,6 +170,10 @@ class PollSchedule:
                     ring.next_at = None
                     continue
                 spacing = intervals[covered] / len(keys)
+                if not covered and ring.handed < len(keys):
+                    # A daemon that just started looks at every repository as soon as the budget allows
+                    # (a label put on while it was down waits no interval), then settles to the ring.
+                    spacing = min(spacing, self._fastest())
                 if ring.next_at is None:
                     ring.next_at = now  # the first poll at once, the others spread after it
                 if ring.next_at < now - spacing:
@@ -174,9 +181,16 @@ class PollSchedule:
                 while ring.next_at <= now and len(out) < MAX_DUE:
                     ring.next_at += spacing
                     picked = self._next_member(ring, keys, now)
+                    ring.handed += 1
                     if picked is not None:
                         out.append(self._repos[picked])
             return out
+
+    def _fastest(self) -> float:
+        """Seconds between polls at the polls' whole share of the budget."""
+        if self.per_minute <= 0:
+            return 0.0
+        return max(self.cost, 1.0) * 60.0 / (self.per_minute * POLL_SHARE * PLAN_MARGIN)
 
     def _next_member(self, ring: _Ring, keys: list[str], now: float) -> str | None:
         """The repository after the last one; None (the slot stays empty, so no other repository is
@@ -221,7 +235,7 @@ class PollSchedule:
                 "repos": len(self._repos),
                 "poll_interval": self.interval,
                 "interval": intervals[False] if members[False] else self.interval,
-                "stretched": bool(members[False]) and intervals[False] > self.interval,
+                "stretched": bool(members[False]) and intervals[False] > self.interval * STRETCH_SHOWN,
                 "webhook_interval": intervals[True],
                 "webhook_repos": len(members[True]),
                 "webhook_sources": live,

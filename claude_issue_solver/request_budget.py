@@ -29,8 +29,8 @@ from enum import IntEnum
 log = logging.getLogger(__name__)
 
 WINDOW = 60.0  # seconds: the budget is per minute, any minute
-POLL_SHARE = 0.8  # scheduled polls may fill the window up to this share of the budget
-POKE_SHARE = 0.9  # a webhook's "poll this repository now" up to this share
+POLL_SHARE = 0.85  # scheduled polls may fill the window up to this share of the budget
+POKE_SHARE = 0.92  # a webhook's "poll this repository now" up to this share
 WORK_WAIT = 120.0  # work waits this long at most for a pause GitHub asked for; longer, it is refused
 
 

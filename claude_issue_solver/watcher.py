@@ -62,6 +62,7 @@ ALL_REPOS = "*"  # poll_now's name for "the App's installations changed"
 MAX_BACKOFF = 900.0
 SINCE_MARGIN = 300  # seconds the listing looks back before the newest change seen (see _since)
 EPOCH = "1970-01-01T00:00:00Z"  # the newest change of a repository that has no issue yet
+BUSY_WAIT = 0.25  # seconds the poller waits while every poll thread is busy
 POLL_WORKERS = 4  # scheduled polls run in this many threads, so a slow repository delays no other
 HEALTH_FLUSH = 60.0  # a poll that succeeds after a success is written with the others this often
 TRIGGER_RECHECK = 1800.0  # the comment listings are read at least this often even when nothing moved
@@ -185,6 +186,10 @@ class Watcher:
         paused = self.client.budget.paused_until
         if paused is not None:
             return max(0.0, min(60.0, paused - self.clock()))
+        with self._lock:
+            busy = len(self._in_flight) >= 2 * POLL_WORKERS
+        if busy:
+            return BUSY_WAIT  # the poll threads are behind (GitHub is slow): no spinning meanwhile
         return self.schedule.next_in()
 
     def close(self) -> None:

@@ -45,7 +45,7 @@ def test_polls_never_exceed_their_share_in_any_minute(clock: Clock) -> None:
     for _ in range(2000):
         budget.acquire(Priority.POLL)
     assert most_in_any_minute(sent) == int(500 * POLL_SHARE)
-    assert sent[-1] - sent[0] >= 4 * WINDOW  # 2,000 polls at 400 a minute take at least four minutes
+    assert sent[-1] - sent[0] >= 4 * WINDOW  # 2,000 polls at 425 a minute take at least four minutes
 
 
 def test_work_goes_first_while_polls_fill_their_share(clock: Clock) -> None:
@@ -53,8 +53,8 @@ def test_work_goes_first_while_polls_fill_their_share(clock: Clock) -> None:
     for _ in range(int(100 * POLL_SHARE)):
         budget.acquire(Priority.POLL)
     start = clock()
-    for _ in range(20):
-        budget.acquire(Priority.WORK)  # the fifth of the window polls may not use
+    for _ in range(100 - int(100 * POLL_SHARE)):
+        budget.acquire(Priority.WORK)  # the part of the window polls may not use
     assert clock() == start  # no wait at all
     budget.acquire(Priority.WORK)  # the window is full now: even work waits for the oldest to leave it
     assert clock() > start
@@ -139,4 +139,4 @@ def test_x_poll_interval_is_honoured_per_repository(
             watcher.schedule.polled(repo, 1)
             polled.append(repo)
     assert polled.count(REPO) == 2  # at 300 s and 600 s after the first poll, not every 30 s
-    assert polled.count("acme/gadgets") == 21
+    assert polled.count("acme/gadgets") == 22  # the first round at once, then every 30 s
