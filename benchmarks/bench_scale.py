@@ -126,9 +126,9 @@ class Daemon:
             if self.proc.poll() is not None:
                 raise SystemExit("the daemon exited:\n" + self.err.read_text()[-3000:])
             try:
-                requests.get(self.url + "/healthz", timeout=2)
+                requests.get(self.url + "/healthz", timeout=5)
                 return
-            except requests.ConnectionError:
+            except requests.RequestException:  # not listening yet, or busy with its start-up check
                 time.sleep(0.2)
         raise SystemExit(f"the daemon did not come up within {timeout:.0f}s")
 
