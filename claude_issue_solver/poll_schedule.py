@@ -40,6 +40,8 @@ APP = "app"  # the source of a GitHub App's webhook deliveries: every repository
 MAX_DUE = 16  # at most this many polls are handed out per look (a ring far behind starts again instead)
 PLAN_MARGIN = 0.97  # the rings plan with this much of the polls' share: the budget itself rarely holds one
 STRETCH_SHOWN = 1.02  # an interval this much over POLL_INTERVAL is said to be stretched
+CATCH_UP = 5.0  # seconds a ring may lag (a slow write, a late wake-up) and still catch up its slots
+MEMBERS_TTL = 1.0  # seconds which repository is in which ring is reused for (deliveries change it)
 COST_WEIGHT = 0.1  # how fast the estimate of requests per poll follows what polls cost
 
 
@@ -79,6 +81,8 @@ class PollSchedule:
         self._lock = threading.Lock()
         self._repos: dict[str, str] = {}  # lowercased -> as GitHub spells it
         self._keys: list[str] = []  # the same, lowercased, in name order
+        self._generation = 0  # moved on by what changes the rings (repositories, deliveries)
+        self._members_cache: tuple[int, float, dict[bool, list[str]]] | None = None
         self._rings = {False: _Ring(), True: _Ring()}  # polling, safety net
         self._deliveries: dict[str, float] = {}  # source -> when its last delivery arrived
         self._live: set[str] = set()  # sources said to be live in the log
@@ -91,6 +95,7 @@ class PollSchedule:
         with self._lock:
             self._repos = {r.lower(): r for r in repos}
             self._keys = sorted(self._repos)
+            self._generation += 1
 
     @property
     def repos(self) -> list[str]:
@@ -103,6 +108,7 @@ class PollSchedule:
         with self._lock:
             for source in sources:
                 self._deliveries[source] = now
+            self._generation += 1
             self._say_live(now)
 
     def hint(self, repo: str, seconds: float) -> None:
@@ -137,9 +143,18 @@ class PollSchedule:
             return self._covered(repo.lower(), self.clock() if now is None else now)
 
     def _members(self, now: float) -> dict[bool, list[str]]:
+        """Which repositories are in which ring (reused for a second unless a delivery or the list of
+        repositories changed it: every look at the schedule asks)."""
+        cached = self._members_cache
+        if cached is not None and cached[0] == self._generation and 0 <= now - cached[1] < MEMBERS_TTL:
+            return cached[2]
         rings: dict[bool, list[str]] = {False: [], True: []}
-        for key in self._keys:
-            rings[self._covered(key, now)].append(key)
+        if not self._deliveries:
+            rings[False] = list(self._keys)
+        else:
+            for key in self._keys:
+                rings[self._covered(key, now)].append(key)
+        self._members_cache = (self._generation, now, rings)
         return rings
 
     def _intervals(self, members: dict[bool, list[str]]) -> dict[bool, float]:
@@ -169,22 +184,25 @@ class PollSchedule:
                 if not keys:
                     ring.next_at = None
                     continue
-                spacing = intervals[covered] / len(keys)
-                if not covered and ring.handed < len(keys):
-                    # A daemon that just started looks at every repository as soon as the budget allows
-                    # (a label put on while it was down waits no interval), then settles to the ring.
-                    spacing = min(spacing, self._fastest())
+                settled = intervals[covered] / len(keys)
                 if ring.next_at is None:
                     ring.next_at = now  # the first poll at once, the others spread after it
-                if ring.next_at < now - spacing:
-                    ring.next_at = now  # fell behind: start again from now, no burst to catch up
+                if ring.next_at < now - max(self._spacing(ring, covered, settled, len(keys)), CATCH_UP):
+                    ring.next_at = now  # far behind (a pause): start again from now, no burst to catch up
                 while ring.next_at <= now and len(out) < MAX_DUE:
-                    ring.next_at += spacing
+                    ring.next_at += self._spacing(ring, covered, settled, len(keys))
                     picked = self._next_member(ring, keys, now)
                     ring.handed += 1
                     if picked is not None:
                         out.append(self._repos[picked])
             return out
+
+    def _spacing(self, ring: _Ring, covered: bool, settled: float, members: int) -> float:
+        """Seconds to the ring's next slot. A daemon that just started looks at every repository as soon
+        as the budget allows (a label put on while it was down waits no interval), then settles."""
+        if not covered and ring.handed < members:
+            return min(settled, self._fastest())
+        return settled
 
     def _fastest(self) -> float:
         """Seconds between polls at the polls' whole share of the budget."""
@@ -262,8 +280,11 @@ class PollSchedule:
                 duration(self.interval),
             )
         self._live = live
-        for source in [s for s, at in self._deliveries.items() if at <= since]:
+        expired = [s for s, at in self._deliveries.items() if at <= since]
+        for source in expired:
             del self._deliveries[source]
+        if expired:
+            self._generation += 1
 
 
 def expected_interval(schedule: dict[str, Any] | None, repo: str, poll_interval: float) -> float:

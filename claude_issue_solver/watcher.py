@@ -64,6 +64,7 @@ SINCE_MARGIN = 300  # seconds the listing looks back before the newest change se
 EPOCH = "1970-01-01T00:00:00Z"  # the newest change of a repository that has no issue yet
 BUSY_WAIT = 0.25  # seconds the poller waits while every poll thread is busy
 POLL_WORKERS = 4  # scheduled polls run in this many threads, so a slow repository delays no other
+SCHEDULE_LOOK = 5.0  # how often the schedule is compared with what status shows of it
 HEALTH_FLUSH = 60.0  # a poll that succeeds after a success is written with the others this often
 TRIGGER_RECHECK = 1800.0  # the comment listings are read at least this often even when nothing moved
 
@@ -133,6 +134,7 @@ class Watcher:
         self._unwritten: dict[str, tuple[float, tuple[int, int] | None]] = {}
         self._health_written_at = clock()
         self._schedule_written: dict[str, Any] = {}
+        self._schedule_looked_at = -SCHEDULE_LOOK
         self._triggers_read: dict[str, float] = {}  # repo -> when its comment listings were read last
 
     def __call__(self) -> None:
@@ -790,7 +792,11 @@ class Watcher:
         return described
 
     def _write_schedule(self) -> None:
-        """Write the schedule when what status would say about it changed."""
+        """Write the schedule when what status would say about it changed (looked at every few
+        seconds, not at every poll)."""
+        if self.clock() - self._schedule_looked_at < SCHEDULE_LOOK:
+            return
+        self._schedule_looked_at = self.clock()
         now = self._schedule_now()
         if now != self._schedule_written:
             self.flush_health()
