@@ -65,13 +65,21 @@ class Meter:
     def __init__(self, github: FakeGitHub) -> None:
         self.github = github
         self.samples: deque[tuple[float, int]] = deque()
+        self._looked = 0
+        self._count = 0
+        self._count_lock = threading.Lock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
 
     def count(self) -> int:
-        with self.github._lock:
-            return sum(1 for r in self.github._requests if r.kind in ("api", "graphql"))
+        """API requests so far, counted on from the last look (the fake's lock is held only briefly)."""
+        with self._count_lock:
+            with self.github._lock:
+                new = self.github._requests[self._looked :]
+                self._looked += len(new)
+            self._count += sum(1 for r in new if r.kind in ("api", "graphql"))
+            return self._count
 
     def _run(self) -> None:
         while not self._stop.wait(1.0):
