@@ -136,7 +136,12 @@ def build(config: Config, *, backend: Backend[Any] | None = None) -> Parts:
 
     watcher = Watcher(config, client, queue, on_queued=queued, on_closed=pipeline.forget_sessions)
     daemon = Daemon(
-        queue, pipeline, watcher=watcher, poll_interval=config.poll_interval, poll_one=watcher.poll_now
+        queue,
+        pipeline,
+        watcher=watcher.poll_due,
+        poll_interval=config.poll_interval,
+        poll_one=watcher.poll_now,
+        next_poll_in=watcher.next_poll_in,
     )
     parts = Parts(queue=queue, daemon=daemon, backend=backend, watcher=watcher, access=pipeline.access)
     # The Claude relay goes last (stopped first is fine: a running container's requests wait for the
@@ -193,6 +198,7 @@ def _listener(config: Config, parts: Parts, client: GitHubClient, watcher: Watch
             on_repository=poke,
             on_installation=lambda: parts.daemon.poke(ALL_REPOS),
             on_result=lambda result: metrics.deliveries.labels(result).inc(),
+            on_sources=watcher.schedule.delivery,
         )
     health = HealthCheck(
         store, repos=repos, poll_interval=config.poll_interval, backend_check=parts.backend.check
@@ -251,6 +257,8 @@ def run_daemon(config: Config, *, to_stderr: bool = True, readiness: Readiness |
         )
         return parts.daemon.run()
     finally:
+        if parts is not None:
+            parts.watcher.close()  # the poll threads, after the daemon stopped calling them
         if parts is not None and parts.listener is not None:
             parts.listener.stop()  # stopped already after a run; this closes it after a refusal
         pidfile.release()

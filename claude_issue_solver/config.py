@@ -288,6 +288,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("REVIEW_PROMPT", _optional_path, None),
     # the daemon
     Setting("POLL_INTERVAL", _int_at_least(1), 60),
+    Setting("GITHUB_REQUESTS_PER_MINUTE", _int_at_least(10), 500),
     Setting("MAX_CONCURRENT", _int_at_least(1), 3),
     Setting("MAX_ATTEMPTS", _int_at_least(1), 2),
     Setting("TASK_TIMEOUT", _int_at_least(1), 3600),
@@ -304,6 +305,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("WEBHOOK_SECRET", _optional_text, None, secret=True),
     Setting("WEBHOOK_PATH", _url_path, "/webhook"),
     Setting("WEBHOOK_MAX_BYTES", _int_at_least(1024), 1_048_576),
+    Setting("WEBHOOK_POLL_INTERVAL", _int_at_least(1), 1800),
     # the agent
     Setting("ANTHROPIC_API_KEY", _optional_text, None, secret=True),
     Setting("CLAUDE_CODE_OAUTH_TOKEN", _optional_text, None, secret=True),
@@ -373,6 +375,7 @@ class Config:
     review_on_open: bool = False
     review_prompt: Path | None = None
     poll_interval: int = 60
+    github_requests_per_minute: int = 500
     max_concurrent: int = 3
     max_attempts: int = 2
     task_timeout: int = 3600
@@ -387,6 +390,7 @@ class Config:
     webhook_secret: str | None = None
     webhook_path: str = "/webhook"
     webhook_max_bytes: int = 1_048_576
+    webhook_poll_interval: int = 1800
     anthropic_api_key: str | None = None
     claude_code_oauth_token: str | None = None
     anthropic_base_url: str | None = None

@@ -133,7 +133,14 @@ def state_dir(tmp_path: Path) -> Path:
 @pytest.fixture
 def make_config(state_dir: Path, tmp_path: Path) -> Callable[..., Config]:
     def make(**settings: str) -> Config:
-        env = {"HOME": str(tmp_path), "STATE_DIR": str(state_dir), **settings}
+        # Tests drive a frozen clock through many requests: the request budget (which would wait for a
+        # minute that never passes) is out of the way unless a test sets it (test_request_budget does).
+        env = {
+            "HOME": str(tmp_path),
+            "STATE_DIR": str(state_dir),
+            "GITHUB_REQUESTS_PER_MINUTE": "1000000",
+            **settings,
+        }
         return load_config(environ=env, cwd=tmp_path)
 
     return make

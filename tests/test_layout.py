@@ -113,6 +113,7 @@ def test_a_kind_is_chosen_in_one_place() -> None:
         f"{NAME}.run.kinds",
         f"{NAME}.store.queue",
         f"{NAME}.github.watcher",
+        f"{NAME}.github.intake",  # the watcher's per-issue part: a labelled issue makes an issue task
         f"{NAME}.github.triggers",
         f"{NAME}.cli.demo",
     }

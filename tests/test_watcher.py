@@ -12,7 +12,7 @@ from claude_issue_solver.daemon.loop import Daemon, Outcome
 from claude_issue_solver.demo_world.github import FakeGitHub
 from claude_issue_solver.github.client import GitHubClient, GitHubError
 from claude_issue_solver.github.publisher import Publisher
-from claude_issue_solver.github.watcher import Watcher
+from claude_issue_solver.github.watcher import TRIGGER_RECHECK, Watcher
 from claude_issue_solver.store.queue import Task, TaskQueue, TaskState
 from tests.github_fixtures import TOKEN, Clock
 
@@ -185,9 +185,10 @@ def test_faults_on_one_repo_leave_the_other_flowing(
     assert queue.store.read()["watcher"]["repos"]["acme/widgets"]["failures"] == 0
 
 
-def test_rate_limit_waits_as_told(
+def test_rate_limit_waits_as_told_and_for_the_whole_client(
     github: FakeGitHub, watcher_for: Callable[..., Watcher], queue: TaskQueue, clock: Clock
 ) -> None:
+    """GitHub's rate limits are the credential's, not a repository's: one answer pauses every request."""
     watcher = watcher_for()
     github.fail_next(
         "/api/v3/repos/acme/widgets",
@@ -199,20 +200,24 @@ def test_rate_limit_waits_as_told(
         },
         body={"message": "API rate limit exceeded for user."},
     )
-    github.create_issue("acme/gadgets", "Still flows", labels=["Claude"], user="maintainer")
-    watcher()
+    watcher.poll_repo("acme/widgets")
     health = queue.store.read()["watcher"]["repos"]["acme/widgets"]
     assert health["backoff_until"] == clock.now + 601
     assert health["rate_remaining"] == 0
-    assert [t.repo for t in queue.list()] == ["acme/gadgets"]
+    assert watcher.client.budget.paused_until == clock.now + 601
+    github.create_issue("acme/gadgets", "Waits too", labels=["Claude"], user="maintainer")
     github.reset_counts()
     clock.advance(300)
     watcher()
-    assert issue_list_requests(github, "acme/widgets") == []  # still waiting, as told
+    assert github.requests == []  # nothing at all is sent while GitHub said to wait
+    assert "rate_limited" not in queue.store.read()["watcher"]["repos"].get("acme/gadgets", {})
     clock.advance(400)
-    github.fail_next("/api/v3/repos/acme/widgets", 429, headers={"Retry-After": "30"})
     watcher()
+    assert [t.repo for t in queue.list()] == ["acme/gadgets"]
+    github.fail_next("/api/v3/repos/acme/widgets", 429, headers={"Retry-After": "30"})
+    watcher.poll_repo("acme/widgets")
     assert queue.store.read()["watcher"]["repos"]["acme/widgets"]["backoff_until"] == clock.now + 30
+    assert watcher.client.budget.paused_until == clock.now + 30
 
 
 def test_daemon_survives_github_errors(
@@ -331,11 +336,13 @@ def test_unchanged_repo_costs_only_conditional_requests(
             {"polls": polls, "requests": len(requests), "counted": len(counted), "304": len(conditional)}
         )
     )
-    # Nothing but the labelled issues and the two repository-wide comment listings (follow-ups).
+    # One request a poll: the listing of what changed. The two repository-wide comment listings
+    # (follow-ups) are read only when it moved (a new comment moves its issue), and every half hour.
     comment_lists = [r for r in requests if r.path.endswith(("/issues/comments", "/pulls/comments"))]
     assert sorted(requests, key=id) == sorted(issue_list_requests(github) + comment_lists, key=id)
-    assert len(comment_lists) == 2 * polls
-    assert counted == [] and len(conditional) == 3 * polls
+    assert len(issue_list_requests(github)) == polls
+    assert len(comment_lists) == 2 * int(polls * 60 // TRIGGER_RECHECK)
+    assert counted == [] and len(conditional) == polls + len(comment_lists)
 
 
 def test_one_poll_queues_oldest_issue_first(

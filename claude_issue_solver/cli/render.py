@@ -14,6 +14,7 @@ from typing import Any, TextIO
 from claude_issue_solver.config import Config, settings_source
 from claude_issue_solver.conventions import format_usd
 from claude_issue_solver.daemon.pidfile import DaemonStatus
+from claude_issue_solver.github.poll_schedule import status_line
 from claude_issue_solver.run.kinds import kind_of
 from claude_issue_solver.store import admission, budget
 from claude_issue_solver.store.fairness import FairnessLimits, next_start_at, prune_starts
@@ -89,6 +90,7 @@ def status_payload(
             }
             for repo in watched
         },
+        "polling": polling_payload(state, now),
         "listener": listener_payload(
             config, hooks if isinstance(hooks := state.get("webhooks"), dict) else {}
         ),
@@ -147,6 +149,24 @@ def watched_repos(config: Config, state: dict[str, Any]) -> tuple[str, ...]:
         return config.github_repos
     listed = (state.get("watcher", {}).get("app_repos") or {}).get("repos") or []
     return tuple(str(repo) for repo in listed)
+
+
+def polling_payload(state: dict[str, Any], now: float) -> dict[str, Any] | None:
+    """How often the daemon polls, as it last wrote it: the schedule and its one line for ``status``."""
+    schedule = (state.get("watcher") or {}).get("schedule")
+    if not isinstance(schedule, dict):
+        return None
+    payload = dict(schedule)
+    line = status_line(schedule)
+    until = schedule.get("paused_until")
+    if isinstance(until, int | float) and until > now:
+        why = schedule.get("paused_why") or "rate limited"
+        line += f"; no request to GitHub until {_short_time(_iso(until), now)} ({why})"
+        payload["paused_until"] = _iso(until)
+    else:
+        payload["paused_until"] = None
+    payload["line"] = line
+    return payload
 
 
 def listener_payload(config: Config, book: dict[str, Any]) -> dict[str, Any] | None:
@@ -364,6 +384,8 @@ def print_status(payload: dict[str, Any], out: TextIO, *, tty: bool) -> None:
         + "\n"
     )
     out.write(f"backend: {payload['backend']}\n")
+    if payload.get("polling"):
+        out.write(payload["polling"]["line"] + "\n")
     if payload.get("listener"):
         out.write(listener_line(payload["listener"]) + "\n")
     out.write(f"settings: {payload['settings']}\n")

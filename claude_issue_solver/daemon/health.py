@@ -34,12 +34,18 @@ class HealthCheck:
 
     def __call__(self) -> tuple[bool, str]:
         now = self.clock()
-        book = (self.store.read().get("watcher") or {}).get("repos") or {}
+        watcher = self.store.snapshot().get("watcher") or {}
+        book, schedule = watcher.get("repos") or {}, watcher.get("schedule")
         problems = []
         for repo in self.repos():
             health = book.get(repo) or {}
             if not poll_healthy(
-                health, now=now, poll_interval=self.poll_interval, started_at=self.started_at
+                health,
+                now=now,
+                poll_interval=self.poll_interval,
+                started_at=self.started_at,
+                repo=repo,
+                schedule=schedule,
             ):
                 why = health.get("last_error") or "no successful poll yet"
                 problems.append(f"{repo}: {why}")

@@ -9,7 +9,9 @@ Threading model:
   concurrency bound, starts monitors, relays cancel requests; wakes at least once a second so ``pause``
   and ``resume`` from the CLI take effect within a second.
 - poller thread: calls the watcher every ``poll_interval`` seconds (a slow GitHub never delays dispatch),
-  and polls one repository at once when :meth:`Daemon.poke` asks for it (a webhook delivery).
+  and polls one repository at once when :meth:`Daemon.poke` asks for it (a webhook delivery). With a
+  schedule (``next_poll_in``), the watcher is called whenever the schedule says something is due
+  (:class:`~claude_issue_solver.github.poll_schedule.PollSchedule` spreads the repositories evenly over time).
 - listener thread (optional, ``LISTEN_ADDRESS``): the HTTP server for webhooks, ``/metrics`` and
   ``/healthz`` (see :mod:`claude_issue_solver.daemon.listener`); started before the loop, stopped after it.
 - monitor threads (one per running task): call the runner, then record the outcome in the queue.
@@ -42,6 +44,7 @@ __all__ = ["Daemon", "Outcome", "Runner", "TaskControl"]  # the two shared types
 log = logging.getLogger(__name__)
 
 DISPATCH_INTERVAL = 1.0
+SCHEDULE_FLOOR = 0.01  # the poller waits at least this long between two looks at a schedule
 SHUTDOWN_GRACE = 5.0
 ORPHAN_CHECK_INTERVAL = 10.0  # how often running tasks are checked for a monitor
 RESUME_BACKOFF = (10.0, 600.0)  # a run the full disk stopped: first and longest wait before resuming it
@@ -106,6 +109,7 @@ class Daemon:
         poll_one: Callable[[str], object] | None = None,
         on_finished: Callable[[Task], None] | None = None,
         services: tuple[Service, ...] = (),
+        next_poll_in: Callable[[], float] | None = None,
     ) -> None:
         self.queue = queue
         self.runner = runner
@@ -116,6 +120,8 @@ class Daemon:
         self.poll_one = poll_one  # poll one repository now (a webhook said it changed)
         self.on_finished = on_finished  # e.g. the metrics' observation of a finished task
         self.services = services
+        # Seconds until the watcher has something due (a schedule); None: poll every poll_interval.
+        self.next_poll_in = next_poll_in
         self._poked: set[str] = set()
         self._poke = threading.Event()
         self._lock = threading.Lock()
@@ -150,7 +156,12 @@ class Daemon:
         self.startup()
         if self.watcher is not None and not self._stop.is_set():
             now = self.clock()
-            if self._next_poll is None or now >= self._next_poll:
+            if self.next_poll_in is not None:
+                self.poll_poked()  # a scheduled poll covers some repositories only: pokes go first
+                if self._next_poll is None or now >= self._next_poll:
+                    self.poll()
+                    self._next_poll = now + self._scheduled_wait()
+            elif self._next_poll is None or now >= self._next_poll:
                 self._next_poll = now + self.poll_interval
                 self._take_poked()  # the full poll covers them
                 self.poll()
@@ -450,7 +461,19 @@ class Daemon:
         )
         return True
 
+    def _scheduled_wait(self) -> float:
+        assert self.next_poll_in is not None
+        try:
+            # A floor, so that a schedule that keeps saying "now" cannot spin the poller.
+            return max(SCHEDULE_FLOOR, min(self.poll_interval, self.next_poll_in()))
+        except Exception:
+            log.exception("the poll schedule failed; polling again in %ss", self.poll_interval)
+            return self.poll_interval
+
     def _poll_loop(self) -> None:
+        if self.next_poll_in is not None:
+            self._scheduled_poll_loop()
+            return
         next_poll = 0.0
         while not self._stop.is_set():
             self._poke.clear()  # before taking the set: a poke that lands after is seen next time round
@@ -461,6 +484,15 @@ class Daemon:
             else:
                 self.poll_poked()
             self._poke.wait(max(0.0, next_poll - time.monotonic()))
+
+    def _scheduled_poll_loop(self) -> None:
+        """Pokes at once; the watcher whenever its schedule has something due (it returns at once and
+        its own threads poll)."""
+        while not self._stop.is_set():
+            self._poke.clear()
+            self.poll_poked()
+            self.poll()
+            self._poke.wait(self._scheduled_wait())
 
     def _shutdown(self, poller: threading.Thread | None) -> int:
         with self._lock:

@@ -17,6 +17,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from claude_issue_solver.conventions import HIT, MISS, NOT_SAVED, SAVED, SAVING
+from claude_issue_solver.github.poll_schedule import expected_interval, paused
 from claude_issue_solver.store import admission, budget
 from claude_issue_solver.store.queue import Task, TaskState
 from claude_issue_solver.store.state import StateStore
@@ -25,11 +26,23 @@ PREFIX = "claude_issue_solver"
 TASK_BUCKETS = (30, 60, 120, 300, 600, 900, 1800, 3600, 7200, float("inf"))
 
 
-def poll_healthy(health: dict[str, Any], *, now: float, poll_interval: float, started_at: float) -> bool:
-    """A repository is healthy when it polled successfully within three intervals (a daemon younger
-    than that gets the same grace), or waits because GitHub told it to (a rate limit is not a fault)."""
-    window = 3 * poll_interval
-    if health.get("rate_limited"):
+HEALTH_SLACK = 60.0  # a success after a success is written within a minute (watcher.HEALTH_FLUSH)
+
+
+def poll_healthy(
+    health: dict[str, Any],
+    *,
+    now: float,
+    poll_interval: float,
+    started_at: float,
+    repo: str = "",
+    schedule: dict[str, Any] | None = None,
+) -> bool:
+    """A repository is healthy when it polled successfully within three of its intervals (as the
+    schedule stretched it, or slowed it for webhooks; a daemon younger than that gets the same grace),
+    or waits because GitHub told it, or the whole client, to (a rate limit is not a fault)."""
+    window = 3 * expected_interval(schedule, repo, poll_interval) + HEALTH_SLACK
+    if health.get("rate_limited") or paused(schedule, now):
         return True
     last = float(health.get("last_success") or 0)
     return now - last <= window or (not health.get("last_error") and now - started_at <= window)
@@ -116,9 +129,17 @@ class StateCollector(Collector):
         remaining = GaugeMetricFamily(
             f"{PREFIX}_github_rate_limit_remaining", "GitHub's rate limit left, as last seen", labels=["repo"]
         )
+        schedule = (data.get("watcher") or {}).get("schedule")
         for repo in self.repos():
             health = book.get(repo) or {}
-            ok = poll_healthy(health, now=now, poll_interval=self.poll_interval, started_at=self.started_at)
+            ok = poll_healthy(
+                health,
+                now=now,
+                poll_interval=self.poll_interval,
+                started_at=self.started_at,
+                repo=repo,
+                schedule=schedule,
+            )
             healthy.add_metric([repo], 1 if ok else 0)
             last.add_metric([repo], float(health.get("last_success") or 0))
             failures.add_metric([repo], int(health.get("failures") or 0))

@@ -812,6 +812,7 @@ class FakeGitHub(ReviewsApi, LoopbackFake[RecordedRequest]):
         self._default_reset: int | None = None
         self._faults: list[_Fault] = []
         self._delays: dict[str, float] = {}
+        self._poll_intervals: dict[str, int] = {}  # path prefix -> X-Poll-Interval seconds
         self._requests: list[RecordedRequest] = []
         self._server = LoopbackServer(self, (host, port), _Handler)
         bound_host, bound_port = self._server.server_address[:2]
@@ -1255,6 +1256,33 @@ class FakeGitHub(ReviewsApi, LoopbackFake[RecordedRequest]):
         payload = body if body is not None else {"message": phrase}
         with self._lock:
             self._faults.append(_Fault(path_prefix, status, count, dict(headers or {}), payload))
+
+    def secondary_limit(
+        self, path_prefix: str, *, status: int = 403, retry_after: int | None = 60, count: int = 1
+    ) -> None:
+        """Answer the next ``count`` matching requests as GitHub's secondary rate limit does: 403 (or
+        429) with the documented message, ``Retry-After`` when given, and ``X-RateLimit-Remaining``
+        not at zero (the primary limit is fine)."""
+        headers = {"X-RateLimit-Remaining": "4999", "X-RateLimit-Limit": "5000"}
+        if retry_after is not None:
+            headers["Retry-After"] = str(retry_after)
+        body = {
+            "message": "You have exceeded a secondary rate limit. Please wait a few minutes before you try "
+            "again. If you reach out to GitHub Support for help, please include the request ID "
+            "0000:1111:2222:3333:44444444.",
+            "documentation_url": "https://docs.github.com/rest/overview/rate-limits-for-the-rest-api"
+            "#about-secondary-rate-limits",
+        }
+        self.fail_next(path_prefix, status, count, headers=headers, body=body)
+
+    def set_poll_interval(self, path_prefix: str, seconds: int) -> None:
+        """Send ``X-Poll-Interval: seconds`` on answers to matching API paths (as GitHub does on its
+        events and notifications listings); ``seconds <= 0`` stops it."""
+        with self._lock:
+            if seconds > 0:
+                self._poll_intervals[path_prefix] = seconds
+            else:
+                self._poll_intervals.pop(path_prefix, None)
 
     def set_delay(self, path_prefix: str, seconds: float) -> None:
         """Delay answers to matching paths (longest prefix wins); ``seconds <= 0`` removes the delay."""
@@ -2112,6 +2140,9 @@ class FakeGitHub(ReviewsApi, LoopbackFake[RecordedRequest]):
                 bucket.remaining -= 1
                 ctx.counted = True
             response.headers.extend(self._rate_headers(bucket))
+            hinted = [p for p in self._poll_intervals if req.path.startswith(p)]
+            if hinted and response.status < 400:
+                response.headers.append(("X-Poll-Interval", str(self._poll_intervals[max(hinted, key=len)])))
             self._changed.notify_all()
             return response
 

@@ -7,6 +7,7 @@ the tests work the same way.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import re
@@ -21,6 +22,7 @@ from urllib.parse import urlsplit
 
 from claude_issue_solver.config import Config
 from claude_issue_solver.credentials import GitCredential
+from claude_issue_solver.github.request_budget import Priority, RequestBudget, Throttled
 from claude_issue_solver.logs import REDACTOR
 
 if TYPE_CHECKING:  # PyGithub is imported when a client is made: `status` and `--help` never load it
@@ -71,11 +73,15 @@ class Refused(GitHubError):
 
 
 class RateLimited(GitHubError):
-    """403/429 with a rate-limit signal. ``until`` is the wall-clock time GitHub told us to wait for."""
+    """403/429 with a rate-limit signal. ``until`` is the wall-clock time GitHub told us to wait for.
 
-    def __init__(self, message: str, status: int, until: float) -> None:
+    ``status`` is None when the request was not sent at all: the whole client waits (see
+    :mod:`claude_issue_solver.github.request_budget`)."""
+
+    def __init__(self, message: str, status: int | None, until: float) -> None:
         shown = time.strftime("%H:%M:%SZ", time.gmtime(until))
-        super().__init__(message, status, reason=f"rate limited by GitHub (HTTP {status}) until {shown}")
+        answer = f"HTTP {status}" if status else "the whole client waits"
+        super().__init__(message, status, reason=f"rate limited by GitHub ({answer}) until {shown}")
         self.until = until
 
 
@@ -171,11 +177,19 @@ def _exception_chain(exc: BaseException) -> list[BaseException]:
 class GitHubClient:
     """One place that knows how to talk to GitHub as us, per repository."""
 
-    def __init__(self, config: Config, *, clock: Any = time.time) -> None:
+    def __init__(
+        self, config: Config, *, clock: Any = time.time, sleep: Callable[[float], None] | None = None
+    ) -> None:
         self.config = config
         self.clock = clock
         self._lock = threading.Lock()
+        # One PyGithub client (one HTTP connection pool) per credential: the token, or each installation.
         self._clients: dict[tuple[str, bool], Github] = {}
+        # Every request takes a slot of GITHUB_REQUESTS_PER_MINUTE first; a rate limit pauses them all.
+        self.budget = RequestBudget(config.github_requests_per_minute, clock=clock, sleep=sleep)
+        self._local = threading.local()  # this thread's request priority and count
+        # GitHub's x-poll-interval per repository, as last sent (the poll schedule honours it).
+        self.on_poll_interval: Callable[[str, int], None] | None = None
         self._git_tokens: dict[str, tuple[str, float]] = {}
         self._repo_info: dict[str, dict[str, Any]] = {}
         self._app: Auth.AppAuth | None = None
@@ -198,7 +212,7 @@ class GitHubClient:
 
     def api(self, repo: str, *, retry: bool = True) -> Github:
         """A PyGithub client for ``repo``. ``retry=False`` for the poller, which backs off by itself."""
-        key = (repo.lower() if self._app else "", retry)
+        key = (str(self._installation_id(repo)) if self._app else "", retry)
         with self._lock:
             client = self._clients.get(key)
             if client is None:
@@ -251,6 +265,7 @@ class GitHubClient:
         from github import GithubException
 
         found: dict[str, tuple[str, int]] = {}
+        self._take_slot("listing the App's installations")
         try:
             for installation in self._integration.get_installations():
                 for repo in installation.get_repos():
@@ -284,6 +299,38 @@ class GitHubClient:
                 self._git_tokens[repo.lower()] = (token, expires)
         return GitCredential("x-access-token", token)
 
+    # --- the request budget -----------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def priority(self, priority: Priority) -> Iterator[None]:
+        """The requests of this thread in the block are ``priority`` (a poll, a webhook's poll)."""
+        before = getattr(self._local, "priority", Priority.WORK)
+        self._local.priority = priority
+        try:
+            yield
+        finally:
+            self._local.priority = before
+
+    @property
+    def sent(self) -> int:
+        """Requests this thread has sent (a poll's cost is the difference)."""
+        return int(getattr(self._local, "sent", 0))
+
+    def _take_slot(self, what: str) -> None:
+        """Wait for a slot of the request budget; a pause GitHub asked for refuses it (not sent)."""
+        try:
+            self.budget.acquire(getattr(self._local, "priority", Priority.WORK))
+        except Throttled as exc:
+            raise RateLimited(f"{what}: {exc}", None, exc.until) from None
+        self._local.sent = self.sent + 1
+
+    def _rate_limited(self, exc: RateLimited) -> None:
+        """GitHub said to wait: every request of this client waits, not only this repository's."""
+        if exc.status is None:
+            return  # not sent: the pause is known already
+        if self.budget.pause(exc.until, exc.reason):
+            log.warning("%s: no request to GitHub until then", exc.reason)
+
     # --- raw requests -----------------------------------------------------------------------------
 
     def request(
@@ -303,12 +350,20 @@ class GitHubClient:
             # Everything we write to GitHub (comments, pull requests, reviews) may carry words the agent
             # wrote: no configured secret, minted token or token-shaped string leaves unredacted.
             body = redacted(body)
+        self._take_slot(what)
         try:
             response = self._request(repo, verb, url, what, params, headers, body, retry)
+        except RateLimited as exc:
+            self._observe("error")
+            self._rate_limited(exc)
+            raise
         except GitHubError:
             self._observe("error")
             raise
         self._observe("304" if response.status == 304 else "counted")
+        hint = response.headers.get("x-poll-interval", "")
+        if hint.strip().isdigit() and self.on_poll_interval is not None:
+            self.on_poll_interval(repo, int(hint))
         return response
 
     def _observe(self, outcome: str) -> None:
@@ -361,12 +416,16 @@ class GitHubClient:
 
         mutation = "convertPullRequestToDraft" if draft else "markPullRequestReadyForReview"
         what = f"GraphQL {mutation} of {repo}#{pull.get('number')}"
+        self._take_slot(what)
         try:
             pr = self.api(repo).create_from_raw_data(PullRequest, dict(pull))
             answer = pr.convert_to_draft() if draft else pr.mark_ready_for_review()
         except Exception as exc:
             self._observe("error")
-            raise self._classified(exc, what) from None
+            classified = self._classified(exc, what)
+            if isinstance(classified, RateLimited):
+                self._rate_limited(classified)
+            raise classified from None
         self._observe("counted")
         return bool((answer.get("pullRequest") or {}).get("isDraft"))
 

@@ -95,7 +95,8 @@ class TriggerWatcher:
 
     def deliver(self, repo: str) -> None:
         """Turn waiting triggers into follow-up tasks where the issue allows it (no GitHub request)."""
-        pending = self.queue.store.read().get("followups", {}).get("pending", {})
+        # The state as last read (parsed again only when it changed): every poll asks, few have any.
+        pending = self.queue.store.snapshot().get("followups", {}).get("pending", {})
         for key in sorted(pending):
             owner_repo, _, number = key.rpartition("#")
             if owner_repo.lower() != repo.lower():

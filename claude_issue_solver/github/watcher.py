@@ -33,7 +33,6 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from claude_issue_solver.config import Config
-from claude_issue_solver.github import handled, markers
 from claude_issue_solver.github.client import (
     GitHubClient,
     GitHubError,
@@ -42,31 +41,32 @@ from claude_issue_solver.github.client import (
     Response,
     Transient,
 )
-from claude_issue_solver.github.publisher import Publisher
+from claude_issue_solver.github.intake import IssueIntake, reason_of
+from claude_issue_solver.github.poll_schedule import PollSchedule
+from claude_issue_solver.github.request_budget import Priority
 from claude_issue_solver.github.triggers import TriggerWatcher
 from claude_issue_solver.github.trust import (
-    FAILED_PERMISSION_TTL,
     PERMISSION_TTL,
-    UNKNOWN,
     WRITE_PERMISSIONS,
-    Approved,
     Permissions,
-    approve,
     content_hash,
-    latest_labeling,
 )
-from claude_issue_solver.store.queue import ISSUE, Task, TaskQueue, TaskState
+from claude_issue_solver.store.queue import Task, TaskQueue
 
 log = logging.getLogger(__name__)
 
 __all__ = ["PERMISSION_TTL", "WRITE_PERMISSIONS", "RepoCheck", "Watcher", "content_hash"]
 
-ISSUE_RETRY = FAILED_PERMISSION_TTL  # an issue whose look failed is looked at again after this long
 APP_REPOS_REFRESH = 600.0  # App-wide: list the installations' repositories again this often
 ALL_REPOS = "*"  # poll_now's name for "the App's installations changed"
 MAX_BACKOFF = 900.0
 SINCE_MARGIN = 300  # seconds the listing looks back before the newest change seen (see _since)
 EPOCH = "1970-01-01T00:00:00Z"  # the newest change of a repository that has no issue yet
+BUSY_WAIT = 0.25  # seconds the poller waits while every poll thread is busy
+POLL_WORKERS = 4  # scheduled polls run in this many threads, so a slow repository delays no other
+SCHEDULE_LOOK = 5.0  # how often the schedule is compared with what status shows of it
+HEALTH_FLUSH = 60.0  # a poll that succeeds after a success is written with the others this often
+TRIGGER_RECHECK = 1800.0  # the comment listings are read at least this often even when nothing moved
 
 
 @dataclass(frozen=True)
@@ -82,7 +82,7 @@ class RepoCheck:
         return self.error is None
 
 
-class Watcher:
+class Watcher(IssueIntake):
     """Call it (``watcher()``) once per poll; the daemon's poller thread does.
 
     A repository's first poll by a new watcher (a started or restarted daemon) ignores the back-off an
@@ -119,17 +119,93 @@ class Watcher:
         # Follow-up triggers (`@claude` comments) are read in the same poll, after the labelled issues.
         self.triggers = TriggerWatcher(config, client, queue, permission=self.cached_permission)
         self.triggers.reviews.on_queued = on_queued
+        # When each repository is polled (poll_due): spread evenly, within the request budget.
+        self.schedule = PollSchedule(
+            interval=config.poll_interval,
+            webhook_interval=config.webhook_poll_interval,
+            per_minute=config.github_requests_per_minute,
+            app=client.is_app,
+            clock=clock,
+        )
+        self.schedule.set_repos(self.repos)
+        client.on_poll_interval = self.schedule.hint
+        self._pool: ThreadPoolExecutor | None = None
+        self._in_flight: set[str] = set()  # scheduled polls handed to the pool and not finished
+        # Successes after successes, not written yet: repo -> (when, rate limit seen); see _record_success.
+        self._unwritten: dict[str, tuple[float, tuple[int, int] | None]] = {}
+        self._health_written_at = clock()
+        self._schedule_written: dict[str, Any] = {}
+        self._schedule_looked_at = -SCHEDULE_LOOK
+        self._triggers_read: dict[str, float] = {}  # repo -> when its comment listings were read last
 
     def __call__(self) -> None:
         self.poll_all()
 
     def poll_all(self) -> None:
-        """Poll every repository, in parallel, so that a slow one delays no other."""
+        """Poll every repository, in parallel, so that a slow one delays no other (the start-up sweep
+        and the tests; the daemon polls with :meth:`poll_due`)."""
+        self._refresh_if_due()
+        self._each_repo(self.poll_repo)
+        self.flush_health()
+
+    def _refresh_if_due(self) -> None:
         if self.config.app_wide and (
             self._listed_at is None or self.clock() - self._listed_at >= APP_REPOS_REFRESH
         ):
             self._refresh_quietly()
-        self._each_repo(self.poll_repo)
+
+    def poll_due(self) -> None:
+        """Hand the repositories whose turn has come (:class:`PollSchedule`) to the poll threads; returns
+        at once. Nothing is polled while GitHub has asked the whole client to wait."""
+        self._refresh_if_due()
+        self._write_schedule()
+        if self.client.budget.paused_until is not None:
+            return
+        with self._lock:
+            busy = len(self._in_flight)
+        if busy >= 2 * POLL_WORKERS:
+            return  # GitHub is slow: the rings wait rather than pile polls up
+        for repo in self.schedule.due():
+            with self._lock:
+                if repo.lower() in self._in_flight:
+                    continue
+                self._in_flight.add(repo.lower())
+                if self._pool is None:
+                    self._pool = ThreadPoolExecutor(max_workers=POLL_WORKERS, thread_name_prefix="poll")
+                pool = self._pool
+            pool.submit(self._scheduled_poll, repo)
+        if self.clock() - self._health_written_at >= min(HEALTH_FLUSH, self.config.poll_interval):
+            self.flush_health()
+
+    def _scheduled_poll(self, repo: str) -> None:
+        try:
+            self.poll_repo(repo)
+        finally:
+            with self._lock:
+                self._in_flight.discard(repo.lower())
+
+    def next_poll_in(self) -> float:
+        """Seconds until :meth:`poll_due` has something to do."""
+        paused = self.client.budget.paused_until
+        if paused is not None:
+            return max(0.0, min(60.0, paused - self.clock()))
+        with self._lock:
+            busy = len(self._in_flight) >= 2 * POLL_WORKERS
+        if busy:
+            return BUSY_WAIT  # the poll threads are behind (GitHub is slow): no spinning meanwhile
+        return self.schedule.next_in()
+
+    def close(self) -> None:
+        """Stop the poll threads (the daemon stops); what was polled is written."""
+        self.client.budget.close()
+        with self._lock:
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
+        try:
+            self.flush_health()
+        except Exception as exc:  # a full disk at stop: the next daemon polls again anyway
+            log.warning("could not write the last polls' health: %s", exc)
 
     def poll_now(self, repo: str) -> None:
         """Look at one watched repository now (a webhook said it changed); ``*``: list the App's
@@ -139,11 +215,11 @@ class Watcher:
                 before = {r.lower() for r in self.repos}
                 self._refresh_quietly()
                 for added in [r for r in self.repos if r.lower() not in before]:
-                    self.poll_repo(added)
+                    self.poll_repo(added, priority=Priority.POKE)
             return
         watched = {r.lower(): r for r in self.repos}
         if repo.lower() in watched:
-            self.poll_repo(watched[repo.lower()])
+            self.poll_repo(watched[repo.lower()], priority=Priority.POKE)
 
     def refresh_repositories(self) -> tuple[str, ...]:
         """App-wide: list every repository of every installation; raises :class:`GitHubError`."""
@@ -154,6 +230,7 @@ class Watcher:
         with self._lock:
             self._fresh.update(r.lower() for r in added)
         self.repos, self._listed_at = listed, self.clock()
+        self.schedule.set_repos(listed)
         with self.queue.store.transaction() as data:
             data.setdefault("watcher", {})["app_repos"] = {
                 "repos": list(listed),
@@ -207,43 +284,68 @@ class Watcher:
         """Whether ``repo`` can be polled: the poll's own first request (conditional, so usually a free
         304), recorded in the repository's health like a poll. Never raises. The poll that follows
         treats the result as its own: a failure here starts the back-off, a success clears old errors."""
-        book: dict[str, Any] = self.queue.store.read().get("watcher", {})
+        book: dict[str, Any] = self.queue.store.snapshot().get("watcher", {})
         health = book.get("repos", {}).get(repo, {})
         with self._lock:
             self._fresh.discard(repo.lower())
         if _rate_limited(health) and (health.get("backoff_until") or 0) > self.clock():
             return RepoCheck(repo, error=health.get("last_error") or "rate limited by GitHub")
         try:
-            response = self._first_page(repo, book)
+            with self.client.priority(Priority.POLL):
+                response = self._first_page(repo, book)
         except Exception as exc:
             self._record_poll_error(repo, exc, report=False)  # the caller says it, once
-            return RepoCheck(repo, error=_reason(exc), refused=isinstance(exc, Refused))
-        self._record_success(repo, response)
+            return RepoCheck(repo, error=reason_of(exc), refused=isinstance(exc, Refused))
+        self._record_success(repo, response, health)
         return RepoCheck(repo)
 
-    def poll_repo(self, repo: str) -> None:
+    def poll_repo(self, repo: str, *, priority: Priority = Priority.POLL) -> None:
         """Never raises: every failure is recorded in the repository's health and backed off."""
+        sent = self.client.sent
+        moved = True
+        try:
+            with self.client.priority(priority):
+                moved = self._poll_repo(repo)
+        finally:
+            # What an idle poll costs is what the schedule plans with; a poll that found work is work.
+            self.schedule.polled(repo, 0 if moved else self.client.sent - sent)
+
+    def _poll_repo(self, repo: str) -> bool:
+        """One poll; whether it found something moved (a first look, a change, a failure)."""
         now = self.clock()
-        # One read of the bookkeeping per poll; what the poll changes is written back in transactions.
-        book: dict[str, Any] = self.queue.store.read().get("watcher", {})
+        # The bookkeeping as last read (parsed again only when the state file changed): an idle poll
+        # reads nothing and writes nothing but its one request.
+        book: dict[str, Any] = self.queue.store.snapshot().get("watcher", {})
         health = book.get("repos", {}).get(repo, {})
         with self._lock:
             fresh = repo.lower() in self._fresh
             self._fresh.discard(repo.lower())
         waiting = (health.get("backoff_until") or 0) > now
         if waiting and (_rate_limited(health) or not fresh):
-            return
+            return False
         try:
-            self._poll(repo, book)
-            self.triggers.poll(repo)
+            moved = self._poll(repo, book, health)
+            # Every new comment moves its issue's (or pull request's) updated_at, so the listing above
+            # answers 304 only when the comment listings would too; they are read anyway now and then.
+            if moved or now - self._triggers_read.get(repo.lower(), -TRIGGER_RECHECK) >= TRIGGER_RECHECK:
+                self.triggers.poll(repo)
+                self._triggers_read[repo.lower()] = now
+            else:
+                self.triggers.deliver(repo)
             self._retry_issues(repo)
         except Exception as exc:
             self._record_poll_error(repo, exc)
+            return True
+        return moved
 
     def _record_poll_error(self, repo: str, exc: Exception, *, report: bool = True) -> None:
         """Record the failure in the repository's health (and back off); log it unless the caller
         reports it itself."""
-        reason = _reason(exc)
+        reason = reason_of(exc)
+        if isinstance(exc, RateLimited) and exc.status is None:
+            # Not sent: the whole client waits for GitHub (status says so); not this repository's fault.
+            log.debug("%s: not polled: %s", repo, exc)
+            return
         if isinstance(exc, RateLimited):
             self._record_failure(repo, reason, until=exc.until, rate_limited=True)
             until = time.strftime("%H:%M:%S", time.localtime(exc.until))
@@ -282,14 +384,16 @@ class Watcher:
             headers={"If-None-Match": etag} if etag else None,
         )
 
-    def _poll(self, repo: str, book: dict[str, Any]) -> None:
+    def _poll(self, repo: str, book: dict[str, Any], health: dict[str, Any] | None = None) -> bool:
+        """One look at the repository's listing; whether anything moved (not a 304)."""
         etag_key = f"{repo}:{self.label}"
         high_water = book.get("high_water", {}).get(etag_key, "")
         first_look = not high_water
         first = self._first_page(repo, book)
         if first.status == 304:
-            self._record_success(repo, first)
-            return
+            self._record_success(repo, first, health)
+            return False
+        book = self.queue.store.read().get("watcher", {})  # a copy of its own: the issues change it
         newest = high_water
         response: Response | None = first
         pulls: dict[int, str] = {}  # open pull requests that moved: number -> updated_at
@@ -328,6 +432,7 @@ class Watcher:
         if first_look:
             # The listing every later poll asks for, once now, so that the next poll gets its 304.
             self._poll(repo, self.queue.store.read().get("watcher", {}))
+        return True
 
     def _newest_change(self, repo: str) -> str:
         """When the repository's newest issue or pull request changed (once, at the first look)."""
@@ -341,277 +446,6 @@ class Watcher:
 
     # --- one issue ----------------------------------------------------------------------------------
 
-    def _consider_safely(
-        self, repo: str, issue: dict[str, Any], watcher_book: dict[str, Any], out: dict[str, dict[str, Any]]
-    ) -> None:
-        """:meth:`_consider`, with whatever goes wrong contained to that issue: it is looked at again
-        after :data:`ISSUE_RETRY` (:meth:`_retry_issues`) and the poll goes on. A rate limit is the
-        repository's, not the issue's: the whole poll backs off."""
-        key = f"{repo}#{issue.get('number')}"
-        try:
-            self._consider(repo, issue, watcher_book, out)
-        except RateLimited:
-            raise
-        except Exception as exc:
-            reason = _reason(exc)
-            change = out.setdefault(key, {})
-            # What was done before the failure stays recorded; the fingerprint goes, so it is looked at again.
-            change.update(fingerprint=None, retry_at=self.clock() + ISSUE_RETRY, last_error=reason)
-            with self._lock:
-                first = f"{key}:error:{reason}" not in self._warned
-                self._warned.add(f"{key}:error:{reason}")
-            if first:
-                log.warning(
-                    "%s: %s; the repository's other issues go on, this one is looked at again in %d s",
-                    key,
-                    reason,
-                    ISSUE_RETRY,
-                    exc_info=None if isinstance(exc, GitHubError) else exc,
-                )
-
-    def _retry_issues(self, repo: str) -> None:
-        """Look again at the issues of ``repo`` whose last look failed and whose wait is over."""
-        book: dict[str, Any] = self.queue.store.read().get("watcher", {})
-        now = self.clock()
-        due = sorted(
-            key
-            for key, entry in book.get("issues", {}).items()
-            if key.rpartition("#")[0].lower() == repo.lower() and (entry.get("retry_at") or now + 1) <= now
-        )
-        changes: dict[str, dict[str, Any]] = {}
-        for key in due:
-            try:
-                issue = self.client.issue(repo, int(key.rpartition("#")[2]))
-            except RateLimited:
-                raise
-            except GitHubError as exc:
-                changes[key] = {"retry_at": now + ISSUE_RETRY, "last_error": exc.reason}
-                continue
-            self._consider_safely(repo, issue, book, changes)
-            changes.setdefault(key, {}).setdefault("retry_at", None)  # nothing to do for it any more
-        self._update_issue_book(changes)
-
-    def _consider(
-        self, repo: str, issue: dict[str, Any], watcher_book: dict[str, Any], out: dict[str, dict[str, Any]]
-    ) -> None:
-        """Decide what one listed issue means; bookkeeping changes go to ``out`` (saved per page)."""
-        number = int(issue["number"])
-        key = f"{repo}#{number}"
-        if "pull_request" in issue:
-            self.triggers.reviews.consider_pull(repo, issue)  # the review label, REVIEW_ON_OPEN (#22)
-            return
-        if issue.get("state", "open") != "open":
-            return
-        if issue.get("locked"):
-            self._note_once(key + ":locked", "%s is locked; skipping it", key)
-            return
-        labels = [
-            label["name"] if isinstance(label, dict) else str(label) for label in issue.get("labels", [])
-        ]
-        if self.label not in (name.lower() for name in labels):
-            return
-        book = watcher_book.get("issues", {}).get(key, {})
-        title, body = issue.get("title") or "", issue.get("body") or ""
-        digest = content_hash(title, body)
-        # updated_at has one-second resolution: two changes in one second must not look like none.
-        fingerprint = content_hash(
-            f"{issue.get('updated_at')}|{sorted(labels)}|{issue.get('comments')}", digest
-        )
-        if book.get("fingerprint") == fingerprint:
-            return  # nothing new since we last looked
-        meta = {
-            "labels": labels,
-            "author": (issue.get("user") or {}).get("login", ""),
-            "url": issue.get("html_url", ""),
-        }
-        changes: dict[str, Any] = {
-            "updated_at": issue.get("updated_at"),
-            "hash": digest,
-            "fingerprint": fingerprint,
-            "retry_at": None,
-            "last_error": None,
-        }
-        out[key] = changes  # recorded even when a later step fails (see _consider_safely)
-        permissions = watcher_book.setdefault("permissions", {})
-        live = self.queue.live_for(repo, number)
-        if live is not None:
-            if live.state is TaskState.PENDING and live.kind == ISSUE and book.get("hash") != digest:
-                self._refresh_pending(repo, issue, live, meta, permissions)
-        else:
-            events = self.client.events(repo, number)
-            labeled = latest_labeling(events, self.label)
-            if labeled is None:
-                self._note_once(
-                    key + ":nolabel", "%s carries the label but has no labeled event; skipping", key
-                )
-            elif labeled["at"] > (book.get("handled_label_at") or ""):
-                trusted, why = self._trusted(repo, labeled["actor"], permissions)
-                # GitHub is the record: a labelling an earlier daemon already answered is not run again.
-                done = self._handled(repo, issue, book, labeled["at"]) if trusted else None
-                if done is not None:
-                    changes.update(done.book())
-                elif trusted:
-                    self._queue_approved(repo, issue, labeled, events, meta, changes, permissions, why)
-                else:
-                    changes["untrusted_label"] = {"actor": labeled["actor"], "at": labeled["at"], "why": why}
-                    actor = labeled["actor"]
-                    if actor and self.permissions.get(repo, actor, permissions) == UNKNOWN:
-                        # Untrusted for now only: looked at again once the failed lookup may be retried.
-                        changes.update(fingerprint=None, retry_at=self.clock() + ISSUE_RETRY)
-                    self._note_once(
-                        f"{key}:untrusted:{labeled['at']}",
-                        "%s: ignoring the label applied by %s (%s)",
-                        key,
-                        labeled["actor"],
-                        why,
-                    )
-        if int(issue.get("comments") or 0) != book.get("comments", 0):
-            changes["comments"] = int(issue.get("comments") or 0)
-            changes["new_comments"] = self._new_trusted_comments(repo, number, book, permissions)
-
-    def _handled(
-        self, repo: str, issue: dict[str, Any], book: dict[str, Any], label_at: str
-    ) -> handled.Handled | None:
-        return handled.already_done(
-            self.client, self.queue.store, repo, issue, book, label_at, own_login=self.triggers.own_login
-        )
-
-    def _writer(self, repo: str, permissions: dict[str, Any]) -> Callable[[str], bool]:
-        return lambda login: self.permissions.writer(repo, login, permissions)[0]
-
-    def _queue_approved(
-        self,
-        repo: str,
-        issue: dict[str, Any],
-        labeled: dict[str, str],
-        events: list[dict[str, Any]],
-        meta: dict[str, Any],
-        changes: dict[str, Any],
-        permissions: dict[str, Any],
-        why: str,
-    ) -> None:
-        """A writer's label: queue the text it approved, or ask for the label again when that cannot be
-        told (the issue changed since and its edit history does not say how)."""
-        number = int(issue["number"])
-        key = f"{repo}#{number}"
-        approval = approve(
-            self.client,
-            self._writer(repo, permissions),
-            repo,
-            issue,
-            labeled,
-            events,
-            everyone=self.config.allow_untrusted_labelers,
-        )
-        if approval.approved is None:
-            marker_id = markers.approval_marker(number, labeled["at"])
-            text = markers.relabel_comment(
-                labeled["actor"], approval.why, self.config.trigger_label, marker_id
-            )
-            Publisher(self.client).upsert_comment(repo, number, marker_id, text)  # found again by its marker
-            changes["handled_label_at"] = labeled["at"]
-            changes["unapproved"] = {"at": labeled["at"], "why": approval.why}
-            log.warning("%s: not queued: %s; asked for the label to be applied again", key, approval.why)
-            return
-        approved = approval.approved
-        task = self.queue.submit(
-            repo,
-            number,
-            approved.title,
-            meta={
-                **meta,
-                "labeler": labeled["actor"],
-                "approved": approved.to_meta(),
-                "body_hash": approved.hash,
-            },
-        )
-        changes["handled_label_at"] = labeled["at"]
-        if task is not None:
-            edited = " (an older version: the issue was changed since by people without write access)"
-            log.info(
-                "%s: queued task %s (label by %s, %s)%s",
-                key,
-                task.id,
-                labeled["actor"],
-                why,
-                edited if approved.differs(issue) else "",
-            )
-            if self.on_queued is not None:
-                self.on_queued(task)
-
-    def _refresh_pending(
-        self, repo: str, issue: dict[str, Any], live: Task, meta: dict[str, Any], permissions: dict[str, Any]
-    ) -> None:
-        """A pending task's issue was edited: a writer's edit is the new approved text; anyone else's is
-        never given to the agent (the task keeps the text approved before)."""
-        key = f"{repo}#{issue['number']}"
-        before = Approved.from_meta(live.meta.get("approved"))
-        if before is None:  # queued by an older version: the run finds the approved text itself
-            self.queue.update(live.id, meta=meta)
-            return
-        approval = approve(
-            self.client,
-            self._writer(repo, permissions),
-            repo,
-            issue,
-            {"actor": before.labeler, "at": before.label_at},
-            self.client.events(repo, int(issue["number"])),
-            everyone=self.config.allow_untrusted_labelers,
-        )
-        now = approval.approved
-        if now is not None and now.hash != before.hash:
-            self.queue.update(
-                live.id, title=now.title, meta={**meta, "approved": now.to_meta(), "body_hash": now.hash}
-            )
-            log.info("%s was edited by %s; refreshed pending task %s", key, now.by, live.id)
-            return
-        self.queue.update(live.id, meta=meta)
-        if (now or before).differs(issue):
-            log.info(
-                "%s was edited, not by a person with write access: pending task %s keeps the text approved "
-                "by %s",
-                key,
-                live.id,
-                before.by,
-            )
-
-    def _trusted(self, repo: str, login: str, permissions: dict[str, Any]) -> tuple[bool, str]:
-        """Whether the labeler may start work; ``permissions`` is this poll's view of the cache."""
-        if self.config.allow_untrusted_labelers:
-            return True, "ALLOW_UNTRUSTED_LABELERS=true"
-        if not login:
-            return False, "the labeler is unknown"
-        return self.permissions.writer(repo, login, permissions)
-
-    def cached_permission(self, repo: str, login: str, permissions: dict[str, Any] | None = None) -> str:
-        """``login``'s permission on ``repo``, asked of GitHub at most once an hour (cached in the state);
-        ``permissions`` is a poll's own view of the cache, when it has one. A lookup that failed is
-        ``unknown`` (untrusted) for a few minutes, then asked again; never raises."""
-        return self.permissions.get(repo, login, permissions)
-
-    def _new_trusted_comments(
-        self, repo: str, number: int, book: dict[str, Any], permissions: dict[str, Any]
-    ) -> list[dict[str, Any]]:
-        """Comments since the last look, by authors with write access only (kept for follow-up work)."""
-        known = list(book.get("new_comments") or [])
-        seen = {c["id"] for c in known}
-        for comment in self.client.comments(repo, number, since=book.get("comments_since")):
-            if comment.get("id") in seen or "claude-issue-solver:" in (comment.get("body") or ""):
-                continue  # already kept, or our own progress comments
-            author = (comment.get("user") or {}).get("login", "")
-            if not self.permissions.writer(repo, author, permissions)[0]:
-                continue
-            known.append(
-                {
-                    "id": comment["id"],
-                    "author": (comment.get("user") or {}).get("login", ""),
-                    "created_at": comment.get("created_at", ""),
-                }
-            )
-        return known[-50:]
-
-    # --- bookkeeping in the state file ----------------------------------------------------------------
-
     def _update_issue_book(self, changes: dict[str, dict[str, Any]]) -> None:
         if not changes:
             return
@@ -623,25 +457,84 @@ class Watcher:
                 if change.get("new_comments"):
                     entry["comments_since"] = max(c["created_at"] for c in change["new_comments"])
 
-    def _record_success(self, repo: str, response: Response) -> None:
+    def _record_success(self, repo: str, response: Response, health: dict[str, Any] | None = None) -> None:
+        """A success ends the trouble. After a success (``health``, as last read, says so) it changes
+        only when: kept in memory and written with the others (:meth:`flush_health`), not per poll."""
+        now = self.clock()
+        calm = (
+            health is not None
+            and health.get("last_success") is not None
+            and not health.get("last_error")
+            and not health.get("failures")
+            and not health.get("backoff_until")
+            and not health.get("rate_limited")
+        )
+        if calm:
+            with self._lock:
+                self._unwritten[repo] = (now, response.rate)
+            return
+        with self._lock:
+            self._unwritten.pop(repo, None)
         with self.queue.store.transaction() as data:
-            health = data.setdefault("watcher", {}).setdefault("repos", {}).setdefault(repo, {})
-            # A success ends the trouble: the old error is no longer the repository's health.
-            health.update(
-                last_success=self.clock(),
-                failures=0,
-                backoff_until=None,
-                last_error=None,
-                failing_since=None,
-                rate_limited=False,
-            )
-            if response.rate:
-                health["rate_remaining"], health["rate_limit"] = response.rate
+            self._write_success(data, repo, now, response.rate)
+
+    @staticmethod
+    def _write_success(data: dict[str, Any], repo: str, now: float, rate: tuple[int, int] | None) -> None:
+        health = data.setdefault("watcher", {}).setdefault("repos", {}).setdefault(repo, {})
+        # A success ends the trouble: the old error is no longer the repository's health.
+        health.update(
+            last_success=now,
+            failures=0,
+            backoff_until=None,
+            last_error=None,
+            failing_since=None,
+            rate_limited=False,
+        )
+        if rate:
+            health["rate_remaining"], health["rate_limit"] = rate
+
+    def flush_health(self) -> None:
+        """Write the polls that succeeded since the last write, and the schedule, in one transaction."""
+        with self._lock:
+            unwritten, self._unwritten = self._unwritten, {}
+            self._health_written_at = self.clock()
+        schedule = self._schedule_now()
+        if not unwritten and schedule == self._schedule_written:
+            return
+        with self.queue.store.transaction() as data:
+            repos = data.setdefault("watcher", {}).setdefault("repos", {})
+            for repo, (at, rate) in unwritten.items():
+                if repos.get(repo, {}).get("last_error"):
+                    continue  # failed since (written at once): that is its health now
+                self._write_success(data, repo, at, rate)
+            data["watcher"]["schedule"] = schedule
+        self._schedule_written = schedule
+
+    def _schedule_now(self) -> dict[str, Any]:
+        described = self.schedule.describe()
+        described.pop("at", None)
+        described["requests_per_poll"] = round(described["requests_per_poll"])  # not every wobble
+        paused = self.client.budget.paused_until
+        described["paused_until"] = paused
+        described["paused_why"] = self.client.budget.pause_reason if paused else None
+        return described
+
+    def _write_schedule(self) -> None:
+        """Write the schedule when what status would say about it changed (looked at every few
+        seconds, not at every poll)."""
+        if self.clock() - self._schedule_looked_at < SCHEDULE_LOOK:
+            return
+        self._schedule_looked_at = self.clock()
+        now = self._schedule_now()
+        if now != self._schedule_written:
+            self.flush_health()
 
     def _record_failure(
         self, repo: str, error: str, *, until: float | None = None, rate_limited: bool = False
     ) -> None:
         now = self.clock()
+        with self._lock:
+            self._unwritten.pop(repo, None)
         with self.queue.store.transaction() as data:
             health = data.setdefault("watcher", {}).setdefault("repos", {}).setdefault(repo, {})
             # Being told to wait is not a fault: it does not lengthen the next back-off.
@@ -684,9 +577,3 @@ def _since(high_water: str) -> str:
 def _rate_limited(health: dict[str, Any]) -> bool:
     # Older state files have no flag: a rate-limit failure was recorded as zero requests left.
     return bool(health.get("rate_limited", health.get("rate_remaining") == 0 and health.get("last_error")))
-
-
-def _reason(exc: Exception) -> str:
-    if isinstance(exc, GitHubError):
-        return exc.reason
-    return f"internal error: {type(exc).__name__}: {exc}"

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs
 
+from claude_issue_solver.github.poll_schedule import APP, owner_source, repo_source
 from claude_issue_solver.store.state import StateStore
 
 log = logging.getLogger(__name__)
@@ -79,6 +80,9 @@ class WebhookReceiver:
 
     ``on_repository(full_name)`` is called for a relevant delivery about a repository;
     ``on_installation()`` for installation events. Both must be quick (the daemon only sets a flag).
+    ``on_sources(sources)`` is told, for every relevant delivery, what it shows to be delivering: its
+    repository, its owner (an organisation's hook), or every repository of a GitHub App (see
+    :func:`delivery_sources`); the poll schedule slows their polls to a safety net.
     """
 
     def __init__(
@@ -90,6 +94,7 @@ class WebhookReceiver:
         on_repository: Callable[[str], None],
         on_installation: Callable[[], None] | None = None,
         on_result: Callable[[str], None] | None = None,
+        on_sources: Callable[[tuple[str, ...]], None] | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.store = store
@@ -98,6 +103,7 @@ class WebhookReceiver:
         self.on_repository = on_repository
         self.on_installation = on_installation
         self.on_result = on_result
+        self.on_sources = on_sources
         self.clock = clock
         self._lock = threading.Lock()
         # What was seen (ids and body digests, oldest first), read from the state file at first use.
@@ -158,6 +164,8 @@ class WebhookReceiver:
             return Answer(200, "duplicate", "already handled")
         if event not in RELEVANT:
             return Answer(202, "ignored", f"event {event!r} is not one we act on")
+        if self.on_sources is not None:  # a hook subscribed to this event delivers it: any action shows that
+            self.on_sources(delivery_sources(headers, payload))
         actions = RELEVANT[event]
         if actions is not None and action not in actions:
             return Answer(202, "ignored", f"{event}.{action} is not one we act on")
@@ -265,6 +273,24 @@ class WebhookReceiver:
             return
         if failures:
             log.warning("%d webhook deliveries with a missing or wrong signature were refused", failures)
+
+
+def delivery_sources(headers: Mapping[str, str], payload: dict[str, Any]) -> tuple[str, ...]:
+    """What a signed delivery shows to be delivering. A GitHub App's hook (the payload carries
+    ``installation``, as GitHub documents for deliveries to an App) covers every repository the App
+    watches; an organisation's hook (``X-GitHub-Hook-Installation-Target-Type: organization``) every
+    repository of that owner; any other only its repository."""
+    sources: list[str] = []
+    repo = str(((payload.get("repository") or {}).get("full_name")) or "")
+    if repo:
+        sources.append(repo_source(repo))
+    if isinstance(payload.get("installation"), dict):
+        sources.append(APP)
+    elif headers.get("X-GitHub-Hook-Installation-Target-Type", "").lower() == "organization":
+        owner = str(((payload.get("organization") or {}).get("login")) or repo.partition("/")[0])
+        if owner:
+            sources.append(owner_source(owner))
+    return tuple(sources)
 
 
 def _strings(value: Any) -> list[str]:

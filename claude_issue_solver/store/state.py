@@ -123,6 +123,8 @@ class StateStore:
         self._lock = FileLock(str(path) + ".lock", timeout=lock_timeout)
         self._thread_lock = threading.RLock()
         self._clock = clock
+        self._snapshot: tuple[tuple[int, int, int, int], dict[str, Any]] | None = None
+        self._writes = 0  # this process's writes: a snapshot is never older than the last of them
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[dict[str, Any]]:
@@ -145,6 +147,26 @@ class StateStore:
         # Not usable as-is: take the locked path, which quarantines it (or finds it fixed meanwhile).
         with self._locked():
             return self._load()[0]
+
+    def snapshot(self) -> dict[str, Any]:
+        """The document as last read, parsed again only when the file changed (this process wrote it, or
+        its size, modification time or inode changed): for a hot path that reads often and writes rarely
+        (an idle poll).
+
+        Shared between callers: **never change what it returns**; take :meth:`read` for a copy."""
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            return empty_state()
+        except OSError:
+            return self.read()  # let read() say what is wrong
+        key = (self._writes, st.st_ino, st.st_size, st.st_mtime_ns)
+        cached = self._snapshot
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        data = self.read()
+        self._snapshot = (key, data)
+        return data
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
@@ -213,6 +235,7 @@ class StateStore:
         return kept
 
     def _write(self, payload: bytes) -> None:
+        self._writes += 1
         directory = self.path.parent
         try:
             fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=directory)

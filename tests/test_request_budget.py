@@ -1,0 +1,142 @@
+"""The request budget: at most GITHUB_REQUESTS_PER_MINUTE in any minute, work first, and GitHub's
+"wait" answers (secondary limits, x-poll-interval) honoured for the whole client. Time is injected."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+
+from claude_issue_solver.config import Config
+from claude_issue_solver.demo_world.github import FakeGitHub
+from claude_issue_solver.github.client import GitHubClient, RateLimited
+from claude_issue_solver.github.request_budget import POLL_SHARE, WINDOW, Priority, RequestBudget, Throttled
+from claude_issue_solver.github.watcher import Watcher
+from tests.github_fixtures import Clock
+
+REPO = "acme/widgets"
+
+
+def most_in_any_minute(times: list[float]) -> int:
+    times = sorted(times)
+    most, start = 0, 0
+    for end, t in enumerate(times):
+        while times[start] <= t - WINDOW:
+            start += 1
+        most = max(most, end - start + 1)
+    return most
+
+
+def budget_on(clock: Clock, per_minute: int) -> tuple[RequestBudget, list[float]]:
+    sent: list[float] = []
+    budget = RequestBudget(per_minute, clock=clock, sleep=clock.advance)
+    original = budget.acquire
+
+    def acquire(priority: Priority = Priority.WORK) -> None:
+        original(priority)
+        sent.append(clock())
+
+    budget.acquire = acquire  # type: ignore[method-assign]
+    return budget, sent
+
+
+def test_polls_never_exceed_their_share_in_any_minute(clock: Clock) -> None:
+    budget, sent = budget_on(clock, 500)
+    for _ in range(2000):
+        budget.acquire(Priority.POLL)
+    assert most_in_any_minute(sent) == int(500 * POLL_SHARE)
+    assert sent[-1] - sent[0] >= 4 * WINDOW  # 2,000 polls at 425 a minute take at least four minutes
+
+
+def test_work_goes_first_while_polls_fill_their_share(clock: Clock) -> None:
+    budget, sent = budget_on(clock, 100)
+    for _ in range(int(100 * POLL_SHARE)):
+        budget.acquire(Priority.POLL)
+    start = clock()
+    for _ in range(100 - int(100 * POLL_SHARE)):
+        budget.acquire(Priority.WORK)  # the part of the window polls may not use
+    assert clock() == start  # no wait at all
+    budget.acquire(Priority.WORK)  # the window is full now: even work waits for the oldest to leave it
+    assert clock() > start
+    assert most_in_any_minute(sent) == 100
+
+
+def test_a_pause_refuses_polls_and_holds_short_work(clock: Clock) -> None:
+    budget = RequestBudget(500, clock=clock, sleep=clock.advance)
+    budget.pause(clock() + 30, "rate limited by GitHub (HTTP 429)")
+    with pytest.raises(Throttled):
+        budget.acquire(Priority.POLL)
+    with pytest.raises(Throttled):
+        budget.acquire(Priority.POKE)
+    start = clock()
+    budget.acquire(Priority.WORK)  # 30 s: work waits for it
+    assert clock() - start == pytest.approx(30)
+    budget.pause(clock() + 3600, "API rate limit exceeded")
+    with pytest.raises(Throttled):
+        budget.acquire(Priority.WORK)  # an hour: refused, not held
+
+
+@pytest.fixture
+def client_for(gh_config: Callable[..., Config], clock: Clock) -> Callable[..., GitHubClient]:
+    def make(**settings: str) -> GitHubClient:
+        return GitHubClient(gh_config(**settings), clock=clock, sleep=clock.advance)
+
+    return make
+
+
+@pytest.mark.parametrize(
+    ("status", "retry_after", "wait"),
+    [(403, 90, 90), (429, 120, 120), (403, None, 60)],  # without Retry-After: wait at least a minute
+)
+def test_a_secondary_limit_pauses_the_whole_client(
+    github: FakeGitHub,
+    client_for: Callable[..., GitHubClient],
+    clock: Clock,
+    status: int,
+    retry_after: int | None,
+    wait: int,
+) -> None:
+    client = client_for()
+    github.secondary_limit(f"/api/v3/repos/{REPO}", status=status, retry_after=retry_after)
+    with pytest.raises(RateLimited) as raised:
+        client.request(REPO, "GET", f"/repos/{REPO}/issues")
+    assert raised.value.status == status
+    assert client.budget.paused_until == clock() + wait
+    github.reset_counts()
+    with client.priority(Priority.POLL), pytest.raises(RateLimited) as refused:
+        client.request("acme/gadgets", "GET", "/repos/acme/gadgets/issues")  # another repository
+    assert refused.value.status is None and github.requests == []  # not sent at all
+    clock.advance(wait)
+    assert client.request("acme/gadgets", "GET", "/repos/acme/gadgets/issues").status == 200
+
+
+def test_work_waits_out_a_short_pause_and_is_sent(
+    github: FakeGitHub, client_for: Callable[..., GitHubClient], clock: Clock
+) -> None:
+    client = client_for()
+    github.secondary_limit(f"/api/v3/repos/{REPO}/issues/1/comments", status=429, retry_after=20)
+    github.create_issue(REPO, "x", user="maintainer")
+    with pytest.raises(RateLimited):
+        client.request(REPO, "POST", f"/repos/{REPO}/issues/1/comments", body={"body": "hi"})
+    start = clock()
+    client.request(REPO, "POST", f"/repos/{REPO}/issues/1/comments", body={"body": "hi"})
+    assert clock() - start == pytest.approx(20)
+    assert [c["body"] for c in github.comments(REPO, 1)] == ["hi"]
+
+
+def test_x_poll_interval_is_honoured_per_repository(
+    github: FakeGitHub, watcher_for: Callable[..., Watcher], clock: Clock
+) -> None:
+    github.set_poll_interval(f"/api/v3/repos/{REPO}/issues", 300)
+    watcher = watcher_for(POLL_INTERVAL="30")
+    watcher()
+    assert watcher.schedule.interval_for(REPO) == 300
+    assert watcher.schedule.interval_for("acme/gadgets") == 30
+    polled: list[str] = []
+    for _ in range(630):  # ten minutes and a half in steps of a second
+        clock.advance(1)
+        for repo in watcher.schedule.due():
+            watcher.schedule.polled(repo, 1)
+            polled.append(repo)
+    assert polled.count(REPO) == 2  # at 300 s and 600 s after the first poll, not every 30 s
+    assert polled.count("acme/gadgets") == 22  # the first round at once, then every 30 s
