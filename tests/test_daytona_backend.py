@@ -829,3 +829,18 @@ def test_far_more_output_than_the_bounds_comes_back_cut_with_its_end_and_a_note(
     assert "LAST" in log[-10_000:] and "left out" in log[-10_000:]
     again = backend.output(workspace, "agent", OUTPUT_BOUNDS)  # after a restart: read again, as bounded
     assert again.stdout == result.stdout and again.left_out > 17_000_000
+
+
+@pytest.mark.parametrize(
+    "where", [{"branch": "pull/9/head"}, {"branch": "claude/test-9", "start_ref": "refs/pull/9/head"}]
+)
+def test_a_pull_requests_head_is_refused_in_one_line_before_any_sandbox(
+    harness: Harness, where: dict[str, str]
+) -> None:
+    """A review (pull/N/head) or a test run (a start ref) of a pull request needs the Docker backend: the
+    sandbox clones branches only and would quietly check out the default branch instead."""
+    backend = harness.backend()
+    job = harness.job("noop", **where)
+    with pytest.raises(BackendError, match="needs BACKEND=docker"):
+        backend.prepare(job.workspace, harness.log(job))
+    assert harness.fake.sandboxes == {}

@@ -275,8 +275,10 @@ class DaytonaBackend:
     # --- lifecycle -------------------------------------------------------------------------------------
 
     def prepare(self, spec: WorkspaceSpec, log: TaskLog) -> DaytonaWorkspace:
-        if spec.start_ref is not None:
-            msg = f"a workspace at {spec.start_ref} (a test run of a pull request) needs BACKEND=docker"
+        if spec.start_ref is not None or spec.branch.startswith("pull/"):
+            # The sandbox clones branches only: a pull request's head (a fork's too) is not one.
+            what = spec.start_ref or spec.branch
+            msg = f"a workspace at {what} (a test run or review of a pull request) needs BACKEND=docker"
             raise BackendError(msg)
         started = time.monotonic()
         name = self.handle_for(spec.task_id)

@@ -10,7 +10,7 @@
   ``GET …/pulls/{n}/commits`` its commits, oldest first.
 - ``refs/pull/{n}/head`` in the base repository for every pull request (a fork's too), so that
   ``git fetch origin refs/pull/N/head`` over smart HTTP works as on GitHub.
-- Helpers for tests: :meth:`ReviewsApi.open_fork_pull` (a person's pull request from a fork: its commits
+- Helpers for tests: :meth:`FakeGitHub.open_fork_pull` (a person's pull request from a fork: its commits
   only under ``refs/pull/N/head``), :meth:`ReviewsApi.push_to_fork_pull`, :meth:`ReviewsApi.reviews`.
 """
 

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 from claude_issue_solver.backends.base import BackendError, WorkspaceLost
 from claude_issue_solver.github.client import GitHubError
 from claude_issue_solver.github.markers import is_test_request, marker
+from claude_issue_solver.github.statuses import CONTEXT  # the gate's own status context
 from claude_issue_solver.run.coverage import FILE_LIMIT as COVERAGE_LIMIT
 from claude_issue_solver.run.coverage import Coverage, CoverageError, delta_text, parse_cobertura
 from claude_issue_solver.run.kinds import Plan, TaskKind, Words
@@ -48,7 +49,6 @@ __all__ = ["CONTEXT", "NAME", "TestRunKind", "is_test_request"]
 log = logging.getLogger(__name__)
 
 NAME = "test"
-CONTEXT = "claude-issue-solver/tests"  # the commit status's context, as the gate's own
 DESCRIPTION_LIMIT = 140  # GitHub refuses a longer status description
 TABLE_ROWS = 50  # failing tests shown in the comment's table (the rest counted)
 MESSAGE_CHARS = 160  # of each failing test's message, its first line
