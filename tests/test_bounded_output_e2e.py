@@ -22,7 +22,7 @@ from claude_issue_solver.demo_world.github import FakeGitHub
 from claude_issue_solver.logs import task_log_path
 from claude_issue_solver.store.queue import TaskState
 from tests.e2e import labelled, needs_docker, tasks_of
-from tests.test_verified_pr_docker import CALC, REPO, TEST_SH
+from tests.test_verified_pr_docker import CALC, REPO, RESULTS, TEST_SH
 from tests.waiting import wait_until
 
 pytestmark = [*needs_docker, pytest.mark.timeout(400)]
@@ -58,7 +58,8 @@ def test_100_mb_of_test_output_keeps_the_daemon_small(
         {
             "calc.sh": CALC,
             "test.sh": NOISE + TEST_SH.replace("env | sort\n", ""),
-            ".github/claude-issue-solver.yml": "test: sh test.sh\ntest_timeout: 300\n",
+            # Per-test results: round 1's broken sub() is a new failure (a fix round), add()'s an old one.
+            ".github/claude-issue-solver.yml": "test: sh test.sh\ntest_timeout: 300\n" + RESULTS,
         },
         message="a calculator with loud tests",
     )

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from claude_issue_solver import backends
 from claude_issue_solver.backends.base import BackendError
 from claude_issue_solver.config import ConfigError
 from claude_issue_solver.store import budget
@@ -36,6 +37,9 @@ def without_daytona(monkeypatch: pytest.MonkeyPatch) -> None:
     """As after `pip install claude-issue-solver` without the extra: `import daytona` fails."""
     monkeypatch.setitem(sys.modules, "daytona", None)  # type: ignore[arg-type]
     monkeypatch.delitem(sys.modules, "claude_issue_solver.backends.daytona", raising=False)
+    # `from claude_issue_solver.backends import daytona` takes the package's attribute when an earlier
+    # test imported the module: that goes too.
+    monkeypatch.delattr(backends, "daytona", raising=False)
 
 
 def test_backend_daytona_without_its_sdk_is_one_line_naming_the_extra(make_config, without_daytona) -> None:  # type: ignore[no-untyped-def]
