@@ -33,7 +33,10 @@ def test_a_branch_a_person_pushed_while_the_agent_worked_gets_claudes_commit_on_
 
     def meanwhile(queue: TaskQueue) -> bool:
         """Once the agent is waiting in its sandbox: the person pushes, then the agent is released."""
-        [task] = queue.list()
+        tasks = queue.list()
+        if not tasks:  # the first poll is scheduled, not necessarily in the first cycle
+            return False
+        [task] = tasks
         if not pushed and task.meta.get("phase") == "agent" and fake.sandboxes:
             [sandbox] = fake.sandboxes.values()
             repo = Path(sandbox["dir"]) / "home" / SANDBOX_USER / "repo"
