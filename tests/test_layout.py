@@ -41,10 +41,6 @@ LONGEST = 700
 TASK_KINDS = ("issue", "followup")
 LONGER_ALLOWED = {
     "demo_world/github.py",  # the loopback GitHub of the demo
-    # Not split yet: both are being changed on other branches; to be split along their sections
-    # (lifecycle, processes, files, git, helpers) once those are in.
-    "backends/docker.py",
-    "backends/daytona.py",
 }
 
 

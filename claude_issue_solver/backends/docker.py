@@ -22,23 +22,21 @@ own) without having saved anything. They are not auto-removed, for the same reas
 Host-side git works on the worktree through the mirror (:mod:`claude_issue_solver.backends.git`), never
 through the worktree's own ``.git``, which the agent could rewrite.
 
-This is the only module that imports ``docker``; the daemon imports it only when the Docker backend runs.
+Its parts: :mod:`.docker_common` (names, mounts, the workspace), :mod:`.docker_git` (changes, publishing),
+:mod:`.docker_files` (files, the setup cache, the agent image), :mod:`.docker_output` (the log pump, bounded
+output), beside :mod:`.docker_images` and :mod:`.docker_setup_cache`. Only these modules import ``docker``;
+the daemon imports them only when the Docker backend runs.
 Mechanics only: when to stop, what to take and what to publish is :mod:`claude_issue_solver.run.policy`.
 """
 
 from __future__ import annotations
 
-import calendar
-import codecs
 import logging
 import os
 import shlex
-import stat
 import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +44,6 @@ import docker
 import docker.errors
 import requests
 from docker.models.containers import Container
-from filelock import Timeout
 
 from claude_issue_solver.backends import git as gitops
 from claude_issue_solver.backends import kept as kept_mechanics
@@ -54,18 +51,10 @@ from claude_issue_solver.backends.base import (
     LABEL_OWNER,
     LABEL_PROCESS,
     LABEL_TASK,
-    NAME_PREFIX,
     BackendError,
-    Changes,
     OutputBounds,
-    OutputKeeper,
     ProcessOutput,
     ProcessSpec,
-    Pushed,
-    PushRejected,
-    PushRequest,
-    RebaseConflict,
-    Rebased,
     Workspace,
     WorkspaceLost,
     WorkspaceSpec,
@@ -75,59 +64,68 @@ from claude_issue_solver.backends.base import (
     owner_of,
     resource_labels,
 )
+from claude_issue_solver.backends.docker_common import (
+    _DOCKER_ERRORS,
+    AGENT_PROCESS,
+    AGENT_UID,
+    BASE_SHA_FILE,
+    CONTAINER_PREFIX,
+    DEFAULT_BRANCH_FILE,
+    FROM_DEFAULT_FILE,
+    KEPT_MOUNT,
+    POLL_SECONDS,
+    RELAY_MOUNT,
+    RESTORE_PROCESS,
+    RESTORE_TIMEOUT,
+    SETUP_IMAGE_FILE,
+    TASK_MOUNT,
+    WORKSPACE_MOUNT,
+    DockerWorkspace,
+    _container_name,
+    _read_text,
+    _subdirs,
+    _write_private,
+    agent_ids,
+)
+from claude_issue_solver.backends.docker_files import DockerFiles
+from claude_issue_solver.backends.docker_git import DockerGit
 from claude_issue_solver.backends.docker_images import AgentImages, unreachable
+from claude_issue_solver.backends.docker_output import LOG_CONFIG, _LogPump, _logs
 from claude_issue_solver.backends.docker_setup_cache import (
     SETUP_IMAGE_REPOSITORY,
-    TREE_DIR,
     SetupImages,
-    image_id,
-    setup_labels,
-    untracked_paths,
 )
 from claude_issue_solver.backends.settings import DockerSettings
 from claude_issue_solver.logs import TaskLog
-from claude_issue_solver.relay import CONTAINER_DIR, FORWARDER_PORT, forwarded_command
+from claude_issue_solver.relay import FORWARDER_PORT, forwarded_command
 from claude_issue_solver.store.queue import Task
 
-__all__ = ["CONTAINER_PREFIX", "DockerBackend", "DockerWorkspace", "agent_dockerfile"]
+__all__ = [
+    "AGENT_PROCESS",
+    "AGENT_UID",
+    "BASE_SHA_FILE",
+    "CONTAINER_PREFIX",
+    "DEFAULT_BRANCH_FILE",
+    "FROM_DEFAULT_FILE",
+    "KEPT_MOUNT",
+    "LOG_CONFIG",
+    "POLL_SECONDS",
+    "RELAY_MOUNT",
+    "RESTORE_PROCESS",
+    "RESTORE_TIMEOUT",
+    "SETUP_IMAGE_FILE",
+    "TASK_MOUNT",
+    "WORKSPACE_MOUNT",
+    "DockerBackend",
+    "DockerWorkspace",
+    "agent_dockerfile",
+    "agent_ids",
+]
 
 logger = logging.getLogger(__name__)
 
-CONTAINER_PREFIX = NAME_PREFIX
-AGENT_PROCESS = "agent"  # its container carries the workspace's handle: the name operators know
-WORKSPACE_MOUNT = "/workspace"
-TASK_MOUNT = "/task"
-KEPT_MOUNT = "/kept"
-RELAY_MOUNT = CONTAINER_DIR  # the task's relay directory: its socket and the forwarder
-BASE_SHA_FILE = "base_sha"  # the commit the work started from, for a daemon that restarts mid-task
-DEFAULT_BRANCH_FILE = "default_branch"  # which branch's Dockerfile the image is built on, after a restart
-FROM_DEFAULT_FILE = "from_default"  # "1" when the worktree started at the default branch's head
-SETUP_IMAGE_FILE = "setup_image"  # the saved setup this task's later processes start from (a restart too)
-RESTORE_PROCESS = "setup-restore"  # the container that puts a saved setup's files into the tree
-RESTORE_TIMEOUT = 600.0  # seconds for copying a saved setup's files into the worktree
-# The uid the agent image's user has (Dockerfile.claude); used when the daemon itself runs as root.
-AGENT_UID = 1000
-POLL_SECONDS = 1.0  # an inspect of a local container is cheap
-_LOG_FLUSH_BYTES = 64 * 1024
-# The log driver of our containers, capped: Docker's disk holds at most ~30 MB of a container's output
-# (the oldest goes first), and reading it back once the process ended reads no more than that. The task
-# log already got everything, streamed while the process ran (_LogPump).
-LOG_CONFIG = {"type": "json-file", "config": {"max-size": "10m", "max-file": "3"}}
-# What an error message quotes of a failed copy's output.
-_ERROR_BOUNDS = OutputBounds(head=0, tail=4096)
-_DOCKER_ERRORS = (docker.errors.DockerException, requests.exceptions.RequestException)
 
-
-@dataclass(frozen=True)
-class DockerWorkspace(Workspace):
-    """A task's worktree on this host, and the mirror that registered it."""
-
-    default_branch: str
-    worktree: Path
-    mirror: Path
-
-
-class DockerBackend:
+class DockerBackend(DockerGit, DockerFiles):
     """Runs a task's processes in local Docker containers; see the module docstring for the layout."""
 
     name = "docker"
@@ -402,215 +400,6 @@ class DockerBackend:
         stderr = _logs(container, bounds, stdout=False, stderr=True)
         return ProcessOutput(stdout.text(), stderr.text(), stdout.left_out + stderr.left_out)
 
-    # --- files -----------------------------------------------------------------------------------------
-
-    def read_file(self, workspace: Workspace, path: str, limit: int) -> bytes | None:
-        target = self._inside(workspace, path)
-        try:
-            info = os.lstat(target)
-        except (FileNotFoundError, NotADirectoryError):
-            return None
-        if not stat.S_ISREG(info.st_mode):
-            return None
-        # O_NOFOLLOW: the agent could swap in a link to a host file between the lstat and the open.
-        fd = os.open(target, os.O_RDONLY | os.O_NOFOLLOW)
-        with os.fdopen(fd, "rb") as handle:
-            return handle.read(limit)
-
-    def write_file(self, workspace: Workspace, path: str, data: bytes) -> None:
-        target = self._inside(workspace, path)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        self.delete_file(workspace, path)  # a link there is replaced, never written through
-        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        self._hand_over_file(target)
-
-    def delete_file(self, workspace: Workspace, path: str) -> None:
-        target = self._inside(workspace, path)
-        try:
-            info = os.lstat(target)
-        except (FileNotFoundError, NotADirectoryError):
-            return
-        if stat.S_ISDIR(info.st_mode):
-            gitops.force_rmtree(target)
-        else:
-            target.unlink()
-
-    # --- git -------------------------------------------------------------------------------------------
-
-    def changes(self, workspace: Workspace, exclude: tuple[str, ...]) -> Changes:
-        ws, git_dir = self._located(workspace)
-        try:
-            fence = gitops.find_fence(ws.worktree, git_dir=git_dir)
-            files = gitops.status_changes(ws.worktree, git_dir=git_dir, exclude=exclude, fence=fence)
-            stat_text = gitops.diffstat(
-                ws.worktree, ws.base_sha or "HEAD", git_dir=git_dir, exclude=exclude, fence=fence
-            )
-            ahead = gitops.ahead_of_remote(ws.worktree, git_dir=git_dir)
-        except gitops.GitError as exc:
-            msg = f"reading the changes of task {ws.task_id} in {ws.worktree} failed: {exc}"
-            raise BackendError(msg) from None
-        left_out = tuple(f"{e.path}/ ({e.why})" for e in fence.left_out if e.path not in exclude)
-        return Changes(files=tuple(files), diffstat=stat_text, ahead=ahead, left_out=left_out)
-
-    def untracked(
-        self, workspace: Workspace, glob: str | None = None, *, ignored: bool = True
-    ) -> tuple[str, ...]:
-        ws, git_dir = self._located(workspace)
-        try:
-            return tuple(gitops.untracked(ws.worktree, git_dir=git_dir, glob=glob, ignored=ignored))
-        except gitops.GitError as exc:
-            msg = f"listing the untracked files of task {ws.task_id} in {ws.worktree} failed: {exc}"
-            raise BackendError(msg) from None
-
-    def commit_and_push(self, workspace: Workspace, request: PushRequest, log: TaskLog) -> Pushed:
-        ws, git_dir = self._located(workspace)
-        name, email = request.author
-        committed = False
-        try:
-            # Under the mirror lock: a fetch of another task may be rewriting the same refs. The push
-            # goes to the mirror's origin, which the agent cannot change (the mirror is mounted read-only).
-            with self._mirror_locked(ws.mirror):
-                fence = gitops.find_fence(ws.worktree, git_dir=git_dir)
-                if gitops.status_changes(ws.worktree, git_dir=git_dir, exclude=request.exclude, fence=fence):
-                    gitops.commit_all(
-                        ws.worktree,
-                        request.message,
-                        name,
-                        email,
-                        git_dir=git_dir,
-                        exclude=request.exclude,
-                        fence=fence,
-                    )
-                    committed = True
-                sha = gitops.push(ws.worktree, request.branch, request.credential, git_dir=git_dir)
-        except gitops.GitPushRejected as exc:
-            raise PushRejected(str(exc), moved=exc.moved) from None
-        except gitops.GitError as exc:
-            msg = f"publishing task {ws.task_id} to {ws.repo} {request.branch} failed: {exc}"
-            raise BackendError(msg, retryable=exc.retryable) from None
-        return Pushed(sha, committed)
-
-    def rebase_onto_remote(self, workspace: Workspace, request: PushRequest, log: TaskLog) -> Rebased:
-        # Object-level in the mirror (merge-tree + commit-tree), then one reset through the mirror's git
-        # directory: no `git rebase` in a worktree whose hooks, config and .git the agent wrote.
-        ws, git_dir = self._located(workspace)
-        task_dir = self.task_dir(ws.task_id)
-        branch = request.branch
-        try:
-            with self._mirror_locked(ws.mirror):
-                head = gitops.rev_parse(ws.worktree, "HEAD", git_dir=git_dir)
-                base = _read_text(task_dir / BASE_SHA_FILE) or ws.base_sha
-                if head is None or base is None:
-                    msg = f"the worktree {ws.worktree} has no HEAD or no recorded base to replay from"
-                    raise BackendError(msg)
-                onto = gitops.fetch_branch(ws.mirror, branch, request.credential)
-                moved = gitops.replay_onto(ws.mirror, base, head, onto)
-                gitops.reset_worktree(ws.worktree, moved.head, git_dir=git_dir)
-                # The reset above is the commit point: a crash before it leaves the old HEAD (a second
-                # publish replays again), after it the replayed commits (base or onto excludes theirs).
-                _write_private(task_dir / BASE_SHA_FILE, onto.encode())
-        except gitops.GitConflict as exc:
-            msg = f"the commits of task {ws.task_id} conflict with {branch} on {ws.repo}: {exc}"
-            raise RebaseConflict(msg, exc.paths) from None
-        except gitops.GitError as exc:
-            msg = f"putting the commits of task {ws.task_id} on top of {ws.repo} {branch} failed: {exc}"
-            raise BackendError(msg, retryable=exc.retryable) from None
-        authors = tuple(dict.fromkeys(name for _sha, name in moved.new_commits))
-        log.write(
-            f"{branch} on {ws.repo} moved to {onto[:12]} ({len(moved.new_commits)} new commit(s)); "
-            f"replayed {moved.replayed} commit(s) on top: {moved.head[:12]}"
-        )
-        return Rebased(moved.head, onto, len(moved.new_commits), authors, moved.replayed)
-
-    # --- the setup cache (see docker_setup_cache) ----------------------------------------------------
-
-    def save_setup(self, workspace: Workspace, process: str, key: str, log: TaskLog) -> str | None:
-        ws, git_dir = self._located(workspace)
-        agent_image = self.ensure_image(ws.repo, ws.default_branch, log)
-        agent_id = image_id(self.client, agent_image)
-        tag = self.setups.tag_for(key, agent_id)
-        image = self.setups.find(tag)
-        if image is None:
-            container = self._process_container(ws, process)
-            if container.status not in ("exited", "dead"):
-                msg = f"container {container.name} has not ended; only an ended setup is saved"
-                raise BackendError(msg)
-            started = time.monotonic()
-            try:
-                paths = untracked_paths(ws.worktree, git_dir)
-            except gitops.GitError as exc:
-                msg = f"listing what setup wrote into {ws.worktree} failed: {exc}"
-                raise BackendError(msg) from None
-            labels = setup_labels(
-                repo=ws.repo, task_id=ws.task_id, key=key, agent_image_id=agent_id, owner=self.owner
-            )
-            image = self.setups.save(
-                container, tag, worktree=ws.worktree, paths=paths, owner_ids=agent_ids(), labels=labels
-            )
-            log.write(
-                f"saved the setup as {tag} ({len(paths)} untracked path(s) of the tree in it, "
-                f"{time.monotonic() - started:.1f}s)"
-            )
-        else:
-            log.write(f"the setup is saved already as {tag}")
-        # From now on this task's processes start from the setup image: what setup put in HOME is there.
-        _write_private(self.task_dir(ws.task_id) / SETUP_IMAGE_FILE, tag.encode())
-        protected = {
-            t for t in (_read_text(d / SETUP_IMAGE_FILE) for d in _subdirs(self.state_dir / "tasks")) if t
-        }
-        for removed in self.setups.prune(ws.repo, image, protected):
-            log.write(f"removed the older setup image {removed} of {ws.repo}")
-        return tag
-
-    def restore_setup(self, workspace: Workspace, key: str, log: TaskLog) -> str | None:
-        ws = self._own(workspace)
-        agent_id = image_id(self.client, self.ensure_image(ws.repo, ws.default_branch, log))
-        tag = self.setups.tag_for(key, agent_id)
-        if self.setups.find(tag) is None:
-            return None
-        setup_file = self.task_dir(ws.task_id) / SETUP_IMAGE_FILE
-        _write_private(setup_file, tag.encode())  # before the copy starts: a restart finds both
-        # The files setup wrote into the tree, copied by the agent's user inside a container.
-        copy = ProcessSpec(
-            name=RESTORE_PROCESS, argv=("cp", "-a", f"{TREE_DIR}/.", f"{WORKSPACE_MOUNT}/"), env={}
-        )
-        self.start_process(ws, copy, log)
-        container = self._process_container(ws, RESTORE_PROCESS)
-        try:
-            code = container.wait(timeout=RESTORE_TIMEOUT).get("StatusCode")
-        except _DOCKER_ERRORS as exc:
-            setup_file.unlink(missing_ok=True)
-            msg = f"copying the saved setup {tag} into the tree failed: {exc}"
-            raise BackendError(msg, retryable=True) from None
-        if code != 0:
-            setup_file.unlink(missing_ok=True)
-            tail = _logs(container, _ERROR_BOUNDS, stdout=True, stderr=True).text().strip()[-500:]
-            msg = f"copying the saved setup {tag} into the tree exited {code}: {tail}"
-            raise BackendError(msg)
-        return tag
-
-    def _image_for(self, ws: DockerWorkspace, log: TaskLog) -> str:
-        """The image a process of this workspace starts from: its saved setup, else the agent image."""
-        return _read_text(self.task_dir(ws.task_id) / SETUP_IMAGE_FILE) or self.ensure_image(
-            ws.repo, ws.default_branch, log
-        )
-
-    # --- the agent image (see docker_images) --------------------------------------------------------
-
-    def ensure_image(self, repo: str, default_branch: str, log: TaskLog | None = None) -> str:
-        return self.images.ensure(self.mirror_dir(repo), repo, default_branch, log)
-
-    def agent_image_tag(self, base: str, *, pull: bool = False) -> str | None:
-        return self.images.agent_image_tag(base, pull=pull)
-
-    def build_agent_image(self, base: str, log: TaskLog | None = None) -> str:
-        return self.images.build_agent_image(base, log)
-
-    def image_present(self, ref: str) -> bool:
-        return self.images.present(ref)
-
     # --- helpers ---------------------------------------------------------------------------------------
 
     def _create_container(self, ws: DockerWorkspace, process: ProcessSpec, image: str) -> Container:
@@ -748,227 +537,3 @@ class DockerBackend:
         except _DOCKER_ERRORS as exc:
             msg = f"the Docker daemon refused a request: {exc}"
             raise BackendError(msg, retryable=True) from None
-
-    def _located(self, workspace: Workspace) -> tuple[DockerWorkspace, Path]:
-        """The workspace and its worktree's git directory, as the mirror (not the worktree) records it."""
-        ws = self._own(workspace)
-        git_dir = gitops.worktree_git_dir(ws.mirror, ws.worktree) if ws.worktree.is_dir() else None
-        if git_dir is None:
-            msg = f"the worktree {ws.worktree} of task {ws.task_id} is gone (its mirror does not list it)"
-            raise WorkspaceLost(msg)
-        return ws, git_dir
-
-    def _inside(self, workspace: Workspace, path: str) -> Path:
-        """``path`` in the worktree; no part of it may climb out or be a link (the agent made the tree)."""
-        root = self._own(workspace).worktree
-        parts = Path(path).parts
-        if not parts or Path(path).is_absolute() or any(p in ("..", ".") for p in parts):
-            msg = f"{path!r} is not a path inside the worktree"
-            raise BackendError(msg)
-        current = root
-        for part in parts[:-1]:
-            current = current / part
-            if current.is_symlink():
-                msg = f"{path!r} in {root} passes through a link"
-                raise BackendError(msg)
-        return root.joinpath(*parts)
-
-    def _owning_mirror(self, worktree: Path) -> Path | None:
-        return next((m for m in self._mirrors() if gitops.worktree_git_dir(m, worktree) is not None), None)
-
-    def _mirrors(self) -> Iterator[Path]:
-        for owner in _subdirs(self.state_dir / "mirrors"):
-            yield from (p for p in _subdirs(owner) if p.name.endswith(".git"))
-
-    @contextmanager
-    def _mirror_locked(self, mirror: Path) -> Iterator[None]:
-        lock = gitops.mirror_lock(mirror)
-        try:
-            lock.acquire()
-        except Timeout:
-            msg = f"another task held the lock of {mirror} for more than {lock.timeout:.0f}s"
-            raise BackendError(msg, retryable=True) from None
-        try:
-            yield
-        finally:
-            lock.release()
-
-    def _hand_over(self, worktree: Path, task_dir: Path) -> None:
-        """Make the worktree writable (and the task directory readable) for the agent's uid.
-
-        Only needed as root: otherwise the agent runs as the daemon's own uid, which owns everything.
-        Links are changed, never followed: the tree may hold symlinks a previous run of the agent made.
-        """
-        if os.getuid() != 0:
-            return
-        uid, gid = agent_ids()
-        for root, dirs, files in os.walk(worktree):
-            os.chown(root, uid, gid, follow_symlinks=False)
-            for entry in (*dirs, *files):
-                os.chown(os.path.join(root, entry), uid, gid, follow_symlinks=False)
-        os.chown(task_dir, uid, gid, follow_symlinks=False)
-
-    def _hand_over_file(self, path: Path) -> None:
-        if os.getuid() == 0:
-            uid, gid = agent_ids()
-            os.chown(path, uid, gid, follow_symlinks=False)
-
-
-# --- module helpers ----------------------------------------------------------------------------------------
-
-
-def _container_name(task_id: str, process: str) -> str:
-    base = f"{CONTAINER_PREFIX}{checked_id(task_id)}"
-    return base if process == AGENT_PROCESS else f"{base}-{checked_process(process)}"
-
-
-def agent_ids() -> tuple[int, int]:
-    """The uid:gid the container runs as: the daemon's own, or the image's user when the daemon is root."""
-    uid = os.getuid()
-    return (AGENT_UID, AGENT_UID) if uid == 0 else (uid, os.getgid())
-
-
-class _LogPump:
-    """Copies a container's output into the task log until it exits, in whole lines where possible.
-
-    Whole lines because the log's redaction works per write: a token split across two chunks would
-    slip through. Nothing accumulates: a line longer than ``_LOG_FLUSH_BYTES`` is written in pieces.
-
-    The log driver is capped (``LOG_CONFIG``), and a follower that falls behind a rotation loses its
-    place: Docker (20.10) then ends the followed stream when the container exits, before the end of the
-    output. So the pump reads with timestamps and, once the stream ended, reads what the log still
-    holds after the last entry it copied -- the end of the output, a test run's verdict, always arrives.
-    """
-
-    def __init__(self, container: Container | None, log: TaskLog) -> None:
-        self.container = container
-        self.log = log
-        self.detached = threading.Event()
-        self.thread = threading.Thread(
-            target=self._pump, name=f"logs-{container.name if container else '-'}", daemon=True
-        )
-        self._decoder = codecs.getincrementaldecoder("utf-8")("replace")
-        self._pending = ""
-        self._last: tuple[str, int] | None = None  # the timestamp of the last entry copied
-
-    def start(self) -> None:
-        self.thread.start()
-
-    def close(self, *, finished: bool) -> None:
-        if not finished:
-            self.detached.set()  # the thread ends at the next output; whoever attaches restreams
-        elif self.thread.is_alive():
-            self.thread.join(timeout=30)
-
-    def _pump(self) -> None:
-        assert self.container is not None
-        try:
-            frames = self.container.logs(stream=True, follow=True, stdout=True, stderr=True, timestamps=True)
-            for frame in frames:
-                if self.detached.is_set():
-                    return
-                stamp, data = _stamped(frame)
-                self._last = stamp or self._last
-                self._copy(data)
-            if not self.detached.is_set() and self._last is not None:
-                self._catch_up(self._last)
-        except _DOCKER_ERRORS as exc:
-            self.log.write(f"the output stream of {self.container.name} broke off: {exc}")
-        pending = self._pending + self._decoder.decode(b"", final=True)
-        if pending:
-            self.log.write_raw(pending + "\n")
-
-    def _catch_up(self, last: tuple[str, int]) -> None:
-        """Copy what the log holds after ``last`` (nothing, unless the followed stream ended early)."""
-        assert self.container is not None
-        caught = 0
-        # `since` is a float of seconds: start a little early, and skip what was copied already.
-        stream = self.container.logs(
-            stream=True, follow=False, stdout=True, stderr=True, timestamps=True, since=_epoch(last) - 1e-3
-        )
-        try:
-            for frame in stream:
-                stamp, data = _stamped(frame)
-                if stamp is not None and stamp <= last:
-                    continue
-                if not caught:
-                    self._copy(b"", final=True)
-                    self.log.write(
-                        f"(the live copy of {self.container.name}'s output fell behind Docker's capped log; "
-                        "what follows is what the log still held: output before it may be missing)"
-                    )
-                caught += len(data)
-                self._copy(data)
-        finally:
-            stream.close()
-
-    def _copy(self, data: bytes, *, final: bool = False) -> None:
-        pending = self._pending + self._decoder.decode(data)
-        cut = pending.rfind("\n") + 1
-        if final or (cut == 0 and len(pending) > _LOG_FLUSH_BYTES):
-            cut = len(pending)
-        if cut:
-            self.log.write_raw(pending[:cut])
-            pending = pending[cut:]
-        self._pending = pending
-
-
-def _stamped(frame: bytes) -> tuple[tuple[str, int] | None, bytes]:
-    """A log entry read with ``timestamps=True``: its time (seconds as text, nanoseconds) and its data.
-
-    docker-py yields one frame per entry; the time is RFC 3339 with up to nine fractional digits.
-    """
-    stamp, space, data = frame.partition(b" ")
-    text = stamp.decode("ascii", "replace")
-    if not space or len(text) < 20 or text[10] != "T" or not text.endswith("Z"):
-        return None, frame
-    seconds, _, fraction = text[:-1].partition(".")
-    if not fraction.isdigit() and fraction:
-        return None, frame
-    return (seconds, int((fraction or "0").ljust(9, "0")[:9])), data
-
-
-def _epoch(stamp: tuple[str, int]) -> float:
-    seconds, nanos = stamp
-    return calendar.timegm(time.strptime(seconds, "%Y-%m-%dT%H:%M:%S")) + nanos / 1e9
-
-
-def _logs(container: Container, bounds: OutputBounds, *, stdout: bool, stderr: bool) -> OutputKeeper:
-    """The container's output (what its capped log driver kept), streamed into a bounded keeper.
-
-    Streamed, never asked for whole: ``logs()`` without ``stream`` returns everything as one bytes
-    object, and ``tail=`` counts log entries, not bytes.
-    """
-    keeper = OutputKeeper(bounds)
-    try:
-        stream = container.logs(stream=True, follow=False, stdout=stdout, stderr=stderr)
-        try:
-            for chunk in stream:
-                keeper.feed(chunk)
-        finally:
-            stream.close()
-    except _DOCKER_ERRORS as exc:
-        keeper.feed(f"\n(the output of {container.name} is unavailable: {exc})\n".encode())
-    return keeper
-
-
-def _read_text(path: Path) -> str | None:
-    try:
-        return path.read_text().strip() or None
-    except OSError:
-        return None
-
-
-def _write_private(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(data)
-    os.replace(tmp, path)
-
-
-def _subdirs(path: Path) -> list[Path]:
-    try:
-        return sorted(p for p in path.iterdir() if p.is_dir() and not p.is_symlink())
-    except FileNotFoundError:
-        return []
