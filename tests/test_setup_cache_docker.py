@@ -92,8 +92,11 @@ def owner(state_dir: Path) -> Iterator[str]:
 def run_task(github: FakeGitHub, config: Config, title: str) -> tuple[Task, TaskQueue, list[str]]:
     """One issue through the daemon; the processes whose containers were created meanwhile (by label)."""
     since = int(time.time()) - 1
-    labelled(github, title, "edit")
-    queue = drive(config, all_finished, timeout=120)
+    number = labelled(github, title, "edit")["number"]
+    # Until this issue's task has run (a new daemon's first poll is scheduled, not in its first cycle).
+    queue = drive(
+        config, lambda q: any(t.issue_number == number for t in q.list()) and all_finished(q), timeout=120
+    )
     task = max(queue.list(), key=lambda t: t.issue_number)
     assert task.state is TaskState.COMPLETED, (task.error, task_log_path(config.log_dir, task.id).read_text())
     ours = f"{LABEL_OWNER}={owner_of(config.state_dir.resolve())}"
