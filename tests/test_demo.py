@@ -29,8 +29,8 @@ from claude_issue_solver.store.queue import Task
 NO_CREDENTIAL = {"HOME": "/nonexistent", "PATH": os.environ.get("PATH", "/usr/bin:/bin")}
 PR_URL = re.compile(r"^URL: +(http://127\.0\.0\.1:\d+/demo/calculator/pull/\d+)$", re.MULTILINE)
 # What the stand-in's pull request changes, as `git diff` prints it.
-SUBTRACT_FIXED = "-    return a + b\n+    return a - b\n"
-TEST_ADDED = "+def test_subtract_below_zero() -> None:\n+    assert subtract(3, 5) == -2\n"
+SUBTRACT_FIXED = " subtract() {\n-    echo $(($1 + $2))\n+    echo $(($1 - $2))\n"
+TEST_ADDED = " check test_subtract 2 subtract 5 3\n+check test_subtract_below_zero -2 subtract 3 5\n"
 
 
 def containers_mounting(client: object, path: Path) -> list[str]:
@@ -46,7 +46,7 @@ def section(text: str, title: str) -> str:
     return found[0]
 
 
-def assert_stand_in_report(text: str, notice: str = STAND_IN_NOTICE) -> None:
+def assert_stand_in_report(text: str, notice: str = STAND_IN_NOTICE, *, tests: bool = True) -> None:
     assert text.splitlines()[0] == notice
     assert "the real claude CLI" not in text
     url = PR_URL.search(text)
@@ -61,9 +61,14 @@ def assert_stand_in_report(text: str, notice: str = STAND_IN_NOTICE) -> None:
         assert absent not in pull, (absent, pull)
 
     diff = section(text, "git diff main...claude/issue-1")
-    assert "+++ b/calculator.py" in diff and SUBTRACT_FIXED in diff
-    assert "+++ b/test_calculator.py" in diff and TEST_ADDED in diff
-    assert diff.count("diff --git") == 2, diff  # only the fix and its test
+    assert "+++ b/calc.sh" in diff and SUBTRACT_FIXED in diff
+    assert "+++ b/check.sh" in diff and TEST_ADDED in diff
+    assert diff.count("diff --git") == 2, diff  # only the fix and its test (not the tests' build/)
+
+    if tests:  # red on main only for the issue's bug, green after the change
+        assert_green_tests(
+            pull, before="🔴 red: exit 1", before_counts="2 passed, 1 failed", after_counts="4 passed"
+        )
 
     comment = section(text, "Comment on issue #1 by claude-bot:")
     assert (
@@ -73,12 +78,28 @@ def assert_stand_in_report(text: str, notice: str = STAND_IN_NOTICE) -> None:
     assert "$" not in comment and "Claude opened" not in comment
 
 
+def assert_green_tests(pull: str, *, before: str, before_counts: str, after_counts: str) -> None:
+    """A verified pull request: the sample's settings file runs `sh check.sh` in the stand-in's image,
+    with per-test counts before and after the change, green after it; the head's status says so."""
+    assert f"Status: claude-issue-solver/tests: success (Tests pass: {after_counts}, 0 failed)" in pull, pull
+    assert "- Command: `sh check.sh` (the repository's .github/claude-issue-solver.yml)" in pull, pull
+    baseline = (
+        re.escape(f"| before the change (baseline) | {before} (") + r"\d+s\) · " + re.escape(before_counts)
+    )
+    assert re.search(f"^{baseline}( — already red before the change)? \\|$", pull, re.MULTILINE), pull
+    after = re.escape("| round 1: after the stand-in agent's change | 🟢 green (") + r"\d+s\) · "
+    assert re.search(f"^{after}{re.escape(after_counts)}, 0 failed \\|$", pull, re.MULTILINE), pull
+    assert "round 2" not in pull and "Failing" not in pull and "Not verified" not in pull
+    assert "[tests failing]" not in pull and "⚠️" not in pull
+    assert "`sh check.sh` after the fix: 4 passed, 0 failed." in pull  # the stand-in ran them too
+
+
 def run_sample_tests(checkout: Path) -> subprocess.CompletedProcess[str]:
-    """The sample repository's own tests, with the host's Python (its README says `python -m pytest`)."""
+    """The sample repository's own tests on the host's shell, as its settings file says: `sh check.sh`."""
     return subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--rootdir", str(checkout)],
+        ["sh", "check.sh"],
         cwd=checkout,
-        env={**NO_CREDENTIAL, "PYTHONDONTWRITEBYTECODE": "1"},
+        env=NO_CREDENTIAL,
         capture_output=True,
         text=True,
         timeout=60,
@@ -114,9 +135,15 @@ def test_the_stand_in_fixes_the_sample_and_its_test_catches_the_bug(tmp_path: Pa
     repo = tmp_path / "calculator"
     repo.mkdir()
     for name, text in SAMPLE_FILES.items():
+        (repo / name).parent.mkdir(parents=True, exist_ok=True)
         (repo / name).write_text(text)
     before = run_sample_tests(repo)
-    assert before.returncode == 1 and "1 failed, 2 passed" in before.stdout, before.stdout
+    assert before.returncode == 1 and "2 passed, 1 failed" in before.stdout, before.stdout
+    assert "FAIL test_subtract: subtract 5 3 = 8, expected 2" in before.stdout  # the issue's bug, only
+    assert (
+        '<testcase classname="calc" name="test_subtract"><failure message="subtract 5 3 = 8'
+        in (repo / "build" / "junit.xml").read_text()
+    )
 
     proc = run_stand_in(repo, "--output-format", "stream-json", "--verbose")
     assert proc.returncode == 0, proc.stderr
@@ -129,25 +156,37 @@ def test_the_stand_in_fixes_the_sample_and_its_test_catches_the_bug(tmp_path: Pa
     tools = [
         b["name"] for e in events if e["type"] == "assistant" for b in e["message"]["content"] if "name" in b
     ]
-    assert tools == ["Read", "Read", "Edit", "Edit", "Write"]
+    assert tools == ["Read", "Read", "Edit", "Bash", "Edit", "Bash", "Write"]
+    runs = [
+        b
+        for e in events
+        if e["type"] == "user"
+        for b in e["message"]["content"]
+        if "toolu_stand_in_" in str(b)
+    ]
+    red, green = (b for b in runs if b["tool_use_id"] in ("toolu_stand_in_red", "toolu_stand_in_green"))
+    assert red["is_error"] is True and "FAIL test_subtract_below_zero" in red["content"]
+    assert green["is_error"] is False and green["content"].endswith("4 passed, 0 failed")
     assert all(e["session_id"] == result["session_id"] for e in events)
 
     after = run_sample_tests(repo)
-    assert after.returncode == 0 and "4 passed" in after.stdout, after.stdout
+    assert after.returncode == 0 and "4 passed, 0 failed" in after.stdout, after.stdout
+    assert "ok   test_add: add 2 3 = 5" in after.stdout  # add() keeps its +
     # The new test is a real regression test: it fails against the old subtract().
-    (repo / "calculator.py").write_text(SAMPLE_FILES["calculator.py"])
+    (repo / "calc.sh").write_text(SAMPLE_FILES["calc.sh"])
     regressed = run_sample_tests(repo)
-    assert "2 failed, 2 passed" in regressed.stdout and "test_subtract_below_zero" in regressed.stdout
+    assert "2 passed, 2 failed" in regressed.stdout and "FAIL test_subtract_below_zero" in regressed.stdout
     summary = (repo / ".claude-pr-summary.md").read_text()
-    assert summary.startswith("Fix subtract(): ") and "stand-in" in summary and "Not tested here" in summary
+    assert summary.startswith("Fix subtract(): ") and summary.rstrip().endswith("4 passed, 0 failed.")
 
 
 def test_the_stand_in_leaves_a_repository_it_does_not_know_alone(tmp_path: Path) -> None:
     (tmp_path / "README.md").write_text("no calculator here\n")
+    (tmp_path / "calc.sh").write_text("add() { echo 0; }\n")  # no check.sh: not the sample
     proc = run_stand_in(tmp_path, "--output-format", "json")
     assert proc.returncode == 0, proc.stderr
     assert "can fix only that one, so I changed nothing" in json.loads(proc.stdout)["result"]
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["README.md"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["README.md", "calc.sh"]
 
 
 # --- the texts name the agent ------------------------------------------------------------------------
@@ -205,12 +244,21 @@ def test_demo_follow_up_continues_the_same_branch_pr_and_session(
     err = capfd.readouterr().err
     text = out.getvalue()
     assert code == 0, text + err
-    assert_stand_in_report(text.split("\nFollow-up on pull request")[0])
+    first = text.split("\nFollow-up on pull request")[0]
+    assert_stand_in_report(first, tests=False)
+    # The pull request as it is at the end: its report is the follow-up's, green before and after.
+    assert_green_tests(
+        section(first, "Pull request #"),
+        before="🟢 green",
+        before_counts="4 passed, 0 failed",
+        after_counts="5 passed",
+    )
     assert f"alice on pull request #2: {FOLLOW_UP_REQUEST!r}" in text
     follow_up = section(text, "Follow-up on pull request #2")
     assert re.search(r"the same branch claude/issue-1, resumed Claude session [0-9a-f-]{36}", follow_up), text
     assert ": Follow-up for @alice: please also add a test that subtracting" in follow_up
-    assert "+def test_subtract_itself() -> None:\n+    assert subtract(7, 7) == 0" in follow_up
+    assert "+check test_subtract_itself 0 subtract 7 7\n" in follow_up
+    assert "`sh check.sh`: 5 passed, 0 failed." in section(text, "Answer on pull request #2 by claude-bot")
     answer = section(text, "Answer on pull request #2 by claude-bot")
     assert "\n✅ A scripted stand-in agent (not Claude) pushed" in answer and "for @alice" in answer
     assert "Traceback" not in err
@@ -238,9 +286,16 @@ def test_keep_leaves_the_state_and_the_bare_repository(docker_client: object, tm
 
     # The sample's tests, run on the host: failing on main, passing on the stand-in's branch.
     main = run_sample_tests(checkout(bare, "main", tmp_path / "main"))
-    assert main.returncode == 1 and "1 failed, 2 passed" in main.stdout, main.stdout
+    assert main.returncode == 1 and "2 passed, 1 failed" in main.stdout, main.stdout
     fixed = run_sample_tests(checkout(bare, "claude/issue-1", tmp_path / "fixed"))
-    assert fixed.returncode == 0 and "4 passed" in fixed.stdout, fixed.stdout
+    assert fixed.returncode == 0 and "4 passed, 0 failed" in fixed.stdout, fixed.stdout
+    tree = subprocess.run(
+        ["git", f"--git-dir={bare}", "ls-tree", "-r", "--name-only", "claude/issue-1"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    assert "build/junit.xml" not in tree and "check.sh" in tree  # the tests' results stay out
 
 
 def test_docker_unreachable_is_one_clear_line(

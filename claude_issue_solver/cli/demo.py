@@ -7,7 +7,9 @@ the work; without one, or with ``stand_in``, a scripted stand-in does (and says 
 
 The stand-in (``demo_world/fake_claude.sh`` in a busybox image, run as model
 :data:`~claude_issue_solver.run.messages.STAND_IN_MODEL`) fixes the sample's bug for real, adds a test, and
-the pull request and comment name it as a stand-in, never as Claude.
+the pull request and comment name it as a stand-in, never as Claude. The sample is a shell project whose
+settings file names its test command (``sh check.sh``) and JUnit XML, so the test gate runs it in
+whichever agent image (neither has Python): red before the change on the issue's test only, green after.
 """
 
 from __future__ import annotations
@@ -71,43 +73,91 @@ _PASSED_THROUGH = (
 )
 _LOG_TAIL_LINES = 20
 
+# A shell project, so its tests run in any agent image: the stand-in's busybox and the real CLI's
+# Debian base both have `sh` (neither has Python). check.sh writes JUnit XML, which the test gate reads
+# per test: the baseline fails only test_subtract (the issue's bug), and the fixed branch is green.
 SAMPLE_FILES = {
-    "README.md": "# calculator\n\nA tiny calculator. Run the tests with `python -m pytest`.\n",
-    "calculator.py": '''"""A tiny calculator."""
+    "README.md": (
+        "# calculator\n\nA tiny calculator in POSIX sh: `. ./calc.sh; subtract 5 3`.\n\n"
+        "Run the tests with `sh check.sh` (JUnit XML in `build/junit.xml`).\n"
+    ),
+    ".gitignore": "build/\n",
+    ".github/claude-issue-solver.yml": (
+        "# What claude-issue-solver runs to verify a change (before it, for the baseline, and after it).\n"
+        "test: sh check.sh\n"
+        "test_results: build/junit.xml\n"
+        "test_timeout: 60\n"
+    ),
+    "calc.sh": """\
+# A tiny calculator: source it (`. ./calc.sh`), then `add 2 3` prints 5.
 
+add() {
+    echo $(($1 + $2))
+}
 
-def add(a: float, b: float) -> float:
-    return a + b
+subtract() {
+    echo $(($1 + $2))
+}
 
+multiply() {
+    echo $(($1 * $2))
+}
+""",
+    "check.sh": """\
+# The calculator's tests: `sh check.sh`. One line per test, JUnit XML in build/junit.xml (what CI test
+# reporters read), exit 1 when a test fails.
+. ./calc.sh
 
-def subtract(a: float, b: float) -> float:
-    return a + b
+passed=0
+failed=0
+cases=""
 
+xml() {
+    printf '%s' "$1" | sed -e 's/&/\\&amp;/g' -e 's/</\\&lt;/g' -e 's/"/\\&quot;/g'
+}
 
-def multiply(a: float, b: float) -> float:
-    return a * b
-''',
-    "test_calculator.py": """from calculator import add, multiply, subtract
+# check NAME EXPECTED COMMAND [ARGS...]
+check() {
+    name=$1
+    expected=$2
+    shift 2
+    got=$("$@")
+    if [ "$got" = "$expected" ]; then
+        echo "ok   $name: $* = $got"
+        passed=$((passed + 1))
+        cases="$cases    <testcase classname=\\"calc\\" name=\\"$name\\"/>
+"
+    else
+        echo "FAIL $name: $* = $got, expected $expected"
+        failed=$((failed + 1))
+        message=$(xml "$* = $got, expected $expected")
+        failure="<failure message=\\"$message\\"/>"
+        cases="$cases    <testcase classname=\\"calc\\" name=\\"$name\\">$failure</testcase>
+"
+    fi
+}
 
+check test_add 5 add 2 3
+check test_subtract 2 subtract 5 3
+check test_multiply 12 multiply 4 3
 
-def test_add() -> None:
-    assert add(2, 3) == 5
-
-
-def test_subtract() -> None:
-    assert subtract(5, 3) == 2
-
-
-def test_multiply() -> None:
-    assert multiply(4, 3) == 12
+mkdir -p build
+{
+    echo '<?xml version="1.0" encoding="UTF-8"?>'
+    echo "<testsuite name=\\"calc\\" tests=\\"$((passed + failed))\\" failures=\\"$failed\\">"
+    printf '%s' "$cases"
+    echo '</testsuite>'
+} >build/junit.xml
+echo "$passed passed, $failed failed"
+[ "$failed" -eq 0 ]
 """,
 }
 ISSUE_TITLE = "subtract() adds instead of subtracting"
 ISSUE_BODY = (
-    "`calculator.subtract(5, 3)` returns `8`; it should return `2`, so "
-    "`test_calculator.py::test_subtract` fails.\n\n"
-    "Please fix `subtract` in `calculator.py`, keep the existing tests as they are, and add a test that "
-    "would have caught it.\n"
+    "`subtract 5 3` (from `calc.sh`) prints `8`; it should print `2`, so `sh check.sh` fails on "
+    "`test_subtract`.\n\n"
+    "Please fix `subtract` in `calc.sh`, keep the existing tests as they are, and add a test to "
+    "`check.sh` that would have caught it.\n"
 )
 
 
@@ -383,7 +433,11 @@ def _report(task: Task, github: FakeGitHub, log_dir: Path, out: TextIO, timeout:
     diff = github.repo(REPO).git("diff", f"{base}...{head}")
     rule = "-" * 72
     print(f"\n{rule}\nPull request #{pull['number']}: {pull['title']}", file=out)
-    print(f"URL:    {pull['html_url']}\nBranch: {head} -> {base}\n\n{pull['body'].rstrip()}", file=out)
+    print(f"URL:    {pull['html_url']}\nBranch: {head} -> {base}", file=out)
+    sha = github.repo(REPO).branch_sha(head) or ""
+    for status in github.statuses(REPO, sha)[-1:]:  # the latest: what the PR's checks list shows
+        print(f"Status: {status['context']}: {status['state']} ({status['description']})", file=out)
+    print(f"\n{pull['body'].rstrip()}", file=out)
     print(f"\n{rule}\ngit diff {base}...{head}\n\n{diff.rstrip()}", file=out)
     for comment in comments:
         author = comment["user"]["login"]

@@ -9,9 +9,9 @@
 # host with dash + coreutils.
 #
 # Scenarios:
-#   demo         fix the demo's issue for real: subtract() in calculator.py subtracts, and a regression
-#                test in test_calculator.py; writes a PR summary that says a stand-in wrote it; success
-#                with the true turn count and no cost
+#   demo         fix the demo's issue for real: subtract() in calc.sh subtracts, a regression test in
+#                check.sh, the tests run (`sh check.sh`, red then green); writes a PR summary with the
+#                tests' counts; success with the true turn count and no cost
 #   edit         append to CLAUDE_FIX.md, write .claude-pr-summary.md, success (result has prompt-sha256=<hex>)
 #   noop         change nothing, success ("Nothing to change: ...")
 #   invalid-key  subtype success but is_error:true, api_error_status 401, exit 1
@@ -220,11 +220,11 @@ do_edit() {
     fi
 }
 
-# The demo's issue fixed as the bug prompt asks: read, reproduce with a test, fix, summarize. With sed and
-# awk only: the image has no Python, so this stand-in cannot run the test it writes (and says so).
+# The demo's issue fixed as the bug prompt asks: read, reproduce with a test, fix, run the tests, summarize.
+# With sed and awk only; the sample is a shell project, so its tests (`sh check.sh`) run here too.
 do_demo_fix() {
-    code=calculator.py
-    tests=test_calculator.py
+    code=calc.sh
+    tests=check.sh
     assistant "[{\"type\":\"text\",\"text\":\"I will read $code and its tests first.\"},{\"type\":\"tool_use\",\"id\":\"toolu_stand_in_read_code\",\"name\":\"Read\",\"input\":{\"file_path\":$(json_str "$cwd/$code")}}]"
     if [ ! -f "$code" ] || [ ! -f "$tests" ]; then
         tool_result toolu_stand_in_read_code "File does not exist." true
@@ -236,54 +236,78 @@ do_demo_fix() {
     assistant "[{\"type\":\"tool_use\",\"id\":\"toolu_stand_in_read_tests\",\"name\":\"Read\",\"input\":{\"file_path\":$(json_str "$cwd/$tests")}}]"
     tool_result toolu_stand_in_read_tests "$(awk '{ printf "%6d\t%s\n", NR, $0 }' "$tests")" false
 
-    sed '/^def subtract(/,/return/ s/return a + b/return a - b/' "$code" >"$tmp/code"
+    # Only inside subtract(): add() keeps its `+`.
+    sed '/^subtract()/,/^}/ s/\$((\$1 + \$2))/$(($1 - $2))/' "$code" >"$tmp/code"
     if cmp -s "$code" "$tmp/code"; then
-        text="subtract() in $code does not return a + b: there is nothing for me to fix."
+        text="subtract() in $code does not print \$((\$1 + \$2)): there is nothing for me to fix."
         assistant "[{\"type\":\"text\",\"text\":$(json_str "$text")}]"
         success "$text" "$turns" 0
     fi
 
-    anchor='    assert subtract(5, 3) == 2'
-    added='
-
-def test_subtract_below_zero() -> None:
-    assert subtract(3, 5) == -2'
-    # After test_subtract, or at the end if that test was reworded.
+    anchor='check test_subtract 2 subtract 5 3'
+    added='check test_subtract_below_zero -2 subtract 3 5'
+    # After test_subtract, or after the last test if that one was reworded.
     ANCHOR=$anchor ADDED=$added awk '
-        { print }
-        $0 == ENVIRON["ANCHOR"] && !done { print ENVIRON["ADDED"]; done = 1 }
-        END { if (!done) print ENVIRON["ADDED"] }
+        { line[NR] = $0 }
+        $0 == ENVIRON["ANCHOR"] && !at { at = NR }
+        /^check / { last = NR }
+        END {
+            if (!at) at = last
+            for (i = 1; i <= NR; i++) { print line[i]; if (i == at) print ENVIRON["ADDED"] }
+            if (!at) print ENVIRON["ADDED"]
+        }
     ' "$tests" >"$tmp/tests"
-    assistant "[{\"type\":\"text\",\"text\":\"subtract() returns a + b. First a test that fails because of that (subtract(3, 5) is 8, not -2).\"},{\"type\":\"tool_use\",\"id\":\"toolu_stand_in_test\",\"name\":\"Edit\",\"input\":{\"file_path\":$(json_str "$cwd/$tests"),\"old_string\":$(json_str "$anchor"),\"new_string\":$(json_str "$anchor
+    assistant "[{\"type\":\"text\",\"text\":\"subtract() prints \$1 + \$2. First a test that fails because of that (subtract 3 5 prints 8, not -2).\"},{\"type\":\"tool_use\",\"id\":\"toolu_stand_in_test\",\"name\":\"Edit\",\"input\":{\"file_path\":$(json_str "$cwd/$tests"),\"old_string\":$(json_str "$anchor"),\"new_string\":$(json_str "$anchor
 $added")}}]"
     write_file toolu_stand_in_test "$tests" "$tmp/tests"
+    run_tests toolu_stand_in_red "Run the tests: the new one should fail on the old code."
 
-    assistant "[{\"type\":\"text\",\"text\":\"I cannot run it: this container has no Python. Now the fix.\"},{\"type\":\"tool_use\",\"id\":\"toolu_stand_in_fix\",\"name\":\"Edit\",\"input\":{\"file_path\":$(json_str "$cwd/$code"),\"old_string\":$(json_str "def subtract(a: float, b: float) -> float:
-    return a + b"),\"new_string\":$(json_str "def subtract(a: float, b: float) -> float:
-    return a - b")}}]"
+    assistant "[{\"type\":\"text\",\"text\":\"It fails as expected. Now the fix.\"},{\"type\":\"tool_use\",\"id\":\"toolu_stand_in_fix\",\"name\":\"Edit\",\"input\":{\"file_path\":$(json_str "$cwd/$code"),\"old_string\":$(json_str 'subtract() {
+    echo $(($1 + $2))'),\"new_string\":$(json_str 'subtract() {
+    echo $(($1 - $2))')}}]"
     write_file toolu_stand_in_fix "$code" "$tmp/code"
+    if run_tests toolu_stand_in_green "Run the tests again."; then
+        ran="\`sh check.sh\` after the fix: $tests_said."
+    else
+        ran="\`sh check.sh\` after the fix is still red ($tests_said); see the Tests section."
+    fi
 
-    cat >"$tmp/summary" <<'SUMMARY'
+    cat >"$tmp/summary" <<SUMMARY
 Fix subtract(): it added its arguments instead of subtracting them
 
-`subtract(a, b)` returned `a + b`; it now returns `a - b`, so `subtract(5, 3)` is `2` and
-`test_subtract` passes.
+\`subtract a b\` in \`calc.sh\` printed \`a + b\`; it now prints \`a - b\`, so \`subtract 5 3\` is \`2\` and
+\`test_subtract\` passes.
 
-New test: `test_subtract_below_zero` (`subtract(3, 5) == -2`), which fails on the old code.
+New test in \`check.sh\`: \`test_subtract_below_zero\` (\`subtract 3 5\` is \`-2\`), which fails on the old code.
 
-Not tested here: this stand-in's container has no Python. `python -m pytest` runs the tests.
+$ran
 SUMMARY
     assistant "[{\"type\":\"tool_use\",\"id\":\"toolu_stand_in_summary\",\"name\":\"Write\",\"input\":{\"file_path\":$(json_str "$cwd/.claude-pr-summary.md"),\"content\":$(json_str "$(cat "$tmp/summary")")}}]"
     write_file toolu_stand_in_summary .claude-pr-summary.md "$tmp/summary" created
 
-    text="Fixed subtract() in $code (it returned a + b) and added test_subtract_below_zero to $tests. I could not run the tests: there is no Python in this container."
+    text="Fixed subtract() in $code (it printed \$1 + \$2) and added test_subtract_below_zero to $tests. $ran"
     assistant "[{\"type\":\"text\",\"text\":$(json_str "$text")}]"
     success "$text" "$turns" 0
 }
 
+# $1 = tool_use id, $2 = what the model says first. Runs the sample's tests for real (a Bash tool call);
+# its last line (the counts) lands in $tests_said; the status is the tests'.
+run_tests() {
+    assistant "[{\"type\":\"text\",\"text\":$(json_str "$2")},{\"type\":\"tool_use\",\"id\":\"$1\",\"name\":\"Bash\",\"input\":{\"command\":\"sh check.sh\",\"description\":\"Run the calculator's tests\"}}]"
+    if sh check.sh >"$tmp/tests.out" 2>&1; then status=0; else status=$?; fi
+    tests_said=$(tail -n 1 "$tmp/tests.out")
+    if [ "$status" = 0 ]; then
+        tool_result "$1" "$(cat "$tmp/tests.out")" false
+    else
+        tool_result "$1" "$(cat "$tmp/tests.out")
+Exit code $status" true
+    fi
+    return "$status"
+}
+
 # The follow-up `demo --follow-up` asks for: a test that subtracting a number from itself gives 0.
 do_demo_follow_up() {
-    tests=test_calculator.py
+    tests=check.sh
     assistant "[{\"type\":\"text\",\"text\":\"Continuing session $resume: the maintainer asks for one more test.\"},{\"type\":\"tool_use\",\"id\":\"toolu_stand_in_reread\",\"name\":\"Read\",\"input\":{\"file_path\":$(json_str "$cwd/$tests")}}]"
     if [ ! -f "$tests" ]; then
         tool_result toolu_stand_in_reread "File does not exist." true
@@ -292,15 +316,25 @@ do_demo_follow_up() {
         success "$text" "$turns" 0
     fi
     tool_result toolu_stand_in_reread "$(awk '{ printf "%6d\t%s\n", NR, $0 }' "$tests")" false
-    if grep -q '^def test_subtract_itself' "$tests"; then
+    if grep -q '^check test_subtract_itself ' "$tests"; then
         text="$tests already has test_subtract_itself: nothing to add."
         assistant "[{\"type\":\"text\",\"text\":$(json_str "$text")}]"
         success "$text" "$turns" 0
     fi
-    { cat "$tests"; printf '\n\ndef test_subtract_itself() -> None:\n    assert subtract(7, 7) == 0\n'; } >"$tmp/tests"
+    added='check test_subtract_itself 0 subtract 7 7'
+    # After the last test.
+    ADDED=$added awk '
+        { line[NR] = $0 }
+        /^check / { last = NR }
+        END { for (i = 1; i <= NR; i++) { print line[i]; if (i == last) print ENVIRON["ADDED"] } if (!last) print ENVIRON["ADDED"] }
+    ' "$tests" >"$tmp/tests"
     assistant "[{\"type\":\"tool_use\",\"id\":\"toolu_stand_in_more\",\"name\":\"Write\",\"input\":{\"file_path\":$(json_str "$cwd/$tests"),\"content\":$(json_str "$(cat "$tmp/tests")")}}]"
     write_file toolu_stand_in_more "$tests" "$tmp/tests"
-    text="Added test_subtract_itself (subtract(7, 7) == 0) to $tests, as asked. I could not run it: there is no Python in this container."
+    if run_tests toolu_stand_in_more_run "Run the tests with the new one."; then
+        text="Added test_subtract_itself (subtract 7 7 is 0) to $tests, as asked; \`sh check.sh\`: $tests_said."
+    else
+        text="Added test_subtract_itself (subtract 7 7 is 0) to $tests, as asked; \`sh check.sh\` is red: $tests_said."
+    fi
     assistant "[{\"type\":\"text\",\"text\":$(json_str "$text")}]"
     success "$text" "$turns" 0
 }

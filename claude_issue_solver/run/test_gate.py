@@ -406,6 +406,12 @@ class TestGate:
                 command = f"{command} --junitxml={results_glob}"
         else:
             results_glob = None
+        if results_glob:
+            # A results file an earlier run left (the baseline's, or the agent's own run of the tests)
+            # goes first, as CI starts clean: a deterministic suite writes the same bytes again, and
+            # those are this run's results all the same. Only untracked or ignored files match.
+            for path in self.backend.untracked(workspace, results_glob)[:MAX_FILES]:
+                self.backend.delete_file(workspace, path)
         before = {
             p: hashlib.sha256(d).digest()
             for p, d in (self._result_files(workspace, results_glob, tlog) if results_glob else {}).items()
