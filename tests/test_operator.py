@@ -56,7 +56,10 @@ def test_one_comment_edited_through_the_states(
     issue = labelled(github, "Show progress", "wait")
     parts = build(e2e_config())
     parts.queue.pause()
-    parts.daemon.run_once()  # the watcher queues it and says so
+    # The watcher queues it and says so (its poll runs on a poll thread, scheduled within the budget).
+    wait_until(
+        lambda: (parts.daemon.run_once(), our_comments(github, issue["number"]))[1], what="the queued comment"
+    )
     bodies = [c["body"] for c in our_comments(github, issue["number"])]
     assert len(bodies) == 1 and bodies[0].startswith("🤖 Queued")
     parts.queue.resume()
