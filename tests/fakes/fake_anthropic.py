@@ -7,7 +7,10 @@ conversation (a model call that offers tools), the fake answers turn by turn:
 1. one ``Write`` tool_use per entry of ``files`` (paths relative to the primary working directory the
    CLI states in its system prompt),
 2. a ``Write`` of ``.claude-pr-summary.md`` with ``summary`` (skipped when ``summary`` is None),
-3. a final text (``final_text``) with ``stop_reason: end_turn``.
+3. with ``structured_output`` (an object, or a function of the request body giving one) and a request
+   that offers the ``StructuredOutput`` tool (the CLI's ``--json-schema``), one ``StructuredOutput``
+   tool_use whose input is that object (what the CLI validates and returns as ``structured_output``),
+4. a final text (``final_text``) with ``stop_reason: end_turn``.
 
 The turn is derived from the conversation itself (how many of our tool_use ids it already holds), so
 the fake keeps no per-session state and a retried request gets the same answer.
@@ -38,7 +41,7 @@ import json
 import re
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -53,6 +56,8 @@ DEFAULT_MODELS = (DEFAULT_MODEL, "claude-haiku-4-5-20251001", "claude-opus-4-1-2
 SUMMARY_FILE = ".claude-pr-summary.md"
 FALLBACK_CWD = "/workspace"
 _TOOL_ID_PREFIX = "toolu_fake_"
+STRUCTURED_OUTPUT_TOOL = "StructuredOutput"  # the tool the CLI adds for --json-schema
+StructuredOutput = dict[str, Any] | Callable[[dict[str, Any]], dict[str, Any]]
 _CWD_PATTERNS = (
     re.compile(r"^\s*-?\s*Primary working directory:\s*(/.*?)\s*$", re.MULTILINE),
     # Older CLI versions wrote "Working directory: /abs" in an <env> block.
@@ -103,6 +108,7 @@ class _Script:
     # Read each file before writing it: the real CLI's Write refuses to overwrite a file it has not read.
     read_first: bool = False
     commands: tuple[str, ...] = ()  # Bash tool calls, first
+    structured_output: StructuredOutput | None = None  # the StructuredOutput tool's input, last
 
     def actions(self, followup: bool = False) -> list[tuple[str, str, str]]:
         """(tool, path, content) per step; a Bash step's "path" is its command."""
@@ -147,6 +153,7 @@ class FakeAnthropic:
         commands: tuple[str, ...] = (),
         usage: dict[str, Any] | None = None,
         stream_gate: threading.Event | None = None,
+        structured_output: StructuredOutput | None = None,
     ) -> None:
         self.api_key = api_key
         self.models = models
@@ -159,6 +166,7 @@ class FakeAnthropic:
             followup_marker=followup_marker,
             read_first=read_first,
             commands=commands,
+            structured_output=structured_output,
         )
         self._rounds = [self._script] + [
             _Script(
@@ -296,10 +304,28 @@ class FakeAnthropic:
         if followup:
             current = messages  # a fed-back failure continues the first script's steps (or redoes them)
         actions = script.actions(followup)
+        offered = {t.get("name") for t in tools if isinstance(t, dict)}
+        if script.structured_output is not None and STRUCTURED_OUTPUT_TOOL in offered:
+            actions.append((STRUCTURED_OUTPUT_TOOL, "", ""))
         step = _count_our_tool_uses(current)
         if step >= len(actions):
             return "conversation", step, [{"type": "text", "text": script.final_text}], "end_turn"
         tool, rel_path, content = actions[step]
+        if tool == STRUCTURED_OUTPUT_TOOL:
+            answer = script.structured_output
+            tool_input_object = answer(body) if callable(answer) else answer
+            tool_use = {
+                "type": "tool_use",
+                "id": f"{_TOOL_ID_PREFIX}{step + 1:04d}_{self._next_id():04d}",
+                "name": tool,
+                "input": tool_input_object,
+            }
+            return (
+                "conversation",
+                step,
+                [{"type": "text", "text": "Here is my review."}, tool_use],
+                "tool_use",
+            )
         cwd = primary_working_directory(body) or FALLBACK_CWD
         path = f"{cwd.rstrip('/')}/{rel_path}"
         tool_input: dict[str, str]
@@ -746,6 +772,7 @@ __all__ = [
     "DEFAULT_FINAL_TEXT",
     "DEFAULT_MODELS",
     "DEFAULT_SUMMARY",
+    "STRUCTURED_OUTPUT_TOOL",
     "SUMMARY_FILE",
     "FakeAnthropic",
     "LimitMode",
