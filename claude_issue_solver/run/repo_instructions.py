@@ -18,11 +18,11 @@ A resumed session (a follow-up, a fix round) got it in its first prompt already.
 
 from __future__ import annotations
 
-import base64
 import hashlib
 
 from claude_issue_solver.conventions import cut_with_note
 from claude_issue_solver.github.client import GitHubClient, GitHubError
+from claude_issue_solver.run.repo_settings import repository_text
 
 __all__ = ["AGENTS_FILE", "LIMIT", "agents_md", "with_agents_md"]
 
@@ -54,20 +54,7 @@ def agents_md(client: GitHubClient, repo: str, ref: str) -> str | None:
 
 
 def _text(client: GitHubClient, repo: str, path: str, ref: str) -> str | None:
-    try:
-        data = client.request(
-            repo, "GET", f"/repos/{repo}/contents/{path}", params={"ref": ref}, retry=True
-        ).data
-    except GitHubError as exc:
-        if exc.status == 404:
-            return None
-        raise
-    if not isinstance(data, dict) or data.get("type") != "file" or int(data.get("size") or 0) > _READ_LIMIT:
-        return None
-    try:
-        return base64.b64decode(data.get("content") or "").decode("utf-8", "replace")
-    except ValueError:
-        return None
+    return repository_text(client, repo, path, ref, limit=_READ_LIMIT)
 
 
 def with_agents_md(prompt: str, text: str | None, ref: str) -> str:

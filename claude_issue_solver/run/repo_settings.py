@@ -250,6 +250,12 @@ def _npm_test_script(text: str | None) -> str | None:
 
 def _file(client: GitHubClient, repo: str, path: str, ref: str) -> str | None:
     """A text file's content at ``ref``; None when there is none (or it is too large to be settings)."""
+    return repository_text(client, repo, path, ref, limit=_FILE_LIMIT)
+
+
+def repository_text(client: GitHubClient, repo: str, path: str, ref: str, *, limit: int) -> str | None:
+    """A text file of the repository at ``ref`` (the contents API); None when there is none, it is not a
+    regular file, or it is over ``limit`` bytes."""
     try:
         data = client.request(
             repo, "GET", f"/repos/{repo}/contents/{path}", params={"ref": ref}, retry=True
@@ -258,7 +264,7 @@ def _file(client: GitHubClient, repo: str, path: str, ref: str) -> str | None:
         if exc.status == 404:
             return None
         raise
-    if not isinstance(data, dict) or data.get("type") != "file" or int(data.get("size") or 0) > _FILE_LIMIT:
+    if not isinstance(data, dict) or data.get("type") != "file" or int(data.get("size") or 0) > limit:
         return None
     try:
         return base64.b64decode(data.get("content") or "").decode("utf-8", "replace")
