@@ -33,6 +33,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable
+from concurrent import futures
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -159,7 +160,9 @@ class Daemon:
             if self.next_poll_in is not None:
                 self.poll_poked()  # a scheduled poll covers some repositories only: pokes go first
                 if self._next_poll is None or now >= self._next_poll:
-                    self.poll()
+                    started = self.poll()
+                    if isinstance(started, list):  # polls the watcher started: a step waits for them
+                        futures.wait([f for f in started if isinstance(f, futures.Future)])
                     self._next_poll = now + self._scheduled_wait()
             elif self._next_poll is None or now >= self._next_poll:
                 self._next_poll = now + self.poll_interval
@@ -175,14 +178,16 @@ class Daemon:
             except Exception:  # a full disk refuses the claim's write: nothing was claimed
                 log.exception("dispatching failed; trying again at the next cycle")
 
-    def poll(self) -> None:
-        """Call the watcher once; a failing watcher is logged, never fatal."""
+    def poll(self) -> object:
+        """Call the watcher once (what it returns: a scheduled watcher, the polls it started); a failing
+        watcher is logged, never fatal."""
         if self.watcher is None:
-            return
+            return None
         try:
-            self.watcher()
+            return self.watcher()
         except Exception:
             log.exception("the watcher failed; trying again at the next poll")
+            return None
 
     def poke(self, repo: str) -> None:
         """Ask for ``repo`` to be polled now (from any thread; only records and wakes the poller)."""

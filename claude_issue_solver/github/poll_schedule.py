@@ -201,7 +201,7 @@ class PollSchedule:
         """Seconds to the ring's next slot. A daemon that just started looks at every repository as soon
         as the budget allows (a label put on while it was down waits no interval), then settles."""
         if not covered and ring.handed < members:
-            return min(settled, self._fastest())
+            return 0.0 if members <= MAX_DUE else min(settled, self._fastest())  # a few: all at once
         return settled
 
     def _fastest(self) -> float:

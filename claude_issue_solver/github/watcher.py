@@ -27,7 +27,7 @@ import random
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -154,17 +154,19 @@ class Watcher(IssueIntake):
         ):
             self._refresh_quietly()
 
-    def poll_due(self) -> None:
+    def poll_due(self) -> list[Future[None]]:
         """Hand the repositories whose turn has come (:class:`PollSchedule`) to the poll threads; returns
-        at once. Nothing is polled while GitHub has asked the whole client to wait."""
+        at once, with the polls started (a step of the daemon waits for them). Nothing is polled while
+        GitHub has asked the whole client to wait."""
         self._refresh_if_due()
         self._write_schedule()
+        started: list[Future[None]] = []
         if self.client.budget.paused_until is not None:
-            return
+            return started
         with self._lock:
             busy = len(self._in_flight)
         if busy >= 2 * POLL_WORKERS:
-            return  # GitHub is slow: the rings wait rather than pile polls up
+            return started  # GitHub is slow: the rings wait rather than pile polls up
         for repo in self.schedule.due():
             with self._lock:
                 if repo.lower() in self._in_flight:
@@ -173,9 +175,10 @@ class Watcher(IssueIntake):
                 if self._pool is None:
                     self._pool = ThreadPoolExecutor(max_workers=POLL_WORKERS, thread_name_prefix="poll")
                 pool = self._pool
-            pool.submit(self._scheduled_poll, repo)
+            started.append(pool.submit(self._scheduled_poll, repo))
         if self.clock() - self._health_written_at >= min(HEALTH_FLUSH, self.config.poll_interval):
             self.flush_health()
+        return started
 
     def _scheduled_poll(self, repo: str) -> None:
         try:
@@ -327,7 +330,9 @@ class Watcher(IssueIntake):
             moved = self._poll(repo, book, health)
             # Every new comment moves its issue's (or pull request's) updated_at, so the listing above
             # answers 304 only when the comment listings would too; they are read anyway now and then.
-            if moved or now - self._triggers_read.get(repo.lower(), -TRIGGER_RECHECK) >= TRIGGER_RECHECK:
+            # A restarted daemon needs no extra read: a comment written while it was down moved its issue.
+            last_read = self._triggers_read.setdefault(repo.lower(), now)
+            if moved or now - last_read >= TRIGGER_RECHECK:
                 self.triggers.poll(repo)
                 self._triggers_read[repo.lower()] = now
             else:
