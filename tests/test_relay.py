@@ -761,7 +761,7 @@ def test_the_forwarder_refuses_a_port_in_use_and_bad_arguments(short_dir: Path) 
 
 @needs_node
 def test_the_forwarder_passes_sigterm_to_the_command(short_dir: Path) -> None:
-    sleeper = "import sys, time; print('ready', flush=True); time.sleep(60)"
+    sleeper = "import signal; print('ready', flush=True); signal.pause()"  # blocks until a signal
     process = subprocess.Popen(
         _forwarder(short_dir / "x.sock", _free_port(), ["python3", "-c", sleeper]),
         stdout=subprocess.PIPE,

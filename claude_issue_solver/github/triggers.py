@@ -246,17 +246,9 @@ class TriggerWatcher:
             return None
         if author and author.lower() == (self._own(repo) or "").lower():
             return None
-        trusted, why = self._trusted(repo, author)
-        if not trusted:
-            self._note(
-                f"{repo}:review:{review['id']}",
-                "%s#%s: ignoring %s in a review by %s (%s)",
-                repo,
-                number,
-                self.phrase,
-                author,
-                why,
-            )
+        if not self._writer_or_noted(
+            repo, number, author, f"{repo}:review:{review['id']}", f"{self.phrase} in a review"
+        ):
             return None
         trigger = {
             "id": f"reviews:{review['id']}",
@@ -311,17 +303,7 @@ class TriggerWatcher:
                 )
                 return None
             issue, where = routes["pulls"][number], "review_comment"
-        trusted, why = self._trusted(repo, author)
-        if not trusted:
-            self._note(
-                f"{repo}:{comment['id']}:untrusted",
-                "%s#%s: ignoring %s by %s (%s)",
-                repo,
-                issue,
-                self.phrase,
-                author,
-                why,
-            )
+        if not self._writer_or_noted(repo, issue, author, f"{repo}:{comment['id']}:untrusted", self.phrase):
             return None
         trigger: dict[str, Any] = {
             "id": f"{kind}:{comment['id']}",
@@ -341,6 +323,13 @@ class TriggerWatcher:
                 thread=int(comment.get("in_reply_to_id") or comment["id"]),
             )
         return f"{repo}#{issue}", trigger
+
+    def _writer_or_noted(self, repo: str, number: int, author: str, key: str, what: str) -> bool:
+        """Whether ``author`` may ask; when not, the log says once (per ``key``) that ``what`` was ignored."""
+        trusted, why = self._trusted(repo, author)
+        if not trusted:
+            self._note(key, "%s#%s: ignoring %s by %s (%s)", repo, number, what, author, why)
+        return trusted
 
     def _trusted(self, repo: str, login: str) -> tuple[bool, str]:
         if login.lower() in self.config.trusted_users:
@@ -469,17 +458,9 @@ class TriggerWatcher:
         number = _number_at_end(comment.get("issue_url"))
         if number is None:
             return None
-        trusted, why = self._trusted(repo, author)
-        if not trusted:
-            self._note(
-                f"{repo}:{comment['id']}:untrusted",
-                "%s#%s: ignoring `%s test` by %s (%s)",
-                repo,
-                number,
-                self.phrase,
-                author,
-                why,
-            )
+        if not self._writer_or_noted(
+            repo, number, author, f"{repo}:{comment['id']}:untrusted", f"`{self.phrase} test`"
+        ):
             return None
         meta = {
             "requester": author,
