@@ -93,6 +93,7 @@ def _isolate(base: Path, patch: pytest.MonkeyPatch) -> Isolation:
 _session_undo: list[Callable[[], None]] = []
 
 
+@pytest.hookimpl(tryfirst=True)  # before pytest's tmp_path factory reads --basetemp
 def pytest_configure(config: pytest.Config) -> None:
     """The run-wide half: scrub os.environ and leave the checkout before any test module is imported.
 
@@ -101,6 +102,16 @@ def pytest_configure(config: pytest.Config) -> None:
     base = Path(tempfile.mkdtemp(prefix="claude-issue-solver-tests-"))
     patch = pytest.MonkeyPatch()
     _isolate(base, patch)
+    if getattr(config.option, "numprocesses", None):
+        # pytest-xdist's controller starts its workers in its own cwd: they must find the checkout (its
+        # pyproject.toml and testpaths). Each worker leaves it in its own pytest_configure, as here.
+        patch.chdir(config.invocation_params.dir)
+        if config.option.basetemp is None:
+            # Each worker's tmp_path gains "popen-gwN/": under pytest's usual /tmp/pytest-of-USER/pytest-N/
+            # a state directory's relay socket would pass the 107 bytes a Unix socket path may have.
+            short = tempfile.mkdtemp(prefix="cis-", dir="/tmp")
+            config.option.basetemp = short
+            _session_undo.append(lambda: shutil.rmtree(short, ignore_errors=True))
     _session_undo.extend([patch.undo, lambda: shutil.rmtree(base, ignore_errors=True)])
 
 

@@ -62,9 +62,12 @@ def no_leftover_containers(state_dir: Path) -> Iterator[None]:
     yield
     from claude_issue_solver.backends.base import LABEL_OWNER
 
-    for container in CLIENT.containers.list(all=True, filters={"label": [LABEL_OWNER]}):
-        if str(state_dir) in json.dumps(container.attrs.get("Mounts", [])):
-            container.remove(force=True)
+    # The low-level listing carries the mounts: no inspect of another test's container (another
+    # pytest-xdist worker's) to race its removal.
+    for listed in CLIENT.api.containers(all=True, filters={"label": [LABEL_OWNER]}):
+        if str(state_dir) in json.dumps(listed.get("Mounts", [])):
+            with contextlib.suppress(docker.errors.NotFound):
+                CLIENT.api.remove_container(listed["Id"], force=True)
     # The setup cache's images of this test's daemon (a green setup is saved); never another owner's.
     from claude_issue_solver.backends.base import owner_of
     from claude_issue_solver.backends.docker_setup_cache import LABEL_SETUP_KEY

@@ -71,6 +71,7 @@ def test_a_fresh_state_dir_over_finished_issues_starts_nothing_and_a_relabel_run
 
     github.remove_label(REPO, done, "Claude", actor="maintainer")
     github.add_label(REPO, done, "Claude", actor="maintainer")
+    parts.daemon.poke(REPO)  # as the label's webhook would: the schedule's next poll is POLL_INTERVAL away
     queue = drive(config, lambda q: len(q.list()) == 1 and all_finished(q), parts=parts)
     (task,) = queue.list()
     assert task.issue_number == done and task.state is TaskState.COMPLETED, task.error
