@@ -4,10 +4,12 @@ The daemon runs as its own process (``start --foreground``, the Docker backend's
 is paused, so no task runs) against the loopback GitHub this process serves, with ``POLL_INTERVAL=30``
 and the default ``GITHUB_REQUESTS_PER_MINUTE=500``. For each size:
 
-0. Warm-up: a first daemon with no budget takes its first look at every repository (what a first start
-   costs is reported: requests and seconds), then stops. Its state is kept, as on a restart.
-1. Idle, polling: the daemon at the budget; over ``--window`` seconds the API requests per minute (the
-   most in any 60 s, sampled every second), daemon CPU (utime+stime from /proc) and RSS.
+0. Warm-up: a first daemon with no budget takes its first look at every repository and pre-warming's
+   first round looks at each (none has a setup command; what a first start costs is reported: requests
+   and seconds), then stops. Its state is kept, as on a restart.
+1. Idle, polling: the daemon at the budget, from 70 s after it is ready (its start-up look has left the
+   budget's window); over ``--window`` seconds the API requests per minute (the most in any 60 s,
+   sampled every second), daemon CPU (utime+stime from /proc) and RSS.
 2. A label picked up by polling: the time from labelling to the task in the state file.
 3. A label picked up by a webhook: the issue is labelled and a signed ``issues.labeled`` delivery posted.
 4. Idle with webhooks arriving: an organisation hook's delivery every 20 s (one repository's comment):
@@ -210,8 +212,10 @@ def bench_size(n: int, window: float, image: str) -> dict[str, Any]:
             warm.ready(600)
             deadline = time.monotonic() + 900
             while time.monotonic() < deadline:
-                high = (store.read().get("watcher") or {}).get("high_water") or {}
-                if len(high) >= n:
+                data = store.read()
+                high = (data.get("watcher") or {}).get("high_water") or {}
+                warmed = data.get("prewarm") or {}  # pre-warming's first round: a look at every repository
+                if len(high) >= n and len(warmed) >= n:
                     break
                 time.sleep(1)
             warm.stop()
@@ -223,7 +227,10 @@ def bench_size(n: int, window: float, image: str) -> dict[str, Any]:
             started = time.monotonic()
             daemon.ready(900)
             out["start_seconds"] = round(time.monotonic() - started, 1)
-            time.sleep(10)  # past the start-up check
+            # Steady state: the start-up look (one request a repository, before `ready`) leaves the budget's
+            # 60 s window first; until then polls share the window with it (1,000 repositories: the
+            # first minute after ready polls ~15 % less, as the budget demands).
+            time.sleep(70)
             pid = daemon.proc.pid
             since, cpu = time.monotonic(), cpu_seconds(pid)
             time.sleep(window)

@@ -164,3 +164,27 @@ def test_status_shows_when_each_repository_was_warmed(warm_world: World) -> None
     assert shown["warmed_at"] in line and "warmed" in line
     off = replace(world.config, prewarm_interval=0)
     assert status_payload(off, DaemonStatus(False, None, False), state, [], 0)["prewarm"] is None
+
+
+def test_a_repository_without_setup_costs_no_request_until_a_day_later(world: World) -> None:
+    """Organisation scale (#24): rounds every 30 minutes over 1,000 repositories would otherwise cost
+    two or three requests each; the requests go at the budget's lowest priority."""
+    from claude_issue_solver.github.request_budget import Priority
+    from claude_issue_solver.run.prewarm import NO_SETUP_RECHECK
+
+    warmer = prewarmer(world)
+    assert warmer.run_once()[REPO]["result"] == NO_SETUP
+    sent = warmer.client.budget.counts[Priority.BACKGROUND]
+    assert sent >= 2 and sum(warmer.client.budget.counts.values()) == sent  # all of them background
+    world.clock.advance(NO_SETUP_RECHECK - 1)
+    assert warmer.run_once() == {} and warmer.client.budget.counts[Priority.BACKGROUND] == sent
+    world.clock.advance(1)
+    assert warmer.run_once()[REPO]["result"] == NO_SETUP
+    assert warmer.client.budget.counts[Priority.BACKGROUND] > sent
+
+
+def test_a_round_stops_without_a_record_while_github_asks_every_request_to_wait(world: World) -> None:
+    warmer = prewarmer(world)
+    warmer.client.budget.pause(world.clock() + 600, "a secondary rate limit")
+    assert warmer.run_once() == {}
+    assert warmer.last(REPO) == {}  # not "failed": the next round looks again

@@ -140,3 +140,17 @@ def test_x_poll_interval_is_honoured_per_repository(
             polled.append(repo)
     assert polled.count(REPO) == 2  # at 300 s and 600 s after the first poll, not every 30 s
     assert polled.count("acme/gadgets") == 22  # the first round at once, then every 30 s
+
+
+def test_background_work_only_uses_what_polls_and_work_leave(clock: Clock) -> None:
+    from claude_issue_solver.github.request_budget import BACKGROUND_SHARE
+
+    budget, _ = budget_on(clock, 100)
+    for _ in range(int(100 * BACKGROUND_SHARE)):
+        budget.acquire(Priority.POLL)
+    start = clock()
+    budget.acquire(Priority.POLL)  # polls still have room ...
+    assert clock() == start
+    budget.acquire(Priority.BACKGROUND)  # ... background work waits until the window empties below its share
+    assert clock() - start == pytest.approx(WINDOW)
+    assert budget.counts[Priority.BACKGROUND] == 1

@@ -8,8 +8,9 @@ but not for this one. So every request the daemon sends takes a slot here first,
 
 Work comes first: each kind of request may fill the window only up to its share of the budget. A task's
 requests (comments, pull requests, the issue read before a run) may use all of it, a webhook's poll
-:data:`POKE_SHARE` of it, a scheduled poll :data:`POLL_SHARE`; the poll scheduler plans its polls within
-that share, so work rarely waits at all.
+:data:`POKE_SHARE` of it, a scheduled poll :data:`POLL_SHARE`, background work (pre-warming)
+:data:`BACKGROUND_SHARE`; the poll scheduler plans its polls within their share, so work rarely waits
+at all, and background work only uses what is left over.
 
 When GitHub answers with a rate limit (403/429 with ``retry-after``, or ``x-ratelimit-remaining: 0``
 with its reset), :meth:`RequestBudget.pause` stops the whole client until then: a poll is not sent (it
@@ -31,6 +32,8 @@ log = logging.getLogger(__name__)
 WINDOW = 60.0  # seconds: the budget is per minute, any minute
 POLL_SHARE = 0.85  # scheduled polls may fill the window up to this share of the budget
 POKE_SHARE = 0.92  # a webhook's "poll this repository now" up to this share
+BACKGROUND_SHARE = 0.7  # background work (pre-warming) only while the window is this empty: it never
+# takes a slot a poll or a task would want (at 1,000 repositories, polls alone fill the polls' share)
 WORK_WAIT = 120.0  # work waits this long at most for a pause GitHub asked for; longer, it is refused
 
 
@@ -40,9 +43,15 @@ class Priority(IntEnum):
     WORK = 0
     POKE = 1
     POLL = 2
+    BACKGROUND = 3
 
 
-SHARES = {Priority.WORK: 1.0, Priority.POKE: POKE_SHARE, Priority.POLL: POLL_SHARE}
+SHARES = {
+    Priority.WORK: 1.0,
+    Priority.POKE: POKE_SHARE,
+    Priority.POLL: POLL_SHARE,
+    Priority.BACKGROUND: BACKGROUND_SHARE,
+}
 
 
 class Throttled(Exception):

@@ -58,7 +58,8 @@ def key(repo: str, number: int) -> str:
 def deliver(queue: TaskQueue, repo: str, on_queued: Callable[[Task], None] | None = None) -> list[Task]:
     """Turn the recorded review triggers of ``repo`` into review tasks, each in one transaction."""
     made: list[Task] = []
-    pending = queue.store.read().get("followups", {}).get("pending", {})
+    # The state as last read (parsed again only when it changed): every poll asks, few have any.
+    pending = queue.store.snapshot().get("followups", {}).get("pending", {})
     for name in sorted(pending):
         if not name.startswith(PREFIX):
             continue

@@ -24,6 +24,15 @@ not for a slot). Otherwise it waits, and looks again every few seconds. No Claud
 costs nothing of Claude's. It stops with the daemon: the setup is stopped and its workspace removed
 (a daemon killed outright leaves it to the next start's ``reconcile``, as any leftover).
 
+**Cheap at organisation scale** (issue #24). Its GitHub requests (the repository's metadata and
+settings, two or three a repository) go at the request budget's lowest priority (``Priority.BACKGROUND``):
+only while the last minute's requests leave room below polls and work, so it never delays a poll or a
+task; a round waits for room instead. A repository whose last round found no setup command is looked
+at again after :data:`NO_SETUP_RECHECK` (a day), not every round: of an organisation's 1,000
+repositories, those without a setup cost nothing between two such looks (a new setup command is
+warmed by the next look, or saved by the first task that runs it). A round stops when GitHub asks the
+whole client to wait, or the daemon stops, and the next round goes on.
+
 **Daytona** keeps no setup cache (``Backend.caches_setup`` is False: a sandbox is the task's, and a
 snapshot per dependency change is not made), so pre-warming does nothing there and says so once.
 """
@@ -42,6 +51,7 @@ from typing import Any
 from claude_issue_solver.backends.base import Backend, BackendError, WorkspaceSpec
 from claude_issue_solver.config import Config
 from claude_issue_solver.github.client import GitHubClient, GitHubError
+from claude_issue_solver.github.request_budget import Priority
 from claude_issue_solver.logs import REDACTOR, TaskLog
 from claude_issue_solver.run.agent_access import AgentAccess
 from claude_issue_solver.run.policy import remove_workspace, wait_for_process
@@ -57,6 +67,7 @@ log = logging.getLogger(__name__)
 PREFIX = "prewarm-"
 BRANCH = "claude-issue-solver-prewarm"  # the worktree's local branch; never pushed
 IDLE_CHECK = 5.0  # seconds between looks at the queue while tasks wait for a slot
+NO_SETUP_RECHECK = 86400.0  # a repository with no setup command is looked at again after a day
 STATE_KEY = "prewarm"
 # What a round recorded for a repository (``state["prewarm"][repo]["result"]``).
 WARMED, CACHED, UNCHANGED, RED, NO_SETUP, FAILED = (
@@ -132,17 +143,37 @@ class Prewarmer:
     # --- one round ------------------------------------------------------------------------------
 
     def run_once(self) -> dict[str, dict[str, Any]]:
-        """Warm every watched repository in turn, each when no task waits for a slot; never raises."""
+        """Warm every watched repository in turn, each when no task waits for a slot; never raises.
+        Returns what this round did (a repository it had no need to look at is not in it)."""
         done: dict[str, dict[str, Any]] = {}
+        section = self.queue.store.read().get(STATE_KEY) or {}
         for repo in self.repos():
+            entry = section.get(repo.lower()) if isinstance(section, dict) else None
+            if self._settled(entry):
+                continue
             if not self._wait_until_idle():
                 break
             try:
-                done[repo] = self.warm(repo)
+                with self.client.priority(Priority.BACKGROUND):
+                    done[repo] = self.warm(repo)
+            except _RoundOver:
+                break
             except Exception as exc:  # one repository's trouble must not stop the others, nor the service
                 log.exception("pre-warming %s failed", repo)
                 done[repo] = self._record(repo, result=FAILED, detail=f"{type(exc).__name__}: {exc}")
         return done
+
+    def _settled(self, entry: Any) -> bool:
+        """Whether the last round's finding for a repository still stands (no setup command, looked at
+        less than :data:`NO_SETUP_RECHECK` ago): no request for it this round."""
+        if not isinstance(entry, dict) or entry.get("result") != NO_SETUP:
+            return False
+        at = entry.get("at")
+        return isinstance(at, int | float) and 0 <= self.clock() - at < NO_SETUP_RECHECK
+
+    def _held(self) -> bool:
+        """GitHub asked every request to wait, or the daemon stops: this round is over."""
+        return self.control.detach.is_set() or self.client.budget.paused_until is not None
 
     def idle(self) -> bool:
         """Whether a setup may run now without taking a slot a task waits for."""
@@ -165,6 +196,8 @@ class Prewarmer:
             info = self.client.repo_info(repo)
             plan = load_plan(self.client, repo, info["default_branch"], self.config)
         except (GitHubError, RepoSettingsError) as exc:
+            if self._held():  # not this repository's trouble: the next round looks again
+                raise _RoundOver from exc
             tlog.write(f"pre-warm: cannot read {repo}'s settings: {exc}")
             return self._record(repo, result=FAILED, detail=str(exc))
         if not plan.setup:
@@ -259,3 +292,7 @@ class Prewarmer:
             f" ({fields['detail']})" if fields.get("detail") else "",
         )
         return entry
+
+
+class _RoundOver(Exception):
+    """The round stops here (:meth:`Prewarmer._held`); nothing is recorded for the repository."""

@@ -273,6 +273,13 @@ class TaskQueue:
         repository with pending work is at its own cap. Otherwise repositories take turns, oldest first
         within one.
         """
+        # The dispatcher asks every second: while paused or with nothing pending (an idle daemon), the
+        # state as last read says so without the lock, a parse or a write (1,000 repositories' state).
+        seen = self.store.snapshot()
+        if seen.get("paused") or not any(
+            t.get("state") == TaskState.PENDING.value for t in (seen.get("tasks") or {}).values()
+        ):
+            return None
         with self.store.transaction() as data:
             if data.get("paused"):
                 return None
