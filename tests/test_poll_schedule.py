@@ -146,6 +146,21 @@ def test_a_ring_that_fell_behind_starts_again_without_a_burst(clock: Clock) -> N
     assert len(schedule.due()) == 1
 
 
+def test_a_safety_net_that_grows_polls_at_its_new_pace(clock: Clock) -> None:
+    """One repository's hook first (a safety net of one: its next poll 30 min away), then the organisation's
+    hook: the net's next slot comes at the pace of 200 members, not 30 min later (the safety net once
+    polled nothing at all after this)."""
+    schedule = PollSchedule(interval=30, webhook_interval=1800, per_minute=500, clock=clock)
+    schedule.set_repos(repos(200))
+    run(schedule, clock, 60)
+    schedule.delivery([repo_source("org/repo-0066")])
+    run(schedule, clock, 20)
+    schedule.delivery([owner_source("org")])
+    polled = run(schedule, clock, 300)
+    assert schedule.describe()["webhook_repos"] == 200
+    assert len(polled) == pytest.approx(300 / (1800 / 200), abs=2)  # one every 9 s
+
+
 def test_health_allows_the_stretched_and_the_safety_net_intervals(clock: Clock) -> None:
     schedule = PollSchedule(interval=30, webhook_interval=1800, per_minute=500, clock=clock)
     schedule.set_repos(repos(1000))

@@ -187,8 +187,13 @@ class PollSchedule:
                 settled = intervals[covered] / len(keys)
                 if ring.next_at is None:
                     ring.next_at = now  # the first poll at once, the others spread after it
-                if ring.next_at < now - max(self._spacing(ring, covered, settled, len(keys)), CATCH_UP):
+                spacing = self._spacing(ring, covered, settled, len(keys))
+                if ring.next_at < now - max(spacing, CATCH_UP):
                     ring.next_at = now  # far behind (a pause): start again from now, no burst to catch up
+                elif ring.next_at > now + spacing:
+                    # The ring grew (an organisation's deliveries moved its repositories into the safety
+                    # net after one repository's had): its next slot was planned for fewer members.
+                    ring.next_at = now + spacing
                 while ring.next_at <= now and len(out) < MAX_DUE:
                     ring.next_at += self._spacing(ring, covered, settled, len(keys))
                     picked = self._next_member(ring, keys, now)
