@@ -442,3 +442,27 @@ def test_unreachable_github_reads_as_one_line() -> None:
     assert describe_unreachable(timeout, "https://api.github.com") == (
         "cannot reach GitHub at api.github.com: no answer within 15s"
     )
+
+
+def test_an_idle_poll_and_an_idle_dispatch_parse_no_state_file(
+    github: FakeGitHub, watcher_for: Callable[..., Watcher], clock: Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Organisation scale (#24): the state of 1,000 repositories is large; an idle poll and the
+    dispatcher's look every second use the state as last read (a full parse each once took half of an
+    idle daemon's CPU)."""
+    github.create_issue("acme/widgets", "One", labels=["Claude"], user="maintainer")
+    watcher = watcher_for(GITHUB_REPOS="acme/widgets")
+    watcher()  # the first look, written
+    watcher.queue.pause()  # the task queued above waits
+    store = watcher.queue.store
+    store.snapshot()  # the state as it now is, parsed once
+    parses: list[int] = []
+    read = store.read
+    monkeypatch.setattr(store, "read", lambda: parses.append(1) or read())
+    github.reset_counts()
+    for _ in range(20):  # 20 idle minutes: the comment listings' half-hourly read is not due
+        clock.advance(60)
+        watcher.poll_repo("acme/widgets")
+        assert watcher.queue.claim() is None
+    assert len(issue_list_requests(github)) == 20
+    assert parses == []
