@@ -146,7 +146,7 @@ class Prewarmer:
         """Warm every watched repository in turn, each when no task waits for a slot; never raises.
         Returns what this round did (a repository it had no need to look at is not in it)."""
         done: dict[str, dict[str, Any]] = {}
-        section = self.queue.store.read().get(STATE_KEY) or {}
+        section = self.queue.store.snapshot().get(STATE_KEY) or {}
         for repo in self.repos():
             entry = section.get(repo.lower()) if isinstance(section, dict) else None
             if self._settled(entry):
@@ -177,7 +177,7 @@ class Prewarmer:
 
     def idle(self) -> bool:
         """Whether a setup may run now without taking a slot a task waits for."""
-        data = self.queue.store.read()
+        data = self.queue.store.snapshot()  # asked before every repository: parsed only when it changed
         tasks = (data.get("tasks") or {}).values()
         running = sum(1 for t in tasks if t.get("state") == TaskState.RUNNING.value)
         pending = any(t.get("state") == TaskState.PENDING.value for t in tasks)
@@ -270,9 +270,9 @@ class Prewarmer:
         return self.config.log_dir / "prewarm" / f"{workspace_id(repo)}.log"
 
     def last(self, repo: str) -> dict[str, Any]:
-        section = self.queue.store.read().get(STATE_KEY) or {}
+        section = self.queue.store.snapshot().get(STATE_KEY) or {}
         entry = section.get(repo.lower()) if isinstance(section, dict) else None
-        return dict(entry) if isinstance(entry, dict) else {}
+        return dict(entry) if isinstance(entry, dict) else {}  # a copy: the snapshot is shared
 
     def _record(self, repo: str, **fields: Any) -> dict[str, Any]:
         """Record a round's end for ``repo``: when, what happened; a key and its cache state carry over

@@ -276,18 +276,30 @@ def _results(
         # Listing a glob needs Backend.untracked (the gate's, on main); one named file is read here.
         tlog.write(f"test_results {pattern!r} is a glob: the gate reads those")
         return None
-    try:
-        data = run.backend.read_file(workspace, pattern, RESULTS_LIMIT)
-    except WorkspaceLost:
-        raise
-    except BackendError as exc:
-        tlog.write(f"could not read {pattern}: {exc}")
-        return None
+    data = _read_written(
+        run, workspace, pattern, RESULTS_LIMIT, tlog, missing="was not written by the test run"
+    )
     if data is None:
-        tlog.write(f"{pattern} was not written by the test run")
         return None
     found = parse_junit({pattern: data})
     return None if found.total == 0 and found.problems else found
+
+
+def _read_written(
+    run: RunContext, workspace: Workspace, path: str, limit: int, tlog: TaskLog, *, missing: str = ""
+) -> bytes | None:
+    """A file the test run wrote (at most ``limit`` bytes); None, said in the task log, when it cannot be
+    read, or is absent (said only with ``missing``). A lost workspace is the run's end, not a missing file."""
+    try:
+        data = run.backend.read_file(workspace, path, limit)
+    except WorkspaceLost:
+        raise
+    except BackendError as exc:
+        tlog.write(f"could not read {path}: {exc}")
+        return None
+    if data is None and missing:
+        tlog.write(f"{path} {missing}")
+    return data
 
 
 def _coverage(
@@ -296,13 +308,7 @@ def _coverage(
     path = report.plan.coverage
     if not path or step is None:
         return None
-    try:
-        data = run.backend.read_file(workspace, path, COVERAGE_LIMIT)
-    except WorkspaceLost:
-        raise
-    except BackendError as exc:
-        tlog.write(f"could not read {path}: {exc}")
-        return None
+    data = _read_written(run, workspace, path, COVERAGE_LIMIT, tlog)
     if data is None:
         return None
     try:
