@@ -457,8 +457,9 @@ def test_an_idle_poll_and_an_idle_dispatch_parse_no_state_file(
     store = watcher.queue.store
     store.snapshot()  # the state as it now is, parsed once
     parses: list[int] = []
-    read = store.read
+    read, load = store.read, store._load  # a reader's parse, and a transaction's
     monkeypatch.setattr(store, "read", lambda: parses.append(1) or read())
+    monkeypatch.setattr(store, "_load", lambda: parses.append(1) or load())
     github.reset_counts()
     for _ in range(20):  # 20 idle minutes: the comment listings' half-hourly read is not due
         clock.advance(60)
