@@ -203,6 +203,7 @@ def _process_command_line(paths: _Paths, name: str, argv: Sequence[str], kept: s
     a file, which survives the session (a sandbox that restarts loses its sessions, not its disk).
     """
     env_file = _q(paths.process_file(name, ENV_SUFFIX))
+    exit_file = _q(paths.process_file(name, EXIT_SUFFIX))
     unpack = pack = ""
     if kept is not None:
         # The kept directory comes in as an archive and goes back into it before the exit code is
@@ -214,12 +215,14 @@ def _process_command_line(paths: _Paths, name: str, argv: Sequence[str], kept: s
     # (the SDK returns them whole, however large).
     script = (
         f"exec > {_q(paths.process_file(name, LOG_SUFFIX))} 2>&1; "
-        f". {env_file}; loaded=$?; rm -f {env_file}; "
+        f"rm -f {exit_file}; . {env_file}; loaded=$?; rm -f {env_file}; "  # no earlier run's exit code
         f'if [ "$loaded" -eq 0 ] && {unpack}cd {_q(paths.repo)}; then '
         f"{shlex.join(argv)} < {_q(paths.process_file(name, STDIN_SUFFIX))} "
         f"> {_q(paths.process_file(name, STDOUT_SUFFIX))} 2> {_q(paths.process_file(name, STDERR_SUFFIX))}; "
         f"rc=$?; else rc=126; fi; {pack}"
-        f'echo "$rc" > {_q(paths.process_file(name, EXIT_SUFFIX))}; exit "$rc"'
+        # Written aside and renamed: an exit code file that exists is whole (a reader between the
+        # shell's create and its write would find it empty and call the session lost).
+        f'echo "$rc" > {exit_file}.tmp && mv -f {exit_file}.tmp {exit_file}; exit "$rc"'
     )
     return f"sh -c {_q(script)} {_marker(name)}"
 
