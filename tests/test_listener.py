@@ -21,6 +21,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from claude_issue_solver.app import Parts, build
 from claude_issue_solver.config import Config, ConfigError
+from claude_issue_solver.daemon import metrics
 from claude_issue_solver.demo_world.github import FakeGitHub
 from claude_issue_solver.store.queue import TaskState
 from tests.e2e import CLIENT, labelled
@@ -144,8 +145,20 @@ def test_bad_deliveries_queue_nothing(github: FakeGitHub, live: Callable[..., Li
     assert metrics[("claude_issue_solver_webhook_deliveries_total", (("result", "too_large"),))] == 1
 
 
-def test_healthz_flips_with_github_s_answer(github: FakeGitHub, live: Callable[..., Live]) -> None:
+def test_healthz_flips_with_github_s_answer(
+    github: FakeGitHub, live: Callable[..., Live], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Healthy means a success within three intervals plus a slack (calm successes are written once a
+    # minute); a short slack keeps the flip within seconds. The revoke waits for a recorded success, so
+    # the check is the same whichever came first, the daemon's first poll or this test's revoke.
+    monkeypatch.setattr(metrics, "HEALTH_SLACK", 3.0)
     daemon = live(POLL_INTERVAL="1")
+    store = daemon.parts.queue.store
+    wait_until(
+        lambda: store.read().get("watcher", {}).get("repos", {}).get("acme/widgets", {}).get("last_success"),
+        10,
+        "a recorded poll",
+    )
     wait_until(lambda: requests.get(daemon.url + "/healthz", timeout=5).status_code == 200, 10, "healthy")
     github.revoke_token(TOKEN)
     wait_until(lambda: requests.get(daemon.url + "/healthz", timeout=5).status_code == 503, 20, "unhealthy")
