@@ -545,6 +545,7 @@ def test_the_container_is_confined_and_never_sees_the_token(harness: Harness) ->
     assert "no-new-privileges" in host["SecurityOpt"] and host["Privileged"] is False
     assert host["NetworkMode"] == "none" and host["AutoRemove"] is False
     assert host["Memory"] == 256 * 1024 * 1024 and host["NanoCpus"] == 10**9 and host["PidsLimit"] == 64
+    assert host["Init"] is True
     assert TOKEN not in json.dumps(attrs)
 
     def sh(script: str) -> tuple[int, str]:
@@ -577,6 +578,28 @@ def test_the_container_is_confined_and_never_sees_the_token(harness: Harness) ->
     assert (
         git(f"--git-dir={backend.mirror_dir(REPO)}", "config", "remote.origin.url") == job.workspace.clone_url
     )
+
+
+def test_what_the_agent_orphans_is_reaped_not_left_a_zombie(harness: Harness) -> None:
+    """The process's command never waits for strangers (node, the CLI, here ``sleep``): an orphan of
+    the agent's shell is reparented to PID 1, which must be an init that reaps it, or each one stays a
+    zombie holding one of ``pids_limit`` until the container ends."""
+    backend = harness.backend()
+    job = harness.job("none", command=("sleep", "60"))
+    workspace = harness.start(backend, job)
+    container = harness.client.containers.get(workspace.handle)
+
+    def sh(script: str) -> tuple[int, str]:
+        code, out = container.exec_run(["sh", "-c", script])
+        return code, out.decode().strip()
+
+    # The subshell exits at once; its child, orphaned, ends a moment later with no parent of its own.
+    assert sh("(sh -c 'sleep 0.2; exec touch /tmp/orphan-done' &) ; true")[0] == 0
+    wait_until(lambda: sh("test -f /tmp/orphan-done")[0] == 0, timeout=10, what="the orphan", interval=0.2)
+    zombies = "grep -l '^State:.*Z' /proc/[0-9]*/status 2>/dev/null | wc -l"
+    wait_until(lambda: sh(zombies)[1] == "0", timeout=10, what="the orphan reaped", interval=0.2)
+    container.reload()
+    assert container.status == "running"  # the command itself goes on
 
 
 def test_host_git_ignores_a_git_file_the_agent_rewrote(harness: Harness, tmp_path: Path) -> None:

@@ -475,6 +475,9 @@ class DockerBackend(DockerGit, DockerFiles):
                 security_opt=["no-new-privileges"],
                 network_mode=network,
                 privileged=False,
+                # Docker's init (tini) as PID 1: it reaps what the agent's shells orphan, which would
+                # otherwise stay zombies under node or the CLI and count against pids_limit until the end.
+                init=True,
                 log_config=LOG_CONFIG,
             )
         except docker.errors.ImageNotFound:

@@ -273,6 +273,7 @@ class AgentChecks:
                 network_mode="none",
                 cap_drop=["ALL"],
                 security_opt=["no-new-privileges"],
+                init=True,  # as the agent's containers run: a Docker with no init binary fails here
             )
         except docker.errors.DockerException as exc:
             return _failed(f"{image}: cannot create a container: {exc}", fix)
