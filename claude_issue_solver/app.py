@@ -142,6 +142,7 @@ def build(config: Config, *, backend: Backend[Any] | None = None) -> Parts:
         poll_interval=config.poll_interval,
         poll_one=watcher.poll_now,
         next_poll_in=watcher.next_poll_in,
+        held=client.holds_work,
     )
     parts = Parts(queue=queue, daemon=daemon, backend=backend, watcher=watcher, access=pipeline.access)
     # The Claude relay goes last (stopped first is fine: a running container's requests wait for the

@@ -1,8 +1,11 @@
 from __future__ import annotations
 
+import logging
 import signal
 import threading
 import time
+
+import pytest
 
 from claude_issue_solver.daemon.loop import Daemon, Outcome, TaskControl
 from claude_issue_solver.store.queue import Task, TaskQueue, TaskState
@@ -123,6 +126,27 @@ def test_pause_stops_new_work_but_not_running_work(queue: TaskQueue) -> None:
     queue.resume()
     daemon.run_once()
     assert len(queue.list([TaskState.RUNNING])) == 1
+
+
+def test_no_task_starts_while_github_asks_the_daemon_to_wait(
+    queue: TaskQueue, caplog: pytest.LogCaptureFixture
+) -> None:
+    runner = GatedRunner()
+    task = queue.submit("acme/widgets", 1, "one")
+    held: list[str | None] = ["GitHub asked for no requests until 08:15:00Z (a secondary rate limit)"]
+    daemon = Daemon(queue, runner, held=lambda: held[0])
+    caplog.set_level(logging.INFO, logger="claude_issue_solver.daemon.loop")
+    daemon.run_once()
+    daemon.run_once()
+    assert queue.get(task.id).state is TaskState.PENDING and runner.started == []
+    said = [r.getMessage() for r in caplog.records]
+    assert said.count(f"no task starts until then: {held[0]}") == 1  # once, not every cycle
+    held[0] = None
+    daemon.run_once()
+    runner.wait_started(1)
+    assert runner.started == [task.id] and "tasks start again" in [r.getMessage() for r in caplog.records]
+    runner.gates[task.id].set()
+    wait_until(lambda: queue.get(task.id).state is TaskState.COMPLETED)
 
 
 def test_runner_crash_fails_the_task_not_the_daemon(queue: TaskQueue) -> None:

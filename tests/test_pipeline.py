@@ -358,6 +358,22 @@ def test_a_retryable_error_while_preparing_retries_the_task(world: World) -> Non
     assert world.pipeline().run(again, TaskControl()).state is TaskState.COMPLETED  # type: ignore[union-attr]
 
 
+def test_github_s_long_rate_limit_puts_the_task_back_without_spending_an_attempt(world: World) -> None:
+    agent_edits(world)
+    task = world.task()
+    assert task.attempts == 1
+    # GitHub's secondary limit, 15 minutes: longer than work waits, so the pipeline's request fails.
+    world.github.secondary_limit(f"/api/v3/repos/{REPO}", status=403, retry_after=900)
+    pipeline = world.pipeline()
+    outcome = pipeline.run(task, TaskControl())
+    assert outcome is not None and outcome.state is TaskState.PENDING, outcome
+    back = world.record(task, outcome)
+    assert back.state is TaskState.PENDING and back.attempts == 0  # the daemon's wait, not the task's
+    assert "(not counted as an attempt)" in world.log_text(task)
+    held = pipeline.client.holds_work()  # what keeps the daemon from starting it again meanwhile
+    assert held is not None and held.startswith("GitHub asked for no requests until ")
+
+
 def test_a_push_rejection_fails_with_a_readable_comment(world: World) -> None:
     agent_edits(world)
     world.backend.reject_pushes = "protected branch hook declined"

@@ -9,7 +9,7 @@ import pytest
 
 from claude_issue_solver.config import Config
 from claude_issue_solver.demo_world.github import FakeGitHub
-from claude_issue_solver.github.client import GitHubClient, RateLimited
+from claude_issue_solver.github.client import GitHubClient, RateLimited, Transient
 from claude_issue_solver.github.request_budget import POLL_SHARE, WINDOW, Priority, RequestBudget, Throttled
 from claude_issue_solver.github.watcher import Watcher
 from tests.github_fixtures import Clock
@@ -122,6 +122,78 @@ def test_work_waits_out_a_short_pause_and_is_sent(
     client.request(REPO, "POST", f"/repos/{REPO}/issues/1/comments", body={"body": "hi"})
     assert clock() - start == pytest.approx(20)
     assert [c["body"] for c in github.comments(REPO, 1)] == ["hi"]
+
+
+def test_a_work_request_s_secondary_limit_pauses_everyone_then_it_is_sent_again(
+    github: FakeGitHub,
+    client_for: Callable[..., GitHubClient],
+    clock: Clock,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """PyGithub's own retry slept a secondary limit out in the one thread while every other thread went on
+    sending: here the whole client pauses, and the work request (retried) goes again when it ends."""
+    client = client_for()
+    github.create_issue(REPO, "x", user="maintainer")
+    github.secondary_limit(f"/api/v3/repos/{REPO}/issues/1/comments", status=403, retry_after=30)
+    github.reset_counts()
+    start = clock()
+    client.request(REPO, "POST", f"/repos/{REPO}/issues/1/comments", body={"body": "hi"}, retry=True)
+    # Every request of the client waited for it (the pause is over now, so it is read from the log).
+    assert "rate limited by GitHub (HTTP 403) until 08:00:30Z: no request to GitHub until then" in caplog.text
+    assert clock() - start == pytest.approx(30)  # on the client's clock, not a sleep inside urllib3
+    assert [r.status for r in github.requests] == [403, 201]
+    assert [c["body"] for c in github.comments(REPO, 1)] == ["hi"]
+
+
+def test_a_long_limit_on_a_work_request_comes_back_at_once(
+    github: FakeGitHub, client_for: Callable[..., GitHubClient], clock: Clock
+) -> None:
+    client = client_for()
+    github.secondary_limit(f"/api/v3/repos/{REPO}", status=429, retry_after=900)
+    start = clock()
+    with pytest.raises(RateLimited) as raised:
+        client.request(REPO, "GET", f"/repos/{REPO}/issues", retry=True)
+    assert raised.value.status == 429 and raised.value.until == start + 900
+    assert clock() == start and len(github.requests) == 1  # no wait, no second try: the pause holds
+    assert client.budget.paused_until == start + 900
+
+
+def test_retries_of_a_failing_github_take_budget_slots_and_back_off(
+    github: FakeGitHub, client_for: Callable[..., GitHubClient], clock: Clock
+) -> None:
+    client = client_for()
+    github.fail_next(f"/api/v3/repos/{REPO}/issues", 502, 2)
+    github.reset_counts()
+    start = clock()
+    assert client.request(REPO, "GET", f"/repos/{REPO}/issues", retry=True).status == 200
+    assert [r.status for r in github.requests] == [502, 502, 200]
+    assert client.budget.counts[Priority.WORK] == 3  # each try is a request of the budget
+    assert clock() - start == pytest.approx(1.0)  # none before the first retry, 1 s before the second
+
+    github.fail_next(f"/api/v3/repos/{REPO}/issues", 502, 10)
+    github.reset_counts()
+    with pytest.raises(Transient) as raised:
+        client.request(REPO, "GET", f"/repos/{REPO}/issues", retry=True)
+    assert raised.value.status == 502 and "HTTP 502" in str(raised.value)  # GitHub's answer, named
+    assert len(github.requests) == 4 and client.budget.counts[Priority.WORK] == 7
+
+
+def test_a_retry_is_not_sent_while_github_asked_the_client_to_wait(
+    github: FakeGitHub, client_for: Callable[..., GitHubClient], clock: Clock
+) -> None:
+    client = client_for()
+    github.fail_next(f"/api/v3/repos/{REPO}/issues", 502, 2)
+    github.reset_counts()
+
+    def backoff(seconds: float) -> None:  # another thread met a long secondary limit meanwhile
+        client.budget.pause(clock() + 900, "a secondary rate limit")
+        clock.advance(seconds)
+
+    client._sleep = backoff
+    with pytest.raises(RateLimited) as raised:
+        client.request(REPO, "GET", f"/repos/{REPO}/issues", retry=True)
+    assert raised.value.status is None  # refused here, not sent
+    assert [r.status for r in github.requests] == [502, 502]
 
 
 def test_x_poll_interval_is_honoured_per_repository(

@@ -111,6 +111,7 @@ class Daemon:
         on_finished: Callable[[Task], None] | None = None,
         services: tuple[Service, ...] = (),
         next_poll_in: Callable[[], float] | None = None,
+        held: Callable[[], str | None] | None = None,
     ) -> None:
         self.queue = queue
         self.runner = runner
@@ -123,6 +124,9 @@ class Daemon:
         self.services = services
         # Seconds until the watcher has something due (a schedule); None: poll every poll_interval.
         self.next_poll_in = next_poll_in
+        # Why no task may start now, or None (GitHub asked the daemon to stop sending for a while).
+        self.held = held
+        self._held_why: str | None = None
         self._poked: set[str] = set()
         self._poke = threading.Event()
         self._lock = threading.Lock()
@@ -217,7 +221,16 @@ class Daemon:
 
     def dispatch(self) -> list[Task]:
         """Start as many pending tasks as the concurrency bound allows (the queue enforces it)."""
-        started = []
+        started: list[Task] = []
+        why = self.held() if self.held is not None else None
+        if why != self._held_why:  # said once as it begins and once as it ends, not every cycle
+            if why is not None:
+                log.warning("no task starts until then: %s", why)
+            else:
+                log.info("tasks start again")
+            self._held_why = why
+        if why is not None:
+            return started
         while not self._stop.is_set():
             task = self.queue.claim()
             if task is None:

@@ -31,6 +31,8 @@ if TYPE_CHECKING:  # PyGithub is imported when a client is made: `status` and `-
 log = logging.getLogger(__name__)
 
 TIMEOUT = 15
+# A work request GitHub rate-limits is sent again after the client's pause, this many times at most.
+RATE_LIMIT_RETRIES = 2
 TOKEN_REFRESH_MARGIN = 300  # seconds before an App installation token expires that we mint a new one
 _LINK_NEXT = re.compile(r'<([^>]+)>;\s*rel="next"')
 _ISSUE_EDITS = """
@@ -187,6 +189,7 @@ class GitHubClient:
         self._clients: dict[tuple[str, bool], Github] = {}
         # Every request takes a slot of GITHUB_REQUESTS_PER_MINUTE first; a rate limit pauses them all.
         self.budget = RequestBudget(config.github_requests_per_minute, clock=clock, sleep=sleep)
+        self._sleep = sleep or time.sleep  # a retry's back-off
         self._local = threading.local()  # this thread's request priority and count
         # GitHub's x-poll-interval per repository, as last sent (the poll schedule honours it).
         self.on_poll_interval: Callable[[str, int], None] | None = None
@@ -216,13 +219,15 @@ class GitHubClient:
         with self._lock:
             client = self._clients.get(key)
             if client is None:
-                from github import Github, GithubRetry
+                from github import Github
+
+                from claude_issue_solver.github.retries import budgeted_retry
 
                 client = Github(
                     auth=self._auth_for(repo),
                     base_url=self.config.github_api_url,
                     timeout=TIMEOUT,
-                    retry=GithubRetry(total=3) if retry else None,
+                    retry=budgeted_retry(self._before_retry) if retry else None,
                     per_page=100,
                     seconds_between_requests=None,
                     seconds_between_writes=None,
@@ -324,6 +329,32 @@ class GitHubClient:
             raise RateLimited(f"{what}: {exc}", None, exc.until) from None
         self._local.sent = self.sent + 1
 
+    def holds_work(self) -> str | None:
+        """Why a task started now would meet GitHub's refusal (a pause it asked for, longer than work
+        waits), or None."""
+        refusal = self.budget.refuses_work()
+        if refusal is None:
+            return None
+        shown = time.strftime("%H:%M:%SZ", time.gmtime(refusal.until))
+        return f"GitHub asked for no requests until {shown} ({refusal.why})"
+
+    def _before_retry(self, backoff: float) -> None:
+        """PyGithub is about to send a failed request again (a 5xx, a dropped connection): the failed
+        try is counted, the back-off slept, and the retry takes a budget slot of its own."""
+        self._observe("error")
+        if backoff > 0:
+            self._sleep(backoff)
+        self._take_slot(f"{getattr(self._local, 'what', 'a request')} (again)")
+
+    def _after_pause(self, exc: RateLimited, what: str) -> None:
+        """A retried request GitHub answered with a rate limit is sent again once the whole client's
+        pause is over, if it is short enough for work to wait (the budget's ``WORK_WAIT``); otherwise,
+        or for a poll or background request, GitHub's answer is the error."""
+        try:
+            self._take_slot(what)
+        except RateLimited:
+            raise exc from None
+
     def _rate_limited(self, exc: RateLimited) -> None:
         """GitHub said to wait: every request of this client waits, not only this repository's."""
         if exc.status is None:
@@ -351,15 +382,22 @@ class GitHubClient:
             # wrote: no configured secret, minted token or token-shaped string leaves unredacted.
             body = redacted(body)
         self._take_slot(what)
-        try:
-            response = self._request(repo, verb, url, what, params, headers, body, retry)
-        except RateLimited as exc:
-            self._observe("error")
-            self._rate_limited(exc)
-            raise
-        except GitHubError:
-            self._observe("error")
-            raise
+        self._local.what = what  # a retry's slot names it
+        waited = 0
+        while True:
+            try:
+                response = self._request(repo, verb, url, what, params, headers, body, retry)
+                break
+            except RateLimited as exc:
+                self._observe("error")
+                self._rate_limited(exc)
+                if not retry or waited >= RATE_LIMIT_RETRIES:
+                    raise
+                waited += 1
+                self._after_pause(exc, what)
+            except GitHubError:
+                self._observe("error")
+                raise
         self._observe("304" if response.status == 304 else "counted")
         hint = response.headers.get("x-poll-interval", "")
         if hint.strip().isdigit() and self.on_poll_interval is not None:
@@ -397,7 +435,9 @@ class GitHubClient:
     def _classified(self, exc: Exception, what: str) -> GitHubError:
         from github import GithubException
 
-        if isinstance(exc, GithubException):  # an answer GithubRetry gave up on: classify it like any other
+        if isinstance(
+            exc, GithubException
+        ):  # an error answer to a PyGithub method: classified like any other
             body = exc.data if isinstance(exc.data, str) else json.dumps(exc.data or {})
             return classify(exc.status, exc.headers or {}, body, what, self.clock())
         # requests' and urllib3's connection errors, timeouts

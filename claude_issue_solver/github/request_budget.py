@@ -174,6 +174,14 @@ class RequestBudget:
     def pause_reason(self) -> str:
         return self._pause_why
 
+    def refuses_work(self) -> Throttled | None:
+        """The refusal a work request would meet now (a pause longer than :data:`WORK_WAIT` is left),
+        or None: the dispatcher starts no task into it."""
+        with self._cond:
+            if self._paused_until - self.clock() > WORK_WAIT:
+                return Throttled(self._paused_until, self._pause_why)
+            return None
+
     def close(self) -> None:
         """Wake every waiter (the daemon stops)."""
         with self._cond:

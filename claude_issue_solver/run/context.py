@@ -19,7 +19,7 @@ from typing import Any
 
 from claude_issue_solver.backends.base import Backend, ProcessSpec, Workspace, WorkspaceSpec
 from claude_issue_solver.config import Config
-from claude_issue_solver.github.client import GitHubClient, GitHubError, Transient
+from claude_issue_solver.github.client import GitHubClient, GitHubError, RateLimited, Transient
 from claude_issue_solver.github.publisher import Publisher
 from claude_issue_solver.github.trust import Permissions, iso, writers_comments
 from claude_issue_solver.logs import REDACTOR, TaskLog, task_log_path
@@ -211,10 +211,17 @@ class RunContext:
         return self.fail(task, f"{reason}, and it already ran {task.attempts} times", tlog)
 
     def setback(self, task: Task, exc: Exception, tlog: TaskLog, *, cleanup: bool = True) -> Outcome:
-        """A failure on the way: a passing one (GitHub 5xx, a rate limit) is retried, others fail."""
-        passing = isinstance(exc, Transient) or getattr(exc, "retryable", False)
+        """A failure on the way: a passing one (GitHub 5xx, a rate limit) is retried, others fail.
+
+        GitHub's rate limit (a pause longer than work waits for) is the daemon's, not the task's: the
+        task goes back in line without spending an attempt, and no task starts until the pause is over
+        (the daemon asks :meth:`GitHubClient.holds_work`)."""
+        limited = isinstance(exc, RateLimited)
+        passing = limited or isinstance(exc, Transient) or getattr(exc, "retryable", False)
+        if limited:
+            task = self.queue.update(task.id, attempts=max(0, task.attempts - 1))
         if passing and task.attempts < self.config.max_attempts:
-            tlog.write(f"{exc}; will try again")
+            tlog.write(f"{exc}; will try again" + (" (not counted as an attempt)" if limited else ""))
             if cleanup:
                 self.cleanup(task, tlog)
                 self.queue.update(task.id, meta={"phase": None})
