@@ -21,28 +21,60 @@ DAEMON_OUT = "daemon.out"  # stdout and stderr of a daemon `start` put in the ba
 DAEMON_OUT_MAX_BYTES = 10 * 1024 * 1024
 DAEMON_OUT_BACKUPS = 2
 _FORMAT = "%(asctime)s %(levelname)-7s %(threadName)s %(name)s: %(message)s"
-# Shapes of GitHub and Anthropic credentials, masked even when we were never told the value.
+# Shapes of GitHub and Anthropic credentials, masked even when we were never told the value; and the
+# relay's own task tokens (``relay.base.TOKEN_PREFIX`` and a SHA-256 HMAC in hex), long after their task.
 _TOKEN_SHAPES = re.compile(
-    r"\b(gh[pousr]_[A-Za-z0-9]{20,}|github_pat_[A-Za-z0-9_]{20,}|sk-ant-[A-Za-z0-9_-]{10,})\b"
+    r"\b(gh[pousr]_[A-Za-z0-9]{20,}|github_pat_[A-Za-z0-9_]{20,}|sk-ant-[A-Za-z0-9_-]{10,}"
+    r"|cis-relay-[0-9a-f]{64})\b"
 )
 
 
 class Redactor:
-    """Replaces secret values (and anything shaped like a token) with ``***``."""
+    """Replaces secret values (and anything shaped like a token) with ``***``.
 
-    def __init__(self, secrets: Iterable[str] = ()) -> None:
+    A long-running daemon learns a secret per task (the relay's token) and per installation and hour
+    (a GitHub App's token): those are token-shaped, masked by shape for ever, so each is kept by value
+    only while it can work (``until``, or until ``discard``). The list stays the size of what is live
+    rather than growing with every task of the daemon's life, and each line is not a sort of all of it.
+    """
+
+    def __init__(self, secrets: Iterable[str] = (), *, clock: Callable[[], float] = time.time) -> None:
         self._lock = threading.Lock()
-        self._secrets: set[str] = set()
+        self._clock = clock
+        self._secrets: dict[str, float] = {}  # value -> until when it is kept (inf: for ever)
+        self._ordered: tuple[str, ...] = ()  # longest first, made again only when the set changes
         self.add(*secrets)
 
-    def add(self, *secrets: str) -> None:
+    def add(self, *secrets: str, until: float | None = None) -> None:
+        """Mask ``secrets`` from now on; ``until`` (a wall-clock time) for a token-shaped one that stops
+        working then: its value is dropped after it, its shape still masked."""
+        keep = float("inf") if until is None else until
         # Short values would mask ordinary words; real credentials are long.
+        fresh = [s for s in secrets if s and len(s) >= 6]
         with self._lock:
-            self._secrets.update(s for s in secrets if s and len(s) >= 6)
+            now = self._clock()
+            for secret in fresh:
+                self._secrets[secret] = max(keep, self._secrets.get(secret, keep))
+            expired = [s for s, kept_until in self._secrets.items() if kept_until <= now]
+            for secret in expired:
+                del self._secrets[secret]
+            if fresh or expired:
+                self._ordered = tuple(sorted(self._secrets, key=len, reverse=True))
+
+    def discard(self, *secrets: str) -> None:
+        """Stop masking these values by value (a token-shaped one is still masked by its shape)."""
+        with self._lock:
+            gone = [s for s in secrets if self._secrets.pop(s, None) is not None]
+            if gone:
+                self._ordered = tuple(sorted(self._secrets, key=len, reverse=True))
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._secrets)
 
     def __call__(self, text: str) -> str:
         with self._lock:
-            secrets = sorted(self._secrets, key=len, reverse=True)
+            secrets = self._ordered
         for secret in secrets:
             if secret in text:
                 text = text.replace(secret, "***")

@@ -3,12 +3,14 @@ its answer (the issue comment) and anything else the daemon writes pass the secr
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
 
 from claude_issue_solver.config import Config
 from claude_issue_solver.demo_world.github import FakeGitHub
 from claude_issue_solver.github.client import GitHubClient
-from claude_issue_solver.logs import REDACTOR
+from claude_issue_solver.logs import REDACTOR, Redactor
+from claude_issue_solver.relay.base import TOKEN_PREFIX
 from claude_issue_solver.store.outcome import TaskControl
 from claude_issue_solver.store.queue import TaskQueue, TaskState
 from claude_issue_solver.store.state import StateStore
@@ -59,3 +61,30 @@ def test_every_body_written_to_github_is_redacted(
         REPO, "POST", f"/repos/{REPO}/issues/{issue['number']}/comments", body={"body": CLAUDE_KEY}
     )
     assert [c["body"] for c in github.comments(REPO, issue["number"])] == ["***"]
+
+
+def test_the_redactor_keeps_a_token_s_value_only_while_it_works_and_its_shape_for_ever() -> None:
+    """A daemon's life of tasks and hourly App tokens does not grow the list every line is checked
+    against: expired and closed tokens leave it, and are still masked by their shape."""
+    clock = Clock(start=1_900_000_000.0)
+    redactor = Redactor(["a-configured-secret"], clock=clock)
+    relay = f"{TOKEN_PREFIX}{hashlib.sha256(b'task').hexdigest()}"  # as the relay makes them
+    minted = [f"ghs_{n:036d}" for n in range(2_000)]  # a GitHub App installation token an hour
+    for n, token in enumerate(minted):
+        clock.advance(3600)
+        redactor.add(token, until=clock() + 3600)
+        assert len(redactor) <= 3, n  # the configured secret, the live token, the one just expired
+    redactor.add(relay)
+    redactor.discard(relay)  # its task closed
+    assert len(redactor) == 2
+    line = f"a-configured-secret {minted[0]} {minted[-1]} {relay} Bearer {relay}."
+    assert redactor(line) == "*** *** *** *** Bearer ***."
+    redactor.discard("a-configured-secret")  # by value only: a configured secret has no shape
+    assert redactor("a-configured-secret") == "a-configured-secret"
+
+
+def test_a_closed_tasks_relay_token_is_still_masked_in_the_daemon_log() -> None:
+    token = f"{TOKEN_PREFIX}{'0f' * 32}"
+    REDACTOR.add(token)
+    REDACTOR.discard(token)
+    assert REDACTOR(f"the agent printed {token}\n") == "the agent printed ***\n"

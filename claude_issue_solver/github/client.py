@@ -299,7 +299,7 @@ class GitHubClient:
             access = self._integration.get_access_token(self._installation_id(repo))
             token = access.token
             expires = access.expires_at.timestamp() if access.expires_at else self.clock() + 3600
-            REDACTOR.add(token)
+            REDACTOR.add(token, until=expires)  # a ghs_ token: its shape is masked after that
             with self._lock:
                 self._git_tokens[repo.lower()] = (token, expires)
         return GitCredential("x-access-token", token)
