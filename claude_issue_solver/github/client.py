@@ -17,7 +17,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlsplit
 
 from claude_issue_solver.config import Config
@@ -29,6 +29,7 @@ if TYPE_CHECKING:  # PyGithub is imported when a client is made: `status` and `-
     from github import Auth, Github, GithubIntegration
 
 log = logging.getLogger(__name__)
+_T = TypeVar("_T")
 
 TIMEOUT = 15
 # A work request GitHub rate-limits is sent again after the client's pause, this many times at most.
@@ -193,7 +194,7 @@ class GitHubClient:
         self._local = threading.local()  # this thread's request priority and count
         # GitHub's x-poll-interval per repository, as last sent (the poll schedule honours it).
         self.on_poll_interval: Callable[[str, int], None] | None = None
-        self._git_tokens: dict[str, tuple[str, float]] = {}
+        self._git_tokens: dict[int, tuple[str, float]] = {}  # by installation
         self._repo_info: dict[str, dict[str, Any]] = {}
         self._app: Auth.AppAuth | None = None
         self._integration: GithubIntegration | None = None
@@ -244,17 +245,34 @@ class GitHubClient:
         return self._app.get_installation_auth(self._installation_id(repo))
 
     def _installation_id(self, repo: str) -> int:
-        assert self._integration is not None
+        integration = self._integration
+        assert integration is not None
         cached = self._installations.get(repo.lower())
         if cached is None:
             owner, name = repo.split("/", 1)
+            what = f"GET /repos/{repo}/installation"
             try:
-                cached = self._integration.get_repo_installation(owner, name).id
-            except Exception as exc:
-                msg = f"the GitHub App is not installed on {repo}, or cannot see it ({type(exc).__name__})"
+                cached = self._app_request(what, lambda: integration.get_repo_installation(owner, name).id)
+            except Refused:
+                msg = f"the GitHub App is not installed on {repo}, or cannot see it"
                 raise Refused(msg) from None
             self._installations[repo.lower()] = cached
         return cached
+
+    def _app_request(self, what: str, call: Callable[[], _T]) -> _T:
+        """One request the App makes as itself (PyGithub's ``GithubIntegration``): inside the budget
+        like any other, counted, and its failure classified (a 5xx is passing, not a crash)."""
+        self._take_slot(what)
+        try:
+            answer = call()
+        except Exception as exc:
+            self._observe("error")
+            classified = self._classified(exc, what)
+            if isinstance(classified, RateLimited):
+                self._rate_limited(classified)
+            raise classified from None
+        self._observe("counted")
+        return answer
 
     @property
     def is_app(self) -> bool:
@@ -292,16 +310,23 @@ class GitHubClient:
         if self._app is None:
             assert self.config.github_token
             return GitCredential("x-access-token", self.config.github_token)
+        installation = self._installation_id(repo)
         with self._lock:
-            token, expires = self._git_tokens.get(repo.lower(), ("", 0.0))
+            token, expires = self._git_tokens.get(installation, ("", 0.0))
         if not token or expires - self.clock() < TOKEN_REFRESH_MARGIN:
-            assert self._integration is not None
-            access = self._integration.get_access_token(self._installation_id(repo))
+            integration = self._integration
+            assert integration is not None
+            # One token serves every repository of its installation: an organisation's thousand
+            # repositories mint one an hour, not one per repository pushed to.
+            access = self._app_request(
+                f"POST /app/installations/{installation}/access_tokens",
+                lambda: integration.get_access_token(installation),
+            )
             token = access.token
             expires = access.expires_at.timestamp() if access.expires_at else self.clock() + 3600
             REDACTOR.add(token, until=expires)  # a ghs_ token: its shape is masked after that
             with self._lock:
-                self._git_tokens[repo.lower()] = (token, expires)
+                self._git_tokens[installation] = (token, expires)
         return GitCredential("x-access-token", token)
 
     # --- the request budget -----------------------------------------------------------------------
