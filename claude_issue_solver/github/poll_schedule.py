@@ -127,6 +127,11 @@ class PollSchedule:
             if requests > 0:
                 self.cost += COST_WEIGHT * (requests - self.cost)
 
+    def polled_at(self, repo: str) -> float | None:
+        """When ``repo``'s last scheduled or requested poll ended; None before its first."""
+        with self._lock:
+            return self._last_polled.get(repo.lower())
+
     # --- which ring -----------------------------------------------------------------------------------
 
     def _sources(self, key: str) -> tuple[str, ...]:
