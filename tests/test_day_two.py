@@ -7,13 +7,15 @@ import json
 import sys
 import time
 import tomllib
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from claude_issue_solver import backends
 from claude_issue_solver.backends.base import BackendError
-from claude_issue_solver.config import ConfigError
+from claude_issue_solver.config import Config, ConfigError
 from claude_issue_solver.store import budget
 from claude_issue_solver.store.queue import QueueError, TaskQueue, TaskState
 from claude_issue_solver.store.state import StateStore
@@ -166,6 +168,25 @@ def test_queue_says_a_task_waits_for_the_pause_for_every_slot_or_for_the_daemon(
     running = queue.claim()
     assert running is not None
     assert waiting() == {2: "MAX_CONCURRENT=1: 1 tasks run"}
+
+
+def test_queue_says_tasks_wait_for_a_long_pause_github_asked_for(gh_config: Callable[..., Config]) -> None:
+    from claude_issue_solver.cli.render import queue_waits
+
+    config = gh_config(GITHUB_REPOS="acme/widgets")
+    now = 1_900_000_000.0  # 2030-03-17 17:46:40Z
+    schedule = {"paused_until": now + 900, "paused_why": "rate limited by GitHub (HTTP 403)"}
+    state: dict[str, Any] = {"tasks": {}, "watcher": {"schedule": schedule}}
+    paused, _ = queue_waits(config, state, daemon_running=True, now=now)
+    assert paused == "GitHub asked for no requests until 18:01Z (rate limited by GitHub (HTTP 403))"
+    schedule["paused_until"] = now + 60  # short: work waits it out in the client, tasks still start
+    assert queue_waits(config, state, daemon_running=True, now=now)[0] is None
+    schedule["paused_until"] = now + 900
+    assert queue_waits(config, state, daemon_running=False, now=now)[0] is None  # no daemon: it says so
+    state["paused"] = True  # the operator's pause is the one to lift first
+    assert queue_waits(config, state, daemon_running=True, now=now)[0] == (
+        "the queue is paused: `resume` lets tasks start again"
+    )
 
 
 # -- usage: a fix round is part of its run ---------------------------------------------------------------

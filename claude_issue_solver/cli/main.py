@@ -385,7 +385,7 @@ def queue_command(obj: Context, as_json: bool, show_all: bool, states: tuple[str
     now = time.time()
     state = queue.store.read()
     hold = limits_payload(obj.config, state, now)["hold"]
-    waits = queue_waits(obj.config, state, daemon_running=obj.daemon().running)
+    waits = queue_waits(obj.config, state, daemon_running=obj.daemon().running, now=now)
     rows = queue_payload(queue.list(wanted), now, hold, repo_caps(obj.config, state, now), waits)
     if as_json:
         click.echo(json.dumps(rows, indent=2))

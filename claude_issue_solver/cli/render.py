@@ -15,6 +15,7 @@ from claude_issue_solver.config import Config, settings_source
 from claude_issue_solver.conventions import format_usd
 from claude_issue_solver.daemon.pidfile import DaemonStatus
 from claude_issue_solver.github.poll_schedule import status_line
+from claude_issue_solver.github.request_budget import WORK_WAIT
 from claude_issue_solver.run.kinds import kind_of
 from claude_issue_solver.store import admission, budget
 from claude_issue_solver.store.fairness import FairnessLimits, next_start_at, prune_starts
@@ -299,11 +300,18 @@ def queue_payload(
 
 
 def queue_waits(
-    config: Config, state: dict[str, Any], *, daemon_running: bool
+    config: Config, state: dict[str, Any], *, daemon_running: bool, now: float | None = None
 ) -> tuple[str | None, str | None]:
-    """What holds every pending task, for :func:`queue_payload`: (the pause, else None; every
-    ``MAX_CONCURRENT`` slot taken, or no daemon running, else None)."""
+    """What holds every pending task, for :func:`queue_payload`: (the pause, or GitHub's, else None;
+    every ``MAX_CONCURRENT`` slot taken, or no daemon running, else None)."""
+    now = time.time() if now is None else now
     paused = "the queue is paused: `resume` lets tasks start again" if state.get("paused") else None
+    schedule = (state.get("watcher") or {}).get("schedule") or {}
+    until = schedule.get("paused_until") if isinstance(schedule, dict) else None
+    if paused is None and daemon_running and isinstance(until, int | float) and until - now > WORK_WAIT:
+        # The daemon starts no task into a pause longer than work waits for (Daemon.held).
+        why = schedule.get("paused_why") or "rate limited"
+        paused = f"GitHub asked for no requests until {_short_time(_iso(until), now)} ({why})"
     tasks = (state.get("tasks") or {}).values()
     running = sum(1 for t in tasks if t.get("state") == TaskState.RUNNING)
     general = None
