@@ -675,8 +675,10 @@ def ask():
     )
     try:
         with urllib.request.urlopen(request) as answer:
+            answer.read()  # the whole answer, as the CLI reads it (urlopen returns at the headers)
             return answer.status
     except urllib.error.HTTPError as error:
+        error.read()
         return error.code
 for _ in range(3):
     print(ask(), flush=True)
