@@ -460,9 +460,8 @@ class GitHubClient:
     def _classified(self, exc: Exception, what: str) -> GitHubError:
         from github import GithubException
 
-        if isinstance(
-            exc, GithubException
-        ):  # an error answer to a PyGithub method: classified like any other
+        # An error answer to a PyGithub method (the App's, a GraphQL mutation): classified like any other.
+        if isinstance(exc, GithubException):
             body = exc.data if isinstance(exc.data, str) else json.dumps(exc.data or {})
             return classify(exc.status, exc.headers or {}, body, what, self.clock())
         # requests' and urllib3's connection errors, timeouts
