@@ -252,16 +252,17 @@ class GitHubClient:
             owner, name = repo.split("/", 1)
             what = f"GET /repos/{repo}/installation"
             try:
-                cached = self._app_request(what, lambda: integration.get_repo_installation(owner, name).id)
+                cached = self._library_call(what, lambda: integration.get_repo_installation(owner, name).id)
             except Refused:
                 msg = f"the GitHub App is not installed on {repo}, or cannot see it"
                 raise Refused(msg) from None
             self._installations[repo.lower()] = cached
         return cached
 
-    def _app_request(self, what: str, call: Callable[[], _T]) -> _T:
-        """One request the App makes as itself (PyGithub's ``GithubIntegration``): inside the budget
-        like any other, counted, and its failure classified (a 5xx is passing, not a crash)."""
+    def _library_call(self, what: str, call: Callable[[], _T]) -> _T:
+        """One request sent by a PyGithub method (the App's ``GithubIntegration``, a GraphQL mutation):
+        inside the budget like any other, counted, and its failure classified (a 5xx is passing, not a
+        crash; a rate limit pauses the client)."""
         self._take_slot(what)
         try:
             answer = call()
@@ -318,7 +319,7 @@ class GitHubClient:
             assert integration is not None
             # One token serves every repository of its installation: an organisation's thousand
             # repositories mint one an hour, not one per repository pushed to.
-            access = self._app_request(
+            access = self._library_call(
                 f"POST /app/installations/{installation}/access_tokens",
                 lambda: integration.get_access_token(installation),
             )
@@ -480,17 +481,8 @@ class GitHubClient:
 
         mutation = "convertPullRequestToDraft" if draft else "markPullRequestReadyForReview"
         what = f"GraphQL {mutation} of {repo}#{pull.get('number')}"
-        self._take_slot(what)
-        try:
-            pr = self.api(repo).create_from_raw_data(PullRequest, dict(pull))
-            answer = pr.convert_to_draft() if draft else pr.mark_ready_for_review()
-        except Exception as exc:
-            self._observe("error")
-            classified = self._classified(exc, what)
-            if isinstance(classified, RateLimited):
-                self._rate_limited(classified)
-            raise classified from None
-        self._observe("counted")
+        pr = self.api(repo).create_from_raw_data(PullRequest, dict(pull))
+        answer = self._library_call(what, pr.convert_to_draft if draft else pr.mark_ready_for_review)
         return bool((answer.get("pullRequest") or {}).get("isDraft"))
 
     def paginate(self, repo: str, url: str, params: Mapping[str, Any] | None = None) -> Iterator[Response]:
