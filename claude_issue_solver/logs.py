@@ -59,14 +59,18 @@ class Redactor:
             for secret in expired:
                 del self._secrets[secret]
             if fresh or expired:
-                self._ordered = tuple(sorted(self._secrets, key=len, reverse=True))
+                self._reorder()
 
     def discard(self, *secrets: str) -> None:
         """Stop masking these values by value (a token-shaped one is still masked by its shape)."""
         with self._lock:
             gone = [s for s in secrets if self._secrets.pop(s, None) is not None]
             if gone:
-                self._ordered = tuple(sorted(self._secrets, key=len, reverse=True))
+                self._reorder()
+
+    def _reorder(self) -> None:
+        """Longest first, so a secret that contains another is masked whole (under the lock)."""
+        self._ordered = tuple(sorted(self._secrets, key=len, reverse=True))
 
     def __len__(self) -> int:
         with self._lock:

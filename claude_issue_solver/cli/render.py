@@ -159,15 +159,23 @@ def polling_payload(state: dict[str, Any], now: float) -> dict[str, Any] | None:
         return None
     payload = dict(schedule)
     line = status_line(schedule)
-    until = schedule.get("paused_until")
-    if isinstance(until, int | float) and until > now:
-        why = schedule.get("paused_why") or "rate limited"
+    pause = _github_pause(schedule, now)
+    if pause is not None:
+        until, why = pause
         line += f"; no request to GitHub until {_short_time(_iso(until), now)} ({why})"
         payload["paused_until"] = _iso(until)
     else:
         payload["paused_until"] = None
     payload["line"] = line
     return payload
+
+
+def _github_pause(schedule: Any, now: float) -> tuple[float, str] | None:
+    """The pause GitHub asked the daemon for, as its watcher last wrote the schedule: (until, why)."""
+    until = schedule.get("paused_until") if isinstance(schedule, dict) else None
+    if not isinstance(until, int | float) or until <= now:
+        return None
+    return float(until), str(schedule.get("paused_why") or "rate limited")
 
 
 def listener_payload(config: Config, book: dict[str, Any]) -> dict[str, Any] | None:
@@ -306,11 +314,10 @@ def queue_waits(
     every ``MAX_CONCURRENT`` slot taken, or no daemon running, else None)."""
     now = time.time() if now is None else now
     paused = "the queue is paused: `resume` lets tasks start again" if state.get("paused") else None
-    schedule = (state.get("watcher") or {}).get("schedule") or {}
-    until = schedule.get("paused_until") if isinstance(schedule, dict) else None
-    if paused is None and daemon_running and isinstance(until, int | float) and until - now > WORK_WAIT:
+    pause = _github_pause((state.get("watcher") or {}).get("schedule"), now)
+    if paused is None and daemon_running and pause is not None and pause[0] - now > WORK_WAIT:
         # The daemon starts no task into a pause longer than work waits for (Daemon.held).
-        why = schedule.get("paused_why") or "rate limited"
+        until, why = pause
         paused = f"GitHub asked for no requests until {_short_time(_iso(until), now)} ({why})"
     tasks = (state.get("tasks") or {}).values()
     running = sum(1 for t in tasks if t.get("state") == TaskState.RUNNING)
